@@ -1,0 +1,172 @@
+"""Training data: paired or high-quality-only image folders, turned into random patches.
+
+Every source image is percentile-normalised as a whole (as predict() does at inference),
+so the model sees training patches exactly as it will see a user's image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .degradation import Degradation, simulate
+from .io import read_tiff
+from .normalization import Normalization
+from .resampling import upsample
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def _tiffs(folder: str | Path, role: str) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{role} folder not found: {folder}")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    if not files:
+        raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
+    return files
+
+
+def read_planes(path: Path) -> list[np.ndarray]:
+    """All Y, X planes of a TIFF as float32 (stacks are split into planes)."""
+    image = read_tiff(path).data
+    if image.ndim < 2:
+        raise ValueError(f"{path} is not an image (shape {image.shape})")
+    if image.ndim >= 3 and image.shape[-1] in (3, 4):
+        raise ValueError(f"{path} looks like an RGB image (shape {image.shape}); "
+                         "save the channel to train on as a single-channel TIFF")
+    planes = image.reshape(-1, *image.shape[-2:]).astype(np.float32)
+    return [p for p in planes if np.isfinite(p).all() and p.max() > p.min()]
+
+
+@dataclass
+class Pair:
+    """One training image: normalised low-quality input and high-quality target."""
+
+    lq: np.ndarray  # [-1, 1]-normalised, low-quality grid
+    hq: np.ndarray  # [-1, 1]-normalised, high-quality grid
+    name: str
+
+
+def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]:
+    """Pairs matched by file name; returns them and the (checked) integer scale factor."""
+    lq_files = {p.stem: p for p in _tiffs(lq_dir, "low-quality")}
+    hq_files = {p.stem: p for p in _tiffs(hq_dir, "high-quality")}
+    common = sorted(set(lq_files) & set(hq_files))
+    if not common:
+        raise ValueError(f"no file names in common between {lq_dir} and {hq_dir}; pairs are "
+                         "matched by name (e.g. LQ/cell01.tif with HQ/cell01.tif)")
+    pairs, scales = [], set()
+    for stem in common:
+        lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
+        if len(lq_planes) != len(hq_planes):
+            raise ValueError(f"{stem}: {len(lq_planes)} low-quality planes but "
+                             f"{len(hq_planes)} high-quality planes")
+        for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes)):
+            ratio_y, ratio_x = hq.shape[0] / lq.shape[0], hq.shape[1] / lq.shape[1]
+            if ratio_y != ratio_x or ratio_y != int(ratio_y) or ratio_y < 1:
+                raise ValueError(f"{stem}: high-quality shape {hq.shape} is not an integer "
+                                 f"multiple of the low-quality shape {lq.shape}")
+            scales.add(int(ratio_y))
+            pairs.append(Pair(Normalization.fit(lq).apply(lq), Normalization.fit(hq).apply(hq),
+                              f"{stem}[{i}]"))
+    if len(scales) != 1:
+        raise ValueError(f"the pairs have different scale factors: {sorted(scales)}")
+    return pairs, scales.pop()
+
+
+def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
+    """High-quality planes scaled to [0, 1] by percentiles (the simulator's input)."""
+    out = []
+    for path in _tiffs(hq_dir, "high-quality"):
+        for i, plane in enumerate(read_planes(path)):
+            norm = Normalization.fit(plane)
+            out.append((np.clip((norm.apply(plane) + 1) / 2, 0, None), f"{path.stem}[{i}]"))
+    if not out:
+        raise ValueError(f"the images in {hq_dir} are all empty or constant")
+    return out
+
+
+def simulate_pairs(images: list[tuple[np.ndarray, str]], degradation: Degradation,
+                   generator: torch.Generator) -> list[Pair]:
+    """Fresh simulated low-quality versions of each [0, 1] high-quality plane."""
+    pairs = []
+    s = degradation.scale
+    for hq01, name in images:
+        h, w = (hq01.shape[0] // s) * s, (hq01.shape[1] // s) * s
+        hq01 = hq01[:h, :w]
+        lq = simulate(torch.from_numpy(np.ascontiguousarray(hq01))[None, None], degradation,
+                      generator)[0, 0].numpy()
+        pairs.append(Pair(Normalization.fit(lq).apply(lq), (hq01 * 2 - 1).astype(np.float32),
+                          name))
+    return pairs
+
+
+class PatchSampler:
+    """Random aligned patches with flips and 90-degree rotations, as (x, y) batches."""
+
+    def __init__(self, pairs: list[Pair], scale: int, patch_size: int, generator: torch.Generator,
+                 augment: bool = True):
+        if patch_size % scale:
+            raise ValueError(f"patch size {patch_size} must be a multiple of the scale {scale}")
+        small = [p.name for p in pairs if min(p.hq.shape) < patch_size]
+        if small:
+            raise ValueError(f"images smaller than the patch size {patch_size}: {small[:3]}; "
+                             "use a smaller --patch-size")
+        self.pairs, self.scale, self.patch = pairs, scale, patch_size
+        self.generator, self.augment = generator, augment
+
+    def _randint(self, high: int) -> int:
+        return int(torch.randint(high, (1,), generator=self.generator))
+
+    def _crop(self, pair: Pair) -> tuple[np.ndarray, np.ndarray]:
+        s, p = self.scale, self.patch // self.scale
+        lq_h, lq_w = pair.lq.shape
+        best = None
+        for _ in range(5):  # prefer patches with structure over empty background
+            y, x = self._randint(lq_h - p + 1), self._randint(lq_w - p + 1)
+            lq = pair.lq[y:y + p, x:x + p]
+            hq = pair.hq[y * s:(y + p) * s, x * s:(x + p) * s]
+            spread = float(hq.std())
+            if best is None or spread > best[0]:
+                best = (spread, lq, hq)
+            if spread > 0.1:
+                break
+        return best[1], best[2]
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lqs, hqs = [], []
+        for _ in range(size):
+            lq, hq = self._crop(self.pairs[self._randint(len(self.pairs))])
+            lq, hq = torch.from_numpy(np.ascontiguousarray(lq)), torch.from_numpy(np.ascontiguousarray(hq))
+            if self.augment:
+                k = self._randint(4)
+                lq, hq = torch.rot90(lq, k), torch.rot90(hq, k)
+                if self._randint(2):
+                    lq, hq = lq.flip(-1), hq.flip(-1)
+            lqs.append(lq)
+            hqs.append(hq)
+        lq = torch.stack(lqs)[:, None].float()
+        hq = torch.stack(hqs)[:, None].float()
+        return upsample(lq, self.scale), hq
+
+
+def split_validation(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole images when there are enough, else the bottom strip of each image."""
+    if len(pairs) >= 5:
+        n_val = max(1, int(round(len(pairs) * fraction)))
+        step = len(pairs) / n_val
+        val_idx = {int(i * step) for i in range(n_val)}
+        return ([p for i, p in enumerate(pairs) if i not in val_idx],
+                [p for i, p in enumerate(pairs) if i in val_idx])
+    train, val = [], []
+    for p in pairs:
+        lq_h = p.lq.shape[0]
+        cut = max(1, int(lq_h * (1 - fraction)))
+        s = p.hq.shape[0] // lq_h
+        train.append(Pair(p.lq[:cut], p.hq[:cut * s], p.name))
+        val.append(Pair(p.lq[cut:], p.hq[cut * s:], p.name + "/val"))
+    return train, val

@@ -1,0 +1,5 @@
+"""Exceptions shared by the library, the command line and the widgets."""
+
+
+class Cancelled(Exception):
+    """Raised when a prediction or training run is cancelled; nothing partial is returned."""

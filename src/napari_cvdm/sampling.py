@@ -1,0 +1,109 @@
+"""The reverse process: the reference sampler (T ancestral steps) and the few-step sampler.
+
+Both walk a per-pixel sequence of signal levels gamma_K > ... > gamma_0 and share one
+update, the general DDIM step (Song et al. 2021, eq. 12) written per pixel:
+
+    y0_hat = (z_t - sqrt(1 - g_t) eps_hat) / sqrt(g_t)
+    sigma  = eta * sqrt((1 - g_s) / (1 - g_t)) * sqrt(1 - g_t / g_s)
+    z_s    = sqrt(g_s) y0_hat + sqrt(1 - g_s - sigma^2) eps_hat + sigma * noise
+
+With eta = 1 this is the ancestral DDPM step, with eta = 0 it is deterministic.
+
+- reference: gamma_bar_k = prod_{j<=k} alpha_j with alpha_j = clip(1 - beta(j/T, x) / T),
+  the beta head of the schedule, as the authors sample (SPEC section 1);
+- ddim: gamma(s_k, x) of the schedule itself at K evenly spaced times s_k = k / K.
+The last step returns y0_hat (at s_0 = 0 gamma is clipped to just below 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .model.cvdm import CVDM
+from .model.schedule import GAMMA_MAX, GAMMA_MIN
+
+SAMPLERS = ("ddim", "reference")
+
+
+def gamma_sequence(model: CVDM, lam: torch.Tensor, steps: int, sampler: str) -> Iterator[torch.Tensor]:
+    """Yield the gamma maps gamma_K, ..., gamma_1, gamma_0 (K + 1 maps) for one batch."""
+    schedule = model.schedule_net
+    device = lam.device
+    if sampler == "ddim":
+        times = torch.linspace(1.0, 0.0, steps + 1, device=device)
+        tau_1, tau_2 = schedule.taus(times)
+        for k in range(steps + 1):
+            gamma, _ = schedule.combine(lam, tau_1[k:k + 1], tau_2[k:k + 1])
+            yield gamma
+        return
+    if sampler != "reference":
+        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+    t_count = model.config.timesteps
+    times = torch.arange(1, t_count + 1, device=device, dtype=torch.float32) / t_count
+    tau_1, _ = schedule.taus(times)
+    # log gamma_bar_k for k = T first, then peel one alpha off per step.
+    log_alphas = [torch.log((1 - lam * tau_1[j] / t_count).clamp(GAMMA_MIN, 1.0))
+                  for j in range(t_count)]
+    log_gamma = torch.stack(log_alphas).sum(0)
+    for k in range(t_count, 0, -1):
+        yield log_gamma.exp().clamp(GAMMA_MIN, GAMMA_MAX)
+        log_gamma = log_gamma - log_alphas[k - 1]
+    yield torch.full_like(lam, GAMMA_MAX)
+
+
+def ddim_step(z: torch.Tensor, eps_hat: torch.Tensor, g_t: torch.Tensor, g_s: torch.Tensor,
+              eta: float, noise: torch.Tensor | None, y0_limit: float):
+    """One per-pixel DDIM update from signal level g_t to g_s; returns (z_s, y0_hat)."""
+    y0_hat = ((z - (1 - g_t).sqrt() * eps_hat) / g_t.sqrt()).clamp(-y0_limit, y0_limit)
+    # Re-derive eps from the clipped y0_hat so that the two stay consistent.
+    eps_hat = (z - g_t.sqrt() * y0_hat) / (1 - g_t).sqrt()
+    sigma = eta * ((1 - g_s) / (1 - g_t) * (1 - g_t / g_s)).clamp_min(0).sqrt()
+    z_s = g_s.sqrt() * y0_hat + (1 - g_s - sigma**2).clamp_min(0).sqrt() * eps_hat
+    if noise is not None and eta > 0:
+        z_s = z_s + sigma * noise
+    return z_s, y0_hat
+
+
+def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: int = 50,
+           eta: float = 1.0, sampler: str = "ddim", generator: torch.Generator | None = None,
+           on_evaluation: Callable[[], None] | None = None, autocast: bool = False) -> torch.Tensor:
+    """Draw samples for the conditioning batch ``x`` (N, C, H, W).
+
+    ``initial_noise`` (S, N, C, H, W) is z at the start (pure noise): the number of samples
+    S comes from it. Returns the reconstructions, (S, N, C, H, W), in normalised units.
+    ``on_evaluation`` is called after every denoiser evaluation (progress, cancellation).
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be between 0 and 1, not {eta}")
+    s, n = initial_noise.shape[:2]
+    prep = model.prepare(x)  # depends on x only: once per tile, not per step
+    repeat = lambda v: v.repeat(s, 1, 1, 1)  # noqa: E731  (S*N, ...), sample-major
+    inputs, center, lam = repeat(prep["inputs"]), repeat(prep["center"]), prep["lam"]
+    z = initial_noise.reshape(s * n, *initial_noise.shape[2:]).to(x.dtype)
+    y0_limit = 2 * model.config.output_clip / model.target_scale
+
+    gammas = gamma_sequence(model, lam, steps, sampler)
+    g_t = repeat(next(gammas))
+    y0_hat = z
+    for g_next in gammas:
+        g_s = repeat(g_next)
+        with torch.autocast(z.device.type, dtype=torch.float16, enabled=autocast):
+            eps_hat = model.denoise(z, inputs, g_t)
+        eps_hat = eps_hat.float()
+        noise = (torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
+                 if eta > 0 else None)
+        z, y0_hat = ddim_step(z, eps_hat, g_t, g_s, eta, noise, y0_limit)
+        g_t = g_s
+        if on_evaluation is not None:
+            on_evaluation()
+    out = model.to_target(y0_hat, center)
+    return out.reshape(s, n, *out.shape[1:])
+
+
+def evaluations(steps: int, sampler: str, timesteps: int) -> int:
+    """Denoiser evaluations per sample: K for ddim, T for the reference sampler."""
+    return timesteps if sampler == "reference" else steps
