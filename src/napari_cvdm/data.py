@@ -154,8 +154,12 @@ class PatchSampler:
         return upsample(lq, self.scale), hq
 
 
-def split_validation(pairs: list[Pair], fraction: float) -> tuple[list[Pair], list[Pair]]:
-    """Hold out whole images when there are enough, else the bottom strip of each image."""
+def split_validation(pairs: list[Pair], fraction: float,
+                     min_size: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Hold out whole images when there are enough, else the bottom strip of each image.
+
+    A strip is at least ``min_size`` high-quality rows tall where the image allows it.
+    """
     if len(pairs) >= 5:
         n_val = max(1, int(round(len(pairs) * fraction)))
         step = len(pairs) / n_val
@@ -165,8 +169,9 @@ def split_validation(pairs: list[Pair], fraction: float) -> tuple[list[Pair], li
     train, val = [], []
     for p in pairs:
         lq_h = p.lq.shape[0]
-        cut = max(1, int(lq_h * (1 - fraction)))
         s = p.hq.shape[0] // lq_h
+        strip = max(int(round(lq_h * fraction)), -(-min_size // s))
+        cut = max(1, min(lq_h - strip, lq_h - 1))
         train.append(Pair(p.lq[:cut], p.hq[:cut * s], p.name))
         val.append(Pair(p.lq[cut:], p.hq[cut * s:], p.name + "/val"))
     return train, val

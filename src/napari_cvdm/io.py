@@ -226,7 +226,8 @@ def write_tiff(path: str | os.PathLike, data: np.ndarray, pixel_size=None, unit:
         py, px = pixel_size
         kwargs["resolution"] = (1.0 / px, 1.0 / py)
         if unit:
-            metadata["unit"] = unit
+            # ImageJ metadata is ASCII; "micron" is its spelling of µm.
+            metadata["unit"] = {"µm": "micron", "μm": "micron", "um": "micron"}.get(unit, unit)
     if kwargs["imagej"]:
         kwargs["metadata"] = metadata
     path = Path(path)

@@ -177,8 +177,6 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
     output = Path(output)
     say = log or (lambda message: None)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
 
@@ -194,7 +192,8 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
         all_pairs = simulate_pairs(hq_images, degradation, generator)
         data_info = {"mode": "simulated", "hq": str(hq), "images": len(all_pairs),
                      "degradation": degradation.to_dict()}
-    train_pairs, val_pairs = split_validation(all_pairs, settings.validation_fraction)
+    train_pairs, val_pairs = split_validation(all_pairs, settings.validation_fraction,
+                                              settings.patch_size)
     sampler = PatchSampler(train_pairs, scale, settings.patch_size, generator)
     val_x, val_y = _validation_set(val_pairs, scale, settings.patch_size,
                                    settings.validation_patches, settings.seed)
@@ -238,7 +237,8 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
         if hq_images is not None and step % SIMULATION_REFRESH == 0:
             # split_validation is deterministic: the same images (or strips) stay held out.
             fresh = simulate_pairs(hq_images, degradation, generator)
-            sampler.pairs = split_validation(fresh, settings.validation_fraction)[0]
+            sampler.pairs = split_validation(fresh, settings.validation_fraction,
+                                             settings.patch_size)[0]
         model.train()
         x, y = sampler.batch(settings.batch_size)
         x, y = x.to(dev), y.to(dev)

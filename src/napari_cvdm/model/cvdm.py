@@ -22,6 +22,12 @@ def gamma_features(gamma: torch.Tensor) -> torch.Tensor:
     return torch.cat([gamma, logsnr / 10.0], dim=1)
 
 
+def prior_kl(gamma_end: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
+    """KL(N(0, 1) || N(sqrt(g) y0, 1 - g)) per element, the reference's argument order."""
+    g = gamma_end
+    return 0.5 * (-1 + torch.log1p(-g) + 1 / (1 - g) + g * y0**2 / (1 - g))
+
+
 class CVDM(nn.Module):
     """Conditional Variational Diffusion Model (della Maggiora et al., ICLR 2024).
 
@@ -100,7 +106,7 @@ class CVDM(nn.Module):
         y0 = (y - prep["center"].detach()) / self.target_scale
         lam = prep["lam"]
 
-        t = torch.rand(b, device=x.device, generator=generator)
+        t = torch.rand(b, device=x.device, generator=generator, dtype=x.dtype)
         tau_1, tau_2, d1, d2 = self.schedule_net.time_derivatives(t)
         shape = (-1, 1, 1, 1)
         tau_1, tau_2, d1, d2 = (v.reshape(shape) for v in (tau_1, tau_2, d1, d2))
@@ -123,7 +129,7 @@ class CVDM(nn.Module):
             target = eps
 
         steps = cfg.timesteps
-        ends = torch.tensor([1.0 / steps, 1.0 - 1.0 / steps], device=x.device)
+        ends = torch.tensor([1.0 / steps, 1.0 - 1.0 / steps], device=x.device, dtype=x.dtype)
         end_1, end_2 = self.schedule_net.taus(ends)
         g_start, _ = self.schedule_net.combine(lam, end_1[:1].expand(b), end_2[:1].expand(b))
         g_end, _ = self.schedule_net.combine(lam, end_1[1:].expand(b), end_2[1:].expand(b))
@@ -132,9 +138,7 @@ class CVDM(nn.Module):
             "noise": ((out - target) ** 2).mean(),
             "beta": ((dgamma + beta * gamma) ** 2).mean()
             + ((g_start - 1) ** 2).mean() + (g_end**2).mean(),
-            # KL(N(0, 1) || N(sqrt(g) y0, 1 - g)), the reference's argument order.
-            "prior": (0.5 * (-1 + torch.log1p(-g_end) + 1 / (1 - g_end)
-                             + g_end * y0**2 / (1 - g_end))).mean(),
+            "prior": prior_kl(g_end, y0).mean(),
             "smooth": cfg.smooth_weight * (d2gamma**2).mean(),
         }
         total = terms["noise"] + cfg.aux_weight * (terms["beta"] + terms["prior"] + terms["smooth"])

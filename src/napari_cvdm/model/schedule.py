@@ -83,7 +83,7 @@ class Schedule(nn.Module):
     def time_derivatives(self, t: torch.Tensor):
         """tau_1(t), tau_2(t), tau_2'(t), tau_2''(t); derivatives by autograd, graph kept."""
         with torch.enable_grad():
-            t = t.detach().float().requires_grad_(True)
+            t = t.detach().requires_grad_(True)
             tau_1, tau_2 = self.taus(t)
             d1 = torch.autograd.grad(tau_2.sum(), t, create_graph=True)[0]
             d2 = torch.autograd.grad(d1.sum(), t, create_graph=True, allow_unused=True)[0]
@@ -114,7 +114,7 @@ class LearnedSchedule(Schedule):
         return _logsnr_shape(t, c.logsnr_max, c.logsnr_min)
 
     def taus(self, t: torch.Tensor):
-        t = t.float()
+        t = t.to(self.tau_2_net.offsets.dtype)
         one = torch.ones_like(t)
         raw_2 = self._base(t) + self.tau_2_net(t)
         tau_2 = raw_2 / (self._base(one) + self.tau_2_net(one))
@@ -123,7 +123,7 @@ class LearnedSchedule(Schedule):
         c = self.config
         slope = c.logsnr_max - c.logsnr_min
         logsnr = c.logsnr_max - slope * t
-        base_d = slope * (torch.sigmoid(-logsnr) - torch.sigmoid(torch.tensor(-c.logsnr_max)))
+        base_d = slope * (torch.sigmoid(-logsnr) - torch.sigmoid(torch.tensor(-c.logsnr_max, dtype=t.dtype)))
         base_d = base_d / self._base(one)
         scale = F.softplus(self.raw_tau_1_scale) / math.log(2.0)
         tau_1 = scale * base_d + self.tau_1_net(t)
@@ -146,7 +146,7 @@ class FixedSchedule(Schedule):
         return torch.ones_like(x)
 
     def taus(self, t: torch.Tensor):
-        t = t.float()
+        t = t if t.is_floating_point() else t.float()
         if self.kind == "linear":
             b0, b1 = 0.1, 20.0  # 1000 * (1e-4, 0.02)
             tau_2 = b0 * t + 0.5 * (b1 - b0) * t**2

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# The main job: the bundled model on the bundled sample -> demo-output/*_cvdm_{mean,var}.tif
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+sample=$(.venv/bin/python -c "import napari_cvdm.sample_data as s; print(s.path('nuclei_widefield.tif'))")
+.venv/bin/cvdm predict "$sample" -o demo-output --model demo "$@"

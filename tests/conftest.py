@@ -1,0 +1,52 @@
+"""Shared fixtures: tiny models and real microscopy images (the bundled CC0 sample)."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_cvdm import CVDM, CVDMConfig
+
+
+def sample_path(name: str):
+    return resources.files("napari_cvdm") / "sample_data" / name
+
+
+@pytest.fixture(scope="session")
+def nuclei_truth() -> np.ndarray:
+    """A real fluorescence image (2018 Data Science Bowl nuclei, CC0), 512 x 512 uint16."""
+    with resources.as_file(sample_path("nuclei_groundtruth.tif")) as path:
+        return tifffile.imread(path)
+
+
+@pytest.fixture(scope="session")
+def nuclei_widefield() -> np.ndarray:
+    """Its simulated widefield version, 256 x 256 uint16 (the bundled sample input)."""
+    with resources.as_file(sample_path("nuclei_widefield.tif")) as path:
+        return tifffile.imread(path)
+
+
+def randomized(model: CVDM, seed: int = 0, scale: float = 0.05) -> CVDM:
+    """Perturb every weight so that zero-initialised output layers do something."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
+@pytest.fixture
+def tiny_model() -> CVDM:
+    torch.manual_seed(0)
+    return randomized(CVDM(CVDMConfig.preset("tiny")))
+
+
+@pytest.fixture
+def tiny_model_file(tiny_model, tmp_path):
+    from napari_cvdm import save_model
+
+    return save_model(tiny_model, tmp_path / "tiny.cvdm.safetensors")

@@ -1,0 +1,79 @@
+"""The `cvdm` command line: predict round trip on a real TIFF, errors, info, train."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cvdm.cli import main
+from napari_cvdm.io import read_tiff
+
+
+@pytest.fixture
+def real_tiff(tmp_path, nuclei_widefield):
+    path = tmp_path / "cell.ome.tif"
+    tifffile.imwrite(path, nuclei_widefield[:40, :48], resolution=(1 / 0.13, 1 / 0.13),
+                     imagej=True, metadata={"unit": "micron"})
+    return path
+
+
+def test_predict_round_trip_on_a_real_tiff(real_tiff, tiny_model_file, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(real_tiff), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "3", "--seed", "1", "--quiet"])
+    assert code == 0
+    mean, var = read_tiff(out / "cell_cvdm_mean.tif"), read_tiff(out / "cell_cvdm_var.tif")
+    assert mean.data.shape == var.data.shape == (80, 96)
+    assert mean.data.dtype == np.float32 and (var.data >= 0).all()
+    assert mean.pixel_size == pytest.approx((0.065, 0.065))
+    assert mean.unit == "µm"
+    assert "cell_cvdm_mean.tif" in capsys.readouterr().out
+    assert not list(out.glob("*.part"))
+
+
+def test_bad_input_exits_non_zero_with_one_line_reason(tmp_path, tiny_model_file, capsys):
+    bad = tmp_path / "broken.tif"
+    bad.write_bytes(b"II*\x00 this is not a tiff")
+    out = tmp_path / "out"
+    code = main(["predict", str(bad), "-o", str(out), "--model", str(tiny_model_file), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1 and "could not be read as a TIFF" in err
+    assert list(out.glob("*")) == []
+
+
+def test_missing_model_file_is_a_clear_error(real_tiff, tmp_path, capsys):
+    code = main(["predict", str(real_tiff), "-o", str(tmp_path), "--model",
+                 str(tmp_path / "nope.cvdm.safetensors")])
+    assert code == 2 and "model file not found" in capsys.readouterr().err
+
+
+def test_nan_image_is_refused_and_nothing_is_written(tmp_path, tiny_model_file, capsys):
+    path = tmp_path / "nan.tif"
+    data = np.ones((16, 16), np.float32)
+    data[3, 3] = np.nan
+    tifffile.imwrite(path, data)
+    code = main(["predict", str(path), "-o", str(tmp_path / "o"), "--model",
+                 str(tiny_model_file), "--quiet"])
+    assert code == 2 and "NaN" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "nan_cvdm_mean.tif").exists()
+
+
+def test_info_lists_presets_with_parameter_counts():
+    result = subprocess.run([sys.executable, "-m", "napari_cvdm.cli", "info"],
+                            capture_output=True, text=True, check=True)
+    assert "napari-cvdm" in result.stdout and "devices: cpu" in result.stdout
+    for preset in ("tiny", "small", "paper"):
+        assert preset in result.stdout
+
+
+def test_train_command_writes_a_model(tmp_path, nuclei_truth):
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
+    out = tmp_path / "m.cvdm.safetensors"
+    code = main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "2", "-o", str(out),
+                 "--patch-size", "32", "--batch-size", "2", "--photons", "50", "100"])
+    assert code == 0 and out.is_file()

@@ -1,0 +1,117 @@
+"""Model files: safetensors + JSON round trip, and refusal of anything else."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import napari_cvdm as nc
+from napari_cvdm.io import read_tiff, write_tiff
+
+
+def test_round_trip_gives_identical_outputs(tiny_model, tmp_path):
+    tiny_model.metadata["note"] = "hello"
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    loaded = nc.load_model(path)
+    assert loaded.config == tiny_model.config
+    assert loaded.metadata["note"] == "hello"
+    x = torch.rand(2, 1, 16, 16)
+    a = tiny_model.loss(x, x * 0.9, generator=torch.Generator().manual_seed(0))
+    b = loaded.loss(x, x * 0.9, generator=torch.Generator().manual_seed(0))
+    for key in ("total", "noise", "beta", "prior", "smooth"):
+        assert torch.equal(a[key], b[key]), key
+    image = np.random.default_rng(0).random((20, 20)).astype(np.float32)
+    r1 = nc.predict(image, tiny_model, samples=2, steps=3, seed=1)
+    r2 = nc.predict(image, loaded, samples=2, steps=3, seed=1)
+    np.testing.assert_array_equal(r1.mean, r2.mean)
+
+
+def test_model_file_contains_no_pickle(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + header_len])
+    meta = json.loads(header["__metadata__"]["napari_cvdm"])
+    assert meta["format"] == "napari-cvdm/1" and meta["config"]["preset"] == "tiny"
+    assert b"\x80\x04" not in raw[:16]  # not a pickle protocol header
+
+
+def test_half_precision_file_loads_as_float32(tiny_model, tmp_path):
+    small = nc.save_model(tiny_model, tmp_path / "h.cvdm.safetensors", half=True)
+    full = nc.save_model(tiny_model, tmp_path / "f.cvdm.safetensors")
+    assert small.stat().st_size < 0.6 * full.stat().st_size
+    loaded = nc.load_model(small)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+
+
+def test_pickle_checkpoints_are_refused_with_an_explanation(tmp_path, tiny_model):
+    path = tmp_path / "model.pt"
+    torch.save(tiny_model.state_dict(), path)
+    with pytest.raises(ValueError, match="pickle"):
+        nc.load_model(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"not a model at all", b"\x00" * 64])
+def test_files_that_are_not_models_are_refused(tmp_path, content):
+    path = tmp_path / "bad.cvdm.safetensors"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="napari-cvdm model|safetensors"):
+        nc.load_model(path)
+
+
+def test_plain_safetensors_without_our_header_is_refused(tmp_path):
+    path = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(3)}, str(path))
+    with pytest.raises(ValueError, match="no napari_cvdm header"):
+        nc.load_model(path)
+
+
+def test_truncated_file_is_refused(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    path.write_bytes(path.read_bytes()[:-1000])
+    with pytest.raises(ValueError):
+        nc.load_model(path)
+
+
+def _tamper(path, change):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8:8 + n])
+    meta = json.loads(header["__metadata__"]["napari_cvdm"])
+    change(meta)
+    header["__metadata__"]["napari_cvdm"] = json.dumps(meta)
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:])
+
+
+def test_absurd_config_is_refused_before_allocating(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _tamper(path, lambda m: m["config"]["denoiser"].update(base_channels=10**6))
+    with pytest.raises(ValueError, match="configuration is invalid"):
+        nc.load_model(path)
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _tamper(path, lambda m: m["config"]["denoiser"].update(base_channels=8))
+    with pytest.raises(ValueError, match="shape|do not match"):
+        nc.load_model(path)
+
+
+def test_tiff_round_trip_keeps_pixel_size(tmp_path):
+    data = np.arange(12, dtype=np.float32).reshape(3, 4)
+    path = write_tiff(tmp_path / "a.tif", data, pixel_size=(0.1, 0.2), unit="µm")
+    image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.pixel_size == pytest.approx((0.1, 0.2))
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_unreadable_tiff_gives_a_clear_error(tmp_path):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00garbage")
+    with pytest.raises(ValueError, match="could not be read as a TIFF"):
+        read_tiff(path)
