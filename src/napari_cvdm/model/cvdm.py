@@ -64,7 +64,9 @@ class CVDM(nn.Module):
         """
         if self.mean_net is not None:
             mu = x + self.mean_net(x)
-            center, inputs = mu, torch.cat([x, mu], dim=1)
+            # The mean network learns by regression alone (its own loss term): the
+            # denoiser sees and diffuses around sg(mu), so it cannot bend mu into a feature.
+            center, inputs = mu.detach(), torch.cat([x, mu.detach()], dim=1)
         else:
             mu = None
             center = x if self.config.residual else torch.zeros_like(x)
@@ -103,7 +105,7 @@ class CVDM(nn.Module):
         cfg = self.config
         b = x.shape[0]
         prep = self.prepare(x)
-        y0 = (y - prep["center"].detach()) / self.target_scale
+        y0 = (y - prep["center"]) / self.target_scale
         lam = prep["lam"]
 
         t = torch.rand(b, device=x.device, generator=generator, dtype=x.dtype)

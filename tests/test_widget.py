@@ -1,0 +1,263 @@
+"""The napari plugin: manifest, "CVDM reconstruction" dock widget and sample data."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+import napari_cvdm._widget as widget_module
+from napari_cvdm import CVDM, CVDMConfig, Cancelled, save_model
+from napari_cvdm._widget import ReconstructionOptions, ReconstructionWidget
+
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = CVDM(CVDMConfig.preset("tiny"))
+    return save_model(model, tmp_path_factory.mktemp("models") / "tiny.cvdm.safetensors")
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages the widget shows, by kind, instead of napari notifications."""
+    shown = {"error": [], "info": []}
+    monkeypatch.setattr(widget_module, "show_error", shown["error"].append)
+    monkeypatch.setattr(widget_module, "show_info", shown["info"].append)
+    return shown
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
+    return viewer, widget
+
+
+def image(height=24, width=32, seed=1):
+    return (np.random.default_rng(seed).random((height, width)) * 1000).astype(np.uint16)
+
+
+def configure(widget, model_file, samples=2, steps=2, seed=7):
+    widget.use_model(model_file)
+    widget.set_options(samples=samples, steps=steps, seed=seed, device="cpu")
+
+
+def wait_until_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_widget_is_contributed_through_the_manifest(viewer_and_widget):
+    _, widget = viewer_and_widget
+    assert isinstance(widget, ReconstructionWidget)
+    options = widget.options()
+    assert options == ReconstructionOptions()
+    assert (options.samples, options.steps, options.seed, options.tile_size) == (4, 10, 0, 0)
+    assert options.predict_kwargs() == {"samples": 4, "steps": 10, "eta": 0.0, "seed": None,
+                                        "tile_size": None, "device": "auto"}
+    assert {"auto", "cpu"} <= set(widget._options["device"].choices)
+    assert widget._run.text == "Run"
+
+
+def test_image_choice_follows_the_active_image_layer(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    first = viewer.add_image(image(), name="first")
+    viewer.add_labels(np.zeros((24, 32), dtype=np.uint8), name="mask")
+    second = viewer.add_image(image(seed=2), name="second")
+    assert widget._image.choices == (first, second)  # labels are not offered
+    assert widget._image.value is second
+    viewer.layers.selection.active = first
+    assert widget._image.value is first
+    viewer.layers.selection.active = viewer.layers["mask"]
+    assert widget._image.value is first
+    output = viewer.add_image(image(48, 64), name="first CVDM mean", metadata={"cvdm": {}})
+    assert widget._image.value is first  # outputs are offered but not followed
+    assert output in widget._image.choices
+
+
+def test_model_label_describes_the_chosen_file(viewer_and_widget, model_file, tmp_path):
+    _, widget = viewer_and_widget
+    assert widget._model_file.native.isHidden()  # the bundled model needs no file
+    configure(widget, model_file)
+    assert not widget._model_file.native.isHidden()
+    assert "tiny: x2 super-resolution, preset tiny, untrained" in widget._model_info.value
+    broken = tmp_path / "broken.cvdm.safetensors"
+    broken.write_bytes(b"this is not a model")
+    widget._model_file.value = broken
+    assert "not a napari-cvdm model" in widget._model_info.value
+
+
+def test_run_adds_mean_and_variance_layers_on_the_finer_grid(qtbot, viewer_and_widget,
+                                                            model_file, notifications):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(image(), name="cells", scale=(0.4, 0.4), translate=(2.0, 3.0))
+    original = layer.data.copy()
+    configure(widget, model_file)
+    progress_threads = []
+    widget._signals.progressed.connect(
+        lambda done, total: progress_threads.append(threading.current_thread()))
+    widget._run.native.click()
+    assert widget.running and widget._run.text == "Cancel"
+    wait_until_idle(qtbot, widget)
+    assert notifications["error"] == []
+    assert [lyr.name for lyr in viewer.layers] == ["cells", "cells CVDM mean",
+                                                   "cells CVDM variance"]
+    for out in viewer.layers[1:]:
+        assert out.data.shape == (48, 64)
+        np.testing.assert_allclose(out.scale, [0.2, 0.2])
+        np.testing.assert_allclose(out.translate, [2.0 - 0.1, 3.0 - 0.1])
+        assert out.metadata["cvdm"]["seed"] == 7 and out.metadata["cvdm"]["model"] == "tiny"
+    np.testing.assert_array_equal(layer.data, original)
+    # progress arrives on the main thread, once per denoiser evaluation (2 steps x 1 batch)
+    assert progress_threads and set(progress_threads) == {threading.main_thread()}
+    assert widget._progress.value == widget._progress.max == 2
+    assert widget._run.text == "Run" and widget._run.enabled
+
+
+def test_running_again_updates_the_layers_and_std_option_adds_a_std_layer(
+        qtbot, viewer_and_widget, model_file, notifications):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    configure(widget, model_file, seed=1)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    mean = viewer.layers["cells CVDM mean"]
+    first = mean.data.copy()
+    widget.set_options(seed=2)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(viewer.layers) == 3 and viewer.layers["cells CVDM mean"] is mean
+    assert not np.allclose(mean.data, first)
+    widget.set_options(show="std")
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert viewer.layers[-1].name == "cells CVDM std"
+    assert notifications["error"] == []
+
+
+def test_cancel_button_stops_the_run_and_adds_no_layers(qtbot, viewer_and_widget, model_file,
+                                                       notifications):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(64, 64), name="cells")
+    configure(widget, model_file, samples=1, steps=1000)
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    assert widget.start() is None  # a second run cannot start while one is going
+    widget._run.native.click()  # the button now cancels
+    wait_until_idle(qtbot, widget)
+    assert widget._progress.value == 0
+    assert [lyr.name for lyr in viewer.layers] == ["cells"]
+    assert notifications == {"error": [], "info": ["CVDM reconstruction cancelled"]}
+    assert widget._run.text == "Run" and widget._run.enabled
+
+
+def test_removing_the_input_layer_cancels_the_run(qtbot, viewer_and_widget, model_file,
+                                                  notifications):
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(image(64, 64), name="cells")
+    viewer.add_image(image(), name="other")
+    configure(widget, model_file, samples=1, steps=1000)
+    widget._image.value = layer
+    widget.start()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    viewer.layers.remove(layer)
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == ["other"]
+    assert notifications["info"] == ["CVDM reconstruction cancelled"]
+
+
+def test_a_broken_model_file_is_reported_and_the_widget_stays_usable(
+        qtbot, viewer_and_widget, model_file, tmp_path, notifications):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    broken = tmp_path / "broken.cvdm.safetensors"
+    broken.write_bytes(b"\x00" * 64)
+    configure(widget, broken)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(notifications["error"]) == 1
+    assert "not a napari-cvdm model" in notifications["error"][0]
+    assert len(viewer.layers) == 1
+    assert widget._run.text == "Run" and widget._run.enabled
+    widget._model_file.value = model_file
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(viewer.layers) == 3 and len(notifications["error"]) == 1
+
+
+def test_bad_inputs_are_reported_without_starting(viewer_and_widget, model_file,
+                                                  notifications):
+    viewer, widget = viewer_and_widget
+    configure(widget, model_file)
+    assert widget.start() is None
+    assert "no image layer" in notifications["error"][-1]
+    viewer.add_image(np.zeros((24, 32, 3), dtype=np.uint8), rgb=True, name="photo")
+    assert widget.start() is None
+    assert "Split RGB" in notifications["error"][-1]
+    viewer.add_image(image(), name="cells")
+    widget._model_file.value = ""
+    assert widget.start() is None
+    assert "choose a model file" in notifications["error"][-1]
+    assert len(notifications["error"]) == 3 and not widget.running
+    assert len(viewer.layers) == 2
+
+
+def test_errors_inside_predict_become_notifications(qtbot, viewer_and_widget, model_file,
+                                                    notifications):
+    viewer, widget = viewer_and_widget
+    data = image().astype(np.float32)
+    data[3, 4] = np.nan
+    viewer.add_image(data, name="holes")
+    configure(widget, model_file)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(notifications["error"]) == 1 and "NaN" in notifications["error"][0]
+    assert len(viewer.layers) == 1 and widget._run.enabled
+
+
+def test_out_of_memory_suggests_a_smaller_tile(qtbot, viewer_and_widget, model_file,
+                                               notifications, monkeypatch):
+    def out_of_memory(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(widget_module, "predict", out_of_memory)
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    configure(widget, model_file)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert len(notifications["error"]) == 1 and "lower the tile size" in notifications["error"][0]
+    assert len(viewer.layers) == 1 and widget._run.enabled
+
+
+def test_sample_data_opens_and_the_ground_truth_overlays_it(make_napari_viewer):
+    viewer = make_napari_viewer()
+    (widefield,) = viewer.open_sample("napari-cvdm", "nuclei")
+    assert widefield.name == "nuclei widefield (CVDM sample)"
+    assert widefield.data.shape == (256, 256) and widefield.data.dtype == np.uint16
+    (truth,) = viewer.open_sample("napari-cvdm", "nuclei_ground_truth")
+    assert truth.data.shape == (512, 512)
+    np.testing.assert_allclose(truth.scale, [0.5, 0.5])
+    np.testing.assert_allclose(truth.translate, [-0.25, -0.25])
+    # the two share their world extent: pixel (0, 0) of the input is pixels 0-1 of the truth
+    np.testing.assert_allclose(truth.data_to_world([0.5, 0.5]), widefield.data_to_world([0, 0]))
+
+
+def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_viewer, model_file,
+                                                          notifications):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
+    viewer.add_image(image(64, 64), name="cells")
+    configure(widget, model_file, samples=1, steps=1000)
+    worker = widget.start()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    finished, errors = [], []
+    worker.finished.connect(lambda: finished.append(True))
+    worker.errored.connect(errors.append)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
+    assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
+    assert widget._closed.is_set() and not widget.running
+    assert notifications["error"] == []
