@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
@@ -18,15 +19,19 @@ class ProgressBar:
         self.label, self.stream, self.width = label, stream or sys.stderr, width
         self.started = time.perf_counter()
         self.last_draw = 0.0
+        self.first: int | None = None  # a resumed run starts counting part-way
 
     def __call__(self, done: int, total: int, extra: str = "") -> None:
         now = time.perf_counter()
+        if self.first is None:
+            self.first = done - 1
         if done < total and now - self.last_draw < 0.2:
             return
         self.last_draw = now
         fraction = done / max(total, 1)
         elapsed = now - self.started
-        eta = elapsed / fraction - elapsed if fraction > 0 else float("nan")
+        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
+        eta = (total - done) / rate if rate > 0 else float("nan")
         bar = "#" * int(fraction * self.width)
         self.stream.write(f"\r{self.label} [{bar:<{self.width}}] {done}/{total} "
                           f"{elapsed:5.0f}s elapsed, {eta:5.0f}s left {extra}")
@@ -82,16 +87,62 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _predict(args) -> int:
-    from . import predict
-    from .io import load_model, read_tiff, write_tiff
+def _output_stem(path: Path) -> str:
+    return path.name.split(".")[0] or path.stem or "image"
+
+
+def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
+    """Everything that can be checked before loading a model or an image."""
+    import math
+
+    from .devices import resolve_device
 
     if args.samples < 1 or args.steps < 1:
         raise ValueError("--samples and --steps must be at least 1")
+    if not (math.isfinite(args.eta) and 0.0 <= args.eta <= 1.0):
+        raise ValueError(f"--eta must be between 0 and 1, not {args.eta}")
+    if args.tile_size is not None and args.tile_size < 8:
+        raise ValueError(f"--tile-size must be at least 8 pixels, not {args.tile_size}")
+    resolve_device(args.device)
+    if args.output.exists() and not args.output.is_dir():
+        raise ValueError(f"the output {args.output} exists and is not a folder")
+    plan, seen = [], {}
+    inputs = {p.resolve() for p in args.inputs if p.is_file()}
+    for path in args.inputs:
+        if not path.is_file():
+            raise ValueError(f"input file not found: {path}" if not path.exists()
+                             else f"input {path} is not a file")
+        stem = _output_stem(path)
+        if stem in seen and seen[stem] != path.resolve():
+            raise ValueError(f"{seen[stem]} and {path} would both be written as "
+                             f"{stem}_cvdm_*.tif; rename one or run them separately")
+        seen[stem] = path.resolve()
+        mean_path = args.output / f"{stem}_cvdm_mean.tif"
+        var_path = args.output / f"{stem}_cvdm_var.tif"
+        if {mean_path.resolve(), var_path.resolve()} & inputs:
+            raise ValueError(f"an output of {path} would overwrite an input; choose another "
+                             "output folder")
+        if (path, mean_path, var_path) not in plan:
+            plan.append((path, mean_path, var_path))
+    return plan
+
+
+def _predict(args) -> int:
+    """Each input: read, predict, then write its mean and variance together (both or none).
+
+    A failure or Ctrl-C leaves the outputs of the inputs finished before it, complete,
+    and nothing of the input it was working on.
+    """
+    from . import predict
+    from .io import load_model, read_tiff, write_tiffs
+    from .validation import check_output_size
+
+    plan = _check_predict_args(args)
     model = load_model(args.model)
     args.output.mkdir(parents=True, exist_ok=True)
-    for path in args.inputs:
+    for path, mean_path, var_path in plan:
         image = read_tiff(path)
+        check_output_size(image.data.shape, model.config.scale)
         bar = None if args.quiet else ProgressBar(path.name)
         result = predict(image.data, model, samples=args.samples, steps=args.steps, eta=args.eta,
                          tile_size=args.tile_size, device=args.device, seed=args.seed,
@@ -99,19 +150,46 @@ def _predict(args) -> int:
         pixel = None
         if image.pixel_size is not None:
             pixel = tuple(v / result.scale for v in image.pixel_size)
-        stem = path.name.split(".")[0]
-        mean_path = args.output / f"{stem}_cvdm_mean.tif"
-        var_path = args.output / f"{stem}_cvdm_var.tif"
-        write_tiff(mean_path, result.mean, pixel, image.unit)
-        write_tiff(var_path, result.variance, pixel, image.unit)
+        write_tiffs([(mean_path, result.mean), (var_path, result.variance)], pixel, image.unit)
         print(f"{path} -> {mean_path}, {var_path} ({result.seconds:.1f} s on {result.device})")
     return 0
+
+
+def _check_train_args(args) -> None:
+    import math
+
+    from .devices import resolve_device
+
+    for name in ("steps", "batch_size", "validate_every", "checkpoint_every"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, "
+                             f"not {getattr(args, name)}")
+    if args.patch_size < 8:
+        raise ValueError(f"--patch-size must be at least 8 pixels, not {args.patch_size}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a positive number, not {args.lr}")
+    if args.scale not in (1, 2, 3, 4):
+        raise ValueError(f"--scale must be 1, 2, 3 or 4, not {args.scale}")
+    if not (math.isfinite(args.psf_sigma) and args.psf_sigma > 0):
+        raise ValueError(f"--psf-sigma must be a positive number, not {args.psf_sigma}")
+    for name in ("photons", "background", "read_noise"):
+        low, high = getattr(args, name)
+        positive = name == "photons"
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high
+                and (low > 0 if positive else low >= 0)):
+            raise ValueError(f"--{name.replace('_', '-')} must be MIN MAX with "
+                             f"{'0 <' if positive else '0 <='} MIN <= MAX, not {low} {high}")
+    if args.output.exists() and args.output.is_dir():
+        raise ValueError(f"the output {args.output} is a folder; give a model file name "
+                         "(e.g. my.cvdm.safetensors)")
+    resolve_device(args.device)
 
 
 def _train(args) -> int:
     from .degradation import Degradation
     from .training import TrainingSettings, train
 
+    _check_train_args(args)
     settings = TrainingSettings(
         preset=args.preset, steps=args.steps, batch_size=args.batch_size,
         patch_size=args.patch_size, learning_rate=args.lr, schedule=args.schedule,
@@ -164,19 +242,59 @@ def _info(args) -> int:
     return 0
 
 
+def _one_line(message: object) -> str:
+    """The message on one line: control characters (a newline in a file name) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """MemoryError, torch's OutOfMemoryError, or predict's own "out of memory" RuntimeError
+    (raised when even its smallest tiles do not fit)."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+
+        if isinstance(exc, torch.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    import re
+
+    return isinstance(exc, RuntimeError) and re.search(
+        r"out of (gpu |cuda |mps |device )?memory|does not fit in the memory",
+        str(exc), re.IGNORECASE) is not None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Exit codes: 0 done, 1 out of memory or a file system error, 2 bad input (one line
+    on stderr saying what and how to fix it), 130 cancelled (Ctrl-C). argparse exits with
+    2 for malformed options. Anything else is a bug and shows its traceback."""
     args = _parser().parse_args(argv)
-    from .errors import Cancelled
+    from .errors import Cancelled, TrainingDiverged
 
     handler = {"predict": _predict, "train": _train, "info": _info}[args.command]
     try:
         return handler(args)
     except ValueError as exc:
-        print(f"cvdm {args.command}: error: {exc}", file=sys.stderr)
+        print(f"cvdm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
-        print(f"\ncvdm {args.command}: cancelled; no partial output was written", file=sys.stderr)
+        kept = ("the last checkpoint is kept" if args.command == "train"
+                else "no partial output was written")
+        print(f"\ncvdm {args.command}: cancelled; {kept}", file=sys.stderr)
         return EXIT_CANCELLED
+    except (OSError, TrainingDiverged) as exc:
+        print(f"cvdm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+        hint = ("use a smaller --tile-size or fewer --samples, or --device cpu"
+                if args.command == "predict" else "use a smaller --batch-size or --patch-size")
+        print(f"cvdm {args.command}: error: out of memory ({_one_line(exc)[:200]}); {hint}",
+              file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

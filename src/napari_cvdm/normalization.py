@@ -18,7 +18,12 @@ class Normalization:
 
     @classmethod
     def fit(cls, image: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> Normalization:
-        low, high = np.percentile(np.asarray(image, dtype=np.float64), percentiles)
+        data = np.asarray(image, dtype=np.float64)
+        low, high = np.percentile(data, percentiles)
+        if not high > low:
+            # Sparse structure on a flat background (e.g. one bright spot) has equal
+            # percentiles; the full range keeps it instead of treating the image as constant.
+            low, high = data.min(), data.max()
         return cls(float(low), float(high))
 
     @property

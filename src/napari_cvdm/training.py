@@ -24,7 +24,7 @@ import torch
 from .data import PatchSampler, load_hq, load_pairs, simulate_pairs, split_validation
 from .degradation import Degradation
 from .devices import resolve_device
-from .errors import Cancelled
+from .errors import Cancelled, TrainingDiverged
 from .inference import _cancel_requested
 from .io import atomic_write, load_model, save_model
 from .metrics import psnr, ssim
@@ -172,8 +172,10 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
     settings = settings or TrainingSettings()
     if (pairs is None) == (hq is None):
         raise ValueError("give either pairs=(LQ_DIR, HQ_DIR) or hq=HQ_DIR")
-    if settings.steps < 1 or settings.batch_size < 1:
-        raise ValueError("steps and batch_size must be at least 1")
+    for name in ("steps", "batch_size", "patch_size", "validation_every", "checkpoint_every",
+                 "validation_patches", "validation_steps"):
+        if getattr(settings, name) < 1:
+            raise ValueError(f"{name} must be at least 1, not {getattr(settings, name)}")
     output = Path(output)
     say = log or (lambda message: None)
     dev = resolve_device(device)
@@ -219,12 +221,18 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
     start = 0
     if resume:
         start = _load_state(output, model, optimizer)
-        previous = load_model(output)
-        ema.load_state_dict(previous.state_dict())
-        if previous.config.to_dict() != config.to_dict():
-            raise ValueError(f"cannot resume {output}: it was trained with a different "
-                             "configuration")
-        metadata["training"]["history"] = previous.metadata.get("training", {}).get("history", [])
+        if output.is_file():
+            previous = load_model(output)
+            if previous.config.to_dict() != config.to_dict():
+                raise ValueError(f"cannot resume {output}: it was trained with a different "
+                                 "configuration")
+            ema.load_state_dict(previous.state_dict())
+            metadata["training"]["history"] = (previous.metadata.get("training", {})
+                                               .get("history", []))
+        else:
+            # Interrupted between the state file and the first model file: the averaged
+            # weights restart from the trained weights.
+            ema.load_state_dict(model.state_dict())
         # Advance the data stream so a resumed run does not repeat the first batches.
         generator.manual_seed(settings.seed + start)
         say(f"resumed from step {start}")
@@ -257,8 +265,9 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
                 be.copy_(bm)
         last_loss = {k: float(v.detach()) for k, v in terms.items()}
         if not all(math.isfinite(v) for v in last_loss.values()):
-            raise RuntimeError(f"training diverged at step {step} (loss {last_loss}); "
-                               "lower the learning rate")
+            raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss}); "
+                                   "the last checkpoint is kept; lower the learning rate "
+                                   "(--lr) and --resume")
         if progress is not None:
             progress(step, settings.steps, last_loss)
         if step % settings.validation_every == 0 or step == settings.steps:

@@ -1,19 +1,82 @@
-"""Input checks with messages a microscopist can act on (never a traceback from torch)."""
+"""Input checks with messages a microscopist can act on (never a traceback from torch).
+
+:func:`check_image` looks at the shape and pixel type only (dask, zarr and other lazy
+arrays stay lazy); :func:`check_plane` loads one Y, X plane and checks its values,
+including the limits that come from the float32 outputs (see docs/reliability.md):
+
+- every value must fit in float32 (the mean is float32, in input units);
+- the intensity range must be small enough that the variance, in squared input units,
+  fits in float32, and large enough that it does not underflow to zero;
+- an image finer than float32 (float64, 32/64-bit integers) must keep enough float32 grey
+  levels: values around 2**40 that differ by a few hundred cannot be told apart in
+  float32, and are refused with the fix (subtract the offset) instead of being flattened.
+"""
 
 from __future__ import annotations
 
+import math
+import os
+
 import numpy as np
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Largest |value|: the mean output is float32. (A non-constant image near this limit is
+# refused by the range or the grey-level check below, so outputs never round to inf.)
+MAX_ABS_VALUE = FLOAT32_MAX
+# Largest max - min: the variance is in squared units, float32 (and at most a few times
+# the squared half-range in normalised units), so (1e18 / 2) ** 2 * 4.5 stays below 3.4e38.
+MAX_RANGE = 1e18
+# Smallest max - min of a non-constant image: below this the variance underflows float32.
+MIN_RANGE = 1e-15
+# Fewest float32 steps across the image's range (for inputs finer than float32).
+MIN_LEVELS = 256
+# Largest output the planner accepts, as a fraction of this computer's memory.
+MAX_OUTPUT_FRACTION = 0.5
+
+
+def _power_of_ten(value: float) -> str:
+    return f"1e{int(math.floor(math.log10(value)))}" if value > 0 else "1"
+
+
+def _as_dtype(image) -> np.dtype:
+    """The NumPy pixel type of a NumPy, dask, zarr, xarray or torch (CPU) array."""
+    dtype = image.dtype
+    try:
+        return np.dtype(dtype)
+    except TypeError:
+        pass
+    try:  # torch dtypes, and anything else whose element converts to NumPy
+        import torch
+
+        if isinstance(dtype, torch.dtype):
+            return torch.empty(0, dtype=dtype).numpy().dtype
+    except (ImportError, TypeError, RuntimeError):
+        pass
+    raise ValueError(f"unsupported pixel type {dtype}; use a NumPy-compatible integer or "
+                     "float array")
 
 
 def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
     """Validate shape and dtype without loading the data (dask/zarr stay lazy)."""
+    if image is None:
+        raise ValueError("no image given (None)")
     if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        image = np.asarray(image)
-    shape = tuple(int(s) for s in image.shape)
-    dtype = np.dtype(image.dtype)
+        try:
+            image = np.asarray(image)
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"the image could not be turned into an array ({exc}); pass one "
+                             "2D array, or a stack whose planes all have the same shape "
+                             "(for a napari multiscale image, pick one level)") from None
+    try:
+        shape = tuple(int(s) for s in image.shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"the image has unknown dimensions {tuple(image.shape)} (a dask array "
+                         "with unknown chunk sizes?); call .compute_chunk_sizes() first") from None
+    dtype = _as_dtype(image)
     if len(shape) < 2:
+        what = "a single value" if not shape else "a 1D array"
         raise ValueError(f"expected an image with at least 2 dimensions (Y, X), got shape "
-                         f"{shape}; a 1D array is not an image")
+                         f"{shape}; {what} is not an image")
     if 0 in shape:
         raise ValueError(f"the image is empty (shape {shape})")
     if dtype == np.bool_:
@@ -28,18 +91,82 @@ def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
         raise ValueError(f"the image looks like RGB/RGBA (shape {shape}, last axis "
                          f"{shape[-1]}); split the colour channels and run each one "
                          "(in napari: right-click the layer > Split RGB)")
+    if len(shape) >= 3 and shape[-1] == 1 and shape[-2] > 4:
+        raise ValueError(f"the last axis has size 1 (shape {shape}): this looks like one "
+                         "channel stored as a trailing axis, not Y, X; pass image[..., 0] "
+                         "(or np.squeeze(image)) so that the last two axes are Y, X")
     return shape, dtype
 
 
+def _finer_than_float32(dtype: np.dtype) -> bool:
+    if np.issubdtype(dtype, np.floating):
+        return dtype.itemsize > 4
+    return np.issubdtype(dtype, np.integer) and dtype.itemsize >= 4
+
+
 def check_plane(plane, index: tuple[int, ...] = ()) -> np.ndarray:
-    """Load one Y, X plane as float64 and refuse NaN or infinite values."""
+    """Load one Y, X plane as float64; refuse NaN/inf and values float32 outputs cannot hold."""
+    where = f" in plane {index}" if index else ""
     data = np.asarray(plane)
-    if not np.issubdtype(data.dtype, np.floating):
-        data = data.astype(np.float64)
+    source = data.dtype
+    if data.dtype != np.float64:
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = data.astype(np.float64)
     finite = np.isfinite(data)
     if not finite.all():
-        where = f" in plane {index}" if index else ""
         bad = int(data.size - finite.sum())
         raise ValueError(f"the image contains {bad} NaN or infinite value(s){where}; "
                          "replace them first (e.g. np.nan_to_num) or crop them away")
+    low, high = float(data.min()), float(data.max())
+    largest = max(abs(low), abs(high))
+    if largest > MAX_ABS_VALUE:
+        raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "
+                         f"float32 outputs can hold; divide the image by a constant first "
+                         f"(e.g. image / {_power_of_ten(largest / 1e6)})")
+    if high > low:
+        span = high - low
+        if span > MAX_RANGE:
+            raise ValueError(
+                f"the intensity range{where} ({low:.3g} to {high:.3g}) is too large: the "
+                "variance, in squared intensity units, would overflow float32. Divide the "
+                f"image by a constant first (e.g. image / {_power_of_ten(span / 1e6)}), "
+                "or clip outlier pixels")
+        levels = span / float(np.spacing(np.float32(largest)))
+        if _finer_than_float32(np.dtype(source)) and levels < MIN_LEVELS:
+            raise ValueError(
+                f"the image{where} has values around {largest:.6g} that vary by only "
+                f"{span:.3g}: the float32 outputs would keep about {max(int(levels), 1)} grey "
+                "level(s) of it. Subtract the offset first, e.g. image - image.min() "
+                "(and add it back to the mean afterwards)")
+        if span < MIN_RANGE:
+            raise ValueError(
+                f"the intensity range{where} is only {span:.3g} ({low:.3g} to {high:.3g}): "
+                "the variance, in squared units, would underflow float32. Multiply the image "
+                f"by a constant first (e.g. image * {_power_of_ten(1e-3 / span)})")
     return data
+
+
+def memory_bytes() -> int | None:
+    """This computer's physical memory, or None where it cannot be told (Windows)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = None) -> int:
+    """Bytes of the mean and variance outputs (float32); ValueError if beyond ``limit``.
+
+    ``limit`` defaults to half of this computer's memory. Call before allocating them.
+    """
+    planes = int(np.prod(shape[:-2], dtype=np.float64)) if len(shape) > 2 else 1
+    needed = 2 * 4 * planes * shape[-2] * scale * shape[-1] * scale
+    if limit is None:
+        total = memory_bytes()
+        limit = int(total * MAX_OUTPUT_FRACTION) if total else None
+    if limit is not None and needed > limit:
+        raise ValueError(f"the outputs (mean and variance, {planes} plane(s) of "
+                         f"{shape[-2] * scale} x {shape[-1] * scale} float32) would need "
+                         f"{needed / 2**30:.1f} GiB, more than this computer can spare "
+                         f"({limit / 2**30:.1f} GiB); process a crop or fewer planes at a time")
+    return needed

@@ -90,9 +90,14 @@ class CVDM(nn.Module):
         return out
 
     def to_target(self, y0: torch.Tensor, center: torch.Tensor) -> torch.Tensor:
-        """Map a diffused-space sample back to the normalised image."""
-        out = center + self.target_scale * y0
-        return out.clamp(-self.config.output_clip, self.config.output_clip)
+        """Map a diffused-space sample back to the normalised image.
+
+        Only the diffused residual is bounded (by ``output_clip`` normalised units): the
+        image itself is not clamped, so structures brighter than the input's 99.9th
+        percentile keep their intensity.
+        """
+        clip = self.config.output_clip
+        return center + (self.target_scale * y0).clamp(-clip, clip)
 
     # -- training objective ------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,

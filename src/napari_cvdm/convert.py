@@ -1,0 +1,126 @@
+"""Convert a trusted PyTorch checkpoint (.pt/.pth/.ckpt) into a napari-cvdm model file.
+
+    python -m napari_cvdm.convert IN.pt OUT.cvdm.safetensors --preset NAME [--scale S]
+
+napari-cvdm never unpickles model files: a pickle can run arbitrary code when loaded.
+This one-off conversion reads the checkpoint with ``torch.load(weights_only=True)`` (which
+refuses pickled objects other than tensors and plain containers), loads the weights
+strictly into ``CVDM(CVDMConfig.preset(NAME, scale=S))`` and writes them with
+:func:`napari_cvdm.save_model` (safetensors + JSON header). Run it only on files you trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+EXIT_BAD_INPUT = 2
+# Where common training frameworks keep the weights inside a checkpoint dictionary.
+STATE_KEYS = ("state_dict", "model_state_dict", "model", "ema", "ema_state_dict", "weights")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .model.config import PRESETS
+
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_cvdm.convert",
+        description="Convert a trusted PyTorch checkpoint of a CVDM into a .cvdm.safetensors "
+                    "model file (no pickle).")
+    parser.add_argument("input", type=Path, metavar="IN.pt")
+    parser.add_argument("output", type=Path, metavar="OUT.cvdm.safetensors")
+    parser.add_argument("--preset", required=True, choices=sorted(PRESETS),
+                        help="the configuration the checkpoint was trained with")
+    parser.add_argument("--scale", type=int, default=2, choices=(1, 2, 3, 4),
+                        help="its super-resolution factor (default 2)")
+    parser.add_argument("--half", action="store_true", help="store float16 weights")
+    return parser
+
+
+def _is_state_dict(obj) -> bool:
+    import torch
+
+    return isinstance(obj, dict) and bool(obj) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items())
+
+
+def extract_state_dict(obj) -> dict:
+    """The tensor dictionary in a checkpoint: the object itself or one of STATE_KEYS."""
+    if _is_state_dict(obj):
+        state = obj
+    elif isinstance(obj, dict):
+        found = [obj[k] for k in STATE_KEYS if _is_state_dict(obj.get(k))]
+        if not found:
+            raise ValueError("the checkpoint holds no weights dictionary (looked at the top "
+                             f"level and at the keys {', '.join(STATE_KEYS)})")
+        state = found[0]
+    else:
+        raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a weights "
+                         "dictionary")
+    # nn.DataParallel / DistributedDataParallel prefix every name with "module.".
+    if all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = False) -> Path:
+    """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path."""
+    import torch
+
+    from .io import MODEL_SUFFIX, load_model, save_model
+    from .model.config import CVDMConfig
+    from .model.cvdm import CVDM
+
+    input_path, output_path = Path(input_path), Path(output_path)
+    if not input_path.is_file():
+        raise ValueError(f"checkpoint not found: {input_path}")
+    if not output_path.name.endswith(MODEL_SUFFIX):
+        raise ValueError(f"the output file name must end with {MODEL_SUFFIX}, not "
+                         f"{output_path.name!r}")
+    if output_path.resolve() == input_path.resolve():
+        raise ValueError("the output must not overwrite the input")
+    try:
+        obj = torch.load(input_path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zip errors
+        raise ValueError(f"{input_path} could not be loaded as plain weights "
+                         f"(torch.load(weights_only=True): {type(exc).__name__}: {exc}). "
+                         "napari-cvdm does not unpickle arbitrary objects; save the "
+                         "model's state_dict() from the code that trained it") from None
+    state = extract_state_dict(obj)
+    config = CVDMConfig.preset(preset, scale=scale)
+    model = CVDM(config)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise ValueError(f"the weights in {input_path} do not fit the {preset!r} preset at "
+                         f"scale {scale}: {' '.join(line.strip() for line in first[:4])}"
+                         ) from None
+    for name, value in model.state_dict().items():
+        if value.is_floating_point() and not bool(value.isfinite().all()):
+            raise ValueError(f"{input_path}: weight {name} contains NaN or infinite values")
+    digest = hashlib.sha256(input_path.read_bytes()).hexdigest()
+    model.metadata = {"name": output_path.name.removesuffix(MODEL_SUFFIX),
+                      "converted_from": {"file": input_path.name, "sha256": digest}}
+    save_model(model, output_path, half=half)
+    load_model(output_path)  # the written file passes every check a user's load will make
+    return output_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        out = convert(args.input, args.output, args.preset, args.scale, args.half)
+    except ValueError as exc:
+        print(f"convert: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:
+        print(f"convert: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.input} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
