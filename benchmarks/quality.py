@@ -157,9 +157,11 @@ def main() -> None:
     if args.quick:
         settings = [(10, 0.0, "ddim", (1, 4)), (25, 0.0, "ddim", (1, 4))]
     else:
-        settings = [(10, 0.0, "ddim", (1, 4, 8, 16)), (25, 0.0, "ddim", (1, 8)),
-                    (50, 0.0, "ddim", (1, 8)), (10, 1.0, "ddim", (1, 8)),
-                    (50, 1.0, "ddim", (1, 8)), (0, 1.0, "reference", (1, 4))]
+        # Every setting on every image costs samples x steps network calls: this set takes
+        # about 2 CPU minutes per 128 x 128 crop on 2 cores.
+        settings = [(10, 0.0, "ddim", (1, 4, 8)), (25, 0.0, "ddim", (1, 8)),
+                    (50, 0.0, "ddim", (1, 4)), (25, 1.0, "ddim", (1, 8)),
+                    (0, 1.0, "reference", (1, 2))]
     results, calib, per_image = {}, [], {}
     half = args.crop // (2 * model.config.scale) * model.config.scale
     sources = []
