@@ -1,6 +1,11 @@
-"""Device choice: "auto" picks CUDA, then Apple MPS, then the CPU."""
+"""Device choice: "auto" picks CUDA, then Apple MPS, then the CPU; CPU allocator tuning."""
 
 from __future__ import annotations
+
+import ctypes
+import os
+import sys
+import threading
 
 import torch
 
@@ -46,8 +51,77 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def free_memory_bytes(device: torch.device) -> int | None:
-    """Free accelerator memory, or None on the CPU (where the tile size is fixed)."""
+    """Free accelerator memory, or None on the CPU (where a fixed pixel budget is used)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free)
     return None
+
+
+def available_cpu_bytes() -> int | None:
+    """MemAvailable of /proc/meminfo (Linux), or None where it cannot be read."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+# -- CPU allocator -------------------------------------------------------------------------
+# glibc's malloc gives every freed block above a (dynamic, at most 32 MiB) threshold back to
+# the kernel, and trims the heap top above another: a U-Net on a large tile frees and
+# re-allocates tens of megabytes per layer, and each time the kernel has to fault in and
+# zero fresh pages. Keeping freed blocks in the heap cut the CPU time of predict() by about
+# 30 % (docs/performance.md). malloc_trim() after a prediction gives the memory back.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP_BYTES = 1 << 30
+_lock = threading.Lock()
+_libc = None
+_tuned = False
+
+
+def _glibc():
+    global _libc
+    if _libc is None:
+        _libc = False
+        if sys.platform.startswith("linux"):
+            try:
+                libc = ctypes.CDLL("libc.so.6")
+                libc.gnu_get_libc_version  # glibc only (not musl)
+                _libc = libc
+            except (OSError, AttributeError):
+                pass
+    return _libc or None
+
+
+def tune_cpu_allocator() -> bool:
+    """Keep large freed blocks in the process heap (glibc only, once per process).
+
+    Set NAPARI_CVDM_TUNE_MALLOC=0 to leave the allocator alone. Returns whether it is tuned.
+    """
+    global _tuned
+    if os.environ.get("NAPARI_CVDM_TUNE_MALLOC", "1").strip() in ("0", "false", "no"):
+        return False
+    with _lock:
+        if _tuned:
+            return True
+        libc = _glibc()
+        if libc is None:
+            return False
+        ok = bool(libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BYTES)
+                  or libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20))
+        ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BYTES)) and ok
+        _tuned = ok
+        return ok
+
+
+def release_cpu_memory() -> None:
+    """Give the free heap memory back to the system (after a prediction)."""
+    if _tuned:
+        libc = _glibc()
+        if libc is not None:
+            libc.malloc_trim(0)

@@ -43,13 +43,18 @@ def gamma_sequence(model: CVDM, lam: torch.Tensor, steps: int, sampler: str) -> 
     t_count = model.config.timesteps
     times = torch.arange(1, t_count + 1, device=device, dtype=torch.float32) / t_count
     tau_1, _ = schedule.taus(times)
-    # log gamma_bar_k for k = T first, then peel one alpha off per step.
-    log_alphas = [torch.log((1 - lam * tau_1[j] / t_count).clamp(GAMMA_MIN, 1.0))
-                  for j in range(t_count)]
-    log_gamma = torch.stack(log_alphas).sum(0)
+
+    def log_alpha(j: int) -> torch.Tensor:
+        return torch.log((1 - lam * tau_1[j] / t_count).clamp(GAMMA_MIN, 1.0))
+
+    # log gamma_bar_k for k = T first, then peel one alpha off per step. The T log-alpha
+    # maps are recomputed (cheap, elementwise) rather than kept: memory stays O(1) in T.
+    log_gamma = torch.zeros_like(lam)
+    for j in range(t_count):
+        log_gamma = log_gamma + log_alpha(j)
     for k in range(t_count, 0, -1):
         yield log_gamma.exp().clamp(GAMMA_MIN, GAMMA_MAX)
-        log_gamma = log_gamma - log_alphas[k - 1]
+        log_gamma = log_gamma - log_alpha(k - 1)
     yield torch.full_like(lam, GAMMA_MAX)
 
 
@@ -68,20 +73,30 @@ def ddim_step(z: torch.Tensor, eps_hat: torch.Tensor, g_t: torch.Tensor, g_s: to
 
 def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: int = 50,
            eta: float = 1.0, sampler: str = "ddim", generator: torch.Generator | None = None,
-           on_evaluation: Callable[[], None] | None = None, autocast: bool = False) -> torch.Tensor:
+           on_evaluation: Callable[[], None] | None = None, autocast: bool = False,
+           prepared: dict[str, torch.Tensor] | None = None,
+           denoise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Draw samples for the conditioning batch ``x`` (N, C, H, W).
 
     ``initial_noise`` (S, N, C, H, W) is z at the start (pure noise): the number of samples
     S comes from it. Returns the reconstructions, (S, N, C, H, W), in normalised units.
     ``on_evaluation`` is called after every denoiser evaluation (progress, cancellation).
+    ``prepared``: ``model.prepare(x)`` when the caller already has it (it depends on x
+    only, so a caller drawing several batches of samples for one x computes it once).
+    ``denoise``: a drop-in for ``model.denoise`` (e.g. a ``torch.compile``d one).
+    Everything inside the step loop stays on x's device: no host copies, no syncs.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be between 0 and 1, not {eta}")
     s, n = initial_noise.shape[:2]
-    prep = model.prepare(x)  # depends on x only: once per tile, not per step
-    repeat = lambda v: v.repeat(s, 1, 1, 1)  # noqa: E731  (S*N, ...), sample-major
+    prep = model.prepare(x) if prepared is None else prepared  # once per x, not per step
+    denoise = model.denoise if denoise is None else denoise
+
+    def repeat(v: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (S*N, ...), sample-major
+        return v if s == 1 else v.repeat(s, 1, 1, 1)
+
     inputs, center, lam = repeat(prep["inputs"]), repeat(prep["center"]), prep["lam"]
     z = initial_noise.reshape(s * n, *initial_noise.shape[2:]).to(x.dtype)
     y0_limit = 2 * model.config.output_clip / model.target_scale
@@ -92,7 +107,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     for g_next in gammas:
         g_s = repeat(g_next)
         with torch.autocast(z.device.type, dtype=torch.float16, enabled=autocast):
-            eps_hat = model.denoise(z, inputs, g_t)
+            eps_hat = denoise(z, inputs, g_t)
         eps_hat = eps_hat.float()
         noise = (torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
                  if eta > 0 else None)

@@ -1,0 +1,168 @@
+"""GPU behaviour of predict(): autocast against CPU float32, and the out-of-memory retries.
+
+The CUDA tests run only where CUDA is available; the retry logic itself is also covered on
+the CPU by making the tile computation raise torch.cuda.OutOfMemoryError.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+import napari_cvdm as nc
+from napari_cvdm import inference
+
+from conftest import randomized
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+# -- the retry logic, on any machine -------------------------------------------------------
+def _fail(monkeypatch, times: int | None):
+    """Make the tile computation raise torch.cuda.OutOfMemoryError ``times`` times (None:
+    always); returns the (tile height, tile width, tiles per call) of every attempt."""
+    original = inference._tile_statistics
+    seen = []
+
+    def flaky(net, x_plane, tiles, *args, **kwargs):
+        seen.append((tiles[0].height, tiles[0].width, len(tiles)))
+        if times is None or len(seen) <= times:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(net, x_plane, tiles, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_tile_statistics", flaky)
+    return seen
+
+
+def test_out_of_memory_once_retries_with_smaller_tiles(tiny_model, monkeypatch):
+    seen = _fail(monkeypatch, times=1)
+    calls = []
+    image = np.random.default_rng(0).random((160, 160)).astype(np.float32)
+    result = nc.predict(image, tiny_model, samples=2, steps=2, seed=0,
+                        progress=lambda d, t: calls.append((d, t)))
+    assert result.info["retries"] == 1
+    assert seen[0][:2] == (320, 320)          # the first plan: one 320 x 320 tile
+    assert max(seen[1][:2]) < 320             # then smaller tiles
+    assert result.tile_size < 320 and result.info["tiles"] > 1
+    assert result.mean.shape == (320, 320) and np.isfinite(result.mean).all()
+    assert (result.variance >= 0).all()
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and done[-1] == calls[-1][1]  # never backwards, ends at total
+
+
+def test_out_of_memory_with_small_tiles_reduces_the_sample_batch(tiny_model, monkeypatch):
+    # Out of memory whenever more than one sample runs per call.
+    original = inference._tile_statistics
+    batches = []
+
+    def needs_batch_one(net, x_plane, tiles, chunks, *args, **kwargs):
+        batches.append(len(chunks[0]))
+        if len(chunks[0]) > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return original(net, x_plane, tiles, chunks, *args, **kwargs)
+
+    monkeypatch.setattr(inference, "_tile_statistics", needs_batch_one)
+    result = nc.predict(np.random.rand(24, 24), tiny_model, samples=4, steps=2, seed=0)
+    assert result.info["batch"] == 1 and result.info["retries"] >= 2
+    assert batches[0] == 4 and batches[-1] == 1
+    assert np.isfinite(result.mean).all()
+
+
+def test_out_of_memory_everywhere_gives_a_clear_runtime_error(tiny_model, monkeypatch):
+    _fail(monkeypatch, times=None)
+    with pytest.raises(RuntimeError, match=r"out of GPU memory even with tile \d+ and batch 1; "
+                                           r"try --device cpu or a smaller --tile-size") as err:
+        nc.predict(np.random.rand(200, 200), tiny_model, samples=4, steps=2, seed=0)
+    assert not isinstance(err.value, ValueError)
+    assert not isinstance(err.value, torch.OutOfMemoryError)
+
+
+def test_other_errors_are_not_retried(tiny_model, monkeypatch):
+    def broken(*args, **kwargs):
+        raise KeyError("not a memory problem")
+
+    monkeypatch.setattr(inference, "_tile_statistics", broken)
+    with pytest.raises(KeyError):
+        nc.predict(np.random.rand(16, 16), tiny_model, samples=1, steps=1, seed=0)
+
+
+def test_retry_plans_shrink_tiles_then_batch():
+    p = inference.TilePlan((1024, 1024), 128, 8, 4, 2**22)
+    seen = [p]
+    while (p := inference._smaller_plan(p, 8)) is not None:
+        seen.append(p)
+    assert seen[1].group == 1 and seen[1].tile == (1024, 1024)
+    tiles = [max(s.tile) for s in seen]
+    assert tiles == sorted(tiles, reverse=True) and tiles[-1] == inference.MIN_RETRY_TILE
+    assert [s.batch for s in seen][-4:] == [8, 4, 2, 1]
+    assert all(s.overlap <= min(s.tile) // 2 for s in seen)
+
+
+# -- real CUDA -------------------------------------------------------------------------------
+@pytest.fixture
+def small_model():
+    torch.manual_seed(0)
+    return randomized(nc.CVDM(nc.CVDMConfig.preset("small")), scale=0.02)
+
+
+@needs_cuda
+def test_cuda_autocast_is_close_to_cpu_float32(small_model, nuclei_widefield, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # true float32 reference
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    # Deterministic steps (eta = 0): both devices start from the same position-seeded noise,
+    # so they differ only by arithmetic. Tolerance: float16 autocast keeps the mean within
+    # 1 % of the image's range on average (5 % at worst) of the float32 CPU result;
+    # without autocast CUDA matches the CPU to 0.1 %.
+    image = nuclei_widefield[:64, :64].astype(np.float32)
+    kwargs = dict(samples=2, steps=5, eta=0.0, seed=0)
+    cpu = nc.predict(image, small_model, device="cpu", **kwargs)
+    half = nc.predict(image, small_model, device="cuda", **kwargs)
+    full = nc.predict(image, small_model, device="cuda", half=False, **kwargs)
+    assert half.info["half"] and not full.info["half"] and half.device.startswith("cuda")
+    span = float(np.ptp(cpu.mean))
+    diff = np.abs(half.mean - cpu.mean)
+    assert diff.mean() < 0.01 * span and diff.max() < 0.05 * span
+    diff32 = np.abs(full.mean - cpu.mean)
+    assert diff32.mean() < 1e-3 * span
+    assert np.isfinite(half.variance).all() and (half.variance >= 0).all()
+
+
+@needs_cuda
+def test_cuda_out_of_memory_is_retried_for_real(small_model):
+    # Cap this process at ~1.5 GiB of the GPU: the plan (made from the free memory) asks
+    # for 1024 x 1024 tiles of many samples, which do not fit; the retries must find a plan
+    # that does, and the result must still cover the image.
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 1.5 * 2**30 / total))
+    try:
+        image = np.random.default_rng(0).random((1024, 1024)).astype(np.float32)
+        result = nc.predict(image, small_model, device="cuda", samples=16, steps=1,
+                            half=False, seed=0)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert result.info["retries"] >= 1
+    assert result.mean.shape == (2048, 2048) and np.isfinite(result.mean).all()
+
+
+@needs_cuda
+def test_cuda_hopeless_memory_gives_the_clear_error(small_model):
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    small_model.to("cuda")  # weights in place first: then only activations are refused
+    used = torch.cuda.memory_allocated()
+    torch.cuda.set_per_process_memory_fraction(min(1.0, (used + 2 * 2**20) / total))
+    try:
+        with pytest.raises(RuntimeError, match="out of GPU memory even with tile"):
+            nc.predict(np.random.rand(512, 512), small_model, device="cuda", samples=2,
+                       steps=1, seed=0)
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+
+
+@needs_cuda
+def test_cuda_compile_option_runs(tiny_model):
+    result = nc.predict(np.random.rand(32, 32), tiny_model, device="cuda", samples=1,
+                        steps=2, seed=0, compile=True)
+    assert np.isfinite(result.mean).all()
