@@ -8,9 +8,10 @@ trap 'rm -rf "$work"' EXIT
 .venv/bin/python -m pip install -q build
 .venv/bin/python -m build -q --wheel --outdir "$work/dist" . >/dev/null
 wheel=$(ls "$work"/dist/napari_cvdm-*.whl)
+.venv/bin/python -m zipfile -l "$wheel" > "$work/listing.txt"
 for member in napari_cvdm/napari.yaml napari_cvdm/weights/demo.cvdm.safetensors \
               napari_cvdm/sample_data/nuclei_widefield.tif; do
-    .venv/bin/python -m zipfile -l "$wheel" | grep -q "$member" || { echo "missing $member in wheel"; exit 1; }
+    grep -q "$member" "$work/listing.txt" || { echo "missing $member in wheel"; exit 1; }
 done
 python3 -m venv "$work/venv"
 "$work/venv/bin/python" -m pip install -q -c .ci/constraints.txt "$wheel"
