@@ -77,13 +77,11 @@ def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
 
 
 def _validation_set(val_pairs, scale: int, patch: int, count: int, seed: int):
-    from .data import PatchSampler as _Sampler
-
     usable = [p for p in val_pairs if min(p.hq.shape) >= patch]
     if not usable:
         patch = min(min(p.hq.shape) for p in val_pairs) // 8 * 8
         usable = val_pairs
-    sampler = _Sampler(usable, scale, patch, torch.Generator().manual_seed(seed + 1), augment=False)
+    sampler = PatchSampler(usable, scale, patch, torch.Generator().manual_seed(seed + 1), augment=False)
     return sampler.batch(count)
 
 
