@@ -565,7 +565,7 @@ def test_a_failed_rerun_keeps_the_previous_complete_outputs(two_tiffs, tiny_mode
 def test_an_interruption_during_predict_leaves_no_files_for_that_input(
         two_tiffs, tiny_model_file, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of the second image: the first image's outputs are complete."""
-    import napari_cvdm.cli as cli
+    import napari_cvdm.cli.predict as cli
 
     out = tmp_path / "out"
     real_bar = cli.ProgressBar
