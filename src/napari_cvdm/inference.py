@@ -26,6 +26,7 @@ from .model.cvdm import CVDM
 from .noise import noise_for_region
 from .normalization import Normalization
 from .resampling import upsample
+from .precision import Precision
 from .sampling import SAMPLERS, evaluations, sample
 from .tiling import StatisticsBlender, Tile, fit_tile, round_up, tile_grid
 from .validation import check_image, check_plane
@@ -464,7 +465,8 @@ def _tile_statistics(net: CVDM, x_plane: torch.Tensor, tiles: list[Tile], chunks
         noise = torch.stack([noise_for_region(seed, plane, chunk, t.y, t.x, ph, pw)
                              for t in tiles], dim=1).to(device)  # (S, G, 1, ph, pw)
         out = sample(net, x, noise, steps=steps, eta=eta, sampler=sampler,
-                     generator=generator, on_evaluation=tick, autocast=half,
+                     generator=generator, on_evaluation=tick,
+                     precision=Precision("fp16", device.type) if half else None,
                      prepared=prepared, denoise=denoise)
         out = out[:, :, 0, :th, :tw].to(acc)
         n = out.shape[0]

@@ -23,6 +23,8 @@ import torch
 
 from .model.cvdm import CVDM
 from .model.schedule import GAMMA_MAX, GAMMA_MIN
+from .precision import FP32_CPU as FP32
+from .precision import Precision
 
 SAMPLERS = ("ddim", "reference")
 
@@ -73,7 +75,7 @@ def ddim_step(z: torch.Tensor, eps_hat: torch.Tensor, g_t: torch.Tensor, g_s: to
 
 def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: int = 50,
            eta: float = 1.0, sampler: str = "ddim", generator: torch.Generator | None = None,
-           on_evaluation: Callable[[], None] | None = None, autocast: bool = False,
+           on_evaluation: Callable[[], None] | None = None, precision: Precision | None = None,
            prepared: dict[str, torch.Tensor] | None = None,
            denoise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Draw samples for the conditioning batch ``x`` (N, C, H, W).
@@ -84,6 +86,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     ``prepared``: ``model.prepare(x)`` when the caller already has it (it depends on x
     only, so a caller drawing several batches of samples for one x computes it once).
     ``denoise``: a drop-in for ``model.denoise`` (e.g. a ``torch.compile``d one).
+    ``precision``: the networks' arithmetic (None: float32); the sampler state stays float32.
     Everything inside the step loop stays on x's device: no host copies, no syncs.
     """
     if sampler not in SAMPLERS:
@@ -106,7 +109,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     y0_hat = z
     for g_next in gammas:
         g_s = repeat(g_next)
-        with torch.autocast(z.device.type, dtype=torch.float16, enabled=autocast):
+        with (precision or FP32).autocast():
             eps_hat = denoise(z, inputs, g_t)
         eps_hat = eps_hat.float()
         noise = (torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
