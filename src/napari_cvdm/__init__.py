@@ -19,6 +19,13 @@ def run_on_layer(viewer, layer, model="demo", **kwargs):
     return _run(viewer, layer, model=model, **kwargs)
 
 
+def train_on_layers(viewer, hq=None, pairs=None, **kwargs):
+    """Train or fine-tune CVDM on napari image layers, blocking; return the trained model."""
+    from .training_layers import train_on_layers as _train
+
+    return _train(viewer, hq, pairs, **kwargs)
+
+
 __all__ = [
     "CVDM",
     "CVDMConfig",
@@ -28,5 +35,6 @@ __all__ = [
     "predict",
     "run_on_layer",
     "save_model",
+    "train_on_layers",
     "__version__",
 ]

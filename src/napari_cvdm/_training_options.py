@@ -1,0 +1,102 @@
+"""The options of the "CVDM training" widget as small typed dataclasses.
+
+Each knows its defaults, how it shows itself in magicgui and how it becomes plain keyword
+arguments for the library (a :class:`~napari_cvdm.degradation.Degradation`, or the fields of
+:class:`~napari_cvdm.training.TrainingSettings`). No Qt here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .degradation import Degradation
+from .devices import available_devices
+from .precision import PRECISIONS
+
+
+@dataclass
+class OpticsOptions:
+    """The simulated microscope that turns high-quality images into training inputs."""
+
+    psf: str = "gaussian"
+    psf_sigma: float = 3.0  # the real pairs here fit 2.75-3.75 high-quality pixels
+    scale: int = 2
+    photons_min: float = 30.0
+    photons_max: float = 1000.0
+    background_max: float = 10.0
+    read_noise_max: float = 3.0
+
+    def degradation(self) -> Degradation:
+        return Degradation(psf=self.psf, psf_sigma=self.psf_sigma, scale=self.scale,
+                           photons=(self.photons_min, self.photons_max),
+                           background=(0.0, self.background_max),
+                           read_noise=(min(0.5, self.read_noise_max), self.read_noise_max))
+
+    @staticmethod
+    def widget_options() -> dict[str, dict[str, Any]]:
+        return {
+            "psf": {"label": "PSF", "widget_type": "ComboBox", "choices": ["gaussian", "airy"]},
+            "psf_sigma": {"label": "PSF sigma (HQ px)", "min": 0.1, "max": 20.0, "step": 0.25},
+            "scale": {"label": "scale (from scratch)", "min": 1, "max": 8},
+            "photons_min": {"label": "photons from", "min": 1.0, "max": 1e6},
+            "photons_max": {"label": "photons to", "min": 1.0, "max": 1e6},
+            "background_max": {"label": "background up to", "min": 0.0, "max": 1e5},
+            "read_noise_max": {"label": "read noise up to", "min": 0.0, "max": 1e3},
+        }
+
+
+@dataclass
+class TrainingOptions:
+    """How long and how to train. Small defaults: a fine-tune that runs on a laptop CPU."""
+
+    steps: int = 300
+    patch_size: int = 64
+    batch_size: int = 4
+    learning_rate: float = 0.0  # 0: the preset's default
+    validation_fraction: float = 0.15
+    validation_every: int = 50
+    checkpoint_every: int = 50
+    seed: int = 0
+    precision: str = "auto"
+    device: str = "auto"
+
+    def settings(self) -> dict[str, Any]:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values["learning_rate"] = self.learning_rate or None
+        values.pop("device")
+        return values
+
+    @staticmethod
+    def widget_options() -> dict[str, dict[str, Any]]:
+        return {
+            "steps": {"min": 1, "max": 1_000_000},
+            "patch_size": {"min": 8, "max": 1024, "step": 8,
+                           "tooltip": "high-quality pixels per side of a training patch; "
+                                      "lowered automatically to fit small images"},
+            "batch_size": {"min": 1, "max": 256},
+            "learning_rate": {"label": "learning rate (0 = default)", "min": 0.0, "max": 1.0,
+                              "step": 1e-5},
+            "validation_fraction": {"label": "validation split", "min": 0.01, "max": 0.5,
+                                    "step": 0.05},
+            "validation_every": {"min": 1, "max": 100_000},
+            "checkpoint_every": {"min": 1, "max": 100_000},
+            "seed": {"min": 0, "max": 2**31 - 1},
+            "precision": {"widget_type": "ComboBox", "choices": list(PRECISIONS)},
+            "device": {"widget_type": "ComboBox", "choices": ["auto", *available_devices()]},
+        }
+
+
+def make_widgets(options_class) -> dict[str, Any]:
+    """One magicgui widget per field of an options dataclass, by field name."""
+    from magicgui.widgets import create_widget
+
+    widget_options = options_class.widget_options()
+    out = {}
+    for f in fields(options_class):
+        opts = dict(widget_options[f.name])
+        widget_type = opts.pop("widget_type", None)
+        label = opts.pop("label", f.name.replace("_", " "))
+        out[f.name] = create_widget(value=f.default, annotation=type(f.default), name=f.name,
+                                    label=label, widget_type=widget_type, options=opts)
+    return out

@@ -1,0 +1,292 @@
+"""napari layers into train(): checks before anything starts, training data, preview regions.
+
+No Qt here, and napari only inside functions. Scripts call :func:`train_on_layers`
+(blocking); the "CVDM training" dock widget calls :func:`prepare_training` on the main
+thread, runs :meth:`TrainingJob.run` in a worker and registers the model when it is done,
+so both check the same things and train the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import model_choices
+from .data import Pair, split_validation
+from .degradation import Degradation
+from .layers import _unwrap
+from .model.config import CVDMConfig
+from .model.cvdm import CVDM
+
+PATCH_MULTIPLE = 8
+
+
+# -- checks: each returns a message, or None when all is well ------------------------------
+def layer_problem(layer, role: str = "high-quality") -> str | None:
+    """Why ``layer`` cannot be a training image, or None."""
+    from napari.layers import Image, Labels
+
+    if layer is None:
+        return f"choose a {role} image layer"
+    if isinstance(layer, Labels):
+        return (f"{layer.name!r} is a Labels layer (a segmentation); training needs "
+                f"{role} intensity images")
+    if not isinstance(layer, Image):
+        return f"{layer.name!r} is a {type(layer).__name__} layer; training needs Image layers"
+    if layer.rgb:
+        return (f"{layer.name!r} is RGB; train on one channel at a time (right-click the "
+                "layer > Split RGB)")
+    if layer.multiscale:
+        return f"{layer.name!r} is a multiscale pyramid; crop a region into a new layer first"
+    if np.asarray(layer.data).dtype.kind not in "biuf":
+        return f"{layer.name!r} holds {np.asarray(layer.data).dtype} values, not intensities"
+    return None
+
+
+def dimensionality_problem(layers) -> str | None:
+    """Layers trained on together must all have the same number of axes."""
+    ndims = {layer.ndim for layer in layers}
+    if len(ndims) > 1:
+        names = ", ".join(f"{layer.name!r} ({layer.ndim}-D)" for layer in layers)
+        return (f"the layers have different dimensionality: {names}; use layers with the "
+                "same axes (2-D images, or stacks of the same kind)")
+    return None
+
+
+def pair_scale(lq_shape, hq_shape) -> int | str:
+    """The integer scale between a low- and a high-quality image, or why there is none."""
+    if tuple(lq_shape[:-2]) != tuple(hq_shape[:-2]):
+        return (f"the pair's leading axes differ: {tuple(lq_shape)} and {tuple(hq_shape)}")
+    ratio_y, ratio_x = hq_shape[-2] / lq_shape[-2], hq_shape[-1] / lq_shape[-1]
+    if ratio_y != ratio_x or ratio_y != int(ratio_y) or ratio_y < 1:
+        return (f"high-quality {tuple(hq_shape[-2:])} is not an integer multiple of "
+                f"low-quality {tuple(lq_shape[-2:])} (it must be 1x, 2x, 3x ... larger "
+                "along both Y and X)")
+    return int(ratio_y)
+
+
+def output_problem(output) -> str | None:
+    """Why the model cannot be written to ``output``, or None; writes nothing that stays."""
+    if output is None or not str(output).strip() or str(output) == ".":
+        return "choose the file to save the trained model to (name.cvdm.safetensors)"
+    path = Path(output).expanduser()
+    if path.is_dir():
+        return f"{path} is a folder; give a file name such as {path / 'my-model.cvdm.safetensors'}"
+    if not path.name.endswith(".safetensors"):
+        return f"the model file name must end in .cvdm.safetensors, not {path.name!r}"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is not a folder"
+    try:  # os.access answers yes to root on read-only file systems: try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        return f"cannot write to {parent} ({exc.strerror or exc}); choose another place"
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} exists and is read-only; choose another file"
+    return None
+
+
+def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
+    """The configuration training starts from, and a line about it; ValueError if none."""
+    if init is not None and preset is not None:
+        raise ValueError("give init (fine-tune a model) or preset (train from scratch), "
+                         "not both")
+    if init is None:
+        config = CVDMConfig.preset(preset or "small")
+        return config, f"preset {config.preset} from scratch"
+    from .io import BUNDLED, bundled_model_path, read_model_header
+    from .layers import model_summary
+
+    path = bundled_model_path(init) if isinstance(init, str) and init in BUNDLED else Path(init)
+    summary = model_summary(init)  # ValueError: not found, not a model, pickle, ...
+    return CVDMConfig.from_dict(read_model_header(path)["config"]), f"fine-tune {summary}"
+
+
+def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: float,
+                  wanted: int) -> int:
+    """The largest patch size <= ``wanted`` that every training image still holds after
+    the validation split (0 if none does); asks split_validation itself."""
+    step = math.lcm(scale, multiple)
+    zeros = np.float32(0)
+    for patch in range(wanted // step * step, 0, -step):
+        pairs = [Pair(np.broadcast_to(zeros, (h // scale, w // scale)),
+                      np.broadcast_to(zeros, (h // scale * scale, w // scale * scale)), str(i))
+                 for i, (h, w) in enumerate(hq_shapes)]
+        train, _ = split_validation(pairs, validation_fraction, patch)
+        if all(min(p.hq.shape) >= patch for p in train):
+            return patch
+    return 0
+
+
+# -- layers to arrays -----------------------------------------------------------------------
+def _resolve(viewer, layer):
+    if isinstance(layer, str):
+        if viewer is None or layer not in viewer.layers:
+            raise ValueError(f"there is no layer called {layer!r}")
+        return _unwrap(viewer.layers[layer])
+    return _unwrap(layer)
+
+
+def _planes(layer) -> list[np.ndarray]:
+    data = np.asarray(layer.data)
+    return list(data.reshape(-1, *data.shape[-2:]))
+
+
+@dataclass
+class TrainingJob:
+    """Everything train() needs, taken from layers and checked; running it writes the model."""
+
+    output: Path
+    settings: Any  # TrainingSettings
+    scale: int
+    layers: list = field(default_factory=list)
+    hq: list[np.ndarray] | None = None
+    pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
+    degradation: Degradation | None = None
+    notes: list[str] = field(default_factory=list)
+    start: str = ""
+
+    def run(self, device: str = "auto", progress=None, log=None, cancel=None,
+            on_validation=None) -> CVDM:
+        """Train (blocking); the model file is written at checkpoints and at the end."""
+        from .training import train
+
+        return train(output=self.output, hq=self.hq, pairs=self.pairs, settings=self.settings,
+                     degradation=self.degradation, device=device, progress=progress, log=log,
+                     cancel=cancel, on_validation=on_validation)
+
+
+def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
+                     preset: str | None = None, degradation: Degradation | None = None,
+                     **settings) -> TrainingJob:
+    """Check the layers, the starting model and the output, and gather the training data.
+
+    ``hq``: high-quality image layers (or names), trained with simulated optics;
+    ``pairs``: (low-quality, high-quality) layer tuples, the scale detected from their
+    shapes. Raises ValueError saying every problem found; nothing is written. A patch size
+    larger than the images allow is lowered to the largest that fits (said in ``notes``).
+    """
+    from .training import TrainingSettings
+
+    if (hq is None) == (pairs is None):
+        raise ValueError("give hq=[high-quality layers] or pairs=[(low, high), ...], not both")
+    problems: list[str] = []
+    notes: list[str] = []
+    known = {f.name for f in dataclasses.fields(TrainingSettings)} - {"preset", "init"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}; choose from {sorted(known)}")
+    try:
+        config, start = start_model(init, preset)
+    except ValueError as exc:
+        problems.append(str(exc))
+        config, start = None, ""
+    message = output_problem(output)
+    if message:
+        problems.append(message)
+
+    groups = [tuple(p) for p in pairs] if pairs is not None else [(h,) for h in hq]
+    if not groups:
+        problems.append("choose at least one training image")
+    if any(len(g) != 2 for g in groups) and pairs is not None:
+        raise ValueError("each pair must be (low-quality layer, high-quality layer)")
+    layers = [_resolve(viewer, layer) for group in groups for layer in group]
+    roles = ["low-quality", "high-quality"] if pairs is not None else ["high-quality"]
+    for i, layer in enumerate(layers):
+        message = layer_problem(layer, roles[i % len(roles)])
+        if message:
+            problems.append(message)
+    if problems:
+        raise ValueError("; ".join(problems))
+    message = dimensionality_problem(layers)
+    if message:
+        raise ValueError(message)
+
+    if pairs is not None:
+        scales = []
+        for lq, hq_layer in zip(layers[::2], layers[1::2]):
+            scale = pair_scale(lq.data.shape, hq_layer.data.shape)
+            if isinstance(scale, str):
+                problems.append(f"{lq.name!r} / {hq_layer.name!r}: {scale}")
+            else:
+                scales.append(scale)
+        if len(set(scales)) > 1:
+            problems.append(f"the pairs have different scales: {sorted(set(scales))}")
+        scale = scales[0] if scales else 0
+    else:
+        degradation = degradation or Degradation(
+            scale=config.scale if init is not None and config else 2)
+        scale = degradation.scale
+    if init is not None and config is not None and scale and scale != config.scale:
+        problems.append(f"the model to fine-tune is x{config.scale} but the data is x{scale}; "
+                        "use data of the model's scale or train from a preset")
+    if problems:
+        raise ValueError("; ".join(problems))
+
+    values = {"preset": config.preset, **settings}
+    if init is not None:
+        values["init"] = str(init)
+    try:
+        training_settings = TrainingSettings(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+    shapes = [tuple(layer.data.shape[-2:]) for layer in (layers[1::2] if pairs is not None
+                                                          else layers)]
+    planes = [s for s, layer in zip(shapes, layers[1::2] if pairs is not None else layers)
+              for _ in range(int(np.prod(layer.data.shape[:-2], dtype=int)))]
+    wanted = training_settings.patch_size
+    fitted = largest_patch(planes, scale, math.lcm(PATCH_MULTIPLE, config.stride),
+                           training_settings.validation_fraction, wanted)
+    if fitted == 0:
+        smallest = min(planes, key=min)
+        raise ValueError(f"the images are too small to train on: the smallest is "
+                         f"{smallest[0]} x {smallest[1]} pixels; training needs at least "
+                         f"{2 * math.lcm(PATCH_MULTIPLE, config.stride, scale)} pixels per side")
+    if fitted != wanted:
+        smallest = min(planes, key=min)
+        notes.append(f"patch size lowered from {wanted} to {fitted}, the largest that fits the "
+                     f"smallest image ({smallest[0]} x {smallest[1]}) and its validation strip")
+        training_settings = dataclasses.replace(training_settings, patch_size=fitted)
+
+    job = TrainingJob(output=Path(output).expanduser(), settings=training_settings,
+                      scale=scale, layers=layers, degradation=degradation if hq is not None
+                      else None, notes=notes, start=start)
+    if pairs is not None:
+        job.pairs = [(lq, hq_plane) for a, b in zip(layers[::2], layers[1::2])
+                     for lq, hq_plane in zip(_planes(a), _planes(b))]
+    else:
+        job.hq = [plane for layer in layers for plane in _planes(layer)]
+    return job
+
+
+def train_on_layers(viewer, hq=None, pairs=None, *, output, init=None,
+                    preset: str | None = None, steps: int = 1000,
+                    degradation: Degradation | None = None, device: str = "auto",
+                    progress=None, log=None, cancel=None, on_validation=None,
+                    **settings) -> CVDM:
+    """Train or fine-tune CVDM on image layers, blocking; return the trained model.
+
+    ``hq=[layers]``: high-quality images with simulated optics (``degradation``);
+    ``pairs=[(low, high), ...]``: real pairs. ``init``: a bundled model name or a model
+    file to fine-tune (its scale and preset are kept), or ``preset`` to train from
+    scratch. Other keywords are :class:`~napari_cvdm.training.TrainingSettings` fields.
+    The model is written to ``output`` and offered in the reconstruction widget.
+    """
+    job = prepare_training(viewer, hq, pairs, output=output, init=init, preset=preset,
+                           degradation=degradation, steps=steps, **settings)
+    for note in job.notes:
+        (log or print)(note)
+    model = job.run(device=device, progress=progress, log=log, cancel=cancel,
+                    on_validation=on_validation)
+    model_choices.register(job.output)
+    return model

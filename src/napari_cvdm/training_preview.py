@@ -1,0 +1,105 @@
+"""The preview layers of training: the simulated low-quality image and the live reconstruction.
+
+No Qt here, and napari only inside functions. The preview region is a rectangle of the first
+training image that the current averaged model reconstructs at every validation, placed so it
+overlays that image; the simulated layer shows what the chosen optics make of a high-quality
+image, to compare with a real acquisition before training.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .degradation import Degradation
+from .layers import output_transform
+
+PREVIEW_NAME = "CVDM training preview"
+PREVIEW_SIZE = 64  # low-quality pixels per side of the default preview region
+
+
+def simulated_name(layer) -> str:
+    return f"{layer.name} simulated low-quality"
+
+
+def preview_region(hq_layer, scale: int, shapes_layer=None,
+                   size: int = PREVIEW_SIZE) -> tuple[int, int, int, int]:
+    """(y, x, height, width) in the high-quality layer's pixels, multiples of ``scale``:
+    the bounding box of the first shape of ``shapes_layer``, else the centre
+    ``size`` x ``size`` low-quality pixels; clipped to the image."""
+    height, width = hq_layer.data.shape[-2:]
+    if shapes_layer is not None and len(shapes_layer.data):
+        corners = np.asarray(shapes_layer.data[0], dtype=float)
+        world = np.array([shapes_layer.data_to_world(c) for c in corners])
+        data = np.array([hq_layer.world_to_data(w) for w in world])[:, -2:]
+        y0, x0 = np.floor(data.min(axis=0)).astype(int)
+        y1, x1 = np.ceil(data.max(axis=0)).astype(int)
+    else:
+        side = size * scale
+        y0, x0 = (height - side) // 2, (width - side) // 2
+        y1, x1 = y0 + side, x0 + side
+    y0, x0 = max(0, y0) // scale * scale, max(0, x0) // scale * scale
+    y1, x1 = min(height, y1) // scale * scale, min(width, x1) // scale * scale
+    if y1 - y0 < 8 * scale or x1 - x0 < 8 * scale:
+        raise ValueError("the preview rectangle must cover at least 8 x 8 low-quality pixels "
+                         "of the first training image")
+    return int(y0), int(x0), int(y1 - y0), int(x1 - x0)
+
+
+def preview_input(job, region, seed: int = 0) -> np.ndarray:
+    """The low-quality input the preview reconstructs: a crop of the first pair's
+    low-quality image, or the simulation of the first high-quality image's crop."""
+    y, x, h, w = region
+    if job.pairs is not None:
+        s = job.scale
+        return np.array(job.pairs[0][0][y // s:(y + h) // s, x // s:(x + w) // s])
+    from .degradation import simulate_image
+
+    return simulate_image(np.asarray(job.hq[0][y:y + h, x:x + w]), job.degradation, seed=seed)
+
+
+def preview_layer_kwargs(hq_layer, region) -> dict[str, Any]:
+    """A preview reconstruction of ``region`` overlays the high-quality layer there."""
+    from napari.utils.transforms import Affine
+
+    y, x = region[:2]
+    linear = Affine(scale=hq_layer.scale[-2:], rotate=hq_layer.rotate[-2:, -2:]
+                    if np.ndim(hq_layer.rotate) == 2 else 0, ndim=2).linear_matrix
+    translate = np.asarray(hq_layer.translate[-2:], dtype=float) + linear @ np.array([y, x])
+    return {"name": PREVIEW_NAME, "scale": np.asarray(hq_layer.scale[-2:], dtype=float),
+            "translate": translate, "colormap": hq_layer.colormap,
+            "metadata": {"cvdm": {"output": "training preview", "region": list(region)}}}
+
+
+def simulated_layer_data(hq_layer, degradation: Degradation, seed: int = 0):
+    """The simulated low-quality version of a high-quality layer's (first) plane, as a
+    napari layer data tuple placed so that it overlays the layer."""
+    from .degradation import simulate_image
+
+    plane = np.asarray(hq_layer.data).reshape(-1, *hq_layer.data.shape[-2:])[0]
+    lq = simulate_image(plane, degradation, seed=seed)
+    kwargs = output_transform(hq_layer, 1.0 / degradation.scale)
+    if hq_layer.ndim > 2:  # one plane: keep only the Y, X placement
+        kwargs = {k: (v[-2:] if k in ("scale", "translate", "axis_labels", "units") else v)
+                  for k, v in kwargs.items() if k in ("scale", "translate")}
+    kwargs.update(name=simulated_name(hq_layer), colormap=hq_layer.colormap,
+                  metadata={"cvdm": {"output": "simulated low-quality",
+                                     "degradation": degradation.to_dict()}})
+    return lq, kwargs, "image"
+
+
+def update_image(viewer, data: np.ndarray, kwargs: dict[str, Any]):
+    """Replace the data and placement of the image layer ``kwargs["name"]``, or add it."""
+    from napari.layers import Image
+
+    name = kwargs["name"]
+    layer = viewer.layers[name] if name in viewer.layers else None
+    if not isinstance(layer, Image) or layer.ndim != data.ndim or layer.rgb:
+        return viewer.add_image(data, **kwargs)
+    layer.data = data
+    for key in ("scale", "translate", "metadata"):
+        if key in kwargs:
+            setattr(layer, key, kwargs[key])
+    layer.reset_contrast_limits()
+    return layer

@@ -1,0 +1,145 @@
+"""Training from napari layers without the widget: the checks, the data, train_on_layers."""
+
+import numpy as np
+import pytest
+from napari.components import ViewerModel
+
+from napari_cvdm import CVDM, load_model, model_choices, train_on_layers
+from napari_cvdm.degradation import Degradation
+from napari_cvdm.training_layers import (dimensionality_problem, layer_problem, output_problem,
+                                         pair_scale, prepare_training)
+from napari_cvdm.training_preview import PREVIEW_NAME, preview_layer_kwargs, preview_region
+
+QUICK = {"steps": 6, "patch_size": 32, "batch_size": 2, "validation_every": 3,
+         "checkpoint_every": 3, "precision": "fp32", "device": "cpu"}
+
+
+def structure(height, width, seed=0):
+    """A bright, sparse pattern (blurred random points) in camera-like units."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width), np.float32)
+    image[rng.integers(0, height, 60), rng.integers(0, width, 60)] = 1.0
+    kernel = np.exp(-0.5 * (np.arange(-4, 5) / 1.5) ** 2)
+    for axis in (0, 1):
+        image = np.apply_along_axis(np.convolve, axis, image, kernel, mode="same")
+    return (100 + 2000 * image).astype(np.uint16)
+
+
+@pytest.fixture
+def viewer():
+    return ViewerModel()
+
+
+def test_labels_rgb_and_point_layers_are_refused_with_the_reason(viewer):
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    rgb = viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="photo", rgb=True)
+    points = viewer.add_points(np.zeros((1, 2)), name="spots")
+    assert "Labels layer" in layer_problem(labels)
+    assert "RGB" in layer_problem(rgb) and "Split RGB" in layer_problem(rgb)
+    assert "Points layer" in layer_problem(points)
+    assert layer_problem(viewer.add_image(structure(64, 64), name="cells")) is None
+
+
+def test_layers_of_different_dimensionality_are_refused(viewer):
+    flat = viewer.add_image(structure(64, 64), name="flat")
+    stack = viewer.add_image(np.stack([structure(64, 64)] * 3), name="stack")
+    assert "different dimensionality" in dimensionality_problem([flat, stack])
+    assert dimensionality_problem([flat, flat]) is None
+
+
+def test_pairs_must_be_an_integer_scale_apart():
+    assert pair_scale((32, 40), (64, 80)) == 2
+    assert pair_scale((32, 40), (96, 120)) == 3
+    assert "not an integer multiple" in pair_scale((32, 40), (48, 60))
+    assert "not an integer multiple" in pair_scale((32, 40), (64, 120))
+
+
+def test_output_paths_that_cannot_be_written_are_refused_and_nothing_is_written(tmp_path):
+    assert "choose the file" in output_problem("")
+    assert "is a folder" in output_problem(tmp_path)
+    assert ".cvdm.safetensors" in output_problem(tmp_path / "model.tif")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert "is not a folder" in output_problem(blocker / "sub" / "m.cvdm.safetensors")
+    assert output_problem(tmp_path / "new" / "m.cvdm.safetensors") is None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]  # the check wrote nothing
+
+
+def test_every_problem_is_reported_before_training_and_nothing_is_written(viewer, tmp_path):
+    lq = viewer.add_image(structure(32, 40), name="lq")
+    hq = viewer.add_image(structure(48, 60), name="hq")
+    labels = viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    output = tmp_path / "m.cvdm.safetensors"
+    with pytest.raises(ValueError, match="not an integer multiple"):
+        prepare_training(viewer, pairs=[(lq, hq)], output=output, preset="tiny")
+    with pytest.raises(ValueError, match="Labels layer"):
+        prepare_training(viewer, hq=[labels], output=output, preset="tiny")
+    with pytest.raises(ValueError, match="not both"):
+        prepare_training(viewer, hq=["hq"], output=output, preset="tiny", init="demo")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        prepare_training(viewer, hq=["hq"], output=output, preset="tiny", stepz=5)
+    with pytest.raises(ValueError, match="no layer called"):
+        prepare_training(viewer, hq=["nope"], output=output, preset="tiny")
+    with pytest.raises(ValueError, match="is x2 but the data is x3"):
+        prepare_training(viewer, hq=["hq"], output=output, init="demo",
+                         degradation=Degradation(scale=3))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_patch_larger_than_the_images_is_lowered_to_the_largest_that_fits(viewer, tmp_path):
+    viewer.add_image(structure(80, 200), name="short")
+    job = prepare_training(viewer, hq=["short"], output=tmp_path / "m.cvdm.safetensors",
+                           preset="tiny", patch_size=64)
+    assert job.settings.patch_size == 40
+    assert "lowered from 64 to 40" in job.notes[0] and "80 x 200" in job.notes[0]
+    viewer.add_image(structure(12, 12), name="speck")
+    with pytest.raises(ValueError, match="too small to train on: the smallest is 12 x 12"):
+        prepare_training(viewer, hq=["speck"], output=tmp_path / "m.cvdm.safetensors",
+                         preset="tiny")
+
+
+def test_layer_data_becomes_planes_and_is_not_modified(viewer, tmp_path):
+    stack = np.stack([structure(64, 64, seed) for seed in range(3)])
+    layer = viewer.add_image(stack.copy(), name="stack")
+    job = prepare_training(viewer, hq=[layer], output=tmp_path / "m.cvdm.safetensors",
+                           preset="tiny", patch_size=32)
+    assert len(job.hq) == 3 and all(p.shape == (64, 64) for p in job.hq)
+    np.testing.assert_array_equal(layer.data, stack)
+    assert job.scale == 2 and job.degradation.scale == 2
+
+
+def test_the_preview_region_is_the_centre_or_the_drawn_rectangle(viewer):
+    hq = viewer.add_image(structure(200, 300), name="hq", scale=(0.5, 0.5), translate=(10, 20))
+    assert preview_region(hq, 2) == (36, 86, 128, 128)
+    shapes = viewer.add_shapes([[[20, 30], [20, 50], [40, 50], [40, 30]]],
+                               shape_type="rectangle")  # world units: hq pixels 20..60, 20..60
+    assert preview_region(hq, 2, shapes) == (20, 20, 40, 40)
+    kwargs = preview_layer_kwargs(hq, (20, 20, 40, 40))
+    assert kwargs["name"] == PREVIEW_NAME
+    np.testing.assert_allclose(kwargs["translate"], [20.0, 30.0])
+    np.testing.assert_allclose(kwargs["scale"], [0.5, 0.5])
+
+
+def test_train_on_layers_fine_tunes_on_simulated_optics_and_registers_the_model(viewer,
+                                                                                tmp_path):
+    viewer.add_image(structure(96, 96), name="cells")
+    output = tmp_path / "cells.cvdm.safetensors"
+    steps = []
+    model = train_on_layers(viewer, hq=["cells"], init="demo", output=output,
+                            progress=lambda step, total, terms: steps.append(step), **QUICK)
+    assert isinstance(model, CVDM) and model.config.scale == 2
+    assert steps == list(range(1, 7))
+    assert load_model(output).config.preset == load_model("demo").config.preset
+    assert output.resolve() in model_choices.models()
+
+
+def test_train_on_layers_trains_from_scratch_on_pairs(viewer, tmp_path):
+    hq = structure(96, 96, seed=3)
+    lq = hq.reshape(48, 2, 48, 2).mean(axis=(1, 3)).astype(np.float32)
+    viewer.add_image(lq, name="widefield")
+    viewer.add_image(hq, name="sim")
+    output = tmp_path / "pairs.cvdm.safetensors"
+    model = train_on_layers(viewer, pairs=[("widefield", "sim")], preset="tiny", output=output,
+                            **QUICK)
+    assert isinstance(model, CVDM) and model.config.preset == "tiny"
+    assert load_model(output).config.scale == 2

@@ -1,0 +1,177 @@
+"""The "CVDM training" dock widget: checks, a short run, cancelling, the model list update."""
+
+import numpy as np
+import pytest
+
+import napari_cvdm._training_widget as widget_module
+from napari_cvdm import load_model, model_choices
+from napari_cvdm._training_options import OpticsOptions, TrainingOptions
+from napari_cvdm._training_widget import TrainingWidget
+from napari_cvdm.training_preview import PREVIEW_NAME
+
+TIMEOUT_MS = 90_000
+QUICK = {"steps": 8, "patch_size": 32, "batch_size": 2, "validation_every": 4,
+         "checkpoint_every": 4, "precision": "fp32", "device": "cpu"}
+
+
+def structure(height, width, seed=0):
+    """A bright, sparse pattern (blurred random points) in camera-like units."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width), np.float32)
+    image[rng.integers(0, height, 60), rng.integers(0, width, 60)] = 1.0
+    kernel = np.exp(-0.5 * (np.arange(-4, 5) / 1.5) ** 2)
+    for axis in (0, 1):
+        image = np.apply_along_axis(np.convolve, axis, image, kernel, mode="same")
+    return (100 + 2000 * image).astype(np.uint16)
+
+
+@pytest.fixture
+def notifications(monkeypatch):
+    """Messages the widget shows, by kind, instead of napari notifications."""
+    shown = {"error": [], "info": []}
+    monkeypatch.setattr(widget_module, "show_error", shown["error"].append)
+    monkeypatch.setattr(widget_module, "show_info", shown["info"].append)
+    return shown
+
+
+@pytest.fixture
+def viewer_and_widget(make_napari_viewer):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM training")
+    return viewer, widget
+
+
+def add_pair(viewer, size=96, seed=3):
+    hq = structure(size, size, seed)
+    lq = hq.reshape(size // 2, 2, size // 2, 2).mean(axis=(1, 3)).astype(np.float32)
+    lq_layer = viewer.add_image(lq, name="widefield", scale=(2.0, 2.0), translate=(0.5, 0.5))
+    hq_layer = viewer.add_image(hq, name="sim")
+    return lq_layer, hq_layer
+
+
+def wait_until_idle(qtbot, widget):
+    qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+
+
+def test_widget_is_contributed_with_laptop_sized_defaults(viewer_and_widget):
+    _, widget = viewer_and_widget
+    assert isinstance(widget, TrainingWidget)
+    assert widget.options() == TrainingOptions()
+    assert widget.optics().degradation().scale == 2
+    assert widget._start.value == "demo"  # fine-tuning the bundled model comes first
+    assert "preset:tiny" in widget._start.choices
+    assert {"auto", "fp32", "bf16", "fp16"} == set(widget._options["precision"].choices)
+    assert widget._run.text == "Run"
+
+
+def test_only_intensity_image_layers_are_offered(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    cells = viewer.add_image(structure(64, 64), name="cells")
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="mask")
+    viewer.add_image(structure(64, 64), name="cells CVDM mean", metadata={"cvdm": {}})
+    assert widget._hq.choices == (cells,)
+
+
+def test_the_simulated_low_quality_image_overlays_the_high_quality_layer(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    cells = viewer.add_image(structure(96, 128), name="cells", scale=(0.5, 0.5))
+    widget.set_data(hq=[cells])
+    widget.set_options(psf_sigma=2.0)
+    widget._show_simulation.value = True
+    simulated = viewer.layers["cells simulated low-quality"]
+    assert simulated.data.shape == (48, 64)
+    np.testing.assert_allclose(simulated.scale, [1.0, 1.0])
+    np.testing.assert_allclose(simulated.translate, [0.25, 0.25])  # pixel centres line up
+    first = simulated.data.copy()
+    widget.set_options(psf_sigma=4.0)  # live: the layer follows the optics
+    assert not np.array_equal(viewer.layers["cells simulated low-quality"].data, first)
+    assert simulated.metadata["cvdm"]["degradation"]["psf_sigma"] == 4.0
+    assert OpticsOptions(psf_sigma=4.0).degradation().psf_sigma == 4.0
+
+
+def test_bad_input_is_refused_before_anything_starts(viewer_and_widget, notifications,
+                                                     tmp_path):
+    viewer, widget = viewer_and_widget
+    output = tmp_path / "never.cvdm.safetensors"
+    widget._output.value = output
+    assert widget.start() is None  # no layer chosen
+    assert "choose one or more high-quality" in notifications["error"][-1]
+    lq = viewer.add_image(structure(30, 40), name="lq")
+    hq = viewer.add_image(structure(64, 64), name="hq")
+    widget.set_data(hq=[hq], lq=[lq])
+    assert widget.start() is None
+    assert "not an integer multiple" in notifications["error"][-1]
+    assert "not an integer multiple" in widget._status.value
+    widget.set_data(hq=[hq])
+    widget._output.value = tmp_path  # a folder, not a file
+    assert widget.start() is None
+    assert "is a folder" in notifications["error"][-1]
+    assert not widget.running and widget._run.text == "Run"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_short_run_saves_plots_previews_and_offers_the_model(qtbot, viewer_and_widget,
+                                                              notifications, tmp_path):
+    viewer, widget = viewer_and_widget
+    lq, hq = add_pair(viewer)
+    original = hq.data.copy()
+    output = tmp_path / "mine.cvdm.safetensors"
+    widget.set_data(hq=[hq], lq=[lq])
+    widget.set_start("preset:tiny")
+    widget.set_options(**QUICK)
+    widget._output.value = output
+    reconstruction_widget = viewer.window.add_plugin_dock_widget(
+        "napari-cvdm", "CVDM reconstruction")[1]
+    assert widget.start() is not None
+    assert widget.running and widget._run.text == "Cancel"
+    wait_until_idle(qtbot, widget)
+    assert notifications["error"] == []
+    assert "saved to" in notifications["info"][-1] and str(output) in notifications["info"][-1]
+    assert load_model(output).config.preset == "tiny"
+    assert [step for step, _ in widget.plot.loss] == list(range(1, 9))
+    assert [step for step, _ in widget.plot.validation] == [4, 8]
+    assert all(np.isfinite(s["psnr"]) for _, s in widget.plot.validation)
+    preview = viewer.layers[PREVIEW_NAME]
+    assert preview.data.shape == (96, 96)  # the centre region, clipped to this small image
+    assert preview.metadata["cvdm"]["step"] == 8
+    assert widget._progress.value == 8 and widget._run.text == "Run"
+    np.testing.assert_array_equal(hq.data, original)
+    assert output.resolve() in model_choices.models()
+    offered = [str(choice) for choice in reconstruction_widget._model.choices]
+    assert any(str(output.resolve()) in choice for choice in offered), offered
+
+
+def test_cancel_keeps_the_last_checkpoint_and_says_where(qtbot, viewer_and_widget,
+                                                         notifications, tmp_path):
+    viewer, widget = viewer_and_widget
+    lq, hq = add_pair(viewer)
+    output = tmp_path / "cancelled.cvdm.safetensors"
+    widget.set_data(hq=[hq], lq=[lq])
+    widget.set_start("preset:tiny")
+    widget.set_options(**{**QUICK, "steps": 5000, "checkpoint_every": 2})
+    widget._output.value = output
+    widget.start()
+    qtbot.waitUntil(lambda: output.is_file(), timeout=TIMEOUT_MS)
+    widget._run.native.click()  # Run became Cancel
+    wait_until_idle(qtbot, widget)
+    assert notifications["error"] == []
+    assert "checkpoint" in notifications["info"][-1] and str(output) in notifications["info"][-1]
+    assert widget._status.value == "cancelled" and widget._run.text == "Run"
+    assert load_model(output).metadata["training"]["step"] >= 2
+
+
+def test_removing_a_training_layer_cancels_the_run(qtbot, viewer_and_widget, notifications,
+                                                   tmp_path):
+    viewer, widget = viewer_and_widget
+    lq, hq = add_pair(viewer)
+    widget.set_data(hq=[hq], lq=[lq])
+    widget.set_start("preset:tiny")
+    widget.set_options(**{**QUICK, "steps": 5000})
+    widget._output.value = tmp_path / "removed.cvdm.safetensors"
+    widget.start()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    viewer.layers.remove(lq)
+    wait_until_idle(qtbot, widget)
+    assert notifications["error"] == []
+    assert any("'widefield' was removed" in m for m in notifications["info"])
+    assert widget._status.value == "cancelled"
