@@ -154,7 +154,7 @@ def test_run_on_layer_refuses_rgb_and_non_image_layers(make_napari_viewer, tiny_
 
 def test_run_on_layer_explains_a_missing_demo_model(make_napari_viewer, image, tmp_path,
                                                     monkeypatch):
-    monkeypatch.setattr(napari_cvdm.io, "bundled_model_path",
+    monkeypatch.setattr(napari_cvdm.model_files, "bundled_model_path",
                         lambda name: tmp_path / "absent.cvdm.safetensors")
     viewer = make_napari_viewer()
     layer = viewer.add_image(image)

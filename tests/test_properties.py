@@ -366,7 +366,7 @@ def tiff_dir():
 def test_the_tiff_reader_returns_an_image_or_a_value_error_for_any_bytes(tiff_dir,
                                                                        monkeypatch, raw):
     # A mutated header may declare a huge image; keep what it may allocate small here.
-    monkeypatch.setattr("napari_cvdm.io.max_image_bytes", lambda: 64 * 2**20)
+    monkeypatch.setattr("napari_cvdm.image_files.max_image_bytes", lambda: 64 * 2**20)
     path = tiff_dir / "fuzz.tif"
     path.write_bytes(raw)
     try:

@@ -490,7 +490,7 @@ def test_a_header_offset_pointing_beyond_the_file_is_refused(tiny_model, tmp_pat
 def test_a_tiff_declaring_an_enormous_image_is_refused_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "a.tif"
     tifffile.imwrite(path, np.zeros((64, 64), np.uint16))
-    monkeypatch.setattr("napari_cvdm.io.max_image_bytes", lambda: 1000)
+    monkeypatch.setattr("napari_cvdm.image_files.max_image_bytes", lambda: 1000)
     with pytest.raises(ValueError, match="declares an image of"):
         read_tiff(path)
 

@@ -68,7 +68,7 @@ def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = F
     """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path."""
     import torch
 
-    from .io import MODEL_SUFFIX, load_model, save_model
+    from .model_files import MODEL_SUFFIX, load_model, save_model
     from .model.config import CVDMConfig
     from .model.cvdm import CVDM
 

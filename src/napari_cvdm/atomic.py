@@ -1,0 +1,107 @@
+"""Atomic file writes: a complete new file or the old one, never a half-written file.
+
+Every writer in napari-cvdm goes through :func:`atomic_write` or :func:`atomic_group`:
+the data goes to a temporary file beside the target, renamed over it only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+def _umask() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def file_mode() -> int:
+    """The mode a new file gets here: 0666 minus the umask (0644 with the usual umask)."""
+    return 0o666 & ~_umask()
+
+
+def plain_os_error(exc: OSError, path: str | os.PathLike) -> OSError:
+    """``exc`` with a message a user can act on (disk full, read-only, permission)."""
+    code = getattr(exc, "errno", None)
+    if code == errno.ENOSPC:
+        return OSError(errno.ENOSPC, f"No space left on device while writing {path}; free "
+                       "some space or choose another output folder")
+    if code == errno.EDQUOT:
+        return OSError(errno.EDQUOT, f"disk quota exceeded while writing {path}")
+    if code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return OSError(code, f"cannot write {path}: {os.strerror(code).lower()}")
+    if code == errno.ENAMETOOLONG:
+        return OSError(code, f"cannot write {path}: the file name is too long")
+    return exc
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path; on success it replaces ``path``, on failure it is removed.
+
+    The temporary file is ``.<name>.<random>.part`` beside ``path``. Only a process killed
+    outright (SIGKILL, power loss) can leave one behind; nothing reads ``*.part`` files,
+    so they never stand in for the real file. The final file has mode 0666 minus the
+    umask, whatever the writer did to the temporary file (safetensors replaces it).
+    ``overwrite=False`` refuses (FileExistsError) when ``path`` exists at the end.
+    """
+    with atomic_group([path], overwrite=overwrite) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_group(paths: Sequence[str | os.PathLike],
+                 overwrite: bool = True) -> Iterator[list[Path]]:
+    """Several files as one unit: all are renamed into place once every one is complete.
+
+    A failure while writing the second leaves neither (an earlier complete set of files
+    with the same names stays untouched). Errors are OSError with a plain message
+    ("no space left on device").
+    """
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for path in targets:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:200]}.", suffix=".part",
+                                       dir=path.parent)
+            os.close(fd)
+            temps.append(Path(tmp))
+        yield list(temps)
+        mode = file_mode()
+        for tmp, path in zip(temps, targets):
+            os.chmod(tmp, mode)
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+            if not overwrite and path.exists():
+                raise FileExistsError(errno.EEXIST, f"{path} exists; pass overwrite=True "
+                                      "(--overwrite) to replace it", str(path))
+        for tmp, path in zip(temps, targets):
+            os.replace(tmp, path)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise plain_os_error(exc, targets[0].parent) from exc
+    except Exception as exc:  # writers (tifffile) may report a full disk in their own words
+        if _disk_full(targets[0].parent):
+            raise OSError(errno.ENOSPC, f"No space left on device while writing in "
+                          f"{targets[0].parent}; free some space or choose another output "
+                          "folder") from exc
+        raise
+    finally:
+        for tmp in temps:
+            with contextlib.suppress(OSError):
+                tmp.unlink()

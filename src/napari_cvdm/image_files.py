@@ -1,0 +1,153 @@
+"""Reading TIFF and OME-TIFF images with their axes and physical sizes, memory bounded.
+
+A hostile file (a few bytes declaring a huge image, tiles or strips pointing anywhere) is
+refused from its header, before anything large is allocated: the declared image, the
+outputs that will be computed from it and tifffile's own bookkeeping are bounded first.
+Writing lives in :mod:`napari_cvdm.tiff_writer`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .physical import PhysicalSize, imagej_sizes, ome_sizes
+
+# Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
+BYTES_PER_CHUNK = 64
+BYTES_PER_PAGE = 4096
+
+
+@dataclass
+class ImageFile:
+    """Pixels of an image file with its axes (tifffile letters) and physical sizes."""
+
+    data: np.ndarray
+    axes: str = ""
+    pixel_size: tuple[float, float] | None = None  # (y, x) in ``unit`` per pixel
+    unit: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+    physical: dict[str, PhysicalSize] = field(default_factory=dict)  # "X", "Y", "Z", "T"
+
+
+class _Refused(Exception):
+    """A file read_tiff refuses with its own message."""
+
+
+def max_image_bytes() -> int | None:
+    """The memory an input and its outputs may use: half of this computer's (None: any)."""
+    from .validation import MAX_OUTPUT_FRACTION, memory_bytes
+
+    total = memory_bytes()
+    return int(total * MAX_OUTPUT_FRACTION) if total else None
+
+
+def output_bytes(shape: tuple[int, ...], scale: int) -> int:
+    """Bytes of the float32 mean and variance of an image of ``shape`` at ``scale``."""
+    return 2 * 4 * int(np.prod(shape, dtype=np.float64)) * scale * scale
+
+
+def _declared_bytes(tif, series) -> int:
+    """Memory to read ``series``: the decoded image plus tifffile's bookkeeping."""
+    image = int(np.prod(series.shape, dtype=np.float64)) * series.dtype.itemsize
+    pages = len(series.pages) if hasattr(series, "pages") else 1
+    chunks = 0
+    for page in series.pages[:1]:
+        if page is not None and hasattr(page, "dataoffsets"):
+            chunks = len(page.dataoffsets)
+    return image + pages * (BYTES_PER_PAGE + chunks * BYTES_PER_CHUNK)
+
+
+def _check_declared(path: Path, tif, scale: int | None) -> None:
+    if not tif.series:
+        raise _Refused(f"{path} could not be read as a TIFF image (it contains no image "
+                       "data)")
+    series = tif.series[0]
+    shape = tuple(int(n) for n in series.shape)
+    if any(n <= 0 for n in shape):
+        raise _Refused(f"{path} declares an empty image (shape {shape})")
+    declared = _declared_bytes(tif, series)
+    if scale:
+        declared += output_bytes(shape, scale)
+    limit = max_image_bytes()
+    if limit is not None and declared > limit:
+        what = "with its outputs " if scale else ""
+        raise _Refused(f"{path} declares an image of shape {shape} ({series.dtype}) that "
+                       f"{what}needs {declared / 2**30:.1f} GiB, more than half of this "
+                       "computer's memory; crop it or process it in parts")
+    for page in series.pages[:1]:
+        _check_page(path, page)
+
+
+def _check_page(path: Path, page) -> None:
+    """Tiles and strips: their count and sizes fit the declared image (no huge tiles)."""
+    if page is None or not hasattr(page, "dataoffsets"):
+        return
+    expected = 1
+    if page.is_tiled:
+        tiles = [math.ceil(n / max(t, 1)) for n, t in
+                 zip((page.imagedepth, page.imagelength, page.imagewidth),
+                     (page.tiledepth, page.tilelength, page.tilewidth))]
+        expected = int(np.prod(tiles, dtype=np.float64))
+        tile_bytes = page.tiledepth * page.tilelength * page.tilewidth * page.samplesperpixel
+        image_bytes = page.imagedepth * page.imagelength * page.imagewidth * \
+            page.samplesperpixel
+        if tile_bytes > max(image_bytes, 1) * 16 and tile_bytes > 2**24:
+            raise _Refused(f"{path} is damaged: its tiles ({page.tilelength} x "
+                           f"{page.tilewidth}) are far larger than its image")
+    if page.is_tiled and len(page.dataoffsets) < expected // max(page.samplesperpixel, 1):
+        raise _Refused(f"{path} is damaged: it has {len(page.dataoffsets)} tiles, its image "
+                       f"needs {expected}")
+
+
+def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
+    """Read a TIFF or OME-TIFF with its axes and physical sizes; clear errors for bad files.
+
+    Anything wrong with the file (damaged, truncated, not a TIFF, an image that with its
+    outputs at ``scale`` would need more than half of this computer's memory) raises
+    ValueError before the pixels are read; the file is only read. OME metadata that does
+    not parse gives the pixels, a warning and no physical sizes (never wrong ones).
+    """
+    import tifffile
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"input file not found: {path}")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            _check_declared(path, tif, scale)
+            series = tif.series[0]
+            out = np.empty(series.shape, dtype=series.dtype)
+            data = series.asarray(out=out, maxworkers=1)
+            axes = series.axes
+            physical = _physical(path, tif, axes)
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    except MemoryError:
+        raise ValueError(f"{path} could not be read: not enough memory for its image") from None
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise ValueError(f"{path} could not be read as a TIFF image ({type(exc).__name__}: "
+                         f"{exc})") from None
+    data = np.asarray(data).reshape(series.shape)
+    pixel_size, unit = None, ""
+    if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
+        pixel_size = (physical["Y"].size, physical["X"].size)
+        unit = physical["X"].unit
+    return ImageFile(data, axes, pixel_size, unit, physical=physical)
+
+
+def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:
+    if tif.is_ome and tif.ome_metadata:
+        try:
+            return ome_sizes(tif.ome_metadata)
+        except ValueError as exc:
+            warnings.warn(f"{path}: the OME metadata could not be read ({exc}); the pixels "
+                          "are read without physical sizes", stacklevel=3)
+            return {}
+    return imagej_sizes(tif.pages[0].tags, tif.imagej_metadata)

@@ -1,0 +1,221 @@
+"""Model files: save, load and resolve models (safetensors + JSON header, never pickle).
+
+:func:`resolve_model` is the one place that turns a bundled name, a file path or a model
+object into a model plus its provenance and summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .atomic import atomic_write
+from .model_card import clean_metadata
+from .model_header import (FORMAT, MODEL_SUFFIX, PICKLE_HINT, check_config_types,
+                           read_model_header)
+
+BUNDLED = {"demo": "demo.cvdm.safetensors"}
+# The largest model file we accept: the paper preset in float32 is about 0.6 GB.
+MAX_PARAMETERS = 400_000_000
+
+__all__ = ["BUNDLED", "FORMAT", "MAX_PARAMETERS", "MODEL_SUFFIX", "PICKLE_HINT",
+           "bundled_model_path", "estimate_parameters", "load_model", "model_path",
+           "read_model_header", "resolve_model", "save_model", "weights_sha256"]
+
+
+def save_model(model, path: str | os.PathLike, half: bool = False,
+               overwrite: bool = True) -> Path:
+    """Write weights (safetensors) and a JSON header: config, normalisation, metadata.
+
+    The metadata gets a complete model card and loses machine paths (file names stay).
+    The file is written atomically with mode 0666 minus the umask (0644 usually).
+    """
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from . import __version__
+
+    tensors = {}
+    for name, value in model.state_dict().items():
+        value = value.detach().to("cpu").contiguous()
+        if half and value.is_floating_point():
+            value = value.to(torch.float16)
+        tensors[name] = value
+    header = {
+        "format": FORMAT,
+        "version": __version__,
+        "config": model.config.to_dict(),
+        "metadata": clean_metadata(model.metadata),
+    }
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata={"napari_cvdm": json.dumps(header)})
+    return path
+
+
+def bundled_model_path(name: str) -> Path:
+    """Where the bundled model ``name`` (a key of BUNDLED) is installed."""
+    ref = resources.files("napari_cvdm") / "weights" / BUNDLED[name]
+    return Path(str(ref))
+
+
+def model_path(name_or_path: str | os.PathLike) -> Path:
+    """The file of a bundled model name or a model path; ValueError if it is missing."""
+    if isinstance(name_or_path, str) and name_or_path in BUNDLED:
+        path = bundled_model_path(name_or_path)
+        if not path.is_file():
+            raise ValueError(f"the bundled model {name_or_path!r} is not installed "
+                             f"(expected {path}); reinstall napari-cvdm")
+        return path
+    if not isinstance(name_or_path, (str, os.PathLike)):
+        raise TypeError(f"a model name or path must be a string or a path, not "
+                        f"{type(name_or_path).__name__}")
+    return Path(name_or_path)
+
+
+def estimate_parameters(config) -> int:
+    """The parameter count of a configuration, without allocating it (meta tensors)."""
+    import torch
+
+    from .model.cvdm import CVDM
+
+    with torch.device("meta"):
+        return int(CVDM(config).parameter_counts()["total"])
+
+
+def _config_from_header(path: Path, header: dict[str, Any]):
+    from .model.config import CVDMConfig
+
+    try:
+        config = CVDMConfig.from_dict(header["config"])
+        check_config_types(config)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: the model configuration is invalid: {exc}") from None
+    try:
+        count = estimate_parameters(config)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ValueError(f"{path}: the model configuration is invalid: {exc}") from None
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{path}: the model configuration asks for {count:,} parameters, "
+                         f"more than the {MAX_PARAMETERS:,} napari-cvdm accepts; the file is "
+                         "damaged or not meant for napari-cvdm")
+    return config
+
+
+def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
+    import torch
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        names = set(fh.keys())
+        missing = sorted(set(expected) - names)
+        unexpected = sorted(names - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"{path}: the weights do not match the configuration "
+                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        for name in sorted(names):
+            shape = tuple(fh.get_slice(name).get_shape())
+            if shape != expected[name]:
+                raise ValueError(f"{path}: weight {name} has shape {shape}, the "
+                                 f"configuration needs {expected[name]}")
+        state = model.state_dict()
+        for name in sorted(names):
+            value = fh.get_tensor(name)
+            if not (value.is_floating_point() or value.dtype == state[name].dtype):
+                raise ValueError(f"{path}: weight {name} has type {value.dtype}, "
+                                 f"expected {state[name].dtype}")
+            if value.is_floating_point() and not bool(value.float().isfinite().all()):
+                raise ValueError(f"{path}: weight {name} contains NaN or infinite values")
+            with torch.no_grad():
+                state[name].copy_(value)
+
+
+def load_model(name_or_path: str | os.PathLike = "demo", device: str = "cpu"):
+    """Load a bundled model by name (``"demo"``) or a ``.cvdm.safetensors`` file.
+
+    Nothing is unpickled, and nothing large is allocated before the file has passed its
+    checks: the header (every field's type and range) is read and the parameter count is
+    computed on PyTorch's meta device; the names and shapes of the stored tensors are
+    compared with that configuration from the safetensors index; only then are weights
+    read. A damaged, truncated or tampered file raises ValueError.
+    """
+    import torch
+
+    from .model.cvdm import CVDM
+
+    path = model_path(name_or_path)
+    header = read_model_header(path)
+    config = _config_from_header(path, header)
+    metadata = header["metadata"]
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in CVDM(config).state_dict().items()}
+    model = CVDM(config, metadata=metadata)
+    try:
+        _read_weights(path, model, expected)
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors' own errors, OSError, truncated data
+        raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
+    model.metadata.setdefault("name", path.name.removesuffix(MODEL_SUFFIX))
+    return model.to(device).eval()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def weights_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 of a model file (cached by path, size and modification time)."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def _summary(model, path: Path | None, sha256: str | None) -> dict[str, Any]:
+    from .model_card import card_of
+
+    metadata = model.metadata or {}
+    training = metadata.get("training") or {}
+    name = metadata.get("name")
+    if name is None:
+        name = (path.name.removesuffix(MODEL_SUFFIX) if path is not None
+                else f"{model.config.preset} (in memory)")
+    counts = model.parameter_counts()
+    return {"model": name, "name": name, "path": None if path is None else str(path),
+            "sha256": sha256, "preset": model.config.preset, "scale": model.config.scale,
+            "training_step": training.get("step"),
+            "parameters": {k: int(v) for k, v in counts.items()},
+            "description": card_of(metadata)["description"]}
+
+
+def resolve_model(model, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """A model from a bundled name, a file path or a CVDM instance, with its provenance.
+
+    Returns ``(model, summary)``; ``summary`` has ``model``/``name``, ``path`` (None for a
+    model in memory), ``sha256`` of the weights file (None in memory), ``preset``,
+    ``scale``, ``training_step``, ``parameters`` (counts by part) and ``description``.
+    A model object is returned as it is (``device`` is ignored for it).
+    """
+    from .model.cvdm import CVDM
+
+    if isinstance(model, CVDM):
+        return model, _summary(model, None, None)
+    if isinstance(model, (str, os.PathLike)):
+        path = model_path(model)
+        net = load_model(path, device=device)
+        if isinstance(model, str) and model in BUNDLED:
+            net.metadata.setdefault("name", model)
+        return net, _summary(net, path, weights_sha256(path))
+    raise ValueError(f"model must be a bundled model name ('demo'), a model file path or a "
+                     f"CVDM instance, not {type(model).__name__}")

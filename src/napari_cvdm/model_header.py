@@ -1,0 +1,188 @@
+"""The JSON header of a model file: read it and check every field before anything is built.
+
+A model file is safetensors (never pickle) whose metadata entry ``napari_cvdm`` is a JSON
+object ``{"format", "version", "config", "metadata"}``. A damaged or tampered header
+raises ValueError here: wrong types, out-of-range values (a zero ``residual_scale``),
+deep nesting, oversized text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+FORMAT = "napari-cvdm/1"
+MODEL_SUFFIX = ".cvdm.safetensors"
+MAX_HEADER_CHARS = 4_000_000  # training histories are a few hundred kB at most
+MAX_DEPTH = 32
+
+PICKLE_HINT = (
+    "{path} is a pickle-based PyTorch file ({suffix}). Pickle files can run arbitrary code "
+    "when loaded, so napari-cvdm only reads .cvdm.safetensors model files. If you trust this "
+    "file, convert it once with:  python -m napari_cvdm.convert {path} OUT.cvdm.safetensors "
+    "--preset PRESET [--scale S]"
+)
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
+# torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (0x80 protocol).
+PICKLE_MAGIC = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+# (low, high, low inclusive) for every float setting: beyond these a model divides by zero,
+# overflows or is not a CVDM any more.
+FLOAT_RANGES = {
+    "residual_scale": (0.0, 1e3, False),
+    "lambda_min": (0.0, 100.0, True),
+    "logsnr_max": (-50.0, 50.0, True),
+    "logsnr_min": (-50.0, 50.0, True),
+    "smooth_weight": (0.0, 1e6, True),
+    "aux_weight": (0.0, 1e6, True),
+    "output_clip": (0.0, 1e3, False),
+    "dropout": (0.0, 1.0, True),
+}
+INT_RANGES = {"time_hidden": (1, 4096)}
+
+
+def json_depth(text: str) -> int:
+    """The deepest nesting of ``[`` and ``{`` in JSON text (strings skipped), no recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def parse_json(text: str, what: str) -> Any:
+    """JSON text of bounded size and depth; ValueError (never RecursionError) otherwise."""
+    if len(text) > MAX_HEADER_CHARS:
+        raise ValueError(f"{what} is too large ({len(text):,} characters)")
+    if json_depth(text) > MAX_DEPTH:
+        raise ValueError(f"{what} is nested more than {MAX_DEPTH} levels deep; the file is "
+                         "damaged or was not written by napari-cvdm")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError, UnicodeError):
+        raise ValueError(f"{what} is damaged (not valid JSON)") from None
+
+
+def _refuse_pickle(path: Path) -> None:
+    try:
+        with open(path, "rb") as fh:
+            magic = fh.read(9)
+    except OSError as exc:
+        raise ValueError(f"{path} could not be read ({exc})") from None
+    # A safetensors file starts with its header length (8 bytes) and then "{"; a header
+    # length can begin with the same two bytes as a pickle, the "{" tells them apart.
+    if magic.startswith(PICKLE_MAGIC) and magic[8:9] != b"{":
+        raise ValueError(PICKLE_HINT.format(path=path, suffix="a PyTorch pickle/zip file "
+                                            "despite its name"))
+
+
+def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON header of a model file, checked; raises ValueError for anything else."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if suffix in PICKLE_SUFFIXES:
+        raise ValueError(PICKLE_HINT.format(path=path, suffix=suffix))
+    if not path.is_file():
+        raise ValueError(f"model file not found: {path}")
+    _refuse_pickle(path)
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            raw = (fh.metadata() or {}).get("napari_cvdm")
+    except Exception as exc:  # safetensors raises its own error types for bad headers
+        raise ValueError(f"{path} is not a napari-cvdm model file (it could not be read as "
+                         f"safetensors: {exc})") from None
+    if raw is None:
+        raise ValueError(f"{path} is a safetensors file but not a napari-cvdm model "
+                         "(it has no napari_cvdm header)")
+    header = parse_json(raw, f"{path}: the model header")
+    if not isinstance(header, dict) or header.get("format") != FORMAT or "config" not in header:
+        raise ValueError(f"{path}: unsupported model header (expected format {FORMAT})")
+    if not isinstance(header["config"], dict):
+        raise ValueError(f"{path}: the model configuration is invalid (not a JSON object)")
+    metadata = header.get("metadata")
+    if metadata is None:
+        header["metadata"] = {}
+    elif not isinstance(metadata, dict):
+        raise ValueError(f"{path}: the model metadata is damaged (not a JSON object)")
+    check_metadata(header["metadata"], path)
+    return header
+
+
+def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") -> None:
+    """The fields napari-cvdm reads from the metadata have the types it expects."""
+    def need(ok: bool, field: str) -> None:
+        if not ok:
+            raise ValueError(f"{path}: the model metadata field {field!r} is damaged")
+
+    need(isinstance(metadata.get("name", ""), str), "name")
+    card = metadata.get("card", {})
+    need(isinstance(card, dict) and all(isinstance(v, (str, list)) for v in card.values()),
+         "card")
+    training = metadata.get("training", {})
+    need(isinstance(training, dict), "training")
+    step = training.get("step")
+    need(step is None or (type(step) is int and step >= 0), "training.step")
+    norm = metadata.get("normalization", {})
+    need(isinstance(norm, dict), "normalization")
+    if "percentiles" in norm:
+        p = norm["percentiles"]
+        need(isinstance(p, list) and len(p) == 2 and all(type(v) in (int, float) for v in p)
+             and 0 <= p[0] < p[1] <= 100, "normalization.percentiles")
+
+
+def _check_value(name: str, value: Any, default: Any) -> bool:
+    if isinstance(default, bool) or isinstance(default, str):
+        return type(value) is type(default)
+    if isinstance(default, int):
+        low, high = INT_RANGES.get(name, (-2**31, 2**31))
+        return type(value) is int and low <= value <= high
+    if isinstance(default, float):
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return False
+        if name in FLOAT_RANGES:
+            low, high, inclusive = FLOAT_RANGES[name]
+            return (value >= low if inclusive else value > low) and value <= high
+        return True
+    if isinstance(default, tuple):
+        return isinstance(value, tuple) and all(type(v) is int for v in value)
+    return True
+
+
+def check_config_types(config) -> None:
+    """Every setting has the type of its default and lies in its range."""
+    reference = type(config)()
+    for f in dataclasses.fields(config):
+        value, default = getattr(config, f.name), getattr(reference, f.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            if default is not None and type(value) is not type(default):
+                raise ValueError(f"setting {f.name!r} has an unexpected value {value!r}")
+            check_config_types(value)
+            continue
+        if default is None:
+            if value is not None:
+                raise ValueError(f"setting {f.name!r} has an unexpected value {value!r}")
+            continue
+        if not _check_value(f.name, value, default):
+            raise ValueError(f"setting {f.name!r} has an unexpected value {value!r}")
+    if hasattr(config, "logsnr_max") and not config.logsnr_max > config.logsnr_min:
+        raise ValueError(f"setting 'logsnr_max' ({config.logsnr_max}) must be above "
+                         f"'logsnr_min' ({config.logsnr_min})")

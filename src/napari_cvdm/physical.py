@@ -1,0 +1,130 @@
+"""Physical pixel sizes and time steps of image files: read, normalise units, scale.
+
+Sizes are kept per axis letter ("X", "Y", "Z", "T") with a unit from a short list that
+OME, ImageJ and napari all understand; anything else is converted (Å to nm, inch to µm)
+or dropped with a warning, so a file is never written with a unit it cannot hold.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+LENGTH_UNITS = ("pm", "nm", "µm", "mm", "cm", "m")
+TIME_UNITS = ("ns", "µs", "ms", "s", "min", "h")
+# Other spellings -> (factor, unit): value * factor in unit.
+ALIASES = {
+    "um": (1.0, "µm"), "μm": (1.0, "µm"), "micron": (1.0, "µm"), "microns": (1.0, "µm"),
+    "\\u00b5m": (1.0, "µm"), "micrometer": (1.0, "µm"), "micrometre": (1.0, "µm"),
+    "\u00c5": (0.1, "nm"), "\u212b": (0.1, "nm"), "angstrom": (0.1, "nm"), "A": (0.1, "nm"),
+    "nanometer": (1.0, "nm"), "millimeter": (1.0, "mm"), "inch": (25400.0, "µm"),
+    "in": (25400.0, "µm"), "sec": (1.0, "s"), "second": (1.0, "s"), "seconds": (1.0, "s"),
+    "us": (1.0, "µs"), "μs": (1.0, "µs"), "msec": (1.0, "ms"), "minute": (1.0, "min"),
+    "minutes": (1.0, "min"), "hour": (1.0, "h"), "hours": (1.0, "h"),
+}
+MIN_SIZE, MAX_SIZE = 1e-12, 1e12  # beyond these a size tag is damaged, not physical
+
+
+@dataclass(frozen=True)
+class PhysicalSize:
+    """The size of one pixel (or the time step) along an axis, in ``unit``."""
+
+    size: float
+    unit: str
+
+
+def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
+    """A checked size in a known unit, or None (with a warning) when it cannot be kept."""
+    try:
+        size = float(size)
+    except (TypeError, ValueError):
+        return None
+    if not isinstance(unit, str):
+        unit = ""
+    unit = unit.strip()
+    default = "s" if time else "µm"
+    factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit or default)))
+    size *= factor
+    known = TIME_UNITS if time else LENGTH_UNITS
+    if unit not in known:
+        warnings.warn(f"unknown {'time' if time else 'length'} unit {unit!r}; the size is "
+                      "not kept", stacklevel=2)
+        return None
+    if not (math.isfinite(size) and MIN_SIZE <= size <= MAX_SIZE):
+        warnings.warn(f"implausible pixel size {size} {unit}; the size is not kept",
+                      stacklevel=2)
+        return None
+    return PhysicalSize(size, unit)
+
+
+def ome_sizes(xml: str) -> dict[str, PhysicalSize]:
+    """Sizes from OME-XML (first image); ValueError if the XML does not parse."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError as exc:
+        raise ValueError(f"invalid OME-XML: {exc}") from None
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
+                   or el.tag == "Pixels"), None)
+    if pixels is None:
+        raise ValueError("no Pixels element in the OME-XML")
+    sizes = {}
+    for axis in "XYZ":
+        value = pixels.get(f"PhysicalSize{axis}")
+        if value is not None:
+            size = normalise(value, pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+            if size is not None:
+                sizes[axis] = size
+    if pixels.get("TimeIncrement") is not None:
+        size = normalise(pixels.get("TimeIncrement"), pixels.get("TimeIncrementUnit", "s"),
+                         time=True)
+        if size is not None:
+            sizes["T"] = size
+    return sizes
+
+
+def _rational(tag) -> float | None:
+    try:
+        numerator, denominator = tag.value
+        if numerator > 0 and denominator > 0:
+            return denominator / numerator  # pixels per unit -> unit per pixel
+    except (TypeError, ValueError, ZeroDivisionError):
+        pass
+    return None
+
+
+def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]:
+    """Sizes from the resolution tags and ImageJ metadata (unit, spacing, finterval)."""
+    imagej = imagej or {}
+    sizes: dict[str, PhysicalSize] = {}
+    if "XResolution" in tags and "YResolution" in tags:
+        x, y = _rational(tags["XResolution"]), _rational(tags["YResolution"])
+        resolution_unit = int(getattr(tags.get("ResolutionUnit"), "value", 1) or 1)
+        unit = imagej.get("unit")
+        if not isinstance(unit, str) or not unit:
+            unit = {2: "inch", 3: "cm"}.get(resolution_unit, "")
+        if x is not None and y is not None and not (x == y == 1.0 and not unit):
+            if unit:
+                sizes_x = normalise(x, unit)
+                sizes_y = normalise(y, unit)
+                if sizes_x is not None and sizes_y is not None:
+                    sizes["X"], sizes["Y"] = sizes_x, sizes_y
+            elif MIN_SIZE <= x <= MAX_SIZE and MIN_SIZE <= y <= MAX_SIZE:
+                sizes["X"], sizes["Y"] = PhysicalSize(x, ""), PhysicalSize(y, "")
+    length_unit = sizes["X"].unit if "X" in sizes else "µm"
+    if "spacing" in imagej and (size := normalise(imagej["spacing"], imagej.get("zunit")
+                                                  or imagej.get("unit") or length_unit)):
+        sizes["Z"] = size
+    if "finterval" in imagej and (size := normalise(imagej["finterval"],
+                                                    imagej.get("tunit", "s"), time=True)):
+        sizes["T"] = size
+    return sizes
+
+
+def output_sizes(sizes: dict[str, PhysicalSize], scale: int) -> dict[str, PhysicalSize]:
+    """Sizes of the output grid: X and Y divided by ``scale``, Z and T unchanged."""
+    return {axis: PhysicalSize(s.size / scale, s.unit) if axis in "XY" else s
+            for axis, s in sizes.items()}

@@ -1,0 +1,222 @@
+"""Writing results as OME-TIFF: axes, physical sizes and provenance kept, checked up front.
+
+:func:`output_spec` and :func:`check_outputs` run before a prediction, so a unit the file
+cannot hold, a read-only folder or a name that is too long is found before any work;
+:func:`write_ome_tiffs` then writes all outputs of one input atomically (all or none).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_group, plain_os_error
+from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, output_sizes
+
+OME_AXES = "TZCYX"
+NAME_MAX = 255
+# Pixels per centimetre that fit a TIFF rational (numerator and denominator below 2**32).
+RESOLUTION_RANGE = (1e-3, 1e9)
+TO_CENTIMETRE = {"pm": 1e-10, "nm": 1e-7, "µm": 1e-4, "mm": 0.1, "cm": 1.0, "m": 100.0}
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    """What an output file says about itself: axes, physical sizes, provenance."""
+
+    axes: str
+    sizes: dict[str, PhysicalSize] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def tifffile_metadata(self, name: str = "") -> dict[str, Any]:
+        """The ``metadata`` argument of ``tifffile.imwrite(..., ome=True)``."""
+        meta: dict[str, Any] = {"axes": self.axes}
+        for axis in "XYZ":
+            if axis in self.sizes and self.sizes[axis].unit in LENGTH_UNITS:
+                meta[f"PhysicalSize{axis}"] = self.sizes[axis].size
+                meta[f"PhysicalSize{axis}Unit"] = self.sizes[axis].unit
+        if "T" in self.sizes and self.sizes["T"].unit in TIME_UNITS:
+            meta["TimeIncrement"] = self.sizes["T"].size
+            meta["TimeIncrementUnit"] = self.sizes["T"].unit
+        if name:
+            meta["Name"] = name
+        if self.provenance:
+            meta["Description"] = "napari-cvdm result"
+            meta["MapAnnotation"] = dict(self.provenance)
+        return meta
+
+    def resolution(self) -> dict[str, Any]:
+        """TIFF resolution tags (pixels per centimetre) for readers without OME support."""
+        x, y = self.sizes.get("X"), self.sizes.get("Y")
+        if x is None or y is None or x.unit not in TO_CENTIMETRE or y.unit not in TO_CENTIMETRE:
+            return {}
+        per_cm = (1.0 / (x.size * TO_CENTIMETRE[x.unit]), 1.0 / (y.size * TO_CENTIMETRE[y.unit]))
+        low, high = RESOLUTION_RANGE
+        if not all(low <= v <= high for v in per_cm):
+            return {}
+        return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
+
+
+def ome_axes(axes: str, ndim: int) -> str:
+    """Axis letters OME accepts (T, Z, C, Y, X) for an image of ``ndim`` dimensions.
+
+    Letters OME does not know (tifffile's I, Q for unlabelled stacks, ...) become the
+    first unused of Z, T, C; without axes the leading axes are Z, then T.
+    """
+    axes = (axes or "")[-ndim:] if len(axes or "") >= ndim else ""
+    if not axes:
+        axes = ("CTZ"[-(ndim - 2):] if ndim > 2 else "") + "YX"
+    if len(axes) > 5 or len(set(axes)) != len(axes) or not axes.endswith("YX"):
+        raise ValueError(f"cannot write an image with axes {axes!r} as OME-TIFF; it needs "
+                         "at most T, Z, C before Y, X")
+    free = [a for a in "ZTC" if a not in axes]
+    return "".join(a if a in OME_AXES else free.pop(0) for a in axes)
+
+
+def _text(value: Any) -> str:
+    text = str(value)
+    return "".join(c if c.isprintable() else " " for c in text)[:10_000]
+
+
+def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = None,
+                scale: int = 1, provenance: dict[str, Any] | None = None) -> OutputSpec:
+    """The checked description of an output; raises ValueError if it cannot be written.
+
+    ``sizes`` are the input's; X and Y are divided by ``scale``. Provenance values are
+    written as text. The OME-XML is built once here, so a problem shows before any work.
+    """
+    import tifffile
+
+    spec = OutputSpec(ome_axes(axes, ndim), output_sizes(dict(sizes or {}), scale),
+                      {str(k): _text(v) for k, v in (provenance or {}).items()})
+    try:
+        ome = tifffile.OmeXml()
+        ome.addimage(np.float32, (1,) * (ndim - 2) + (8, 8), (1, 1, 1, 8, 8, 1),
+                     **spec.tifffile_metadata("check"))
+        ome.tostring()
+    except Exception as exc:  # tifffile raises OmeXmlError, ValueError, TypeError
+        raise ValueError(f"the output metadata cannot be written as OME-TIFF ({exc})") from None
+    return spec
+
+
+def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None:
+    import tifffile
+
+    data = np.asarray(data, dtype=np.float32)
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack",
+                     metadata=spec.tifffile_metadata(name), **spec.resolution())
+
+
+def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Path]:
+    """Write several ``(path, data)`` float32 OME-TIFFs as one unit: all of them, or none.
+
+    Existing files are refused (ValueError) unless ``overwrite``; a full disk raises
+    OSError "no space left on device".
+    """
+    items = [(Path(p), d) for p, d in items]
+    check_outputs([p for p, _ in items], overwrite)
+    try:
+        with atomic_group([p for p, _ in items], overwrite=overwrite) as temps:
+            for tmp, (path, data) in zip(temps, items):
+                _write_to(tmp, data, spec, path.name.split(".")[0])
+    except FileExistsError as exc:
+        raise ValueError(str(exc.strerror)) from None
+    return [p for p, _ in items]
+
+
+def write_ome_tiff(path: str | os.PathLike, data: np.ndarray, spec: OutputSpec,
+                   overwrite: bool = False) -> Path:
+    """Write one float32 OME-TIFF atomically (see :func:`write_ome_tiffs`)."""
+    return write_ome_tiffs([(path, data)], spec, overwrite)[0]
+
+
+def _folder_problem(folder: Path) -> str | None:
+    """Why files cannot be created in ``folder`` (which may not exist yet), or None."""
+    probe = folder
+    while True:
+        try:
+            os.stat(probe)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return f"the output folder {probe} is a symbolic link loop"
+            if probe.is_symlink():
+                return (f"the output folder {probe} is a symbolic link to "
+                        f"{os.readlink(probe)}, which does not exist")
+            if exc.errno == errno.ENAMETOOLONG:
+                return f"the output path {probe} is too long"
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR) and probe.parent != probe:
+                probe = probe.parent
+                continue
+            return f"the output folder {probe} cannot be used ({exc.strerror})"
+        break
+    if not probe.is_dir():
+        return f"the output {probe} is a file, not a folder"
+    if probe == folder:
+        try:
+            fd, name = tempfile.mkstemp(prefix=".cvdm-check.", dir=folder)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            return f"cannot write in the output folder {folder}: {plain_os_error(exc, folder)}"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        return f"cannot create the output folder {folder}: {probe} is not writable"
+    return None
+
+
+def check_outputs(paths, overwrite: bool = False) -> list[Path]:
+    """Check, before any work, that every output can be written; ValueError saying why not.
+
+    Folders writable (or creatable), names valid (not too long, no symbolic link loops or
+    dangling links), no name twice, and no existing file unless ``overwrite``.
+    """
+    paths = [Path(p) for p in paths]
+    seen: set[Path] = set()
+    for path in paths:
+        if len(path.name.encode("utf-8", "surrogateescape")) > NAME_MAX - 20:
+            raise ValueError(f"the output file name {path.name[:40]}... is too long "
+                             f"({len(path.name)} characters); use a shorter input name or "
+                             "output folder")
+        if path in seen:
+            raise ValueError(f"{path} would be written twice")
+        seen.add(path)
+        problem = _folder_problem(path.parent)
+        if problem:
+            raise ValueError(problem)
+        if path.is_symlink() and not path.exists():
+            raise ValueError(f"the output {path} is a dangling symbolic link; remove it")
+        if path.is_dir():
+            raise ValueError(f"the output {path} is a folder")
+        if path.exists() and not overwrite:
+            raise ValueError(f"the output {path} exists; allow overwriting to replace it")
+    return paths
+
+
+def _sizes(pixel_size, unit: str) -> dict[str, PhysicalSize]:
+    from .physical import normalise
+
+    if pixel_size is None:
+        return {}
+    y, x = (normalise(v, unit or "µm") for v in pixel_size)
+    return {"X": x, "Y": y} if x is not None and y is not None else {}
+
+
+def write_tiff(path: str | os.PathLike, data: np.ndarray, pixel_size=None, unit: str = "",
+               axes: str = "", overwrite: bool = True) -> Path:
+    """Write float32 data as OME-TIFF atomically, with its ``(y, x)`` pixel size if known."""
+    data = np.asarray(data)
+    spec = output_spec(axes, data.ndim, _sizes(pixel_size, unit))
+    return write_ome_tiff(path, data, spec, overwrite)
+
+
+def write_tiffs(items, pixel_size=None, unit: str = "", axes: str = "",
+                overwrite: bool = True) -> list[Path]:
+    """Write several ``(path, data)`` OME-TIFFs as one unit: all of them, or none."""
+    items = [(Path(p), np.asarray(d)) for p, d in items]
+    spec = output_spec(axes, items[0][1].ndim, _sizes(pixel_size, unit))
+    return write_ome_tiffs(items, spec, overwrite)
