@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import napari_cvdm._training_widget as widget_module
-from napari_cvdm import load_model, model_choices
+from napari_cvdm import Cancelled, load_model, model_choices
 from napari_cvdm._training_options import OpticsOptions, TrainingOptions
 from napari_cvdm._training_widget import TrainingWidget
 from napari_cvdm.training_preview import PREVIEW_NAME
@@ -175,3 +175,24 @@ def test_removing_a_training_layer_cancels_the_run(qtbot, viewer_and_widget, not
     assert notifications["error"] == []
     assert any("'widefield' was removed" in m for m in notifications["info"])
     assert widget._status.value == "cancelled"
+
+
+def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_viewer,
+                                                            notifications, tmp_path):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM training")
+    lq, hq = add_pair(viewer)
+    widget.set_data(hq=[hq], lq=[lq])
+    widget.set_start("preset:tiny")
+    widget.set_options(**{**QUICK, "steps": 5000})
+    widget._output.value = tmp_path / "closed.cvdm.safetensors"
+    worker = widget.start()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    finished, errors = [], []
+    worker.finished.connect(lambda: finished.append(True))
+    worker.errored.connect(errors.append)
+    viewer.close()
+    qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
+    assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
+    assert widget._closed.is_set() and not widget.running
+    assert notifications["error"] == []

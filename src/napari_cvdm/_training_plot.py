@@ -82,3 +82,9 @@ class TrainingPlot(Container):
         ssim.set_ylabel("val. SSIM", color="tab:orange")
         psnr.set_xlabel("step")
         self.canvas.draw_idle()
+
+
+def clock(seconds: float) -> str:
+    """Seconds as minutes:seconds, for the elapsed and remaining time."""
+    minutes, seconds = divmod(int(round(seconds)), 60)
+    return f"{minutes}:{seconds:02d}"

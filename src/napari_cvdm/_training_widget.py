@@ -22,23 +22,22 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from . import model_choices
-from ._training_plot import TrainingPlot
+from ._training_plot import TrainingPlot, clock
 from ._training_options import OpticsOptions, TrainingOptions, make_widgets
 from .degradation import Degradation
 from .errors import Cancelled
-from .io import BUNDLED
+from .model_files import BUNDLED
 from .layers import _unwrap
 from .model.config import PRESETS
-from .training_layers import prepare_training, start_model
-from .training_preview import preview_input, preview_layer_kwargs, preview_region, \
-    simulated_layer_data, update_image
+from .training_layers import prepare_folder_training, prepare_training, start_model
+from .training_preview import preview_callback, preview_input, preview_layer_kwargs, \
+    preview_region, simulated_layer_data, update_image
 
 if TYPE_CHECKING:
     import napari
 
-HQ, PAIRS = "hq", "pairs"
+HQ, PAIRS, FOLDERS = "hq", "pairs", "folders"
 CENTRE = "centre"
-PREVIEW_STEPS = 10
 
 
 class _Signals(QObject):
@@ -62,10 +61,14 @@ class TrainingWidget(Container):
         self._signals.logged.connect(self._on_log)
 
         self._source = ComboBox(label="data", value=HQ, choices=[
-            ("high-quality layers + simulated optics", HQ), ("low/high-quality layer pairs", PAIRS)])
+            ("high-quality layers + simulated optics", HQ), ("low/high-quality layer pairs", PAIRS),
+            ("folders of TIFF files", FOLDERS)])
         self._hq = Select(label="high-quality", choices=self._image_layers)
         self._lq = Select(label="low-quality", choices=self._image_layers)
         self._pairing = Label(label="")
+        self._hq_dir = FileEdit(label="high-quality folder", mode="d")
+        self._lq_dir = FileEdit(label="low-quality folder", mode="d",
+                                tooltip="leave empty to simulate the optics")
         self._optics = make_widgets(OpticsOptions)
         self._show_simulation = CheckBox(text="show the simulated low-quality image")
         start_choices = [(f"fine-tune the bundled {name} model", name) for name in BUNDLED]
@@ -82,7 +85,8 @@ class TrainingWidget(Container):
         self._progress = ProgressBar(value=0, min=0, max=1, label="")
         self._status = Label(label="")
         self.plot = TrainingPlot()
-        self.extend([self._source, self._hq, self._lq, self._pairing, *self._optics.values(),
+        self.extend([self._source, self._hq, self._lq, self._pairing, self._hq_dir,
+                     self._lq_dir, *self._optics.values(),
                      self._show_simulation, self._start, self._init_file,
                      *self._options.values(), self._output, self._region, self._run,
                      self._progress, self._status, self.plot])
@@ -115,10 +119,13 @@ class TrainingWidget(Container):
             for layer in self._viewer.layers if isinstance(layer, Shapes)]
 
     def _on_source_changed(self) -> None:
-        simulated = self._source.value == HQ
-        self._lq.visible = self._pairing.visible = not simulated
-        for widget in (*self._optics.values(), self._show_simulation):
-            widget.visible = simulated
+        source = self._source.value
+        self._hq.visible = source != FOLDERS
+        self._lq.visible = self._pairing.visible = source == PAIRS
+        self._hq_dir.visible = self._lq_dir.visible = source == FOLDERS
+        for widget in self._optics.values():
+            widget.visible = source != PAIRS
+        self._show_simulation.visible = source == HQ
         self._on_data_changed()
 
     def _on_start_changed(self) -> None:
@@ -201,10 +208,7 @@ class TrainingWidget(Container):
         return self._worker is not None
 
     def _on_run_clicked(self) -> None:
-        if self.running:
-            self.cancel()
-        else:
-            self.start()
+        self.cancel() if self.running else self.start()
 
     def prepare(self):
         """The checked training job from the widget's state; ValueError says what is wrong."""
@@ -214,6 +218,11 @@ class TrainingWidget(Container):
         options = self.options()
         kwargs = {"output": self._output.value, "init": init, "preset": preset,
                   **options.settings()}
+        if self._source.value == FOLDERS:
+            lq_dir = str(self._lq_dir.value).strip()
+            return prepare_folder_training(
+                self._hq_dir.value, self._lq_dir.value if lq_dir not in ("", ".") else None,
+                degradation=self._degradation_for_preview(), **kwargs)
         if self._source.value == HQ:
             if not self._hq.value:
                 raise ValueError("choose one or more high-quality image layers")
@@ -243,7 +252,7 @@ class TrainingWidget(Container):
         worker = create_worker(job.run, device=device, progress=self._signals.progressed.emit,
                                log=self._signals.logged.emit,
                                cancel=lambda: cancel.is_set() or closed.is_set(),
-                               on_validation=self._preview_callback(job, region, device),
+                               on_validation=self._preview_callback(region, device),
                                _ignore_errors=True, _start_thread=False)
         worker.returned.connect(lambda model: self._on_returned(job, cancel))
         worker.errored.connect(self._on_errored)
@@ -258,28 +267,17 @@ class TrainingWidget(Container):
         return worker
 
     def _preview_setup(self, job):
+        if not job.layers:  # folders: nothing on screen to preview
+            return None
         hq_layer = job.layers[1] if job.pairs is not None else job.layers[0]
         shapes = self._region.value if self._region.value != CENTRE else None
         region = preview_region(hq_layer, job.scale, shapes)
         return preview_input(job, region, seed=job.settings.seed), hq_layer, region
 
-    def _preview_callback(self, job, region_setup, device):
-        from .inference import predict
-
-        lq, _, _ = region_setup
-        emit = self._signals.validated.emit
-
-        def on_validation(step, scores, model):
-            # On the worker thread: one quick sample of the current averaged model.
-            try:
-                mean = predict(lq, model, samples=1, steps=PREVIEW_STEPS, eta=0.0, seed=0,
-                               device=device).mean
-            except (ValueError, RuntimeError) as exc:
-                mean = str(exc)
-            emit(step, dict(scores), mean)
-
+    def _preview_callback(self, region_setup, device):
         self._preview_target = region_setup
-        return on_validation
+        lq = region_setup[0] if region_setup is not None else None
+        return preview_callback(lq, device, self._signals.validated.emit)
 
     def cancel(self) -> None:
         """Stop training after the current step; the last complete checkpoint is kept."""
@@ -296,16 +294,17 @@ class TrainingWidget(Container):
         elapsed = time.perf_counter() - self._started
         left = elapsed / max(step, 1) * (total - step)
         self._status.value = (f"step {step} of {total} · loss {terms.get('total', 0):.4g} · "
-                              f"{_clock(elapsed)} elapsed, about {_clock(left)} left")
+                              f"{clock(elapsed)} elapsed, about {clock(left)} left")
 
     def _on_validated(self, step: int, scores: dict, mean) -> None:
         if not self.running or self._closed.is_set():
             return
         self.plot.add_validation(step, scores)
-        _, hq_layer, region = self._preview_target
         if isinstance(mean, str):
             self._status.value = f"⚠ preview failed: {mean}"
-        elif hq_layer in self._viewer.layers:
+            return
+        _, hq_layer, region = self._preview_target or (None, None, None)
+        if mean is not None and hq_layer in self._viewer.layers:
             kwargs = preview_layer_kwargs(hq_layer, region)
             kwargs["metadata"]["cvdm"].update(step=step, psnr=scores.get("psnr"))
             update_image(self._viewer, mean, kwargs)
@@ -319,7 +318,7 @@ class TrainingWidget(Container):
             return
         self.plot.flush()
         model_choices.register(job.output)
-        self._status.value = f"done in {_clock(time.perf_counter() - self._started)}: " \
+        self._status.value = f"done in {clock(time.perf_counter() - self._started)}: " \
                              f"saved {job.output.name}"
         show_info(f"CVDM training finished; the model is saved to {job.output} and listed "
                   "in the CVDM reconstruction widget")
@@ -347,7 +346,3 @@ class TrainingWidget(Container):
             show_info(f"CVDM training: {removed.name!r} was removed, cancelling")
             self.cancel()
 
-
-def _clock(seconds: float) -> str:
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    return f"{minutes}:{seconds:02d}"

@@ -104,12 +104,12 @@ def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
     if init is None:
         config = CVDMConfig.preset(preset or "small")
         return config, f"preset {config.preset} from scratch"
-    from .io import BUNDLED, bundled_model_path, read_model_header
     from .layers import model_summary
+    from .model_files import model_path, read_model_header
 
-    path = bundled_model_path(init) if isinstance(init, str) and init in BUNDLED else Path(init)
     summary = model_summary(init)  # ValueError: not found, not a model, pickle, ...
-    return CVDMConfig.from_dict(read_model_header(path)["config"]), f"fine-tune {summary}"
+    return (CVDMConfig.from_dict(read_model_header(model_path(init))["config"]),
+            f"fine-tune {summary}")
 
 
 def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: float,
@@ -150,8 +150,8 @@ class TrainingJob:
     settings: Any  # TrainingSettings
     scale: int
     layers: list = field(default_factory=list)
-    hq: list[np.ndarray] | None = None
-    pairs: list[tuple[np.ndarray, np.ndarray]] | None = None
+    hq: list[np.ndarray] | str | None = None  # arrays, or a folder
+    pairs: list[tuple[np.ndarray, np.ndarray]] | tuple[str, str] | None = None
     degradation: Degradation | None = None
     notes: list[str] = field(default_factory=list)
     start: str = ""
@@ -166,22 +166,10 @@ class TrainingJob:
                      cancel=cancel, on_validation=on_validation)
 
 
-def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
-                     preset: str | None = None, degradation: Degradation | None = None,
-                     **settings) -> TrainingJob:
-    """Check the layers, the starting model and the output, and gather the training data.
-
-    ``hq``: high-quality image layers (or names), trained with simulated optics;
-    ``pairs``: (low-quality, high-quality) layer tuples, the scale detected from their
-    shapes. Raises ValueError saying every problem found; nothing is written. A patch size
-    larger than the images allow is lowered to the largest that fits (said in ``notes``).
-    """
+def _start_and_output(init, preset, output, settings, problems: list[str]):
+    """The starting configuration and a line about it; problems appended, not raised."""
     from .training import TrainingSettings
 
-    if (hq is None) == (pairs is None):
-        raise ValueError("give hq=[high-quality layers] or pairs=[(low, high), ...], not both")
-    problems: list[str] = []
-    notes: list[str] = []
     known = {f.name for f in dataclasses.fields(TrainingSettings)} - {"preset", "init"}
     unknown = sorted(set(settings) - known)
     if unknown:
@@ -194,6 +182,60 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     message = output_problem(output)
     if message:
         problems.append(message)
+    return config, start
+
+
+def _settings(config: CVDMConfig, init, settings: dict[str, Any]):
+    from .training import TrainingSettings
+
+    values = {"preset": config.preset, **settings}
+    if init is not None:
+        values["init"] = str(init)
+    try:
+        return TrainingSettings(**values)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc)) from None
+
+
+def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
+                            preset: str | None = None, degradation: Degradation | None = None,
+                            **settings) -> TrainingJob:
+    """Folders of TIFFs: with ``lq_dir``, pairs matched by file name; without, high-quality
+    images with simulated optics. The images themselves are checked when training starts."""
+    problems: list[str] = []
+    config, start = _start_and_output(init, preset, output, settings, problems)
+    for role, folder in (("high-quality", hq_dir), ("low-quality", lq_dir)):
+        if folder is None and role == "low-quality":
+            continue
+        if folder is None or not str(folder).strip() or not Path(folder).is_dir():
+            problems.append(f"choose an existing {role} folder (not {str(folder or '')!r})")
+    if problems:
+        raise ValueError("; ".join(problems))
+    job = TrainingJob(output=Path(output).expanduser(), settings=_settings(config, init, settings),
+                      scale=config.scale, start=start)
+    if lq_dir is not None:
+        job.pairs = (str(lq_dir), str(hq_dir))
+    else:
+        job.degradation = degradation or Degradation(scale=config.scale if init else 2)
+        job.scale, job.hq = job.degradation.scale, str(hq_dir)
+    return job
+
+
+def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
+                     preset: str | None = None, degradation: Degradation | None = None,
+                     **settings) -> TrainingJob:
+    """Check the layers, the starting model and the output, and gather the training data.
+
+    ``hq``: high-quality image layers (or names), trained with simulated optics;
+    ``pairs``: (low-quality, high-quality) layer tuples, the scale detected from their
+    shapes. Raises ValueError saying every problem found; nothing is written. A patch size
+    larger than the images allow is lowered to the largest that fits (said in ``notes``).
+    """
+    if (hq is None) == (pairs is None):
+        raise ValueError("give hq=[high-quality layers] or pairs=[(low, high), ...], not both")
+    problems: list[str] = []
+    notes: list[str] = []
+    config, start = _start_and_output(init, preset, output, settings, problems)
 
     groups = [tuple(p) for p in pairs] if pairs is not None else [(h,) for h in hq]
     if not groups:
@@ -233,13 +275,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     if problems:
         raise ValueError("; ".join(problems))
 
-    values = {"preset": config.preset, **settings}
-    if init is not None:
-        values["init"] = str(init)
-    try:
-        training_settings = TrainingSettings(**values)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc)) from None
+    training_settings = _settings(config, init, settings)
     shapes = [tuple(layer.data.shape[-2:]) for layer in (layers[1::2] if pairs is not None
                                                           else layers)]
     planes = [s for s, layer in zip(shapes, layers[1::2] if pairs is not None else layers)

@@ -17,6 +17,7 @@ from .layers import output_transform
 
 PREVIEW_NAME = "CVDM training preview"
 PREVIEW_SIZE = 64  # low-quality pixels per side of the default preview region
+PREVIEW_STEPS = 10  # denoising steps of the one preview sample
 
 
 def simulated_name(layer) -> str:
@@ -103,3 +104,22 @@ def update_image(viewer, data: np.ndarray, kwargs: dict[str, Any]):
             setattr(layer, key, kwargs[key])
     layer.reset_contrast_limits()
     return layer
+
+
+def preview_callback(lq: np.ndarray | None, device: str, emit):
+    """An ``on_validation`` callback for train(): reconstruct ``lq`` with the current averaged
+    model (one quick sample, on the training thread) and ``emit(step, scores, mean)``; the
+    mean is None without a preview input, or the error message if the preview failed."""
+    from .inference import predict
+
+    def on_validation(step, scores, model):
+        mean = None
+        try:
+            if lq is not None:
+                mean = predict(lq, model, samples=1, steps=PREVIEW_STEPS, eta=0.0, seed=0,
+                               device=device).mean
+        except (ValueError, RuntimeError) as exc:
+            mean = str(exc)
+        emit(step, dict(scores), mean)
+
+    return on_validation
