@@ -38,7 +38,7 @@ class OpticsOptions:
         return {
             "psf": {"label": "PSF", "widget_type": "ComboBox", "choices": ["gaussian", "airy"]},
             "psf_sigma": {"label": "PSF sigma (HQ px)", "min": 0.1, "max": 20.0, "step": 0.25},
-            "scale": {"label": "scale (from scratch)", "min": 1, "max": 8},
+            "scale": {"label": "scale (from scratch)", "min": 1, "max": 4},
             "photons_min": {"label": "photons from", "min": 1.0, "max": 1e6},
             "photons_max": {"label": "photons to", "min": 1.0, "max": 1e6},
             "background_max": {"label": "background up to", "min": 0.0, "max": 1e5},
