@@ -1,7 +1,8 @@
-"""Training data: paired or high-quality-only image folders, turned into random patches.
+"""Training data: image pairs, high-quality images or generated structures, as random patches.
 
-Every source image is percentile-normalised as a whole (as predict() does at inference),
-so the model sees training patches exactly as it will see a user's image.
+Sources are folders, in-memory arrays (napari layers) or the structure generators. Every
+source image is percentile-normalised as a whole (as predict() does at inference), so the
+model sees training patches exactly as it will see a user's image.
 """
 
 from __future__ import annotations
@@ -51,6 +52,25 @@ class Pair:
     name: str
 
 
+def _pair_scale(lq: np.ndarray, hq: np.ndarray, name: str) -> int:
+    ratio_y, ratio_x = hq.shape[0] / lq.shape[0], hq.shape[1] / lq.shape[1]
+    if ratio_y != ratio_x or ratio_y != int(ratio_y) or ratio_y < 1:
+        raise ValueError(f"{name}: high-quality shape {hq.shape} is not an integer "
+                         f"multiple of the low-quality shape {lq.shape}")
+    return int(ratio_y)
+
+
+def _make_pairs(planes: list[tuple[np.ndarray, np.ndarray, str]]) -> tuple[list[Pair], int]:
+    """Normalised pairs and their one scale factor from (lq, hq, name) planes."""
+    pairs, scales = [], set()
+    for lq, hq, name in planes:
+        scales.add(_pair_scale(lq, hq, name))
+        pairs.append(Pair(Normalization.fit(lq).apply(lq), Normalization.fit(hq).apply(hq), name))
+    if len(scales) != 1:
+        raise ValueError(f"the pairs have different scale factors: {sorted(scales)}")
+    return pairs, scales.pop()
+
+
 def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]:
     """Pairs matched by file name; returns them and the (checked) integer scale factor."""
     lq_files = {p.stem: p for p in _tiffs(lq_dir, "low-quality")}
@@ -59,32 +79,61 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     if not common:
         raise ValueError(f"no file names in common between {lq_dir} and {hq_dir}; pairs are "
                          "matched by name (e.g. LQ/cell01.tif with HQ/cell01.tif)")
-    pairs, scales = [], set()
+    planes = []
     for stem in common:
         lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
         if len(lq_planes) != len(hq_planes):
             raise ValueError(f"{stem}: {len(lq_planes)} low-quality planes but "
                              f"{len(hq_planes)} high-quality planes")
-        for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes)):
-            ratio_y, ratio_x = hq.shape[0] / lq.shape[0], hq.shape[1] / lq.shape[1]
-            if ratio_y != ratio_x or ratio_y != int(ratio_y) or ratio_y < 1:
-                raise ValueError(f"{stem}: high-quality shape {hq.shape} is not an integer "
-                                 f"multiple of the low-quality shape {lq.shape}")
-            scales.add(int(ratio_y))
-            pairs.append(Pair(Normalization.fit(lq).apply(lq), Normalization.fit(hq).apply(hq),
-                              f"{stem}[{i}]"))
-    if len(scales) != 1:
-        raise ValueError(f"the pairs have different scale factors: {sorted(scales)}")
-    return pairs, scales.pop()
+        planes += [(lq, hq, f"{stem}[{i}]") for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes))]
+    return _make_pairs(planes)
+
+
+def _array_planes(image, name: str) -> list[np.ndarray]:
+    """The usable Y, X planes of an in-memory image (a napari layer's data) as float32."""
+    array = np.asarray(image)
+    if array.ndim < 2 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
+        raise ValueError(f"{name} is not a real-valued image (shape {array.shape}, "
+                         f"dtype {array.dtype})")
+    planes = array.reshape(-1, *array.shape[-2:]).astype(np.float32)
+    return [p for p in planes if np.isfinite(p).all() and p.max() > p.min()]
+
+
+def pairs_from_arrays(items) -> tuple[list[Pair], int]:
+    """Pairs from in-memory (low-quality, high-quality) images; the scale from their shapes."""
+    planes = []
+    for k, (lq, hq) in enumerate(items):
+        lq_planes, hq_planes = _array_planes(lq, f"pair {k} input"), _array_planes(hq, f"pair {k} target")
+        if len(lq_planes) != len(hq_planes) or not lq_planes:
+            raise ValueError(f"pair {k}: {len(lq_planes)} usable low-quality planes but "
+                             f"{len(hq_planes)} high-quality planes")
+        planes += [(a, b, f"pair{k}[{i}]") for i, (a, b) in enumerate(zip(lq_planes, hq_planes))]
+    if not planes:
+        raise ValueError("no image pairs given")
+    return _make_pairs(planes)
+
+
+def unit_range(plane: np.ndarray) -> np.ndarray:
+    """A high-quality plane scaled to [0, 1] by percentiles (the simulator's input)."""
+    return np.clip((Normalization.fit(plane).apply(plane) + 1) / 2, 0, None).astype(np.float32)
+
+
+def hq_from_arrays(images) -> list[tuple[np.ndarray, str]]:
+    """High-quality in-memory images (e.g. napari layers) as [0, 1] planes with names."""
+    out = []
+    for k, image in enumerate(images):
+        out += [(unit_range(p), f"image{k}[{i}]") for i, p in enumerate(_array_planes(image, f"image {k}"))]
+    if not out:
+        raise ValueError("the high-quality images are all empty or constant")
+    return out
 
 
 def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
-    """High-quality planes scaled to [0, 1] by percentiles (the simulator's input)."""
+    """High-quality planes of a folder's TIFFs, scaled to [0, 1] by percentiles."""
     out = []
     for path in _tiffs(hq_dir, "high-quality"):
         for i, plane in enumerate(read_planes(path)):
-            norm = Normalization.fit(plane)
-            out.append((np.clip((norm.apply(plane) + 1) / 2, 0, None), f"{path.stem}[{i}]"))
+            out.append((unit_range(plane), f"{path.stem}[{i}]"))
     if not out:
         raise ValueError(f"the images in {hq_dir} are all empty or constant")
     return out
@@ -175,3 +224,56 @@ def split_validation(pairs: list[Pair], fraction: float,
         train.append(Pair(p.lq[:cut], p.hq[:cut * s], p.name))
         val.append(Pair(p.lq[cut:], p.hq[cut * s:], p.name + "/val"))
     return train, val
+
+
+def split_images(images: list[tuple[np.ndarray, str]], fraction: float, min_size: int = 0):
+    """High-quality images split like ``split_validation``: whole images, or bottom strips."""
+    if len(images) >= 5:
+        n_val = max(1, int(round(len(images) * fraction)))
+        step = len(images) / n_val
+        val_idx = {int(i * step) for i in range(n_val)}
+        return ([im for i, im in enumerate(images) if i not in val_idx],
+                [im for i, im in enumerate(images) if i in val_idx])
+    train, val = [], []
+    for image, name in images:
+        h = image.shape[0]
+        strip = max(int(round(h * fraction)), min_size)
+        cut = max(1, min(h - strip, h - 1))
+        train.append((image[:cut], name))
+        val.append((image[cut:], name + "/val"))
+    return train, val
+
+
+class SyntheticPool:
+    """Generated structure images (``structures.generate``), a few replaced at each refresh.
+
+    Generating is slower than simulating optics, so the pool keeps ``count`` images and
+    swaps ``turnover`` of them for new ones at each refresh: the model never sees a fixed set.
+    """
+
+    def __init__(self, kinds, count: int, size: int, seed: int,
+                 pixel_size_nm: tuple[float, float] = (25.0, 40.0), turnover: int = 4):
+        from . import structures
+
+        unknown = set(kinds) - set(structures.STRUCTURES)
+        if unknown or not kinds:
+            raise ValueError(f"unknown structure kinds {sorted(unknown) or '(none)'}; "
+                             f"choose from {', '.join(structures.STRUCTURES)}")
+        self.kinds, self.size, self.turnover = tuple(kinds), int(size), int(turnover)
+        self.pixel_size_nm = pixel_size_nm
+        self.rng = np.random.default_rng(seed)
+        self.serial = 0
+        self.images = [self._new() for _ in range(count)]
+
+    def _new(self) -> tuple[np.ndarray, str]:
+        from . import structures
+
+        kind = self.kinds[int(self.rng.integers(len(self.kinds)))]
+        pixel = float(self.rng.uniform(*self.pixel_size_nm))
+        image = structures.generate(kind, (self.size, self.size), pixel, self.rng)
+        self.serial += 1
+        return image.astype(np.float32), f"synthetic-{kind}-{self.serial:05d}"
+
+    def refresh(self) -> None:
+        for _ in range(min(self.turnover, len(self.images))):
+            self.images[int(self.rng.integers(len(self.images)))] = self._new()

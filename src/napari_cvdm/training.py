@@ -1,15 +1,16 @@
-"""train(): fit a CVDM on image pairs or on high-quality images with simulated optics.
+"""train(): fit a CVDM on image pairs, high-quality images or generated structures.
 
 Adam on the total loss of SPEC section 1, an exponential moving average of the weights
 (the model that is saved), a held-out validation set scored by PSNR and SSIM at intervals,
-atomic checkpoints in the model-file format plus a training-state file for ``resume``.
+atomic checkpoints (the first one early) plus a training-state file for ``resume``, and
+``init`` to fine-tune a model's weights with a fresh optimizer. The networks run at the
+chosen precision (bfloat16 on CPUs that have it); the schedule and the loss stay float32.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import math
 import os
 import time
@@ -21,20 +22,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import PatchSampler, load_hq, load_pairs, simulate_pairs, split_validation
+from .checkpoints import load_state, save_checkpoint, state_path  # noqa: F401  (public)
 from .degradation import Degradation
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
 from .inference import _cancel_requested
-from .io import atomic_write, load_model, save_model
+from .io import load_model
 from .metrics import psnr, ssim
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES
+from .precision import resolve_precision
 from .sampling import sample
+from .training_data import prepare_data
 
-STATE_SUFFIX = ".train-state.safetensors"
-SIMULATION_REFRESH = 100  # steps between fresh simulated noise draws of the training set
+SIMULATION_REFRESH = 100  # steps between fresh simulated optics of the training set
+FIRST_CHECKPOINT_SECONDS = 300  # the first checkpoint comes after this long at the latest
 
 
 @dataclass
@@ -50,10 +53,13 @@ class TrainingSettings:
     validation_patches: int = 8
     validation_steps: int = 10
     checkpoint_every: int = 500
+    first_checkpoint: int = 50           # an early first checkpoint: a killed run keeps it
     seed: int = 0
     schedule: str | None = None          # override the preset: learned, linear, cosine
     mean_network: bool | None = None     # override the preset's ZMD mean network
     grad_clip: float = 1.0
+    precision: str = "auto"              # auto, fp32, bf16, fp16 (networks only)
+    init: str | None = None              # fine-tune: a bundled model name or a model file
     config_overrides: dict[str, Any] = field(default_factory=dict)
 
     def lr(self) -> float:
@@ -74,15 +80,6 @@ def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
     elif settings.mean_network is False:
         config = dataclasses.replace(config, mean_net=None)
     return config
-
-
-def _validation_set(val_pairs, scale: int, patch: int, count: int, seed: int):
-    usable = [p for p in val_pairs if min(p.hq.shape) >= patch]
-    if not usable:
-        patch = min(min(p.hq.shape) for p in val_pairs) // 8 * 8
-        usable = val_pairs
-    sampler = PatchSampler(usable, scale, patch, torch.Generator().manual_seed(seed + 1), augment=False)
-    return sampler.batch(count)
 
 
 def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
@@ -108,153 +105,138 @@ def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
-def state_path(output: Path) -> Path:
-    return output.with_name(output.name.removesuffix(".safetensors") + STATE_SUFFIX
-                            if output.name.endswith(".safetensors") else output.name + STATE_SUFFIX)
-
-
-def _save_checkpoint(output: Path, ema: CVDM, model: CVDM, optimizer, step: int,
-                     metadata: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    ema.metadata = copy.deepcopy(metadata)
-    ema.metadata["training"]["step"] = step
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    opt_state = optimizer.state_dict()
-    param_names = [n for n, _ in model.named_parameters()]
-    for idx, state in opt_state["state"].items():
-        for key, value in state.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{param_names[idx]}.{key}"] = value.detach().cpu().contiguous()
-    header = {"step": step, "param_names": param_names}
-    # The state file first, then the model: a crash between the two leaves a model file
-    # one checkpoint behind its state, and resume trusts only the state's step.
-    with atomic_write(state_path(output)) as tmp:
-        save_file(tensors, str(tmp), metadata={"napari_cvdm_state": json.dumps(header)})
-    save_model(ema, output)
-
-
-def _load_state(output: Path, model: CVDM, optimizer) -> int:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    path = state_path(output)
-    if not path.is_file():
-        raise ValueError(f"cannot resume: the training state {path} is missing")
-    with safe_open(str(path), framework="pt") as fh:
-        header = json.loads(fh.metadata()["napari_cvdm_state"])
-    tensors = load_file(str(path))
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-    param_names = header["param_names"]
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for idx, name in enumerate(param_names):
-        entry = {}
-        for key in ("step", "exp_avg", "exp_avg_sq"):
-            value = tensors.get(f"optim.{name}.{key}")
-            if value is not None:
-                entry[key] = value
-        if entry:
-            state[idx] = entry
-    opt_state = optimizer.state_dict()
-    opt_state["state"] = state
-    optimizer.load_state_dict(opt_state)
-    return int(header["step"])
-
-
-def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
-          hq: str | os.PathLike | None = None, settings: TrainingSettings | None = None,
-          degradation: Degradation | None = None, resume: bool = False, device: str = "auto",
-          progress: Callable[[int, int, dict[str, float]], Any] | None = None,
-          log: Callable[[str], Any] | None = None, cancel=None) -> CVDM:
-    """Train a CVDM and write it (EMA weights) to ``output``; see ``cvdm train --help``."""
-    settings = settings or TrainingSettings()
-    if (pairs is None) == (hq is None):
-        raise ValueError("give either pairs=(LQ_DIR, HQ_DIR) or hq=HQ_DIR")
+def _check_settings(settings: TrainingSettings) -> None:
     for name in ("steps", "batch_size", "patch_size", "validation_every", "checkpoint_every",
-                 "validation_patches", "validation_steps"):
+                 "validation_patches", "validation_steps", "first_checkpoint"):
         if getattr(settings, name) < 1:
             raise ValueError(f"{name} must be at least 1, not {getattr(settings, name)}")
+
+
+def _initial_model(settings: TrainingSettings, scale: int | None):
+    """(model, provenance) from ``settings.init`` (its weights, config and scale), or None."""
+    if settings.init is None:
+        return None, None
+    base = load_model(settings.init)
+    if scale is not None and base.config.scale != scale:
+        raise ValueError(f"the model to fine-tune ({settings.init}) has scale x{base.config.scale} "
+                         f"but the training data are x{scale}")
+    name = os.path.basename(os.fspath(settings.init))
+    return base, {"init": name, "init_step": base.metadata.get("training", {}).get("step")}
+
+
+def _prepare_model(model: CVDM, dev: torch.device, low_precision: bool) -> CVDM:
+    model = model.to(dev)
+    if dev.type == "cpu" and not low_precision:
+        # float32 oneDNN convolutions are fastest NHWC; bfloat16 ones are fastest NCHW (the
+        # NHWC GroupNorm backward is 3x slower under autocast; docs/performance.md).
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
+          settings: TrainingSettings | None = None, degradation: Degradation | None = None,
+          resume: bool = False, device: str = "auto",
+          progress: Callable[[int, int, dict[str, float]], Any] | None = None,
+          log: Callable[[str], Any] | None = None, cancel=None,
+          on_validation: Callable[[int, dict[str, float], CVDM], Any] | None = None) -> CVDM:
+    """Train a CVDM and write it (EMA weights) to ``output``; see ``cvdm train --help``.
+
+    Data: ``pairs`` = (LQ_DIR, HQ_DIR) or a list of (low, high) arrays; or ``hq`` = a folder
+    or a list of arrays, and/or ``synthetic`` = structure kinds (``structures.STRUCTURES``),
+    with simulated optics ``degradation``. ``progress(step, total, terms)`` after every step,
+    ``on_validation(step, scores, ema_model)`` at every validation, ``cancel`` an Event or a
+    callable (raises ``Cancelled``; the last checkpoint is kept).
+    """
+    settings = settings or TrainingSettings()
+    _check_settings(settings)
     output = Path(output)
     say = log or (lambda message: None)
     dev = resolve_device(device)
+    precision = resolve_precision(settings.precision, dev, training=True)
+    if resume and settings.init is not None:
+        raise ValueError("resume continues a run; init starts a new one from a model's weights: "
+                         "give one of them")
+    base, init_info = _initial_model(settings, None)
+    if base is not None and pairs is None and degradation is None:
+        degradation = Degradation(scale=base.config.scale)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-
-    if pairs is not None:
-        all_pairs, scale = load_pairs(*pairs)
-        data_info: dict[str, Any] = {"mode": "pairs", "lq": str(pairs[0]), "hq": str(pairs[1]),
-                                     "images": len(all_pairs)}
-        hq_images = None
+    data = prepare_data(pairs=pairs, hq=hq, synthetic=synthetic, degradation=degradation,
+                        patch_size=settings.patch_size,
+                        validation_fraction=settings.validation_fraction,
+                        validation_patches=settings.validation_patches, seed=settings.seed,
+                        generator=generator)
+    if base is not None:
+        if base.config.scale != data.scale:
+            raise ValueError(f"the model to fine-tune has scale x{base.config.scale} but the "
+                             f"training data are x{data.scale}")
+        config = base.config
     else:
-        degradation = degradation or Degradation()
-        scale = degradation.scale
-        hq_images = load_hq(hq)
-        all_pairs = simulate_pairs(hq_images, degradation, generator)
-        data_info = {"mode": "simulated", "hq": str(hq), "images": len(all_pairs),
-                     "degradation": degradation.to_dict()}
-    train_pairs, val_pairs = split_validation(all_pairs, settings.validation_fraction,
-                                              settings.patch_size)
-    sampler = PatchSampler(train_pairs, scale, settings.patch_size, generator)
-    val_x, val_y = _validation_set(val_pairs, scale, settings.patch_size,
-                                   settings.validation_patches, settings.seed)
-    val_x, val_y = val_x.to(dev), val_y.to(dev)
+        config = _config(settings, data.scale)
+    if resume:
+        from .checkpoints import read_state
 
-    config = _config(settings, scale)
-    model = CVDM(config).to(dev)
-    if dev.type == "cpu":
-        model = model.to(memory_format=torch.channels_last)
+        read_state(output, config)  # every check before any work
+    val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
+
+    model = CVDM(config)
+    if base is not None:
+        model.load_state_dict(base.state_dict())
+    model = _prepare_model(model, dev, precision.low)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr())
+    scaler = torch.amp.GradScaler(dev.type, enabled=precision.name == "fp16")
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
 
+    normalization = (base.metadata.get("normalization") if base is not None else None) or \
+        {"percentiles": list(DEFAULT_PERCENTILES), "range": [-1, 1]}
     metadata: dict[str, Any] = {
-        "normalization": {"percentiles": list(DEFAULT_PERCENTILES), "range": [-1, 1]},
-        "training": {"preset": settings.preset, "steps_planned": settings.steps,
-                     "settings": dataclasses.asdict(settings), "data": data_info,
-                     "validation_images": sorted({p.name for p in val_pairs}),
-                     "training_images": len(train_pairs), "device": str(dev),
-                     "history": []},
+        "normalization": normalization,
+        "training": {"preset": config.preset, "steps_planned": settings.steps,
+                     "settings": dataclasses.asdict(settings), "data": data.info,
+                     "validation_images": data.validation_names,
+                     "training_images": data.training_images, "device": str(dev),
+                     "precision": precision.name, "history": []},
     }
+    if init_info is not None:
+        metadata["training"].update(init_info)
+        metadata["training"]["history"] = list(base.metadata.get("training", {}).get("history", []))
     start = 0
     if resume:
-        start = _load_state(output, model, optimizer)
+        start = load_state(output, model, optimizer)
         if output.is_file():
             previous = load_model(output)
-            if previous.config.to_dict() != config.to_dict():
-                raise ValueError(f"cannot resume {output}: it was trained with a different "
-                                 "configuration")
             ema.load_state_dict(previous.state_dict())
             metadata["training"]["history"] = (previous.metadata.get("training", {})
                                                .get("history", []))
         else:
-            # Interrupted between the state file and the first model file: the averaged
-            # weights restart from the trained weights.
             ema.load_state_dict(model.state_dict())
-        # Advance the data stream so a resumed run does not repeat the first batches.
         generator.manual_seed(settings.seed + start)
         say(f"resumed from step {start}")
-    autocast = dev.type == "cuda"
-    started, last_loss = time.perf_counter(), {}
+
+    started = time.perf_counter()
+    saved_step = start if resume else None
     step = start
     for step in range(start + 1, settings.steps + 1):
         if _cancel_requested(cancel):
-            raise Cancelled(f"training cancelled at step {step - 1}; the last checkpoint is kept")
-        if hq_images is not None and step % SIMULATION_REFRESH == 0:
-            # split_validation is deterministic: the same images (or strips) stay held out.
-            fresh = simulate_pairs(hq_images, degradation, generator)
-            sampler.pairs = split_validation(fresh, settings.validation_fraction,
-                                             settings.patch_size)[0]
+            kept = (f"the last checkpoint is kept: {output} (step {saved_step})"
+                    if saved_step is not None else "no checkpoint was written yet")
+            raise Cancelled(f"training cancelled at step {step - 1}; {kept}")
+        if data.simulated and step % SIMULATION_REFRESH == 0:
+            data.refresh()
         model.train()
-        x, y = sampler.batch(settings.batch_size)
+        x, y = data.sampler.batch(settings.batch_size)
         x, y = x.to(dev), y.to(dev)
-        if dev.type == "cpu":
+        if dev.type == "cpu" and not precision.low:
             x = x.contiguous(memory_format=torch.channels_last)
-        terms = model.loss(x, y, autocast=autocast)
+        terms = model.loss(x, y, precision=precision)
         optimizer.zero_grad(set_to_none=True)
-        terms["total"].backward()
+        scaler.scale(terms["total"]).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         decay = min(settings.ema_decay, (1 + step) / (10 + step))
         with torch.no_grad():
             for pe, pm in zip(ema.parameters(), model.parameters()):
@@ -263,9 +245,10 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
                 be.copy_(bm)
         last_loss = {k: float(v.detach()) for k, v in terms.items()}
         if not all(math.isfinite(v) for v in last_loss.values()):
-            raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss}); "
-                                   "the last checkpoint is kept; lower the learning rate "
-                                   "(--lr) and --resume")
+            kept = f"the last checkpoint is kept ({output})" if saved_step is not None \
+                else "no checkpoint was written"
+            raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss['total']}); "
+                                   f"{kept}; lower the learning rate and resume")
         if progress is not None:
             progress(step, settings.steps, last_loss)
         if step % settings.validation_every == 0 or step == settings.steps:
@@ -277,8 +260,14 @@ def train(*, output: str | os.PathLike, pairs: tuple[str, str] | None = None,
             say("step {step}: loss {loss:.4f}  val PSNR {psnr:.2f} dB (bicubic "
                 "{bicubic_psnr:.2f})  SSIM {ssim:.3f}  gamma(0)={gamma_start:.5f} "
                 "gamma(1)={gamma_end:.2e}".format(**scores))
-        if step % settings.checkpoint_every == 0 or step == settings.steps:
-            _save_checkpoint(output, ema, model, optimizer, step, metadata)
+            if on_validation is not None:
+                on_validation(step, scores, ema)
+        first_due = saved_step is None and (
+            step >= settings.first_checkpoint
+            or time.perf_counter() - started >= FIRST_CHECKPOINT_SECONDS)
+        if first_due or step % settings.checkpoint_every == 0 or step == settings.steps:
+            save_checkpoint(output, ema, model, optimizer, step, metadata)
+            saved_step = step
     ema.metadata = copy.deepcopy(metadata)
     ema.metadata["training"]["step"] = step
     return ema

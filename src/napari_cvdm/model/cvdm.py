@@ -56,14 +56,21 @@ class CVDM(nn.Module):
         """gamma(t, x) and beta(t, x), each shaped like the target (SPEC section 3)."""
         return self.schedule_net(t, x)
 
-    def prepare(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def prepare(self, x: torch.Tensor, precision=None) -> dict[str, torch.Tensor]:
         """Everything that depends on ``x`` only: evaluated once per image, not per step.
 
         ``center``: what the diffused variable is relative to (x, mu(x) or 0);
         ``inputs``: the conditioning channels of the denoiser; ``lam``: lambda(x).
+        ``precision``: runs the mean network at that precision (a ``Precision``); the
+        schedule network stays float32 (gamma = exp(-lambda tau) amplifies its rounding).
         """
         if self.mean_net is not None:
-            mu = x + self.mean_net(x)
+            if precision is not None and precision.low:
+                with precision.autocast():
+                    residual = self.mean_net(x)
+                mu = x + residual.float()
+            else:
+                mu = x + self.mean_net(x)
             # The mean network learns by regression alone (its own loss term): the
             # denoiser sees and diffuses around sg(mu), so it cannot bend mu into a feature.
             center, inputs = mu.detach(), torch.cat([x, mu.detach()], dim=1)
@@ -101,15 +108,16 @@ class CVDM(nn.Module):
 
     # -- training objective ------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
-             autocast: bool = False) -> dict[str, torch.Tensor]:
+             precision=None) -> dict[str, torch.Tensor]:
         """The named loss terms of SPEC section 1 and their weighted ``total``.
 
-        ``autocast``: run the denoiser in bfloat16 (CUDA training); the schedule and its
-        time derivatives always stay in float32.
+        ``precision`` (a ``napari_cvdm.precision.Precision``): the arithmetic of the denoiser
+        and the mean network; the schedule, its time derivatives, the prior and every loss
+        term stay float32.
         """
         cfg = self.config
         b = x.shape[0]
-        prep = self.prepare(x)
+        prep = self.prepare(x, precision)
         y0 = (y - prep["center"]) / self.target_scale
         lam = prep["lam"]
 
@@ -127,7 +135,10 @@ class CVDM(nn.Module):
 
         eps = torch.randn(y0.shape, device=y0.device, dtype=y0.dtype, generator=generator)
         z = gamma.sqrt() * y0 + (1 - gamma).sqrt() * eps
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+        if precision is not None and precision.low:
+            with precision.autocast():
+                out = self.network_output(z, prep["inputs"], gamma)
+        else:
             out = self.network_output(z, prep["inputs"], gamma)
         out = out.float()
         if cfg.prediction == "v":

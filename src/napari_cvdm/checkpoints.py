@@ -1,0 +1,108 @@
+"""Training checkpoints: the model file (EMA weights) plus a training-state file for resume.
+
+Both are written atomically, the state first: a crash between the two leaves a model file
+one checkpoint behind its state, and resume trusts only the state's step. The state holds
+the raw weights and Adam's moments, never pickle.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_write, save_model
+
+STATE_SUFFIX = ".train-state.safetensors"
+STATE_KEY = "napari_cvdm_state"
+
+
+def state_path(output: Path) -> Path:
+    output = Path(output)
+    stem = output.name.removesuffix(".safetensors") if output.name.endswith(".safetensors") \
+        else output.name
+    return output.with_name(stem + STATE_SUFFIX)
+
+
+def save_checkpoint(output: Path, ema, model, optimizer, step: int,
+                    metadata: dict[str, Any]) -> None:
+    from safetensors.torch import save_file
+
+    ema.metadata = copy.deepcopy(metadata)
+    ema.metadata["training"]["step"] = step
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt_state = optimizer.state_dict()
+    param_names = [n for n, _ in model.named_parameters()]
+    for idx, state in opt_state["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                tensors[f"optim.{param_names[idx]}.{key}"] = value.detach().cpu().contiguous()
+    header = {"step": step, "param_names": param_names, "config": model.config.to_dict()}
+    with atomic_write(state_path(output)) as tmp:
+        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(header)})
+    save_model(ema, output)
+
+
+def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The state file's header and tensors, checked against ``config`` before any use.
+
+    ValueError for a missing, truncated or foreign file, or one of another configuration.
+    """
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    path = state_path(output)
+    if not path.is_file():
+        raise ValueError(f"cannot resume: the training state {path} is missing")
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = json.loads((fh.metadata() or {})[STATE_KEY])
+        tensors = load_file(str(path))
+    except (SafetensorError, KeyError, OSError, ValueError, RecursionError) as exc:
+        raise ValueError(f"cannot resume: the training state {path} is damaged or not a "
+                         f"napari-cvdm training state ({type(exc).__name__})") from None
+    if not isinstance(header, dict) or not isinstance(header.get("step"), int) \
+            or not isinstance(header.get("param_names"), list) or header["step"] < 0:
+        raise ValueError(f"cannot resume: the training state {path} has a damaged header")
+    saved = header.get("config")
+    try:
+        same = saved is None or type(config).from_dict(saved) == config
+    except (TypeError, ValueError):
+        same = False
+    if not same:
+        preset = saved.get("preset") if isinstance(saved, dict) else None
+        raise ValueError(f"cannot resume: {path} was trained with another model configuration "
+                         f"(preset {preset!r}, this run {config.preset!r}); train to a new file "
+                         "or use the same settings")
+    return header, tensors
+
+
+def load_state(output: Path, model, optimizer) -> int:
+    """Restore the raw weights and Adam's moments; returns the step to continue after."""
+    header, tensors = read_state(output, model.config)
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    bad = [k for k in expected if k not in weights or weights[k].shape != expected[k].shape]
+    if bad or set(weights) - set(expected):
+        raise ValueError(f"cannot resume: the training state {state_path(output)} does not "
+                         f"match this model ({len(bad)} missing or mis-shaped tensors)")
+    model.load_state_dict(weights)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    shapes = dict(model.named_parameters())
+    for idx, name in enumerate(header["param_names"]):
+        entry = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            value = tensors.get(f"optim.{name}.{key}")
+            if value is not None:
+                if key != "step" and (name not in shapes or value.shape != shapes[name].shape):
+                    raise ValueError(f"cannot resume: optimizer state of {name} is damaged")
+                entry[key] = value
+        if entry:
+            state[idx] = entry
+    opt_state = optimizer.state_dict()
+    opt_state["state"] = state
+    optimizer.load_state_dict(opt_state)
+    return int(header["step"])
