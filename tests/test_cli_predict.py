@@ -1,0 +1,185 @@
+"""`cvdm predict` robustness (issue 8): no partial outputs, inputs untouched, clear exits."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+import tifffile
+import torch
+
+from napari_cvdm.cli import main
+from napari_cvdm.io import read_tiff
+
+
+# -- the command line: no partial outputs, inputs untouched, clear exits --------------------
+@pytest.fixture
+def two_tiffs(tmp_path, nuclei_widefield):
+    paths = []
+    for name, (y, x) in {"first": (0, 0), "second": (40, 40)}.items():
+        path = tmp_path / f"{name}.tif"
+        tifffile.imwrite(path, nuclei_widefield[y:y + 24, x:x + 20])
+        paths.append(path)
+    return paths
+
+
+def _cli(inputs, out, model_file, *extra):
+    return main(["predict", *map(str, inputs), "-o", str(out), "--model", str(model_file),
+                 "--samples", "2", "--steps", "2", "--seed", "0", *extra])
+
+
+def test_a_failure_while_writing_the_second_file_leaves_neither(two_tiffs, tiny_model_file,
+                                                                 tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    writes = []
+    real_imwrite = tifffile.imwrite
+
+    def failing_imwrite(path, data, **kwargs):
+        writes.append(Path(path))
+        if len(writes) == 2:
+            Path(path).write_bytes(b"II*\x00half a file")  # a partly written temp file
+            raise OSError(28, "No space left on device")
+        return real_imwrite(path, data, **kwargs)
+
+    monkeypatch.setattr(tifffile, "imwrite", failing_imwrite)
+    code = _cli(two_tiffs[:1], out, tiny_model_file, "--quiet")
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in out.iterdir()) == []  # no outputs, no .part files
+    assert all(w.name.endswith(".part") for w in writes)
+
+
+def test_a_failed_rerun_keeps_the_previous_complete_outputs(two_tiffs, tiny_model_file,
+                                                           tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    calls = []
+
+    def failing_imwrite(path, data, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(5, "Input/output error")
+        Path(path).write_bytes(b"new")
+
+    monkeypatch.setattr(tifffile, "imwrite", failing_imwrite)
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "9") == 1
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_an_interruption_during_predict_leaves_no_files_for_that_input(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch, capsys):
+    """Ctrl-C in the middle of the second image: the first image's outputs are complete."""
+    import napari_cvdm.cli.predict as cli
+
+    out = tmp_path / "out"
+    real_bar = cli.ProgressBar
+
+    class InterruptingBar(real_bar):
+        def __call__(self, done, total, extra=""):
+            if self.label == "second.tif" and done == total // 2:
+                raise KeyboardInterrupt
+            super().__call__(done, total, extra)
+
+    monkeypatch.setattr(cli, "ProgressBar", InterruptingBar)
+    code = _cli(two_tiffs, out, tiny_model_file)
+    assert code == 130 and "no partial output was written" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_var.tif"]
+    assert read_tiff(out / "first_cvdm_var.tif").data.shape == (48, 40)
+
+
+def test_an_exception_inside_predict_leaves_no_files_for_that_input(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch):
+    import napari_cvdm
+
+    out = tmp_path / "out"
+    real_predict = napari_cvdm.predict
+    calls = []
+
+    def failing_on_the_second_image(image, *args, **kwargs):
+        calls.append(image.shape)
+        if len(calls) == 2:
+            def progress(done, total):
+                raise RuntimeError("simulated failure half way")
+            kwargs["progress"] = progress
+        return real_predict(image, *args, **kwargs)
+
+    monkeypatch.setattr(napari_cvdm, "predict", failing_on_the_second_image)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _cli(two_tiffs, out, tiny_model_file, "--quiet")
+    assert len(calls) == 2
+    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_var.tif"]
+
+
+def test_the_input_file_is_never_modified(two_tiffs, tiny_model_file, tmp_path):
+    path = two_tiffs[0]
+    digest, mtime = hashlib.sha256(path.read_bytes()).hexdigest(), path.stat().st_mtime_ns
+    assert _cli([path], tmp_path / "out", tiny_model_file, "--quiet") == 0
+    assert _cli([path], tmp_path, tiny_model_file, "--quiet") == 0  # outputs beside it
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--eta", "nan"], "--eta"),
+    (["--tile-size", "4"], "--tile-size"),
+    (["--device", "tpu"], "device"),
+    (["--samples", "0"], "--samples"),
+])
+def test_bad_predict_options_fail_before_loading_anything(two_tiffs, tmp_path, capsys,
+                                                          extra, match):
+    code = main(["predict", str(two_tiffs[0]), "-o", str(tmp_path / "o"), "--model",
+                 str(tmp_path / "missing.cvdm.safetensors"), *extra])
+    assert code == 2 and match in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_two_inputs_that_would_overwrite_each_other_are_refused(tmp_path, two_tiffs,
+                                                                tiny_model_file, capsys):
+    other = tmp_path / "sub"
+    other.mkdir()
+    twin = other / "first.ome.tif"
+    twin.write_bytes(two_tiffs[0].read_bytes())
+    code = _cli([two_tiffs[0], twin], tmp_path / "o", tiny_model_file)
+    assert code == 2 and "would both be written as first_cvdm" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_inputs_and_a_file_as_output_folder_are_clear_errors(tmp_path, two_tiffs,
+                                                                     tiny_model_file, capsys):
+    assert _cli([tmp_path / "nope.tif"], tmp_path / "o", tiny_model_file) == 2
+    assert "input file not found" in capsys.readouterr().err
+    assert _cli(two_tiffs[:1], two_tiffs[1], tiny_model_file) == 2
+    assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("error", [
+    torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
+    MemoryError(),
+    RuntimeError("out of GPU memory even with tile 128 and batch 1; try --device cpu"),
+])
+def test_out_of_memory_is_reported_with_what_to_change(two_tiffs, tiny_model_file, tmp_path,
+                                                       monkeypatch, capsys, error):
+    import napari_cvdm
+
+    def no_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(napari_cvdm, "predict", no_memory)
+    assert _cli(two_tiffs[:1], tmp_path / "o", tiny_model_file, "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "out of memory" in err and "--tile-size" in err and len(err.splitlines()) == 1
+    assert not list((tmp_path / "o").iterdir())
+
+
+def test_other_runtime_errors_are_not_disguised_as_out_of_memory(two_tiffs, tiny_model_file,
+                                                                 tmp_path, monkeypatch):
+    import napari_cvdm
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(napari_cvdm, "predict", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        _cli(two_tiffs[:1], tmp_path / "o", tiny_model_file, "--quiet")

@@ -1,0 +1,230 @@
+"""Untrusted model files (issue 8): pickles refused, tampered or truncated files refused,
+the conversion tool never runs code. docs/reliability.md lists what each test covers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+import napari_cvdm as nc
+from napari_cvdm import convert as convert_module
+from napari_cvdm.io import MAX_PARAMETERS, PICKLE_HINT, load_model
+from napari_cvdm.model.config import UNetConfig
+
+FAST = dict(samples=2, steps=2, seed=0, device="cpu")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _image(shape=(16, 16), seed=0, dtype=np.float64):
+    return np.random.default_rng(seed).random(shape).astype(dtype)
+
+
+# -- model files -----------------------------------------------------------------------
+def test_pickle_files_are_refused_and_the_hint_names_the_conversion(tmp_path, tiny_model):
+    for suffix in (".pt", ".pth", ".ckpt", ".bin"):
+        path = tmp_path / f"model{suffix}"
+        torch.save(tiny_model.state_dict(), path)
+        with pytest.raises(ValueError, match=r"pickle.*python -m napari_cvdm\.convert"):
+            load_model(path)
+
+
+def test_a_pickle_renamed_to_a_model_file_is_recognised(tmp_path, tiny_model):
+    for kwargs in ({}, {"_use_new_zipfile_serialization": False}):
+        path = tmp_path / "disguised.cvdm.safetensors"
+        torch.save(tiny_model.state_dict(), path, **kwargs)
+        with pytest.raises(ValueError, match="pickle"):
+            load_model(path)
+
+
+def test_a_model_file_whose_header_length_looks_like_a_pickle_still_loads(tmp_path,
+                                                                         tiny_model):
+    """A header of 0x10280 bytes starts with the bytes 80 02, like a pickle; it is no pickle."""
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    target = 0x10280
+    assert n < target
+    header = raw[8:8 + n] + b" " * (target - n)
+    path.write_bytes(target.to_bytes(8, "little") + header + raw[8 + n:])
+    assert path.read_bytes()[:2] == b"\x80\x02"
+    assert load_model(path).config == tiny_model.config
+
+
+def test_the_hint_and_the_converter_agree():
+    command = PICKLE_HINT.format(path="IN.pt", suffix=".pt").split("convert it once with:")[1]
+    words = command.split()
+    assert words[:3] == ["python", "-m", "napari_cvdm.convert"]
+    args = [w for w in words[3:] if w not in ("[--scale", "S]")]
+    args[args.index("PRESET")] = "tiny"
+    parsed = convert_module._parser().parse_args(args + ["--scale", "2"])
+    assert parsed.preset == "tiny" and parsed.scale == 2
+
+
+def test_conversion_of_a_trusted_checkpoint_gives_the_same_model(tmp_path, tiny_model):
+    pt = tmp_path / "trusted.pt"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in
+                                           tiny_model.state_dict().items()}}, pt)
+    out = tmp_path / "trusted.cvdm.safetensors"
+    result = subprocess.run([sys.executable, "-m", "napari_cvdm.convert", str(pt), str(out),
+                             "--preset", "tiny", "--scale", "2"],
+                            capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    loaded = load_model(out)
+    assert loaded.metadata["converted_from"]["sha256"] == hashlib.sha256(
+        pt.read_bytes()).hexdigest()
+    image = _image((12, 12))
+    np.testing.assert_array_equal(nc.predict(image, loaded, **FAST).mean,
+                                  nc.predict(image, tiny_model, **FAST).mean)
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_conversion_refuses_weights_of_another_preset_or_scale(tmp_path, tiny_model, capsys):
+    pt = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), pt)
+    out = tmp_path / "x.cvdm.safetensors"
+    assert convert_module.main([str(pt), str(out), "--preset", "small"]) == 2
+    assert "do not fit the 'small' preset" in capsys.readouterr().err
+    assert not out.exists()
+    assert convert_module.main([str(pt), str(tmp_path / "x.safetensors"),
+                                "--preset", "tiny"]) == 2
+    assert ".cvdm.safetensors" in capsys.readouterr().err
+
+
+class _Payload:
+    """Unpickling this would create a file: the converter must never do that."""
+
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_conversion_never_runs_code_from_the_checkpoint(tmp_path, tiny_model, capsys):
+    marker = tmp_path / "pwned"
+    pt = tmp_path / "evil.pt"
+    torch.save({"state_dict": tiny_model.state_dict(), "x": _Payload(str(marker))}, pt)
+    code = convert_module.main([str(pt), str(tmp_path / "e.cvdm.safetensors"),
+                                "--preset", "tiny"])
+    assert code == 2 and "weights_only" in capsys.readouterr().err
+    assert not marker.exists()
+    with pytest.raises(ValueError, match="pickle"):
+        load_model(pt)
+    assert not marker.exists()
+
+
+def _header(path: Path):
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    return raw, n, json.loads(raw[8:8 + n])
+
+
+def _rewrite(path: Path, change_meta=None, change_header=None, extra: bytes = b""):
+    raw, n, header = _header(path)
+    if change_meta is not None:
+        meta = json.loads(header["__metadata__"]["napari_cvdm"])
+        change_meta(meta)
+        header["__metadata__"]["napari_cvdm"] = json.dumps(meta)
+    if change_header is not None:
+        change_header(header)
+    new = json.dumps(header).encode()
+    new += b" " * ((8 - len(new) % 8) % 8)
+    path.write_bytes(len(new).to_bytes(8, "little") + new + raw[8 + n:] + extra)
+
+
+def test_a_config_asking_for_too_many_parameters_is_refused_before_allocating(
+        tiny_model, tmp_path, monkeypatch):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    huge = {"base_channels": 512, "channel_mults": [1, 2, 4, 8, 16, 16, 16],
+            "blocks_per_level": 8, "attention_at_lowest": True, "dropout": 0.0}
+    _rewrite(path, lambda m: m["config"].update(denoiser=huge))
+    devices = []
+    original = nc.CVDM.__init__
+
+    def recording_init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        devices.append(next(self.parameters()).device.type)
+
+    monkeypatch.setattr(nc.CVDM, "__init__", recording_init)
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"parameters, more than the 400,000,000"):
+        load_model(path)
+    assert time.perf_counter() - started < 30
+    assert devices == ["meta"]  # only ever built without memory
+
+
+def test_a_config_just_over_the_limit_is_refused_and_presets_are_within_it():
+    from napari_cvdm.io import estimate_parameters
+    from napari_cvdm.model.config import PRESETS
+
+    assert all(estimate_parameters(c) < MAX_PARAMETERS for c in PRESETS.values())
+    big = nc.CVDMConfig.preset("paper", denoiser=UNetConfig(128, (1, 2, 4, 8, 8), 3, True))
+    assert estimate_parameters(big) > MAX_PARAMETERS
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m["config"].update(residual_scale="0.2"), "residual_scale"),
+    (lambda m: m["config"].update(timesteps=200.5), "invalid"),
+    (lambda m: m["config"].update(output_clip=float("inf")), "output_clip"),
+    (lambda m: m["config"].update(residual="yes"), "residual"),
+    (lambda m: m["config"]["denoiser"].update(base_channels=16.0), "base_channels"),
+    (lambda m: m["config"]["denoiser"].update(channel_mults=[1, "2"]), "invalid"),
+    (lambda m: m["config"].update(mean_net=7), "invalid"),
+    (lambda m: m["config"].update(evil=1), "unknown model settings"),
+    (lambda m: m.update(config=[1, 2]), "invalid"),
+    (lambda m: m.update(metadata=[1, 2]), "metadata"),
+])
+def test_tampered_configurations_are_refused(tiny_model, tmp_path, change, match):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _rewrite(path, change)
+    with pytest.raises(ValueError, match=match):
+        load_model(path)
+
+
+def test_extra_or_missing_tensors_and_nan_weights_are_refused(tiny_model, tmp_path):
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    meta = _header(nc.save_model(tiny_model, tmp_path / "ok.cvdm.safetensors"))[2]["__metadata__"]
+    cases = {
+        "unexpected": {**state, "big.extra": torch.zeros(1000, 1000)},
+        "missing": dict(list(state.items())[1:]),
+        "NaN": {**state, next(iter(state)): torch.full_like(next(iter(state.values())),
+                                                            float("nan"))},
+        "type": {**state, next(iter(state)): next(iter(state.values())).to(torch.int32)},
+    }
+    for match, tensors in cases.items():
+        path = tmp_path / f"{match}.cvdm.safetensors"
+        save_file(tensors, str(path), metadata=meta)
+        with pytest.raises(ValueError, match=match):
+            load_model(path)
+
+
+@pytest.mark.parametrize("keep", [4, 8, 100, 0.5, 0.99])
+def test_files_truncated_anywhere_are_refused(tiny_model, tmp_path, keep):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    raw = path.read_bytes()
+    path.write_bytes(raw[:int(keep * len(raw)) if isinstance(keep, float) else keep])
+    with pytest.raises(ValueError, match="napari-cvdm model|safetensors|damaged|truncated"):
+        load_model(path)
+
+
+def test_a_header_offset_pointing_beyond_the_file_is_refused(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+
+    def stretch(header):
+        name = next(k for k in header if k != "__metadata__")
+        header[name]["data_offsets"][1] += 10**9
+
+    _rewrite(path, change_header=stretch)
+    with pytest.raises(ValueError):
+        load_model(path)
