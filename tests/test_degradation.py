@@ -1,5 +1,6 @@
 """The simulated optics: PSFs, downsampling and the camera noise model's statistics."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -65,3 +66,47 @@ def test_invalid_degradation_is_refused():
         Degradation(psf="box")
     with pytest.raises(ValueError, match="photons"):
         Degradation(photons=(0.0, 10.0))
+
+
+def test_psf_width_ranges_are_drawn_per_image_within_the_range():
+    import torch
+
+    from napari_cvdm.degradation import Degradation, draw_sigmas
+
+    d = Degradation(psf_sigma=(2.0, 4.0))
+    sigmas = draw_sigmas(d, 2000, torch.Generator().manual_seed(0))
+    assert float(sigmas.min()) >= 2.0 and float(sigmas.max()) <= 4.0
+    # log-uniform: the median is the geometric mean of the ends
+    assert abs(float(sigmas.median()) - (2.0 * 4.0) ** 0.5) < 0.1
+    assert Degradation(psf_sigma=(3.0, 3.0)).psf_sigma == 3.0
+    for bad in [(4.0, 2.0), (0.0, 1.0), (1.0, float("nan")), 25.0]:
+        with pytest.raises(ValueError, match="psf_sigma"):
+            Degradation(psf_sigma=bad)
+
+
+def test_wider_psf_blurs_more_and_simulate_image_keeps_its_input(nuclei_truth):
+    from napari_cvdm.degradation import Degradation, simulate_image
+
+    image = nuclei_truth[:128, :128].copy()
+    sharp = simulate_image(image, Degradation(psf_sigma=1.0, photons=(1e5, 1e5),
+                                              read_noise=(0, 0), background=(0, 0)))
+    blurred = simulate_image(image, Degradation(psf_sigma=4.0, photons=(1e5, 1e5),
+                                                read_noise=(0, 0), background=(0, 0)))
+    assert sharp.shape == blurred.shape == (64, 64)
+    gradient = lambda a: np.abs(np.diff(a, axis=1)).mean() / a.mean()  # noqa: E731
+    assert gradient(blurred) < 0.7 * gradient(sharp)
+    assert np.array_equal(image, nuclei_truth[:128, :128])
+    with pytest.raises(ValueError, match="2D"):
+        simulate_image(np.zeros((2, 8, 8)), Degradation())
+
+
+def test_psf_widths_from_objective_and_wavelength():
+    from napari_cvdm.degradation import Degradation
+
+    d = Degradation.from_optics(numerical_aperture=(1.1, 1.5), wavelength_nm=(450, 650),
+                                pixel_size_nm=31.0)
+    low, high = d.psf_sigma
+    # 0.21 * 450 / 1.5 = 63 nm -> 2.0 px; 0.21 * 650 / 1.1 = 124 nm -> 4.0 px
+    assert abs(low - 63 / 31) < 0.05 and abs(high - 124.1 / 31) < 0.05
+    sim = Degradation.from_optics(pixel_size_nm=31.0, target_resolution_nm=110)
+    assert sim.psf_sigma[1] < high  # relative to a SIM target: narrower

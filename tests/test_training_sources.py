@@ -1,0 +1,135 @@
+"""Training from arrays and generated structures, fine-tuning (init), callbacks, cancelling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import napari_cvdm as nc
+from napari_cvdm import training_data
+from napari_cvdm.degradation import Degradation
+from napari_cvdm.errors import Cancelled
+from napari_cvdm.precision import cpu_bf16_supported
+from napari_cvdm.training import TrainingSettings, state_path, train
+
+
+def _settings(**kw):
+    base = dict(preset="tiny", steps=4, batch_size=2, patch_size=32, validation_every=2,
+                checkpoint_every=100, first_checkpoint=100, validation_patches=2,
+                validation_steps=2, precision="fp32")
+    return TrainingSettings(**{**base, **kw})
+
+
+@pytest.fixture
+def hq_arrays(nuclei_truth):
+    return [nuclei_truth[:96, :128], nuclei_truth[200:300, 150:280].astype(np.float32)]
+
+
+def test_high_quality_arrays_train_a_model_and_are_not_modified(hq_arrays, tmp_path):
+    before = [a.copy() for a in hq_arrays]
+    out = tmp_path / "a.cvdm.safetensors"
+    model = train(output=out, hq=hq_arrays, settings=_settings(), device="cpu")
+    assert all(np.array_equal(a, b) for a, b in zip(hq_arrays, before))
+    info = nc.load_model(out).metadata["training"]
+    assert info["data"]["mode"] == "simulated" and info["data"]["hq"] == "arrays"
+    assert info["precision"] == "fp32" and model.config.scale == 2
+
+
+def test_pairs_of_arrays_give_the_scale_from_their_shapes(nuclei_truth, nuclei_widefield, tmp_path):
+    pairs = [(nuclei_widefield[:64, :64], nuclei_truth[:128, :128]),
+             (nuclei_widefield[64:128, 80:144], nuclei_truth[128:256, 160:288])]
+    model = train(output=tmp_path / "p.cvdm.safetensors", pairs=pairs, settings=_settings(),
+                  device="cpu")
+    assert model.config.scale == 2
+    with pytest.raises(ValueError, match="integer"):
+        train(output=tmp_path / "q.cvdm.safetensors",
+              pairs=[(nuclei_widefield[:64, :64], nuclei_truth[:100, :100])],
+              settings=_settings(), device="cpu")
+
+
+def test_generated_structures_alone_are_training_data(tmp_path, monkeypatch):
+    monkeypatch.setattr(training_data, "SYNTHETIC_IMAGES", 3)
+    monkeypatch.setattr(training_data, "SYNTHETIC_VALIDATION", 1)
+    monkeypatch.setattr(training_data, "SYNTHETIC_SIZE", 64)
+    out = tmp_path / "s.cvdm.safetensors"
+    train(output=out, synthetic=("microtubules", "ccp"), settings=_settings(),
+          degradation=Degradation(psf_sigma=(2.0, 3.5)), device="cpu")
+    info = nc.load_model(out).metadata["training"]
+    assert info["data"]["synthetic"] == ["microtubules", "ccp"]
+    assert info["data"]["degradation"]["psf_sigma"] == [2.0, 3.5]
+    assert all(name.startswith("synthetic-") for name in info["validation_images"])
+    with pytest.raises(ValueError, match="unknown structure"):
+        train(output=out, synthetic=("golgi",), settings=_settings(), device="cpu")
+
+
+def test_init_fine_tunes_a_model_keeping_its_configuration(hq_arrays, tmp_path):
+    first = tmp_path / "first.cvdm.safetensors"
+    base = train(output=first, hq=hq_arrays, settings=_settings(steps=2), device="cpu")
+    tuned_file = tmp_path / "tuned.cvdm.safetensors"
+    # The preset asked for is ignored: the configuration comes from the model.
+    tuned = train(output=tuned_file, hq=hq_arrays, device="cpu",
+                  settings=_settings(steps=2, init=str(first), preset="small"))
+    assert tuned.config == base.config
+    info = nc.load_model(tuned_file).metadata["training"]
+    assert info["init"] == first.name and str(tmp_path) not in str(info)
+    assert len(info["history"]) == 2  # the base model's history, then this run's
+    with pytest.raises(ValueError, match="scale"):
+        train(output=tmp_path / "x.cvdm.safetensors", hq=hq_arrays, device="cpu",
+              degradation=Degradation(scale=3), settings=_settings(init=str(first)))
+    with pytest.raises(ValueError, match="resume"):
+        train(output=tuned_file, hq=hq_arrays, resume=True, device="cpu",
+              settings=_settings(init=str(first)))
+
+
+def test_validation_callback_gets_scores_and_the_averaged_model(hq_arrays, tmp_path):
+    seen = []
+    train(output=tmp_path / "v.cvdm.safetensors", hq=hq_arrays, settings=_settings(), device="cpu",
+          on_validation=lambda step, scores, model: seen.append((step, scores, model)))
+    assert [s for s, _, _ in seen] == [2, 4]
+    assert {"psnr", "ssim", "bicubic_psnr"} <= set(seen[0][1])
+    assert all(isinstance(m, nc.CVDM) for _, _, m in seen)
+
+
+def test_cancel_keeps_the_early_first_checkpoint_and_says_where(hq_arrays, tmp_path):
+    out = tmp_path / "c.cvdm.safetensors"
+    steps = []
+    with pytest.raises(Cancelled, match="no checkpoint was written yet"):
+        train(output=out, hq=hq_arrays, settings=_settings(steps=10, first_checkpoint=5),
+              device="cpu", progress=lambda s, t, loss: steps.append(s),
+              cancel=lambda: len(steps) >= 2)
+    assert not out.exists()
+    steps.clear()
+    with pytest.raises(Cancelled, match=f"kept: {out}.*step 3"):
+        train(output=out, hq=hq_arrays, settings=_settings(steps=10, first_checkpoint=3),
+              device="cpu", progress=lambda s, t, loss: steps.append(s),
+              cancel=lambda: len(steps) >= 4)
+    assert nc.load_model(out).metadata["training"]["step"] == 3
+
+
+def test_resume_refuses_another_preset_and_a_damaged_state_before_training(hq_arrays, tmp_path):
+    out = tmp_path / "r.cvdm.safetensors"
+    train(output=out, hq=hq_arrays, settings=_settings(steps=2), device="cpu")
+    ran = []
+    with pytest.raises(ValueError, match="another model configuration"):
+        train(output=out, hq=hq_arrays, resume=True, device="cpu",
+              settings=_settings(steps=4, preset="small"),
+              progress=lambda *a: ran.append(a))
+    state = state_path(out)
+    state.write_bytes(state.read_bytes()[:200])
+    with pytest.raises(ValueError, match="damaged"):
+        train(output=out, hq=hq_arrays, resume=True, device="cpu", settings=_settings(steps=4),
+              progress=lambda *a: ran.append(a))
+    assert ran == []
+
+
+def test_precision_choices_for_training(hq_arrays, tmp_path):
+    with pytest.raises(ValueError, match="fp16"):
+        train(output=tmp_path / "h.cvdm.safetensors", hq=hq_arrays, device="cpu",
+              settings=_settings(precision="fp16"))
+    if not cpu_bf16_supported():
+        pytest.skip("this CPU has no bfloat16")
+    out = tmp_path / "b.cvdm.safetensors"
+    model = train(output=out, hq=hq_arrays, device="cpu", settings=_settings(precision="bf16"))
+    assert nc.load_model(out).metadata["training"]["precision"] == "bf16"
+    # Master weights stay float32.
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in model.parameters())
