@@ -81,6 +81,17 @@ def test_line_cross_section_has_the_requested_physical_width(fwhm_nm, pixel_nm):
     assert _fwhm(profile, pixel_nm) == pytest.approx(expected, rel=0.06)
 
 
+def test_microscope_resolution_widens_a_line_as_two_gaussians_combine():
+    canvas = Canvas((96, 96), 10.0)
+    line = np.array([[480.0, -100.0], [480.0, 1060.0]])
+    add_line(canvas, np.random.default_rng(0), line, 25.0, 1.0, 1e6, modulation=0.0)
+    sharp, blurred = canvas.render(), canvas.render(resolution_nm=110.0)
+    middle = slice(20, 76)  # away from the ends, where the blur carries light out of view
+    assert blurred[:, middle].sum() == pytest.approx(sharp[:, middle].sum(), rel=1e-3)
+    width = _fwhm(blurred[:, middle].mean(axis=1), 10.0)
+    assert width == pytest.approx(np.hypot(25.0, 110.0), rel=0.06)
+
+
 @pytest.mark.parametrize("shift_px", [0.13, 0.25, 0.5, 0.77])
 def test_sub_pixel_shift_keeps_total_intensity(shift_px):
     pixel = 31.0
@@ -153,6 +164,7 @@ def test_a_training_sized_image_renders_quickly(kind):
     ({"pixel_size_nm": -31.0}, "pixel_size_nm"),
     ({"pixel_size_nm": float("nan")}, "pixel_size_nm"),
     ({"shape": (15, 64)}, "at least 16"),
+    ({"resolution_nm": -1.0}, "resolution_nm"),
     ({"shape": (64,)}, "shape"),
 ])
 def test_bad_arguments_raise_value_error(kwargs, message):

@@ -84,8 +84,8 @@ def actin(canvas, rng: np.random.Generator) -> None:
     axis = rng.uniform(0, np.pi)
 
     # cortical meshwork: short straight segments in every direction
-    mean_length = log_uniform(rng, 300.0, 1500.0)
-    count = poisson_count(rng, log_uniform(rng, 0.5, 12.0) * 1e-3 * area / mean_length)
+    mean_length = log_uniform(rng, 400.0, 2000.0)
+    count = poisson_count(rng, log_uniform(rng, 2.0, 20.0) * 1e-3 * area / mean_length)
     centres = np.stack([rng.uniform(-margin, height + margin, count),
                         rng.uniform(-margin, width + margin, count)], axis=1)
     lengths = np.clip(rng.exponential(mean_length, count), 100.0, 4 * mean_length)
@@ -93,14 +93,14 @@ def actin(canvas, rng: np.random.Generator) -> None:
                  rng.lognormal(0.0, 0.4, count), fwhm, label_density)
 
     # longer single filaments, gently curved
-    for _ in range(int(rng.poisson(log_uniform(rng, 0.1, 2.0) * 1e-3 * area / 3000.0))):
-        chain = chain_through(rng, field_anchor(rng, canvas, margin), rng.uniform(1e3, 6e3),
+    for _ in range(int(rng.poisson(log_uniform(rng, 0.3, 4.0) * 1e-3 * area / 5000.0))):
+        chain = chain_through(rng, field_anchor(rng, canvas, margin), rng.uniform(2e3, 10e3),
                               log_uniform(rng, 5e3, 20e3), 50.0)
         add_line(canvas, rng, chain, fwhm, rng.lognormal(0.0, 0.3), label_density, 0.2)
 
     # stress fibres: bundles of staggered parallel filaments
     bundles = 0
-    if rng.random() < 0.7:
+    if rng.random() < 0.6:
         bundles = int(rng.poisson(log_uniform(rng, 0.3, 8.0) * area / 64e6))
     for _ in range(bundles):
         length = rng.uniform(5e3, 20e3)

@@ -33,7 +33,7 @@ def honeycomb(rng: np.random.Generator, extent_nm, edge_nm: float, margin_nm: fl
     theta = rng.uniform(0, np.pi)
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
     vertices = vertices @ rot.T + np.array([height / 2, width / 2])
-    vertices += rng.normal(0, 0.22 * edge_nm, vertices.shape)
+    vertices += rng.normal(0, 0.3 * edge_nm, vertices.shape)
     for _ in range(3):  # a smooth large-scale warp breaks the lattice's regularity
         k = rng.normal(0, 2 * np.pi / log_uniform(rng, 3e3, 12e3), 2)
         shift = rng.normal(0, 0.3 * edge_nm, 2)
@@ -42,6 +42,24 @@ def honeycomb(rng: np.random.Generator, extent_nm, edge_nm: float, margin_nm: fl
     inside = np.all((np.abs(vertices[edges] - np.array([height / 2, width / 2]))
                      < np.array([height / 2, width / 2]) + margin_nm).reshape(len(edges), -1), 1)
     return vertices, edges[inside]
+
+
+def relax(vertices: np.ndarray, edges: np.ndarray, iterations: int, step: float = 0.5):
+    """Move each junction towards the mean of its neighbours, as tubule tension would.
+
+    Tension in ER tubules drives junction angles towards 120 degrees and straightens the
+    tubules through two-way points; a few Laplacian smoothing steps imitate that.
+    """
+    vertices = vertices.copy()
+    degree = np.bincount(edges.ravel(), minlength=len(vertices)).astype(np.float64)
+    for _ in range(iterations):
+        total = np.zeros_like(vertices)
+        np.add.at(total, edges[:, 0], vertices[edges[:, 1]])
+        np.add.at(total, edges[:, 1], vertices[edges[:, 0]])
+        moved = degree > 0
+        mean = total[moved] / degree[moved, None]
+        vertices[moved] += step * (mean - vertices[moved])
+    return vertices
 
 
 def er(canvas, rng: np.random.Generator) -> None:
@@ -55,7 +73,11 @@ def er(canvas, rng: np.random.Generator) -> None:
     fwhm = rng.uniform(60.0, 100.0)
     label_density = log_uniform(rng, 0.2, 1.0)
     vertices, edges = honeycomb(rng, extent, edge_nm, margin_nm=2 * edge_nm)
-    edges = edges[rng.random(len(edges)) >= rng.uniform(0.0, 0.3)]  # merged polygons, free ends
+    edges = edges[rng.random(len(edges)) >= rng.uniform(0.0, 0.3)]  # merged polygons
+    degree = np.bincount(edges.ravel(), minlength=len(vertices))
+    dead_end = (degree[edges] == 1).any(axis=1)
+    edges = edges[~dead_end | (rng.random(len(edges)) < 0.3)]  # a few free ends stay
+    vertices = relax(vertices, edges, iterations=2, step=0.4)
 
     sheets = _sheets(rng, extent) if rng.random() < 0.6 else []
     if sheets:
@@ -68,7 +90,7 @@ def er(canvas, rng: np.random.Generator) -> None:
     chord = p2 - p0
     lengths = np.hypot(chord[:, 0], chord[:, 1])
     normal = np.stack([chord[:, 1], -chord[:, 0]], 1) / np.maximum(lengths, 1e-9)[:, None]
-    p1 = 0.5 * (p0 + p2) + normal * rng.normal(0, 0.12, (len(edges), 1)) * lengths[:, None]
+    p1 = 0.5 * (p0 + p2) + normal * rng.normal(0, 0.08, (len(edges), 1)) * lengths[:, None]
     counts = np.maximum(2, np.ceil(lengths / spacing).astype(np.int64))
     owner = np.repeat(np.arange(len(edges)), counts)
     start = np.repeat(np.cumsum(counts) - counts, counts)

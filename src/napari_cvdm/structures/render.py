@@ -65,24 +65,20 @@ class Canvas:
 
     def _splat(self, parts) -> np.ndarray:
         """Bilinear, mass-conserving deposit of (y, x, weight) parts onto the fine grid."""
-        y = np.concatenate([p[0] for p in parts]) / self.fine_nm - 0.5
-        x = np.concatenate([p[1] for p in parts]) / self.fine_nm - 0.5
+        y = np.concatenate([p[0] for p in parts]) / self.fine_nm + 0.5  # +1 border, -0.5 centre
+        x = np.concatenate([p[1] for p in parts]) / self.fine_nm + 0.5
         w = np.concatenate([p[2] for p in parts])
-        rows, cols = self.fine_shape
-        keep = (y > -1) & (y < rows) & (x > -1) & (x < cols)
+        rows, cols = self.fine_shape[0] + 2, self.fine_shape[1] + 2  # a border of one pixel
+        keep = (y >= 0) & (y < rows - 1) & (x >= 0) & (x < cols - 1)
         y, x, w = y[keep], x[keep], w[keep]
         y0, x0 = np.floor(y), np.floor(x)
         fy, fx = y - y0, x - x0
-        y0, x0 = y0.astype(np.int64), x0.astype(np.int64)
-        index, mass = [], []
-        for dy, wy in ((0, 1.0 - fy), (1, fy)):
-            for dx, wx in ((0, 1.0 - fx), (1, fx)):
-                yy, xx = y0 + dy, x0 + dx
-                inside = (yy >= 0) & (yy < rows) & (xx >= 0) & (xx < cols)
-                index.append((yy * cols + xx)[inside])
-                mass.append((w * wy * wx)[inside])
-        splat = np.bincount(np.concatenate(index), np.concatenate(mass), minlength=rows * cols)
-        return splat.reshape(self.fine_shape)
+        corner = y0.astype(np.int64) * cols + x0.astype(np.int64)
+        wy0, wy1 = w * (1.0 - fy), w * fy
+        index = np.concatenate([corner, corner + 1, corner + cols, corner + cols + 1])
+        mass = np.concatenate([wy0 * (1.0 - fx), wy0 * fx, wy1 * (1.0 - fx), wy1 * fx])
+        splat = np.bincount(index, mass, minlength=rows * cols).reshape(rows, cols)
+        return splat[1:-1, 1:-1]
 
     def fine_grid_nm(self, y_range_nm=None, x_range_nm=None):
         """Centres (y, x) in nm of the fine pixels, optionally only within (lo, hi) ranges.
@@ -102,16 +98,59 @@ class Canvas:
         """Add a smooth fluorophore density (per nm^2) sampled at the fine pixels of ``region``."""
         self._dense[region] += density * self.fine_nm**2
 
-    def render(self) -> np.ndarray:
-        """The image (H, W), float64: fluorophores per nm^2 averaged over each pixel."""
-        fine = torch.from_numpy(self._dense)
-        for fwhm_nm, parts in self._layers.items():
-            mass = torch.from_numpy(self._splat(parts).astype(np.float32))
-            fine = fine + _gaussian_blur(mass, sigma_from_fwhm(fwhm_nm) / self.fine_nm)
+    def render(self, resolution_nm: float = 0.0) -> np.ndarray:
+        """The image (H, W), float64: fluorophores per nm^2 averaged over each pixel.
+
+        ``resolution_nm`` > 0 blurs the pixel-integrated image by a Gaussian of that FWHM,
+        the resolution of the microscope that would record this field.
+        """
         s = self.supersample
-        blocks = fine.reshape(self.shape[0], s, self.shape[1], s)
-        summed = blocks.sum(dim=(1, 3), dtype=torch.float64)
+        rows, cols = self.shape
+        dense = torch.from_numpy(self._dense).reshape(rows, s, cols, s)
+        summed = dense.sum(dim=(1, 3), dtype=torch.float64)
+        if self._layers:
+            widths = list(self._layers)
+            mass = torch.stack([torch.from_numpy(self._splat(self._layers[w]).astype(np.float32))
+                                for w in widths])
+            kernels = _blur_and_bin_kernels([sigma_from_fwhm(w) / self.fine_nm for w in widths], s)
+            summed = summed + _blur_and_bin(mass, kernels, s).sum(dim=0, dtype=torch.float64)
+        if resolution_nm > 0:
+            summed = _gaussian_blur(summed, sigma_from_fwhm(resolution_nm) / self.pixel_size_nm)
         return (summed / self.pixel_size_nm**2).numpy()
+
+
+def _blur_and_bin_kernels(sigmas_px: list[float], supersample: int) -> torch.Tensor:
+    """1D kernels (L, K): each Gaussian convolved with the box of one output pixel.
+
+    Applied with stride ``supersample``, a kernel blurs and box-sums in one pass; all share
+    the longest one's length, centred, so that the layers run as one grouped convolution.
+    """
+    radius = max(1, max(math.ceil(3.5 * sigma) for sigma in sigmas_px))
+    t = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    rows = []
+    for sigma in sigmas_px:
+        gauss = torch.exp(-0.5 * (t / max(sigma, 1e-3)) ** 2)
+        gauss = gauss / gauss.sum()
+        rows.append(_box(gauss, supersample))
+    return torch.stack(rows).float()
+
+
+def _box(gauss: torch.Tensor, width: int) -> torch.Tensor:
+    """``gauss`` convolved with a box of ``width`` ones (length grows by width - 1)."""
+    out = torch.zeros(len(gauss) + width - 1, dtype=gauss.dtype)
+    for b in range(width):
+        out[b:b + len(gauss)] += gauss
+    return out
+
+
+def _blur_and_bin(mass: torch.Tensor, kernels: torch.Tensor, s: int) -> torch.Tensor:
+    """(L, s*H, s*W) fine layers -> (L, H, W): each blurred by its kernel and box-summed."""
+    layers, length = kernels.shape
+    radius = (length - s) // 2
+    x = F.pad(mass[None], (radius, radius, radius, radius))
+    x = F.conv2d(x, kernels.reshape(layers, 1, length, 1), stride=(s, 1), groups=layers)
+    x = F.conv2d(x, kernels.reshape(layers, 1, 1, length), stride=(1, s), groups=layers)
+    return x[0]
 
 
 def _gaussian_blur(image: torch.Tensor, sigma_px: float) -> torch.Tensor:
