@@ -272,7 +272,8 @@ class SyntheticPool:
         pixel = float(self.rng.uniform(*self.pixel_size_nm))
         image = structures.generate(kind, (self.size, self.size), pixel, self.rng)
         self.serial += 1
-        return image.astype(np.float32), f"synthetic-{kind}-{self.serial:05d}"
+        # Percentile-normalised like every real image, so all sources share one scale.
+        return unit_range(image), f"synthetic-{kind}-{self.serial:05d}"
 
     def refresh(self) -> None:
         for _ in range(min(self.turnover, len(self.images))):

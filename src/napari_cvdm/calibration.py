@@ -1,0 +1,102 @@
+"""Calibrated uncertainty: a monotone map from the samples' standard deviation to the error.
+
+The spread of a few CVDM samples ranks pixels by how wrong the mean is likely to be, but
+it is not an error bar: a briefly trained model is overconfident, and the error has a floor
+where every sample agrees. ``fit`` learns, on held-out images, the expected absolute error
+of the mean as a non-decreasing function of log(std) (isotonic regression on quantile bins)
+and turns it into a standard deviation (E|e| = sigma sqrt(2/pi) for Gaussian errors).
+``apply`` evaluates it; the table travels in the model file (``metadata["calibration"]``).
+All values are in normalised units (the [-1, 1] percentile scale of predict()).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+GAUSSIAN_ABS = math.sqrt(2.0 / math.pi)  # E|e| / sigma for a Gaussian error
+MIN_STD = 1e-6
+MAX_KNOTS = 64
+
+
+def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """The non-decreasing sequence closest to ``values`` in weighted least squares."""
+    blocks: list[list[float]] = []  # [mean, weight, count]
+    for v, w in zip(values.astype(float), weights.astype(float)):
+        blocks.append([v, w, 1])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            v2, w2, c2 = blocks.pop()
+            v1, w1, c1 = blocks.pop()
+            blocks.append([(v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, c1 + c2])
+    return np.concatenate([np.full(int(c), m) for m, _, c in blocks])
+
+
+def fit(std: np.ndarray, abs_error: np.ndarray, bins: int = 32) -> dict[str, Any]:
+    """An isotonic calibration table from per-pixel std and |mean - target| (same shapes)."""
+    s = np.asarray(std, np.float64).ravel()
+    e = np.asarray(abs_error, np.float64).ravel()
+    keep = np.isfinite(s) & np.isfinite(e)
+    s, e = np.maximum(s[keep], MIN_STD), e[keep]
+    if s.size < 100:
+        raise ValueError(f"calibration needs at least 100 pixels, not {s.size}")
+    log_s = np.log(s)
+    edges = np.unique(np.quantile(log_s, np.linspace(0, 1, min(bins, MAX_KNOTS) + 1)))
+    index = np.clip(np.searchsorted(edges, log_s, side="right") - 1, 0, len(edges) - 2)
+    count = np.bincount(index, minlength=len(edges) - 1).astype(float)
+    used = count > 0
+    centre = (np.bincount(index, log_s, len(edges) - 1)[used] / count[used])
+    mean_error = np.bincount(index, e, len(edges) - 1)[used] / count[used]
+    monotone = _pool_adjacent_violators(mean_error, count[used])
+    scale = float(np.sum(e) / np.sum(s) / GAUSSIAN_ABS)
+    return {"method": "isotonic", "log_std": [round(float(v), 6) for v in centre],
+            "std": [round(float(v / GAUSSIAN_ABS), 7) for v in monotone],
+            "scale": round(scale, 6), "pixels": int(s.size)}
+
+
+def check(table: Any) -> dict[str, Any]:
+    """A calibration table from a model file, checked; ValueError when it is malformed."""
+    if not isinstance(table, dict) or table.get("method") not in ("isotonic", "scale"):
+        raise ValueError("the model's calibration table is malformed (method)")
+    scale = table.get("scale")
+    if not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError("the model's calibration table is malformed (scale)")
+    if table["method"] == "isotonic":
+        x, y = table.get("log_std"), table.get("std")
+        if not (isinstance(x, list) and isinstance(y, list) and 1 <= len(x) == len(y) <= MAX_KNOTS):
+            raise ValueError("the model's calibration table is malformed (knots)")
+        xa, ya = np.asarray(x, float), np.asarray(y, float)
+        if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (ya >= 0).all()
+                and (np.diff(xa) > 0).all() and (np.diff(ya) >= 0).all()):
+            raise ValueError("the model's calibration table is malformed (not monotone)")
+    return table
+
+
+def apply(std: np.ndarray, table: dict[str, Any] | None) -> np.ndarray:
+    """Calibrated standard deviation for raw sample std (normalised units), float32.
+
+    Between knots: linear in log(std); beyond the last knot: proportional to std, so the
+    map stays monotone and never saturates.
+    """
+    s = np.maximum(np.asarray(std, np.float32), MIN_STD)
+    if table is None:
+        return np.asarray(std, np.float32)
+    if table["method"] == "scale":
+        return (s * np.float32(table["scale"])).astype(np.float32)
+    x = np.asarray(table["log_std"], np.float32)
+    y = np.asarray(table["std"], np.float32)
+    log_s = np.log(s)
+    out = np.interp(log_s, x, y).astype(np.float32)
+    above = log_s > x[-1]
+    if above.any():
+        out[above] = y[-1] * np.exp(log_s[above] - x[-1])
+    return out
+
+
+def coverage(mean: np.ndarray, std: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Fraction of pixels whose error lies within 1 and 2 standard deviations."""
+    error = np.abs(np.asarray(mean, np.float64) - target)
+    s = np.asarray(std, np.float64)
+    return {"coverage_1sigma": float(np.mean(error <= s)),
+            "coverage_2sigma": float(np.mean(error <= 2 * s))}
