@@ -1,13 +1,265 @@
-"""TIFF reading robustness (issue 8): enormous declared sizes, odd pixel sizes."""
+"""Image files: bounded reading of hostile TIFFs, OME-TIFF output with axes, sizes, provenance."""
 
 from __future__ import annotations
+
+import errno
+import os
+import tracemalloc
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
 import tifffile
 
-from napari_cvdm.io import read_tiff
+from napari_cvdm.image_files import count_pages, read_tiff
+from napari_cvdm.physical import PhysicalSize
+from napari_cvdm.tiff_writer import (check_outputs, output_spec, spec_for, write_ome_tiff,
+                                     write_ome_tiffs)
 
+AXES = ["YX", "ZYX", "CYX", "TYX", "TZYX", "TCZYX"]
+SIZES = {"X": 0.1, "Y": 0.1, "Z": 0.3, "T": 2.0}
+
+
+def _pixels(path):
+    with tifffile.TiffFile(path) as tif:
+        root = ET.fromstring(tif.ome_metadata)
+        axes = tif.series[0].axes
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    return axes, pixels, root
+
+
+def _input(tmp_path, axes, kind):
+    shape = {"T": 2, "C": 2, "Z": 3, "Y": 6, "X": 5}
+    data = np.arange(np.prod([shape[a] for a in axes]), dtype=np.uint16).reshape(
+        [shape[a] for a in axes])
+    path = tmp_path / f"in_{kind}_{axes}.tif"
+    if kind == "ome":
+        meta = {"axes": axes, "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1}
+        if "Z" in axes:
+            meta["PhysicalSizeZ"] = 0.3
+        if "T" in axes:
+            meta.update(TimeIncrement=2.0, TimeIncrementUnit="s")
+        tifffile.imwrite(path, data, ome=True, metadata=meta)
+    else:  # ImageJ orders hyperstacks T, Z, C
+        axes_ij = "".join(a for a in "TZCYX" if a in axes)
+        data = np.moveaxis(data, [axes.index(a) for a in axes_ij], range(len(axes)))
+        meta = {"axes": axes_ij, "unit": "um", "spacing": 0.3, "finterval": 2.0}
+        tifffile.imwrite(path, data, imagej=True, resolution=(10.0, 10.0), metadata=meta)
+        axes = axes_ij
+    return path, axes
+
+
+@pytest.mark.parametrize("kind", ["ome", "imagej"])
+@pytest.mark.parametrize("axes", AXES)
+def test_output_keeps_axes_and_every_physical_size(tmp_path, axes, kind):
+    path, axes = _input(tmp_path, axes, kind)
+    image = read_tiff(path)
+    assert image.axes == axes
+    mean = np.zeros(image.data.shape[:-2] + (12, 10), np.float32)
+    out = write_ome_tiff(tmp_path / "out.ome.tif", mean, spec_for(image, 2, {"seed": 7}))
+    written_axes, pixels, _ = _pixels(out)
+    assert written_axes == axes
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.05)
+    assert float(pixels.get("PhysicalSizeY")) == pytest.approx(0.05)
+    assert pixels.get("PhysicalSizeXUnit") == "µm"
+    if "Z" in axes:
+        assert float(pixels.get("PhysicalSizeZ")) == pytest.approx(0.3)
+    else:
+        assert pixels.get("PhysicalSizeZ") is None
+    if "T" in axes:
+        assert float(pixels.get("TimeIncrement")) == pytest.approx(2.0)
+        assert pixels.get("TimeIncrementUnit") == "s"
+    np.testing.assert_array_equal(tifffile.imread(out), mean)
+
+
+def test_tzyx_round_trip_reads_back_with_halved_xy_and_the_same_z_and_t(tmp_path):
+    path, _ = _input(tmp_path, "TZYX", "ome")
+    image = read_tiff(path)
+    out = write_ome_tiff(tmp_path / "o.ome.tif", np.ones((2, 3, 12, 10), np.float32),
+                         spec_for(image, 2))
+    again = read_tiff(out)
+    assert again.axes == "TZYX"
+    assert again.physical == {"X": PhysicalSize(0.05, "µm"), "Y": PhysicalSize(0.05, "µm"),
+                              "Z": PhysicalSize(0.3, "µm"), "T": PhysicalSize(2.0, "s")}
+    with tifffile.TiffFile(out) as tif:  # readers without OME support: 0.05 µm per pixel
+        numerator, denominator = tif.pages[0].tags["XResolution"].value
+        assert tif.pages[0].tags["ResolutionUnit"].value == 3  # centimetre
+        assert denominator / numerator * 1e4 == pytest.approx(0.05)
+
+
+def test_provenance_is_stored_as_an_ome_map_annotation(tmp_path):
+    provenance = {"napari_cvdm": "0.1.0", "model": "demo", "sha256": "ab" * 32, "seed": 3,
+                  "samples": 8, "steps": 50, "eta": 1.0, "sampler": "ddim",
+                  "precision": "fp32", "device": "cpu", "date": "2026-11-24T14:00:00Z"}
+    spec = output_spec("YX", 2, {}, 2, provenance)
+    out = write_ome_tiff(tmp_path / "p.ome.tif", np.zeros((4, 4), np.float32), spec)
+    _, _, root = _pixels(out)
+    pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
+    assert pairs == {k: str(v) for k, v in provenance.items()}
+
+
+def test_ome_metadata_that_does_not_parse_gives_pixels_a_warning_and_no_sizes(tmp_path):
+    path = tmp_path / "bad.ome.tif"
+    data = np.arange(30, dtype=np.uint16).reshape(6, 5)
+    tifffile.imwrite(path, data, ome=True, metadata={"PhysicalSizeX": 0.1,
+                                                     "PhysicalSizeY": 0.1})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b"<Pixels ", b"<Pixels<", 1))  # same length, broken XML
+    with pytest.warns(UserWarning, match="OME metadata could not be read"):
+        image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.physical == {} and image.pixel_size is None
+    out = write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((12, 10), np.float32),
+                         spec_for(image, 2))
+    assert _pixels(out)[1].get("PhysicalSizeX") is None
+
+
+def test_angstrom_becomes_nanometres_and_unknown_units_are_dropped(tmp_path):
+    path = tmp_path / "a.ome.tif"
+    tifffile.imwrite(path, np.zeros((6, 5), np.uint16), ome=True, metadata={
+        "PhysicalSizeX": 2.0, "PhysicalSizeXUnit": "Å", "PhysicalSizeY": 2.0,
+        "PhysicalSizeYUnit": "Å"})
+    assert read_tiff(path).physical["X"] == PhysicalSize(pytest.approx(0.2), "nm")
+    with pytest.warns(UserWarning, match="unknown length unit"):
+        spec = output_spec("YX", 2, {"X": PhysicalSize(1.0, "furlong")}, 2)
+    assert "PhysicalSizeX" not in spec.tifffile_metadata()
+
+
+def test_an_extreme_resolution_tag_is_not_taken_as_a_pixel_size(tmp_path):
+    path = tmp_path / "r.tif"
+    tifffile.imwrite(path, np.zeros((6, 5), np.uint16), resolution=((1, 4294967295),
+                                                                    (1, 4294967295)))
+    image = read_tiff(path)
+    spec = spec_for(image, 2)  # must not fail: nothing unwritable survives reading
+    write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((12, 10), np.float32), spec)
+
+
+def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
+    spec = output_spec("YX", 2)
+    target = write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((4, 4), np.float32), spec)
+    with pytest.raises(ValueError, match="exists"):
+        write_ome_tiff(target, np.ones((4, 4), np.float32), spec)
+    np.testing.assert_array_equal(tifffile.imread(target), 0)
+    write_ome_tiff(target, np.ones((4, 4), np.float32), spec, overwrite=True)
+    np.testing.assert_array_equal(tifffile.imread(target), 1)
+
+
+def test_output_files_get_the_usual_permissions(tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((4, 4), np.float32),
+                             output_spec("YX", 2))
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_full_disk_is_reported_as_such_and_leaves_nothing(tmp_path, monkeypatch):
+    def full(path, data, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"II*\x00partial")
+        raise OSError(errno.ENOSPC, "wrote 8 of 1024 bytes")
+
+    monkeypatch.setattr(tifffile, "imwrite", full)
+    items = [(tmp_path / "m.ome.tif", np.zeros((4, 4))), (tmp_path / "v.ome.tif",
+                                                            np.zeros((4, 4)))]
+    with pytest.raises(OSError, match="No space left on device"):
+        write_ome_tiffs(items, output_spec("YX", 2))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_check_outputs_finds_bad_folders_and_names_before_any_work(tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    with pytest.raises(ValueError, match="symbolic link loop"):
+        check_outputs([loop / "a.ome.tif"])
+    dangling = tmp_path / "gone"
+    dangling.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="does not exist"):
+        check_outputs([dangling / "a.ome.tif"])
+    with pytest.raises(ValueError, match="too long"):
+        check_outputs([tmp_path / ("x" * 300 + ".ome.tif")])
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(ValueError, match="not a folder"):
+        check_outputs([afile / "a.ome.tif"])
+    assert check_outputs([tmp_path / "new" / "a.ome.tif"]) == [tmp_path / "new" / "a.ome.tif"]
+    assert not (tmp_path / "new").exists()  # checking creates nothing
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write in read-only folders")
+def test_check_outputs_refuses_a_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    with pytest.raises(ValueError, match="cannot write"):
+        check_outputs([folder / "a.ome.tif"])
+
+
+def test_lzw_compressed_tiffs_are_read(tmp_path):
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    for compression in ("lzw", "zstd", "jpeg"):
+        path = tmp_path / f"{compression}.tif"
+        image = data.astype(np.uint8) if compression == "jpeg" else data
+        tifffile.imwrite(path, image, compression=compression)
+        read = read_tiff(path).data
+        assert read.shape == (64, 64)
+        if compression != "jpeg":
+            np.testing.assert_array_equal(read, data)
+
+
+def _tiled_declaring(tmp_path, side):
+    """A few-kB tiled TIFF whose header declares a ``side`` x ``side`` uint16 image."""
+    path = tmp_path / "tiled.tif"
+    tifffile.imwrite(path, np.zeros((side, side), np.uint16), tile=(256, 256),
+                     compression="zlib")
+    return path
+
+
+def test_a_small_tiled_tiff_declaring_a_huge_image_is_refused_before_allocation(
+        tmp_path, monkeypatch):
+    path = _tiled_declaring(tmp_path, 4096)  # 32 MiB declared, about 40 kB on disk
+    monkeypatch.setattr("napari_cvdm.image_files.max_image_bytes", lambda: 16 * 2**20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="declares an image"):
+            read_tiff(path)
+        assert tracemalloc.get_traced_memory()[1] < 2 * 2**20
+    finally:
+        tracemalloc.stop()
+
+
+def test_the_outputs_count_against_the_memory_an_input_may_use(tmp_path, monkeypatch):
+    path = _tiled_declaring(tmp_path, 1024)  # 2 MiB; mean + variance at x2: 32 MiB
+    monkeypatch.setattr("napari_cvdm.image_files.max_image_bytes", lambda: 16 * 2**20)
+    assert read_tiff(path).data.shape == (1024, 1024)
+    with pytest.raises(ValueError, match="with its outputs"):
+        read_tiff(path, scale=2)
+
+
+def test_reading_a_tiled_tiff_needs_little_more_than_its_image(tmp_path):
+    path = _tiled_declaring(tmp_path, 2048)
+    tracemalloc.start()
+    try:
+        image = read_tiff(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1.2 * image.data.nbytes
+
+
+def test_a_chain_of_images_that_loops_is_refused(tmp_path):
+    path = tmp_path / "loop.tif"
+    tifffile.imwrite(path, np.zeros((6, 5), np.uint16))
+    with tifffile.TiffFile(path) as tif:
+        ifd = tif.pages[0].offset
+        entries = len(tif.pages[0].tags)
+    raw = bytearray(path.read_bytes())
+    next_at = ifd + 2 + 12 * entries
+    raw[next_at:next_at + 4] = ifd.to_bytes(4, "little")  # the image's successor is itself
+    path.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="loops back"):
+        read_tiff(path)
 
 def test_a_tiff_declaring_an_enormous_image_is_refused_before_reading(tmp_path, monkeypatch):
     path = tmp_path / "a.tif"

@@ -1,6 +1,8 @@
 """Model files: safetensors + JSON round trip, and refusal of anything else."""
 
+import hashlib
 import json
+import os
 
 import numpy as np
 import pytest
@@ -115,3 +117,78 @@ def test_unreadable_tiff_gives_a_clear_error(tmp_path):
     path.write_bytes(b"II*\x00garbage")
     with pytest.raises(ValueError, match="could not be read as a TIFF"):
         read_tiff(path)
+
+
+# -- header checks, model cards, resolve_model, file modes ---------------------------------
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m["config"].update(residual_scale=0), "residual_scale"),
+    (lambda m: m["config"].update(residual_scale=-0.2), "residual_scale"),
+    (lambda m: m["config"].update(output_clip=0.0), "output_clip"),
+    (lambda m: m["config"].update(logsnr_min=20.0), "logsnr"),
+    (lambda m: m["config"].update(time_hidden=0), "time_hidden"),
+    (lambda m: m["config"]["denoiser"].update(dropout=1.5), "dropout"),
+    (lambda m: m["metadata"].update(training={"step": -3}), "training.step"),
+    (lambda m: m["metadata"].update(card=[1]), "card"),
+    (lambda m: m["metadata"].update(normalization={"percentiles": [99, 1]}), "percentiles"),
+])
+def test_every_header_field_is_checked_before_use(tiny_model, tmp_path, change, match):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _tamper(path, change)
+    with pytest.raises(ValueError, match=match):
+        nc.load_model(path)
+
+
+def test_a_deeply_nested_header_is_a_value_error_not_a_recursion_error(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _tamper(path, lambda m: m["metadata"].update(deep="DEEP"))
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    deep = json.dumps("[" * 100_000 + "]" * 100_000)[1:-1]  # JSON text inside the JSON
+    header = raw[8:8 + n].replace(b'\\"DEEP\\"', deep.encode())
+    header += b" " * ((8 - len(header) % 8) % 8)
+    path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
+    with pytest.raises(ValueError, match="nested"):
+        nc.load_model(path)
+
+
+def test_saved_models_carry_a_card_and_no_machine_paths(tiny_model, tmp_path):
+    from napari_cvdm.model_files import read_model_header
+
+    tiny_model.metadata = {"training": {"step": 5, "data": {
+        "mode": "simulated", "hq": "/home/someone/secret/train", "images": 3,
+        "degradation": {"psf": "gaussian", "scale": 2}}}, "card": {"license": "CC-BY-4.0"}}
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    header = read_model_header(path)
+    assert "/home/someone" not in json.dumps(header)
+    assert header["metadata"]["training"]["data"]["hq"] == "train"
+    card = header["metadata"]["card"]
+    assert card["license"] == "CC-BY-4.0" and "2312.02246" in card["citation"]
+    assert card["training_data"].startswith("3 high-quality images")
+    for key in ("description", "intended_use", "limitations"):
+        assert len(card[key]) > 20
+
+
+def test_model_files_are_readable_by_colleagues(tiny_model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_resolve_model_gives_the_model_and_its_provenance(tiny_model, tmp_path):
+    from napari_cvdm.model_files import resolve_model
+
+    path = nc.save_model(tiny_model, tmp_path / "mine.cvdm.safetensors")
+    model, info = resolve_model(path)
+    assert isinstance(model, nc.CVDM) and model.config == tiny_model.config
+    assert info["name"] == info["model"] == "mine" and info["path"] == str(path)
+    assert info["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["preset"] == "tiny" and info["scale"] == tiny_model.config.scale
+    assert info["parameters"]["total"] == sum(p.numel() for p in model.parameters())
+    assert "super-resolution" in info["description"]
+    same, memory = resolve_model(tiny_model)
+    assert same is tiny_model and memory["path"] is None and memory["sha256"] is None
+    with pytest.raises(ValueError, match="bundled model name"):
+        resolve_model(3)

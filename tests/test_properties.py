@@ -358,8 +358,6 @@ def tiff_dir():
     shutil.rmtree(folder, ignore_errors=True)
 
 
-@pytest.mark.skip(reason="known bug, see docs/reliability.md: some mutated TIFFs make the "
-                  "reader allocate ~10 GB although the declared-size cap is 64 MB here")
 @settings(max_examples=60, deadline=None, database=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(mutated_tiffs())

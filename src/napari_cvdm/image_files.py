@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from .physical import PhysicalSize, imagej_sizes, ome_sizes
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
 BYTES_PER_CHUNK = 64
 BYTES_PER_PAGE = 4096
+MAX_PAGES = 1_000_000
 
 
 @dataclass
@@ -64,13 +66,52 @@ def _declared_bytes(tif, series) -> int:
     return image + pages * (BYTES_PER_PAGE + chunks * BYTES_PER_CHUNK)
 
 
+def count_pages(path: Path, limit: int = MAX_PAGES) -> int:
+    """The number of images (IFDs) in a TIFF, from its chain of offsets, without tifffile.
+
+    A chain that loops back on itself (a damaged or hostile file that would make a reader
+    run for ever) or that is longer than ``limit`` is refused.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+        if len(head) < 8 or head[:2] not in (b"II", b"MM"):
+            raise _Refused(f"{path} could not be read as a TIFF image (not a TIFF file)")
+        order = "<" if head[:2] == b"II" else ">"
+        version = struct.unpack(order + "H", head[2:4])[0]
+        if version == 43:  # BigTIFF: 8-byte offsets and counts, 20-byte entries
+            count_fmt, entry, offset_fmt, offset = "Q", 20, "Q", head[8:16]
+        else:
+            count_fmt, entry, offset_fmt, offset = "H", 12, "I", head[4:8]
+        if len(offset) < struct.calcsize(offset_fmt):
+            raise _Refused(f"{path} could not be read as a TIFF image (truncated header)")
+        position = struct.unpack(order + offset_fmt, offset)[0]
+        seen: set[int] = set()
+        while position:
+            if position in seen:
+                raise _Refused(f"{path} is damaged: its chain of images loops back on itself")
+            if len(seen) >= limit:
+                raise _Refused(f"{path} has more than {limit:,} images; split it")
+            seen.add(position)
+            fh.seek(position)
+            raw = fh.read(struct.calcsize(count_fmt))
+            if len(raw) < struct.calcsize(count_fmt):
+                break  # tifffile reports the truncation in its own words
+            entries = struct.unpack(order + count_fmt, raw)[0]
+            fh.seek(position + len(raw) + entries * entry)
+            raw = fh.read(struct.calcsize(offset_fmt))
+            if len(raw) < struct.calcsize(offset_fmt):
+                break
+            position = struct.unpack(order + offset_fmt, raw)[0]
+    return len(seen)
+
+
 def _check_declared(path: Path, tif, scale: int | None) -> None:
     if not tif.series:
         raise _Refused(f"{path} could not be read as a TIFF image (it contains no image "
                        "data)")
     series = tif.series[0]
     shape = tuple(int(n) for n in series.shape)
-    if any(n <= 0 for n in shape):
+    if len(shape) < 2 or any(n <= 0 for n in shape):
         raise _Refused(f"{path} declares an empty image (shape {shape})")
     declared = _declared_bytes(tif, series)
     if scale:
@@ -120,11 +161,12 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     if not path.is_file():
         raise ValueError(f"input file not found: {path}")
     try:
+        count_pages(path)
         with tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
             series = tif.series[0]
             out = np.empty(series.shape, dtype=series.dtype)
-            data = series.asarray(out=out, maxworkers=1)
+            data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
             axes = series.axes
             physical = _physical(path, tif, axes)
     except _Refused as exc:
@@ -134,7 +176,6 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     except Exception as exc:  # tifffile raises many types for damaged files
         raise ValueError(f"{path} could not be read as a TIFF image ({type(exc).__name__}: "
                          f"{exc})") from None
-    data = np.asarray(data).reshape(series.shape)
     pixel_size, unit = None, ""
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
         pixel_size = (physical["Y"].size, physical["X"].size)

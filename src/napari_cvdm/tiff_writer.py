@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_group, plain_os_error
-from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, output_sizes
+from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, normalise, output_sizes
 
 OME_AXES = "TZCYX"
 NAME_MAX = 255
@@ -93,7 +93,15 @@ def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = No
     """
     import tifffile
 
-    spec = OutputSpec(ome_axes(axes, ndim), output_sizes(dict(sizes or {}), scale),
+    axes = ome_axes(axes, ndim)
+    checked = {}
+    for axis, size in (sizes or {}).items():  # no Z size without Z; no size without unit
+        if axis in axes and size.unit:
+            size = normalise(size.size, size.unit, time=axis == "T")
+            if size is not None:
+                checked[axis] = size
+    sizes = checked
+    spec = OutputSpec(axes, output_sizes(sizes, scale),
                       {str(k): _text(v) for k, v in (provenance or {}).items()})
     try:
         ome = tifffile.OmeXml()
@@ -198,11 +206,9 @@ def check_outputs(paths, overwrite: bool = False) -> list[Path]:
 
 
 def _sizes(pixel_size, unit: str) -> dict[str, PhysicalSize]:
-    from .physical import normalise
-
-    if pixel_size is None:
+    if pixel_size is None or not unit:
         return {}
-    y, x = (normalise(v, unit or "µm") for v in pixel_size)
+    y, x = (normalise(v, unit) for v in pixel_size)
     return {"X": x, "Y": y} if x is not None and y is not None else {}
 
 
@@ -220,3 +226,8 @@ def write_tiffs(items, pixel_size=None, unit: str = "", axes: str = "",
     items = [(Path(p), np.asarray(d)) for p, d in items]
     spec = output_spec(axes, items[0][1].ndim, _sizes(pixel_size, unit))
     return write_ome_tiffs(items, spec, overwrite)
+
+
+def spec_for(image, scale: int, provenance: dict[str, Any] | None = None) -> OutputSpec:
+    """The output description of a prediction from ``image`` (an ImageFile) at ``scale``."""
+    return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance)
