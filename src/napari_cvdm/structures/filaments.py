@@ -25,12 +25,12 @@ def _mean_chord(canvas) -> float:
 def microtubules(canvas, rng: np.random.Generator) -> None:
     """Long, gently curving, crossing filaments about 25 nm wide.
 
-    Density is the filament length per area, 0.3-5 um per um^2 (a sparse cell edge to the
+    Density is the filament length per area, 0.5-6 um per um^2 (a sparse cell edge to the
     dense BioSR fields); persistence length 4-40 um (tens of um in cells, the lower end
     for the curlier filaments of some cell lines); sometimes radiating from a centrosome.
     """
     height, width = canvas.extent_nm
-    density = log_uniform(rng, 0.3, 5.0) * 1e-3
+    density = log_uniform(rng, 0.5, 6.0) * 1e-3
     count = poisson_count(rng, density * height * width / _mean_chord(canvas))
     persistence = log_uniform(rng, 4e3, 40e3)
     fwhm = rng.uniform(22.0, 30.0)

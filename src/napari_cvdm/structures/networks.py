@@ -104,8 +104,11 @@ def er(canvas, rng: np.random.Generator) -> None:
     canvas.add_points(points[keep, 0], points[keep, 1], weights[keep], fwhm)
 
     peak = 1.0 / (np.sqrt(2 * np.pi) * sigma_from_fwhm(fwhm))  # a tubule's peak density
-    for sheet in sheets:
-        _render_sheet(canvas, rng, sheet, rng.uniform(0.25, 0.5) * peak, fwhm, label_density)
+    level = rng.uniform(0.25, 0.5) * peak
+    for i, sheet in enumerate(sheets):
+        others = sheets[:i] + sheets[i + 1:]
+        _render_sheet(canvas, rng, sheet, others, level * rng.uniform(0.8, 1.2), fwhm,
+                      label_density)
 
 
 def _sheets(rng, extent):
@@ -133,8 +136,12 @@ def _inside(sheet, points):
     return np.hypot(d[:, 0], d[:, 1]) < _radius(sheet, np.arctan2(d[:, 0], d[:, 1]))
 
 
-def _render_sheet(canvas, rng, sheet, level, fwhm, label_density):
-    """A flat sheet as a smooth density with a bright tubular rim and fenestrations."""
+def _render_sheet(canvas, rng, sheet, others, level, fwhm, label_density):
+    """A flat sheet as a smooth density with a bright tubular rim and fenestrations.
+
+    Overlapping sheets merge: densities combine by their maximum, and a rim inside another
+    sheet is left out.
+    """
     centre, radius, _, _, holes = sheet
     reach = 1.6 * radius
     ys, xs, region = canvas.fine_grid_nm((centre[0] - reach, centre[0] + reach),
@@ -149,12 +156,15 @@ def _render_sheet(canvas, rng, sheet, level, fwhm, label_density):
         hole_radius = rng.uniform(40.0, 110.0)
         r = np.hypot(ys[:, None] - hole[0], xs[None, :] - hole[1])
         density *= 1.0 - 0.8 / (1.0 + np.exp(np.clip((r - hole_radius) / softness, -50, 50)))
-    canvas.add_density(region, level * density)
+    canvas.add_density(region, level * density, union=True)
     # the rim: a tubule running along the sheet's edge
     count = max(16, int(2 * np.pi * radius * 1.5 / canvas.point_spacing_nm))
     angle = np.linspace(0, 2 * np.pi, count)
     rim = _radius(sheet, angle)
     y, x = centre[0] + rim * np.sin(angle), centre[1] + rim * np.cos(angle)
+    outside = np.ones(len(y), dtype=bool)
+    for other in others:
+        outside &= ~_inside(other, np.stack([y, x], 1))
     step = 2 * np.pi * radius * 1.0 / len(angle)
     weights = 0.7 * step * labelling(rng, len(angle), step, label_density)
-    canvas.add_points(y, x, weights, fwhm)
+    canvas.add_points(y[outside], x[outside], weights[outside], fwhm)

@@ -94,9 +94,18 @@ class Canvas:
             coords.append((np.arange(lo, hi) + 0.5) * self.fine_nm)
         return coords[0], coords[1], tuple(slices)
 
-    def add_density(self, region: tuple[slice, slice], density: np.ndarray) -> None:
-        """Add a smooth fluorophore density (per nm^2) sampled at the fine pixels of ``region``."""
-        self._dense[region] += density * self.fine_nm**2
+    def add_density(self, region: tuple[slice, slice], density: np.ndarray,
+                    union: bool = False) -> None:
+        """Add a smooth fluorophore density (per nm^2) sampled at the fine pixels of ``region``.
+
+        ``union`` keeps the larger of the two densities instead of their sum, for flat objects
+        that merge where they overlap (ER sheets) rather than stack.
+        """
+        mass = (density * self.fine_nm**2).astype(np.float32)
+        if union:
+            np.maximum(self._dense[region], mass, out=self._dense[region])
+        else:
+            self._dense[region] += mass
 
     def render(self, resolution_nm: float = 0.0) -> np.ndarray:
         """The image (H, W), float64: fluorophores per nm^2 averaged over each pixel.
