@@ -23,7 +23,15 @@ ALIASES = {
     "in": (25400.0, "µm"), "sec": (1.0, "s"), "second": (1.0, "s"), "seconds": (1.0, "s"),
     "us": (1.0, "µs"), "μs": (1.0, "µs"), "msec": (1.0, "ms"), "minute": (1.0, "min"),
     "minutes": (1.0, "min"), "hour": (1.0, "h"), "hours": (1.0, "h"),
+    # napari's (pint) spellings
+    "picometer": (1.0, "pm"), "centimeter": (1.0, "cm"), "meter": (1.0, "m"),
+    "nanosecond": (1.0, "ns"), "microsecond": (1.0, "µs"), "millisecond": (1.0, "ms"),
 }
+# Units meaning "no physical size" (napari's default is "pixel").
+NO_UNIT = ("", "pixel", "pixels", "px", "none", "dimensionless")
+NAPARI_UNITS = {"pm": "picometer", "nm": "nanometer", "µm": "micrometer", "mm": "millimeter",
+                "cm": "centimeter", "m": "meter", "ns": "nanosecond", "µs": "microsecond",
+                "ms": "millisecond", "s": "second", "min": "minute", "h": "hour"}
 MIN_SIZE, MAX_SIZE = 1e-12, 1e12  # beyond these a size tag is damaged, not physical
 
 

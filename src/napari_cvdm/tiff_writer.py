@@ -116,13 +116,19 @@ def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = No
 def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None:
     import tifffile
 
-    data = np.asarray(data, dtype=np.float32)
+    data = np.asarray(data)
+    if data.dtype == bool:
+        data = data.astype(np.uint8)
+    elif data.dtype.kind not in "ui" and data.dtype != np.float32:
+        data = data.astype(np.float32)  # results are float32; integer images stay as they are
     tifffile.imwrite(path, data, ome=True, photometric="minisblack",
                      metadata=spec.tifffile_metadata(name), **spec.resolution())
 
 
 def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Path]:
-    """Write several ``(path, data)`` float32 OME-TIFFs as one unit: all of them, or none.
+    """Write several ``(path, data)`` OME-TIFFs as one unit: all of them, or none.
+
+    Integer data keeps its type; anything else is written as float32.
 
     Existing files are refused (ValueError) unless ``overwrite``; a full disk raises
     OSError "no space left on device".

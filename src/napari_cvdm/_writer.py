@@ -1,0 +1,56 @@
+"""The napari writer: an image layer as OME-TIFF with its scale, units and CVDM provenance.
+
+napari calls :func:`write_ome_tiff` for File > Save Selected Layer(s) with a ``.ome.tif``
+name. Axis labels that are OME letters (T, Z, C, Y, X) are kept; physical sizes come from
+the layer's scale and units (napari's default unit "pixel" writes none); the
+``metadata["cvdm"]`` dict of result layers becomes the OME provenance annotation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .physical import ALIASES, NO_UNIT, PhysicalSize
+from .tiff_writer import ome_axes, output_spec
+from .tiff_writer import write_ome_tiff as _write
+
+
+def _axes(attributes: dict[str, Any], ndim: int) -> str:
+    labels = [str(label).upper() for label in attributes.get("axis_labels") or ()]
+    if len(labels) == ndim and all(len(a) == 1 and a in "TZCYX" for a in labels) and \
+            len(set(labels)) == ndim and labels[-2:] == ["Y", "X"]:
+        return "".join(labels)
+    return ""
+
+
+def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
+    scale = list(attributes.get("scale") or [])
+    units = [str(u) for u in attributes.get("units") or []]
+    if len(scale) != len(axes) or len(units) != len(axes):
+        return {}
+    sizes = {}
+    for axis, size, unit in zip(axes, scale, units):
+        if axis in "XYZT" and unit.lower() not in NO_UNIT:
+            factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
+            sizes[axis] = PhysicalSize(float(size) * factor, unit)
+    return sizes
+
+
+def _provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    cvdm = (metadata or {}).get("cvdm")
+    if not isinstance(cvdm, dict):
+        return {}
+    return {str(k): v for k, v in cvdm.items() if not isinstance(v, (dict, list))}
+
+
+def write_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    """npe2 single-layer writer: save ``data`` with the layer ``attributes`` as OME-TIFF."""
+    if attributes.get("rgb"):
+        raise ValueError("the CVDM OME-TIFF writer saves single-channel images, not RGB")
+    data = np.asarray(data)
+    axes = ome_axes(_axes(attributes, data.ndim), data.ndim)
+    spec = output_spec(axes, data.ndim, _sizes(attributes, axes), 1,
+                       _provenance(attributes.get("metadata")))
+    return [str(_write(path, data, spec, overwrite=True))]

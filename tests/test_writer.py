@@ -1,0 +1,63 @@
+"""The napari writer: saving a layer as OME-TIFF keeps its scale, units and provenance."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import tifffile
+
+
+def _ome(path):
+    with tifffile.TiffFile(path) as tif:
+        root = ET.fromstring(tif.ome_metadata)
+        return tif.series[0].axes, tif.series[0].asarray(), root
+
+
+def test_saving_a_result_layer_keeps_scale_units_and_provenance(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).random((3, 8, 10)).astype(np.float32)
+    viewer.add_image(data, name="cells CVDM mean", scale=(0.3, 0.05, 0.05),
+                     units=("micrometer", "micrometer", "micrometer"),
+                     axis_labels=("z", "y", "x"),
+                     metadata={"cvdm": {"model": "demo", "seed": 3, "samples": 8}})
+    path = tmp_path / "mean.ome.tif"
+    written = viewer.layers.save(str(path), selected=True, plugin="napari-cvdm")
+    assert written == [str(path)]
+    axes, pixels_read, root = _ome(path)
+    assert axes == "ZYX"
+    np.testing.assert_array_equal(pixels_read, data)
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.05)
+    assert float(pixels.get("PhysicalSizeY")) == pytest.approx(0.05)
+    assert float(pixels.get("PhysicalSizeZ")) == pytest.approx(0.3)
+    assert pixels.get("PhysicalSizeXUnit") == "µm"
+    pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
+    assert pairs == {"model": "demo", "seed": "3", "samples": "8"}
+
+
+def test_a_plain_layer_in_pixels_is_saved_without_physical_sizes(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.arange(20, dtype=np.uint16).reshape(4, 5))
+    path = tmp_path / "plain.ome.tif"
+    layer.save(str(path), plugin="napari-cvdm")
+    axes, read, root = _ome(path)
+    assert axes == "YX" and read.dtype == np.uint16
+    np.testing.assert_array_equal(read, layer.data)
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert pixels.get("PhysicalSizeX") is None
+
+
+def test_time_series_keep_their_time_step(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((2, 4, 4), np.float32), scale=(2.0, 0.1, 0.1),
+                             units=("second", "micrometer", "micrometer"),
+                             axis_labels=("t", "y", "x"))
+    path = tmp_path / "t.ome.tif"
+    layer.save(str(path), plugin="napari-cvdm")
+    axes, _, root = _ome(path)
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert axes == "TYX"
+    assert float(pixels.get("TimeIncrement")) == pytest.approx(2.0)
+    assert pixels.get("TimeIncrementUnit") == "s"
