@@ -85,7 +85,7 @@ def main(argv=None) -> None:
                                                 edgecolor="tab:orange", linewidth=1))
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.out, dpi=90)
+    fig.savefig(args.out, dpi=72)
     print(f"wrote {args.out}")
 
 
