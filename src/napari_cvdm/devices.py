@@ -125,3 +125,51 @@ def release_cpu_memory() -> None:
         libc = _glibc()
         if libc is not None:
             libc.malloc_trim(0)
+
+
+# -- one thread for the CPU work of background predictions ---------------------------------
+# OpenMP (libgomp, which the PyTorch wheels use) gives every thread that runs a parallel
+# region its own team of worker threads, and it stops spin-waiting between parallel regions
+# (it sleeps in the kernel instead) as soon as the threads of all teams outnumber the CPUs.
+# A prediction in a new thread, once any other thread (e.g. the main thread) has run PyTorch,
+# therefore pays a sleep/wake-up for each of the thousands of parallel regions of a denoiser
+# call: 1.46x the main thread's time in issue 11 on an idle 2-core VM. docs/performance.md
+# has the measurements. Running every background prediction in one long-lived thread keeps a
+# single OpenMP team for the process, as long as the main thread itself runs no PyTorch.
+_compute_lock = threading.Lock()
+_compute_pool = None
+
+
+def compute_thread_call(fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)`` in the process's one long-lived compute thread; its result.
+
+    Blocks the calling thread (e.g. napari's worker) until ``fn`` returns and re-raises its
+    exception there. Calls from the compute thread itself run inline; calls from several
+    threads queue up one after another.
+    """
+    global _compute_pool
+    if threading.current_thread().name == _COMPUTE_THREAD:
+        return fn(*args, **kwargs)
+    with _compute_lock:
+        if _compute_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _compute_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=_COMPUTE_THREAD)
+        pool = _compute_pool
+    return pool.submit(_named, fn, args, kwargs).result()
+
+
+_COMPUTE_THREAD = "napari-cvdm-compute"
+
+
+def _named(fn, args, kwargs):
+    threading.current_thread().name = _COMPUTE_THREAD
+    return fn(*args, **kwargs)
+
+
+def compute_thread_ident() -> int | None:
+    """The thread id of the compute thread, None before its first call (for tests)."""
+    for t in threading.enumerate():
+        if t.name == _COMPUTE_THREAD:
+            return t.ident
+    return None

@@ -17,6 +17,7 @@ The last step returns y0_hat (at s_0 = 0 gamma is clipped to just below 1).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterator
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from .model.cvdm import CVDM
 from .model.schedule import GAMMA_MAX, GAMMA_MIN
 from .precision import FP32_CPU as FP32
-from .precision import Precision
+from .precision import Precision, low_precision_denoise
 
 SAMPLERS = ("ddim", "reference")
 
@@ -73,6 +74,34 @@ def ddim_step(z: torch.Tensor, eps_hat: torch.Tensor, g_t: torch.Tensor, g_s: to
     return z_s, y0_hat
 
 
+def _network(model: CVDM, denoise: Callable[..., torch.Tensor], precision: Precision):
+    """The denoiser at ``precision``, float32 out; a non-finite output is re-run in float32.
+
+    On a CPU a cached low-precision copy of the denoiser runs (no per-call weight casts, no
+    float32 round trips between layers: see ``precision.low_precision_denoise``); elsewhere,
+    or with a caller's ``denoise`` (e.g. compiled), the call runs under autocast.
+    """
+    if not precision.low:
+        return lambda z, inputs, gamma: denoise(z, inputs, gamma).float()
+    fast = (low_precision_denoise(model, precision)
+            if precision.device_type == "cpu" and denoise == model.denoise else None)
+
+    def call(z, inputs, gamma):
+        if fast is not None:
+            out = fast(z, inputs, gamma)
+        else:
+            with precision.autocast():
+                out = denoise(z, inputs, gamma)
+        out = out.float()
+        if not bool(torch.isfinite(out).all()):
+            warnings.warn(f"the denoiser gave non-finite values in {precision.name}; this "
+                          "call was run again in float32", RuntimeWarning, stacklevel=3)
+            out = denoise(z, inputs, gamma).float()
+        return out
+
+    return call
+
+
 def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: int = 50,
            eta: float = 1.0, sampler: str = "ddim", generator: torch.Generator | None = None,
            on_evaluation: Callable[[], None] | None = None, precision: Precision | None = None,
@@ -104,14 +133,13 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     z = initial_noise.reshape(s * n, *initial_noise.shape[2:]).to(x.dtype)
     y0_limit = 2 * model.config.output_clip / model.target_scale
 
+    network = _network(model, denoise, precision or FP32)
     gammas = gamma_sequence(model, lam, steps, sampler)
     g_t = repeat(next(gammas))
     y0_hat = z
     for g_next in gammas:
         g_s = repeat(g_next)
-        with (precision or FP32).autocast():
-            eps_hat = denoise(z, inputs, g_t)
-        eps_hat = eps_hat.float()
+        eps_hat = network(z, inputs, g_t)
         noise = (torch.randn(z.shape, device=z.device, dtype=z.dtype, generator=generator)
                  if eta > 0 else None)
         z, y0_hat = ddim_step(z, eps_hat, g_t, g_s, eta, noise, y0_limit)

@@ -1,0 +1,176 @@
+"""Precision choices, bfloat16 sampling quality and fallback, and the compute thread."""
+
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import napari_cvdm as nc
+from napari_cvdm import devices, precision
+from napari_cvdm.normalization import Normalization
+from napari_cvdm.precision import (Precision, low_precision_denoise, resolve_precision,
+                                   supported_precisions)
+from napari_cvdm.resampling import upsample
+from napari_cvdm.sampling import sample
+
+CPU = torch.device("cpu")
+needs_bf16 = pytest.mark.skipif(not precision.cpu_bf16_supported(),
+                                reason="oneDNN reports no bfloat16 on this CPU")
+
+
+# -- resolving a precision name ------------------------------------------------------------
+@pytest.mark.parametrize("name, expected", [("fp32", "fp32"), ("float32", "fp32"),
+                                            ("FP32 ", "fp32"), (None, None)])
+def test_names_are_normalised(name, expected, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
+    assert resolve_precision(name, CPU).name == (expected or "fp32")
+
+
+def test_unknown_name_lists_the_choices():
+    with pytest.raises(ValueError, match="auto, fp32, bf16, fp16"):
+        resolve_precision("int8", CPU)
+
+
+def test_fp16_on_a_cpu_is_refused():
+    with pytest.raises(ValueError, match="fp16.*GPU"):
+        resolve_precision("fp16", CPU)
+
+
+def test_bf16_where_unsupported_names_what_is(monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
+    with pytest.raises(ValueError, match="not supported.*supported here: auto, fp32$"):
+        resolve_precision("bf16", CPU)
+    assert supported_precisions(CPU) == ["auto", "fp32"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_is_bf16_only_where_native_and_falls_back_silently(native, monkeypatch):
+    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = resolve_precision("auto", CPU)
+    assert got == Precision("bf16" if native else "fp32", "cpu")
+    assert got.low is native and (got.dtype is torch.bfloat16) is native
+
+
+def test_half_flag_maps_to_a_precision_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match="half= is deprecated"):
+        assert precision.from_half_flag(True, "auto") == "fp16"
+    assert precision.from_half_flag(None, "bf16") == "bf16"
+
+
+# -- the low-precision copy of the denoiser -------------------------------------------------
+def test_low_precision_copy_leaves_the_model_alone_and_follows_its_weights(tiny_model):
+    net = tiny_model.eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    z = torch.randn(2, 1, 16, 16)
+    prep = net.prepare(torch.randn(2, 1, 16, 16))
+    gamma = torch.full_like(z, 0.6)
+    bf16 = Precision("bf16", "cpu")
+    with torch.inference_mode():
+        fast = low_precision_denoise(net, bf16)(z, prep["inputs"], gamma)
+        exact = net.denoise(z, prep["inputs"], gamma)
+    assert fast.dtype == torch.float32 and fast.shape == exact.shape
+    assert 0 < (fast - exact).abs().max() < 0.05 * exact.abs().max() + 1e-3
+    for k, v in net.state_dict().items():  # same dtype, same values: nothing mutated
+        assert v.dtype == before[k].dtype and torch.equal(v, before[k])
+    with torch.no_grad():  # an in-place weight update (an optimizer step) is picked up
+        net.denoiser.out_conv.bias.add_(1.0)
+    with torch.inference_mode():
+        moved = low_precision_denoise(net, bf16)(z, prep["inputs"], gamma)
+    assert (moved - fast).abs().mean() > 0.5
+
+
+class _InfWhenLow(nn.Module):
+    """Wraps a network; returns inf wherever it runs in low precision (copy or autocast)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, h, cond=None):
+        out = self.net(h, cond)
+        if h.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            out = torch.full_like(out, float("inf"))
+        return out
+
+
+@pytest.mark.parametrize("compiled_like", [False, True])
+def test_non_finite_low_precision_output_is_rerun_in_float32(tiny_model, compiled_like):
+    net = tiny_model.eval()
+    x = torch.randn(1, 1, 16, 16)
+    noise = torch.randn(2, 1, 1, 16, 16)
+    with torch.inference_mode():
+        expected = sample(net, x, noise, steps=3, eta=0.0)
+        net.denoiser = _InfWhenLow(net.denoiser)
+        # a caller's denoise (e.g. torch.compile'd) runs under autocast instead of the copy
+        denoise = (lambda z, i, g: net.denoise(z, i, g)) if compiled_like else None
+        with pytest.warns(RuntimeWarning, match="non-finite.*bf16.*float32"):
+            got = sample(net, x, noise, steps=3, eta=0.0, precision=Precision("bf16", "cpu"),
+                         denoise=denoise)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, expected)
+
+
+@needs_bf16
+def test_bf16_sampling_matches_float32_quality(nuclei_widefield, nuclei_truth):
+    net = nc.load_model("demo").eval()
+    s = net.config.scale
+    crop = nuclei_widefield[64:96, 64:96].astype(np.float32)
+    truth = nuclei_truth[64 * s:96 * s, 64 * s:96 * s].astype(np.float32)
+    norm = Normalization.fit(crop)
+    x = upsample(torch.from_numpy(norm.apply(crop))[None, None], s)
+    noise = torch.randn(6, 1, 1, *x.shape[-2:], generator=torch.Generator().manual_seed(0))
+
+    def run(prec):
+        with torch.inference_mode():
+            out = sample(net, x, noise, steps=4, eta=1.0, precision=prec,
+                         generator=torch.Generator().manual_seed(1))[:, 0, 0].numpy()
+        return norm.invert_mean(out.mean(0)), out.std(0)
+
+    def psnr(a):
+        return 10 * np.log10(np.ptp(truth) ** 2 / np.mean((a - truth) ** 2))
+
+    mean32, std32 = run(None)
+    mean16, std16 = run(Precision("bf16", "cpu"))
+    assert not np.array_equal(mean16, mean32)  # really ran in bfloat16
+    assert abs(psnr(mean16) - psnr(mean32)) < 0.1
+    assert abs(std16.mean() / std32.mean() - 1) < 0.05
+
+
+# -- the compute thread ---------------------------------------------------------------------
+def test_compute_thread_is_one_long_lived_thread_for_every_caller():
+    seen = []
+
+    def job(v):
+        seen.append(threading.get_ident())
+        return v * 2
+
+    def from_a_worker(out):
+        out.append(devices.compute_thread_call(job, 5))
+
+    results = []
+    workers = [threading.Thread(target=from_a_worker, args=(results,)) for _ in range(3)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert results == [10, 10, 10]
+    assert devices.compute_thread_call(job, v=1) == 2
+    assert len(set(seen)) == 1 and seen[0] != threading.get_ident()
+    assert devices.compute_thread_ident() == seen[0]
+    # a call from inside the compute thread runs inline (no deadlock)
+    assert devices.compute_thread_call(lambda: devices.compute_thread_call(job, 3)) == 6
+
+
+def test_compute_thread_reraises_in_the_caller():
+    def boom():
+        raise ValueError("bad input in the compute thread")
+
+    with pytest.raises(ValueError, match="bad input in the compute thread"):
+        devices.compute_thread_call(boom)
+    assert devices.compute_thread_call(lambda: 1) == 1  # still alive afterwards
