@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", default="demo", help="model to fine-tune")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--psf-sigma", type=float, default=3.5)
-    parser.add_argument("--size", default="1700x1000", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--size", default="2300x1100", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
 
     import napari
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     if not output.is_file():
         print(f"error: no model was written ({widget._status.value})", file=sys.stderr)
         return 1
+    grid.shape = (1, len(viewer.layers))  # input, simulation and preview side by side
     viewer.reset_view()
     settle()
     viewer.screenshot(path=str(args.output), canvas_only=False, flash=False)

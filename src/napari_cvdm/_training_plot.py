@@ -62,6 +62,8 @@ class TrainingPlot(Container):
         loss, psnr, ssim = self._loss_axes, self._psnr_axes, self._ssim_axes
         for axes in (loss, psnr, ssim):
             axes.clear()
+        ssim.yaxis.tick_right()  # clear() moves a twin axis back to the left
+        ssim.yaxis.set_label_position("right")
         if self.loss:
             steps, values = zip(*self.loss)
             loss.plot(steps, values, color="tab:gray", linewidth=0.8)
