@@ -252,7 +252,8 @@ class SyntheticPool:
     """
 
     def __init__(self, kinds, count: int, size: int, seed: int,
-                 pixel_size_nm: tuple[float, float] = (25.0, 40.0), turnover: int = 4):
+                 pixel_size_nm: tuple[float, float] = (25.0, 40.0), turnover: int = 4,
+                 resolution_nm: tuple[float, float] = (0.0, 120.0)):
         from . import structures
 
         unknown = set(kinds) - set(structures.STRUCTURES)
@@ -260,7 +261,8 @@ class SyntheticPool:
             raise ValueError(f"unknown structure kinds {sorted(unknown) or '(none)'}; "
                              f"choose from {', '.join(structures.STRUCTURES)}")
         self.kinds, self.size, self.turnover = tuple(kinds), int(size), int(turnover)
-        self.pixel_size_nm = pixel_size_nm
+        # The targets' own resolution varies like real ones: SMLM (~0), STED, SIM (~110 nm).
+        self.pixel_size_nm, self.resolution_nm = pixel_size_nm, resolution_nm
         self.rng = np.random.default_rng(seed)
         self.serial = 0
         self.images = [self._new() for _ in range(count)]
@@ -270,7 +272,9 @@ class SyntheticPool:
 
         kind = self.kinds[int(self.rng.integers(len(self.kinds)))]
         pixel = float(self.rng.uniform(*self.pixel_size_nm))
-        image = structures.generate(kind, (self.size, self.size), pixel, self.rng)
+        resolution = float(self.rng.uniform(*self.resolution_nm))
+        image = structures.generate(kind, (self.size, self.size), pixel, self.rng,
+                                    resolution_nm=resolution)
         self.serial += 1
         # Percentile-normalised like every real image, so all sources share one scale.
         return unit_range(image), f"synthetic-{kind}-{self.serial:05d}"

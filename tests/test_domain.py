@@ -1,0 +1,52 @@
+"""Warnings for inputs unlike the training data: transmitted light, far-off pixel sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_cvdm.domain import input_warnings, looks_transmitted, pixel_size_nm
+
+
+class _Model:
+    metadata = {"intended": {"input_pixel_size_nm": [50, 80]}}
+
+
+def test_fluorescence_passes_and_an_inverted_image_is_flagged(nuclei_widefield):
+    assert input_warnings(nuclei_widefield, _Model()) == []
+    inverted = nuclei_widefield.max() - nuclei_widefield
+    assert looks_transmitted(inverted)
+    (message,) = input_warnings(inverted, _Model())
+    assert "transmitted light" in message and "fluorescence" in message
+
+
+def test_a_brightfield_like_image_is_flagged():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:128, :128]
+    cells = 0.35 * np.exp(-((yy - 64) ** 2 + (xx - 50) ** 2) / 300.0)
+    image = (1000 * (0.8 - cells) + rng.normal(0, 10, (128, 128))).astype(np.float32)
+    assert looks_transmitted(image)
+
+
+@pytest.mark.parametrize("size,unit,warned", [(0.065, "µm", False), (65, "nm", False),
+                                              (0.065, "um", False), (0.2, "µm", True),
+                                              (10, "nm", True), (None, None, False),
+                                              (0.2, "pixel", False)])
+def test_pixel_size_far_from_the_model_is_flagged(nuclei_widefield, size, unit, warned):
+    out = input_warnings(nuclei_widefield, _Model(), size, unit)
+    assert bool(out) == warned
+    if warned:
+        assert "pixel size" in out[0] and "50-80 nm" in out[0]
+
+
+def test_pixel_size_units():
+    assert pixel_size_nm(0.1, "µm") == pytest.approx(100)
+    assert pixel_size_nm(2, "s") is None
+    assert pixel_size_nm(None, "µm") is None
+
+
+def test_a_model_without_declared_pixel_size_only_checks_the_image(nuclei_widefield):
+    class Bare:
+        metadata = {}
+
+    assert input_warnings(nuclei_widefield, Bare(), 5.0, "µm") == []
