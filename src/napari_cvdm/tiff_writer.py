@@ -183,11 +183,12 @@ def _folder_problem(folder: Path) -> str | None:
     return None
 
 
-def check_outputs(paths, overwrite: bool = False) -> list[Path]:
+def check_outputs(paths, overwrite: bool = False, folders: bool = False) -> list[Path]:
     """Check, before any work, that every output can be written; ValueError saying why not.
 
     Folders writable (or creatable), names valid (not too long, no symbolic link loops or
     dangling links), no name twice, and no existing file unless ``overwrite``.
+    ``folders=True`` for outputs that are folders (OME-Zarr).
     """
     paths = [Path(p) for p in paths]
     seen: set[Path] = set()
@@ -204,8 +205,8 @@ def check_outputs(paths, overwrite: bool = False) -> list[Path]:
             raise ValueError(problem)
         if path.is_symlink() and not path.exists():
             raise ValueError(f"the output {path} is a dangling symbolic link; remove it")
-        if path.is_dir():
-            raise ValueError(f"the output {path} is a folder")
+        if path.is_dir() != folders and path.exists():
+            raise ValueError(f"the output {path} is a {'file' if folders else 'folder'}")
         if path.exists() and not overwrite:
             raise ValueError(f"the output {path} exists; allow overwriting to replace it")
     return paths

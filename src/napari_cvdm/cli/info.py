@@ -1,4 +1,4 @@
-"""``cvdm info``: versions, devices, presets and bundled models."""
+"""``cvdm info [MODEL]``: versions, devices, presets and bundled models, or a model's card."""
 
 from __future__ import annotations
 
@@ -6,16 +6,42 @@ import sys
 
 
 def add_parser(sub) -> None:
-    sub.add_parser("info", help="versions, devices, bundled models, parameter counts")
+    p = sub.add_parser("info", help="versions, devices, bundled models, parameter counts; "
+                                    "with MODEL, that model's card",
+                       epilog="examples: cvdm info | cvdm info demo | "
+                              "cvdm info my.cvdm.safetensors")
+    p.add_argument("model", nargs="?", default=None, metavar="MODEL",
+                   help="a bundled model name or a .cvdm.safetensors file: print its card "
+                        "(description, licence, citation, training data, intended use, "
+                        "limits) without loading its weights (default: none)")
+
+
+def model_card(model: str) -> str:
+    """The card of a bundled model or model file, from its header (weights not loaded)."""
+    from ..model_card import card_text
+    from ..model_files import model_path, weights_sha256
+    from ..model_header import MODEL_SUFFIX, read_model_header
+
+    path = model_path(model)
+    header = read_model_header(path)
+    metadata = header["metadata"]
+    name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
+    return (f"{card_text(name, header['config'], metadata)}\n"
+            f"file: {path}\nsha256: {weights_sha256(path)}\n"
+            f"written by: napari-cvdm {header.get('version', '?')}")
 
 
 def run(args) -> int:
+    if getattr(args, "model", None) is not None:
+        print(model_card(args.model))
+        return 0
     import torch
 
     from .. import __version__
     from ..devices import available_devices
-    from ..io import BUNDLED, bundled_model_path, read_model_header
     from ..model import CVDM, PRESETS
+    from ..model_files import BUNDLED, bundled_model_path
+    from ..model_header import read_model_header
 
     print(f"napari-cvdm {__version__}")
     print(f"torch {torch.__version__} (CUDA {torch.version.cuda or 'not built'}), "
@@ -27,7 +53,7 @@ def run(args) -> int:
             counts = CVDM(PRESETS[name]).parameter_counts()
             print(f"  {name:6s} total {counts['total']:>12,d}  denoiser {counts['denoiser']:>12,d}"
                   f"  schedule {counts['schedule']:>10,d}  mean network {counts['mean']:>10,d}")
-    print("bundled models:")
+    print("bundled models (cvdm info NAME shows a model's card):")
     for name in BUNDLED:
         path = bundled_model_path(name)
         if path.is_file():
@@ -39,5 +65,3 @@ def run(args) -> int:
         else:
             print(f"  {name}: not installed")
     return 0
-
-

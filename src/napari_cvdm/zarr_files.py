@@ -1,0 +1,184 @@
+"""OME-Zarr in and out: inputs read lazily, results written plane by plane (NGFF 0.4).
+
+A result is one ``<stem>_cvdm.ome.zarr`` group holding two OME-Zarr images, ``mean`` and
+``std`` (two images rather than two channels: the input may have channels of its own,
+and the two need different contrast). Each has the input's axes, the input's physical
+sizes with Y and X divided by the model scale, and the provenance under the
+``napari_cvdm`` attribute. Needs the ``zarr`` extra (zarr, dask).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .physical import NAPARI_UNITS, PhysicalSize, normalise, output_sizes
+from .tiff_writer import check_outputs, ome_axes
+
+NGFF_VERSION = "0.4"
+AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+IMAGES = ("mean", "std")
+
+
+def _zarr():
+    try:
+        import zarr
+    except ImportError:
+        raise ValueError("OME-Zarr needs the zarr package: pip install "
+                         "'napari-cvdm[zarr]'") from None
+    return zarr
+
+
+def _image_group(group):
+    """The group holding ``multiscales`` (the root, or series 0 of a bioformats2raw file)."""
+    if "multiscales" in group.attrs:
+        return group
+    if "bioformats2raw.layout" in group.attrs and "0" in group:
+        return group["0"]
+    raise ValueError("not an OME-Zarr image (no multiscales metadata)")
+
+
+def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+    """The full-resolution image of an OME-Zarr, lazily, with its metadata.
+
+    Returns ``(array, metadata)``: a dask array (a zarr array where dask is missing) whose
+    chunks are read only when used, and ``{"axes": "TZYX"-style letters, "physical":
+    {axis: PhysicalSize}, "attributes": the image's attributes}``. ValueError for anything
+    that is not an OME-Zarr image.
+    """
+    zarr = _zarr()
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"input not found: {path}")
+    try:
+        group = _image_group(zarr.open_group(str(path), mode="r"))
+        multiscale = group.attrs["multiscales"][0]
+        dataset = multiscale["datasets"][0]
+        array = group[dataset["path"]]
+        names = [a["name"] if isinstance(a, dict) else str(a) for a in multiscale["axes"]]
+        units = [a.get("unit") if isinstance(a, dict) else None for a in multiscale["axes"]]
+        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", [])
+                      if t.get("type") == "scale"), [1.0] * len(names))
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    except Exception as exc:  # zarr and JSON errors of damaged stores
+        raise ValueError(f"{path} could not be read as OME-Zarr ({type(exc).__name__}: "
+                         f"{exc})") from None
+    axes = "".join(n.upper()[:1] for n in names)
+    if len(axes) != array.ndim:
+        raise ValueError(f"{path}: the axes {names} do not fit an array of {array.ndim} "
+                         "dimensions")
+    physical = {}
+    for axis, size, unit in zip(axes, scale, units):
+        if axis in "XYZT" and unit:
+            checked = normalise(size, unit, time=axis == "T")
+            if checked is not None:
+                physical[axis] = checked
+    with contextlib.suppress(ImportError):
+        import dask.array as da
+
+        array = da.from_zarr(array)
+    return array, {"axes": axes, "physical": physical,
+                   "attributes": dict(group.attrs)}
+
+
+def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
+                     provenance: dict[str, Any]) -> dict[str, Any]:
+    axis_list, scale = [], []
+    for axis in axes:
+        entry = {"name": axis.lower(), "type": AXIS_TYPES[axis]}
+        size = sizes.get(axis)
+        if size is not None and size.unit in NAPARI_UNITS:
+            entry["unit"] = NAPARI_UNITS[size.unit]
+        axis_list.append(entry)
+        scale.append(size.size if size is not None else 1.0)
+    return {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axis_list,
+                             "datasets": [{"path": "0", "coordinateTransformations": [
+                                 {"type": "scale", "scale": scale}]}]}],
+            "napari_cvdm": {"output": name, **provenance}}
+
+
+class ZarrResultWriter:
+    """Write a result OME-Zarr plane by plane into a temporary folder, then move it in place.
+
+    ``with ZarrResultWriter(path, shape, axes, sizes, scale, provenance) as out:
+    out.write(index, mean_plane, std_plane)`` for each leading index (a tuple, ``()`` for
+    a single plane). Nothing appears at ``path`` unless the block completes.
+    """
+
+    def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
+                 provenance: dict[str, Any] | None = None, overwrite: bool = False,
+                 chunk: int = 512):
+        self.path = Path(path)
+        self.shape = tuple(int(n) for n in shape)
+        self.axes = ome_axes(axes, len(self.shape))
+        self.sizes = output_sizes({a: s for a, s in (sizes or {}).items() if a in self.axes},
+                                  scale)
+        self.provenance = {str(k): v if isinstance(v, (int, float, bool)) or v is None
+                           else str(v) for k, v in (provenance or {}).items()}
+        self.overwrite, self.chunk = overwrite, chunk
+        check_outputs([self.path], overwrite=overwrite, folders=True)
+
+    def __enter__(self):
+        zarr = _zarr()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".part",
+                                          dir=self.path.parent))
+        root = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
+        root.attrs["napari_cvdm"] = {"images": list(IMAGES), **self.provenance}
+        chunks = (1,) * (len(self.shape) - 2) + tuple(min(n, self.chunk)
+                                                      for n in self.shape[-2:])
+        self._arrays = {}
+        for name in IMAGES:
+            group = root.create_group(name)
+            group.attrs.update(_ngff_attributes(self.axes, self.sizes, name,
+                                                self.provenance))
+            self._arrays[name] = group.create_array("0", shape=self.shape, chunks=chunks,
+                                                    dtype="float32", fill_value=0.0)
+        return self
+
+    def write(self, index: tuple[int, ...], mean: np.ndarray, std: np.ndarray) -> None:
+        """Store the mean and standard deviation of the plane at ``index``."""
+        self._arrays["mean"][tuple(index)] = np.asarray(mean, dtype=np.float32)
+        self._arrays["std"][tuple(index)] = np.asarray(std, dtype=np.float32)
+
+    def __exit__(self, kind, value, traceback):
+        if kind is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return False
+        old = None
+        if self.path.exists():
+            if not self.overwrite:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                raise ValueError(f"the output {self.path} exists; allow overwriting to "
+                                 "replace it")
+            old = self.path.with_name(f".{self.path.name}.old")
+            os.replace(self.path, old)
+        os.replace(self._tmp, self.path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+
+
+def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scale: int = 1,
+                   provenance: dict[str, Any] | None = None,
+                   overwrite: bool = False) -> Path:
+    """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr, by planes.
+
+    ``metadata`` is the input's, as :func:`read_ome_zarr` returns it (``axes``,
+    ``physical``); Y and X sizes are divided by ``scale``.
+    """
+    metadata = metadata or {}
+    if tuple(mean.shape) != tuple(std.shape):
+        raise ValueError(f"mean {mean.shape} and std {std.shape} differ in shape")
+    with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
+                          metadata.get("physical"), scale, provenance, overwrite) as out:
+        for index in np.ndindex(*mean.shape[:-2]):
+            out.write(index, np.asarray(mean[index]), np.asarray(std[index]))
+    return Path(path)

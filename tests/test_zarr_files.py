@@ -1,0 +1,108 @@
+"""OME-Zarr: inputs read lazily with their axes and sizes; results written by planes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+zarr = pytest.importorskip("zarr")
+da = pytest.importorskip("dask.array")
+ome_writer = pytest.importorskip("ome_zarr.writer")
+
+from napari_cvdm.physical import PhysicalSize  # noqa: E402
+from napari_cvdm.zarr_files import read_ome_zarr, write_ome_zarr  # noqa: E402
+
+
+def _input(tmp_path):
+    """An OME-Zarr (NGFF 0.4) image as microscope software writes it: axes with units."""
+    path = tmp_path / "in.ome.zarr"
+    data = np.arange(2 * 3 * 8 * 10, dtype=np.uint16).reshape(2, 3, 8, 10)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=data.shape, chunks=(1, 1, 8, 10), dtype=data.dtype)[:] = data
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time", "unit": "second"},
+        {"name": "z", "type": "space", "unit": "micrometer"},
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [2.0, 0.3, 0.1, 0.1]}]}]}]
+    return path, data
+
+
+def test_an_image_written_by_ome_zarr_py_is_read(tmp_path):
+    data = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64)
+    root = zarr.open_group(str(tmp_path / "w.ome.zarr"), mode="w", zarr_format=2)
+    ome_writer.write_image(data, root, axes="zyx")
+    array, meta = read_ome_zarr(tmp_path / "w.ome.zarr")
+    assert meta["axes"] == "ZYX"
+    np.testing.assert_array_equal(np.asarray(array), data)
+
+
+def test_an_ome_zarr_input_is_read_lazily_with_axes_and_sizes(tmp_path):
+    path, data = _input(tmp_path)
+    array, meta = read_ome_zarr(path)
+    assert isinstance(array, da.Array)
+    assert meta["axes"] == "TZYX"
+    assert meta["physical"] == {"T": PhysicalSize(2.0, "s"), "Z": PhysicalSize(0.3, "µm"),
+                                "Y": PhysicalSize(0.1, "µm"), "X": PhysicalSize(0.1, "µm")}
+    np.testing.assert_array_equal(array[1, 2].compute(), data[1, 2])
+
+
+def test_results_are_two_images_with_scaled_sizes_and_provenance(tmp_path):
+    path, data = _input(tmp_path)
+    _, meta = read_ome_zarr(path)
+    mean = da.from_array(np.random.default_rng(0).random((2, 3, 16, 20)).astype(np.float32),
+                         chunks=(1, 1, 16, 20))
+    std = mean / 10
+    out = write_ome_zarr(tmp_path / "in_cvdm.ome.zarr", mean, std, meta, scale=2,
+                         provenance={"model": "demo", "seed": 4})
+    for name, expected in (("mean", mean), ("std", std)):
+        array, again = read_ome_zarr(out / name)
+        assert again["axes"] == "TZYX"
+        assert again["physical"]["X"] == PhysicalSize(pytest.approx(0.05), "µm")
+        assert again["physical"]["Z"] == PhysicalSize(pytest.approx(0.3), "µm")
+        assert again["physical"]["T"] == PhysicalSize(2.0, "s")
+        assert again["attributes"]["napari_cvdm"]["seed"] == 4
+        np.testing.assert_allclose(array.compute(), expected.compute())
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".part")]
+
+
+def test_ome_zarr_py_reads_the_result(tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = write_ome_zarr(tmp_path / "r.ome.zarr", np.ones((8, 8)), np.zeros((8, 8)),
+                         {"axes": "YX", "physical": {"X": PhysicalSize(0.2, "µm"),
+                                                     "Y": PhysicalSize(0.2, "µm")}}, scale=2)
+    nodes = list(Reader(parse_url(str(out / "mean")))())
+    assert nodes and nodes[0].data[0].shape == (8, 8)
+    assert nodes[0].metadata["coordinateTransformations"][0][0]["scale"] == [0.1, 0.1]
+
+
+def test_an_existing_result_is_refused_unless_overwrite_and_a_failure_leaves_nothing(tmp_path):
+    target = tmp_path / "o.ome.zarr"
+    write_ome_zarr(target, np.ones((4, 4)), np.ones((4, 4)))
+    with pytest.raises(ValueError, match="exists"):
+        write_ome_zarr(target, np.zeros((4, 4)), np.zeros((4, 4)))
+    write_ome_zarr(target, np.zeros((4, 4)), np.zeros((4, 4)), overwrite=True)
+    assert read_ome_zarr(target / "mean")[0].compute().max() == 0
+
+    class Broken:
+        shape = (2, 4, 4)
+
+        def __getitem__(self, index):
+            if index == (1,):
+                raise RuntimeError("failed on the second plane")
+            return np.zeros((4, 4))
+
+    with pytest.raises(RuntimeError, match="second plane"):
+        write_ome_zarr(tmp_path / "b.ome.zarr", Broken(), Broken())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"]
+
+
+def test_something_that_is_not_ome_zarr_is_a_value_error(tmp_path):
+    zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
+    with pytest.raises(ValueError, match="not an OME-Zarr image"):
+        read_ome_zarr(tmp_path / "plain.zarr")
+    with pytest.raises(ValueError, match="not found"):
+        read_ome_zarr(tmp_path / "missing.zarr")
