@@ -10,6 +10,7 @@ import tifffile
 import torch
 
 from napari_cvdm.cli import main
+from napari_cvdm.errors import OutOfMemory
 from napari_cvdm.io import read_tiff
 
 
@@ -157,7 +158,7 @@ def test_missing_inputs_and_a_file_as_output_folder_are_clear_errors(tmp_path, t
 @pytest.mark.parametrize("error", [
     torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB"),
     MemoryError(),
-    RuntimeError("out of GPU memory even with tile 128 and batch 1; try --device cpu"),
+    OutOfMemory("cuda:0", 128, 1),
 ])
 def test_out_of_memory_is_reported_with_what_to_change(two_tiffs, tiny_model_file, tmp_path,
                                                        monkeypatch, capsys, error):

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import napari_cvdm as nc
-from napari_cvdm import inference
+from napari_cvdm import planning, tile_sampling
+from napari_cvdm.errors import OutOfMemory
 
 from conftest import randomized
 
@@ -20,7 +21,7 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 def _fail(monkeypatch, times: int | None):
     """Make the tile computation raise torch.cuda.OutOfMemoryError ``times`` times (None:
     always); returns the (tile height, tile width, tiles per call) of every attempt."""
-    original = inference._tile_statistics
+    original = tile_sampling.tile_statistics
     seen = []
 
     def flaky(net, x_plane, tiles, *args, **kwargs):
@@ -29,7 +30,7 @@ def _fail(monkeypatch, times: int | None):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(net, x_plane, tiles, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "_tile_statistics", flaky)
+    monkeypatch.setattr(tile_sampling, "tile_statistics", flaky)
     return seen
 
 
@@ -51,7 +52,7 @@ def test_out_of_memory_once_retries_with_smaller_tiles(tiny_model, monkeypatch):
 
 def test_out_of_memory_with_small_tiles_reduces_the_sample_batch(tiny_model, monkeypatch):
     # Out of memory whenever more than one sample runs per call.
-    original = inference._tile_statistics
+    original = tile_sampling.tile_statistics
     batches = []
 
     def needs_batch_one(net, x_plane, tiles, chunks, *args, **kwargs):
@@ -60,39 +61,40 @@ def test_out_of_memory_with_small_tiles_reduces_the_sample_batch(tiny_model, mon
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
         return original(net, x_plane, tiles, chunks, *args, **kwargs)
 
-    monkeypatch.setattr(inference, "_tile_statistics", needs_batch_one)
+    monkeypatch.setattr(tile_sampling, "tile_statistics", needs_batch_one)
     result = nc.predict(np.random.rand(24, 24), tiny_model, samples=4, steps=2, seed=0)
     assert result.info["batch"] == 1 and result.info["retries"] >= 2
     assert batches[0] == 4 and batches[-1] == 1
     assert np.isfinite(result.mean).all()
 
 
-def test_out_of_memory_everywhere_gives_a_clear_runtime_error(tiny_model, monkeypatch):
+def test_out_of_memory_everywhere_gives_the_typed_error(tiny_model, monkeypatch):
     _fail(monkeypatch, times=None)
-    with pytest.raises(RuntimeError, match=r"out of GPU memory even with tile \d+ and batch 1; "
-                                           r"try --device cpu or a smaller --tile-size") as err:
+    with pytest.raises(OutOfMemory, match=r"out of memory on cpu even with \d+-pixel tiles "
+                                          r"and 1 sample") as err:
         nc.predict(np.random.rand(200, 200), tiny_model, samples=4, steps=2, seed=0)
-    assert not isinstance(err.value, ValueError)
-    assert not isinstance(err.value, torch.OutOfMemoryError)
+    assert (err.value.device, err.value.batch) == ("cpu", 1) and err.value.tile <= 128
+    assert "--" not in str(err.value)  # the core names no command-line flag
+    assert not isinstance(err.value, (ValueError, torch.OutOfMemoryError))
 
 
 def test_other_errors_are_not_retried(tiny_model, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("not a memory problem")
 
-    monkeypatch.setattr(inference, "_tile_statistics", broken)
+    monkeypatch.setattr(tile_sampling, "tile_statistics", broken)
     with pytest.raises(KeyError):
         nc.predict(np.random.rand(16, 16), tiny_model, samples=1, steps=1, seed=0)
 
 
 def test_retry_plans_shrink_tiles_then_batch():
-    p = inference.TilePlan((1024, 1024), 128, 8, 4, 2**22)
+    p = planning.TilePlan((1024, 1024), 128, 8, 4, 2**22)
     seen = [p]
-    while (p := inference._smaller_plan(p, 8)) is not None:
+    while (p := planning.smaller_plan(p, 8)) is not None:
         seen.append(p)
     assert seen[1].group == 1 and seen[1].tile == (1024, 1024)
     tiles = [max(s.tile) for s in seen]
-    assert tiles == sorted(tiles, reverse=True) and tiles[-1] == inference.MIN_RETRY_TILE
+    assert tiles == sorted(tiles, reverse=True) and tiles[-1] == planning.MIN_RETRY_TILE
     assert [s.batch for s in seen][-4:] == [8, 4, 2, 1]
     assert all(s.overlap <= min(s.tile) // 2 for s in seen)
 

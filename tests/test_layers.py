@@ -10,6 +10,7 @@ from napari.layers import Image
 import napari_cvdm
 from napari_cvdm import CVDM, CVDMConfig, Cancelled, save_model
 from napari_cvdm.layers import output_transform, run_on_layer
+from napari_cvdm.settings import PredictSettings
 
 FAST = {"samples": 2, "steps": 2, "device": "cpu"}
 
@@ -71,7 +72,8 @@ def test_run_on_layer_adds_mean_and_variance_on_the_finer_grid(make_napari_viewe
     assert np.all(var.data >= 0) and var.data.max() > 0
     info = var.metadata["cvdm"]
     assert (info["samples"], info["steps"], info["seed"], info["device"]) == (2, 2, 3, "cpu")
-    assert info["eta"] == 1.0 and info["seconds"] > 0 and info["preset"] == "tiny"
+    assert info["eta"] == PredictSettings().eta and info["seconds"] > 0
+    assert info["preset"] == "tiny" and info["precision"] in ("fp32", "bf16")
     assert info["output"] == "variance" and mean.metadata["cvdm"]["output"] == "mean"
     assert var.colormap.name == "magma" and mean.colormap.name == layer.colormap.name
     assert var.contrast_limits[0] == 0 and var.contrast_limits[1] > 0

@@ -140,7 +140,7 @@ def test_bad_inputs_raise_clear_value_errors(tiny_model, image, match):
 @pytest.mark.parametrize("kwargs,match", [
     (dict(samples=0), "samples"), (dict(steps=0), "steps"), (dict(eta=2.0), "eta"),
     (dict(device="tpu"), "device"), (dict(device="cuda:7"), "CUDA|cuda"),
-    (dict(sampler="euler"), "sampler"), (dict(tile_size=4), "tile_size"),
+    (dict(sampler="euler"), "sampler"), (dict(tile_size=4), "tile size"),
 ])
 def test_bad_settings_raise_clear_value_errors(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -2,18 +2,39 @@
 Diffusion Model, as a library, a command line and a napari plugin.
 
 The library imports no Qt and no napari; :func:`run_on_layer` imports napari when called.
+The public names are imported on first use, so ``cvdm --help`` and ``cvdm --version`` start
+without loading PyTorch.
 """
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-from .errors import Cancelled
-from .inference import PredictionResult, predict
-from .io import load_model, save_model
-from .model import CVDM, CVDMConfig
+# public name -> the module that defines it
+_LAZY = {
+    "CVDM": ".model", "CVDMConfig": ".model", "Cancelled": ".errors",
+    "OutOfMemory": ".errors", "BadInput": ".errors", "PredictionResult": ".inference",
+    "predict": ".inference", "load_model": ".model_files", "save_model": ".model_files",
+    "PredictSettings": ".settings",
+}
 
 
-def run_on_layer(viewer, layer, model="demo", **kwargs):
-    """Run CVDM on a napari image layer, blocking; add or update the mean/variance layers."""
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'napari_cvdm' has no attribute {name!r}")
+
+
+def run_on_layer(viewer, layer, model=None, **kwargs):
+    """Run CVDM on a napari image layer, blocking; add or update the mean/variance layers.
+
+    Options as :func:`predict` (``settings=`` and/or keywords). See
+    :func:`napari_cvdm.layers.run_on_layer`.
+    """
     from .layers import run_on_layer as _run
 
     return _run(viewer, layer, model=model, **kwargs)
@@ -28,13 +49,16 @@ def train_on_layers(viewer, hq=None, pairs=None, **kwargs):
 
 __all__ = [
     "CVDM",
+    "BadInput",
     "CVDMConfig",
     "Cancelled",
+    "OutOfMemory",
+    "PredictSettings",
     "PredictionResult",
+    "__version__",
     "load_model",
     "predict",
     "run_on_layer",
     "save_model",
     "train_on_layers",
-    "__version__",
 ]

@@ -1,9 +1,72 @@
-"""Exceptions shared by the library, the command line and the widgets."""
+"""Exceptions shared by the library, the command line and the widgets, and cancellation.
+
+The core raises these typed errors with messages in plain words (never a command-line flag
+or a widget name); each front end translates them into its own hint: the command line names
+its flags, the widget its options.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+
+CancelCheck = threading.Event | Callable[[], bool] | None
 
 
 class Cancelled(Exception):
     """Raised when a prediction or training run is cancelled; nothing partial is returned."""
 
 
+class BadInput(ValueError):
+    """An image, a file or an option that cannot work; the message says what to change."""
+
+
+class OutOfMemory(MemoryError):
+    """The device ran out of memory even with the smallest tiles and samples per call.
+
+    A MemoryError (not a RuntimeError), so that ``except MemoryError`` catches both this
+    and Python's own. ``device`` is the device name ("cpu", "cuda:0", ...), ``tile`` the
+    tile side in output pixels and ``batch`` the samples per network call of the last try.
+    """
+
+    def __init__(self, device: str, tile: int | None = None, batch: int | None = None,
+                 what: str = "the prediction"):
+        self.device, self.tile, self.batch = str(device), tile, batch
+        where = f"out of memory on {self.device}"
+        if tile is not None and batch is not None:
+            detail = f" even with {tile}-pixel tiles and {batch} sample(s) per network call"
+        else:
+            detail = ""
+        super().__init__(f"{where}{detail}: {what} does not fit; use smaller tiles, fewer "
+                         "samples per call or another device")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last checkpoint on disk is kept."""
+
+
+def cancel_requested(cancel: CancelCheck) -> bool:
+    """Whether ``cancel`` (None, a threading.Event or a callable returning a bool) is set."""
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is a device running out of memory (torch's error, MPS's message,
+    Python's MemoryError, or an allocator refusing a size)."""
+    if isinstance(exc, MemoryError):
+        return True
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return False
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    # MPS reports running out of memory as a plain RuntimeError, and the CPU allocator a
+    # request it cannot serve as "DefaultCPUAllocator: can't allocate memory".
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "MPS backend out of memory" in text or "can't allocate memory" in text)

@@ -15,16 +15,20 @@ import numpy as np
 
 from . import __version__
 from .inference import PredictionResult, predict
-from .io import BUNDLED, MODEL_SUFFIX, bundled_model_path, load_model, read_model_header
-from .model.cvdm import CVDM
+from .model_files import BUNDLED, bundled_model_path, resolve_model
+from .model_header import MODEL_SUFFIX, read_model_header
+from .settings import PredictSettings, settings_from
 
 SHOW = ("variance", "std")
 UNCERTAINTY_COLORMAP = "magma"
 
 
-def _unwrap(obj):
+def unwrap(obj):
     """The napari object behind a plugin proxy (identity checks fail through the proxy)."""
     return getattr(obj, "__wrapped__", obj)
+
+
+_unwrap = unwrap  # the old name, still imported by the training widget
 
 
 def check_layer(layer) -> None:
@@ -100,7 +104,8 @@ def result_layer_data(layer, result: PredictionResult, show: str = "variance",
     transform = output_transform(layer, result.scale)
     info = {"source": layer.name, "samples": result.samples, "steps": result.steps,
             "eta": result.eta, "sampler": result.sampler, "seed": result.seed,
-            "device": result.device, "seconds": round(result.seconds, 3),
+            "device": result.device, "precision": result.info.get("precision"),
+            "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
             "napari_cvdm": __version__, **(provenance or {})}
     mean_name, spread_name = output_names(layer, show)
@@ -149,17 +154,6 @@ def show_result(viewer, layer, result: PredictionResult, show: str = "variance",
     return outputs[0], outputs[1]
 
 
-def describe_model(model: CVDM, source: str | os.PathLike | None = None) -> dict[str, Any]:
-    """Provenance of a model: its name, preset, scale and training step if known."""
-    training = model.metadata.get("training") or {}
-    name = model.metadata.get("name")
-    if name is None:
-        name = os.path.basename(str(source)) if source is not None else \
-            f"{model.config.preset} (in memory)"
-    return {"model": name, "preset": model.config.preset, "scale": model.config.scale,
-            "training_step": training.get("step")}
-
-
 def model_summary(source: str | os.PathLike) -> str:
     """One line about a bundled model or model file, from its header (weights not loaded)."""
     if isinstance(source, str) and source in BUNDLED:
@@ -178,34 +172,23 @@ def model_summary(source: str | os.PathLike) -> str:
            f"{trained}"
 
 
-def resolve_model(model) -> tuple[CVDM, dict[str, Any]]:
-    """A model from a bundled name, a file path or a CVDM instance, with its provenance."""
-    if isinstance(model, CVDM):
-        return model, describe_model(model)
-    if isinstance(model, (str, os.PathLike)):
-        net = load_model(model)
-        return net, describe_model(net, model)
-    raise ValueError(f"model must be a bundled model name ('demo'), a model file path or a "
-                     f"CVDM instance, not {type(model).__name__}")
-
-
-def run_on_layer(viewer, layer, model="demo", samples: int = 8, steps: int = 50,
-                 eta: float = 1.0, seed: int | None = None, tile_size: int | None = None,
-                 device: str = "auto", show: str = "variance", progress=None, cancel=None,
-                 **predict_kwargs):
+def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None = None,
+                 show: str = "variance", progress=None, cancel=None, **options):
     """Run CVDM on an image layer, blocking; add or update the two output layers.
 
+    ``model``, ``settings`` and the keyword options are those of
+    :func:`~napari_cvdm.inference.predict` (same defaults: :class:`PredictSettings`).
     Outputs are named ``"<layer> CVDM mean"`` and ``"<layer> CVDM variance"`` (or
     ``"... CVDM std"`` with ``show="std"``), in the input's intensity units (the variance
     in units squared), on a grid ``model.config.scale`` times finer that overlays the input.
     Running again on the same layer updates them. The input layer is never modified.
-    Returns ``(mean_layer, uncertainty_layer)``.
+    Returns ``(mean_layer, uncertainty_layer)``. Call it on napari's main thread (it adds
+    layers); it may run while the widget runs, even with the same model object.
     """
     check_layer(layer)
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")
-    net, provenance = resolve_model(model)
-    result = predict(layer.data, net, samples=samples, steps=steps, eta=eta,
-                     tile_size=tile_size, device=device, seed=seed, progress=progress,
-                     cancel=cancel, **predict_kwargs)
+    s = settings_from(settings, options if model is None else {**options, "model": model})
+    net, provenance = resolve_model(s.model)
+    result = predict(layer.data, net, settings=s, progress=progress, cancel=cancel)
     return show_result(viewer, layer, result, show, provenance)

@@ -26,7 +26,7 @@ from .checkpoints import load_state, save_checkpoint, state_path  # noqa: F401  
 from .degradation import Degradation
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
-from .inference import _cancel_requested
+from .errors import cancel_requested as _cancel_requested
 from .io import load_model
 from .metrics import psnr, ssim
 from .model.config import CVDMConfig

@@ -1,6 +1,8 @@
 """The ``cvdm`` command: predict, train, info. It mirrors the widget's options.
 
-Each subcommand is a module of this package with ``add_parser(subparsers)`` and ``run(args)``.
+Each subcommand is a module of this package with ``add_parser(subparsers)`` and ``run(args)``;
+the options of predict and train are generated from the settings dataclasses
+(:mod:`napari_cvdm.settings`, :mod:`napari_cvdm.cli.options`).
 """
 
 from __future__ import annotations
@@ -8,22 +10,35 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import info, predict, train
-
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
-# name -> module; a new subcommand registers here.
-COMMANDS = {"predict": predict, "train": train, "info": info}
+# name -> module (in this package); a new subcommand registers here.
+COMMANDS = {"predict": "predict", "train": "train", "info": "info"}
+
+# What to change when memory runs out, in this front end's words.
+MEMORY_HINTS = {"predict": "use a smaller --tile-size, a smaller --batch-size or fewer "
+                           "--samples, or --device cpu",
+                "train": "use a smaller --batch-size or --patch-size"}
+
+
+def _module(name: str):
+    import importlib
+
+    return importlib.import_module(f".{COMMANDS[name]}", __name__)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
     parser = argparse.ArgumentParser(prog="cvdm", description=(
-        "Super-resolution with per-pixel uncertainty (Conditional Variational Diffusion Model)."))
+        "Super-resolution with per-pixel uncertainty (Conditional Variational Diffusion "
+        "Model)."), epilog="run 'cvdm COMMAND --help' for the options of each command")
+    parser.add_argument("--version", action="version", version=f"napari-cvdm {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMANDS.values():
-        module.add_parser(sub)
+    for name in COMMANDS:
+        _module(name).add_parser(sub)
     return parser
 
 
@@ -32,52 +47,41 @@ def _one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
-def _is_out_of_memory(exc: BaseException) -> bool:
-    """MemoryError, torch's OutOfMemoryError, or predict's own "out of memory" RuntimeError
-    (raised when even its smallest tiles do not fit)."""
-    if isinstance(exc, MemoryError):
-        return True
-    try:
-        import torch
-
-        if isinstance(exc, torch.OutOfMemoryError):
-            return True
-    except (ImportError, AttributeError):
-        pass
-    import re
-
-    return isinstance(exc, RuntimeError) and re.search(
-        r"out of (gpu |cuda |mps |device )?memory|does not fit in the memory",
-        str(exc), re.IGNORECASE) is not None
+def _cancelled(command: str) -> int:
+    kept = ("the last checkpoint is kept" if command == "train"
+            else "no partial output was written")
+    print(f"\ncvdm {command}: cancelled; {kept}".replace(" :", ":"), file=sys.stderr)
+    return EXIT_CANCELLED
 
 
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 out of memory or a file system error, 2 bad input (one line
-    on stderr saying what and how to fix it), 130 cancelled (Ctrl-C). argparse exits with
-    2 for malformed options. Anything else is a bug and shows its traceback."""
-    args = _parser().parse_args(argv)
-    from ..errors import Cancelled, TrainingDiverged
-
-    handler = COMMANDS[args.command].run
+    on stderr saying what and how to fix it), 130 cancelled (Ctrl-C, also while starting).
+    argparse exits with 2 for malformed options. Anything else is a bug and shows its
+    traceback."""
     try:
+        args = _parser().parse_args(argv)
+    except KeyboardInterrupt:
+        return _cancelled("")
+    command = args.command
+    try:
+        from ..errors import Cancelled, TrainingDiverged, is_out_of_memory
+
+        handler = _module(command).run
         return handler(args)
     except ValueError as exc:
-        print(f"cvdm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"cvdm {command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
-        kept = ("the last checkpoint is kept" if args.command == "train"
-                else "no partial output was written")
-        print(f"\ncvdm {args.command}: cancelled; {kept}", file=sys.stderr)
-        return EXIT_CANCELLED
+        return _cancelled(command)
     except (OSError, TrainingDiverged) as exc:
-        print(f"cvdm {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"cvdm {command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:
-        if not _is_out_of_memory(exc):
+    except Exception as exc:  # MemoryError is an Exception: OutOfMemory, torch's, Python's
+        if not is_out_of_memory(exc):
             raise
-        hint = ("use a smaller --tile-size or fewer --samples, or --device cpu"
-                if args.command == "predict" else "use a smaller --batch-size or --patch-size")
-        print(f"cvdm {args.command}: error: out of memory ({_one_line(exc)[:200]}); {hint}",
+        message = _one_line(exc)[:200] or type(exc).__name__
+        print(f"cvdm {command}: error: out of memory ({message}); {MEMORY_HINTS[command]}",
               file=sys.stderr)
         return EXIT_FAILED
 

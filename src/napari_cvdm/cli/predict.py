@@ -2,51 +2,82 @@
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from .progress import ProgressBar
 
+EPILOG = """examples:
+  cvdm predict cell.tif -o results/
+  cvdm predict images/ -o results/ --samples 16 --seed 1
+  cvdm predict "data/*.tif" -o results/ --model mine.cvdm.safetensors --device cuda
+
+Each input gives INPUT_cvdm_mean.tif and INPUT_cvdm_var.tif (OME-TIFF, float32, in the
+input's units, pixel size divided by the model's scale), written together or not at all.
+The seed used is printed and stored in the files, so any run can be repeated.
+"""
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+SKIP = ("model",)  # --model is added with its own help below
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("predict", help="reconstruct TIFF images; writes mean and variance")
-    p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT.tif")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR")
-    p.add_argument("--model", default="demo", help="'demo' (bundled) or a .cvdm.safetensors file")
-    p.add_argument("--samples", type=int, default=8)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--eta", type=float, default=1.0)
-    p.add_argument("--sampler", choices=("ddim", "reference"), default="ddim")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--tile-size", type=int, default=None, metavar="PX")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    import argparse
+
+    from ..settings import PredictSettings
+    from .options import add_options
+
+    p = sub.add_parser("predict", help="reconstruct TIFF images; writes mean and variance",
+                       description="Reconstruct TIFF images with CVDM.", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="TIFF files, folders of TIFF files, or patterns such as 'data/*.tif'")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+                   help="folder for the outputs (created if missing)")
+    add_options(p, PredictSettings)
+    p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
 
 
 def _output_stem(path: Path) -> str:
     return path.name.split(".")[0] or path.stem or "image"
 
 
+def expand_inputs(inputs: list[str]) -> list[Path]:
+    """Files as given, folders as their TIFF files, patterns as their matches (sorted)."""
+    found: list[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir()
+                           if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+            if not files:
+                raise ValueError(f"the folder {path} has no .tif or .tiff files")
+        elif not path.exists() and glob.has_magic(text):
+            files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            if not files:
+                raise ValueError(f"no files match {text}")
+        elif not path.exists():
+            raise ValueError(f"input file not found: {path}")
+        elif not path.is_file():
+            raise ValueError(f"input {path} is not a file")
+        else:
+            files = [path]
+        found += [f for f in files if f not in found]
+    return found
+
+
 def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
     """Everything that can be checked before loading a model or an image."""
-    import math
-
     from ..devices import resolve_device
+    from ..tiff_writer import check_outputs
 
-    if args.samples < 1 or args.steps < 1:
-        raise ValueError("--samples and --steps must be at least 1")
-    if not (math.isfinite(args.eta) and 0.0 <= args.eta <= 1.0):
-        raise ValueError(f"--eta must be between 0 and 1, not {args.eta}")
-    if args.tile_size is not None and args.tile_size < 8:
-        raise ValueError(f"--tile-size must be at least 8 pixels, not {args.tile_size}")
     resolve_device(args.device)
     if args.output.exists() and not args.output.is_dir():
         raise ValueError(f"the output {args.output} exists and is not a folder")
+    paths = expand_inputs(args.inputs)
     plan, seen = [], {}
-    inputs = {p.resolve() for p in args.inputs if p.is_file()}
-    for path in args.inputs:
-        if not path.is_file():
-            raise ValueError(f"input file not found: {path}" if not path.exists()
-                             else f"input {path} is not a file")
+    inputs = {p.resolve() for p in paths}
+    for path in paths:
         stem = _output_stem(path)
         if stem in seen and seen[stem] != path.resolve():
             raise ValueError(f"{seen[stem]} and {path} would both be written as "
@@ -57,9 +88,22 @@ def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
         if {mean_path.resolve(), var_path.resolve()} & inputs:
             raise ValueError(f"an output of {path} would overwrite an input; choose another "
                              "output folder")
-        if (path, mean_path, var_path) not in plan:
-            plan.append((path, mean_path, var_path))
+        plan.append((path, mean_path, var_path))
+    check_outputs([p for _, *outs in plan for p in outs], overwrite=True)
     return plan
+
+
+def provenance(summary: dict, settings, steps: int, device: str, precision: str) -> dict:
+    """What the output files record about how they were made (known before the run)."""
+    import datetime
+
+    from .. import __version__
+
+    return {"software": f"napari-cvdm {__version__}", "model": summary.get("name"),
+            "weights_sha256": summary.get("sha256"), "seed": settings.seed,
+            "samples": settings.samples, "steps": steps, "eta": settings.eta,
+            "sampler": settings.sampler, "precision": precision, "device": device,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 def run(args) -> int:
@@ -68,25 +112,38 @@ def run(args) -> int:
     A failure or Ctrl-C leaves the outputs of the inputs finished before it, complete,
     and nothing of the input it was working on.
     """
-    from .. import predict
-    from ..io import load_model, read_tiff, write_tiffs
-    from ..validation import check_output_size
+    import napari_cvdm
 
+    from ..devices import resolve_device, tune_cpu_allocator
+    from ..image_files import read_tiff
+    from ..model_files import resolve_model
+    from ..precision import resolve_precision
+    from ..settings import PredictSettings, draw_seed
+    from ..tiff_writer import spec_for, write_ome_tiffs
+    from ..validation import check_output_size
+    from .options import settings_from_args
+
+    settings = settings_from_args(PredictSettings, args)
     plan = _check_predict_args(args)
-    model = load_model(args.model)
+    model, summary = resolve_model(settings.model)
+    settings = settings.replace(model=model)
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device).name
+    steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
+    tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
     args.output.mkdir(parents=True, exist_ok=True)
     for path, mean_path, var_path in plan:
         image = read_tiff(path)
         check_output_size(image.data.shape, model.config.scale)
-        bar = None if args.quiet else ProgressBar(path.name)
-        result = predict(image.data, model, samples=args.samples, steps=args.steps, eta=args.eta,
-                         tile_size=args.tile_size, device=args.device, seed=args.seed,
-                         progress=bar, sampler=args.sampler)
-        pixel = None
-        if image.pixel_size is not None:
-            pixel = tuple(v / result.scale for v in image.pixel_size)
-        write_tiffs([(mean_path, result.mean), (var_path, result.variance)], pixel, image.unit)
-        print(f"{path} -> {mean_path}, {var_path} ({result.seconds:.1f} s on {result.device})")
+        run_settings = settings.replace(seed=draw_seed() if settings.seed is None
+                                        else settings.seed)
+        # The output metadata is checked before the work, not after it.
+        spec = spec_for(image, model.config.scale,
+                        provenance(summary, run_settings, steps, str(device), precision))
+        bar = None if args.quiet else ProgressBar(path.name, unit="eval")
+        result = napari_cvdm.predict(image.data, settings=run_settings, progress=bar)
+        write_ome_tiffs([(mean_path, result.mean), (var_path, result.variance)], spec,
+                        overwrite=True)
+        print(f"{path} -> {mean_path}, {var_path} (seed {result.seed}, "
+              f"{result.info.get('precision')}, {result.seconds:.1f} s on {result.device})")
     return 0
-
-

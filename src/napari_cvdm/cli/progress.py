@@ -1,34 +1,37 @@
-"""The command line's progress bar (one line on stderr, with the time left)."""
+"""The command line's progress bar: tqdm, fed by the library's ``progress(done, total)``."""
 
 from __future__ import annotations
 
 import sys
-import time
 
 
 class ProgressBar:
-    """A one-line text progress bar with remaining time, on stderr."""
+    """A tqdm bar on stderr driven by ``bar(done, total, extra="")`` callbacks.
 
-    def __init__(self, label: str, stream=None, width: int = 30):
-        self.label, self.stream, self.width = label, stream or sys.stderr, width
-        self.started = time.perf_counter()
-        self.last_draw = 0.0
-        self.first: int | None = None  # a resumed run starts counting part-way
+    ``total`` may change during a run (predict() recounts after running out of memory);
+    a run resumed part-way starts the bar at its first ``done``.
+    """
+
+    def __init__(self, label: str, stream=None, unit: str = "step"):
+        self.label, self.stream, self.unit = label, stream or sys.stderr, unit
+        self._bar = None
 
     def __call__(self, done: int, total: int, extra: str = "") -> None:
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = done - 1
-        if done < total and now - self.last_draw < 0.2:
-            return
-        self.last_draw = now
-        fraction = done / max(total, 1)
-        elapsed = now - self.started
-        rate = (done - self.first) / elapsed if elapsed > 0 else 0.0
-        eta = (total - done) / rate if rate > 0 else float("nan")
-        bar = "#" * int(fraction * self.width)
-        self.stream.write(f"\r{self.label} [{bar:<{self.width}}] {done}/{total} "
-                          f"{elapsed:5.0f}s elapsed, {eta:5.0f}s left {extra}")
+        from tqdm import tqdm
+
+        if self._bar is None:
+            self._bar = tqdm(total=total, initial=max(done - 1, 0), desc=self.label,
+                             unit=self.unit, file=self.stream, dynamic_ncols=True)
+        bar = self._bar
+        if bar.total != total:
+            bar.total = total
+        if extra:
+            bar.set_postfix_str(extra, refresh=False)
+        bar.update(done - bar.n)
         if done >= total:
-            self.stream.write("\n")
-        self.stream.flush()
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None

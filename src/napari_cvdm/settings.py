@@ -1,0 +1,160 @@
+"""Every option of a prediction run: its default, choices, limits, check and help, in one place.
+
+:class:`PredictSettings` is the single source of the defaults that ``predict()``,
+``run_on_layer()``, ``cvdm predict`` and the reconstruction widget use: the command line
+builds its options from the fields (``cli/options.py``), the widget its controls
+(``_widget.py``). Each field's ``metadata`` holds ``help`` (one sentence), and where they
+apply ``choices``, ``min``/``max``, ``auto`` (what None means) and ``advanced`` (shown
+folded away in the widget). Every check raises one ValueError naming the option in plain
+words, never a command-line flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .precision import PRECISIONS
+from .sampling import SAMPLERS
+
+DEFAULT_MODEL = "demo"  # the bundled model used when none is given
+MAX_SAMPLES = 10_000    # more gives no visible change in the mean or the uncertainty
+MAX_STEPS = 10_000      # the few-step sampler saturates long before this
+MAX_TILE_SIZE = 16_384
+SEED_RANGE = 2**63      # torch generators take seeds in [0, 2**63)
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def option(default: Any, help: str, **meta: Any):
+    """A settings field: ``default`` and its ``help``, plus choices, limits and flags."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+def reduce_seed(seed: Any) -> int:
+    """Any integer (Python or NumPy, negative, 2**63 or more) mapped into [0, 2**63).
+
+    Deterministic (``seed % 2**63``), so a seed a user typed always gives the same run; the
+    value used is what results and files record.
+    """
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"seed must be a whole number, not {seed!r}")  # noqa: TRY004
+    return int(seed) % SEED_RANGE
+
+
+def draw_seed() -> int:
+    """A fresh random seed, for runs asked for without one (it is recorded, so repeatable)."""
+    import numpy as np
+
+    return int(np.random.SeedSequence().entropy % SEED_RANGE)
+
+
+def _whole(name: str, value: Any, low: int | None, high: int | None) -> None:
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be a whole number, not {value!r}")  # noqa: TRY004
+    if low is not None and value < low:
+        raise ValueError(f"{name} must be at least {low}, not {value}")
+    if high is not None and value > high:
+        raise ValueError(f"{name} must be at most {high:,}, not {value:,}")
+
+
+def _number(name: str, value: Any, low: float | None, high: float | None) -> None:
+    import numbers
+
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) \
+            or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, not {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must be between {low} and {high}, not {value}")
+
+
+def check_field(f: dataclasses.Field, value: Any) -> None:
+    """Check one value against its field's type, choices and limits; ValueError if wrong."""
+    meta, name = f.metadata, f.name.replace("_", " ")
+    if value is None and f.default is None:
+        return
+    if "choices" in meta:
+        if value not in meta["choices"]:
+            raise ValueError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, "
+                             f"not {value!r}")
+    elif isinstance(f.default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
+    elif f.type in ("int", "int | None"):
+        _whole(name, value, meta.get("min"), meta.get("max"))
+    elif f.type in ("float", "float | None"):
+        _number(name, value, meta.get("min"), meta.get("max"))
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """How to run a prediction. Create with keywords; every value is checked on creation."""
+
+    model: Any = option(DEFAULT_MODEL,  # noqa: RUF009
+                        "the bundled model's name, a .cvdm.safetensors file "
+                        "or a loaded model", cli="--model", metavar="MODEL")
+    samples: int = option(8, "samples drawn per pixel; the mean and the uncertainty are "
+                          "taken over them", min=1, max=MAX_SAMPLES)
+    steps: int = option(10, "denoising steps per sample: more is slower and finer", min=1,
+                        max=MAX_STEPS)
+    eta: float = option(0.0, "0: deterministic steps (DDIM), 1: ancestral steps (DDPM)",
+                        min=0.0, max=1.0, step=0.1)
+    sampler: str = option("ddim", "ddim: the few-step sampler; reference: the authors' "
+                          "ancestral sampler with the model's own number of steps",
+                          choices=SAMPLERS, advanced=True)
+    seed: int | None = option(None, "random seed; the same seed, settings and precision "
+                              "give the same result", auto="a new one each run, recorded")
+    device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",
+                         auto="auto")
+    precision: str = option("auto", "the networks' arithmetic: auto is bf16 on CPUs built "
+                            "for it and fp16 on CUDA, fp32 elsewhere", choices=PRECISIONS,
+                            advanced=True)
+    tile_size: int | None = option(None, "output pixels per tile side; lower it if memory "
+                                   "runs out", min=8, max=MAX_TILE_SIZE,
+                                   auto="from the device's free memory", advanced=True)
+    overlap: int | None = option(None, "output pixels shared by neighbouring tiles",
+                                 min=0, max=MAX_TILE_SIZE, auto="an eighth of the tile",
+                                 advanced=True)
+    batch_size: int | None = option(None, "samples per network call", min=1,
+                                    max=MAX_SAMPLES, auto="from the device's free memory",
+                                    advanced=True)
+    compile: bool = option(False, "compile the network with torch.compile (slow first "
+                           "call; worth it for long runs on a GPU)", advanced=True)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_field(f, getattr(self, f.name))
+        if isinstance(self.device, str) and not _DEVICE.match(self.device.strip().lower()):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not "
+                             f"{self.device!r}")
+        if self.seed is not None:
+            object.__setattr__(self, "seed", reduce_seed(self.seed))
+        if isinstance(self.model, (str, os.PathLike)) and not str(self.model).strip():
+            raise ValueError("model must be a bundled model name or a model file, not empty")
+
+    def replace(self, **changes: Any) -> PredictSettings:
+        """A copy with ``changes`` (names as the fields); TypeError for an unknown name."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise TypeError(f"unknown option(s) {', '.join(sorted(unknown))}; the options "
+                            f"are {', '.join(f.name for f in fields(self))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {f.name: f.default for f in fields(cls)}
+
+
+def settings_from(settings: PredictSettings | None, options: dict[str, Any]) -> PredictSettings:
+    """``settings`` (or the defaults) with ``options`` (keyword arguments) applied on top."""
+    base = PredictSettings() if settings is None else settings
+    if not isinstance(base, PredictSettings):
+        raise TypeError(f"settings must be a PredictSettings, not {type(base).__name__}")
+    return base.replace(**options) if options else base

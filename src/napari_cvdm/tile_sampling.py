@@ -1,0 +1,154 @@
+"""One plane of a prediction: tiles sampled in batches, streaming statistics, blending.
+
+x-only work (the mean network, lambda) runs once per group of tiles, then the samples run
+in chunks merged by Chan et al.'s streaming update, so memory does not grow with the number
+of samples; the per-tile mean and variance are blended into the plane.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import CancelCheck, Cancelled, cancel_requested
+from .model.cvdm import CVDM
+from .noise import noise_for_region
+from .planning import TilePlan
+from .precision import Precision
+from .resampling import upsample
+from .sampling import evaluations, sample
+from .settings import PredictSettings
+from .tiling import StatisticsBlender, Tile, round_up
+
+
+@dataclass
+class Run:
+    """The state of one predict() call: what runs, how, and how far it has come."""
+
+    net: CVDM
+    device: torch.device
+    precision: Precision
+    settings: PredictSettings
+    seed: int
+    plan: TilePlan
+    height: int  # output plane size
+    width: int
+    progress: Any = None  # callable(done, total) or None
+    cancel: CancelCheck = None
+    denoise: Any = None  # a compiled denoiser, or None
+    done: int = 0
+    total: int = 0
+    network_calls: int = 0
+    retries: int = 0
+
+    @property
+    def channels_last(self) -> bool:
+        return self.device.type == "cpu"
+
+    def tiles(self) -> list[Tile]:
+        return self.plan.tiles(self.height, self.width, self.net.config.stride)
+
+    def plane_evaluations(self) -> int:
+        """Denoiser evaluations (counted per tile) for one plane with the current plan."""
+        s = self.settings
+        per_sample = evaluations(s.steps, s.sampler, self.net.config.timesteps)
+        return len(self.tiles()) * -(-s.samples // self.plan.batch) * per_sample
+
+    def check_cancel(self) -> None:
+        if cancel_requested(self.cancel):
+            raise Cancelled("prediction cancelled")
+
+    def advance(self, evaluations_done: int = 1) -> None:
+        """Count evaluations, report progress, and stop here if cancelled."""
+        self.done += evaluations_done
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+        self.check_cancel()
+
+
+def conditioning(x_plane: torch.Tensor, tile: Tile, scale: int) -> torch.Tensor:
+    """The tile's region of the input resampled onto the output grid, (height, width).
+
+    Upsamples only the input pixels the tile needs, plus a margin wider than the bicubic
+    kernel, so the result equals the same region of the whole upsampled plane (which is
+    never built: it would be a full-size float32 image).
+    """
+    if scale == 1:
+        return x_plane[tile.slices]
+    margin = 3
+    h_in, w_in = x_plane.shape
+    y0 = max(tile.y // scale - margin, 0)
+    x0 = max(tile.x // scale - margin, 0)
+    y1 = min(-(-(tile.y + tile.height) // scale) + margin, h_in)
+    x1 = min(-(-(tile.x + tile.width) // scale) + margin, w_in)
+    up = upsample(x_plane[y0:y1, x0:x1][None, None], scale)[0, 0]
+    oy, ox = tile.y - y0 * scale, tile.x - x0 * scale
+    return up[oy:oy + tile.height, ox:ox + tile.width]
+
+
+def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.ndarray,
+                  var_view: np.ndarray) -> None:
+    """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised)."""
+    p, samples = run.plan, run.settings.samples
+    tiles = run.tiles()
+    chunks = [range(i, min(i + p.batch, samples)) for i in range(0, samples, p.batch)]
+    blender = StatisticsBlender(run.height, run.width, p.overlap, mean=mean_view,
+                                variance=var_view)
+    generator = torch.Generator(device=run.device)
+    for first in range(0, len(tiles), p.group):
+        group = tiles[first:first + p.group]
+        generator.manual_seed((run.seed * 1_000_003 + plane * 10_007 + first) % (2**63))
+        means, variances = tile_statistics(run, x_plane, group, chunks, plane, generator)
+        for i, t in enumerate(group):
+            blender.add(t, means[i], variances[i])
+    blender.result()
+
+
+def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: list[range],
+                    plane: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance over all samples of equally sized tiles run together, (G, h, w)."""
+    net, device, s = run.net, run.device, run.settings
+    stride = net.config.stride
+    th, tw = tiles[0].height, tiles[0].width
+    ph, pw = round_up(th, stride), round_up(tw, stride)
+    x = torch.stack([conditioning(x_plane, t, net.config.scale) for t in tiles])[:, None]
+    if (ph, pw) != (th, tw):
+        # Pad (reflect where possible) to the network's stride, then crop: never resize.
+        mode = "reflect" if ph - th < th and pw - tw < tw else "replicate"
+        x = F.pad(x, (0, pw - tw, 0, ph - th), mode=mode)
+    x = x.to(device)
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    prepared = net.prepare(x)  # once per tile group, shared by every chunk of samples
+
+    def tick() -> None:  # progress counts tile-evaluations, however tiles are grouped
+        run.network_calls += 1
+        for _ in tiles:
+            run.advance()
+
+    acc = torch.float32 if device.type == "mps" else torch.float64
+    count, mean, m2 = 0, None, None
+    for chunk in chunks:
+        noise = torch.stack([noise_for_region(run.seed, plane, chunk, t.y, t.x, ph, pw)
+                             for t in tiles], dim=1).to(device)  # (S, G, 1, ph, pw)
+        out = sample(net, x, noise, steps=s.steps, eta=s.eta, sampler=s.sampler,
+                     generator=generator, on_evaluation=tick, precision=run.precision,
+                     prepared=prepared, denoise=run.denoise)
+        out = out[:, :, 0, :th, :tw].to(acc)
+        n = out.shape[0]
+        c_mean = out.mean(0)
+        c_m2 = ((out - c_mean) ** 2).sum(0)
+        if mean is None:
+            count, mean, m2 = n, c_mean, c_m2
+        else:
+            delta = c_mean - mean
+            total = count + n
+            mean = mean + delta * (n / total)
+            m2 = m2 + c_m2 + delta**2 * (count * n / total)
+            count = total
+    variance = m2 / max(count - 1, 1)
+    return mean.cpu().numpy(), variance.cpu().numpy()
