@@ -106,6 +106,11 @@ def test_bad_input_is_refused_before_anything_starts(viewer_and_widget, notifica
     widget._output.value = tmp_path  # a folder, not a file
     assert widget.start() is None
     assert "is a folder" in notifications["error"][-1]
+    widget._source.value = "folders"
+    widget._output.value = output
+    widget._hq_dir.value = tmp_path / "missing"
+    assert widget.start() is None
+    assert "choose an existing high-quality folder" in notifications["error"][-1]
     assert not widget.running and widget._run.text == "Run"
     assert list(tmp_path.iterdir()) == []
 
@@ -122,9 +127,13 @@ def test_a_short_run_saves_plots_previews_and_offers_the_model(qtbot, viewer_and
     widget._output.value = output
     reconstruction_widget = viewer.window.add_plugin_dock_widget(
         "napari-cvdm", "CVDM reconstruction")[1]
+    statuses = []
+    widget._signals.progressed.connect(lambda *_: statuses.append(widget._status.value))
     assert widget.start() is not None
     assert widget.running and widget._run.text == "Cancel"
     wait_until_idle(qtbot, widget)
+    assert "step 8 of 8" in statuses[-1] and "elapsed, about 0:00 left" in statuses[-1]
+    assert widget._status.value.startswith("done in")
     assert notifications["error"] == []
     assert "saved to" in notifications["info"][-1] and str(output) in notifications["info"][-1]
     assert load_model(output).config.preset == "tiny"
