@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 
 import numpy as np
@@ -50,3 +51,10 @@ def tiny_model_file(tiny_model, tmp_path):
     from napari_cvdm import save_model
 
     return save_model(tiny_model, tmp_path / "tiny.cvdm.safetensors")
+
+
+@pytest.fixture(autouse=True)
+def _private_widget_config(tmp_path_factory, monkeypatch):
+    """Widgets remember their options in a temporary folder, never the user's settings."""
+    if "NAPARI_CVDM_CONFIG_DIR" not in os.environ:
+        monkeypatch.setenv("NAPARI_CVDM_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))

@@ -9,6 +9,8 @@ import torch
 import napari_cvdm._widget as widget_module
 from napari_cvdm import CVDM, CVDMConfig, Cancelled, save_model
 from napari_cvdm._widget import ReconstructionOptions, ReconstructionWidget
+from napari_cvdm.errors import OutOfMemory
+from napari_cvdm.settings import PredictSettings
 
 TIMEOUT_MS = 60_000
 
@@ -27,6 +29,14 @@ def notifications(monkeypatch):
     monkeypatch.setattr(widget_module, "show_error", shown["error"].append)
     monkeypatch.setattr(widget_module, "show_info", shown["info"].append)
     return shown
+
+
+@pytest.fixture(autouse=True)
+def private_config(tmp_path, monkeypatch):
+    """The widget remembers its options here, never in the user's own settings."""
+    folder = tmp_path / "config"
+    monkeypatch.setenv("NAPARI_CVDM_CONFIG_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture
@@ -53,11 +63,12 @@ def test_widget_is_contributed_through_the_manifest(viewer_and_widget):
     _, widget = viewer_and_widget
     assert isinstance(widget, ReconstructionWidget)
     options = widget.options()
-    assert options == ReconstructionOptions()
-    assert (options.samples, options.steps, options.seed, options.tile_size) == (4, 10, 0, 0)
-    assert options.predict_kwargs() == {"samples": 4, "steps": 10, "eta": 0.0, "seed": None,
-                                        "tile_size": None, "device": "auto"}
+    assert options == ReconstructionOptions() and options.settings == PredictSettings()
+    defaults = PredictSettings.defaults()
+    del defaults["model"]
+    assert options.predict_kwargs() == defaults
     assert {"auto", "cpu"} <= set(widget._options["device"].choices)
+    assert set(widget._options["precision"].choices) == {"auto", "fp32", "bf16", "fp16"}
     assert widget._run.text == "Run"
 
 
@@ -220,7 +231,7 @@ def test_errors_inside_predict_become_notifications(qtbot, viewer_and_widget, mo
 def test_out_of_memory_suggests_a_smaller_tile(qtbot, viewer_and_widget, model_file,
                                                notifications, monkeypatch):
     def out_of_memory(*args, **kwargs):
-        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise OutOfMemory("cuda:0", 256, 1)
 
     monkeypatch.setattr(widget_module, "predict", out_of_memory)
     viewer, widget = viewer_and_widget
@@ -229,6 +240,7 @@ def test_out_of_memory_suggests_a_smaller_tile(qtbot, viewer_and_widget, model_f
     widget.start()
     wait_until_idle(qtbot, widget)
     assert len(notifications["error"]) == 1 and "lower the tile size" in notifications["error"][0]
+    assert "on cuda:0" in notifications["error"][0] and "--" not in notifications["error"][0]
     assert len(viewer.layers) == 1 and widget._run.enabled
 
 
@@ -261,3 +273,52 @@ def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_vie
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running
     assert notifications["error"] == []
+
+
+def test_options_are_remembered_between_sessions_and_reset_to_defaults(make_napari_viewer,
+                                                                       private_config):
+    viewer = make_napari_viewer()
+    first = ReconstructionWidget(viewer)
+    first.set_options(samples=3, steps=4, precision="fp32", tile_size=64, show="std")
+    assert (private_config / "reconstruction.json").is_file()
+    second = ReconstructionWidget(viewer)  # a new napari session reads the same file
+    options = second.options()
+    assert (options.settings.samples, options.settings.steps) == (3, 4)
+    assert (options.settings.precision, options.settings.tile_size) == ("fp32", 64)
+    assert options.show == "std"
+    second._reset.native.click()
+    assert second.options() == ReconstructionOptions()
+    assert ReconstructionWidget(viewer).options() == ReconstructionOptions()
+
+
+def test_a_damaged_options_file_is_ignored(make_napari_viewer, private_config):
+    private_config.mkdir()
+    (private_config / "reconstruction.json").write_text('{"samples": -5, "steps": "x", "eta": 0.5')
+    widget = ReconstructionWidget(make_napari_viewer())
+    assert widget.options() == ReconstructionOptions()
+    (private_config / "reconstruction.json").write_text('{"samples": -5, "eta": 0.5}')
+    widget = ReconstructionWidget(make_napari_viewer())
+    assert widget.options().settings == PredictSettings(eta=0.5)  # the valid one is kept
+
+
+def test_advanced_options_are_folded_away_until_asked_for(viewer_and_widget):
+    _, widget = viewer_and_widget
+    advanced = ["sampler", "precision", "tile_size", "overlap", "batch_size", "compile"]
+    assert all(widget._options[name].native.isHidden() for name in advanced)
+    assert not widget._options["samples"].native.isHidden()
+    widget._advanced.value = True
+    assert not any(widget._options[name].native.isHidden() for name in advanced)
+
+
+def test_models_trained_in_this_session_are_offered_at_once(viewer_and_widget, model_file,
+                                                            monkeypatch):
+    from napari_cvdm import model_choices
+
+    monkeypatch.setattr(model_choices, "_models", [])
+    _, widget = viewer_and_widget
+    assert list(widget._model.choices) == ["demo", "file"]
+    model_choices.register(model_file)
+    assert str(model_file.resolve()) in widget._model.choices
+    widget._model.value = str(model_file.resolve())
+    assert widget.model_source() == model_file.resolve()
+    assert "tiny: x2 super-resolution" in widget._model_info.value

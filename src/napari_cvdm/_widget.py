@@ -10,69 +10,45 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, ProgressBar, PushButton, \
-    create_widget
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    ProgressBar,
+    PushButton,
+    create_widget,
+)
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from .devices import available_devices
-from .errors import Cancelled
+from . import model_choices
+from ._reconstruction_options import (
+    AUTO,
+    ReconstructionOptions,
+    control,
+    load_options,
+    save_options,
+)
+from .errors import Cancelled, OutOfMemory, is_out_of_memory
 from .inference import predict
-from .layers import SHOW, _unwrap, check_layer, model_summary, resolve_model, show_result
+from .layers import SHOW, check_layer, model_summary, show_result, unwrap
+from .model_files import resolve_model
+from .settings import DEFAULT_MODEL, PredictSettings
 
 if TYPE_CHECKING:
     import napari
 
-DEMO = "demo"
+DEMO = DEFAULT_MODEL
 FILE = "file"
-
-
-@dataclass
-class ReconstructionOptions:
-    """What the widget asks for. The defaults are for a quick first look on a CPU; more
-    samples give a smoother uncertainty map, more steps a finer reconstruction."""
-
-    samples: int = 4
-    steps: int = 10
-    eta: float = 0.0  # deterministic DDIM steps: at least as good as eta = 1 at few steps
-    seed: int = 0  # 0: a new random seed each run (the seed used is in the layer metadata)
-    tile_size: int = 0  # 0: chosen from the device and its free memory
-    device: str = "auto"
-    show: str = "variance"
-
-    def predict_kwargs(self) -> dict[str, Any]:
-        return {"samples": self.samples, "steps": self.steps, "eta": self.eta,
-                "seed": self.seed or None, "tile_size": self.tile_size or None,
-                "device": self.device}
-
-    @staticmethod
-    def widget_options() -> dict[str, dict[str, Any]]:
-        """How each option shows itself in magicgui."""
-        return {
-            "samples": {"min": 1, "max": 1000,
-                        "tooltip": "samples drawn per pixel: the mean and the uncertainty "
-                                   "are taken over them"},
-            "steps": {"min": 1, "max": 1000,
-                      "tooltip": "denoising steps per sample: more is slower and finer"},
-            "eta": {"min": 0.0, "max": 1.0, "step": 0.1,
-                    "tooltip": "0: deterministic steps (DDIM), 1: ancestral (DDPM)"},
-            "seed": {"label": "seed (0 = random)", "min": 0, "max": 2**31 - 1},
-            "tile_size": {"label": "tile size (0 = auto)", "min": 0, "max": 4096, "step": 64,
-                          "tooltip": "output pixels per tile side; lower it if memory runs out"},
-            "device": {"widget_type": "ComboBox",
-                       "choices": ["auto", *available_devices()]},
-            "show": {"label": "uncertainty as", "widget_type": "RadioButtons",
-                     "choices": list(SHOW), "orientation": "horizontal"},
-        }
-
-
 def _predict(data, load_model, kwargs, progress, cancel):
     """The worker's job (a plain function: napari names the task after its repr)."""
     model, provenance = load_model()
@@ -85,7 +61,12 @@ class _Signals(QObject):
 
 
 class ReconstructionWidget(Container):
-    """Dock widget: pick an image layer and a model, run CVDM, get mean and uncertainty."""
+    """Dock widget: pick an image layer and a model, run CVDM, get mean and uncertainty.
+
+    Runs predict() in a worker thread; everything else (layers, controls) happens on the
+    main thread. A script may call run_on_layer() meanwhile, even with the same model: a
+    prediction never modifies its model. The options are remembered between sessions.
+    """
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
@@ -99,61 +80,81 @@ class ReconstructionWidget(Container):
         self._signals.progressed.connect(self._on_progress)
 
         self._image = ComboBox(label="image", choices=self._image_layers)
-        self._model = ComboBox(label="model", value=DEMO,
-                               choices=[("bundled demo model", DEMO), ("model file", FILE)])
+        self._model = ComboBox(label="model", value=DEMO, choices=self._model_choices)
         self._model_file = FileEdit(label="model file", mode="r",
                                     filter="CVDM models (*.cvdm.safetensors *.safetensors)")
         self._model_info = Label(label="")
-        self._options = {}
-        widget_options = ReconstructionOptions.widget_options()
-        for f in fields(ReconstructionOptions):
-            opts = dict(widget_options[f.name])
-            widget_type = opts.pop("widget_type", None)
-            label = opts.pop("label", f.name.replace("_", " "))
-            self._options[f.name] = create_widget(
-                value=f.default, annotation=type(f.default), name=f.name, label=label,
-                widget_type=widget_type, options=opts)
+        self._options = {f.name: control(f) for f in fields(PredictSettings)
+                         if f.name != "model"}
+        self._options["show"] = create_widget(
+            value="variance", name="show", label="uncertainty as", widget_type="RadioButtons",
+            options={"choices": list(SHOW), "orientation": "horizontal"})
+        self._advanced = CheckBox(value=False, text="advanced options")
+        self._reset = PushButton(text="Reset to defaults")
         self._run = PushButton(text="Run")
         self._progress = ProgressBar(value=0, min=0, max=1, label="")
         self._status = Label(label="")
         self.extend([self._image, self._model, self._model_file, self._model_info,
-                     *self._options.values(), self._run, self._progress, self._status])
+                     *self._options.values(), self._advanced, self._reset, self._run,
+                     self._progress, self._status])
 
         self._model_file.visible = False
+        self._show_advanced(False)
+        self._load_options()
         self._model.changed.connect(self._on_model_changed)
         self._model_file.changed.connect(self._update_model_info)
+        self._advanced.changed.connect(self._show_advanced)
+        self._reset.changed.connect(self.reset_options)
+        for option in self._options.values():
+            option.changed.connect(self._save_options)
         self._run.changed.connect(self._on_run_clicked)
         layers = viewer.layers
         layers.events.inserted.connect(self.reset_choices)
         layers.events.removed.connect(self.reset_choices)
         layers.events.removed.connect(self._on_layer_removed)
         layers.selection.events.active.connect(self._follow_active_layer)
+        model_choices.subscribe(self._on_models_registered)
         closed = self._closed = threading.Event()
-        # Closing the viewer deletes the widget: stop a running prediction.
-        self.native.destroyed.connect(lambda *_: closed.set())
+        refresh = self._on_models_registered
+
+        def on_destroyed(*_):  # closing the viewer deletes the widget: stop a running job
+            closed.set()
+            model_choices.unsubscribe(refresh)
+
+        self.native.destroyed.connect(on_destroyed)
         self._follow_active_layer()
         self._update_model_info()
 
     # -- inputs --------------------------------------------------------------------------
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, _unwrap(layer)) for layer in self._viewer.layers
+        return [(layer.name, unwrap(layer)) for layer in self._viewer.layers
                 if isinstance(layer, Image)]
 
     def _follow_active_layer(self, event=None) -> None:
-        active = _unwrap(self._viewer.layers.selection.active)
+        active = unwrap(self._viewer.layers.selection.active)
         # Outputs become active when added; keep the input chosen for the next run.
         if isinstance(active, Image) and "cvdm" not in active.metadata:
             self._image.reset_choices()
             self._image.value = active
+
+    def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
+        """The bundled model, the models trained in this session, any model file."""
+        trained = [(f"trained here: {p.name} ({p})", str(p)) for p in model_choices.models()]
+        return [("bundled demo model", DEMO), *trained, ("model file", FILE)]
+
+    def _on_models_registered(self, _models=None) -> None:
+        self._model.reset_choices()
 
     def _on_model_changed(self) -> None:
         self._model_file.visible = self._model.value == FILE
         self._update_model_info()
 
     def model_source(self) -> str | Path:
-        """``"demo"`` or the chosen model file; ValueError when no file is chosen."""
+        """``"demo"``, a trained model or the chosen model file; ValueError when no file."""
         if self._model.value == DEMO:
             return DEMO
+        if self._model.value != FILE:
+            return Path(self._model.value)
         path = Path(self._model_file.value)
         if not str(self._model_file.value).strip() or path.is_dir():
             raise ValueError("choose a model file (.cvdm.safetensors) first")
@@ -173,13 +174,36 @@ class ReconstructionWidget(Container):
             self._model_file.value = Path(source)
             self._model.value = FILE
 
+    # -- options ---------------------------------------------------------------------------
+    def _show_advanced(self, visible: bool) -> None:
+        for f in fields(PredictSettings):
+            if f.metadata.get("advanced"):
+                self._options[f.name].visible = bool(visible)
+
     def set_options(self, **values: Any) -> None:
-        """Set options by name, as in :class:`ReconstructionOptions`."""
+        """Set options by name, as the fields of :class:`PredictSettings` (and ``show``);
+        None means automatic."""
         for name, value in values.items():
-            self._options[name].value = value
+            self._options[name].value = AUTO[name] if value is None and name in AUTO else value
 
     def options(self) -> ReconstructionOptions:
-        return ReconstructionOptions(**{name: w.value for name, w in self._options.items()})
+        """The options as they are now; ValueError (naming the option) if one is invalid."""
+        values = {name: w.value for name, w in self._options.items() if name != "show"}
+        values = {k: None if k in AUTO and v == AUTO[k] else v for k, v in values.items()}
+        return ReconstructionOptions(PredictSettings(**values), self._options["show"].value)
+
+    def reset_options(self) -> None:
+        """Every option back to its default (PredictSettings), and remembered so."""
+        defaults = {k: v for k, v in PredictSettings.defaults().items() if k in self._options}
+        self.set_options(**defaults, show="variance")
+
+    def _save_options(self) -> None:
+        save_options({name: w.value for name, w in self._options.items()})
+
+    def _load_options(self) -> None:
+        for name, value in load_options().items():
+            if name in self._options:
+                self._options[name].value = value
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -200,10 +224,10 @@ class ReconstructionWidget(Container):
         try:
             check_layer(layer)
             source = self.model_source()
+            options = self.options()
         except ValueError as exc:
             show_error(str(exc))
             return None
-        options = self.options()
         cancel = self._cancel = threading.Event()
         closed = self._closed
         worker = create_worker(_predict, layer.data, partial(self._load_model, source),
@@ -262,10 +286,11 @@ class ReconstructionWidget(Container):
             self._status.value = "cancelled"
             self._progress.value = 0
             show_info("CVDM reconstruction cancelled")
-        elif isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
+        elif isinstance(exc, OutOfMemory) or is_out_of_memory(exc):
             self._status.value = "out of memory"
-            show_error("CVDM ran out of memory: lower the tile size or the number of "
-                       f"samples, or choose the CPU ({exc})")
+            where = f" on {exc.device}" if isinstance(exc, OutOfMemory) else ""
+            show_error(f"CVDM ran out of memory{where}: lower the tile size or the batch size "
+                       "(advanced options), use fewer samples, or choose the cpu device")
         else:
             self._status.value = "failed"
             show_error(f"CVDM reconstruction failed: {exc}")
@@ -277,5 +302,5 @@ class ReconstructionWidget(Container):
             self._run.enabled = True
 
     def _on_layer_removed(self, event) -> None:
-        if self.running and _unwrap(event.value) is _unwrap(self._running_layer):
+        if self.running and unwrap(event.value) is unwrap(self._running_layer):
             self.cancel()

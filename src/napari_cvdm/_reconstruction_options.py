@@ -1,0 +1,105 @@
+"""The reconstruction widget's options: controls generated from PredictSettings, remembered.
+
+Each field of :class:`~napari_cvdm.settings.PredictSettings` becomes one magicgui control
+(its help as the tooltip, its limits and choices); options that are "automatic" (None) in
+the settings show as a number in a spin box (see ``AUTO``). The options are kept in a JSON
+file between napari sessions (``NAPARI_CVDM_CONFIG_DIR`` moves it, for tests).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .devices import available_devices
+from .settings import PredictSettings, check_field
+
+# Options whose "automatic" value (None in the settings) is shown as a number in a spin box.
+AUTO = {"seed": -1, "tile_size": 0, "overlap": -1, "batch_size": 0}
+AUTO_LABELS = {"seed": "random"}
+CONFIG_ENV = "NAPARI_CVDM_CONFIG_DIR"  # where the widget remembers its options (tests)
+
+
+def config_path() -> Path:
+    """The file that keeps the widget's options between napari sessions."""
+    folder = os.environ.get(CONFIG_ENV)
+    if not folder:
+        from qtpy.QtCore import QStandardPaths
+
+        folder = os.path.join(QStandardPaths.writableLocation(
+            QStandardPaths.StandardLocation.GenericConfigLocation), "napari-cvdm")
+    return Path(folder) / "reconstruction.json"
+
+
+@dataclass(frozen=True)
+class ReconstructionOptions:
+    """What the widget asks for: the run's settings (defaults: PredictSettings) and how to
+    show the uncertainty."""
+
+    settings: PredictSettings = field(default_factory=PredictSettings)
+    show: str = "variance"
+
+    def predict_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self.settings, f.name) for f in fields(PredictSettings)
+                if f.name != "model"}
+
+
+def control(f) -> Any:
+    """The magicgui control of one settings field, from its metadata."""
+    meta, default = f.metadata, f.default
+    label = f.name.replace("_", " ")
+    options: dict[str, Any] = {"tooltip": meta["help"]}
+    widget_type = None
+    if f.name == "device":
+        widget_type, options["choices"] = "ComboBox", ["auto", *available_devices()]
+    elif "choices" in meta:
+        widget_type, options["choices"] = "ComboBox", list(meta["choices"])
+    else:
+        for key in ("min", "max", "step"):
+            if key in meta:
+                options[key] = meta[key]
+    if f.name in AUTO:
+        options["min"] = AUTO[f.name]
+        options.setdefault("max", 2**31 - 1)
+        label += f" ({AUTO[f.name]} = {AUTO_LABELS.get(f.name, 'auto')})"
+        default = AUTO[f.name]
+    from magicgui.widgets import create_widget
+
+    return create_widget(value=default, annotation=type(default), name=f.name, label=label,
+                         widget_type=widget_type, options=options)
+
+
+def save_options(values: dict[str, Any]) -> None:
+    """Remember the widget's options (not the device, which depends on the computer)."""
+    values = {k: v for k, v in values.items() if k != "device"}
+    try:
+        path = config_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    except (OSError, TypeError):
+        pass  # remembering options is a convenience: never an error
+
+
+def load_options() -> dict[str, Any]:
+    """The remembered options that are still valid (a stale or edited file is ignored)."""
+    try:
+        saved = json.loads(config_path().read_text())
+    except (OSError, ValueError):
+        return {}
+    checks = {f.name: f for f in fields(PredictSettings)}
+    out = {}
+    for name, value in (saved if isinstance(saved, dict) else {}).items():
+        if name == "device" or name == "model":
+            continue
+        try:
+            if name in checks and not (name in AUTO and value == AUTO[name]):
+                check_field(checks[name], value)
+            elif name == "show" and value not in ("variance", "std"):
+                continue
+            out[name] = value
+        except ValueError:
+            continue
+    return out
