@@ -8,7 +8,8 @@ from napari_cvdm import CVDM, load_model, model_choices, train_on_layers
 from napari_cvdm.degradation import Degradation
 from napari_cvdm.training_layers import (dimensionality_problem, layer_problem, output_problem,
                                          pair_scale, prepare_training)
-from napari_cvdm.training_preview import PREVIEW_NAME, preview_layer_kwargs, preview_region
+from napari_cvdm.training_preview import (PREVIEW_NAME, preview_callback, preview_layer_kwargs,
+                                          preview_region)
 
 QUICK = {"steps": 6, "patch_size": 32, "batch_size": 2, "validation_every": 3,
          "checkpoint_every": 3, "precision": "fp32", "device": "cpu"}
@@ -143,3 +144,16 @@ def test_train_on_layers_trains_from_scratch_on_pairs(viewer, tmp_path):
                             **QUICK)
     assert isinstance(model, CVDM) and model.config.preset == "tiny"
     assert load_model(output).config.scale == 2
+
+
+def test_the_preview_reconstructs_at_validation_and_a_failure_does_not_stop_training(
+        tiny_model):
+    emitted = []
+    preview_callback(structure(16, 16).astype(np.float32), "cpu", lambda *a: emitted.append(a))(
+        4, {"psnr": 20.0}, tiny_model)
+    step, scores, mean = emitted[-1]
+    assert (step, scores) == (4, {"psnr": 20.0}) and mean.shape == (32, 32)
+    preview_callback(np.zeros(5), "cpu", lambda *a: emitted.append(a))(8, {}, tiny_model)
+    assert isinstance(emitted[-1][2], str) and emitted[-1][0] == 8  # the message, no raise
+    preview_callback(None, "cpu", lambda *a: emitted.append(a))(12, {}, tiny_model)
+    assert emitted[-1] == (12, {}, None)  # folders: nothing to preview

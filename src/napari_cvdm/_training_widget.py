@@ -25,7 +25,7 @@ from . import model_choices
 from ._training_plot import TrainingPlot, clock
 from ._training_options import OpticsOptions, TrainingOptions, make_widgets
 from .degradation import Degradation
-from .errors import Cancelled
+from .errors import Cancelled, is_out_of_memory
 from .model_files import BUNDLED
 from .layers import _unwrap
 from .model.config import PRESETS
@@ -53,7 +53,7 @@ class TrainingWidget(Container):
     def __init__(self, napari_viewer: napari.viewer.Viewer):
         super().__init__(labels=True)
         self._viewer = viewer = napari_viewer
-        self._worker = self._job = self._cancel = None
+        self._worker = self._job = self._cancel = self._preview_target = None
         self._started = 0.0
         self._signals = _Signals()
         self._signals.progressed.connect(self._on_progress)
@@ -252,12 +252,13 @@ class TrainingWidget(Container):
         worker = create_worker(job.run, device=device, progress=self._signals.progressed.emit,
                                log=self._signals.logged.emit,
                                cancel=lambda: cancel.is_set() or closed.is_set(),
-                               on_validation=self._preview_callback(region, device),
+                               on_validation=preview_callback(
+                                   region and region[0], device, self._signals.validated.emit),
                                _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(lambda model: self._on_returned(job, cancel))
+        worker.returned.connect(lambda _model: self._on_returned(job))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(self._on_finished)
-        self._worker, self._job = worker, job
+        self._worker, self._job, self._preview_target = worker, job, region
         self.plot.clear()
         self._run.text = "Cancel"
         self._progress.max, self._progress.value = job.settings.steps, 0
@@ -273,11 +274,6 @@ class TrainingWidget(Container):
         shapes = self._region.value if self._region.value != CENTRE else None
         region = preview_region(hq_layer, job.scale, shapes)
         return preview_input(job, region, seed=job.settings.seed), hq_layer, region
-
-    def _preview_callback(self, region_setup, device):
-        self._preview_target = region_setup
-        lq = region_setup[0] if region_setup is not None else None
-        return preview_callback(lq, device, self._signals.validated.emit)
 
     def cancel(self) -> None:
         """Stop training after the current step; the last complete checkpoint is kept."""
@@ -313,7 +309,7 @@ class TrainingWidget(Container):
         if not self._closed.is_set():
             self._status.tooltip = message
 
-    def _on_returned(self, job, cancel) -> None:
+    def _on_returned(self, job) -> None:
         if self._closed.is_set():
             return
         self.plot.flush()
@@ -330,6 +326,10 @@ class TrainingWidget(Container):
         if isinstance(exc, Cancelled):
             self._status.value = "cancelled"
             show_info(f"CVDM training: {exc}")
+        elif is_out_of_memory(exc):
+            self._status.value = "out of memory"
+            show_error(f"CVDM training ran out of memory: lower the batch size or the patch "
+                       f"size, or choose another device ({exc})")
         else:
             self._status.value = "failed"
             show_error(f"CVDM training failed: {exc}")

@@ -118,8 +118,8 @@ def preview_callback(lq: np.ndarray | None, device: str, emit):
             if lq is not None:
                 mean = predict(lq, model, samples=1, steps=PREVIEW_STEPS, eta=0.0, seed=0,
                                device=device).mean
-        except (ValueError, RuntimeError) as exc:
-            mean = str(exc)
+        except Exception as exc:  # noqa: BLE001  (a failed preview must not stop training)
+            mean = f"{type(exc).__name__}: {exc}"
         emit(step, dict(scores), mean)
 
     return on_validation
