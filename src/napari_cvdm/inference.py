@@ -115,6 +115,7 @@ def _prepare(image, model, settings, options, half, progress, cancel) -> tuple[R
     height, width = shape[-2] * scale, shape[-1] * scale
     first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
+    run.percentiles = _percentiles(model)
     run.check_cancel()
     try:
         run.net = running_model(model, device)
@@ -129,7 +130,16 @@ def _prepare(image, model, settings, options, half, progress, cancel) -> tuple[R
 def _percentiles(net: CVDM) -> tuple[float, float]:
     """The normalisation the model was trained with (its file's metadata), or the default."""
     found = ((net.metadata or {}).get("normalization") or {}).get("percentiles")
-    return tuple(float(v) for v in found) if found else DEFAULT_PERCENTILES
+    if not found:
+        return DEFAULT_PERCENTILES
+    try:
+        low, high = (float(v) for v in found)
+    except (TypeError, ValueError):
+        low, high = float("nan"), float("nan")
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"the model's normalisation percentiles {found!r} are not two "
+                         "numbers 0 <= low < high <= 100; the model file is damaged")
+    return low, high
 
 
 def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
@@ -188,7 +198,6 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     mean_out = np.empty(shape[:-2] + (run.height, run.width), dtype=np.float32)
     var_out = np.empty_like(mean_out)
     run.denoise = _CompiledDenoiser(net) if s.compile else None
-    percentiles = _percentiles(net)
     cudnn_benchmark = torch.backends.cudnn.benchmark
     try:
         if dev.type == "cuda":
@@ -196,7 +205,7 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
         with torch.inference_mode():
             for p, index in enumerate(planes):
                 plane = check_plane(image[index] if index else image, index)
-                norm = Normalization.fit(plane, percentiles)
+                norm = Normalization.fit(plane, run.percentiles)
                 if norm.is_constant:
                     # Nothing to resolve: the reconstruction is the constant, with certainty.
                     mean_out[index], var_out[index] = plane.flat[0], 0.0

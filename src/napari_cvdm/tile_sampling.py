@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from .errors import CancelCheck, Cancelled, cancel_requested
 from .model.cvdm import CVDM
 from .noise import noise_for_region
+from .normalization import DEFAULT_PERCENTILES
 from .planning import TilePlan
 from .precision import Precision
 from .resampling import upsample
@@ -40,6 +41,7 @@ class Run:
     progress: Any = None  # callable(done, total) or None
     cancel: CancelCheck = None
     denoise: Any = None  # a compiled denoiser, or None
+    percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # the model's normalisation
     done: int = 0
     total: int = 0
     network_calls: int = 0

@@ -1,0 +1,65 @@
+"""predict() with one model shared between threads: the sequential results, model untouched."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import torch
+
+import napari_cvdm as nc
+
+
+def _weights(model):
+    return {k: (v.clone(), v.stride(), v.device) for k, v in model.state_dict().items()}
+
+
+def test_two_threads_sharing_one_model_give_the_sequential_results(tiny_model):
+    images = [np.random.default_rng(i).random((40, 36)).astype(np.float32) for i in range(2)]
+    kwargs = {"samples": 3, "steps": 3, "eta": 0.5, "seed": 11, "device": "cpu",
+              "precision": "fp32"}
+    before = _weights(tiny_model)
+    sequential = [nc.predict(image, tiny_model, **kwargs) for image in images]
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(2):
+                results[i] = nc.predict(images[i], tiny_model, **kwargs)
+        except BaseException as exc:  # noqa: BLE001  (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    for i in range(2):
+        np.testing.assert_array_equal(results[i].mean, sequential[i].mean)
+        np.testing.assert_array_equal(results[i].variance, sequential[i].variance)
+    after = _weights(tiny_model)
+    for name, (value, stride, device) in before.items():
+        assert torch.equal(after[name][0], value), name  # values
+        assert after[name][1:] == (stride, device), name  # layout and device unchanged
+
+
+def test_predict_leaves_the_models_mode_and_cudnn_flag_as_they_were(tiny_model):
+    tiny_model.train()
+    flag = torch.backends.cudnn.benchmark
+    nc.predict(np.random.rand(16, 16), tiny_model, samples=1, steps=1, seed=0)
+    assert tiny_model.training and torch.backends.cudnn.benchmark == flag
+    assert all(p.is_contiguous() for p in tiny_model.parameters())
+
+
+def test_changed_weights_are_used_by_the_next_call(tiny_model):
+    image = np.random.default_rng(3).random((16, 16))
+    first = nc.predict(image, tiny_model, samples=1, steps=2, seed=0)
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.mul_(0.5)
+    second = nc.predict(image, tiny_model, samples=1, steps=2, seed=0)
+    assert not np.array_equal(first.mean, second.mean)  # no stale cached copy
