@@ -136,7 +136,8 @@ def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
 
 
 def load_model(name_or_path: str | os.PathLike = "demo", device: str = "cpu"):
-    """Load a bundled model by name (``"demo"``) or a ``.cvdm.safetensors`` file.
+    """Load a bundled model by name (``"demo"``), a ``.cvdm.safetensors`` file, or a
+    bioimage.io package (``.zip``) exported by napari-cvdm (its safetensors attachment).
 
     Nothing is unpickled, and nothing large is allocated before the file has passed its
     checks: the header (every field's type and range) is read and the parameter count is
@@ -149,6 +150,13 @@ def load_model(name_or_path: str | os.PathLike = "demo", device: str = "cpu"):
     from .model.cvdm import CVDM
 
     path = model_path(name_or_path)
+    if path.suffix.lower() == ".zip":  # a bioimage.io package exported by napari-cvdm
+        import tempfile
+
+        from .bioimageio_export import model_file_in_package
+
+        with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
+            return load_model(model_file_in_package(path, folder), device)
     header = read_model_header(path)
     config = _config_from_header(path, header)
     metadata = header["metadata"]

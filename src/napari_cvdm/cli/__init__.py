@@ -15,7 +15,7 @@ EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
 
 # name -> module (in this package); a new subcommand registers here.
-COMMANDS = {"predict": "predict", "train": "train", "info": "info"}
+COMMANDS = {"predict": "predict", "train": "train", "info": "info", "export": "export"}
 
 # What to change when memory runs out, in this front end's words.
 MEMORY_HINTS = {"predict": "use a smaller --tile-size, a smaller --batch-size or fewer "

@@ -1,0 +1,146 @@
+"""Export a model as a bioimage.io model package (zip), and find our model inside one.
+
+The package holds the weights as a PyTorch state dict of
+:class:`napari_cvdm.bioimageio_model.CVDMSampler` (architecture imported from this
+library), a test input and output, a cover image, a model card (README.md) and the original
+``.cvdm.safetensors`` file as an attachment, which :func:`model_file_in_package` finds so
+that napari-cvdm loads a package without unpickling anything. Needs the ``export`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .model_card import CARD_FIELDS, card_of
+from .model_header import MODEL_SUFFIX
+
+TEST_SIZE = 64
+SAMPLING = {"samples": 8, "steps": 10, "eta": 0.0, "seed": 0}
+
+
+def _png(path: Path, image: np.ndarray) -> None:
+    """A grayscale 8-bit PNG (no imaging library needed)."""
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    pixels = np.clip((image - lo) / max(hi - lo, 1e-12) * 255, 0, 255).astype(np.uint8)
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+
+    header = struct.pack(">IIBBBBB", pixels.shape[1], pixels.shape[0], 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                     + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+def _test_image(size: int) -> np.ndarray:
+    from .sample_data import path as sample_path
+    from .image_files import read_tiff
+
+    data = read_tiff(sample_path()).data.astype(np.float32)
+    return np.ascontiguousarray(data[..., :size, :size])
+
+
+def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any]) -> str:
+    lines = [f"# {name}", "", card["description"], "",
+             "## What one forward pass computes", "",
+             f"The network runs the whole CVDM reverse diffusion: {sampling['samples']} "
+             f"samples, each with {sampling['steps']} DDIM steps (eta {sampling['eta']}, "
+             f"seed {sampling['seed']}), from the input resampled onto a grid "
+             f"{config.scale} times finer; it returns their per-pixel mean (channel 0) and "
+             "standard deviation (channel 1) in the input's intensity units. Normalisation "
+             "(percentiles) is done inside. For other sample counts or steps, use "
+             "napari-cvdm itself (`pip install napari-cvdm`; `cvdm predict --model "
+             "this.zip`).", ""]
+    for key in CARD_FIELDS:
+        lines += [f"## {key.replace('_', ' ').capitalize()}", "", card[key], ""]
+    lines += ["## Validation", "", "Measured quality of napari-cvdm models (PSNR, SSIM and "
+              "the calibration of the uncertainty against held-out ground truth) is in the "
+              "training history of the attached .cvdm.safetensors file (`cvdm info "
+              "MODEL`) and in napari-cvdm's docs/benchmarks.md.", ""]
+    return "\n".join(lines)
+
+
+def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any] | None = None,
+                      overwrite: bool = False) -> Path:
+    """Write ``model`` (a name, path or CVDM) as a bioimage.io package zip at ``output``."""
+    import tifffile
+    import torch
+
+    from . import __version__
+    from .atomic import atomic_write
+    from .bioimageio_model import CVDMSampler
+    from .model_files import resolve_model, save_model
+
+    output = Path(output)
+    if output.suffix != ".zip":
+        raise ValueError(f"the package name must end with .zip, not {output.name!r}")
+    if output.exists() and not overwrite:
+        raise ValueError(f"the output {output} exists; allow overwriting to replace it")
+    net, info = resolve_model(model)
+    if net.config.channels != 1:
+        raise ValueError("only single-channel models can be exported")
+    sampling = {**SAMPLING, **(sampling or {})}
+    spec = _spec_module()
+    with tempfile.TemporaryDirectory(prefix="cvdm-export-") as tmp:
+        folder = Path(tmp)
+        wrapper = CVDMSampler(net.config.to_dict(), **sampling)
+        wrapper.model.load_state_dict(net.state_dict())
+        torch.save(wrapper.state_dict(), folder / "weights.pt")
+        name = info["name"]
+        save_model(net, folder / f"{name}{MODEL_SUFFIX}")
+        test_input = _test_image(TEST_SIZE)[None, None]
+        test_output = wrapper(torch.from_numpy(test_input)).numpy()
+        np.save(folder / "test_input.npy", test_input)
+        np.save(folder / "test_output.npy", test_output)
+        tifffile.imwrite(folder / "sample_input.tif", test_input[0, 0])
+        tifffile.imwrite(folder / "sample_output.tif", test_output[0])
+        upsampled = np.kron(test_input[0, 0], np.ones((net.config.scale,) * 2))
+        _png(folder / "cover.png", np.concatenate([upsampled, test_output[0, 0]], axis=1))
+        card = card_of(net.metadata)
+        (folder / "README.md").write_text(_readme(name, card, net.config, sampling))
+        descr = spec.describe(folder, name, card, net.config, sampling, __version__,
+                              torch.__version__)
+        with atomic_write(output) as part:
+            spec.save(descr, part)
+    return output
+
+
+def _spec_module():
+    try:
+        import bioimageio.spec  # noqa: F401
+    except ImportError:
+        raise ValueError("exporting to bioimage.io needs bioimageio.spec: pip install "
+                         "'napari-cvdm[export]'") from None
+    from . import bioimageio_spec
+
+    return bioimageio_spec
+
+
+def model_file_in_package(package: str | os.PathLike, folder: str | os.PathLike) -> Path:
+    """Extract the ``.cvdm.safetensors`` attachment of a package into ``folder``."""
+    package = Path(package)
+    try:
+        with zipfile.ZipFile(package) as archive:
+            members = [m for m in archive.infolist() if m.filename.endswith(MODEL_SUFFIX)
+                       and "/" not in m.filename and not m.is_dir()]
+            if len(members) != 1:
+                raise ValueError(f"{package} is a zip file but not a napari-cvdm model "
+                                 "package (it holds no .cvdm.safetensors attachment)")
+            if members[0].file_size > 4 * 2**30:
+                raise ValueError(f"{package}: the model attachment is too large")
+            target = Path(folder) / members[0].filename
+            with archive.open(members[0]) as src, open(target, "wb") as dst:
+                while block := src.read(1 << 20):
+                    dst.write(block)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ValueError(f"{package} could not be read as a model package ({exc})") from None
+    return target

@@ -1,0 +1,44 @@
+"""The network a bioimage.io consumer builds from an exported package: CVDM sampling in one call.
+
+A bioimage.io consumer (deepImageJ, bioimageio.core, ilastik) runs one forward pass. For
+CVDM that pass is the whole reverse diffusion: :class:`CVDMSampler` draws ``samples``
+reconstructions with ``steps`` DDIM steps (``eta``, fixed ``seed``) through
+:func:`napari_cvdm.predict` and returns their per-pixel mean and standard deviation as two
+channels, in the input's intensity units, ``scale`` times finer in Y and X.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .model.config import CVDMConfig
+from .model.cvdm import CVDM
+
+
+class CVDMSampler(nn.Module):
+    """``forward(x)``: x (batch, 1, Y, X) -> (batch, 2, scale*Y, scale*X): mean, std."""
+
+    def __init__(self, config: dict[str, Any], samples: int = 8, steps: int = 10,
+                 eta: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.model = CVDM(CVDMConfig.from_dict(config))
+        self.samples, self.steps, self.eta, self.seed = samples, steps, eta, seed
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .inference import predict
+
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected (batch, 1, Y, X), not {tuple(x.shape)}")
+        device = "cuda" if x.is_cuda else "cpu"
+        self.model.eval()
+        outputs = []
+        for image in x[:, 0].detach().float().cpu().numpy():
+            result = predict(image, self.model, samples=self.samples, steps=self.steps,
+                             eta=self.eta, seed=self.seed, device=device, sampler="ddim")
+            outputs.append(np.stack([result.mean, result.std]))
+        return torch.from_numpy(np.stack(outputs)).to(x.device)

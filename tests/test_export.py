@@ -1,0 +1,92 @@
+"""bioimage.io export: a package that bioimage.io validates offline and that runs."""
+
+from __future__ import annotations
+
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+
+import napari_cvdm as nc
+
+spec = pytest.importorskip("bioimageio.spec")
+
+from napari_cvdm.bioimageio_export import export_bioimageio  # noqa: E402
+
+FAST = {"samples": 2, "steps": 2}
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"), metadata={"name": "tiny-test"})
+    return model, export_bioimageio(model, tmp_path_factory.mktemp("x") / "tiny.zip", FAST)
+
+
+def test_the_package_passes_bioimageio_validation_offline(package):
+    _, path = package
+    descr = spec.load_description(path, perform_io_checks=True)
+    assert isinstance(descr, spec.ModelDescr), descr.validation_summary.format()
+    assert descr.validation_summary.status in ("valid-format", "passed")
+    assert descr.name == "CVDM tiny-test"
+    assert "2312.02246" in str(descr.cite[0].doi)
+    assert descr.outputs[0].axes[1].channel_names == ["mean", "std"]
+
+
+def test_the_package_holds_card_cover_and_test_tensors(package):
+    _, path = package
+    with zipfile.ZipFile(path) as archive:
+        names = set(archive.namelist())
+        readme = archive.read("README.md").decode()
+    assert {"rdf.yaml", "weights.pt", "test_input.npy", "test_output.npy", "cover.png",
+            "README.md", "tiny-test.cvdm.safetensors"} <= names
+    for heading in ("What one forward pass computes", "License", "Citation",
+                    "Training data", "Intended use", "Limitations"):
+        assert f"## {heading}" in readme
+
+
+def test_the_described_network_reproduces_the_test_output(package, tmp_path):
+    from napari_cvdm.bioimageio_model import CVDMSampler
+
+    _, path = package
+    descr = spec.load_description(path)
+    weights = descr.weights.pytorch_state_dict
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(tmp_path)
+    network = CVDMSampler(**weights.architecture.kwargs)
+    network.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    test_input = np.load(tmp_path / "test_input.npy")
+    expected = np.load(tmp_path / "test_output.npy")
+    out = network(torch.from_numpy(test_input)).numpy()
+    assert out.shape == (1, 2, 128, 128) == expected.shape
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    assert (out[:, 1] >= 0).all()
+
+
+def test_load_model_reads_a_package_without_unpickling(package):
+    model, path = package
+    loaded = nc.load_model(path)
+    assert loaded.config == model.config
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
+
+
+def test_export_refuses_an_existing_file_and_a_wrong_name(package, tmp_path):
+    model, path = package
+    with pytest.raises(ValueError, match="exists"):
+        export_bioimageio(model, path, FAST)
+    with pytest.raises(ValueError, match=".zip"):
+        export_bioimageio(model, tmp_path / "model.tar", FAST)
+
+
+def test_cvdm_export_writes_a_valid_package(tmp_path, capsys):
+    from napari_cvdm.cli import main
+
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"))
+    source = nc.save_model(model, tmp_path / "mine.cvdm.safetensors")
+    out = tmp_path / "mine.zip"
+    assert main(["export", str(source), "--bioimageio", str(out), "--samples", "2",
+                 "--steps", "2"]) == 0
+    assert isinstance(spec.load_description(out), spec.ModelDescr)
+    assert main(["export", str(source), "--bioimageio", str(out)]) == 2
+    assert "exists" in capsys.readouterr().err
