@@ -93,6 +93,11 @@ def test_a_patch_larger_than_the_images_is_lowered_to_the_largest_that_fits(view
                            preset="tiny", patch_size=64)
     assert job.settings.patch_size == 40
     assert "lowered from 64 to 40" in job.notes[0] and "80 x 200" in job.notes[0]
+    fitted = prepare_training(viewer, hq=["short"], output=tmp_path / "m.cvdm.safetensors",
+                              preset="tiny", patch_size=64, steps=2, batch_size=2,
+                              validation_every=2, precision="fp32")
+    fitted.run(device="cpu")  # the library accepts the patch size it was given
+    assert (tmp_path / "m.cvdm.safetensors").is_file()
     viewer.add_image(structure(12, 12), name="speck")
     with pytest.raises(ValueError, match="too small to train on: the smallest is 12 x 12"):
         prepare_training(viewer, hq=["speck"], output=tmp_path / "m.cvdm.safetensors",

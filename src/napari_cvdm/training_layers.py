@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import model_choices
-from .data import Pair, split_validation
+from .data import Pair, split_images, split_validation
 from .degradation import Degradation
 from .layers import _unwrap
 from .model.config import CVDMConfig
@@ -113,17 +113,24 @@ def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
 
 
 def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: float,
-                  wanted: int) -> int:
+                  wanted: int, simulated: bool = False) -> int:
     """The largest patch size <= ``wanted`` that every training image still holds after
-    the validation split (0 if none does); asks split_validation itself."""
+    the validation split (0 if none does); asks the library's own split functions."""
     step = math.lcm(scale, multiple)
     zeros = np.float32(0)
     for patch in range(wanted // step * step, 0, -step):
-        pairs = [Pair(np.broadcast_to(zeros, (h // scale, w // scale)),
-                      np.broadcast_to(zeros, (h // scale * scale, w // scale * scale)), str(i))
-                 for i, (h, w) in enumerate(hq_shapes)]
-        train, _ = split_validation(pairs, validation_fraction, patch)
-        if all(min(p.hq.shape) >= patch for p in train):
+        if simulated:  # high-quality images are split first, then simulated
+            train, _ = split_images([(np.broadcast_to(zeros, shape), str(i))
+                                     for i, shape in enumerate(hq_shapes)],
+                                    validation_fraction, patch)
+            sides = [(im.shape[0] // scale * scale, im.shape[1] // scale * scale)
+                     for im, _ in train]
+        else:
+            pairs = [Pair(np.broadcast_to(zeros, (h // scale, w // scale)),
+                          np.broadcast_to(zeros, (h // scale * scale, w // scale * scale)),
+                          str(i)) for i, (h, w) in enumerate(hq_shapes)]
+            sides = [p.hq.shape for p in split_validation(pairs, validation_fraction, patch)[0]]
+        if all(min(side) >= patch for side in sides):
             return patch
     return 0
 
@@ -276,13 +283,12 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
         raise ValueError("; ".join(problems))
 
     training_settings = _settings(config, init, settings)
-    shapes = [tuple(layer.data.shape[-2:]) for layer in (layers[1::2] if pairs is not None
-                                                          else layers)]
-    planes = [s for s, layer in zip(shapes, layers[1::2] if pairs is not None else layers)
+    targets = layers[1::2] if pairs is not None else layers
+    planes = [tuple(layer.data.shape[-2:]) for layer in targets
               for _ in range(int(np.prod(layer.data.shape[:-2], dtype=int)))]
     wanted = training_settings.patch_size
     fitted = largest_patch(planes, scale, math.lcm(PATCH_MULTIPLE, config.stride),
-                           training_settings.validation_fraction, wanted)
+                           training_settings.validation_fraction, wanted, simulated=hq is not None)
     if fitted == 0:
         smallest = min(planes, key=min)
         raise ValueError(f"the images are too small to train on: the smallest is "
