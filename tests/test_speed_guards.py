@@ -11,8 +11,9 @@ import pytest
 import torch
 
 import napari_cvdm as nc
-from napari_cvdm.inference import _conditioning, plan
+from napari_cvdm.planning import plan
 from napari_cvdm.resampling import upsample
+from napari_cvdm.tile_sampling import conditioning as _conditioning
 from napari_cvdm.tiling import StatisticsBlender, Tile, blend_weight, tile_grid
 
 CPU = torch.device("cpu")
@@ -227,7 +228,8 @@ def test_compile_falls_back_to_eager_with_a_warning(tiny_model, monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     image = np.random.rand(16, 16)
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
-        result = nc.predict(image, tiny_model, samples=1, steps=2, seed=0, compile=True)
-    eager = nc.predict(image, tiny_model, samples=1, steps=2, seed=0)
+        result = nc.predict(image, tiny_model, samples=1, steps=2, seed=0, compile=True,
+                            precision="fp32")
+    eager = nc.predict(image, tiny_model, samples=1, steps=2, seed=0, precision="fp32")
     assert not result.info["compiled"]
     np.testing.assert_array_equal(result.mean, eager.mean)
