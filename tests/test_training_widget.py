@@ -205,3 +205,16 @@ def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running
     assert notifications["error"] == []
+
+
+def test_the_simulation_follows_the_scale_of_the_starting_point(viewer_and_widget):
+    viewer, widget = viewer_and_widget
+    cells = viewer.add_image(structure(96, 120), name="cells")
+    widget.set_data(hq=[cells])
+    widget._show_simulation.value = True
+    assert viewer.layers["cells simulated low-quality"].data.shape == (48, 60)  # demo: x2
+    assert not widget._optics["scale"].enabled  # fine-tuning keeps the model's scale
+    widget.set_options(scale=3)
+    widget.set_start("preset:tiny")
+    assert widget._optics["scale"].enabled
+    assert viewer.layers["cells simulated low-quality"].data.shape == (32, 40)

@@ -93,6 +93,7 @@ class TrainingWidget(Container):
 
         self._source.changed.connect(self._on_source_changed)
         self._start.changed.connect(self._on_start_changed)
+        self._init_file.changed.connect(self.update_simulation)
         for widget in (self._hq, self._lq):
             widget.changed.connect(self._on_data_changed)
         for widget in (*self._optics.values(), self._show_simulation):
@@ -131,6 +132,7 @@ class TrainingWidget(Container):
     def _on_start_changed(self) -> None:
         self._init_file.visible = self._start.value == "file"
         self._optics["scale"].enabled = str(self._start.value).startswith("preset:")
+        self.update_simulation()  # the scale follows the model to fine-tune
 
     def _on_data_changed(self) -> None:
         if self._source.value == PAIRS:
