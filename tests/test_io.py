@@ -192,3 +192,20 @@ def test_resolve_model_gives_the_model_and_its_provenance(tiny_model, tmp_path):
     assert same is tiny_model and memory["path"] is None and memory["sha256"] is None
     with pytest.raises(ValueError, match="bundled model name"):
         resolve_model(3)
+
+
+def test_cvdm_info_prints_the_model_card_without_paths(tiny_model, tmp_path, capsys):
+    from napari_cvdm.cli import main
+
+    tiny_model.metadata = {"training": {"step": 7, "data": {"mode": "pairs", "images": 4,
+                                                            "lq": "/data/private/lq"}}}
+    path = nc.save_model(tiny_model, tmp_path / "cells.cvdm.safetensors")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("cells: x2 super-resolution, preset tiny, trained 7 steps")
+    for field in ("description:", "license: BSD-3-Clause", "citation:", "intended use:",
+                  "limitations:", "training data: 4 measured pairs"):
+        assert field in out
+    assert hashlib.sha256(path.read_bytes()).hexdigest() in out
+    assert "/data/private" not in out
+    assert main(["info", str(tmp_path / "missing.cvdm.safetensors")]) == 2
