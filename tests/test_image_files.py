@@ -279,3 +279,25 @@ def test_a_tiff_with_a_zero_pixel_size_reads_without_one(tmp_path):
     path.write_bytes(bytes(raw))
     image = read_tiff(path)
     assert image.pixel_size is None and image.data.shape == (8, 8)
+
+
+def test_a_prediction_written_with_its_provenance(tiny_model, tmp_path):
+    import napari_cvdm as nc
+    from napari_cvdm.model_files import resolve_model
+    from napari_cvdm.tiff_writer import result_provenance
+
+    model_path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    model, summary = resolve_model(model_path)
+    path, axes = _input(tmp_path, "ZYX", "ome")
+    image = read_tiff(path, scale=model.config.scale)
+    result = nc.predict(image.data, model, samples=2, steps=2, seed=5, device="cpu")
+    spec = spec_for(image, result.scale, result_provenance(summary, result))
+    mean_path, var_path = write_ome_tiffs([(tmp_path / "m.ome.tif", result.mean),
+                                           (tmp_path / "v.ome.tif", result.variance)], spec)
+    again = read_tiff(mean_path)
+    assert again.axes == "ZYX" and again.data.shape == (3, 12, 10)
+    assert again.physical["X"].size == pytest.approx(0.05)
+    _, _, root = _pixels(var_path)
+    pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
+    assert pairs["model_sha256"] == summary["sha256"] and pairs["seed"] == "5"
+    assert pairs["samples"] == "2" and pairs["precision"] and pairs["date"].startswith("20")

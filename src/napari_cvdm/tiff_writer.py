@@ -238,3 +238,23 @@ def write_tiffs(items, pixel_size=None, unit: str = "", axes: str = "",
 def spec_for(image, scale: int, provenance: dict[str, Any] | None = None) -> OutputSpec:
     """The output description of a prediction from ``image`` (an ImageFile) at ``scale``."""
     return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance)
+
+
+def result_provenance(model_summary: dict[str, Any], result, **extra: Any) -> dict[str, Any]:
+    """The provenance of a prediction as one flat dict (for OME, OME-Zarr and layers).
+
+    ``model_summary`` is the second value of :func:`napari_cvdm.model_files.resolve_model`;
+    ``result`` a :class:`~napari_cvdm.inference.PredictionResult`.
+    """
+    import datetime
+
+    from . import __version__
+
+    info = getattr(result, "info", {}) or {}
+    return {"napari_cvdm": __version__, "model": model_summary.get("name"),
+            "model_sha256": model_summary.get("sha256"), "seed": result.seed,
+            "samples": result.samples, "steps": result.steps, "eta": result.eta,
+            "sampler": result.sampler, "precision": info.get("precision"),
+            "device": result.device, "scale": result.scale,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            **extra}
