@@ -261,7 +261,9 @@ def test_a_chain_of_images_that_loops_is_refused(tmp_path):
     with pytest.raises(ValueError, match="loops back"):
         read_tiff(path)
     stack = tmp_path / "stack.tif"
-    tifffile.imwrite(stack, np.zeros((3, 6, 5), np.uint16))
+    with tifffile.TiffWriter(stack) as writer:
+        for _ in range(3):
+            writer.write(np.zeros((6, 5), np.uint16))
     assert count_pages(stack) == 3
 
 def test_a_tiff_declaring_an_enormous_image_is_refused_before_reading(tmp_path, monkeypatch):
