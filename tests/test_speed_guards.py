@@ -233,3 +233,48 @@ def test_compile_falls_back_to_eager_with_a_warning(tiny_model, monkeypatch):
     eager = nc.predict(image, tiny_model, samples=1, steps=2, seed=0, precision="fp32")
     assert not result.info["compiled"]
     np.testing.assert_array_equal(result.mean, eager.mean)
+
+
+class _CountCasts:
+    """Counts the dtype conversions (aten::_to_copy, autocast's included) inside the block."""
+
+    def __enter__(self):
+        from torch.profiler import ProfilerActivity, profile
+
+        self.prof = profile(activities=[ProfilerActivity.CPU])
+        self.prof.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.prof.__exit__(*exc)
+        self.casts = sum(e.count for e in self.prof.key_averages() if e.key == "aten::_to_copy")
+
+
+@pytest.mark.parametrize("autocast_path", [False, True])
+def test_bf16_sampling_converts_no_weights_per_step(tiny_model, autocast_path):
+    """The bfloat16 denoiser copy is made once; each step only casts its inputs and output
+    (autocast, by contrast, re-casts every convolution's weights at every step)."""
+    from napari_cvdm.precision import Precision
+    from napari_cvdm.sampling import sample
+
+    net = tiny_model.eval()
+    convs = sum(isinstance(m, torch.nn.Conv2d) for m in net.denoiser.modules())
+    x = torch.randn(1, 1, 16, 16)
+    noise = torch.randn(1, 1, 1, 16, 16)
+    denoise = (lambda z, i, g: net.denoise(z, i, g)) if autocast_path else None
+    def per_step(precision):
+        run = lambda k: sample(net, x, noise, steps=k, eta=0.0, denoise=denoise,  # noqa: E731
+                               precision=precision)
+        with torch.inference_mode():
+            run(1)  # builds the cached copy
+            with _CountCasts() as one:
+                run(1)
+            with _CountCasts() as four:
+                run(4)
+        return (four.casts - one.casts) / 3
+
+    extra = per_step(Precision("bf16", "cpu")) - per_step(None)  # casts the float32 run lacks
+    if autocast_path:
+        assert extra >= convs
+    else:  # the network's two inputs, its output, and a few scalars
+        assert 0 < extra <= 6 < convs
