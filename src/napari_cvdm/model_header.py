@@ -147,6 +147,15 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") 
         p = norm["percentiles"]
         need(isinstance(p, list) and len(p) == 2 and all(type(v) in (int, float) for v in p)
              and 0 <= p[0] < p[1] <= 100, "normalization.percentiles")
+    if metadata.get("calibration") is not None:
+        from .calibration import check
+
+        try:
+            check(metadata["calibration"])
+        except ValueError:
+            need(False, "calibration")
+    intended = metadata.get("intended", {})
+    need(isinstance(intended, dict), "intended")
 
 
 def _check_value(name: str, value: Any, default: Any) -> bool:
