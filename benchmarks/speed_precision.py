@@ -123,8 +123,9 @@ def part_predict(args) -> dict:
     for size in args.sizes:
         img = np.random.default_rng(0).random((size, size)).astype(np.float32)
         samples, steps = (1, 1) if size > 256 else (args.samples, args.steps)
-        fns = {p: (lambda p=p: nc.predict(img, net, samples=samples, steps=steps, seed=0,
-                                          precision=p)) for p in ("fp32", "bf16")}
+        fns = {p: (lambda p=p, img=img, samples=samples, steps=steps: nc.predict(
+            img, net, samples=samples, steps=steps, seed=0, precision=p))
+            for p in ("fp32", "bf16")}
         best = alternate(fns, 1 if size >= 1024 else args.reps)
         rows.append({"input": size, "samples": samples, "steps": steps, "seconds": best,
                      "bf16/fp32": best["bf16"] / best["fp32"]})

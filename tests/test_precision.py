@@ -11,8 +11,12 @@ from torch import nn
 import napari_cvdm as nc
 from napari_cvdm import devices, precision
 from napari_cvdm.normalization import Normalization
-from napari_cvdm.precision import (Precision, low_precision_denoise, resolve_precision,
-                                   supported_precisions)
+from napari_cvdm.precision import (
+    Precision,
+    low_precision_denoise,
+    resolve_precision,
+    supported_precisions,
+)
 from napari_cvdm.resampling import upsample
 from napari_cvdm.sampling import sample
 

@@ -263,7 +263,7 @@ def test_bf16_sampling_converts_no_weights_per_step(tiny_model, autocast_path):
     noise = torch.randn(1, 1, 1, 16, 16)
     denoise = (lambda z, i, g: net.denoise(z, i, g)) if autocast_path else None
     def per_step(precision):
-        run = lambda k: sample(net, x, noise, steps=k, eta=0.0, denoise=denoise,  # noqa: E731
+        run = lambda k: sample(net, x, noise, steps=k, eta=0.0, denoise=denoise,
                                precision=precision)
         with torch.inference_mode():
             run(1)  # builds the cached copy

@@ -91,7 +91,7 @@ def _glibc():
         if sys.platform.startswith("linux"):
             try:
                 libc = ctypes.CDLL("libc.so.6")
-                libc.gnu_get_libc_version  # glibc only (not musl)
+                libc.gnu_get_libc_version  # noqa: B018  (glibc only, not musl)
                 _libc = libc
             except (OSError, AttributeError):
                 pass
