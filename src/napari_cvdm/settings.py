@@ -158,3 +158,60 @@ def settings_from(settings: PredictSettings | None, options: dict[str, Any]) -> 
     if not isinstance(base, PredictSettings):
         raise TypeError(f"settings must be a PredictSettings, not {type(base).__name__}")
     return base.replace(**options) if options else base
+
+
+def _presets() -> tuple[str, ...]:
+    from .model.config import PRESETS
+
+    return tuple(PRESETS)
+
+
+SCHEDULES = ("learned", "linear", "cosine")
+
+
+@dataclass
+class TrainSettings:
+    """How to train (``train()``, ``cvdm train``, the training widget); checked on creation."""
+
+    preset: str = option("small", "model size for a new model", choices=_presets())
+    steps: int = option(1000, "training steps", min=1, max=10**9)
+    batch_size: int = option(8, "patches per step", min=1, max=4096)
+    patch_size: int = option(64, "high-quality pixels per side of a patch", min=8, max=8192)
+    learning_rate: float | None = option(None, "Adam learning rate", min=1e-12, max=1.0,
+                                         auto="1e-4 for the paper preset, 2e-4 else")
+    ema_decay: float = option(0.999, "decay of the weights' moving average that is saved",
+                              min=0.0, max=0.999999)
+    validation_fraction: float = option(0.15, "share of the images kept for validation",
+                                        min=0.0, max=0.95)
+    validation_every: int = option(500, "steps between validations", min=1, max=10**9)
+    validation_patches: int = option(8, "patches per validation", min=1, max=10**6)
+    validation_steps: int = option(10, "sampling steps per validation patch", min=1,
+                                   max=MAX_STEPS)
+    checkpoint_every: int = option(500, "steps between checkpoints", min=1, max=10**9)
+    first_checkpoint: int = option(50, "steps before the first checkpoint (an early one: a "
+                                   "killed run keeps it)", min=1, max=10**9)
+    seed: int = option(0, "random seed of the run")
+    schedule: str | None = option(None, "noise schedule", choices=SCHEDULES,
+                                  auto="the preset's")
+    mean_network: bool | None = option(None, "the ZMD mean network on or off",
+                                       auto="the preset's")
+    grad_clip: float = option(1.0, "gradient norm clip", min=0.0, max=1e6)
+    precision: str = option("auto", "the networks' arithmetic (auto: bf16 on CPUs built "
+                            "for it)", choices=PRECISIONS)
+    init: str | None = option(None, "fine-tune a bundled model or a model file",
+                              auto="a new model")
+    config_overrides: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "changes to the preset's configuration", "cli": False})
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            check_field(f, getattr(self, f.name))
+        if self.mean_network is not None and not isinstance(self.mean_network, bool):
+            raise ValueError(f"mean network must be True, False or None, not "
+                             f"{self.mean_network!r}")
+        self.seed = reduce_seed(self.seed)
+
+    def lr(self) -> float:
+        if self.learning_rate is not None:
+            return self.learning_rate
+        return 1e-4 if self.preset == "paper" else 2e-4

@@ -15,7 +15,6 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,38 +33,14 @@ from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES
 from .precision import resolve_precision
 from .sampling import sample
+from .settings import TrainSettings
 from .training_data import prepare_data
 
 SIMULATION_REFRESH = 100  # steps between fresh simulated optics of the training set
 FIRST_CHECKPOINT_SECONDS = 300  # the first checkpoint comes after this long at the latest
 
 
-@dataclass
-class TrainingSettings:
-    preset: str = "small"
-    steps: int = 1000
-    batch_size: int = 8
-    patch_size: int = 64
-    learning_rate: float | None = None   # None: the paper's 1e-4 for "paper", 2e-4 else
-    ema_decay: float = 0.999
-    validation_fraction: float = 0.15
-    validation_every: int = 500
-    validation_patches: int = 8
-    validation_steps: int = 10
-    checkpoint_every: int = 500
-    first_checkpoint: int = 50           # an early first checkpoint: a killed run keeps it
-    seed: int = 0
-    schedule: str | None = None          # override the preset: learned, linear, cosine
-    mean_network: bool | None = None     # override the preset's ZMD mean network
-    grad_clip: float = 1.0
-    precision: str = "auto"              # auto, fp32, bf16, fp16 (networks only)
-    init: str | None = None              # fine-tune: a bundled model name or a model file
-    config_overrides: dict[str, Any] = field(default_factory=dict)
-
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.preset == "paper" else 2e-4
+TrainingSettings = TrainSettings  # the old name; the class lives in settings.py
 
 
 def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
