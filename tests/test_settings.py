@@ -139,3 +139,13 @@ def test_the_model_files_normalisation_percentiles_are_used(tiny_model):
     tiny_model.metadata["normalization"] = {"percentiles": [5.0, 95.0], "range": [-1, 1]}
     other = nc.predict(image, tiny_model, samples=1, steps=1, seed=0)
     assert not np.array_equal(default.mean, other.mean)
+
+
+def test_train_command_line_defaults_are_the_train_settings_defaults():
+    from napari_cvdm.settings import TrainSettings
+
+    args = _parser().parse_args(["train", "--hq", "x", "--steps", "5", "-o", "m"])
+    skip = {"steps", "mean_network", "config_overrides"}
+    for f in dataclasses.fields(TrainSettings):
+        if f.name not in skip:
+            assert getattr(args, f.name) == f.default, f.name

@@ -178,12 +178,14 @@ class TrainSettings:
     batch_size: int = option(8, "patches per step", min=1, max=4096)
     patch_size: int = option(64, "high-quality pixels per side of a patch", min=8, max=8192)
     learning_rate: float | None = option(None, "Adam learning rate", min=1e-12, max=1.0,
-                                         auto="1e-4 for the paper preset, 2e-4 else")
+                                         auto="1e-4 for the paper preset, 2e-4 else",
+                                         cli="--lr")
     ema_decay: float = option(0.999, "decay of the weights' moving average that is saved",
                               min=0.0, max=0.999999)
     validation_fraction: float = option(0.15, "share of the images kept for validation",
                                         min=0.0, max=0.95)
-    validation_every: int = option(500, "steps between validations", min=1, max=10**9)
+    validation_every: int = option(500, "steps between validations", min=1, max=10**9,
+                                   cli="--validate-every")
     validation_patches: int = option(8, "patches per validation", min=1, max=10**6)
     validation_steps: int = option(10, "sampling steps per validation patch", min=1,
                                    max=MAX_STEPS)
@@ -194,12 +196,13 @@ class TrainSettings:
     schedule: str | None = option(None, "noise schedule", choices=SCHEDULES,
                                   auto="the preset's")
     mean_network: bool | None = option(None, "the ZMD mean network on or off",
-                                       auto="the preset's")
+                                       auto="the preset's", cli=False)
     grad_clip: float = option(1.0, "gradient norm clip", min=0.0, max=1e6)
     precision: str = option("auto", "the networks' arithmetic (auto: bf16 on CPUs built "
                             "for it)", choices=PRECISIONS)
-    init: str | None = option(None, "fine-tune a bundled model or a model file",
-                              auto="a new model")
+    init: str | None = option(None, "fine-tune a bundled model or a model file (fresh "
+                              "optimizer; its scale and preset are used)",
+                              auto="a new model", metavar="MODEL")
     config_overrides: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "changes to the preset's configuration", "cli": False})
 

@@ -24,8 +24,10 @@ def _shown_default(f: dataclasses.Field) -> str:
     return str(f.default)
 
 
-def add_options(parser, settings_class, skip: tuple[str, ...] = ()) -> None:
-    """One option per field of ``settings_class`` (except ``skip``), defaults from it."""
+def add_options(parser, settings_class, skip: tuple[str, ...] = (),
+                required: tuple[str, ...] = ()) -> None:
+    """One option per field of ``settings_class`` (except ``skip``), defaults from it;
+    the ``required`` ones have no default on the command line."""
     for f in dataclasses.fields(settings_class):
         if f.name in skip or f.metadata.get("cli") is False:
             continue
@@ -40,6 +42,9 @@ def add_options(parser, settings_class, skip: tuple[str, ...] = ()) -> None:
                 kwargs["choices"] = tuple(meta["choices"])
             if "metavar" in meta:
                 kwargs["metavar"] = meta["metavar"]
+        if f.name in required:
+            kwargs.update(required=True, help=meta["help"])
+            del kwargs["default"]
         parser.add_argument(flag(f), **kwargs)
 
 
@@ -49,7 +54,7 @@ def settings_from_args(settings_class, args, skip: tuple[str, ...] = (), **extra
 
     values = dict(extra)
     for f in dataclasses.fields(settings_class):
-        if f.name in skip or not hasattr(args, f.name):
+        if f.name in skip or f.metadata.get("cli") is False or not hasattr(args, f.name):
             continue
         value = getattr(args, f.name)
         try:

@@ -18,6 +18,9 @@ EPILOG = """examples:
 def add_parser(sub) -> None:
     import argparse
 
+    from ..settings import TrainSettings
+    from .options import add_options
+
     t = sub.add_parser("train", help="train a model from image pairs, high-quality images or "
                        "generated structures", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,29 +31,13 @@ def add_parser(sub) -> None:
     t.add_argument("--synthetic", nargs="+", metavar="KIND", default=(),
                    help="generated structures (microtubules actin er ccp mitochondria), alone "
                    "or with --hq")
-    t.add_argument("--init", metavar="MODEL", default=None,
-                   help="fine-tune a bundled model or model file (fresh optimizer; its scale "
-                   "and preset are used)")
-    t.add_argument("--preset", default="small", choices=("tiny", "small", "paper"),
-                   help="model size for a new model (default: small)")
-    t.add_argument("--steps", type=int, required=True, help="training steps")
     t.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_FILE")
     t.add_argument("--resume", action="store_true", help="continue the run that wrote MODEL_FILE")
-    t.add_argument("--batch-size", type=int, default=8, help="patches per step (default: 8)")
-    t.add_argument("--patch-size", type=int, default=64, help="high-quality pixels (default: 64)")
-    t.add_argument("--lr", type=float, default=None, help="default: 1e-4 (paper), 2e-4 else")
-    t.add_argument("--schedule", choices=("learned", "linear", "cosine"), default=None,
-                   help="noise schedule (default: the preset's, learned)")
+    add_options(t, TrainSettings, required=("steps",))
     t.add_argument("--mean-network", choices=("on", "off"), default=None,
                    help="ZMD mean network (default: the preset's)")
-    t.add_argument("--validate-every", type=int, default=500, help="steps (default: 500)")
-    t.add_argument("--checkpoint-every", type=int, default=500, help="steps (default: 500)")
-    t.add_argument("--first-checkpoint", type=int, default=50,
-                   help="steps before the first checkpoint (default: 50, or 5 minutes)")
-    t.add_argument("--seed", type=int, default=0, help="default: 0")
-    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
-                   help="the networks' arithmetic (default: auto = bf16 on CPUs with it)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps "
+                   "(default: auto)")
     sim = t.add_argument_group("simulation (with --hq or --synthetic)")
     sim.add_argument("--scale", type=int, default=None,
                      help="default: 2, or the scale of the --init model")
@@ -72,14 +59,6 @@ def _check_train_args(args) -> None:
     sources = [args.pairs is not None, args.hq is not None or bool(args.synthetic)]
     if sum(sources) != 1:
         raise ValueError("give --pairs LQ_DIR HQ_DIR, or --hq HQ_DIR and/or --synthetic KIND ...")
-    for name in ("steps", "batch_size", "validate_every", "checkpoint_every", "first_checkpoint"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, "
-                             f"not {getattr(args, name)}")
-    if args.patch_size < 8:
-        raise ValueError(f"--patch-size must be at least 8 pixels, not {args.patch_size}")
-    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
-        raise ValueError(f"--lr must be a positive number, not {args.lr}")
     if args.scale is not None and args.scale not in (1, 2, 3, 4):
         raise ValueError(f"--scale must be 1, 2, 3 or 4, not {args.scale}")
     if len(args.psf_sigma) > 2 or not all(math.isfinite(s) and s > 0 for s in args.psf_sigma):
@@ -101,16 +80,14 @@ def _check_train_args(args) -> None:
 def run(args) -> int:
     from ..degradation import Degradation
     from ..errors import TrainingDiverged
-    from ..training import TrainingSettings, train
+    from ..settings import TrainSettings
+    from ..training import train
+    from .options import settings_from_args
 
+    settings = settings_from_args(
+        TrainSettings, args,
+        mean_network=None if args.mean_network is None else args.mean_network == "on")
     _check_train_args(args)
-    settings = TrainingSettings(
-        preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-        patch_size=args.patch_size, learning_rate=args.lr, schedule=args.schedule,
-        mean_network=None if args.mean_network is None else args.mean_network == "on",
-        validation_every=args.validate_every, checkpoint_every=args.checkpoint_every,
-        first_checkpoint=args.first_checkpoint, seed=args.seed, precision=args.precision,
-        init=args.init)
     degradation = None
     if args.pairs is None:
         scale = args.scale or 2
