@@ -77,3 +77,46 @@ def test_train_command_writes_a_model(tmp_path, nuclei_truth):
     code = main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "2", "-o", str(out),
                  "--patch-size", "32", "--batch-size", "2", "--photons", "50", "100"])
     assert code == 0 and out.is_file()
+
+
+def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
+                                                            tiny_model_file, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("a.tif", "b.tiff"):
+        tifffile.imwrite(data / name, nuclei_widefield[:16, :16])
+    (data / "notes.txt").write_text("not an image")
+    common = ["--model", str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]
+    assert main(["predict", str(data), "-o", str(tmp_path / "o1"), *common]) == 0
+    out = capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == [
+        "a_cvdm_mean.tif", "a_cvdm_var.tif", "b_cvdm_mean.tif", "b_cvdm_var.tif"]
+    assert out.count("(seed ") == 2  # no --seed: the seed drawn is printed, to repeat the run
+    assert main(["predict", str(data / "*.tif"), "-o", str(tmp_path / "o2"), *common,
+                 "--seed", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == [
+        "a_cvdm_mean.tif", "a_cvdm_var.tif"]
+    assert "(seed 3," in capsys.readouterr().out
+    assert main(["predict", str(tmp_path / "none*.tif"), "-o", str(tmp_path / "o3"),
+                 *common]) == 2
+    assert "no files match" in capsys.readouterr().err
+
+
+def test_version_is_printed(capsys):
+    from napari_cvdm import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"napari-cvdm {__version__}"
+
+
+def test_ctrl_c_while_starting_is_a_clean_exit_130(monkeypatch, capsys):
+    from napari_cvdm import cli
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_parser", interrupted)
+    assert main(["predict", "x.tif", "-o", "out"]) == 130
+    assert "cancelled" in capsys.readouterr().err
