@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
     t.add_argument("--synthetic", nargs="+", metavar="KIND", default=(),
                    help="generated structures (microtubules actin er ccp mitochondria), alone "
                    "or with --hq")
-    t.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_FILE")
+    t.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_FILE",
+                   help="the model file to write (.cvdm.safetensors)")
     t.add_argument("--resume", action="store_true", help="continue the run that wrote MODEL_FILE")
     add_options(t, TrainSettings, required=("steps",))
     t.add_argument("--mean-network", choices=("on", "off"), default=None,
@@ -41,13 +42,20 @@ def add_parser(sub) -> None:
     sim = t.add_argument_group("simulation (with --hq or --synthetic)")
     sim.add_argument("--scale", type=int, default=None,
                      help="default: 2, or the scale of the --init model")
-    sim.add_argument("--psf", choices=("gaussian", "airy"), default="gaussian")
+    sim.add_argument("--psf", choices=("gaussian", "airy"), default="gaussian",
+                     help="point spread function (default: gaussian)")
     sim.add_argument("--psf-sigma", type=float, nargs="+", default=(1.5,), metavar="SIGMA",
                      help="PSF width in high-quality pixels, or MIN MAX drawn per image "
                      "(default: 1.5)")
-    sim.add_argument("--photons", type=float, nargs=2, default=(30.0, 1000.0), metavar=("MIN", "MAX"))
-    sim.add_argument("--background", type=float, nargs=2, default=(0.0, 10.0), metavar=("MIN", "MAX"))
-    sim.add_argument("--read-noise", type=float, nargs=2, default=(0.5, 3.0), metavar=("MIN", "MAX"))
+    sim.add_argument("--photons", type=float, nargs=2, default=(30.0, 1000.0),
+                     metavar=("MIN", "MAX"), help="expected photon count at the bright end, drawn "
+                     "log-uniformly per image (default: 30 1000)")
+    sim.add_argument("--background", type=float, nargs=2, default=(0.0, 10.0),
+                     metavar=("MIN", "MAX"), help="background photons per pixel "
+                     "(default: 0 10)")
+    sim.add_argument("--read-noise", type=float, nargs=2, default=(0.5, 3.0),
+                     metavar=("MIN", "MAX"), help="camera read noise, electrons (standard deviation) "
+                     "(default: 0.5 3)")
 
 
 def _check_train_args(args) -> None:
