@@ -90,12 +90,13 @@ def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_wi
     assert main(["predict", str(data), "-o", str(tmp_path / "o1"), *common]) == 0
     out = capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == [
-        "a_cvdm_mean.tif", "a_cvdm_var.tif", "b_cvdm_mean.tif", "b_cvdm_var.tif"]
+        "a_cvdm_mean.tif", "a_cvdm_std.tif", "a_cvdm_var.tif", "b_cvdm_mean.tif",
+        "b_cvdm_std.tif", "b_cvdm_var.tif"]
     assert out.count("(seed ") == 2  # no --seed: the seed drawn is printed, to repeat the run
     assert main(["predict", str(data / "*.tif"), "-o", str(tmp_path / "o2"), *common,
                  "--seed", "3"]) == 0
     assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == [
-        "a_cvdm_mean.tif", "a_cvdm_var.tif"]
+        "a_cvdm_mean.tif", "a_cvdm_std.tif", "a_cvdm_var.tif"]
     assert "(seed 3," in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "none*.tif"), "-o", str(tmp_path / "o3"),
                  *common]) == 2

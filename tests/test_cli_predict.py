@@ -65,8 +65,21 @@ def test_a_failed_rerun_keeps_the_previous_complete_outputs(two_tiffs, tiny_mode
         Path(path).write_bytes(b"new")
 
     monkeypatch.setattr(tifffile, "imwrite", failing_imwrite)
-    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "9") == 1
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "9",
+                "--overwrite") == 1
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_existing_outputs_are_refused_before_any_work_unless_overwrite(two_tiffs, tiny_model_file,
+                                                                      tmp_path, capsys):
+    out = tmp_path / "out"
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "1") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "2") == 2
+    assert "exists" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "2", "--overwrite") == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} != before
 
 
 def test_an_interruption_during_predict_leaves_no_files_for_that_input(
@@ -86,7 +99,8 @@ def test_an_interruption_during_predict_leaves_no_files_for_that_input(
     monkeypatch.setattr(cli, "ProgressBar", InterruptingBar)
     code = _cli(two_tiffs, out, tiny_model_file)
     assert code == 130 and "no partial output was written" in capsys.readouterr().err
-    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_var.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_std.tif",
+                                                   "first_cvdm_var.tif"]
     assert read_tiff(out / "first_cvdm_var.tif").data.shape == (48, 40)
 
 
@@ -110,7 +124,8 @@ def test_an_exception_inside_predict_leaves_no_files_for_that_input(
     with pytest.raises(RuntimeError, match="simulated failure"):
         _cli(two_tiffs, out, tiny_model_file, "--quiet")
     assert len(calls) == 2
-    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_var.tif"]
+    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_std.tif",
+                                                   "first_cvdm_var.tif"]
 
 
 def test_the_input_file_is_never_modified(two_tiffs, tiny_model_file, tmp_path):

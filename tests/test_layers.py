@@ -62,9 +62,10 @@ def test_run_on_layer_adds_mean_and_variance_on_the_finer_grid(make_napari_viewe
                                                                tiny_model):
     viewer = make_napari_viewer()
     layer = viewer.add_image(image, name="cells", scale=(0.2, 0.2), translate=(5.0, 7.0))
-    mean, var = run_on_layer(viewer, layer, model=tiny_model, seed=3, **FAST)
-    assert [lyr.name for lyr in viewer.layers] == ["cells", "cells CVDM mean",
-                                                   "cells CVDM variance"]
+    mean, var = run_on_layer(viewer, layer, model=tiny_model, seed=3, show="variance", **FAST)
+    # The uncertainty below the mean: a finished run shows the reconstruction on top.
+    assert [lyr.name for lyr in viewer.layers] == ["cells", "cells CVDM variance",
+                                                   "cells CVDM mean"]
     for out in (mean, var):
         assert out.data.shape == (48, 64)
         np.testing.assert_allclose(out.scale, [0.1, 0.1])
@@ -98,10 +99,31 @@ def test_run_on_layer_std_is_the_square_root_of_the_variance(make_napari_viewer,
                                                            tiny_model):
     viewer = make_napari_viewer()
     layer = viewer.add_image(image, name="cells")
-    _, var = run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
-    _, std = run_on_layer(viewer, layer, model=tiny_model, seed=5, show="std", **FAST)
+    _, var = run_on_layer(viewer, layer, model=tiny_model, seed=5, show="variance", **FAST)
+    _, std = run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)  # the default
     assert std.name == "cells CVDM std"
+    # An uncalibrated model: the std is the samples' own.
     np.testing.assert_allclose(std.data**2, var.data, rtol=1e-5, atol=1e-6)
+
+
+def test_a_calibrated_model_shows_the_calibrated_std(make_napari_viewer, image, tiny_model):
+    from napari_cvdm import calibration
+
+    rng = np.random.default_rng(0)
+    raw = rng.uniform(0.001, 0.5, 5000)
+    tiny_model.metadata["calibration"] = calibration.fit(raw, np.abs(rng.normal(0, 3 * raw)))
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="cells")
+    _, var = run_on_layer(viewer, layer, model=tiny_model, seed=5, show="variance", **FAST)
+    _, std = run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
+    assert np.median(std.data / np.sqrt(np.maximum(var.data, 1e-12))) > 2  # 3x overconfident
+
+
+def test_an_inverted_image_gives_a_warning(make_napari_viewer, image, tiny_model):
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image.max() - image, name="inverted")
+    with pytest.warns(UserWarning, match="transmitted light"):
+        run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
 
 
 def test_run_on_layer_leaves_the_input_untouched(make_napari_viewer, image, tiny_model):

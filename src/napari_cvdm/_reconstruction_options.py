@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .devices import available_devices
+from .layers import SHOW
 from .settings import PredictSettings, check_field
 
 # Options whose "automatic" value (None in the settings) is shown as a number in a spin box.
@@ -40,7 +41,7 @@ class ReconstructionOptions:
     show the uncertainty."""
 
     settings: PredictSettings = field(default_factory=PredictSettings)
-    show: str = "variance"
+    show: str = SHOW[0]
 
     def predict_kwargs(self) -> dict[str, Any]:
         return {f.name: getattr(self.settings, f.name) for f in fields(PredictSettings)
@@ -97,7 +98,7 @@ def load_options() -> dict[str, Any]:
         try:
             if name in checks and not (name in AUTO and value == AUTO[name]):
                 check_field(checks[name], value)
-            elif name == "show" and value not in ("variance", "std"):
+            elif name == "show" and value not in SHOW:
                 continue
             out[name] = value
         except ValueError:

@@ -27,7 +27,7 @@ from magicgui.widgets import (
 )
 from napari.layers import Image
 from napari.qt.threading import create_worker
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from . import model_choices
@@ -40,7 +40,7 @@ from ._reconstruction_options import (
 )
 from .errors import Cancelled, OutOfMemory, is_out_of_memory
 from .inference import predict
-from .layers import SHOW, check_layer, model_summary, show_result, unwrap
+from .layers import SHOW, check_layer, input_warnings, model_summary, show_result, unwrap
 from .model_files import resolve_model
 from .settings import DEFAULT_MODEL, PredictSettings
 
@@ -52,7 +52,7 @@ FILE = "file"
 def _predict(data, load_model, kwargs, progress, cancel):
     """The worker's job (a plain function: napari names the task after its repr)."""
     model, provenance = load_model()
-    return predict(data, model, progress=progress, cancel=cancel, **kwargs), provenance
+    return predict(data, model, progress=progress, cancel=cancel, **kwargs), provenance, model
 
 
 class _Signals(QObject):
@@ -87,7 +87,7 @@ class ReconstructionWidget(Container):
         self._options = {f.name: control(f) for f in fields(PredictSettings)
                          if f.name != "model"}
         self._options["show"] = create_widget(
-            value="variance", name="show", label="uncertainty as", widget_type="RadioButtons",
+            value=SHOW[0], name="show", label="uncertainty as", widget_type="RadioButtons",
             options={"choices": list(SHOW), "orientation": "horizontal"})
         self._advanced = CheckBox(value=False, text="advanced options")
         self._reset = PushButton(text="Reset to defaults")
@@ -195,7 +195,7 @@ class ReconstructionWidget(Container):
     def reset_options(self) -> None:
         """Every option back to its default (PredictSettings), and remembered so."""
         defaults = {k: v for k, v in PredictSettings.defaults().items() if k in self._options}
-        self.set_options(**defaults, show="variance")
+        self.set_options(**defaults, show=SHOW[0])
 
     def _save_options(self) -> None:
         save_options({name: w.value for name, w in self._options.items()})
@@ -269,11 +269,13 @@ class ReconstructionWidget(Container):
         left = elapsed / max(done, 1) * (total - done)
         self._status.value = f"step {done} of {total}, about {left:.0f} s left"
 
-    def _on_returned(self, layer, options, cancel, result, provenance) -> None:
+    def _on_returned(self, layer, options, cancel, result, provenance, model=None) -> None:
         if cancel.is_set() or self._closed.is_set() or layer not in self._viewer.layers:
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance)
+            for message in input_warnings(layer, model) if model is not None else ():
+                show_warning(f"CVDM: {message}")
         except (ValueError, RuntimeError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             return

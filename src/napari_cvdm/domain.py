@@ -40,10 +40,10 @@ def looks_transmitted(plane: np.ndarray) -> bool:
 
 def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     """A pixel size in nanometres, or None when the unit is not a length."""
-    if size is None or unit is None:
-        return None
-    from .physical import normalise
+    from .physical import NO_UNIT, normalise
 
+    if size is None or unit is None or unit.strip().lower() in NO_UNIT:
+        return None
     checked = normalise(size, unit)
     if checked is None or checked.unit not in NM_PER_UNIT:
         return None

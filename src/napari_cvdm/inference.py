@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import calibration  # noqa: I001
 from .devices import release_cpu_memory, resolve_device
 from .errors import CancelCheck, OutOfMemory, is_out_of_memory
 from .model.cvdm import CVDM
@@ -37,7 +38,12 @@ __all__ = ["PredictionResult", "TilePlan", "plan", "predict"]
 
 @dataclass
 class PredictionResult:
-    """Per-pixel mean and variance of the CVDM samples, float32, in input units."""
+    """Per-pixel mean and variance of the CVDM samples, float32, in input units.
+
+    ``std`` is the calibrated standard deviation (the expected error of the mean) when the
+    model carries a calibration (``calibration.py``), else the samples' standard deviation;
+    ``variance`` is always the raw sample variance, ``sample_std`` its square root.
+    """
 
     mean: np.ndarray
     variance: np.ndarray
@@ -51,10 +57,15 @@ class PredictionResult:
     tile_size: int
     seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    calibrated_std: np.ndarray | None = None
+
+    @property
+    def sample_std(self) -> np.ndarray:
+        return np.sqrt(self.variance)
 
     @property
     def std(self) -> np.ndarray:
-        return np.sqrt(self.variance)
+        return self.sample_std if self.calibrated_std is None else self.calibrated_std
 
 
 def _resolve_model(model) -> CVDM:
@@ -116,6 +127,9 @@ def _prepare(image, model, settings, options, half, progress, cancel) -> tuple[R
     first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.percentiles = _percentiles(model)
+    run.calibration = model.metadata.get("calibration")  # the caller's model, not the copy
+    if run.calibration is not None:
+        calibration.check(run.calibration)
     run.check_cancel()
     try:
         run.net = running_model(model, device)
@@ -162,6 +176,12 @@ def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
         run.total = run.done + planes_left * run.plane_evaluations()
 
 
+def _calibrate(table, norm: Normalization, var_view: np.ndarray, std_view) -> None:
+    """The calibrated std of one plane (from its normalised variance) in input units."""
+    if std_view is not None:
+        std_view[...] = calibration.apply(np.sqrt(var_view), table) * np.float32(norm.half_range)
+
+
 def _to_input_units(norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray) -> None:
     """Back to input units in place, in row blocks (no whole-image float64 temporaries)."""
     rows = max(1, 2**16 // mean_view.shape[-1])
@@ -197,6 +217,8 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     run.total = len(planes) * run.plane_evaluations()
     mean_out = np.empty(shape[:-2] + (run.height, run.width), dtype=np.float32)
     var_out = np.empty_like(mean_out)
+    table = run.calibration
+    std_out = None if table is None else np.empty_like(mean_out)
     run.denoise = _CompiledDenoiser(net) if s.compile else None
     cudnn_benchmark = torch.backends.cudnn.benchmark
     try:
@@ -209,11 +231,14 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                 if norm.is_constant:
                     # Nothing to resolve: the reconstruction is the constant, with certainty.
                     mean_out[index], var_out[index] = plane.flat[0], 0.0
+                    if std_out is not None:
+                        std_out[index] = 0.0
                     run.advance(run.plane_evaluations())
                     continue
                 x_plane = torch.from_numpy(norm.apply(plane))
                 del plane
                 _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p)
+                _calibrate(table, norm, var_out[index], None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark
@@ -224,8 +249,9 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
             "group": p.group, "overlap": p.overlap, "evaluations": run.total,
             "network_calls": run.network_calls, "retries": run.retries,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
-            "compiled": bool(run.denoise is not None and not run.denoise.failed)}
+            "compiled": bool(run.denoise is not None and not run.denoise.failed),
+            "calibrated": std_out is not None}
     steps = s.steps if s.sampler == "ddim" else net.config.timesteps
     return PredictionResult(mean_out, var_out, s.samples, steps, s.eta, s.sampler, str(dev),
                             net.config.scale, run.seed, p.tile_size,
-                            time.perf_counter() - started, info)
+                            time.perf_counter() - started, info, std_out)

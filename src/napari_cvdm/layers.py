@@ -7,6 +7,8 @@ on the main thread, so both add and update the output layers the same way.
 
 from __future__ import annotations
 
+import warnings
+
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from .model_files import BUNDLED, bundled_model_path, resolve_model
 from .model_header import MODEL_SUFFIX, read_model_header
 from .settings import PredictSettings, settings_from
 
-SHOW = ("variance", "std")
+SHOW = ("std", "variance")  # the first is the default: the calibrated std, in input units
 UNCERTAINTY_COLORMAP = "magma"
 
 
@@ -79,7 +81,7 @@ def output_transform(layer, scale_factor: int) -> dict[str, Any]:
     }
 
 
-def output_names(layer, show: str = "variance") -> tuple[str, str]:
+def output_names(layer, show: str = SHOW[0]) -> tuple[str, str]:
     return f"{layer.name} CVDM mean", f"{layer.name} CVDM {show}"
 
 
@@ -92,7 +94,7 @@ def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, fl
     return lo, hi
 
 
-def result_layer_data(layer, result: PredictionResult, show: str = "variance",
+def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
                       provenance: dict[str, Any] | None = None) -> list[tuple]:
     """The two output layers as napari layer data tuples ``(data, kwargs, "image")``.
 
@@ -146,12 +148,26 @@ def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     return existing
 
 
-def show_result(viewer, layer, result: PredictionResult, show: str = "variance",
+def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
                 provenance: dict[str, Any] | None = None):
-    """Add the mean and uncertainty layers above ``layer``, or update them; return both."""
-    outputs = [_add_or_update(viewer, data, kwargs)
-               for data, kwargs, _ in result_layer_data(layer, result, show, provenance)]
-    return outputs[0], outputs[1]
+    """Add the mean and uncertainty layers above ``layer``, or update them; return both.
+
+    The uncertainty is added first, so the finished run shows the reconstruction on top.
+    """
+    (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
+        layer, result, show, provenance)
+    spread_layer = _add_or_update(viewer, spread, spread_kwargs)
+    return _add_or_update(viewer, mean, mean_kwargs), spread_layer
+
+
+def input_warnings(layer, model) -> list[str]:
+    """Why a result on this layer may not be trustworthy (``domain.input_warnings``)."""
+    from .domain import input_warnings as warnings_for
+
+    data = unwrap(layer.data)
+    plane = np.asarray(data[(0,) * (data.ndim - 2)] if data.ndim > 2 else data)
+    unit = str(layer.units[-1]) if len(getattr(layer, "units", ())) else None
+    return warnings_for(plane, model, float(layer.scale[-1]), unit)
 
 
 def model_summary(source: str | os.PathLike) -> str:
@@ -173,14 +189,15 @@ def model_summary(source: str | os.PathLike) -> str:
 
 
 def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None = None,
-                 show: str = "variance", progress=None, cancel=None, **options):
+                 show: str = SHOW[0], progress=None, cancel=None, **options):
     """Run CVDM on an image layer, blocking; add or update the two output layers.
 
     ``model``, ``settings`` and the keyword options are those of
     :func:`~napari_cvdm.inference.predict` (same defaults: :class:`PredictSettings`).
-    Outputs are named ``"<layer> CVDM mean"`` and ``"<layer> CVDM variance"`` (or
-    ``"... CVDM std"`` with ``show="std"``), in the input's intensity units (the variance
-    in units squared), on a grid ``model.config.scale`` times finer that overlays the input.
+    Outputs are named ``"<layer> CVDM mean"`` and ``"<layer> CVDM std"`` (the calibrated
+    standard deviation; or ``"... CVDM variance"``, the raw sample variance, with
+    ``show="variance"``), in the input's intensity units (the variance in units squared),
+    below the mean layer, on a grid ``model.config.scale`` times finer that overlays the input.
     Running again on the same layer updates them. The input layer is never modified.
     Returns ``(mean_layer, uncertainty_layer)``. Call it on napari's main thread (it adds
     layers); it may run while the widget runs, even with the same model object.
@@ -191,4 +208,6 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     s = settings_from(settings, options if model is None else {**options, "model": model})
     net, provenance = resolve_model(s.model)
     result = predict(layer.data, net, settings=s, progress=progress, cancel=cancel)
+    for message in input_warnings(layer, net):
+        warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
     return show_result(viewer, layer, result, show, provenance)

@@ -42,6 +42,7 @@ class Run:
     cancel: CancelCheck = None
     denoise: Any = None  # a compiled denoiser, or None
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # the model's normalisation
+    calibration: dict | None = None  # the model's std -> error map (calibration.py)
     done: int = 0
     total: int = 0
     network_calls: int = 0
@@ -125,7 +126,7 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: 
     x = x.to(device)
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    prepared = net.prepare(x)  # once per tile group, shared by every chunk of samples
+    prepared = net.prepare(x, run.precision)  # once per tile group, shared by every chunk
 
     def tick() -> None:  # progress counts tile-evaluations, however tiles are grouped
         run.network_calls += 1

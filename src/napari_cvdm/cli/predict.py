@@ -12,8 +12,10 @@ EPILOG = """examples:
   cvdm predict images/ -o results/ --samples 16 --seed 1
   cvdm predict "data/*.tif" -o results/ --model mine.cvdm.safetensors --device cuda
 
-Each input gives INPUT_cvdm_mean.tif and INPUT_cvdm_var.tif (OME-TIFF, float32, in the
-input's units, pixel size divided by the model's scale), written together or not at all.
+Each input gives INPUT_cvdm_mean.tif, INPUT_cvdm_std.tif (the calibrated standard deviation:
+the expected error of the mean) and INPUT_cvdm_var.tif (the samples' raw variance): OME-TIFF,
+float32, in the input's units, pixel size divided by the model's scale, written together or
+not at all. Existing outputs are refused unless --overwrite is given.
 The seed used is printed and stored in the files, so any run can be repeated.
 """
 
@@ -36,6 +38,8 @@ def add_parser(sub) -> None:
                    help="folder for the outputs (created if missing)")
     add_options(p, PredictSettings)
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (default: refuse, before any work)")
 
 
 def _output_stem(path: Path) -> str:
@@ -85,11 +89,15 @@ def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
         seen[stem] = path.resolve()
         mean_path = args.output / f"{stem}_cvdm_mean.tif"
         var_path = args.output / f"{stem}_cvdm_var.tif"
-        if {mean_path.resolve(), var_path.resolve()} & inputs:
+        std_path = args.output / f"{stem}_cvdm_std.tif"
+        if {mean_path.resolve(), var_path.resolve(), std_path.resolve()} & inputs:
             raise ValueError(f"an output of {path} would overwrite an input; choose another "
                              "output folder")
         plan.append((path, mean_path, var_path))
-    check_outputs([p for _, *outs in plan for p in outs], overwrite=True)
+    outputs = [p for _, *outs in plan for p in outs]
+    outputs += [p.with_name(p.name.replace("_cvdm_mean", "_cvdm_std")) for p in outputs
+                if p.name.endswith("_cvdm_mean.tif")]
+    check_outputs(outputs, overwrite=args.overwrite)
     return plan
 
 
@@ -106,12 +114,24 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str)
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
+def input_warnings(image, model) -> list[str]:
+    """``domain.input_warnings`` for the first plane of an image file."""
+    from ..domain import input_warnings as warnings_for
+
+    data = image.data
+    plane = data[(0,) * (data.ndim - 2)] if data.ndim > 2 else data
+    size = image.pixel_size[-1] if image.pixel_size else None
+    return warnings_for(plane, model, size, image.unit or None)
+
+
 def run(args) -> int:
     """Each input: read, predict, then write its mean and variance together (both or none).
 
     A failure or Ctrl-C leaves the outputs of the inputs finished before it, complete,
     and nothing of the input it was working on.
     """
+    import sys
+
     import napari_cvdm
 
     from ..devices import resolve_device, tune_cpu_allocator
@@ -140,10 +160,13 @@ def run(args) -> int:
         # The output metadata is checked before the work, not after it.
         spec = spec_for(image, model.config.scale,
                         provenance(summary, run_settings, steps, str(device), precision))
+        for message in input_warnings(image, model):
+            print(f"cvdm predict: warning: {path.name}: {message}", file=sys.stderr)
         bar = None if args.quiet else ProgressBar(path.name, unit="eval")
         result = napari_cvdm.predict(image.data, settings=run_settings, progress=bar)
-        write_ome_tiffs([(mean_path, result.mean), (var_path, result.variance)], spec,
-                        overwrite=True)
-        print(f"{path} -> {mean_path}, {var_path} (seed {result.seed}, "
+        std_path = mean_path.with_name(mean_path.name.replace("_cvdm_mean", "_cvdm_std"))
+        write_ome_tiffs([(mean_path, result.mean), (std_path, result.std),
+                         (var_path, result.variance)], spec, overwrite=args.overwrite)
+        print(f"{path} -> {mean_path}, {std_path}, {var_path} (seed {result.seed}, "
               f"{result.info.get('precision')}, {result.seconds:.1f} s on {result.device})")
     return 0
