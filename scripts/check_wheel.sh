@@ -9,7 +9,8 @@ trap 'rm -rf "$work"' EXIT
 .venv/bin/python -m build -q --wheel --outdir "$work/dist" . >/dev/null
 wheel=$(ls "$work"/dist/napari_cvdm-*.whl)
 .venv/bin/python -m zipfile -l "$wheel" > "$work/listing.txt"
-for member in napari_cvdm/napari.yaml napari_cvdm/weights/demo.cvdm.safetensors \
+for member in napari_cvdm/napari.yaml napari_cvdm/weights/widefield-x2.cvdm.safetensors \
+              napari_cvdm/weights/demo.cvdm.safetensors \
               napari_cvdm/sample_data/nuclei_widefield.tif; do
     grep -q "$member" "$work/listing.txt" || { echo "missing $member in wheel"; exit 1; }
 done

@@ -27,7 +27,7 @@ from ._training_options import OpticsOptions, TrainingOptions, make_widgets
 from .degradation import Degradation
 from .errors import Cancelled, is_out_of_memory
 from .model_files import BUNDLED
-from .layers import _unwrap
+from .layers import unwrap
 from .model.config import PRESETS
 from .training_layers import prepare_folder_training, prepare_training, start_model
 from .training_preview import preview_callback, preview_input, preview_layer_kwargs, \
@@ -111,12 +111,12 @@ class TrainingWidget(Container):
 
     # -- inputs ----------------------------------------------------------------------------
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
-        return [(layer.name, _unwrap(layer)) for layer in self._viewer.layers
+        return [(layer.name, unwrap(layer)) for layer in self._viewer.layers
                 if isinstance(layer, Image) and "cvdm" not in layer.metadata]
 
     def _region_choices(self, _widget=None) -> list[tuple[str, Any]]:
         return [("centre 64 x 64 (low-quality pixels)", CENTRE)] + [
-            (f"first rectangle of {layer.name!r}", _unwrap(layer))
+            (f"first rectangle of {layer.name!r}", unwrap(layer))
             for layer in self._viewer.layers if isinstance(layer, Shapes)]
 
     def _on_source_changed(self) -> None:
@@ -143,7 +143,7 @@ class TrainingWidget(Container):
 
     def pairs(self) -> list[tuple[Image, Image]]:
         """Low- and high-quality layers paired in layer-list order."""
-        order = {id(_unwrap(layer)): i for i, layer in enumerate(self._viewer.layers)}
+        order = {id(unwrap(layer)): i for i, layer in enumerate(self._viewer.layers)}
         lq = sorted(self._lq.value, key=lambda layer: order.get(id(layer), 0))
         hq = sorted(self._hq.value, key=lambda layer: order.get(id(layer), 0))
         return list(zip(lq, hq)) if len(lq) == len(hq) else []
@@ -343,7 +343,7 @@ class TrainingWidget(Container):
             self._run.enabled = True
 
     def _on_layer_removed(self, event) -> None:
-        removed = _unwrap(event.value)
+        removed = unwrap(event.value)
         if self.running and any(removed is layer for layer in self._job.layers):
             show_info(f"CVDM training: {removed.name!r} was removed, cancelling")
             self.cancel()

@@ -30,7 +30,6 @@ def unwrap(obj):
     return getattr(obj, "__wrapped__", obj)
 
 
-_unwrap = unwrap  # the old name, still imported by the training widget
 
 
 def check_layer(layer) -> None:

@@ -17,7 +17,7 @@ from .model_card import clean_metadata
 from .model_header import (FORMAT, MODEL_SUFFIX, PICKLE_HINT, check_config_types,
                            read_model_header)
 
-BUNDLED = {"demo": "demo.cvdm.safetensors"}
+BUNDLED = {"widefield-x2": "widefield-x2.cvdm.safetensors", "demo": "demo.cvdm.safetensors"}
 # The largest model file we accept: the paper preset in float32 is about 0.6 GB.
 MAX_PARAMETERS = 400_000_000
 
@@ -135,8 +135,9 @@ def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
                 state[name].copy_(value)
 
 
-def load_model(name_or_path: str | os.PathLike = "demo", device: str = "cpu"):
-    """Load a bundled model by name (``"demo"``), a ``.cvdm.safetensors`` file, or a
+def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu"):
+    """Load a bundled model by name (default ``settings.DEFAULT_MODEL``, ``"widefield-x2"``;
+    also ``"demo"``), a ``.cvdm.safetensors`` file, or a
     bioimage.io package (``.zip``) exported by napari-cvdm (its safetensors attachment).
 
     Nothing is unpickled, and nothing large is allocated before the file has passed its
@@ -149,6 +150,10 @@ def load_model(name_or_path: str | os.PathLike = "demo", device: str = "cpu"):
 
     from .model.cvdm import CVDM
 
+    if name_or_path is None:
+        from .settings import DEFAULT_MODEL
+
+        name_or_path = DEFAULT_MODEL
     path = model_path(name_or_path)
     if path.suffix.lower() == ".zip":  # a bioimage.io package exported by napari-cvdm
         import tempfile

@@ -21,7 +21,7 @@ from typing import Any
 from .precision import PRECISIONS
 from .sampling import SAMPLERS
 
-DEFAULT_MODEL = "demo"  # the bundled model used when none is given
+DEFAULT_MODEL = "widefield-x2"  # the bundled model used when none is given
 MAX_SAMPLES = 10_000    # more gives no visible change in the mean or the uncertainty
 MAX_STEPS = 10_000      # the few-step sampler saturates long before this
 MAX_TILE_SIZE = 16_384

@@ -21,7 +21,7 @@ import numpy as np
 from . import model_choices
 from .data import Pair, split_images, split_validation
 from .degradation import Degradation
-from .layers import _unwrap
+from .layers import unwrap
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
 
@@ -140,8 +140,8 @@ def _resolve(viewer, layer):
     if isinstance(layer, str):
         if viewer is None or layer not in viewer.layers:
             raise ValueError(f"there is no layer called {layer!r}")
-        return _unwrap(viewer.layers[layer])
-    return _unwrap(layer)
+        return unwrap(viewer.layers[layer])
+    return unwrap(layer)
 
 
 def _planes(layer) -> list[np.ndarray]:
