@@ -106,3 +106,23 @@ def test_something_that_is_not_ome_zarr_is_a_value_error(tmp_path):
         read_ome_zarr(tmp_path / "plain.zarr")
     with pytest.raises(ValueError, match="not found"):
         read_ome_zarr(tmp_path / "missing.zarr")
+
+
+def test_cvdm_predict_reconstructs_an_ome_zarr_into_an_ome_zarr(tmp_path, tiny_model_file, capsys):
+    from napari_cvdm.cli import main
+
+    path, data = _input(tmp_path)
+    out = tmp_path / "out"
+    code = main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "1", "--seed", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    result = out / "in_cvdm.ome.zarr"
+    mean, meta = read_ome_zarr(result / "mean")
+    std, _ = read_ome_zarr(result / "std")
+    assert mean.shape == std.shape == (2, 3, 16, 20) and meta["axes"] == "TZYX"
+    assert meta["physical"]["X"] == PhysicalSize(0.05, "µm")
+    assert meta["physical"]["T"] == PhysicalSize(2.0, "s")
+    assert float(np.asarray(std).min()) >= 0
+    # An existing result is refused unless --overwrite.
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "1", "--quiet"]) == 2

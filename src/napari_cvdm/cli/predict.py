@@ -42,6 +42,10 @@ def add_parser(sub) -> None:
                    help="replace existing outputs (default: refuse, before any work)")
 
 
+def is_zarr(path: Path) -> bool:
+    return path.name.lower().endswith(".zarr")
+
+
 def _output_stem(path: Path) -> str:
     return path.name.split(".")[0] or path.stem or "image"
 
@@ -51,7 +55,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     found: list[Path] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
+        if path.is_dir() and path.name.lower().endswith(".zarr"):
+            files = [path]  # an OME-Zarr image
+        elif path.is_dir():
             files = sorted(p for p in path.iterdir()
                            if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
             if not files:
@@ -87,6 +93,11 @@ def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
             raise ValueError(f"{seen[stem]} and {path} would both be written as "
                              f"{stem}_cvdm_*.tif; rename one or run them separately")
         seen[stem] = path.resolve()
+        if is_zarr(path):
+            out = args.output / f"{stem}_cvdm.ome.zarr"
+            check_outputs([out], overwrite=args.overwrite, folders=True)
+            plan.append((path, out, None))
+            continue
         mean_path = args.output / f"{stem}_cvdm_mean.tif"
         var_path = args.output / f"{stem}_cvdm_var.tif"
         std_path = args.output / f"{stem}_cvdm_std.tif"
@@ -94,7 +105,7 @@ def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
             raise ValueError(f"an output of {path} would overwrite an input; choose another "
                              "output folder")
         plan.append((path, mean_path, var_path))
-    outputs = [p for _, *outs in plan for p in outs]
+    outputs = [p for src, *outs in plan if not is_zarr(src) for p in outs]
     outputs += [p.with_name(p.name.replace("_cvdm_mean", "_cvdm_std")) for p in outputs
                 if p.name.endswith("_cvdm_mean.tif")]
     check_outputs(outputs, overwrite=args.overwrite)
@@ -153,6 +164,10 @@ def run(args) -> int:
     tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
     args.output.mkdir(parents=True, exist_ok=True)
     for path, mean_path, var_path in plan:
+        if is_zarr(path):
+            _predict_zarr(path, mean_path, model, summary, settings, steps, device, precision,
+                          args)
+            continue
         image = read_tiff(path)
         check_output_size(image.data.shape, model.config.scale)
         run_settings = settings.replace(seed=draw_seed() if settings.seed is None
@@ -170,3 +185,24 @@ def run(args) -> int:
         print(f"{path} -> {mean_path}, {std_path}, {var_path} (seed {result.seed}, "
               f"{result.info.get('precision')}, {result.seconds:.1f} s on {result.device})")
     return 0
+
+
+def _predict_zarr(path: Path, out: Path, model, summary, settings, steps, device, precision,
+                  args) -> None:
+    """An OME-Zarr input, read lazily, to ``out``: mean and calibrated std as two images."""
+    import napari_cvdm
+
+    from ..settings import draw_seed
+    from ..validation import check_output_size
+    from ..zarr_files import read_ome_zarr, write_ome_zarr
+
+    array, meta = read_ome_zarr(path)
+    check_output_size(tuple(array.shape), model.config.scale)
+    run_settings = settings.replace(seed=draw_seed() if settings.seed is None else settings.seed)
+    bar = None if args.quiet else ProgressBar(path.name, unit="eval")
+    result = napari_cvdm.predict(array, settings=run_settings, progress=bar)
+    write_ome_zarr(out, result.mean, result.std, meta, scale=model.config.scale,
+                   provenance=provenance(summary, run_settings, steps, str(device), precision),
+                   overwrite=args.overwrite)
+    print(f"{path} -> {out} (seed {result.seed}, {result.info.get('precision')}, "
+          f"{result.seconds:.1f} s on {result.device})")
