@@ -49,9 +49,9 @@ def main() -> None:
               ("SIM target", target, "")]
     fig, axes = plt.subplots(1, 4, figsize=(12, 3.3), dpi=110)
     for ax, (title, image, note) in zip(axes, panels):
-        shown = affine_fit(image, target) if "std" not in title and "target" not in title else image
+        shown = affine_fit(image, target) if "deviation" not in title and "target" not in title else image
         low, high = np.percentile(shown, (0.5, 99.5))
-        ax.imshow(shown, cmap="magma" if "std" in title else "gray", vmin=low, vmax=high)
+        ax.imshow(shown, cmap="magma" if "deviation" in title else "gray", vmin=low, vmax=high)
         ax.set_title(f"{title}\n{note}", fontsize=9)
         ax.axis("off")
     fig.suptitle("Real BioSR microtubules (Qiao et al., Nat. Methods 2021, CC BY 4.0), never "
