@@ -54,9 +54,12 @@ def test_same_seed_reproduces_and_different_seeds_differ(tiny_model):
 
 def test_statistics_do_not_depend_on_how_samples_are_batched(tiny_model):
     image = np.random.default_rng(2).random((24, 24))
-    one = nc.predict(image, tiny_model, samples=6, steps=3, eta=0.0, seed=3, batch_size=1)
-    all_ = nc.predict(image, tiny_model, samples=6, steps=3, eta=0.0, seed=3, batch_size=6)
-    pairs = nc.predict(image, tiny_model, samples=6, steps=3, eta=0.0, seed=3, batch_size=4)
+    # float32: bfloat16 kernels may round differently for another batch size; the merge of
+    # the statistics is what this test is about.
+    kw = dict(samples=6, steps=3, eta=0.0, seed=3, precision="fp32")
+    one = nc.predict(image, tiny_model, batch_size=1, **kw)
+    all_ = nc.predict(image, tiny_model, batch_size=6, **kw)
+    pairs = nc.predict(image, tiny_model, batch_size=4, **kw)
     for other in (all_, pairs):
         np.testing.assert_allclose(other.mean, one.mean, rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(other.variance, one.variance, rtol=1e-3, atol=1e-5)

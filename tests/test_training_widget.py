@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import napari_cvdm._training_widget as widget_module
+from napari_cvdm.settings import DEFAULT_MODEL  # noqa: E402
 from napari_cvdm import Cancelled, load_model, model_choices
 from napari_cvdm._training_options import OpticsOptions, TrainingOptions
 from napari_cvdm._training_widget import TrainingWidget
@@ -58,7 +59,7 @@ def test_widget_is_contributed_with_laptop_sized_defaults(viewer_and_widget):
     assert isinstance(widget, TrainingWidget)
     assert widget.options() == TrainingOptions()
     assert widget.optics().degradation().scale == 2
-    assert widget._start.value == "demo"  # fine-tuning the bundled model comes first
+    assert widget._start.value == DEFAULT_MODEL  # fine-tuning the bundled model comes first
     assert "preset:tiny" in widget._start.choices
     assert {"auto", "fp32", "bf16", "fp16"} == set(widget._options["precision"].choices)
     assert widget._run.text == "Run"

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import napari_cvdm._widget as widget_module
+from napari_cvdm.settings import DEFAULT_MODEL  # noqa: E402
 from napari_cvdm import CVDM, CVDMConfig, Cancelled, save_model
 from napari_cvdm._widget import ReconstructionOptions, ReconstructionWidget
 from napari_cvdm.errors import OutOfMemory
@@ -317,7 +318,7 @@ def test_models_trained_in_this_session_are_offered_at_once(viewer_and_widget, m
 
     monkeypatch.setattr(model_choices, "_models", [])
     _, widget = viewer_and_widget
-    assert list(widget._model.choices) == ["demo", "file"]
+    assert list(widget._model.choices) == [DEFAULT_MODEL, "file"]
     model_choices.register(model_file)
     assert str(model_file.resolve()) in widget._model.choices
     widget._model.value = str(model_file.resolve())

@@ -140,7 +140,7 @@ class ReconstructionWidget(Container):
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         """The bundled model, the models trained in this session, any model file."""
         trained = [(f"trained here: {p.name} ({p})", str(p)) for p in model_choices.models()]
-        return [("bundled demo model", DEMO), *trained, ("model file", FILE)]
+        return [(f"bundled model ({DEMO})", DEMO), *trained, ("model file", FILE)]
 
     def _on_models_registered(self, _models=None) -> None:
         self._model.reset_choices()
