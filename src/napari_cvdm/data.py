@@ -203,6 +203,15 @@ class PatchSampler:
         return upsample(lq, self.scale), hq
 
 
+def _split_whole(items: list, fraction: float) -> tuple[list, list]:
+    """Hold out evenly spaced whole items (deterministic: the same ones every run)."""
+    n_val = max(1, int(round(len(items) * fraction)))
+    step = len(items) / n_val
+    val_idx = {int(i * step) for i in range(n_val)}
+    return ([x for i, x in enumerate(items) if i not in val_idx],
+            [x for i, x in enumerate(items) if i in val_idx])
+
+
 def split_validation(pairs: list[Pair], fraction: float,
                      min_size: int = 0) -> tuple[list[Pair], list[Pair]]:
     """Hold out whole images when there are enough, else the bottom strip of each image.
@@ -210,11 +219,7 @@ def split_validation(pairs: list[Pair], fraction: float,
     A strip is at least ``min_size`` high-quality rows tall where the image allows it.
     """
     if len(pairs) >= 5:
-        n_val = max(1, int(round(len(pairs) * fraction)))
-        step = len(pairs) / n_val
-        val_idx = {int(i * step) for i in range(n_val)}
-        return ([p for i, p in enumerate(pairs) if i not in val_idx],
-                [p for i, p in enumerate(pairs) if i in val_idx])
+        return _split_whole(pairs, fraction)
     train, val = [], []
     for p in pairs:
         lq_h = p.lq.shape[0]
@@ -229,11 +234,7 @@ def split_validation(pairs: list[Pair], fraction: float,
 def split_images(images: list[tuple[np.ndarray, str]], fraction: float, min_size: int = 0):
     """High-quality images split like ``split_validation``: whole images, or bottom strips."""
     if len(images) >= 5:
-        n_val = max(1, int(round(len(images) * fraction)))
-        step = len(images) / n_val
-        val_idx = {int(i * step) for i in range(n_val)}
-        return ([im for i, im in enumerate(images) if i not in val_idx],
-                [im for i, im in enumerate(images) if i in val_idx])
+        return _split_whole(images, fraction)
     train, val = [], []
     for image, name in images:
         h = image.shape[0]
