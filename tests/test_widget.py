@@ -316,8 +316,9 @@ def test_models_trained_in_this_session_are_offered_at_once(viewer_and_widget, m
                                                             monkeypatch):
     from napari_cvdm import model_choices
 
-    monkeypatch.setattr(model_choices, "_models", [])
+    monkeypatch.setattr(model_choices, "_models", [])  # forget earlier tests' trained models
     _, widget = viewer_and_widget
+    widget.reset_choices()
     assert list(widget._model.choices) == [DEFAULT_MODEL, "file"]
     model_choices.register(model_file)
     assert str(model_file.resolve()) in widget._model.choices
