@@ -22,16 +22,11 @@ import numpy as np
 import tifffile
 
 import napari_cvdm as nc
-from napari_cvdm.metrics import affine_fit, psnr, ssim
+from napari_cvdm.metrics import affine_fit, psnr, spearman, ssim
 from napari_cvdm.normalization import Normalization
 from napari_cvdm.sample_data import path as sample_path
 
 STEPS = (2, 4, 6, 10, 16, 25, 50)
-
-
-def spearman(a, b) -> float:
-    ra, rb = (np.argsort(np.argsort(v.ravel())).astype(float) for v in (a, b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def images(pairs, crop: int):

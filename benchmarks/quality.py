@@ -27,7 +27,7 @@ import torch
 import napari_cvdm as nc
 from napari_cvdm import calibration, structures
 from napari_cvdm.degradation import Degradation, add_camera_noise, blur_and_downsample, psf_kernel
-from napari_cvdm.metrics import affine_fit, psnr, ssim
+from napari_cvdm.metrics import affine_fit, psnr, spearman, ssim
 from napari_cvdm.normalization import Normalization
 from napari_cvdm.resampling import upsample
 
@@ -47,12 +47,6 @@ def richardson_lucy(image: np.ndarray, psf: torch.Tensor, iterations: int = 20) 
     for _ in range(iterations):
         est = est * conv(obs / conv(est, k).clamp_min(1e-9), k.flip(-1, -2))
     return est[0, 0].numpy()
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    ra = np.argsort(np.argsort(a.ravel())).astype(np.float64)
-    rb = np.argsort(np.argsort(b.ravel())).astype(np.float64)
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 
 def degrade(hq01: np.ndarray, sigma: float, seed: int) -> np.ndarray:

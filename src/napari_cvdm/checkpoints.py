@@ -80,9 +80,11 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
     return header, tensors
 
 
-def load_state(output: Path, model, optimizer) -> int:
-    """Restore the raw weights and Adam's moments; returns the step to continue after."""
-    header, tensors = read_state(output, model.config)
+def load_state(state: tuple[dict, dict[str, torch.Tensor]], model, optimizer,
+               output: Path) -> int:
+    """Restore the raw weights and Adam's moments from ``read_state``'s result; returns the
+    step to continue after."""
+    header, tensors = state
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     bad = [k for k in expected if k not in weights or weights[k].shape != expected[k].shape]

@@ -19,9 +19,8 @@ MAX_PIXELS = 2**20      # statistics on a subsample of large planes
 
 
 def _unit_image(plane: np.ndarray) -> np.ndarray:
-    plane = np.asarray(plane, dtype=np.float32)
     step = max(1, int(np.sqrt(plane.size / MAX_PIXELS)))
-    plane = plane[::step, ::step]
+    plane = np.asarray(plane[::step, ::step], dtype=np.float32)  # subsample before converting
     return np.clip((Normalization.fit(plane).apply(plane) + 1) / 2, 0, 1)
 
 
@@ -50,9 +49,11 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     return checked.size * NM_PER_UNIT[checked.unit]
 
 
-def input_warnings(plane: np.ndarray, model, pixel_size: float | None = None,
+def input_warnings(image, model, pixel_size: float | None = None,
                    unit: str | None = None) -> list[str]:
-    """Why a result on ``plane`` (one Y, X plane, input units) may not be trustworthy."""
+    """Why a result on ``image`` (Y, X or a stack: its first plane is checked, input units)
+    may not be trustworthy; ``pixel_size`` in ``unit`` along X, where the file says it."""
+    plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
     out = []
     if looks_transmitted(plane):
         out.append("the image looks like transmitted light (brightfield/DIC) or an inverted "

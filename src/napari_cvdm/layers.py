@@ -163,10 +163,8 @@ def input_warnings(layer, model) -> list[str]:
     """Why a result on this layer may not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
-    data = unwrap(layer.data)
-    plane = np.asarray(data[(0,) * (data.ndim - 2)] if data.ndim > 2 else data)
     unit = str(layer.units[-1]) if len(getattr(layer, "units", ())) else None
-    return warnings_for(plane, model, float(layer.scale[-1]), unit)
+    return warnings_for(unwrap(layer.data), model, float(layer.scale[-1]), unit)
 
 
 def model_summary(source: str | os.PathLike) -> str:

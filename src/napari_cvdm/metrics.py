@@ -52,3 +52,9 @@ def ssim(prediction: np.ndarray, target: np.ndarray, fit: bool = True) -> float:
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return float(s.mean())
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman rank correlation of two arrays of the same size (ties broken by order)."""
+    ra, rb = (np.argsort(np.argsort(np.ravel(v))).astype(np.float64) for v in (a, b))
+    return float(np.corrcoef(ra, rb)[0, 1])

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import load_state, save_checkpoint, state_path  # noqa: F401  (public)
+from .checkpoints import load_state, read_state, save_checkpoint, state_path  # noqa: F401
 from .degradation import Degradation
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
@@ -87,14 +87,11 @@ def _check_settings(settings: TrainingSettings) -> None:
             raise ValueError(f"{name} must be at least 1, not {getattr(settings, name)}")
 
 
-def _initial_model(settings: TrainingSettings, scale: int | None):
+def _initial_model(settings: TrainingSettings):
     """(model, provenance) from ``settings.init`` (its weights, config and scale), or None."""
     if settings.init is None:
         return None, None
     base = load_model(settings.init)
-    if scale is not None and base.config.scale != scale:
-        raise ValueError(f"the model to fine-tune ({settings.init}) has scale x{base.config.scale} "
-                         f"but the training data are x{scale}")
     name = os.path.basename(os.fspath(settings.init))
     return base, {"init": name, "init_step": base.metadata.get("training", {}).get("step")}
 
@@ -131,7 +128,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     if resume and settings.init is not None:
         raise ValueError("resume continues a run; init starts a new one from a model's weights: "
                          "give one of them")
-    base, init_info = _initial_model(settings, None)
+    base, init_info = _initial_model(settings)
     if base is not None and pairs is None and degradation is None:
         degradation = Degradation(scale=base.config.scale)
     torch.manual_seed(settings.seed)
@@ -143,15 +140,12 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                         generator=generator)
     if base is not None:
         if base.config.scale != data.scale:
-            raise ValueError(f"the model to fine-tune has scale x{base.config.scale} but the "
-                             f"training data are x{data.scale}")
+            raise ValueError(f"the model to fine-tune ({settings.init}) has scale "
+                             f"x{base.config.scale} but the training data are x{data.scale}")
         config = base.config
     else:
         config = _config(settings, data.scale)
-    if resume:
-        from .checkpoints import read_state
-
-        read_state(output, config)  # every check before any work
+    state = read_state(output, config) if resume else None  # every check before any work
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
 
     model = CVDM(config)
@@ -179,7 +173,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         metadata["training"]["history"] = list(base.metadata.get("training", {}).get("history", []))
     start = 0
     if resume:
-        start = load_state(output, model, optimizer)
+        start = load_state(state, model, optimizer, output)
         if output.is_file():
             previous = load_model(output)
             ema.load_state_dict(previous.state_dict())

@@ -76,8 +76,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return found
 
 
-def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
-    """Everything that can be checked before loading a model or an image."""
+def _check_predict_args(args) -> list[tuple[Path, tuple[Path, ...]]]:
+    """Everything that can be checked before loading a model or an image.
+
+    Returns (input, outputs): outputs are (mean, std, var) TIFFs, or one OME-Zarr folder.
+    """
     from ..devices import resolve_device
     from ..tiff_writer import check_outputs
 
@@ -96,19 +99,15 @@ def _check_predict_args(args) -> list[tuple[Path, Path, Path]]:
         if is_zarr(path):
             out = args.output / f"{stem}_cvdm.ome.zarr"
             check_outputs([out], overwrite=args.overwrite, folders=True)
-            plan.append((path, out, None))
+            plan.append((path, (out,)))
             continue
-        mean_path = args.output / f"{stem}_cvdm_mean.tif"
-        var_path = args.output / f"{stem}_cvdm_var.tif"
-        std_path = args.output / f"{stem}_cvdm_std.tif"
-        if {mean_path.resolve(), var_path.resolve(), std_path.resolve()} & inputs:
+        outputs = tuple(args.output / f"{stem}_cvdm_{kind}.tif" for kind in ("mean", "std", "var"))
+        if {p.resolve() for p in outputs} & inputs:
             raise ValueError(f"an output of {path} would overwrite an input; choose another "
                              "output folder")
-        plan.append((path, mean_path, var_path))
-    outputs = [p for src, *outs in plan if not is_zarr(src) for p in outs]
-    outputs += [p.with_name(p.name.replace("_cvdm_mean", "_cvdm_std")) for p in outputs
-                if p.name.endswith("_cvdm_mean.tif")]
-    check_outputs(outputs, overwrite=args.overwrite)
+        plan.append((path, outputs))
+    check_outputs([p for src, outs in plan if not is_zarr(src) for p in outs],
+                  overwrite=args.overwrite)
     return plan
 
 
@@ -125,16 +124,6 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str)
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
-def input_warnings(image, model) -> list[str]:
-    """``domain.input_warnings`` for the first plane of an image file."""
-    from ..domain import input_warnings as warnings_for
-
-    data = image.data
-    plane = data[(0,) * (data.ndim - 2)] if data.ndim > 2 else data
-    size = image.pixel_size[-1] if image.pixel_size else None
-    return warnings_for(plane, model, size, image.unit or None)
-
-
 def run(args) -> int:
     """Each input: read, predict, then write its mean and variance together (both or none).
 
@@ -146,6 +135,7 @@ def run(args) -> int:
     import napari_cvdm
 
     from ..devices import resolve_device, tune_cpu_allocator
+    from ..domain import input_warnings
     from ..image_files import read_tiff
     from ..model_files import resolve_model
     from ..precision import resolve_precision
@@ -163,9 +153,9 @@ def run(args) -> int:
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
     args.output.mkdir(parents=True, exist_ok=True)
-    for path, mean_path, var_path in plan:
+    for path, outputs in plan:
         if is_zarr(path):
-            _predict_zarr(path, mean_path, model, summary, settings, steps, device, precision,
+            _predict_zarr(path, outputs[0], model, summary, settings, steps, device, precision,
                           args)
             continue
         image = read_tiff(path)
@@ -175,13 +165,14 @@ def run(args) -> int:
         # The output metadata is checked before the work, not after it.
         spec = spec_for(image, model.config.scale,
                         provenance(summary, run_settings, steps, str(device), precision))
-        for message in input_warnings(image, model):
+        size = image.pixel_size[-1] if image.pixel_size else None
+        for message in input_warnings(image.data, model, size, image.unit or None):
             print(f"cvdm predict: warning: {path.name}: {message}", file=sys.stderr)
         bar = None if args.quiet else ProgressBar(path.name, unit="eval")
         result = napari_cvdm.predict(image.data, settings=run_settings, progress=bar)
-        std_path = mean_path.with_name(mean_path.name.replace("_cvdm_mean", "_cvdm_std"))
-        write_ome_tiffs([(mean_path, result.mean), (std_path, result.std),
-                         (var_path, result.variance)], spec, overwrite=args.overwrite)
+        mean_path, std_path, var_path = outputs
+        write_ome_tiffs(list(zip(outputs, (result.mean, result.std, result.variance))), spec,
+                        overwrite=args.overwrite)
         print(f"{path} -> {mean_path}, {std_path}, {var_path} (seed {result.seed}, "
               f"{result.info.get('precision')}, {result.seconds:.1f} s on {result.device})")
     return 0
