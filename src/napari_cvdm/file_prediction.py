@@ -1,0 +1,145 @@
+"""One input file to its outputs (read, predict, write all or none): the unit of work of
+``cvdm predict``, run in the command line's process or as a task on a dask worker.
+
+:func:`predict_file` is the only place that turns an input file into output files, so
+a batch on a cluster writes exactly what the single-process run writes: the same pixels
+for the same seed, the same metadata and provenance (:func:`provenance`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def is_zarr(path: Path) -> bool:
+    return Path(path).name.lower().endswith(".zarr")
+
+
+@dataclass(frozen=True)
+class FileTask:
+    """One input and its outputs ((mean, std, var) TIFFs, or one OME-Zarr folder), with the
+    seed of its run (drawn before the run, so a retried task repeats it exactly).
+
+    ``replace``: outputs an earlier run left incomplete may be replaced (``--resume``).
+    """
+
+    input: Path
+    outputs: tuple[Path, ...]
+    seed: int
+    replace: bool = False
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What every file of a run shares. Picklable when ``settings.model`` is a ModelRef.
+
+    ``summary`` is the model's (from ``resolve_model``), ``steps`` the steps the sampler
+    takes, ``overwrite`` replaces existing outputs, ``threads`` is torch's threads on a
+    worker (None: the worker's thread count; the single-process run leaves torch alone).
+    """
+
+    settings: Any  # PredictSettings
+    summary: dict[str, Any] = field(default_factory=dict)
+    steps: int = 1
+    overwrite: bool = False
+    threads: int | None = None
+
+
+def provenance(summary: dict, settings, steps: int, device: str, precision: str) -> dict:
+    """What the output files record about how they were made (known before the run)."""
+    import datetime
+
+    from . import __version__
+
+    return {"software": f"napari-cvdm {__version__}", "model": summary.get("name"),
+            "weights_sha256": summary.get("sha256"), "seed": settings.seed,
+            "samples": settings.samples, "steps": steps, "eta": settings.eta,
+            "sampler": settings.sampler, "precision": precision, "device": device,
+            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+
+
+def describe(done: dict[str, Any]) -> str:
+    """The line the command line prints for a finished input."""
+    if done.get("skipped"):
+        return f"{done['input']}: skipped, its outputs are complete ({done['skipped']})"
+    outputs = ", ".join(done["outputs"])
+    return (f"{done['input']} -> {outputs} (seed {done['seed']}, {done['precision']}, "
+            f"{done['seconds']:.1f} s on {done['device']})")
+
+
+def predict_file(task: FileTask, spec: RunSpec, model, progress=None, warn=None,
+                 device: str | None = None) -> dict[str, Any]:
+    """Read ``task.input``, predict, write its outputs together (all or none).
+
+    ``model`` is the loaded CVDM; ``device`` overrides the settings' device (a worker's
+    GPU). ``warn(message)`` gets the warnings about the input (unlike the training
+    data). Returns what :func:`describe` prints: input, outputs, seed, precision,
+    seconds, device. Errors as ``predict()``: ValueError for bad input, OSError for the
+    file system, OutOfMemory; nothing of this input is written then.
+    """
+    from .devices import tune_cpu_allocator
+
+    settings = spec.settings.replace(model=model, seed=task.seed,
+                                     **({"device": device} if device else {}))
+    tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
+    if is_zarr(task.input):
+        return _predict_zarr(task, spec, settings, progress)
+    return _predict_tiff(task, spec, settings, progress, warn)
+
+
+def _run_provenance(spec: RunSpec, settings) -> dict:
+    from .devices import resolve_device
+    from .precision import resolve_precision
+
+    device = resolve_device(settings.device)
+    precision = resolve_precision(settings.precision, device).name
+    return provenance(spec.summary, settings, spec.steps, str(device), precision)
+
+
+def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> dict:
+    import napari_cvdm
+
+    from .domain import input_warnings
+    from .image_files import read_tiff
+    from .tiff_writer import spec_for, write_ome_tiffs
+    from .validation import check_output_size
+
+    model = settings.model
+    image = read_tiff(task.input)
+    check_output_size(image.data.shape, model.config.scale)
+    # The output metadata is checked before the work, not after it.
+    out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings))
+    size = image.pixel_size[-1] if image.pixel_size else None
+    for message in input_warnings(image.data, model, size, image.unit or None):
+        if warn is not None:
+            warn(f"{task.input.name}: {message}")
+    result = napari_cvdm.predict(image.data, settings=settings, progress=progress)
+    write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
+                    out_spec, overwrite=spec.overwrite or task.replace)
+    return _done(task, result)
+
+
+def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
+    """An OME-Zarr input, read lazily, to one OME-Zarr: mean and calibrated std."""
+    import napari_cvdm
+
+    from .validation import check_output_size
+    from .zarr_files import read_ome_zarr, write_ome_zarr
+
+    model = settings.model
+    array, meta = read_ome_zarr(task.input)
+    check_output_size(tuple(array.shape), model.config.scale)
+    run_provenance = _run_provenance(spec, settings)
+    result = napari_cvdm.predict(array, settings=settings, progress=progress)
+    write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
+                   provenance=run_provenance,
+                   overwrite=spec.overwrite or task.replace)
+    return _done(task, result)
+
+
+def _done(task: FileTask, result) -> dict[str, Any]:
+    return {"input": str(task.input), "outputs": [str(p) for p in task.outputs],
+            "seed": result.seed, "precision": result.info.get("precision"),
+            "seconds": result.seconds, "device": result.device}

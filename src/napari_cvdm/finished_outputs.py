@@ -1,0 +1,76 @@
+"""Whether an input's outputs are already complete (for ``--resume``), checked cheaply.
+
+Outputs are written all together or not at all (``atomic.py``), so a complete set is one
+where every output exists and opens: the TIFFs' headers are read (no pixels) and agree in
+shape, an OME-Zarr result has its ``mean`` and ``std`` images. Nothing is modified.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+COMPLETE, ABSENT, PARTIAL = "complete", "absent", "partial"
+
+
+def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
+    """``(state, why)``: COMPLETE (all exist and open), ABSENT (none exists) or PARTIAL
+    (some exist, or one does not open, or its shape does not fit the input's)."""
+    outputs = [Path(p) for p in outputs]
+    present = [p for p in outputs if p.exists() or p.is_symlink()]
+    if not present:
+        return ABSENT, "no output exists"
+    if len(present) < len(outputs):
+        missing = ", ".join(p.name for p in outputs if p not in present)
+        return PARTIAL, f"{missing} missing"
+    try:
+        if len(outputs) == 1 and outputs[0].is_dir():
+            shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
+        else:
+            shapes = [_tiff_shape(p) for p in outputs]
+    except Exception as exc:  # damaged files raise many types
+        return PARTIAL, f"an output does not open ({type(exc).__name__}: {exc})"
+    if len(set(shapes)) != 1:
+        return PARTIAL, f"the outputs differ in shape {sorted(set(shapes))}"
+    if input_path is not None and not _fits(shapes[0], input_path):
+        return PARTIAL, f"the outputs' shape {shapes[0]} does not fit the input's"
+    return COMPLETE, "all outputs exist and open"
+
+
+def _tiff_shape(path: Path) -> tuple[int, ...]:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        if series.dtype.kind != "f":
+            raise ValueError(f"{path.name} is not a float image")
+        return tuple(int(n) for n in series.shape)
+
+
+def _zarr_shape(path: Path) -> tuple[int, ...]:
+    from .zarr_files import read_ome_zarr
+
+    array, _ = read_ome_zarr(path)
+    return tuple(int(n) for n in array.shape)
+
+
+def _input_shape(path: Path) -> tuple[int, ...] | None:
+    if path.is_dir():
+        return _zarr_shape(path)
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        return tuple(int(n) for n in tif.series[0].shape)
+
+
+def _fits(shape: tuple[int, ...], input_path: Path) -> bool:
+    """Same leading axes as the input, Y and X a whole multiple of the input's (the scale)."""
+    try:
+        found = _input_shape(Path(input_path))
+    except Exception:  # an unreadable input is reported when it is predicted
+        return True
+    lead = [n for n in shape[:-2] if n != 1]  # readers may drop axes of length one
+    if found is None or len(found) < 2 or [n for n in found[:-2] if n != 1] != lead:
+        return False
+    scales = {out // max(n, 1) for out, n in zip(shape[-2:], found[-2:])}
+    return len(scales) == 1 and all(out % max(n, 1) == 0 for out, n in
+                                    zip(shape[-2:], found[-2:])) and min(scales) >= 1

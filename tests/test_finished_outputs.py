@@ -1,0 +1,70 @@
+"""--resume's check of earlier outputs: complete, absent or partial, without reading pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import tifffile
+
+from napari_cvdm.finished_outputs import ABSENT, COMPLETE, PARTIAL, output_state
+
+
+def _outputs(tmp_path, shape=(2, 64, 64)):
+    source = tmp_path / "cell.tif"
+    tifffile.imwrite(source, np.zeros((shape[0], shape[1] // 2, shape[2] // 2), np.uint16))
+    paths = [tmp_path / f"cell_cvdm_{k}.tif" for k in ("mean", "std", "var")]
+    for path in paths:
+        tifffile.imwrite(path, np.ones(shape, np.float32))
+    return source, paths
+
+
+def test_all_outputs_that_open_and_fit_the_input_are_complete(tmp_path):
+    source, paths = _outputs(tmp_path)
+    assert output_state(paths, source)[0] == COMPLETE
+    assert output_state(paths)[0] == COMPLETE
+
+
+def test_no_outputs_are_absent_and_some_are_partial(tmp_path):
+    source, paths = _outputs(tmp_path)
+    paths[1].unlink()
+    state, why = output_state(paths, source)
+    assert state == PARTIAL and "cell_cvdm_std.tif missing" in why
+    for path in paths:
+        path.unlink(missing_ok=True)
+    assert output_state(paths, source)[0] == ABSENT
+
+
+def test_a_damaged_or_mismatched_output_is_partial(tmp_path):
+    source, paths = _outputs(tmp_path)
+    paths[2].write_bytes(b"II*\x00 cut short")
+    assert output_state(paths, source)[0] == PARTIAL
+    tifffile.imwrite(paths[2], np.ones((2, 64, 32), np.float32))  # another shape
+    assert "differ in shape" in output_state(paths, source)[1]
+    for path in paths:
+        tifffile.imwrite(path, np.ones((2, 60, 60), np.float32))  # not a multiple of 32
+    assert output_state(paths, source)[0] == PARTIAL
+    for path in paths:
+        tifffile.imwrite(path, np.ones((2, 64, 64), np.uint16))  # not what predict writes
+    assert output_state(paths, source)[0] == PARTIAL
+
+
+def test_the_outputs_are_not_modified(tmp_path):
+    source, paths = _outputs(tmp_path)
+    before = [(p.stat().st_mtime_ns, p.read_bytes()) for p in paths]
+    output_state(paths, source)
+    assert [(p.stat().st_mtime_ns, p.read_bytes()) for p in paths] == before
+
+
+def test_an_ome_zarr_result_is_complete_with_mean_and_std(tmp_path):
+    import shutil
+
+    import pytest
+
+    pytest.importorskip("zarr")
+    from napari_cvdm.zarr_files import write_ome_zarr
+
+    out = tmp_path / "cell_cvdm.ome.zarr"
+    data = np.ones((64, 64), np.float32)
+    write_ome_zarr(out, data, data, {"axes": "YX"}, scale=2)
+    assert output_state([out])[0] == COMPLETE
+    shutil.rmtree(out / "std")
+    assert output_state([out])[0] == PARTIAL
