@@ -5,18 +5,25 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+from ..file_prediction import is_zarr
 from .progress import ProgressBar
 
 EPILOG = """examples:
   cvdm predict cell.tif -o results/
   cvdm predict images/ -o results/ --samples 16 --seed 1
   cvdm predict "data/*.tif" -o results/ --model mine.cvdm.safetensors --device cuda
+  cvdm predict images/ -o results/ --workers 2 --resume
+  cvdm predict images/ -o results/ --scheduler tcp://head-node:8786 --device cuda
 
 Each input gives INPUT_cvdm_mean.tif, INPUT_cvdm_std.tif (the calibrated standard deviation:
 the expected error of the mean) and INPUT_cvdm_var.tif (the samples' raw variance): OME-TIFF,
 float32, in the input's units, pixel size divided by the model's scale, written together or
-not at all. Existing outputs are refused unless --overwrite is given.
-The seed used is printed and stored in the files, so any run can be repeated.
+not at all. Existing outputs are refused unless --overwrite is given; --resume skips inputs
+whose outputs are complete and redoes incomplete ones. The seed used is printed and stored
+in the files, so any run can be repeated.
+
+With --workers or --scheduler each file is a task on a dask cluster (pip install
+'napari-cvdm[cluster]'); every worker loads the model once and predicts one file at a time.
 """
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -40,10 +47,25 @@ def add_parser(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (default: refuse, before any work)")
-
-
-def is_zarr(path: Path) -> bool:
-    return path.name.lower().endswith(".zarr")
+    p.add_argument("--resume", action="store_true",
+                   help="skip inputs whose outputs are all complete, redo those whose outputs "
+                        "are incomplete (default: off)")
+    cluster = p.add_argument_group(
+        "cluster", "run the files as tasks on dask.distributed (pip install "
+        "'napari-cvdm[cluster]'); with --device cuda and several GPUs, worker i uses "
+        "cuda:(i mod GPUs)")
+    where = cluster.add_mutually_exclusive_group()
+    where.add_argument("--workers", type=int, metavar="N",
+                       help="start a local cluster of N worker processes (default: no "
+                            "cluster, one process)")
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="use the running dask cluster at ADDRESS, e.g. "
+                            "tcp://10.0.0.5:8786 (default: none)")
+    cluster.add_argument("--threads-per-worker", type=int, metavar="T",
+                         help="torch threads of each worker (default: 1 with --workers, the "
+                              "worker's own thread count with --scheduler)")
+    cluster.add_argument("--scheduler-timeout", type=float, default=15.0, metavar="S",
+                         help="seconds to wait for --scheduler to answer (default: 15)")
 
 
 def _output_stem(path: Path) -> str:
@@ -76,15 +98,43 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     return found
 
 
-def _check_predict_args(args) -> list[tuple[Path, tuple[Path, ...]]]:
+def _check_cluster_args(args) -> bool:
+    """Whether the run uses a cluster; ValueError for options that do not go together."""
+    if args.resume and args.overwrite:
+        raise ValueError("--resume keeps complete outputs and --overwrite replaces them; "
+                         "give one of them")
+    clustered = args.workers is not None or args.scheduler is not None
+    if not clustered:
+        if args.threads_per_worker is not None:
+            raise ValueError("--threads-per-worker needs --workers or --scheduler")
+        return False
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, not {args.workers}")
+    if args.threads_per_worker is not None and args.threads_per_worker < 1:
+        raise ValueError(f"--threads-per-worker must be at least 1, not "
+                         f"{args.threads_per_worker}")
+    if not args.scheduler_timeout > 0:
+        raise ValueError(f"--scheduler-timeout must be a positive number of seconds, not "
+                         f"{args.scheduler_timeout}")
+    return True
+
+
+def _plan(args, seed: int | None, clustered: bool = False):
     """Everything that can be checked before loading a model or an image.
 
-    Returns (input, outputs): outputs are (mean, std, var) TIFFs, or one OME-Zarr folder.
+    Returns ``(tasks, skipped)``: a FileTask per input to predict (outputs: (mean, std,
+    var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), and with
+    --resume the inputs whose outputs are complete, as ``(input, why)``. The device is
+    checked here only for a run in this process (a cluster's workers have their own).
     """
     from ..devices import resolve_device
+    from ..file_prediction import FileTask
+    from ..finished_outputs import ABSENT, COMPLETE, output_state
+    from ..settings import draw_seed
     from ..tiff_writer import check_outputs
 
-    resolve_device(args.device)
+    if not clustered:
+        resolve_device(args.device)
     if args.output.exists() and not args.output.is_dir():
         raise ValueError(f"the output {args.output} exists and is not a folder")
     paths = expand_inputs(args.inputs)
@@ -97,103 +147,116 @@ def _check_predict_args(args) -> list[tuple[Path, tuple[Path, ...]]]:
                              f"{stem}_cvdm_*.tif; rename one or run them separately")
         seen[stem] = path.resolve()
         if is_zarr(path):
-            out = args.output / f"{stem}_cvdm.ome.zarr"
-            check_outputs([out], overwrite=args.overwrite, folders=True)
-            plan.append((path, (out,)))
-            continue
-        outputs = tuple(args.output / f"{stem}_cvdm_{kind}.tif" for kind in ("mean", "std", "var"))
-        if {p.resolve() for p in outputs} & inputs:
-            raise ValueError(f"an output of {path} would overwrite an input; choose another "
-                             "output folder")
+            outputs = (args.output / f"{stem}_cvdm.ome.zarr",)
+        else:
+            outputs = tuple(args.output / f"{stem}_cvdm_{kind}.tif"
+                            for kind in ("mean", "std", "var"))
+            if {p.resolve() for p in outputs} & inputs:
+                raise ValueError(f"an output of {path} would overwrite an input; choose "
+                                 "another output folder")
         plan.append((path, outputs))
-    check_outputs([p for src, outs in plan if not is_zarr(src) for p in outs],
-                  overwrite=args.overwrite)
-    return plan
-
-
-def provenance(summary: dict, settings, steps: int, device: str, precision: str) -> dict:
-    """What the output files record about how they were made (known before the run)."""
-    import datetime
-
-    from .. import __version__
-
-    return {"software": f"napari-cvdm {__version__}", "model": summary.get("name"),
-            "weights_sha256": summary.get("sha256"), "seed": settings.seed,
-            "samples": settings.samples, "steps": steps, "eta": settings.eta,
-            "sampler": settings.sampler, "precision": precision, "device": device,
-            "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
+    tasks, skipped = [], []
+    for path, outputs in plan:
+        state, why = output_state(outputs, path) if args.resume else (ABSENT, "")
+        if state == COMPLETE:
+            skipped.append((path, why))
+            continue
+        tasks.append(FileTask(path, outputs, draw_seed() if seed is None else seed,
+                              replace=state != ABSENT))
+    for folders in (False, True):
+        for replace in (False, True):
+            check_outputs([p for t in tasks if is_zarr(t.input) == folders
+                           and t.replace == replace for p in t.outputs],
+                          overwrite=args.overwrite or replace, folders=folders)
+    return tasks, skipped
 
 
 def run(args) -> int:
-    """Each input: read, predict, then write its mean and variance together (both or none).
+    """Each input: read, predict, then write its outputs together (all or none).
 
     A failure or Ctrl-C leaves the outputs of the inputs finished before it, complete,
-    and nothing of the input it was working on.
+    and nothing of the input it was working on. With a cluster, a file that fails does
+    not stop the others; the failed ones are listed at the end (exit 2 if every failure
+    was bad input, 1 otherwise) and --resume finishes the batch.
     """
     import sys
 
-    import napari_cvdm
-
-    from ..devices import resolve_device, tune_cpu_allocator
-    from ..domain import input_warnings
-    from ..image_files import read_tiff
+    from ..devices import resolve_device
+    from ..file_prediction import RunSpec, describe, predict_file
     from ..model_files import resolve_model
     from ..precision import resolve_precision
-    from ..settings import PredictSettings, draw_seed
-    from ..tiff_writer import spec_for, write_ome_tiffs
-    from ..validation import check_output_size
+    from ..settings import PredictSettings
     from .options import settings_from_args
 
     settings = settings_from_args(PredictSettings, args)
-    plan = _check_predict_args(args)
+    clustered = _check_cluster_args(args)
+    if clustered:
+        from ..distributed import require_distributed
+
+        require_distributed()  # before any work: say how to install it
+    tasks, skipped = _plan(args, settings.seed, clustered)
     model, summary = resolve_model(settings.model)
-    settings = settings.replace(model=model)
-    device = resolve_device(settings.device)
-    precision = resolve_precision(settings.precision, device).name
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
-    tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
+    for path, why in skipped:
+        print(describe({"input": str(path), "skipped": why}))
+    if not tasks:
+        return 0
     args.output.mkdir(parents=True, exist_ok=True)
-    for path, outputs in plan:
-        if is_zarr(path):
-            _predict_zarr(path, outputs[0], model, summary, settings, steps, device, precision,
-                          args)
-            continue
-        image = read_tiff(path)
-        check_output_size(image.data.shape, model.config.scale)
-        run_settings = settings.replace(seed=draw_seed() if settings.seed is None
-                                        else settings.seed)
-        # The output metadata is checked before the work, not after it.
-        spec = spec_for(image, model.config.scale,
-                        provenance(summary, run_settings, steps, str(device), precision))
-        size = image.pixel_size[-1] if image.pixel_size else None
-        for message in input_warnings(image.data, model, size, image.unit or None):
-            print(f"cvdm predict: warning: {path.name}: {message}", file=sys.stderr)
-        bar = None if args.quiet else ProgressBar(path.name, unit="eval")
-        result = napari_cvdm.predict(image.data, settings=run_settings, progress=bar)
-        mean_path, std_path, var_path = outputs
-        write_ome_tiffs(list(zip(outputs, (result.mean, result.std, result.variance))), spec,
-                        overwrite=args.overwrite)
-        print(f"{path} -> {mean_path}, {std_path}, {var_path} (seed {result.seed}, "
-              f"{result.info.get('precision')}, {result.seconds:.1f} s on {result.device})")
+    if clustered:
+        return _run_on_cluster(args, tasks, settings, summary, steps)
+    # The precision is checked before the work (the provenance of each file records it).
+    resolve_precision(settings.precision, resolve_device(settings.device))
+    spec = RunSpec(settings.replace(model=model), summary, steps, args.overwrite)
+
+    def warn(message: str) -> None:
+        print(f"cvdm predict: warning: {message}", file=sys.stderr)
+
+    for task in tasks:
+        bar = None if args.quiet else ProgressBar(task.input.name, unit="eval")
+        print(describe(predict_file(task, spec, model, progress=bar, warn=warn)))
     return 0
 
 
-def _predict_zarr(path: Path, out: Path, model, summary, settings, steps, device, precision,
-                  args) -> None:
-    """An OME-Zarr input, read lazily, to ``out``: mean and calibrated std as two images."""
-    import napari_cvdm
+def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
+    """The tasks on a local cluster (--workers) or an existing one (--scheduler)."""
+    import sys
 
-    from ..settings import draw_seed
-    from ..validation import check_output_size
-    from ..zarr_files import read_ome_zarr, write_ome_zarr
+    from ..distributed import connect, run_batch
+    from ..errors import is_out_of_memory
+    from ..file_prediction import RunSpec, describe
+    from ..model_cache import ModelRef
+    from . import EXIT_BAD_INPUT, EXIT_FAILED, _one_line
 
-    array, meta = read_ome_zarr(path)
-    check_output_size(tuple(array.shape), model.config.scale)
-    run_settings = settings.replace(seed=draw_seed() if settings.seed is None else settings.seed)
-    bar = None if args.quiet else ProgressBar(path.name, unit="eval")
-    result = napari_cvdm.predict(array, settings=run_settings, progress=bar)
-    write_ome_zarr(out, result.mean, result.std, meta, scale=model.config.scale,
-                   provenance=provenance(summary, run_settings, steps, str(device), precision),
-                   overwrite=args.overwrite)
-    print(f"{path} -> {out} (seed {result.seed}, {result.info.get('precision')}, "
-          f"{result.seconds:.1f} s on {result.device})")
+    threads = args.threads_per_worker or (1 if args.workers is not None else None)
+    spec = RunSpec(settings.replace(model=ModelRef.of(settings.model)), summary, steps,
+                   args.overwrite, threads)
+
+    def report(outcome) -> None:  # as each file finishes; failures are listed at the end
+        if outcome.error is not None:
+            return
+        task = outcome.task  # as given (the workers got absolute paths)
+        done = {**outcome.done, "input": str(task.input),
+                "outputs": [str(p) for p in task.outputs]}
+        for message in done.get("warnings", ()):
+            print(f"cvdm predict: warning: {message}", file=sys.stderr)
+        print(describe(done))
+
+    with connect(args.workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
+        outcomes = run_batch(client, tasks, spec, progress=not args.quiet, on_outcome=report)
+    failed = [o for o in outcomes if o.error is not None]
+    for outcome in failed:
+        error = outcome.error
+        what = _one_line(error) or type(error).__name__
+        if is_out_of_memory(error):
+            what = f"out of memory ({what[:200]}); use a smaller --tile-size, a smaller " \
+                   "--batch-size or fewer --samples"
+        elif not isinstance(error, (ValueError, OSError)):
+            what = f"{type(error).__name__}: {what}"
+        print(f"cvdm predict: error: {outcome.task.input}: {what}", file=sys.stderr)
+    if not failed:
+        return 0
+    print(f"cvdm predict: error: {len(failed)} of {len(tasks)} inputs failed (listed above); "
+          "the others' outputs are complete; fix the inputs and rerun with --resume",
+          file=sys.stderr)
+    bad_input = all(isinstance(o.error, ValueError) for o in failed)
+    return EXIT_BAD_INPUT if bad_input else EXIT_FAILED

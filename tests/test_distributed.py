@@ -1,0 +1,175 @@
+"""Batches of files on dask.distributed (issue 16): the same outputs as one process, --resume,
+an unreachable scheduler, a failing file among good ones, and a worker killed mid-batch."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_cvdm.cli import main
+from napari_cvdm.io import read_tiff
+
+pytest.importorskip("distributed")
+
+KINDS = ("mean", "std", "var")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two worker processes of one thread, shared by the tests that use --scheduler."""
+    import logging
+
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                      dashboard_address=":0", silence_logs=logging.ERROR) as local:
+        yield local
+
+
+@pytest.fixture
+def three_tiffs(tmp_path, nuclei_widefield):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    paths = []
+    for i, name in enumerate(("a", "b", "c")):
+        path = folder / f"{name}.tif"
+        tifffile.imwrite(path, nuclei_widefield[40 * i:40 * i + 32, 60:92])  # 32 x 32 uint16
+        paths.append(path)
+    return paths
+
+
+def _cli(inputs, out, model_file, *extra):
+    return main(["predict", *map(str, inputs), "-o", str(out), "--model", str(model_file),
+                 "--samples", "2", "--steps", "2", "--quiet", *extra])
+
+
+def _names(inputs):
+    return sorted(f"{p.stem}_cvdm_{kind}.tif" for p in inputs for kind in KINDS)
+
+
+def test_two_local_workers_write_what_one_process_writes(three_tiffs, tiny_model_file,
+                                                         tmp_path, capsys):
+    # fp32: bf16 (auto on some CPUs) sums in an order that depends on the thread count
+    same = ("--seed", "5", "--precision", "fp32")
+    assert _cli(three_tiffs, tmp_path / "one", tiny_model_file, *same) == 0
+    capsys.readouterr()
+    assert _cli(three_tiffs, tmp_path / "two", tiny_model_file, *same, "--workers", "2") == 0
+    out = capsys.readouterr().out
+    assert out.count("(seed 5,") == 3 and all(f"{p} -> " in out for p in three_tiffs)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == _names(three_tiffs)
+    for name in _names(three_tiffs):
+        single, clustered = (read_tiff(tmp_path / d / name) for d in ("one", "two"))
+        assert clustered.data.shape == (64, 64) and clustered.data.dtype == np.float32
+        np.testing.assert_allclose(clustered.data, single.data, rtol=1e-5,
+                                   atol=1e-5 * float(np.abs(single.data).max()))
+
+
+def test_resume_skips_complete_outputs_and_redoes_partial_ones(three_tiffs, tiny_model_file,
+                                                               tmp_path, capsys, cluster):
+    out = tmp_path / "out"
+    assert _cli(three_tiffs, out, tiny_model_file, "--seed", "1") == 0
+    (out / "b_cvdm_std.tif").unlink()  # as if the run had died half way through b
+    kept = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()
+            if not p.name.startswith("b_")}
+    old_b_mean = (out / "b_cvdm_mean.tif").stat().st_mtime_ns
+    capsys.readouterr()
+    assert _cli(three_tiffs, out, tiny_model_file, "--seed", "1", "--resume") == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped, its outputs are complete") == 2
+    assert f"{three_tiffs[1]} -> " in printed
+    assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)
+    assert {n: (p.stat().st_mtime_ns, p.read_bytes()) for n, p in
+            ((n, out / n) for n in kept)} == kept
+    assert (out / "b_cvdm_mean.tif").stat().st_mtime_ns != old_b_mean
+    assert read_tiff(out / "b_cvdm_std.tif").data.shape == (64, 64)
+
+    # The same on a cluster (--scheduler): only c is redone.
+    (out / "c_cvdm_var.tif").unlink()
+    assert _cli(three_tiffs, out, tiny_model_file, "--resume", "--scheduler",
+                cluster.scheduler_address) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("skipped") == 2 and f"{three_tiffs[2]} -> " in printed
+    assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)
+
+    # Everything complete: nothing to do, no work; --resume with --overwrite is refused.
+    assert _cli(three_tiffs, out, tiny_model_file, "--resume") == 0
+    assert capsys.readouterr().out.count("skipped") == 3
+    assert _cli(three_tiffs, out, tiny_model_file, "--resume", "--overwrite") == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_an_unreachable_scheduler_is_a_quick_clear_error(three_tiffs, tiny_model_file,
+                                                         tmp_path, capsys):
+    start = time.monotonic()
+    code = _cli(three_tiffs, tmp_path / "out", tiny_model_file, "--scheduler",
+                "tcp://127.0.0.1:1", "--scheduler-timeout", "2")
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 15
+    assert "no dask scheduler answered at tcp://127.0.0.1:1 within 2 s" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_model_file,
+                                                             tmp_path, capsys, monkeypatch):
+    assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--workers", "0") == 2
+    assert "--workers must be at least 1" in capsys.readouterr().err
+    assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--threads-per-worker", "2") == 2
+    assert "needs --workers or --scheduler" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # not installed
+    assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--workers", "2") == 2
+    assert "pip install 'napari-cvdm[cluster]'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_model_file,
+                                                           tmp_path, capsys, cluster):
+    bad = three_tiffs[0].parent / "broken.tif"
+    bad.write_bytes(b"II*\x00 this is not a tiff")
+    out = tmp_path / "out"
+    code = _cli([*three_tiffs, bad], out, tiny_model_file, "--seed", "2", "--scheduler",
+                cluster.scheduler_address)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"cvdm predict: error: {bad}: " in err and "could not be read as a TIFF" in err
+    assert "1 of 4 inputs failed" in err
+    assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)
+
+
+def test_a_worker_killed_mid_batch_still_gives_every_output_once(three_tiffs, tiny_model_file,
+                                                                 tmp_path, cluster):
+    """The worker running b.tif dies (os._exit) on b's first attempt; dask runs b again on
+    a live worker, with the same seed; every output exists once, nothing half-written."""
+    from distributed import Client
+
+    from napari_cvdm.distributed import run_batch, run_file
+    from napari_cvdm.file_prediction import FileTask, RunSpec
+    from napari_cvdm.settings import PredictSettings
+
+    out = tmp_path / "out"
+    died = tmp_path / "died"
+
+    def dies_once_on_b(task, spec):
+        if task.input.name == "b.tif" and not died.exists():
+            died.write_text(str(os.getpid()))
+            os._exit(1)  # the worker process dies mid-task, as with SIGKILL or a lost node
+        return run_file(task, spec)
+
+    tasks = [FileTask(p, tuple(out / f"{p.stem}_cvdm_{k}.tif" for k in KINDS), seed=7)
+             for p in three_tiffs]
+    settings = PredictSettings(model=str(tiny_model_file), samples=2, steps=2, device="cpu")
+    spec = RunSpec(settings, {}, 2, threads=1)
+    with Client(cluster) as client:
+        pids = set(client.run(os.getpid).values())
+        outcomes = run_batch(client, tasks, spec, progress=False, function=dies_once_on_b)
+    assert died.exists() and int(died.read_text()) in pids  # a worker did die
+    assert [o.error for o in outcomes] == [None] * 3
+    assert [o.done["input"] for o in outcomes] == [str(p.absolute()) for p in three_tiffs]
+    assert all(o.done["seed"] == 7 for o in outcomes)
+    assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)  # no .part files
+    for path in out.iterdir():
+        assert read_tiff(path).data.shape == (64, 64)
