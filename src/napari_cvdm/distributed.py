@@ -5,9 +5,9 @@ Each task runs :func:`napari_cvdm.file_prediction.predict_file` on a worker, whi
 the file's outputs itself (all or none, atomically), so a batch on a cluster writes exactly
 what the single-process run writes. The model travels as a
 :class:`~napari_cvdm.model_cache.ModelRef` and is loaded once per worker process. A task
-whose worker dies is run again elsewhere (dask's ``retries``); its seed was drawn before
-submission, so the retry repeats it exactly, and outputs that an earlier attempt completed
-are kept, not written twice. No Qt or napari here; dask.distributed is imported only when a
+whose worker dies is run again by dask on another worker (and one that raises, up to
+``retries`` times); its seed was drawn before submission, so the retry repeats it exactly,
+and outputs that an earlier attempt completed are kept, not written twice. No Qt or napari here; dask.distributed is imported only when a
 cluster is used (the ``cluster`` extra).
 """
 
@@ -111,7 +111,9 @@ def run_file(task, spec) -> dict[str, Any]:
 
     Outputs that are complete already were written by an earlier attempt of this task
     (the command line refuses existing outputs before submitting): they are kept and
-    reported, not written twice. Warnings about the input come back in ``warnings``.
+    reported, not written twice. Warnings about the input come back in ``warnings``; bad
+    input (ValueError) comes back in ``error`` rather than raised, so that dask does not
+    retry it. Other errors are raised (and retried).
     """
     import torch
 
@@ -136,10 +138,13 @@ def run_file(task, spec) -> dict[str, Any]:
     with _predicting, _local_dask():
         if threads:
             torch.set_num_threads(threads)
-        model = load_cached(spec.settings.model)
-        done = predict_file(task, dataclasses.replace(spec, threads=None), model,
-                            warn=warnings.append,
-                            device=worker_device(spec.settings.device, index))
+        try:
+            model = load_cached(spec.settings.model)
+            done = predict_file(task, dataclasses.replace(spec, threads=None), model,
+                                warn=warnings.append,
+                                device=worker_device(spec.settings.device, index))
+        except ValueError as exc:  # bad input fails the same way again: no retry
+            return {"input": str(task.input), "error": exc}
     return {**done, "warnings": warnings}
 
 
@@ -173,7 +178,8 @@ def run_batch(client, tasks: Sequence, spec, *, retries: int = RETRIES,
 
     One task per file (``pure=False``, a unique key, ``retries``); paths are sent
     absolute. ``spec.settings.model`` must be a ModelRef. A file that fails is reported
-    in its outcome; the other files go on. A tqdm bar on stderr counts finished files;
+    in its outcome (bad input at once, other errors after ``retries`` more attempts);
+    the other files go on. A tqdm bar on stderr counts finished files;
     ``on_outcome`` is called as each file finishes. Ctrl-C cancels what has not finished
     (finished files keep their outputs).
     """
@@ -200,7 +206,9 @@ def run_batch(client, tasks: Sequence, spec, *, retries: int = RETRIES,
         for future in distributed.as_completed(list(futures)):
             i = futures[future]
             try:
-                outcome = FileOutcome(tasks[i], done=future.result())
+                done = future.result()
+                outcome = (FileOutcome(tasks[i], error=done["error"]) if "error" in done
+                           else FileOutcome(tasks[i], done=done))
             except Exception as exc:  # the file's own error, raised again here
                 outcome = FileOutcome(tasks[i], error=exc)
             outcomes[i] = outcome

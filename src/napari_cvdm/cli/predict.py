@@ -221,6 +221,8 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
     """The tasks on a local cluster (--workers) or an existing one (--scheduler)."""
     import sys
 
+    from tqdm import tqdm
+
     from ..distributed import connect, run_batch
     from ..errors import is_out_of_memory
     from ..file_prediction import RunSpec, describe
@@ -238,8 +240,8 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
         done = {**outcome.done, "input": str(task.input),
                 "outputs": [str(p) for p in task.outputs]}
         for message in done.get("warnings", ()):
-            print(f"cvdm predict: warning: {message}", file=sys.stderr)
-        print(describe(done))
+            tqdm.write(f"cvdm predict: warning: {message}", file=sys.stderr)
+        tqdm.write(describe(done), file=sys.stdout)  # above the bar of finished files
 
     with connect(args.workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
         outcomes = run_batch(client, tasks, spec, progress=not args.quiet, on_outcome=report)
