@@ -173,3 +173,37 @@ def test_a_worker_killed_mid_batch_still_gives_every_output_once(three_tiffs, ti
     assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)  # no .part files
     for path in out.iterdir():
         assert read_tiff(path).data.shape == (64, 64)
+
+
+def test_errors_from_a_worker_keep_their_message():
+    import pickle
+
+    from napari_cvdm.errors import OutOfMemory
+
+    error = OutOfMemory("cuda:1", 128, 2)
+    again = pickle.loads(pickle.dumps(error))
+    assert type(again) is OutOfMemory and str(again) == str(error)
+    assert (again.device, again.tile, again.batch) == ("cuda:1", 128, 2)
+
+
+def test_worker_i_uses_gpu_i_mod_count_when_there_are_several(monkeypatch):
+    import torch
+
+    from napari_cvdm.distributed import _worker_index, worker_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert [worker_device("cuda", i) for i in range(5)] == [
+        "cuda:0", "cuda:1", "cuda:2", "cuda:0", "cuda:1"]
+    assert worker_device("auto", 4) == "cuda:1"
+    assert worker_device("cuda:2", 0) is None and worker_device("cpu", 1) is None  # as given
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert worker_device("cuda", 3) is None  # one GPU per worker (SLURM): its cuda:0
+
+    class Worker:
+        def __init__(self, name, address="tcp://10.0.0.1:4000"):
+            self.name, self.address = name, address
+
+    assert _worker_index(Worker(2)) == 2
+    assert _worker_index(Worker("SLURMCluster-7")) == 7
+    assert _worker_index(Worker("gpu-node")) == _worker_index(Worker("gpu-node"))

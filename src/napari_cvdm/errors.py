@@ -31,7 +31,7 @@ class OutOfMemory(MemoryError):
 
     def __init__(self, device: str, tile: int | None = None, batch: int | None = None,
                  what: str = "the prediction"):
-        self.device, self.tile, self.batch = str(device), tile, batch
+        self.device, self.tile, self.batch, self.what = str(device), tile, batch, what
         where = f"out of memory on {self.device}"
         if tile is not None and batch is not None:
             detail = f" even with {tile}-pixel tiles and {batch} sample(s) per network call"
@@ -39,6 +39,9 @@ class OutOfMemory(MemoryError):
             detail = ""
         super().__init__(f"{where}{detail}: {what} does not fit; use smaller tiles, fewer "
                          "samples per call or another device")
+
+    def __reduce__(self):  # pickled as its arguments (from a dask worker), not its message
+        return type(self), (self.device, self.tile, self.batch, self.what)
 
 
 class TrainingDiverged(RuntimeError):
