@@ -128,13 +128,25 @@ def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_m
 
 def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_model_file,
                                                            tmp_path, capsys, cluster):
+    from distributed import Client
+
+    from napari_cvdm.model_cache import cache_info
+
     bad = three_tiffs[0].parent / "broken.tif"
     bad.write_bytes(b"II*\x00 this is not a tiff")
     out = tmp_path / "out"
-    code = _cli([*three_tiffs, bad], out, tiny_model_file, "--seed", "2", "--scheduler",
-                cluster.scheduler_address)
+    with Client(cluster) as client:
+        before = client.run(cache_info)
+        code = _cli([*three_tiffs, bad], out, tiny_model_file, "--seed", "2", "--scheduler",
+                    cluster.scheduler_address)
+        after = client.run(cache_info)
     err = capsys.readouterr().err
     assert code == 2
+    # the model was loaded at most once per worker; the bad file was not retried
+    loads = {w: after[w]["misses"] - before[w]["misses"] for w in after}
+    uses = sum(after[w]["hits"] + after[w]["misses"] - before[w]["hits"] - before[w]["misses"]
+               for w in after)
+    assert all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1 and uses == 4
     assert f"cvdm predict: error: {bad}: " in err and "could not be read as a TIFF" in err
     assert "1 of 4 inputs failed" in err
     assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)
