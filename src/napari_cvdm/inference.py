@@ -109,17 +109,24 @@ class _CompiledDenoiser:
         return self.net.denoise(z, inputs, gamma)
 
 
-def _prepare(image, model, settings, options, half, progress, cancel) -> tuple[Run, tuple]:
-    """Every check before any work, then the run's state: model, device, precision, plan."""
+def _prepare(image, model, settings, options, half, progress, cancel,
+             lazy: bool = False) -> tuple[Run, tuple]:
+    """Every check before any work, then the run's state: model, device, precision, plan.
+
+    ``lazy``: the outputs are dask arrays (never held whole, so their size is not checked
+    against memory) and the tasks load the model where they run.
+    """
     shape, _ = check_image(image)
     s = settings_from(settings, options if model is None else {**options, "model": model})
+    source = s.model
     s = s.replace(precision=from_half_flag(half, s.precision))
     model = _resolve_model(s.model)
     if model.config.channels != 1:
         raise ValueError(f"this model expects {model.config.channels}-channel images; "
                          "napari-cvdm predicts single-channel planes")
     scale = model.config.scale
-    check_output_size(shape, scale)
+    if not lazy:
+        check_output_size(shape, scale)
     device = resolve_device(s.device)
     precision = resolve_precision(s.precision, device)
     seed = draw_seed() if s.seed is None else s.seed
@@ -131,6 +138,9 @@ def _prepare(image, model, settings, options, half, progress, cancel) -> tuple[R
     if run.calibration is not None:
         calibration.check(run.calibration)
     run.check_cancel()
+    if lazy:
+        run.net, run.source = model, source
+        return run, shape
     try:
         run.net = running_model(model, device)
     except Exception as exc:
@@ -191,7 +201,7 @@ def _to_input_units(norm: Normalization, mean_view: np.ndarray, var_view: np.nda
 
 
 def predict(image, model=None, *, settings: PredictSettings | None = None, progress=None,
-            cancel: CancelCheck = None, half: bool | None = None,
+            cancel: CancelCheck = None, half: bool | None = None, client=None,
             **options) -> PredictionResult:
     """Reconstruct ``image`` with CVDM; return the per-pixel mean and variance.
 
@@ -205,12 +215,25 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     ``precision``). ``progress(done, total)`` is called after every denoiser evaluation;
     ``cancel`` (an Event or a callable) stops the run with :class:`Cancelled`.
 
+    A **dask array** gives a lazy result: ``mean``, ``variance`` and ``std`` are dask arrays
+    computed tile group by tile group when asked for (``lazy_prediction``), equal to the
+    in-memory result for the same seed; stream them to zarr with
+    :func:`~napari_cvdm.zarr_files.write_ome_zarr` or ``dask.array.store`` of all three at
+    once (computed separately, the tiles would run once per output). ``client``: a
+    dask.distributed Client; a NumPy (or zarr) image is then computed on its cluster and
+    returned as NumPy, a dask image stays lazy (compute it with that client).
+
     Errors: ValueError for bad input or options (checked before any work, including the
     size of the outputs), :class:`~napari_cvdm.errors.OutOfMemory` when even the smallest
     tiles and one sample per call do not fit (after retrying smaller plans). Thread-safe:
     the model is never modified, so threads may share it.
     """
     started = time.perf_counter()
+    from .lazy_prediction import is_dask
+
+    if is_dask(image) or client is not None:
+        return _predict_lazy(image, model, settings, options, half, progress, cancel, client,
+                             started)
     run, shape = _prepare(image, model, settings, options, half, progress, cancel)
     s, net, dev = run.settings, run.net, run.device
     planes = list(np.ndindex(*shape[:-2]))
@@ -255,3 +278,39 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     return PredictionResult(mean_out, var_out, s.samples, steps, s.eta, s.sampler, str(dev),
                             net.config.scale, run.seed, p.tile_size,
                             time.perf_counter() - started, info, std_out)
+
+
+def _predict_lazy(image, model, settings, options, half, progress, cancel, client,
+                  started) -> PredictionResult:
+    """A dask image to a lazy result; with a client, other images computed on its cluster."""
+    from .lazy_prediction import forget, is_dask, lazy_predict
+
+    run, shape = _prepare(image, model, settings, options, half, progress, cancel, lazy=True)
+    source = image
+    if not is_dask(image):
+        import dask.array as da
+
+        th, tw = run.plan.tile
+        scale = run.net.config.scale
+        chunks = (1,) * (len(shape) - 2) + (max(th // scale, 1) * 2, max(tw // scale, 1) * 2)
+        source = da.from_array(np.asarray(image), chunks=chunks)
+    mean, variance, std, spec = lazy_predict(source, run.net, run, shape, run.source)
+    s, net = run.settings, run.net
+    steps = s.steps if s.sampler == "ddim" else net.config.timesteps
+    tiles = len(run.tiles())
+    info = {"tiles": tiles, "tile_shape": run.plan.tile, "batch": run.plan.batch,
+            "group": run.plan.group, "overlap": run.plan.overlap,
+            "evaluations": spec.planes * run.plane_evaluations(), "retries": 0,
+            "precision": run.precision.name, "half": run.precision.name == "fp16",
+            "compiled": False, "calibrated": std is not None, "lazy": True}
+    if client is not None and not is_dask(image):
+        try:
+            mean, variance, *rest = client.compute([mean, variance] + ([std] if std is not None
+                                                                        else []), sync=True)
+        finally:
+            forget(spec)
+        std = rest[0] if rest else None
+        info["lazy"] = False
+    return PredictionResult(mean, variance, s.samples, steps, s.eta, s.sampler,
+                            str(run.device), net.config.scale, run.seed, run.plan.tile_size,
+                            time.perf_counter() - started, info, std)

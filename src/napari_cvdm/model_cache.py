@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ModelRef", "cache_info", "clear_cache", "load_cached"]
+__all__ = ["ModelRef", "cache_info", "clear_cache", "load_cached", "remember"]
 
 MAX_CACHED = 4  # models kept per process (a worker rarely needs more than one)
 
@@ -130,6 +130,16 @@ def load_cached(ref: ModelRef | Any):
         while len(_cache) > MAX_CACHED:
             _cache.popitem(last=False)
         return net
+
+
+def remember(ref: ModelRef, model) -> None:
+    """Make ``load_cached(ref)`` in this process return ``model`` (the caller's own CVDM,
+    already loaded: a lazy prediction's tasks that run here use it, not a reloaded copy)."""
+    with _lock:
+        _cache[ref.key] = model
+        _cache.move_to_end(ref.key)
+        while len(_cache) > MAX_CACHED:
+            _cache.popitem(last=False)
 
 
 def cache_info() -> dict[str, int]:

@@ -43,6 +43,7 @@ class Run:
     denoise: Any = None  # a compiled denoiser, or None
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # the model's normalisation
     calibration: dict | None = None  # the model's std -> error map (calibration.py)
+    source: Any = None  # what the caller named the model by (a name, a file or the CVDM)
     done: int = 0
     total: int = 0
     network_calls: int = 0
@@ -73,24 +74,40 @@ class Run:
         self.check_cancel()
 
 
-def conditioning(x_plane: torch.Tensor, tile: Tile, scale: int) -> torch.Tensor:
+def conditioning(x_plane: torch.Tensor, tile: Tile, scale: int,
+                 origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """The tile's region of the input resampled onto the output grid, (height, width).
 
     Upsamples only the input pixels the tile needs, plus a margin wider than the bicubic
     kernel, so the result equals the same region of the whole upsampled plane (which is
-    never built: it would be a full-size float32 image).
+    never built: it would be a full-size float32 image). ``x_plane`` may be a part of the
+    plane that starts at input pixel ``origin`` and holds at least :func:`input_region`
+    of the tile (a lazy run reads no more than that); the tile is in plane coordinates.
     """
     if scale == 1:
-        return x_plane[tile.slices]
-    margin = 3
+        oy, ox = origin
+        return x_plane[tile.y - oy:tile.y - oy + tile.height, tile.x - ox:tile.x - ox + tile.width]
     h_in, w_in = x_plane.shape
-    y0 = max(tile.y // scale - margin, 0)
-    x0 = max(tile.x // scale - margin, 0)
-    y1 = min(-(-(tile.y + tile.height) // scale) + margin, h_in)
-    x1 = min(-(-(tile.x + tile.width) // scale) + margin, w_in)
-    up = upsample(x_plane[y0:y1, x0:x1][None, None], scale)[0, 0]
+    y0, y1, x0, x1 = input_region(tile, scale, origin[0] + h_in, origin[1] + w_in)
+    region = x_plane[y0 - origin[0]:y1 - origin[0], x0 - origin[1]:x1 - origin[1]]
+    up = upsample(region[None, None], scale)[0, 0]
     oy, ox = tile.y - y0 * scale, tile.x - x0 * scale
     return up[oy:oy + tile.height, ox:ox + tile.width]
+
+
+def input_region(tile: Tile, scale: int, height: int, width: int) -> tuple[int, int, int, int]:
+    """(y0, y1, x0, x1): the input pixels of a (height, width) input plane that the tile's
+    conditioning reads (its footprint plus a margin wider than the bicubic kernel)."""
+    margin = 3 if scale > 1 else 0
+    return (max(tile.y // scale - margin, 0),
+            min(-(-(tile.y + tile.height) // scale) + margin, height),
+            max(tile.x // scale - margin, 0),
+            min(-(-(tile.x + tile.width) // scale) + margin, width))
+
+
+def group_seed(seed: int, plane: int, first: int) -> int:
+    """The seed of the sampler's generator for the tile group starting at tile ``first``."""
+    return (seed * 1_000_003 + plane * 10_007 + first) % (2**63)
 
 
 def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.ndarray,
@@ -104,7 +121,7 @@ def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.nda
     generator = torch.Generator(device=run.device)
     for first in range(0, len(tiles), p.group):
         group = tiles[first:first + p.group]
-        generator.manual_seed((run.seed * 1_000_003 + plane * 10_007 + first) % (2**63))
+        generator.manual_seed(group_seed(run.seed, plane, first))
         means, variances = tile_statistics(run, x_plane, group, chunks, plane, generator)
         for i, t in enumerate(group):
             blender.add(t, means[i], variances[i])
@@ -112,13 +129,18 @@ def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.nda
 
 
 def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: list[range],
-                    plane: int, generator: torch.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and variance over all samples of equally sized tiles run together, (G, h, w)."""
+                    plane: int, generator: torch.Generator,
+                    origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance over all samples of equally sized tiles run together, (G, h, w).
+
+    ``x_plane`` is the normalised input plane, or the part of it that starts at input
+    pixel ``origin`` (see :func:`conditioning`).
+    """
     net, device, s = run.net, run.device, run.settings
     stride = net.config.stride
     th, tw = tiles[0].height, tiles[0].width
     ph, pw = round_up(th, stride), round_up(tw, stride)
-    x = torch.stack([conditioning(x_plane, t, net.config.scale) for t in tiles])[:, None]
+    x = torch.stack([conditioning(x_plane, t, net.config.scale, origin) for t in tiles])[:, None]
     if (ph, pw) != (th, tw):
         # Pad (reflect where possible) to the network's stride, then crop: never resize.
         mode = "reflect" if ph - th < th and pw - tw < tw else "replicate"

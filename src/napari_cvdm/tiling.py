@@ -35,6 +35,15 @@ def round_up(value: int, multiple: int) -> int:
     return int(math.ceil(value / multiple) * multiple)
 
 
+def intersection(a: Tile, b: Tile) -> Tile | None:
+    """The region two tiles share, or None."""
+    y0, y1 = max(a.y, b.y), min(a.y + a.height, b.y + b.height)
+    x0, x1 = max(a.x, b.x), min(a.x + a.width, b.x + b.width)
+    if y0 >= y1 or x0 >= x1:
+        return None
+    return Tile(y0, x0, y1 - y0, x1 - x0)
+
+
 def tiles_along(size: int, tile: int, overlap: int) -> int:
     """How many tiles of ``tile`` pixels cover ``size`` with neighbours sharing ``overlap``."""
     if size <= tile:
@@ -119,19 +128,25 @@ def blend_weight(tile: Tile, height: int, width: int, overlap: int) -> np.ndarra
 class StatisticsBlender:
     """Accumulates weighted per-tile mean and variance into whole-image maps.
 
-    ``mean`` and ``variance``: optional (height, width) float arrays to accumulate into
-    (for example views of the caller's output arrays); by default float32 arrays are made.
-    After all tiles are added they hold the blended mean and mixture variance.
+    ``mean`` and ``variance``: optional float arrays to accumulate into (for example views
+    of the caller's output arrays); by default float32 arrays are made. ``window``: the
+    region of the (height, width) plane to accumulate (default: all of it); tiles are given
+    in plane coordinates and only their part inside the window is used, with the weights
+    they have in the whole plane, so a window of the blend equals the same region of the
+    whole blend (what a lazy, chunk-by-chunk result needs). After all tiles are added the
+    maps hold the blended mean and mixture variance.
     """
 
     def __init__(self, height: int, width: int, overlap: int,
                  mean: np.ndarray | None = None, variance: np.ndarray | None = None,
-                 dtype=np.float32):
+                 dtype=np.float32, window: Tile | None = None):
         self.height, self.width, self.overlap = height, width, overlap
-        self.mean = np.zeros((height, width), dtype) if mean is None else mean
-        self.variance = np.zeros((height, width), dtype) if variance is None else variance
-        if self.mean.shape != (height, width) or self.variance.shape != (height, width):
-            raise ValueError("the accumulators must have the image's shape")
+        self.window = window or Tile(0, 0, height, width)
+        shape = (self.window.height, self.window.width)
+        self.mean = np.zeros(shape, dtype) if mean is None else mean
+        self.variance = np.zeros(shape, dtype) if variance is None else variance
+        if self.mean.shape != shape or self.variance.shape != shape:
+            raise ValueError("the accumulators must have the window's shape")
         self.mean[...] = 0
         self.variance[...] = 0
         self._added: list[tuple[Tile, np.ndarray, np.ndarray]] = []
@@ -152,6 +167,15 @@ class StatisticsBlender:
 
     def add(self, tile: Tile, mean: np.ndarray, variance: np.ndarray) -> None:
         wy, wx = _weights_1d(tile, self.height, self.width, self.overlap)
+        part = intersection(tile, self.window)
+        if part is None:
+            return
+        if part != tile:  # keep the part inside the window, with the whole tile's weights
+            ty, tx = part.y - tile.y, part.x - tile.x
+            mean = mean[ty:ty + part.height, tx:tx + part.width]
+            variance = variance[ty:ty + part.height, tx:tx + part.width]
+            wy, wx = wy[ty:ty + part.height], wx[tx:tx + part.width]
+        tile = Tile(part.y - self.window.y, part.x - self.window.x, part.height, part.width)
         region_mean, region_var = self.mean[tile.slices], self.variance[tile.slices]
         before = self._weight_before(tile)
         self._added.append((tile, wy.astype(np.float32), wx.astype(np.float32)))

@@ -106,18 +106,27 @@ def _finer_than_float32(dtype: np.dtype) -> bool:
 
 def check_plane(plane, index: tuple[int, ...] = ()) -> np.ndarray:
     """Load one Y, X plane as float64; refuse NaN/inf and values float32 outputs cannot hold."""
-    where = f" in plane {index}" if index else ""
     data = np.asarray(plane)
     source = data.dtype
     if data.dtype != np.float64:
         with np.errstate(over="ignore", invalid="ignore"):
             data = data.astype(np.float64)
     finite = np.isfinite(data)
-    if not finite.all():
-        bad = int(data.size - finite.sum())
-        raise ValueError(f"the image contains {bad} NaN or infinite value(s){where}; "
+    bad = int(data.size - finite.sum())
+    low, high = (float(data.min()), float(data.max())) if not bad else (0.0, 0.0)
+    check_plane_values(low, high, bad, source, index)
+    return data
+
+
+def check_plane_values(low: float, high: float, nonfinite: int, dtype,
+                       index: tuple[int, ...] = ()) -> None:
+    """The checks of :func:`check_plane` from a plane's summary (its smallest and largest
+    value, how many values are NaN or infinite, its pixel type), for planes that are read
+    block by block and never held whole."""
+    where = f" in plane {index}" if index else ""
+    if nonfinite:
+        raise ValueError(f"the image contains {nonfinite} NaN or infinite value(s){where}; "
                          "replace them first (e.g. np.nan_to_num) or crop them away")
-    low, high = float(data.min()), float(data.max())
     largest = max(abs(low), abs(high))
     if largest > MAX_ABS_VALUE:
         raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "
@@ -132,7 +141,7 @@ def check_plane(plane, index: tuple[int, ...] = ()) -> np.ndarray:
                 f"image by a constant first (e.g. image / {_power_of_ten(span / 1e6)}), "
                 "or clip outlier pixels")
         levels = span / float(np.spacing(np.float32(largest)))
-        if _finer_than_float32(np.dtype(source)) and levels < MIN_LEVELS:
+        if _finer_than_float32(np.dtype(dtype)) and levels < MIN_LEVELS:
             raise ValueError(
                 f"the image{where} has values around {largest:.6g} that vary by only "
                 f"{span:.3g}: the float32 outputs would keep about {max(int(levels), 1)} grey "
@@ -143,7 +152,6 @@ def check_plane(plane, index: tuple[int, ...] = ()) -> np.ndarray:
                 f"the intensity range{where} is only {span:.3g} ({low:.3g} to {high:.3g}): "
                 "the variance, in squared units, would underflow float32. Multiply the image "
                 f"by a constant first (e.g. image * {_power_of_ten(1e-3 / span)})")
-    return data
 
 
 def memory_bytes() -> int | None:

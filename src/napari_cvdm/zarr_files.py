@@ -148,6 +148,15 @@ class ZarrResultWriter:
         self._arrays["mean"][tuple(index)] = np.asarray(mean, dtype=np.float32)
         self._arrays["std"][tuple(index)] = np.asarray(std, dtype=np.float32)
 
+    def store(self, mean, std) -> None:
+        """Compute dask ``mean`` and ``std`` together, each chunk written as it finishes."""
+        import dask.array as da
+
+        targets = [self._arrays["mean"], self._arrays["std"]]
+        sources = [da.asarray(a).astype(np.float32).rechunk(t.chunks)
+                   for a, t in zip((mean, std), targets)]
+        da.store(sources, targets, lock=False)
+
     def __exit__(self, kind, value, traceback):
         if kind is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -169,16 +178,23 @@ class ZarrResultWriter:
 def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scale: int = 1,
                    provenance: dict[str, Any] | None = None,
                    overwrite: bool = False) -> Path:
-    """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr, by planes.
+    """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr.
 
     ``metadata`` is the input's, as :func:`read_ome_zarr` returns it (``axes``,
-    ``physical``); Y and X sizes are divided by ``scale``.
+    ``physical``); Y and X sizes are divided by ``scale``. NumPy results are written plane
+    by plane; dask results (a lazy prediction) chunk by chunk, mean and std in one pass so
+    that every tile runs once, never holding a whole plane.
     """
+    from .lazy_prediction import is_dask
+
     metadata = metadata or {}
     if tuple(mean.shape) != tuple(std.shape):
         raise ValueError(f"mean {mean.shape} and std {std.shape} differ in shape")
     with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
                           metadata.get("physical"), scale, provenance, overwrite) as out:
-        for index in np.ndindex(*mean.shape[:-2]):
-            out.write(index, np.asarray(mean[index]), np.asarray(std[index]))
+        if is_dask(mean) or is_dask(std):
+            out.store(mean, std)
+        else:
+            for index in np.ndindex(*mean.shape[:-2]):
+                out.write(index, np.asarray(mean[index]), np.asarray(std[index]))
     return Path(path)

@@ -1,0 +1,337 @@
+"""predict() on a dask array: a lazy result computed tile group by tile group.
+
+Given a dask array, :func:`napari_cvdm.predict` returns the mean, variance and calibrated
+standard deviation as dask arrays. The graph, per plane:
+
+- one summary task per input block (smallest and largest value, NaN count and, for 8- and
+  16-bit images, a histogram), reduced to the plane's normalisation: the same percentiles
+  ``np.percentile`` gives on the whole plane, without ever holding it (float images are
+  read whole for that one step);
+- one task per tile group of the plan, reading only the input pixels its tiles need, and
+  running them exactly as the in-memory run does (same tiles, same groups, the same
+  position-dependent noise and generator seeds);
+- one task per output chunk, blending the statistics of the tiles that touch it with the
+  weights they have in the whole plane (``StatisticsBlender(window=...)``).
+
+So a chunk of the lazy result equals the same region of the in-memory result (to float32
+round-off), any chunk can be computed alone, and a result can be streamed to zarr chunk by
+chunk with memory bounded by the tiles, not by the image. Tasks take a picklable
+:class:`LazySpec` (the model as a :class:`~napari_cvdm.model_cache.ModelRef`), so the graph
+runs on dask.distributed workers too, each loading the model once. No Qt or napari.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .normalization import Normalization
+from .planning import TilePlan
+from .settings import PredictSettings
+from .tiling import Tile, intersection
+
+__all__ = ["LazySpec", "is_dask", "lazy_predict", "MAX_CHUNK"]
+
+MAX_CHUNK = 1024  # output chunk side at most: a chunk task holds (3, chunk, chunk) float32
+HISTOGRAM_BITS = 16  # integer images up to this many bits are normalised from histograms
+
+_compute_lock = threading.Lock()  # one tile group at a time per process: no oversubscription
+_callbacks: OrderedDict[str, Any] = OrderedDict()  # token -> _Callbacks of recent runs here
+MAX_CALLBACKS = 64  # lazy results whose progress and cancellation are kept
+
+
+def is_dask(image) -> bool:
+    return type(image).__module__.split(".")[0] == "dask" and hasattr(image, "dask")
+
+
+@dataclass(frozen=True)
+class LazySpec:
+    """What every task of one lazy prediction shares (picklable; sent once per worker)."""
+
+    ref: Any  # ModelRef
+    settings: PredictSettings  # without the model
+    seed: int
+    plan: TilePlan
+    height: int  # output plane
+    width: int
+    scale: int
+    percentiles: tuple[float, float]
+    calibration: dict | None
+    planes: int
+    token: str  # progress and cancellation of the calling process
+
+
+class _Callbacks:
+    """Progress and cancellation shared by the tasks that run in the calling process."""
+
+    def __init__(self, progress, cancel, total: int):
+        self.progress, self.cancel, self.total = progress, cancel, total
+        self.done = 0
+        self.lock = threading.Lock()
+
+    def tick(self, _done=None, _total=None) -> None:
+        with self.lock:
+            self.done += 1
+            done = self.done
+        if self.progress is not None:
+            self.progress(done, self.total)
+
+
+# -- normalisation from block summaries ---------------------------------------------------
+
+def _histogram_offset(dtype: np.dtype) -> int | None:
+    """The offset that maps an integer type of at most 16 bits onto 0.., or None."""
+    if dtype.kind == "u" and dtype.itemsize * 8 <= HISTOGRAM_BITS:
+        return 0
+    if dtype.kind == "i" and dtype.itemsize * 8 <= HISTOGRAM_BITS:
+        return 2 ** (dtype.itemsize * 8 - 1)
+    return None
+
+
+def _block_summary(block: np.ndarray) -> dict[str, Any]:
+    block = np.asarray(block)
+    offset = _histogram_offset(block.dtype)
+    if offset is None:
+        data = block.astype(np.float64)
+        finite = np.isfinite(data)
+        bad = int(data.size - finite.sum())
+        low, high = (float(data.min()), float(data.max())) if not bad and data.size else (0.0, 0.0)
+        return {"low": low, "high": high, "bad": bad, "size": int(data.size), "hist": None}
+    values = block.ravel().astype(np.int64) + offset
+    hist = np.bincount(values, minlength=2 ** (block.dtype.itemsize * 8))
+    return {"low": float(block.min()), "high": float(block.max()), "bad": 0,
+            "size": int(block.size), "hist": hist}
+
+
+def _order_statistic(cumulative: np.ndarray, k: int, offset: int) -> float:
+    """The k-th smallest value (0-based) from a histogram's cumulative counts."""
+    return float(int(np.searchsorted(cumulative, k, side="right")) - offset)
+
+
+def _lerp(a: float, b: float, t: float) -> float:
+    """numpy's interpolation between order statistics, to the last bit."""
+    diff = np.float64(b) - np.float64(a)
+    if t >= 0.5:
+        return float(np.float64(b) - diff * (1 - np.float64(t)))
+    return float(np.float64(a) + diff * np.float64(t))
+
+
+def histogram_percentiles(hist: np.ndarray, offset: int, percentiles) -> list[float]:
+    """``np.percentile(values, percentiles)`` (linear method) from a histogram of integers."""
+    cumulative = np.cumsum(hist)
+    n = int(cumulative[-1])
+    found = []
+    for q in percentiles:
+        virtual = (n - 1) * (np.float64(q) / 100)
+        below = int(np.floor(virtual))
+        above = min(below + 1, n - 1)
+        t = float(virtual - below)
+        found.append(_lerp(_order_statistic(cumulative, below, offset),
+                           _order_statistic(cumulative, above, offset), t))
+    return found
+
+
+def _plane_normalization(summaries: list[dict], whole_plane, percentiles, dtype: str,
+                         index: tuple[int, ...]) -> Normalization:
+    """The plane's checks and normalisation, equal to ``Normalization.fit`` on the plane."""
+    from .validation import check_plane_values
+
+    bad = sum(s["bad"] for s in summaries)
+    low = min(s["low"] for s in summaries)
+    high = max(s["high"] for s in summaries)
+    check_plane_values(low, high, bad, np.dtype(dtype), index)
+    if whole_plane is not None:
+        return Normalization.fit(np.asarray(whole_plane, dtype=np.float64), percentiles)
+    hist = sum(s["hist"] for s in summaries)
+    p_low, p_high = histogram_percentiles(hist, _histogram_offset(np.dtype(dtype)), percentiles)
+    if not p_high > p_low:
+        p_low, p_high = low, high  # as Normalization.fit: the full range for sparse structure
+    return Normalization(float(p_low), float(p_high))
+
+
+# -- tile groups and chunks ---------------------------------------------------------------
+
+def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple[int, int],
+                      tiles: list[Tile], plane: int, first: int):
+    """Mean and variance (normalised) of one tile group, as the in-memory run computes them."""
+    if norm.is_constant:
+        return None
+    import torch
+
+    from .devices import resolve_device
+    from .errors import Cancelled, cancel_requested
+    from .model_cache import load_cached
+    from .precision import resolve_precision
+    from .running_model import running_model
+    from .tile_sampling import Run, group_seed, tile_statistics
+
+    callbacks = _callbacks.get(spec.token)
+    cancel = callbacks.cancel if callbacks is not None else None
+    if cancel_requested(cancel):
+        raise Cancelled("prediction cancelled")
+    model = load_cached(spec.ref)
+    device = resolve_device(spec.settings.device)
+    precision = resolve_precision(spec.settings.precision, device)
+    samples, batch = spec.settings.samples, spec.plan.batch
+    chunks = [range(i, min(i + batch, samples)) for i in range(0, samples, batch)]
+    x = torch.from_numpy(norm.apply(np.asarray(region)))
+    with _compute_lock, torch.inference_mode():
+        run = Run(running_model(model, device), device, precision, spec.settings, spec.seed,
+                  spec.plan, spec.height, spec.width,
+                  progress=callbacks.tick if callbacks is not None else None, cancel=cancel)
+        generator = torch.Generator(device=device)
+        generator.manual_seed(group_seed(spec.seed, plane, first))
+        return tile_statistics(run, x, tiles, chunks, plane, generator, origin)
+
+
+def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
+                 contributions: list[tuple[list[Tile], Any]]) -> np.ndarray:
+    """(mean, variance[, calibrated std]) of one output window, in input units, float32."""
+    from . import calibration
+    from .tiling import StatisticsBlender
+
+    layers = 3 if spec.calibration is not None else 2
+    out = np.zeros((layers, window.height, window.width), np.float32)
+    if norm.is_constant:
+        out[0] = norm.low
+        return out
+    blender = StatisticsBlender(spec.height, spec.width, spec.plan.overlap, mean=out[0],
+                                variance=out[1], window=window)
+    for tiles, statistics in contributions:
+        means, variances = statistics
+        for i, tile in enumerate(tiles):
+            blender.add(tile, means[i], variances[i])
+    mean, variance = blender.result()
+    if spec.calibration is not None:
+        out[2] = calibration.apply(np.sqrt(variance), spec.calibration) * \
+            np.float32(norm.half_range)
+    out[0] = norm.invert_mean(mean)
+    out[1] = norm.invert_variance(variance)
+    return out
+
+
+def _chunk_starts(size: int, chunk: int) -> list[tuple[int, int]]:
+    return [(start, min(chunk, size - start)) for start in range(0, size, chunk)]
+
+
+def _output_chunk(image, axis: int, scale: int) -> int:
+    largest = max(image.chunks[axis])
+    return max(scale, min(largest * scale, MAX_CHUNK))
+
+
+def _rechunk_if_needed(image, plan: TilePlan, scale: int):
+    """Y/X chunks narrower than the tiles' overlap are merged (tiles would read many tiny
+    blocks each); said with a warning."""
+    small = [axis for axis in (-2, -1)
+             if len(image.chunks[axis]) > 1 and min(image.chunks[axis][:-1]) * scale < plan.overlap]
+    if not small:
+        return image
+    target = {image.ndim + axis: max(-(-plan.tile[axis] // scale), 1) for axis in (-2, -1)}
+    warnings.warn(f"the image's chunks ({image.chunksize[-2]} x {image.chunksize[-1]} pixels "
+                  f"in Y, X) are narrower than the model's tile overlap; rechunked to "
+                  f"{target[image.ndim - 2]} x {target[image.ndim - 1]} for the prediction",
+                  UserWarning, stacklevel=4)
+    return image.rechunk(target)
+
+
+def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
+    """The dask graph of a prediction of ``image`` (a dask array) with ``run``'s plan.
+
+    ``model`` is the resolved CVDM, ``source`` what the caller named it by (a bundled name
+    or a file: workers then load it from there; None: the model travels as bytes).
+    Returns ``(mean, variance, calibrated_std or None, spec)``, lazy.
+    """
+    import dask
+    import dask.array as da
+
+    from .model_cache import ModelRef, remember
+    from .sampling import evaluations
+
+    named = source is None or isinstance(source, str) or hasattr(source, "__fspath__")
+    ref = ModelRef.of(source if named else model)
+    remember(ref, model)  # this process runs with the caller's model, never a reloaded copy
+    scale = model.config.scale
+    s = run.settings
+    token = uuid.uuid4().hex
+    spec = LazySpec(ref, s.replace(model=None, seed=run.seed), run.seed, run.plan, run.height,
+                    run.width, scale, tuple(run.percentiles), run.calibration,
+                    int(np.prod(shape[:-2], dtype=np.int64)), token)
+    image = _rechunk_if_needed(image, run.plan, scale)
+    tiles = run.plan.tiles(run.height, run.width, model.config.stride)
+    groups = [(first, tiles[first:first + run.plan.group])
+              for first in range(0, len(tiles), run.plan.group)]
+    per_tile = -(-s.samples // run.plan.batch) * evaluations(s.steps, s.sampler,
+                                                             model.config.timesteps)
+    _callbacks[token] = _Callbacks(run.progress, run.cancel,
+                                   spec.planes * len(tiles) * per_tile)
+    while len(_callbacks) > MAX_CALLBACKS:
+        _callbacks.popitem(last=False)
+    spec_task = dask.delayed(spec, pure=True, traverse=False)
+    cy, cx = _output_chunk(image, -2, scale), _output_chunk(image, -1, scale)
+    windows = [[Tile(y, x, h, w) for x, w in _chunk_starts(run.width, cx)]
+               for y, h in _chunk_starts(run.height, cy)]
+    in_h, in_w = shape[-2:]
+    layers = 3 if run.calibration is not None else 2
+    by_plane = {}
+    for p, index in enumerate(np.ndindex(*shape[:-2])):
+        plane = image[index] if index else image
+        summaries = [dask.delayed(_block_summary)(block) for block in plane.to_delayed().ravel()]
+        whole = plane if _histogram_offset(np.dtype(image.dtype)) is None else None
+        norm = dask.delayed(_plane_normalization)(summaries, whole, tuple(run.percentiles),
+                                                  np.dtype(image.dtype).str, index)
+        statistics = []
+        for first, group in groups:
+            regions = [_input_region(t, scale, in_h, in_w) for t in group]
+            y0, x0 = min(r[0] for r in regions), min(r[2] for r in regions)
+            y1, x1 = max(r[1] for r in regions), max(r[3] for r in regions)
+            statistics.append(dask.delayed(_group_statistics, pure=True)(
+                spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
+        rows = []
+        for row in windows:
+            blocks = []
+            for window in row:
+                touching = [(group, stats) for (first, group), stats in zip(groups, statistics)
+                            if any(intersection(t, window) is not None for t in group)]
+                block = dask.delayed(_blend_chunk, pure=True)(spec_task, norm, window, touching)
+                blocks.append(da.from_delayed(block, (layers, window.height, window.width),
+                                              dtype=np.float32))
+            rows.append(blocks)
+        by_plane[index] = da.block(rows)
+    stacked = _stack(by_plane, shape[:-2])
+    mean, variance = stacked[0], stacked[1]
+    std = stacked[2] if layers == 3 else None
+    return mean, variance, std, spec
+
+
+def _input_region(tile: Tile, scale: int, height: int, width: int):
+    from .tile_sampling import input_region
+
+    return input_region(tile, scale, height, width)
+
+
+def _stack(by_plane: dict, lead: tuple[int, ...]):
+    """(layers, *lead, H, W) from one (layers, H, W) array per leading index."""
+    import dask.array as da
+
+    def nest(prefix: tuple[int, ...]):
+        if len(prefix) == len(lead):
+            return by_plane[prefix]
+        return da.stack([nest(prefix + (i,)) for i in range(lead[len(prefix)])], axis=1)
+
+    return nest(())
+
+
+def forget(spec: LazySpec) -> None:
+    """Drop the callbacks of a finished lazy run (progress, cancel) of this process."""
+    _callbacks.pop(spec.token, None)
+
+
+def chunk_count(result) -> int:
+    """How many output chunks a lazy result has (for progress in chunks)."""
+    return int(np.prod([len(c) for c in result.chunks]))

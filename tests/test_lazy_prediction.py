@@ -1,0 +1,125 @@
+"""predict() on dask arrays: lazy results equal to the in-memory ones, chunk by chunk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+da = pytest.importorskip("dask.array")
+
+import napari_cvdm as nc  # noqa: E402
+from napari_cvdm.lazy_prediction import histogram_percentiles  # noqa: E402
+
+OPTIONS = dict(samples=3, steps=2, seed=5, tile_size=64, precision="fp32")
+
+
+def _image(shape, dtype=np.uint16, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.random(shape) * 1000).astype(dtype)
+
+
+def test_dask_input_gives_lazy_outputs_equal_to_the_in_memory_result(tiny_model):
+    image = _image((2, 100, 90))
+    eager = nc.predict(image, tiny_model, **OPTIONS)
+    assert eager.info["tiles"] > 4  # several tiles and tile groups, blended across chunks
+    lazy = nc.predict(da.from_array(image, chunks=(1, 40, 50)), tiny_model, **OPTIONS)
+    assert isinstance(lazy.mean, da.Array) and isinstance(lazy.variance, da.Array)
+    assert lazy.mean.shape == eager.mean.shape == (2, 200, 180)
+    assert lazy.info["lazy"] and lazy.seed == eager.seed
+    mean, variance = da.compute(lazy.mean, lazy.variance)
+    np.testing.assert_allclose(mean, eager.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(variance, eager.variance, rtol=1e-5, atol=1e-6)
+    assert mean.dtype == np.float32
+
+
+def test_one_chunk_alone_equals_that_region(tiny_model):
+    image = _image((120, 120), seed=1)
+    eager = nc.predict(image, tiny_model, **OPTIONS)
+    lazy = nc.predict(da.from_array(image, chunks=(50, 50)), tiny_model, **OPTIONS)
+    block = lazy.mean.blocks[1, 1].compute()
+    y0, x0 = lazy.mean.chunks[0][0], lazy.mean.chunks[1][0]
+    np.testing.assert_allclose(block, eager.mean[y0:y0 + block.shape[0], x0:x0 + block.shape[1]],
+                               rtol=1e-6, atol=1e-6)
+
+
+def test_float_images_and_the_bundled_models_calibrated_std():
+    image = _image((64, 72), np.float32, seed=2) / 7
+    eager = nc.predict(image, samples=2, steps=2, seed=1, precision="fp32")
+    lazy = nc.predict(da.from_array(image, chunks=(32, 40)), samples=2, steps=2, seed=1,
+                      precision="fp32")
+    assert lazy.info["calibrated"] and eager.info["calibrated"]
+    mean, std = da.compute(lazy.mean, lazy.std)
+    np.testing.assert_allclose(mean, eager.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(std, eager.std, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16])
+@pytest.mark.parametrize("percentiles", [(1.0, 99.8), (0.0, 100.0), (3.3, 50.0)])
+def test_histogram_percentiles_equal_numpys(dtype, percentiles):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    values = rng.integers(info.min, info.max, size=5003, endpoint=True).astype(dtype)
+    offset = 0 if info.min == 0 else -int(info.min)
+    hist = np.bincount(values.astype(np.int64) + offset, minlength=2 ** (8 * values.itemsize))
+    expected = np.percentile(values.astype(np.float64), percentiles)
+    assert histogram_percentiles(hist, offset, percentiles) == list(expected)
+
+
+def test_chunks_narrower_than_the_overlap_are_rechunked_with_a_warning(tiny_model):
+    image = _image((60, 60), seed=4)
+    eager = nc.predict(image, tiny_model, **OPTIONS)
+    with pytest.warns(UserWarning, match="rechunked"):
+        lazy = nc.predict(da.from_array(image, chunks=(3, 60)), tiny_model, **OPTIONS)
+    np.testing.assert_allclose(lazy.mean.compute(), eager.mean, rtol=1e-6, atol=1e-6)
+
+
+def test_bad_values_are_refused_when_computed_and_constant_planes_are_certain(tiny_model):
+    image = _image((40, 40), np.float32)
+    image[3, 4] = np.nan
+    lazy = nc.predict(da.from_array(image, chunks=20), tiny_model, **OPTIONS)
+    with pytest.raises(ValueError, match="NaN"):
+        lazy.mean.compute()
+    flat = da.full((40, 40), 7, dtype=np.uint16, chunks=20)
+    result = nc.predict(flat, tiny_model, **OPTIONS)
+    mean, variance = da.compute(result.mean, result.variance)
+    assert (mean == 7).all() and (variance == 0).all()
+
+
+def test_progress_counts_every_evaluation_of_a_lazy_run(tiny_model):
+    image = _image((80, 80), seed=5)
+    seen = []
+    lazy = nc.predict(da.from_array(image, chunks=40), tiny_model, progress=lambda d, t:
+                      seen.append((d, t)), **OPTIONS)
+    assert not seen  # nothing runs before the result is asked for
+    lazy.mean.compute()
+    assert seen[-1][0] == seen[-1][1] == lazy.info["evaluations"]
+
+
+def test_the_input_is_not_modified_and_huge_lazy_outputs_are_allowed(tiny_model):
+    image = _image((50, 50))
+    before = image.copy()
+    nc.predict(da.from_array(image, chunks=25), tiny_model, **OPTIONS).mean.compute()
+    np.testing.assert_array_equal(image, before)
+    # 24k x 24k output: refused in memory on this machine's budget, fine lazily.
+    big = da.zeros((12_000, 12_000), dtype=np.uint16, chunks=4000)
+    lazy = nc.predict(big, tiny_model, samples=1, steps=1, tile_size=1024, precision="fp32")
+    assert lazy.mean.shape == (24_000, 24_000)
+    with pytest.raises(ValueError, match="more than this computer can spare"):
+        from napari_cvdm.validation import check_output_size
+
+        check_output_size((12_000, 12_000), 2, limit=2**30)
+
+
+def test_lazy_result_streams_to_ome_zarr(tiny_model, tmp_path):
+    pytest.importorskip("zarr")
+    import zarr
+
+    from napari_cvdm.zarr_files import write_ome_zarr
+
+    image = _image((2, 48, 40), seed=6)
+    eager = nc.predict(image, tiny_model, **OPTIONS)
+    lazy = nc.predict(da.from_array(image, chunks=(1, 24, 40)), tiny_model, **OPTIONS)
+    out = write_ome_zarr(tmp_path / "r.ome.zarr", lazy.mean, lazy.std, {"axes": "ZYX"}, scale=2)
+    group = zarr.open_group(str(out), mode="r")
+    np.testing.assert_allclose(group["mean/0"][:], eager.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(group["std/0"][:], eager.std, rtol=1e-5, atol=1e-6)
