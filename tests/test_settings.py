@@ -122,11 +122,16 @@ def test_fp16_on_the_cpu_is_refused_before_any_work(tiny_model):
     assert calls == []
 
 
-def test_a_lazy_output_too_large_for_memory_is_a_value_error_before_allocating(tiny_model):
+def test_an_output_too_large_for_memory_is_refused_before_allocating_unless_lazy(tiny_model):
+    zarr = pytest.importorskip("zarr")
     da = pytest.importorskip("dask.array")
-    huge = da.zeros((30_000, 30_000), chunks=4096, dtype=np.uint16)
+    # A zarr array is read plane by plane into NumPy outputs: refused before any work.
+    huge = zarr.zeros((30_000, 30_000), chunks=(4096, 4096), dtype=np.uint16)
     with pytest.raises(ValueError, match="GiB"):
         nc.predict(huge, tiny_model, samples=1, steps=1)
+    # The same image as a dask array gives a lazy result that is never held whole.
+    lazy = nc.predict(da.from_zarr(huge), tiny_model, samples=1, steps=1, tile_size=2048)
+    assert isinstance(lazy.mean, da.Array) and lazy.mean.shape == (60_000, 60_000)
 
 
 def test_the_model_files_normalisation_percentiles_are_used(tiny_model):
