@@ -3,13 +3,21 @@
 No Qt here: scripts call :func:`run_on_layer` (blocking); the dock widget runs
 :func:`~napari_cvdm.inference.predict` in a thread and then calls :func:`show_result`
 on the main thread, so both add and update the output layers the same way.
+
+Large images: a dask-backed or multiscale layer (level 0, full resolution) is predicted
+lazily and written chunk by chunk into an OME-Zarr store (a temporary folder unless
+``store=`` names one); the output layers are the zarr arrays of that store, filled in as
+chunks finish (:class:`LazyOutput`). Before any work the output size is checked: against
+memory for NumPy layers, against the free disk space of the store for lazy ones.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import os
+import shutil
+import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +53,89 @@ def check_layer(layer) -> None:
     if layer.rgb:
         raise ValueError(f"layer {layer.name!r} is RGB; CVDM reconstructs one channel at a "
                          "time. Right-click the layer > Split RGB, then run on one channel")
-    if layer.multiscale:
-        raise ValueError(f"layer {layer.name!r} is a multiscale pyramid; crop the region "
-                         "you need into a new (single-scale) layer first")
+
+
+def layer_image(layer):
+    """The image CVDM runs on: level 0 (full resolution) of a multiscale layer, else data."""
+    data = unwrap(layer.data)
+    return data[0] if layer.multiscale else data
+
+
+def is_lazy(layer) -> bool:
+    """Whether ``layer`` is predicted lazily into a zarr store (dask, zarr or multiscale)."""
+    data = layer_image(layer)
+    return bool(layer.multiscale) or not isinstance(data, np.ndarray)
+
+
+def _as_dask(data):
+    from .lazy_prediction import is_dask
+
+    if is_dask(data):
+        return data
+    import dask.array as da
+
+    chunks = getattr(data, "chunks", None)
+    return da.from_array(data, chunks=chunks if chunks is not None else "auto")
+
+
+def output_shape(layer, scale: int) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in layer_image(layer).shape)
+    return shape[:-2] + (shape[-2] * int(scale), shape[-1] * int(scale))
+
+
+def output_bytes(layer, scale: int) -> int:
+    """Bytes of the two float32 outputs (mean and std) of ``layer`` at ``scale``."""
+    shape = output_shape(layer, scale)
+    return 2 * 4 * int(np.prod(shape, dtype=np.float64))
+
+
+def _free_space_folder(path: Path) -> Path:
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def output_summary(layer, scale: int, store=None) -> str:
+    """One line: the output's shape and size, and where it goes (memory or a store)."""
+    shape = output_shape(layer, scale)
+    where = ("a zarr store in " + str(store if store is not None else tempfile.gettempdir())
+             if is_lazy(layer) else "memory")
+    return f"output: 2 x {' x '.join(map(str, shape))}, {_gib(output_bytes(layer, scale))} " \
+           f"to {where}"
+
+
+def check_output_room(layer, scale: int, store=None) -> int:
+    """Bytes of the outputs; ValueError when they do not fit where they would go.
+
+    NumPy layers: in memory (``validation.check_output_size``), with a hint at the lazy
+    path. Lazy layers: on the disk of ``store`` (default the temporary folder).
+    """
+    from . import validation
+
+    needed = output_bytes(layer, scale)
+    if not is_lazy(layer):
+        try:
+            validation.check_output_size(tuple(layer_image(layer).shape), scale)
+        except ValueError as exc:
+            raise ValueError(f"layer {layer.name!r}: {exc}. Or open it lazily so the result "
+                             "is written to disk chunk by chunk: as a dask array "
+                             "(viewer.add_image(dask.array.from_array(data))) or an OME-Zarr "
+                             "file") from None
+        return needed
+    folder = _free_space_folder(Path(store) if store is not None
+                                else Path(tempfile.gettempdir()))
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(f"layer {layer.name!r}: the outputs (mean and std, "
+                         f"{' x '.join(map(str, output_shape(layer, scale)))} float32) need "
+                         f"{_gib(needed)} but {folder} has only {_gib(free)} free; choose a "
+                         "store on a larger disk (store=...), or a region or fewer planes")
+    return needed
 
 
 def output_transform(layer, scale_factor: int) -> dict[str, Any]:
@@ -94,11 +182,16 @@ def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, fl
 
 
 def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
-                      provenance: dict[str, Any] | None = None) -> list[tuple]:
+                      provenance: dict[str, Any] | None = None,
+                      data: tuple[Any, Any] | None = None,
+                      extra: dict[str, Any] | None = None) -> list[tuple]:
     """The two output layers as napari layer data tuples ``(data, kwargs, "image")``.
 
     The mean has the input's colormap and contrast limits (same units, so toggling the two
-    compares like with like); the uncertainty gets its own colormap and limits.
+    compares like with like); the uncertainty gets its own colormap and limits. ``data``:
+    the (mean, uncertainty) arrays to show instead of the result's (zarr arrays being
+    written: their contrast limits are provisional, never computed from the data);
+    ``extra``: more metadata.
     """
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")
@@ -108,20 +201,28 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
             "device": result.device, "precision": result.info.get("precision"),
             "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
-            "napari_cvdm": __version__, **(provenance or {})}
+            "napari_cvdm": __version__, **(provenance or {}), **(extra or {})}
     mean_name, spread_name = output_names(layer, show)
-    spread = result.variance if show == "variance" else result.std
+    if data is None:
+        mean, spread = result.mean, result.variance if show == "variance" else result.std
+    else:
+        mean, spread = data
     mean_limits = tuple(float(v) for v in layer.contrast_limits)
-    if not mean_limits[1] > mean_limits[0]:
-        mean_limits = _robust_limits(result.mean, 0.1, 99.9)
-    spread_limits = (0.0, _robust_limits(spread, 0.0, 99.8)[1])
+    if data is None:
+        if not mean_limits[1] > mean_limits[0]:
+            mean_limits = _robust_limits(mean, 0.1, 99.9)
+        spread_limits = (0.0, _robust_limits(spread, 0.0, 99.8)[1])
+    else:
+        if not mean_limits[1] > mean_limits[0]:
+            mean_limits = (mean_limits[0], mean_limits[0] + 1.0)
+        spread_limits = (0.0, max((mean_limits[1] - mean_limits[0]) * 0.1, 1e-6))
     mean_kwargs = {"name": mean_name, "colormap": layer.colormap,
                    "contrast_limits": mean_limits, "gamma": layer.gamma,
                    "metadata": {"cvdm": {**info, "output": "mean"}}, **transform}
     spread_kwargs = {"name": spread_name, "colormap": UNCERTAINTY_COLORMAP,
                      "contrast_limits": spread_limits,
                      "metadata": {"cvdm": {**info, "output": show}}, **transform}
-    return [(result.mean, mean_kwargs, "image"), (spread, spread_kwargs, "image")]
+    return [(mean, mean_kwargs, "image"), (spread, spread_kwargs, "image")]
 
 
 def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
@@ -140,8 +241,11 @@ def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
             setattr(existing, key, kwargs[key])
     # Setting data keeps the old contrast range; widen it so the new limits are reachable.
     old_lo, old_hi = existing.contrast_limits_range
-    existing.contrast_limits_range = (min(old_lo, lo, float(data.min())),
-                                      max(old_hi, hi, float(data.max())))
+    if isinstance(data, np.ndarray):
+        lo_data, hi_data = float(data.min()), float(data.max())
+    else:  # a zarr array being written: never read it whole
+        lo_data, hi_data = lo, hi
+    existing.contrast_limits_range = (min(old_lo, lo, lo_data), max(old_hi, hi, hi_data))
     existing.contrast_limits = (lo, hi)
     existing.metadata = dict(kwargs["metadata"])
     return existing
@@ -185,8 +289,124 @@ def model_summary(source: str | os.PathLike) -> str:
            f"{trained}"
 
 
+def _sample(array, pixels: int = 1 << 20) -> np.ndarray:
+    """A strided sample of about ``pixels`` values of a (zarr) array, never all of it."""
+    shape = array.shape
+    lead = tuple(slice(None, None, max(1, n // 4)) for n in shape[:-2])
+    step = max(1, int(np.sqrt(shape[-2] * shape[-1] / pixels)))
+    return np.asarray(array[lead + (slice(None, None, step), slice(None, None, step))])
+
+
+class LazyOutput:
+    """The output layers of a lazy prediction, written chunk by chunk into a zarr store.
+
+    :func:`start_lazy_output` (main thread) creates the store and adds the layers, backed
+    by its zarr arrays; :meth:`compute` (any thread) computes the result into it;
+    :meth:`refresh` (main thread) redraws the layers, at most every ``interval`` seconds;
+    :meth:`finish` (main thread) sets contrast limits from a sample; :meth:`abort` removes
+    the layers and the store after a failure or cancellation.
+    """
+
+    def __init__(self, viewer, layer, result, show, writer, layers, path: Path,
+                 temporary: bool, interval: float = 1.0):
+        self.viewer, self.layer, self.result, self.show = viewer, layer, result, show
+        self.writer, self.layers, self.path = writer, layers, path
+        self.temporary, self.interval = temporary, interval
+        self._refreshed = time.monotonic()
+
+    def compute(self, callbacks=()) -> None:
+        spread = self.result.variance if self.show == "variance" else self.result.std
+        try:
+            self.writer.store(self.result.mean, spread, callbacks)
+        except BaseException as exc:
+            self.writer.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        self.writer.__exit__(None, None, None)
+
+    def refresh(self, *_args, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._refreshed < self.interval:
+            return
+        self._refreshed = now
+        for out in self.layers:
+            if out in self.viewer.layers:
+                out.refresh()
+
+    def finish(self) -> tuple[Any, Any]:
+        mean_layer, spread_layer = self.layers
+        mean_sample, spread_sample = (_sample(a) for a in self.writer.arrays)
+        limits = tuple(float(v) for v in self.layer.contrast_limits)
+        if not limits[1] > limits[0]:
+            limits = _robust_limits(mean_sample, 0.1, 99.9)
+        spread_hi = _robust_limits(spread_sample, 0.0, 99.8)[1]
+        for out, (lo, hi), sample in ((mean_layer, limits, mean_sample),
+                                      (spread_layer, (0.0, spread_hi), spread_sample)):
+            out.contrast_limits_range = (min(lo, float(sample.min())),
+                                         max(hi, float(sample.max())))
+            out.contrast_limits = (lo, hi)
+            out.metadata["cvdm"]["seconds"] = round(self.result.seconds, 3)
+        self.refresh(force=True)
+        return self.layers
+
+    def abort(self) -> None:
+        for out in self.layers:
+            if out in self.viewer.layers:
+                self.viewer.layers.remove(out)
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.temporary:
+            shutil.rmtree(self.path.parent, ignore_errors=True)
+
+
+def _store_path(layer, store) -> tuple[Path, bool]:
+    if store is not None:
+        return Path(store), False
+    folder = Path(tempfile.mkdtemp(prefix="napari-cvdm-"))
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)[:100]
+    return folder / f"{name or 'image'}_cvdm.ome.zarr", True
+
+
+def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[0],
+                      provenance: dict[str, Any] | None = None, store=None,
+                      overwrite: bool = False) -> LazyOutput:
+    """Create the zarr store of a lazy ``result`` and add (or update) its two layers.
+
+    ``store``: the OME-Zarr folder to write (default: ``<name>_cvdm.ome.zarr`` in a new
+    temporary folder); its path is in the layers' ``metadata["cvdm"]["store"]``.
+    """
+    from .zarr_files import ZarrResultWriter
+
+    path, temporary = _store_path(layer, store)
+    image_names = ("mean", "variance" if show == "variance" else "std")
+    writer = ZarrResultWriter(path, tuple(result.mean.shape), scale=result.scale,
+                              provenance={"source": layer.name, **(provenance or {})},
+                              overwrite=overwrite, in_place=True, images=image_names)
+    writer.__enter__()
+    try:
+        extra = {"store": str(path), "temporary_store": temporary, "lazy": True}
+        (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
+            layer, result, show, provenance, data=writer.arrays, extra=extra)
+        spread_layer = _add_or_update(viewer, spread, spread_kwargs)
+        mean_layer = _add_or_update(viewer, mean, mean_kwargs)
+    except BaseException as exc:
+        writer.__exit__(type(exc), exc, exc.__traceback__)
+        if temporary:
+            shutil.rmtree(path.parent, ignore_errors=True)
+        raise
+    return LazyOutput(viewer, layer, result, show, writer, (mean_layer, spread_layer), path,
+                      temporary)
+
+
+def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=None):
+    """predict() on the layer's image: lazily (a dask array) for dask, zarr or multiscale."""
+    image = layer_image(layer)
+    if is_lazy(layer):
+        image = _as_dask(image)
+    return predict(image, net, settings=settings, progress=progress, cancel=cancel)
+
+
 def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None = None,
-                 show: str = SHOW[0], progress=None, cancel=None, **options):
+                 show: str = SHOW[0], progress=None, cancel=None, store=None,
+                 overwrite: bool = False, **options):
     """Run CVDM on an image layer, blocking; add or update the two output layers.
 
     ``model``, ``settings`` and the keyword options are those of
@@ -198,13 +418,31 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     Running again on the same layer updates them. The input layer is never modified.
     Returns ``(mean_layer, uncertainty_layer)``. Call it on napari's main thread (it adds
     layers); it may run while the widget runs, even with the same model object.
+
+    Dask-backed, zarr-backed and multiscale layers (level 0) are predicted lazily: the
+    outputs are written chunk by chunk into the OME-Zarr folder ``store`` (default: a new
+    temporary folder, named in ``metadata["cvdm"]["store"]``; ``overwrite`` replaces an
+    existing one) and the layers show its zarr arrays, refreshed as chunks finish. The
+    output size is checked first: ValueError when a NumPy layer's outputs would not fit in
+    memory, or a lazy layer's on the store's disk.
     """
     check_layer(layer)
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")
     s = settings_from(settings, options if model is None else {**options, "model": model})
     net, provenance = resolve_model(s.model)
-    result = predict(layer.data, net, settings=s, progress=progress, cancel=cancel)
-    for message in input_warnings(layer, net):
-        warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
-    return show_result(viewer, layer, result, show, provenance)
+    check_output_room(layer, net.config.scale, store)
+    if not is_lazy(layer):
+        result = predict(layer.data, net, settings=s, progress=progress, cancel=cancel)
+        for message in input_warnings(layer, net):
+            warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
+        return show_result(viewer, layer, result, show, provenance)
+    result = predict_layer(layer, net, s, progress=progress, cancel=cancel)
+    out = start_lazy_output(viewer, layer, result, show, provenance, store, overwrite)
+    try:
+        # dask calls posttask callbacks in this (the main) thread: safe to redraw there
+        out.compute(callbacks=[out.refresh])
+    except BaseException:
+        out.abort()
+        raise
+    return out.finish()

@@ -110,11 +110,16 @@ class ZarrResultWriter:
     ``with ZarrResultWriter(path, shape, axes, sizes, scale, provenance) as out:
     out.write(index, mean_plane, std_plane)`` for each leading index (a tuple, ``()`` for
     a single plane). Nothing appears at ``path`` unless the block completes.
+
+    ``in_place=True`` creates the arrays at ``path`` itself (no hidden folder, no rename),
+    so readers (napari layers on :attr:`arrays`) see chunks as they are written; on failure
+    ``path`` is removed. ``images`` names the two images (``("mean", "variance")`` for a
+    variance output).
     """
 
     def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
-                 chunk: int = 512):
+                 chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.axes = ome_axes(axes, len(self.shape))
@@ -122,20 +127,29 @@ class ZarrResultWriter:
                                   scale)
         self.provenance = {str(k): v if isinstance(v, (int, float, bool)) or v is None
                            else str(v) for k, v in (provenance or {}).items()}
-        self.overwrite, self.chunk = overwrite, chunk
+        self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
+        self.images = tuple(images)
         check_outputs([self.path], overwrite=overwrite, folders=True)
 
     def __enter__(self):
         zarr = _zarr()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".part",
-                                          dir=self.path.parent))
+        if self.in_place:
+            if self.path.exists():
+                if not self.overwrite:
+                    raise ValueError(f"the output {self.path} exists; allow overwriting to "
+                                     "replace it")
+                shutil.rmtree(self.path)
+            self._tmp = self.path
+        else:
+            self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.",
+                                              suffix=".part", dir=self.path.parent))
         root = zarr.open_group(str(self._tmp), mode="w", zarr_format=2)
-        root.attrs["napari_cvdm"] = {"images": list(IMAGES), **self.provenance}
+        root.attrs["napari_cvdm"] = {"images": list(self.images), **self.provenance}
         chunks = (1,) * (len(self.shape) - 2) + tuple(min(n, self.chunk)
                                                       for n in self.shape[-2:])
         self._arrays = {}
-        for name in IMAGES:
+        for name in self.images:
             group = root.create_group(name)
             group.attrs.update(_ngff_attributes(self.axes, self.sizes, name,
                                                 self.provenance))
@@ -145,21 +159,37 @@ class ZarrResultWriter:
 
     def write(self, index: tuple[int, ...], mean: np.ndarray, std: np.ndarray) -> None:
         """Store the mean and standard deviation of the plane at ``index``."""
-        self._arrays["mean"][tuple(index)] = np.asarray(mean, dtype=np.float32)
-        self._arrays["std"][tuple(index)] = np.asarray(std, dtype=np.float32)
+        first, second = self.arrays
+        first[tuple(index)] = np.asarray(mean, dtype=np.float32)
+        second[tuple(index)] = np.asarray(std, dtype=np.float32)
 
-    def store(self, mean, std) -> None:
-        """Compute dask ``mean`` and ``std`` together, each chunk written as it finishes."""
+    @property
+    def arrays(self) -> tuple[Any, Any]:
+        """The two zarr arrays being written (mean, then std or variance)."""
+        return tuple(self._arrays[name] for name in self.images)
+
+    def store(self, mean, std, callbacks=()) -> None:
+        """Compute dask ``mean`` and ``std`` together, each chunk written as it finishes.
+
+        ``callbacks``: dask callbacks (``dask.callbacks.Callback``) active while computing.
+        """
         import dask.array as da
+        from dask.callbacks import Callback
 
-        targets = [self._arrays["mean"], self._arrays["std"]]
+        targets = list(self.arrays)
         sources = [da.asarray(a).astype(np.float32).rechunk(t.chunks)
                    for a, t in zip((mean, std), targets)]
-        da.store(sources, targets, lock=False)
+        with contextlib.ExitStack() as stack:
+            for callback in callbacks:
+                stack.enter_context(callback if isinstance(callback, Callback)
+                                    else Callback(posttask=callback))
+            da.store(sources, targets, lock=False)
 
     def __exit__(self, kind, value, traceback):
         if kind is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            return False
+        if self.in_place:
             return False
         old = None
         if self.path.exists():

@@ -1,0 +1,117 @@
+"""Large images in napari: dask-backed and multiscale layers predicted lazily into zarr."""
+
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import napari_cvdm as nc
+from napari_cvdm import layers as layers_module
+from napari_cvdm.layers import check_output_room, output_summary, run_on_layer
+
+FAST = {"samples": 2, "steps": 2, "seed": 7, "precision": "fp32", "device": "cpu"}
+
+
+@pytest.fixture
+def image():
+    rng = np.random.default_rng(3)
+    return (rng.random((2, 48, 40)) * 1000).astype(np.uint16)
+
+
+@pytest.fixture
+def viewer():
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+def _zarr_backed(layer):
+    return isinstance(layer.data, zarr.Array)
+
+
+def test_dask_layer_gives_zarr_backed_layers_equal_to_the_numpy_prediction(
+        viewer, image, tiny_model, tmp_path):
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 24, 20)), name="big",
+                             scale=(1.0, 0.5, 0.5), translate=(0.0, 3.0, -2.0))
+    mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model,
+                                         store=tmp_path / "out.ome.zarr", **FAST)
+    expected = nc.predict(image, tiny_model, **FAST)
+    assert _zarr_backed(mean_layer) and _zarr_backed(std_layer)
+    np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                               atol=1e-3)
+    np.testing.assert_allclose(np.asarray(std_layer.data), expected.std, rtol=1e-5,
+                               atol=1e-3)
+    assert mean_layer.metadata["cvdm"]["store"] == str(tmp_path / "out.ome.zarr")
+    scale = tiny_model.config.scale
+    np.testing.assert_allclose(mean_layer.scale, [1.0, 0.5 / scale, 0.5 / scale])
+    reopened = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    np.testing.assert_array_equal(reopened["mean"]["0"][:], np.asarray(mean_layer.data))
+    assert std_layer.contrast_limits[1] > 0
+
+
+def test_default_store_is_a_temporary_folder_named_in_the_metadata(viewer, image,
+                                                                     tiny_model):
+    layer = viewer.add_image(da.from_array(image[0]), name="one")
+    mean_layer, _ = run_on_layer(viewer, layer, tiny_model, **FAST)
+    store = mean_layer.metadata["cvdm"]["store"]
+    assert mean_layer.metadata["cvdm"]["temporary_store"]
+    assert zarr.open_group(store, mode="r")["mean"]["0"].shape == mean_layer.data.shape
+
+
+def test_multiscale_layer_uses_level_zero(viewer, image, tiny_model, tmp_path):
+    pyramid = [da.from_array(image), da.from_array(image[:, ::2, ::2])]
+    layer = viewer.add_image(pyramid, multiscale=True, name="pyr")
+    mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model,
+                                         store=tmp_path / "p.ome.zarr", **FAST)
+    expected = nc.predict(image, tiny_model, **FAST)
+    assert mean_layer.data.shape == expected.mean.shape
+    np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                               atol=1e-3)
+
+
+def test_numpy_layer_stays_in_memory(viewer, image, tiny_model):
+    layer = viewer.add_image(image)
+    mean_layer, _ = run_on_layer(viewer, layer, tiny_model, **FAST)
+    assert isinstance(mean_layer.data, np.ndarray)
+    assert "store" not in mean_layer.metadata["cvdm"]
+
+
+def test_size_guard_refuses_a_store_on_a_too_small_disk(viewer, image, tiny_model,
+                                                        tmp_path, monkeypatch):
+    layer = viewer.add_image(da.from_array(image), name="big")
+    usage = layers_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(layers_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=1000))
+    with pytest.raises(ValueError, match="free"):
+        run_on_layer(viewer, layer, tiny_model, store=tmp_path / "o.ome.zarr", **FAST)
+    assert not (tmp_path / "o.ome.zarr").exists()
+    assert len(viewer.layers) == 1
+
+
+def test_size_guard_refuses_an_oversized_in_memory_output(viewer, image, tiny_model,
+                                                          monkeypatch):
+    from napari_cvdm import validation
+
+    layer = viewer.add_image(image, name="img")
+    monkeypatch.setattr(validation, "memory_bytes", lambda: 10_000)
+    with pytest.raises(ValueError, match="dask"):
+        run_on_layer(viewer, layer, tiny_model, **FAST)
+    assert len(viewer.layers) == 1
+
+
+def test_output_summary_gives_shape_size_and_where(viewer, image):
+    layer = viewer.add_image(da.from_array(image), name="big")
+    text = output_summary(layer, 2, "/data/out.ome.zarr")
+    assert text.startswith("output: 2 x 2 x 96 x 80,") and "/data/out.ome.zarr" in text
+    assert "memory" in output_summary(viewer.add_image(image), 2)
+    assert check_output_room(layer, 2) == 2 * 4 * 2 * 96 * 80
+
+
+def test_cancelled_lazy_run_removes_its_layers_and_store(viewer, image, tiny_model,
+                                                         tmp_path):
+    layer = viewer.add_image(da.from_array(image), name="big")
+    with pytest.raises(nc.Cancelled):
+        run_on_layer(viewer, layer, tiny_model, store=tmp_path / "c.ome.zarr",
+                     cancel=lambda: True, **FAST)
+    assert not (tmp_path / "c.ome.zarr").exists()
+    assert len(viewer.layers) == 1
