@@ -187,7 +187,9 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
                   progress=callbacks.tick if callbacks is not None else None, cancel=cancel)
         generator = torch.Generator(device=device)
         generator.manual_seed(group_seed(spec.seed, plane, first))
-        return tile_statistics(run, x, tiles, chunks, plane, generator, origin)
+        means, variances = tile_statistics(run, x, tiles, chunks, plane, generator, origin)
+    # Held until every chunk they touch is blended: float32, as the blend uses them.
+    return means.astype(np.float32), variances.astype(np.float32)
 
 
 def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
