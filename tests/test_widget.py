@@ -325,3 +325,60 @@ def test_models_trained_in_this_session_are_offered_at_once(viewer_and_widget, m
     widget._model.value = str(model_file.resolve())
     assert widget.model_source() == model_file.resolve()
     assert "tiny: x2 super-resolution" in widget._model_info.value
+
+
+# -- large images: dask, zarr and multiscale layers --------------------------------------
+def test_a_dask_layer_fills_zarr_backed_layers_equal_to_the_in_memory_run(
+        qtbot, viewer_and_widget, model_file, tmp_path):
+    import dask.array as da
+    import zarr
+
+    import napari_cvdm as nc
+
+    viewer, widget = viewer_and_widget
+    data = np.stack([image(48, 40, seed=3), image(48, 40, seed=4)])
+    viewer.add_image(da.from_array(data), name="big")
+    configure(widget, model_file)
+    widget.set_options(precision="fp32")
+    assert not widget._store.native.isHidden()
+    widget._store.value = tmp_path / "big.ome.zarr"
+    assert widget._output.value.startswith("output: 2 x 2 x 96 x 80,")
+    assert str(tmp_path / "big.ome.zarr") in widget._output.value
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    mean_layer = viewer.layers["big CVDM mean"]
+    std_layer = viewer.layers["big CVDM std"]
+    assert isinstance(mean_layer.data, zarr.Array) and isinstance(std_layer.data, zarr.Array)
+    expected = nc.predict(data, model_file, samples=2, steps=2, seed=7, device="cpu",
+                          precision="fp32")
+    np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                               atol=1e-3)
+    np.testing.assert_allclose(np.asarray(std_layer.data), expected.std, rtol=1e-5,
+                               atol=1e-3)
+    assert "written to" in widget._status.value
+    assert mean_layer.metadata["cvdm"]["store"] == str(tmp_path / "big.ome.zarr")
+
+
+def test_a_numpy_layer_shows_its_output_size_in_memory_and_no_store(viewer_and_widget,
+                                                                     model_file):
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    configure(widget, model_file)
+    assert widget._output.value.endswith("to memory") and widget._store.native.isHidden()
+
+
+def test_too_little_disk_space_is_reported_without_starting(viewer_and_widget, model_file,
+                                                            notifications, monkeypatch,
+                                                            tmp_path):
+    import dask.array as da
+
+    from napari_cvdm import layers as layers_module
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(da.from_array(image(48, 40)), name="big")
+    configure(widget, model_file)
+    usage = layers_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(layers_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=100))
+    assert widget.start() is None
+    assert "free" in notifications["error"][-1] and len(viewer.layers) == 1

@@ -40,7 +40,22 @@ from ._reconstruction_options import (
 )
 from .errors import Cancelled, OutOfMemory, is_out_of_memory
 from .inference import predict
-from .layers import SHOW, check_layer, input_warnings, model_summary, show_result, unwrap
+from .layers import (
+    SHOW,
+    _as_dask,
+    check_layer,
+    check_output_room,
+    input_warnings,
+    is_lazy,
+    layer_image,
+    model_scale,
+    model_summary,
+    output_summary,
+    show_result,
+    start_lazy_output,
+    unwrap,
+)
+from .lazy_prediction import is_dask
 from .model_files import resolve_model
 from .settings import DEFAULT_MODEL, PredictSettings
 
@@ -92,11 +107,17 @@ class ReconstructionWidget(Container):
         self._advanced = CheckBox(value=False, text="advanced options")
         self._reset = PushButton(text="Reset to defaults")
         self._run = PushButton(text="Run")
+        self._store = FileEdit(label="zarr store", mode="w",
+                               filter="OME-Zarr (*.ome.zarr *.zarr)")
+        self._store.tooltip = ("large (dask, zarr or multiscale) images are written here "
+                               "chunk by chunk; empty: a temporary folder")
+        self._output = Label(label="")
         self._progress = ProgressBar(value=0, min=0, max=1, label="")
         self._status = Label(label="")
+        self._lazy = None  # the LazyOutput being computed
         self.extend([self._image, self._model, self._model_file, self._model_info,
-                     *self._options.values(), self._advanced, self._reset, self._run,
-                     self._progress, self._status])
+                     *self._options.values(), self._advanced, self._reset, self._store,
+                     self._output, self._run, self._progress, self._status])
 
         self._model_file.visible = False
         self._show_advanced(False)
@@ -108,6 +129,8 @@ class ReconstructionWidget(Container):
         for option in self._options.values():
             option.changed.connect(self._save_options)
         self._run.changed.connect(self._on_run_clicked)
+        self._image.changed.connect(self._update_output_info)
+        self._store.changed.connect(self._update_output_info)
         layers = viewer.layers
         layers.events.inserted.connect(self.reset_choices)
         layers.events.removed.connect(self.reset_choices)
@@ -124,6 +147,7 @@ class ReconstructionWidget(Container):
         self.native.destroyed.connect(on_destroyed)
         self._follow_active_layer()
         self._update_model_info()
+        self._update_output_info()
 
     # -- inputs --------------------------------------------------------------------------
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
@@ -165,6 +189,27 @@ class ReconstructionWidget(Container):
             self._model_info.value = model_summary(self.model_source())
         except ValueError as exc:
             self._model_info.value = f"⚠ {exc}"
+        self._update_output_info()
+
+    def store(self) -> Path | None:
+        """The OME-Zarr folder chosen for lazy outputs; None: a temporary folder."""
+        value = str(self._store.value).strip()
+        return None if value in ("", ".") else Path(value)
+
+    def _update_output_info(self, _event=None) -> None:
+        """The output's size and destination, e.g. "output: 2 x 8192 x 8192, 1.0 GiB to
+        memory"; the store field only for lazy (dask, zarr, multiscale) layers."""
+        if not hasattr(self, "_output"):
+            return
+        layer = self._image.value
+        self._store.visible = layer is not None and is_lazy(layer)
+        try:
+            if layer is None:
+                raise ValueError("")
+            self._output.value = output_summary(layer, model_scale(self.model_source()),
+                                                self.store())
+        except (ValueError, OSError, KeyError, TypeError):
+            self._output.value = ""
 
     def use_model(self, source: str | Path) -> None:
         """Choose the bundled ``"demo"`` model or a model file."""
@@ -225,18 +270,22 @@ class ReconstructionWidget(Container):
             check_layer(layer)
             source = self.model_source()
             options = self.options()
+            store = self.store() if is_lazy(layer) else None
+            check_output_room(layer, model_scale(source), store)
         except ValueError as exc:
             show_error(str(exc))
             return None
+        data = _as_dask(layer_image(layer)) if is_lazy(layer) else layer.data
         cancel = self._cancel = threading.Event()
         closed = self._closed
-        worker = create_worker(_predict, layer.data, partial(self._load_model, source),
+        worker = create_worker(_predict, data, partial(self._load_model, source),
                                options.predict_kwargs(), self._signals.progressed.emit,
                                lambda: cancel.is_set() or closed.is_set(),
                                _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(lambda out: self._on_returned(layer, options, cancel, *out))
+        worker.returned.connect(
+            lambda out: self._on_returned(layer, options, cancel, *out, store=store))
         worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        worker.finished.connect(partial(self._on_finished, worker))
         self._worker, self._running_layer = worker, layer
         self._run.text = "Cancel"
         self._progress.value = 0
@@ -268,9 +317,15 @@ class ReconstructionWidget(Container):
         elapsed = time.perf_counter() - self._started
         left = elapsed / max(done, 1) * (total - done)
         self._status.value = f"step {done} of {total}, about {left:.0f} s left"
+        if self._lazy is not None:
+            self._lazy.refresh()  # at most every second: the layers fill in as chunks finish
 
-    def _on_returned(self, layer, options, cancel, result, provenance, model=None) -> None:
+    def _on_returned(self, layer, options, cancel, result, provenance, model=None,
+                     store=None) -> None:
         if cancel.is_set() or self._closed.is_set() or layer not in self._viewer.layers:
+            return
+        if is_dask(result.mean):
+            self._start_lazy(layer, options, cancel, result, provenance, store)
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance)
@@ -280,6 +335,44 @@ class ReconstructionWidget(Container):
             show_error(f"CVDM: could not show the result: {exc}")
             return
         self._status.value = f"done in {result.seconds:.1f} s on {result.device}"
+
+    def _start_lazy(self, layer, options, cancel, result, provenance, store) -> None:
+        """Add the zarr-backed layers, then compute the lazy result into them in a thread."""
+        try:
+            out = start_lazy_output(self._viewer, layer, result, options.show, provenance,
+                                    store, overwrite=store is not None)
+        except (ValueError, OSError) as exc:
+            show_error(f"CVDM: could not create the zarr store: {exc}")
+            return
+        self._lazy = out
+        worker = create_worker(out.compute, _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(lambda _: self._on_lazy_done(out, cancel))
+        worker.errored.connect(lambda exc: self._on_lazy_failed(out, exc))
+        worker.finished.connect(partial(self._on_finished, worker))
+        self._worker = worker
+        self._status.value = f"writing {out.path}…"
+        worker.start()
+
+    def _on_lazy_done(self, out, cancel) -> None:
+        self._lazy = None
+        if self._closed.is_set():
+            return
+        if cancel.is_set():
+            out.abort()
+            return
+        try:
+            out.finish()
+        except (ValueError, RuntimeError, OSError) as exc:
+            show_error(f"CVDM: could not show the result: {exc}")
+            return
+        elapsed = time.perf_counter() - self._started
+        self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"
+
+    def _on_lazy_failed(self, out, exc: Exception) -> None:
+        self._lazy = None
+        if not self._closed.is_set():
+            out.abort()
+        self._on_errored(exc)
 
     def _on_errored(self, exc: Exception) -> None:
         if self._closed.is_set():
@@ -297,7 +390,9 @@ class ReconstructionWidget(Container):
             self._status.value = "failed"
             show_error(f"CVDM reconstruction failed: {exc}")
 
-    def _on_finished(self) -> None:
+    def _on_finished(self, worker=None) -> None:
+        if worker is not None and worker is not self._worker:
+            return  # the prediction handed over to the worker that writes its zarr store
         self._worker = self._cancel = self._running_layer = None
         if not self._closed.is_set():
             self._run.text = "Run"

@@ -271,15 +271,24 @@ def input_warnings(layer, model) -> list[str]:
     return warnings_for(unwrap(layer.data), model, float(layer.scale[-1]), unit)
 
 
-def model_summary(source: str | os.PathLike) -> str:
-    """One line about a bundled model or model file, from its header (weights not loaded)."""
+def _model_path(source: str | os.PathLike) -> Path:
     if isinstance(source, str) and source in BUNDLED:
         path = bundled_model_path(source)
         if not path.is_file():
             raise ValueError(f"the bundled {source!r} model is not installed here; "
                              "choose a model file (.cvdm.safetensors) instead")
-    else:
-        path = Path(source)
+        return path
+    return Path(source)
+
+
+def model_scale(source: str | os.PathLike) -> int:
+    """The super-resolution factor of a bundled model or model file (header only)."""
+    return int(read_model_header(_model_path(source))["config"].get("scale") or 1)
+
+
+def model_summary(source: str | os.PathLike) -> str:
+    """One line about a bundled model or model file, from its header (weights not loaded)."""
+    path = _model_path(source)
     header = read_model_header(path)
     config, metadata = header["config"], header.get("metadata") or {}
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
