@@ -116,8 +116,8 @@ class PredictSettings:
                               "give the same result", auto="a new one each run, recorded")
     device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",
                          auto="auto")
-    precision: str = option("auto", "the networks' arithmetic: auto is bf16 on CPUs built "
-                            "for it and fp16 on CUDA, fp32 elsewhere", choices=PRECISIONS,
+    precision: str = option("auto", "the networks' arithmetic: auto is bf16 on CPUs and "
+                            "GPUs built for it, fp16 on older GPUs, fp32 elsewhere", choices=PRECISIONS,
                             advanced=True)
     tile_size: int | None = option(None, "output pixels per tile side; lower it if memory "
                                    "runs out", min=8, max=MAX_TILE_SIZE,
