@@ -115,3 +115,39 @@ def test_cancelled_lazy_run_removes_its_layers_and_store(viewer, image, tiny_mod
                      cancel=lambda: True, **FAST)
     assert not (tmp_path / "c.ome.zarr").exists()
     assert len(viewer.layers) == 1
+
+
+# -- region: the rectangle of a shapes layer ------------------------------------------------
+@pytest.mark.parametrize("lazy", [False, True])
+def test_a_shapes_rectangle_region_is_reconstructed_and_placed_over_it(
+        viewer, image, tiny_model, tmp_path, lazy):
+    data = da.from_array(image) if lazy else image
+    layer = viewer.add_image(data, name="cells", scale=(1.0, 0.5, 0.5),
+                             translate=(0.0, 3.0, -2.0))
+    # a rectangle in world coordinates covering input pixels y 10..29, x 4..27
+    corners = np.array([[0, 3.0 + 0.5 * 9.6, -2.0 + 0.5 * 3.7],
+                        [0, 3.0 + 0.5 * 29.2, -2.0 + 0.5 * 27.4]])
+    shapes = viewer.add_shapes([corners[:, 1:]], shape_type="rectangle", name="roi")
+    mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model, region=shapes,
+                                         store=tmp_path / "r.ome.zarr" if lazy else None,
+                                         **FAST)
+    crop = image[:, 10:30, 4:28]
+    expected = nc.predict(crop, tiny_model, **FAST)
+    assert mean_layer.data.shape == expected.mean.shape
+    np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                               atol=1e-3)
+    np.testing.assert_allclose(np.asarray(std_layer.data), expected.std, rtol=1e-5,
+                               atol=1e-3)
+    s = tiny_model.config.scale
+    for j in [(0, 0, 0), (1, 5, 7), (1, 39, 47)]:
+        expected_world = layer.data_to_world(
+            [j[0], 10 + (j[1] + 0.5) / s - 0.5, 4 + (j[2] + 0.5) / s - 0.5])
+        np.testing.assert_allclose(mean_layer.data_to_world(j), expected_world, atol=1e-9)
+    assert mean_layer.metadata["cvdm"]["region"] == [[10, 30], [4, 28]]
+
+
+def test_a_region_without_rectangle_is_refused(viewer, image, tiny_model):
+    layer = viewer.add_image(image)
+    shapes = viewer.add_shapes([np.array([[1, 1], [5, 9]])], shape_type="line")
+    with pytest.raises(ValueError, match="no rectangle"):
+        run_on_layer(viewer, layer, tiny_model, region=shapes, **FAST)

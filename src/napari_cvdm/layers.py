@@ -55,10 +55,54 @@ def check_layer(layer) -> None:
                          "time. Right-click the layer > Split RGB, then run on one channel")
 
 
-def layer_image(layer):
-    """The image CVDM runs on: level 0 (full resolution) of a multiscale layer, else data."""
+Crop = tuple[tuple[int, int], tuple[int, int]]  # ((y0, y1), (x0, x1)) in input pixels
+
+
+def region_crop(layer, region) -> Crop | None:
+    """The input pixels (Y, X bounds) under the first rectangle of the shapes layer
+    ``region``; None for the whole image (``region`` None).
+
+    The rectangle is mapped from the shapes layer's data coordinates through world
+    coordinates to the image's; every pixel whose centre lies inside it is included.
+    """
+    if region is None:
+        return None
+    from napari.layers import Shapes
+
+    region = unwrap(region)
+    if not isinstance(region, Shapes):
+        raise ValueError(f"region must be a Shapes layer, not {type(region).__name__}")
+    rectangles = [d for d, kind in zip(region.data, region.shape_type) if kind == "rectangle"]
+    if not rectangles:
+        raise ValueError(f"the shapes layer {region.name!r} has no rectangle: draw one "
+                         "around the region to reconstruct")
+    vertices = np.asarray(rectangles[0], dtype=float)
+    world = [np.asarray(region.data_to_world(v), dtype=float) for v in vertices]
+    # pad or trim the shapes layer's world coordinates to the image's dimensions
+    points = np.array([np.asarray(layer.world_to_data(
+        np.concatenate([np.zeros(max(layer.ndim - len(w), 0)), w])[-layer.ndim:]))[-2:]
+        for w in world])
+    shape = layer_image(layer).shape[-2:]
+    bounds = []
+    for axis in range(2):
+        low = max(0, int(np.floor(points[:, axis].min() + 0.5)))
+        high = min(int(shape[axis]), int(np.ceil(points[:, axis].max() - 0.5)) + 1)
+        if high <= low:
+            raise ValueError(f"the rectangle of {region.name!r} does not cover any pixel of "
+                             f"{layer.name!r}")
+        bounds.append((low, high))
+    return tuple(bounds)
+
+
+def layer_image(layer, crop: Crop | None = None):
+    """The image CVDM runs on: level 0 (full resolution) of a multiscale layer, else data;
+    only the ``crop`` (Y, X bounds) of it when given."""
     data = unwrap(layer.data)
-    return data[0] if layer.multiscale else data
+    data = data[0] if layer.multiscale else data
+    if crop is not None:
+        (y0, y1), (x0, x1) = crop
+        data = data[..., y0:y1, x0:x1]
+    return data
 
 
 def is_lazy(layer) -> bool:
@@ -78,14 +122,14 @@ def _as_dask(data):
     return da.from_array(data, chunks=chunks if chunks is not None else "auto")
 
 
-def output_shape(layer, scale: int) -> tuple[int, ...]:
-    shape = tuple(int(n) for n in layer_image(layer).shape)
+def output_shape(layer, scale: int, crop: Crop | None = None) -> tuple[int, ...]:
+    shape = tuple(int(n) for n in layer_image(layer, crop).shape)
     return shape[:-2] + (shape[-2] * int(scale), shape[-1] * int(scale))
 
 
-def output_bytes(layer, scale: int) -> int:
+def output_bytes(layer, scale: int, crop: Crop | None = None) -> int:
     """Bytes of the two float32 outputs (mean and std) of ``layer`` at ``scale``."""
-    shape = output_shape(layer, scale)
+    shape = output_shape(layer, scale, crop)
     return 2 * 4 * int(np.prod(shape, dtype=np.float64))
 
 
@@ -100,16 +144,16 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def output_summary(layer, scale: int, store=None) -> str:
+def output_summary(layer, scale: int, store=None, crop: Crop | None = None) -> str:
     """One line: the output's shape and size, and where it goes (memory or a store)."""
-    shape = output_shape(layer, scale)
+    shape = output_shape(layer, scale, crop)
     where = ("a zarr store in " + str(store if store is not None else tempfile.gettempdir())
              if is_lazy(layer) else "memory")
-    return f"output: 2 x {' x '.join(map(str, shape))}, {_gib(output_bytes(layer, scale))} " \
+    return f"output: 2 x {' x '.join(map(str, shape))}, {_gib(output_bytes(layer, scale, crop))} " \
            f"to {where}"
 
 
-def check_output_room(layer, scale: int, store=None) -> int:
+def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -> int:
     """Bytes of the outputs; ValueError when they do not fit where they would go.
 
     NumPy layers: in memory (``validation.check_output_size``), with a hint at the lazy
@@ -117,10 +161,10 @@ def check_output_room(layer, scale: int, store=None) -> int:
     """
     from . import validation
 
-    needed = output_bytes(layer, scale)
+    needed = output_bytes(layer, scale, crop)
     if not is_lazy(layer):
         try:
-            validation.check_output_size(tuple(layer_image(layer).shape), scale)
+            validation.check_output_size(tuple(layer_image(layer, crop).shape), scale)
         except ValueError as exc:
             raise ValueError(f"layer {layer.name!r}: {exc}. Or open it lazily so the result "
                              "is written to disk chunk by chunk: as a dask array "
@@ -132,27 +176,27 @@ def check_output_room(layer, scale: int, store=None) -> int:
     free = shutil.disk_usage(folder).free
     if needed > free:
         raise ValueError(f"layer {layer.name!r}: the outputs (mean and std, "
-                         f"{' x '.join(map(str, output_shape(layer, scale)))} float32) need "
+                         f"{' x '.join(map(str, output_shape(layer, scale, crop)))} float32) need "
                          f"{_gib(needed)} but {folder} has only {_gib(free)} free; choose a "
                          "store on a larger disk (store=...), or a region or fewer planes")
     return needed
 
 
-def output_transform(layer, scale_factor: int) -> dict[str, Any]:
+def output_transform(layer, scale_factor: int, offset=(0, 0)) -> dict[str, Any]:
     """Layer keyword arguments that overlay ``scale_factor`` times finer Y, X on ``layer``.
 
     Output pixel ``j`` covers input pixel coordinate ``(j + 0.5) / s - 0.5`` (pixel
     centres, SPEC section 4): the Y, X scale is divided by ``s`` and the translate moves
     by the layer's own data-to-physical map of ``(1/s - 1) / 2`` pixels, so rotation and
     shear are honoured. Leading axes, rotate, shear, affine, axis labels and units are
-    carried over.
+    carried over. ``offset``: the input pixel (Y, X) where the output's crop starts.
     """
     from napari.utils.transforms import Affine
 
     s = float(scale_factor)
     ndim = layer.ndim
     shift = np.zeros(ndim)
-    shift[-2:] = (1.0 / s - 1.0) / 2.0
+    shift[-2:] = (1.0 / s - 1.0) / 2.0 + np.asarray(offset, dtype=float)
     linear = Affine(scale=layer.scale, rotate=layer.rotate, shear=layer.shear,
                     ndim=ndim).linear_matrix
     scale = np.array(layer.scale, dtype=float)
@@ -184,18 +228,22 @@ def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, fl
 def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
                       provenance: dict[str, Any] | None = None,
                       data: tuple[Any, Any] | None = None,
-                      extra: dict[str, Any] | None = None) -> list[tuple]:
+                      extra: dict[str, Any] | None = None,
+                      crop: Crop | None = None) -> list[tuple]:
     """The two output layers as napari layer data tuples ``(data, kwargs, "image")``.
 
     The mean has the input's colormap and contrast limits (same units, so toggling the two
     compares like with like); the uncertainty gets its own colormap and limits. ``data``:
     the (mean, uncertainty) arrays to show instead of the result's (zarr arrays being
     written: their contrast limits are provisional, never computed from the data);
-    ``extra``: more metadata.
+    ``extra``: more metadata; ``crop``: the input region (Y, X bounds) the result covers.
     """
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")
-    transform = output_transform(layer, result.scale)
+    offset = (0, 0) if crop is None else (crop[0][0], crop[1][0])
+    transform = output_transform(layer, result.scale, offset)
+    if crop is not None:
+        extra = {**(extra or {}), "region": [list(crop[0]), list(crop[1])]}
     info = {"source": layer.name, "samples": result.samples, "steps": result.steps,
             "eta": result.eta, "sampler": result.sampler, "seed": result.seed,
             "device": result.device, "precision": result.info.get("precision"),
@@ -252,13 +300,13 @@ def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
 
 
 def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
-                provenance: dict[str, Any] | None = None):
+                provenance: dict[str, Any] | None = None, crop: Crop | None = None):
     """Add the mean and uncertainty layers above ``layer``, or update them; return both.
 
     The uncertainty is added first, so the finished run shows the reconstruction on top.
     """
     (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
-        layer, result, show, provenance)
+        layer, result, show, provenance, crop=crop)
     spread_layer = _add_or_update(viewer, spread, spread_kwargs)
     return _add_or_update(viewer, mean, mean_kwargs), spread_layer
 
@@ -376,7 +424,7 @@ def _store_path(layer, store) -> tuple[Path, bool]:
 
 def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[0],
                       provenance: dict[str, Any] | None = None, store=None,
-                      overwrite: bool = False) -> LazyOutput:
+                      overwrite: bool = False, crop: Crop | None = None) -> LazyOutput:
     """Create the zarr store of a lazy ``result`` and add (or update) its two layers.
 
     ``store``: the OME-Zarr folder to write (default: ``<name>_cvdm.ome.zarr`` in a new
@@ -393,7 +441,7 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
     try:
         extra = {"store": str(path), "temporary_store": temporary, "lazy": True}
         (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
-            layer, result, show, provenance, data=writer.arrays, extra=extra)
+            layer, result, show, provenance, data=writer.arrays, extra=extra, crop=crop)
         spread_layer = _add_or_update(viewer, spread, spread_kwargs)
         mean_layer = _add_or_update(viewer, mean, mean_kwargs)
     except BaseException as exc:
@@ -405,9 +453,11 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
                       temporary)
 
 
-def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=None):
-    """predict() on the layer's image: lazily (a dask array) for dask, zarr or multiscale."""
-    image = layer_image(layer)
+def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=None,
+                  crop: Crop | None = None):
+    """predict() on the layer's image (or its crop): lazily (a dask array) for dask, zarr
+    or multiscale layers."""
+    image = layer_image(layer, crop)
     if is_lazy(layer):
         image = _as_dask(image)
     return predict(image, net, settings=settings, progress=progress, cancel=cancel)
@@ -415,7 +465,7 @@ def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=N
 
 def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None = None,
                  show: str = SHOW[0], progress=None, cancel=None, store=None,
-                 overwrite: bool = False, **options):
+                 overwrite: bool = False, region=None, **options):
     """Run CVDM on an image layer, blocking; add or update the two output layers.
 
     ``model``, ``settings`` and the keyword options are those of
@@ -434,20 +484,25 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     existing one) and the layers show its zarr arrays, refreshed as chunks finish. The
     output size is checked first: ValueError when a NumPy layer's outputs would not fit in
     memory, or a lazy layer's on the store's disk.
+
+    ``region``: a Shapes layer; only the input pixels under its first rectangle are
+    reconstructed, and the outputs are placed exactly over that region of the input.
     """
     check_layer(layer)
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")
     s = settings_from(settings, options if model is None else {**options, "model": model})
     net, provenance = resolve_model(s.model)
-    check_output_room(layer, net.config.scale, store)
+    crop = region_crop(layer, region)
+    check_output_room(layer, net.config.scale, store, crop)
     if not is_lazy(layer):
-        result = predict(layer.data, net, settings=s, progress=progress, cancel=cancel)
+        image = layer.data if crop is None else layer_image(layer, crop)
+        result = predict(image, net, settings=s, progress=progress, cancel=cancel)
         for message in input_warnings(layer, net):
             warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
-        return show_result(viewer, layer, result, show, provenance)
-    result = predict_layer(layer, net, s, progress=progress, cancel=cancel)
-    out = start_lazy_output(viewer, layer, result, show, provenance, store, overwrite)
+        return show_result(viewer, layer, result, show, provenance, crop)
+    result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)
+    out = start_lazy_output(viewer, layer, result, show, provenance, store, overwrite, crop)
     try:
         # dask calls posttask callbacks in this (the main) thread: safe to redraw there
         out.compute(callbacks=[out.refresh])
