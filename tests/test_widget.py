@@ -382,3 +382,29 @@ def test_too_little_disk_space_is_reported_without_starting(viewer_and_widget, m
                         lambda path: usage._replace(free=100))
     assert widget.start() is None
     assert "free" in notifications["error"][-1] and len(viewer.layers) == 1
+
+
+def test_region_reconstructs_the_rectangle_of_a_shapes_layer_over_it(
+        qtbot, viewer_and_widget, model_file):
+    import napari_cvdm as nc
+
+    viewer, widget = viewer_and_widget
+    data = image(48, 40, seed=5)
+    layer = viewer.add_image(data, name="cells", translate=(2.0, -3.0))
+    shapes = viewer.add_shapes([np.array([[2.0 + 10, -3.0 + 4], [2.0 + 29, -3.0 + 27]])],
+                               shape_type="rectangle", name="roi")
+    widget._image.value = layer
+    configure(widget, model_file)
+    widget.set_options(precision="fp32")
+    widget.set_region(shapes)
+    assert widget._output.value.startswith("output: 2 x 40 x 48,")
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    mean_layer = viewer.layers["cells CVDM mean"]
+    expected = nc.predict(data[10:30, 4:28], model_file, samples=2, steps=2, seed=7,
+                          device="cpu", precision="fp32")
+    np.testing.assert_allclose(mean_layer.data, expected.mean, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(mean_layer.data_to_world((0, 0)),
+                               layer.data_to_world((10 - 0.25, 4 - 0.25)))
+    widget.set_region(None)
+    assert widget._output.value.startswith("output: 2 x 96 x 80,")

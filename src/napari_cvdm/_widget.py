@@ -25,7 +25,7 @@ from magicgui.widgets import (
     PushButton,
     create_widget,
 )
-from napari.layers import Image
+from napari.layers import Image, Shapes
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
@@ -51,6 +51,7 @@ from .layers import (
     model_scale,
     model_summary,
     output_summary,
+    region_crop,
     show_result,
     start_lazy_output,
     unwrap,
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
 
 DEMO = DEFAULT_MODEL
 FILE = "file"
+WHOLE = "whole"  # the region choice for the whole image
 def _predict(data, load_model, kwargs, progress, cancel):
     """The worker's job (a plain function: napari names the task after its repr)."""
     model, provenance = load_model()
@@ -95,6 +97,9 @@ class ReconstructionWidget(Container):
         self._signals.progressed.connect(self._on_progress)
 
         self._image = ComboBox(label="image", choices=self._image_layers)
+        self._region = ComboBox(label="region", choices=self._region_choices)
+        self._region.tooltip = ("the whole image, or only the pixels under the first "
+                                "rectangle of a shapes layer")
         self._model = ComboBox(label="model", value=DEMO, choices=self._model_choices)
         self._model_file = FileEdit(label="model file", mode="r",
                                     filter="CVDM models (*.cvdm.safetensors *.safetensors)")
@@ -115,7 +120,7 @@ class ReconstructionWidget(Container):
         self._progress = ProgressBar(value=0, min=0, max=1, label="")
         self._status = Label(label="")
         self._lazy = None  # the LazyOutput being computed
-        self.extend([self._image, self._model, self._model_file, self._model_info,
+        self.extend([self._image, self._region, self._model, self._model_file, self._model_info,
                      *self._options.values(), self._advanced, self._reset, self._store,
                      self._output, self._run, self._progress, self._status])
 
@@ -130,6 +135,7 @@ class ReconstructionWidget(Container):
             option.changed.connect(self._save_options)
         self._run.changed.connect(self._on_run_clicked)
         self._image.changed.connect(self._update_output_info)
+        self._region.changed.connect(self._update_output_info)
         self._store.changed.connect(self._update_output_info)
         layers = viewer.layers
         layers.events.inserted.connect(self.reset_choices)
@@ -153,6 +159,21 @@ class ReconstructionWidget(Container):
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
         return [(layer.name, unwrap(layer)) for layer in self._viewer.layers
                 if isinstance(layer, Image)]
+
+    def _region_choices(self, _widget=None) -> list[tuple[str, Any]]:
+        return [("whole image", WHOLE)] + [
+            (f"rectangle of {layer.name}", unwrap(layer)) for layer in self._viewer.layers
+            if isinstance(layer, Shapes)]
+
+    def set_region(self, shapes=None) -> None:
+        """Reconstruct the whole image (None) or the first rectangle of a shapes layer."""
+        self._region.reset_choices()
+        self._region.value = WHOLE if shapes is None else unwrap(shapes)
+
+    def region(self):
+        """The shapes layer whose first rectangle is reconstructed; None: the whole image."""
+        value = self._region.value
+        return None if isinstance(value, str) else value
 
     def _follow_active_layer(self, event=None) -> None:
         active = unwrap(self._viewer.layers.selection.active)
@@ -206,8 +227,9 @@ class ReconstructionWidget(Container):
         try:
             if layer is None:
                 raise ValueError("")
+            crop = region_crop(layer, self.region())
             self._output.value = output_summary(layer, model_scale(self.model_source()),
-                                                self.store())
+                                                self.store(), crop)
         except (ValueError, OSError, KeyError, TypeError):
             self._output.value = ""
 
@@ -271,11 +293,14 @@ class ReconstructionWidget(Container):
             source = self.model_source()
             options = self.options()
             store = self.store() if is_lazy(layer) else None
-            check_output_room(layer, model_scale(source), store)
+            crop = region_crop(layer, self.region())
+            check_output_room(layer, model_scale(source), store, crop)
         except ValueError as exc:
             show_error(str(exc))
             return None
-        data = _as_dask(layer_image(layer)) if is_lazy(layer) else layer.data
+        data = layer_image(layer, crop) if crop is not None else layer.data
+        if is_lazy(layer):
+            data = _as_dask(layer_image(layer, crop))
         cancel = self._cancel = threading.Event()
         closed = self._closed
         worker = create_worker(_predict, data, partial(self._load_model, source),
@@ -283,7 +308,8 @@ class ReconstructionWidget(Container):
                                lambda: cancel.is_set() or closed.is_set(),
                                _ignore_errors=True, _start_thread=False)
         worker.returned.connect(
-            lambda out: self._on_returned(layer, options, cancel, *out, store=store))
+            lambda out: self._on_returned(layer, options, cancel, *out, store=store,
+                                          crop=crop))
         worker.errored.connect(self._on_errored)
         worker.finished.connect(partial(self._on_finished, worker))
         self._worker, self._running_layer = worker, layer
@@ -321,14 +347,14 @@ class ReconstructionWidget(Container):
             self._lazy.refresh()  # at most every second: the layers fill in as chunks finish
 
     def _on_returned(self, layer, options, cancel, result, provenance, model=None,
-                     store=None) -> None:
+                     store=None, crop=None) -> None:
         if cancel.is_set() or self._closed.is_set() or layer not in self._viewer.layers:
             return
         if is_dask(result.mean):
-            self._start_lazy(layer, options, cancel, result, provenance, store)
+            self._start_lazy(layer, options, cancel, result, provenance, store, crop)
             return
         try:
-            show_result(self._viewer, layer, result, options.show, provenance)
+            show_result(self._viewer, layer, result, options.show, provenance, crop)
             for message in input_warnings(layer, model) if model is not None else ():
                 show_warning(f"CVDM: {message}")
         except (ValueError, RuntimeError) as exc:
@@ -336,11 +362,12 @@ class ReconstructionWidget(Container):
             return
         self._status.value = f"done in {result.seconds:.1f} s on {result.device}"
 
-    def _start_lazy(self, layer, options, cancel, result, provenance, store) -> None:
+    def _start_lazy(self, layer, options, cancel, result, provenance, store,
+                    crop=None) -> None:
         """Add the zarr-backed layers, then compute the lazy result into them in a thread."""
         try:
             out = start_lazy_output(self._viewer, layer, result, options.show, provenance,
-                                    store, overwrite=store is not None)
+                                    store, overwrite=store is not None, crop=crop)
         except (ValueError, OSError) as exc:
             show_error(f"CVDM: could not create the zarr store: {exc}")
             return
