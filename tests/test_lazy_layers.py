@@ -151,3 +151,36 @@ def test_a_region_without_rectangle_is_refused(viewer, image, tiny_model):
     shapes = viewer.add_shapes([np.array([[1, 1], [5, 9]])], shape_type="line")
     with pytest.raises(ValueError, match="no rectangle"):
         run_on_layer(viewer, layer, tiny_model, region=shapes, **FAST)
+
+
+def test_the_layers_are_refreshed_while_chunks_are_written(viewer, image, tiny_model,
+                                                           tmp_path, monkeypatch):
+    calls = []
+    original = layers_module.LazyOutput.refresh
+
+    def recording(self, *args, force=False):
+        calls.append((force, [np.count_nonzero(np.asarray(a)) for a in self.writer.arrays]))
+        self.interval = 0.0
+        return original(self, *args, force=force)
+
+    monkeypatch.setattr(layers_module.LazyOutput, "refresh", recording)
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 48, 40)), name="big")
+    run_on_layer(viewer, layer, tiny_model, store=tmp_path / "o.ome.zarr", **FAST)
+    during = [filled for force, filled in calls if not force]
+    assert len(during) > 1 and calls[-1][0]
+    assert any(0 < filled[0] < image.size * 4 for filled in during)  # partly written
+
+
+def test_zarr_backed_and_numpy_multiscale_layers_are_lazy_too(viewer, image, tiny_model,
+                                                              tmp_path):
+    stored = zarr.create_array(str(tmp_path / "in.zarr"), shape=image.shape,
+                               chunks=(1, 48, 40), dtype=image.dtype)
+    stored[:] = image
+    expected = nc.predict(image, tiny_model, **FAST)
+    for i, data in enumerate([stored, [image, image[:, ::2, ::2]]]):
+        layer = viewer.add_image(data, name=f"in{i}", multiscale=isinstance(data, list))
+        mean_layer, _ = run_on_layer(viewer, layer, tiny_model,
+                                     store=tmp_path / f"o{i}.ome.zarr", **FAST)
+        assert isinstance(mean_layer.data, zarr.Array)
+        np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                                   atol=1e-3)
