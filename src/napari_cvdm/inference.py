@@ -268,16 +268,22 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
         if dev.type == "cpu":
             release_cpu_memory()
     p = run.plan
-    info = {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
-            "group": p.group, "overlap": p.overlap, "evaluations": run.total,
+    info = {**_plan_info(run, run.total, std_out is not None),
             "network_calls": run.network_calls, "retries": run.retries,
-            "precision": run.precision.name, "half": run.precision.name == "fp16",
-            "compiled": bool(run.denoise is not None and not run.denoise.failed),
-            "calibrated": std_out is not None}
+            "compiled": bool(run.denoise is not None and not run.denoise.failed)}
     steps = s.steps if s.sampler == "ddim" else net.config.timesteps
     return PredictionResult(mean_out, var_out, s.samples, steps, s.eta, s.sampler, str(dev),
                             net.config.scale, run.seed, p.tile_size,
                             time.perf_counter() - started, info, std_out)
+
+
+def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
+    """What a result's ``info`` says about the plan and the arithmetic of its run."""
+    p = run.plan
+    return {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
+            "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
+            "precision": run.precision.name, "half": run.precision.name == "fp16",
+            "calibrated": calibrated}
 
 
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,
@@ -297,12 +303,8 @@ def _predict_lazy(image, model, settings, options, half, progress, cancel, clien
     mean, variance, std, spec = lazy_predict(source, run.net, run, shape, run.source)
     s, net = run.settings, run.net
     steps = s.steps if s.sampler == "ddim" else net.config.timesteps
-    tiles = len(run.tiles())
-    info = {"tiles": tiles, "tile_shape": run.plan.tile, "batch": run.plan.batch,
-            "group": run.plan.group, "overlap": run.plan.overlap,
-            "evaluations": spec.planes * run.plane_evaluations(), "retries": 0,
-            "precision": run.precision.name, "half": run.precision.name == "fp16",
-            "compiled": False, "calibrated": std is not None, "lazy": True}
+    info = {**_plan_info(run, spec.planes * run.plane_evaluations(), std is not None),
+            "retries": 0, "compiled": False, "lazy": True}
     if client is not None and not is_dask(image):
         try:
             mean, variance, *rest = client.compute([mean, variance] + ([std] if std is not None

@@ -169,7 +169,7 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
     from .model_cache import load_cached
     from .precision import resolve_precision
     from .running_model import running_model
-    from .tile_sampling import Run, group_seed, tile_statistics
+    from .tile_sampling import Run, group_seed, sample_chunks, tile_statistics
 
     callbacks = _callbacks.get(spec.token)
     cancel = callbacks.cancel if callbacks is not None else None
@@ -178,8 +178,7 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
     model = load_cached(spec.ref)
     device = resolve_device(spec.settings.device)
     precision = resolve_precision(spec.settings.precision, device)
-    samples, batch = spec.settings.samples, spec.plan.batch
-    chunks = [range(i, min(i + batch, samples)) for i in range(0, samples, batch)]
+    chunks = sample_chunks(spec.settings.samples, spec.plan.batch)
     x = torch.from_numpy(norm.apply(np.asarray(region)))
     with _compute_lock, torch.inference_mode():
         run = Run(running_model(model, device), device, precision, spec.settings, spec.seed,
@@ -254,6 +253,7 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
 
     from .model_cache import ModelRef, remember
     from .sampling import evaluations
+    from .tile_sampling import input_region
 
     named = source is None or isinstance(source, str) or hasattr(source, "__fspath__")
     ref = ModelRef.of(source if named else model)
@@ -289,7 +289,7 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
                                                   np.dtype(image.dtype).str, index)
         statistics = []
         for first, group in groups:
-            regions = [_input_region(t, scale, in_h, in_w) for t in group]
+            regions = [input_region(t, scale, in_h, in_w) for t in group]
             y0, x0 = min(r[0] for r in regions), min(r[2] for r in regions)
             y1, x1 = max(r[1] for r in regions), max(r[3] for r in regions)
             statistics.append(dask.delayed(_group_statistics, pure=True)(
@@ -311,12 +311,6 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
     return mean, variance, std, spec
 
 
-def _input_region(tile: Tile, scale: int, height: int, width: int):
-    from .tile_sampling import input_region
-
-    return input_region(tile, scale, height, width)
-
-
 def _stack(by_plane: dict, lead: tuple[int, ...]):
     """(layers, *lead, H, W) from one (layers, H, W) array per leading index."""
     import dask.array as da
@@ -333,7 +327,3 @@ def forget(spec: LazySpec) -> None:
     """Drop the callbacks of a finished lazy run (progress, cancel) of this process."""
     _callbacks.pop(spec.token, None)
 
-
-def chunk_count(result) -> int:
-    """How many output chunks a lazy result has (for progress in chunks)."""
-    return int(np.prod([len(c) for c in result.chunks]))

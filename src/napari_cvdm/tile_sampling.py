@@ -105,6 +105,11 @@ def input_region(tile: Tile, scale: int, height: int, width: int) -> tuple[int, 
             min(-(-(tile.x + tile.width) // scale) + margin, width))
 
 
+def sample_chunks(samples: int, batch: int) -> list[range]:
+    """The sample ids drawn together, ``batch`` per network call."""
+    return [range(i, min(i + batch, samples)) for i in range(0, samples, batch)]
+
+
 def group_seed(seed: int, plane: int, first: int) -> int:
     """The seed of the sampler's generator for the tile group starting at tile ``first``."""
     return (seed * 1_000_003 + plane * 10_007 + first) % (2**63)
@@ -115,7 +120,7 @@ def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.nda
     """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised)."""
     p, samples = run.plan, run.settings.samples
     tiles = run.tiles()
-    chunks = [range(i, min(i + p.batch, samples)) for i in range(0, samples, p.batch)]
+    chunks = sample_chunks(samples, p.batch)
     blender = StatisticsBlender(run.height, run.width, p.overlap, mean=mean_view,
                                 variance=var_view)
     generator = torch.Generator(device=run.device)

@@ -155,12 +155,13 @@ class StatisticsBlender:
         """Sum of the weights of the tiles already added on ``tile``'s region (None: 0)."""
         total = None
         for other, wy, wx in self._added:
-            y0, y1 = max(tile.y, other.y), min(tile.y + tile.height, other.y + other.height)
-            x0, x1 = max(tile.x, other.x), min(tile.x + tile.width, other.x + other.width)
-            if y0 >= y1 or x0 >= x1:
+            shared = intersection(tile, other)
+            if shared is None:
                 continue
             if total is None:
                 total = np.zeros((tile.height, tile.width), dtype=np.float32)
+            y0, y1 = shared.y, shared.y + shared.height
+            x0, x1 = shared.x, shared.x + shared.width
             total[y0 - tile.y:y1 - tile.y, x0 - tile.x:x1 - tile.x] += np.outer(
                 wy[y0 - other.y:y1 - other.y], wx[x0 - other.x:x1 - other.x])
         return total
