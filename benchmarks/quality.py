@@ -10,7 +10,11 @@ coverage of the 1- and 2-sigma bands of the calibrated std.
     python benchmarks/quality.py --model MODEL --hq HELD_OUT_DIR \
         --pairs ../shared/data/real-pairs/biosr_microtubules ../shared/data/real-pairs/jin2020_microtubules \
         --out docs/benchmarks
-Writes OUT/quality.json and prints a Markdown table per class.
+Writes OUT/quality.json (``--name``) and prints a Markdown table per class.
+
+A PSF-conditioned model is told each input's PSF width (``--psf told``: the simulated width,
+``--pair-sigma`` for real pairs) or nothing (``--psf default``: the model's default width,
+what a user who does not know the optics gets). Blind models ignore it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import torch
 
 import napari_cvdm as nc
 from napari_cvdm import calibration, structures
+from napari_cvdm.psf_width import psf_sigma_for
 from napari_cvdm.degradation import Degradation, add_camera_noise, blur_and_downsample, psf_kernel
 from napari_cvdm.metrics import affine_fit, psnr, spearman, ssim
 from napari_cvdm.normalization import Normalization
@@ -78,20 +83,24 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
     add("bicubic", x[0, 0, :h, :w].numpy())
     add("Richardson-Lucy", richardson_lucy((x[0, 0, :h, :w].numpy() + 1) / 2,
                                            psf_kernel("gaussian", sigma)))
+    told = sigma if args.psf == "told" else None
     with torch.inference_mode():
-        prep = model.prepare(x[..., :h // 8 * 8, :w // 8 * 8])
+        prep = model.prepare(x[..., :h // 8 * 8, :w // 8 * 8],
+                             psf_sigma=psf_sigma_for(model, told))
     if "mu" in prep:
         mu = np.pad(prep["mu"][0, 0].numpy(), ((0, h - h // 8 * 8), (0, w - w // 8 * 8)), "edge")
         add("regression U-Net (the model's mean network)", mu)
     started = time.perf_counter()
-    res = nc.predict(lq, model, samples=args.samples, steps=args.steps, eta=0.0, seed=args.seed)
+    res = nc.predict(lq, model, samples=args.samples, steps=args.steps, eta=0.0, seed=args.seed,
+                     psf_sigma=told)
     seconds = time.perf_counter() - started
     mean = norm.apply(res.mean)[:h, :w]
     raw_std = (np.sqrt(res.variance) / norm.half_range)[:h, :w]
     table = model.metadata.get("calibration")
     add(f"CVDM mean of {args.samples}, K={args.steps}", mean,
         calibration.apply(raw_std, table) if table else raw_std)
-    one = nc.predict(lq, model, samples=1, steps=args.steps, eta=0.0, seed=args.seed)
+    one = nc.predict(lq, model, samples=1, steps=args.steps, eta=0.0, seed=args.seed,
+                     psf_sigma=told)
     add(f"CVDM 1 sample, K={args.steps}", norm.apply(one.mean)[:h, :w])
     out["_seconds"] = {"predict": seconds}
     return out
@@ -105,12 +114,12 @@ def sources(args, rng):
         crop = image[max(0, cy - half):cy + half, max(0, cx - half):cx + half]
         crop = crop[:crop.shape[0] // 2 * 2, :crop.shape[1] // 2 * 2]
         hq01 = np.clip((Normalization.fit(crop).apply(crop) + 1) / 2, 0, None).astype(np.float32)
-        for sigma in SIGMAS:
+        for sigma in args.sigmas:
             yield path.stem.split("_")[0], f"{path.stem} sigma {sigma}", \
                 degrade(hq01, sigma, args.seed), hq01 * 2 - 1, sigma
     for kind in structures.STRUCTURES if args.synthetic else ():
         hq01 = structures.generate(kind, (CROP, CROP), 31.0, rng)
-        for sigma in SIGMAS:
+        for sigma in args.sigmas:
             yield kind, f"generated {kind} sigma {sigma}", degrade(hq01, sigma, args.seed), \
                 hq01 * 2 - 1, sigma
     for folder in args.pairs:
@@ -119,7 +128,7 @@ def sources(args, rng):
         for lr_name in ("lr.tif", "lr_lowsnr.tif"):
             if (folder / lr_name).is_file():
                 lr = tifffile.imread(folder / lr_name).astype(np.float32)
-                yield "real pairs", f"{folder.name}/{lr_name}", lr, target, 3.5
+                yield "real pairs", f"{folder.name}/{lr_name}", lr, target, args.pair_sigma
 
 
 def main(argv=None) -> None:
@@ -134,6 +143,14 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--name", default="quality.json", help="the JSON file in --out")
+    parser.add_argument("--sigmas", type=float, nargs="+", default=list(SIGMAS),
+                        help="PSF widths of the simulated inputs (target pixels)")
+    parser.add_argument("--pair-sigma", type=float, default=3.5,
+                        help="the real pairs' PSF width (BioSR fits 3.5): Richardson-Lucy's "
+                             "PSF, and what a conditioned model is told with --psf told")
+    parser.add_argument("--psf", choices=("told", "default"), default="told",
+                        help="what a PSF-conditioned model is told")
     args = parser.parse_args(argv)
     model = nc.load_model(args.model)
     rng = np.random.default_rng(2024)
@@ -152,9 +169,11 @@ def main(argv=None) -> None:
         methods = [m for m in per_image[names[0]] if not m.startswith("_")]
         summary[cls] = {m: {k: float(np.mean([per_image[n][m][k] for n in names]))
                             for k in per_image[names[0]][m]} for m in methods}
-    (args.out / "quality.json").write_text(json.dumps(
+    (args.out / args.name).write_text(json.dumps(
         {"model": str(args.model), "samples": args.samples, "steps": args.steps,
-         "photons": PHOTONS, "sigmas": SIGMAS, "summary": summary, "per_image": per_image},
+         "photons": PHOTONS, "sigmas": args.sigmas, "pair_sigma": args.pair_sigma,
+         "psf": args.psf, "conditioned": model.config.psf_conditioned, "summary": summary,
+         "per_image": per_image},
         indent=1))
     for cls, rows in summary.items():
         print(f"\n### {cls} ({len(classes[cls])} inputs)\n")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import napari_cvdm as nc
 from napari_cvdm.model_files import BUNDLED
+from napari_cvdm.psf_width import DEFAULT_PSF_SIGMA
 
 CARDS = {
     "widefield-x2": {
@@ -52,11 +53,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("--name", default="widefield-x2", choices=sorted(BUNDLED))
+    parser.add_argument("--psf-sigma-default", type=float, default=DEFAULT_PSF_SIGMA,
+                        help="the width a PSF-conditioned model is told when the user gives "
+                             "none (output pixels)")
     args = parser.parse_args()
     target = Path(__file__).resolve().parents[1] / "src" / "napari_cvdm" / "weights" / BUNDLED[args.name]
     model = nc.load_model(args.model)
     model.metadata["name"] = args.name
     model.metadata.update(CARDS.get(args.name, {}))
+    if model.config.psf_conditioned:
+        model.metadata["psf_sigma_default"] = args.psf_sigma_default
     nc.save_model(model, target, half=True)
     size = target.stat().st_size / 1e6
     assert size <= 20, f"bundled weights must stay under 20 MB, got {size:.1f} MB"

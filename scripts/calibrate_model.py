@@ -39,12 +39,16 @@ def held_out_pairs(hq_dir, synthetic: int, degradation: Degradation, seed: int):
         y0, x0 = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
         hq01 = np.ascontiguousarray(image[y0:y0 + CROP, x0:x0 + CROP])
         hq01 = hq01[:hq01.shape[0] // 2 * 2, :hq01.shape[1] // 2 * 2]
-        lq = simulate(torch.from_numpy(hq01)[None, None], degradation, generator)[0, 0].numpy()
-        yield lq, hq01 * 2 - 1, name
+        lq, sigma = simulate(torch.from_numpy(hq01)[None, None], degradation, generator,
+                             return_sigmas=True)
+        yield lq[0, 0].numpy(), hq01 * 2 - 1, name, float(sigma[0])
 
 
-def normalised_prediction(lq, model, samples, steps, seed):
-    res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed)
+def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None):
+    """A conditioned model is told the simulated PSF width (known optics); blind ones not."""
+    told = psf_sigma if model.config.psf_conditioned else None
+    res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed,
+                     psf_sigma=told)
     norm = Normalization.fit(lq)
     return norm.apply(res.mean), np.sqrt(res.variance) / norm.half_range
 
@@ -87,8 +91,9 @@ def main(argv=None) -> int:
     deg = model.metadata.get("training", {}).get("data", {}).get("degradation")
     degradation = Degradation.from_dict(deg) if deg else Degradation(psf_sigma=(1.5, 4.0))
     stds, errors = [], []
-    for lq, target, name in held_out_pairs(args.hq, args.synthetic, degradation, args.seed):
-        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed)
+    for lq, target, name, sigma in held_out_pairs(args.hq, args.synthetic, degradation,
+                                                  args.seed):
+        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, sigma)
         stds.append(std.ravel())
         errors.append(np.abs(mean - target).ravel())
         print(f"{name}: RMSE {np.sqrt(np.mean((mean - target) ** 2)):.4f}, mean std "

@@ -50,6 +50,7 @@ class Pair:
     lq: np.ndarray  # [-1, 1]-normalised, low-quality grid
     hq: np.ndarray  # [-1, 1]-normalised, high-quality grid
     name: str
+    psf_sigma: float | None = None  # the simulated blur (high-quality pixels); None if real
 
 
 def _pair_scale(lq: np.ndarray, hq: np.ndarray, name: str) -> int:
@@ -147,10 +148,11 @@ def simulate_pairs(images: list[tuple[np.ndarray, str]], degradation: Degradatio
     for hq01, name in images:
         h, w = (hq01.shape[0] // s) * s, (hq01.shape[1] // s) * s
         hq01 = hq01[:h, :w]
-        lq = simulate(torch.from_numpy(np.ascontiguousarray(hq01))[None, None], degradation,
-                      generator)[0, 0].numpy()
+        lq, sigma = simulate(torch.from_numpy(np.ascontiguousarray(hq01))[None, None],
+                             degradation, generator, return_sigmas=True)
+        lq = lq[0, 0].numpy()
         pairs.append(Pair(Normalization.fit(lq).apply(lq), (hq01 * 2 - 1).astype(np.float32),
-                          name))
+                          name, float(sigma[0])))
     return pairs
 
 
@@ -186,10 +188,14 @@ class PatchSampler:
                 break
         return best[1], best[2]
 
-    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lqs, hqs = [], []
+    def batch(self, size: int, with_psf: bool = False):
+        """(x, y) batches; ``with_psf``: (x, y, psf_sigma) with each patch's PSF width (B,)
+        (NaN for a real pair, whose blur is not known)."""
+        lqs, hqs, sigmas = [], [], []
         for _ in range(size):
-            lq, hq = self._crop(self.pairs[self._randint(len(self.pairs))])
+            pair = self.pairs[self._randint(len(self.pairs))]
+            sigmas.append(float("nan") if pair.psf_sigma is None else pair.psf_sigma)
+            lq, hq = self._crop(pair)
             lq, hq = torch.from_numpy(np.ascontiguousarray(lq)), torch.from_numpy(np.ascontiguousarray(hq))
             if self.augment:
                 k = self._randint(4)
@@ -200,6 +206,8 @@ class PatchSampler:
             hqs.append(hq)
         lq = torch.stack(lqs)[:, None].float()
         hq = torch.stack(hqs)[:, None].float()
+        if with_psf:
+            return upsample(lq, self.scale), hq, torch.tensor(sigmas, dtype=torch.float32)
         return upsample(lq, self.scale), hq
 
 

@@ -178,12 +178,17 @@ def draw_sigmas(degradation: Degradation, count: int,
     return _uniform(u, degradation.sigma_range, log=True).float()
 
 
-def simulate(hq: torch.Tensor, degradation: Degradation, generator: torch.Generator | None = None):
-    """High-quality (B, 1, H, W) in [0, 1] -> noisy low-quality counts (B, 1, H/s, W/s)."""
+def simulate(hq: torch.Tensor, degradation: Degradation, generator: torch.Generator | None = None,
+             return_sigmas: bool = False):
+    """High-quality (B, 1, H, W) in [0, 1] -> noisy low-quality counts (B, 1, H/s, W/s).
+
+    ``return_sigmas``: also return each image's PSF width (B,), in high-quality pixels.
+    """
     sigmas = draw_sigmas(degradation, hq.shape[0], generator)
     clean = blur_and_downsample(hq, degradation, sigmas)
     photons, background, read = draw_levels(degradation, hq.shape[0], generator)
-    return add_camera_noise(clean, photons, background, read, generator)
+    counts = add_camera_noise(clean, photons, background, read, generator)
+    return (counts, sigmas) if return_sigmas else counts
 
 
 def simulate_image(image: np.ndarray, degradation: Degradation, seed: int = 0) -> np.ndarray:

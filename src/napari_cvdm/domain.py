@@ -15,6 +15,7 @@ from .normalization import Normalization
 
 NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 PIXEL_TOLERANCE = 1.6   # a pixel size this many times outside the model's range is "far"
+PSF_TOLERANCE = 1.15    # a PSF width this much outside the trained range is "far"
 MAX_PIXELS = 2**20      # statistics on a subsample of large planes
 
 
@@ -50,9 +51,10 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
 
 
 def input_warnings(image, model, pixel_size: float | None = None,
-                   unit: str | None = None) -> list[str]:
+                   unit: str | None = None, psf_sigma: float | None = None) -> list[str]:
     """Why a result on ``image`` (Y, X or a stack: its first plane is checked, input units)
-    may not be trustworthy; ``pixel_size`` in ``unit`` along X, where the file says it."""
+    may not be trustworthy; ``pixel_size`` in ``unit`` along X, where the file says it;
+    ``psf_sigma`` the PSF width a conditioned model is told (None: its default)."""
     plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
     out = []
     if looks_transmitted(plane):
@@ -70,4 +72,20 @@ def input_warnings(image, model, pixel_size: float | None = None,
                        f"for inputs of {low:.0f}-{high:.0f} nm pixels: structures appear at "
                        "another size than it learned; resample the image or train a model "
                        "for this pixel size")
+    out.extend(_psf_warnings(model, psf_sigma))
     return out
+
+
+def _psf_warnings(model, psf_sigma: float | None) -> list[str]:
+    """A PSF width outside what a conditioned model was trained on."""
+    from .psf_width import psf_sigma_for, trained_range
+
+    config = getattr(model, "config", None)
+    if config is None or not config.psf_conditioned:
+        return []
+    told, trained = psf_sigma_for(model, psf_sigma), trained_range(model)
+    if trained is None or trained[0] / PSF_TOLERANCE <= told <= trained[1] * PSF_TOLERANCE:
+        return []
+    return [f"the PSF width {told:g} output pixels is outside the widths the model was "
+            f"trained on ({trained[0]:g}-{trained[1]:g}): it has not learned to undo this "
+            "blur; check the PSF width, or train a model for these optics"]

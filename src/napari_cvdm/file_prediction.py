@@ -52,11 +52,16 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str)
     import datetime
 
     from . import __version__
+    from .psf_width import psf_sigma_for
 
+    model = settings.model
+    psf_sigma = psf_sigma_for(model, settings.psf_sigma) if hasattr(model, "config") \
+        else settings.psf_sigma
     return {"software": f"napari-cvdm {__version__}", "model": summary.get("name"),
             "weights_sha256": summary.get("sha256"), "seed": settings.seed,
             "samples": settings.samples, "steps": steps, "eta": settings.eta,
-            "sampler": settings.sampler, "precision": precision, "device": device,
+            "sampler": settings.sampler, "precision": precision, "psf_sigma": psf_sigma,
+            "device": device,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
@@ -112,7 +117,8 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings))
     size = image.pixel_size[-1] if image.pixel_size else None
-    for message in input_warnings(image.data, model, size, image.unit or None):
+    for message in input_warnings(image.data, model, size, image.unit or None,
+                                  psf_sigma=settings.psf_sigma):
         if warn is not None:
             warn(f"{task.input.name}: {message}")
     result = napari_cvdm.predict(image.data, settings=settings, progress=progress)

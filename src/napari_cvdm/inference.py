@@ -28,6 +28,7 @@ from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES, Normalization
 from .planning import TilePlan, plan, smaller_plan
 from .precision import from_half_flag, resolve_precision
+from .psf_width import psf_sigma_for
 from .running_model import running_model
 from .settings import PredictSettings, draw_seed, settings_from
 from .tile_sampling import Run, predict_plane
@@ -124,6 +125,8 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     if model.config.channels != 1:
         raise ValueError(f"this model expects {model.config.channels}-channel images; "
                          "napari-cvdm predicts single-channel planes")
+    # The width a conditioned model is told, from the caller's model (not a cached copy)
+    s = s.replace(psf_sigma=psf_sigma_for(model, s.psf_sigma))
     scale = model.config.scale
     if not lazy:
         check_output_size(shape, scale)
@@ -283,7 +286,7 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
     return {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
             "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
-            "calibrated": calibrated}
+            "calibrated": calibrated, "psf_sigma": run.psf_sigma}
 
 
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,

@@ -247,7 +247,7 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
     info = {"source": layer.name, "samples": result.samples, "steps": result.steps,
             "eta": result.eta, "sampler": result.sampler, "seed": result.seed,
             "device": result.device, "precision": result.info.get("precision"),
-            "seconds": round(result.seconds, 3),
+            "psf_sigma": result.info.get("psf_sigma"), "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
             "napari_cvdm": __version__, **(provenance or {}), **(extra or {})}
     mean_name, spread_name = output_names(layer, show)
@@ -311,12 +311,12 @@ def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
     return _add_or_update(viewer, mean, mean_kwargs), spread_layer
 
 
-def input_warnings(layer, model) -> list[str]:
+def input_warnings(layer, model, psf_sigma: float | None = None) -> list[str]:
     """Why a result on this layer may not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
     unit = str(layer.units[-1]) if len(getattr(layer, "units", ())) else None
-    return warnings_for(unwrap(layer.data), model, float(layer.scale[-1]), unit)
+    return warnings_for(unwrap(layer.data), model, float(layer.scale[-1]), unit, psf_sigma)
 
 
 def _model_path(source: str | os.PathLike) -> Path:
@@ -498,7 +498,7 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     if not is_lazy(layer):
         image = layer.data if crop is None else layer_image(layer, crop)
         result = predict(image, net, settings=s, progress=progress, cancel=cancel)
-        for message in input_warnings(layer, net):
+        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma):
             warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
         return show_result(viewer, layer, result, show, provenance, crop)
     result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)

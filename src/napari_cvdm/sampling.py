@@ -106,7 +106,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
            eta: float = 1.0, sampler: str = "ddim", generator: torch.Generator | None = None,
            on_evaluation: Callable[[], None] | None = None, precision: Precision | None = None,
            prepared: dict[str, torch.Tensor] | None = None,
-           denoise: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+           denoise: Callable[..., torch.Tensor] | None = None, psf_sigma=None) -> torch.Tensor:
     """Draw samples for the conditioning batch ``x`` (N, C, H, W).
 
     ``initial_noise`` (S, N, C, H, W) is z at the start (pure noise): the number of samples
@@ -116,6 +116,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     only, so a caller drawing several batches of samples for one x computes it once).
     ``denoise``: a drop-in for ``model.denoise`` (e.g. a ``torch.compile``d one).
     ``precision``: the networks' arithmetic (None: float32); the sampler state stays float32.
+    ``psf_sigma``: the input's PSF width, for a PSF-conditioned model (``CVDM.prepare``).
     Everything inside the step loop stays on x's device: no host copies, no syncs.
     """
     if sampler not in SAMPLERS:
@@ -123,7 +124,7 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be between 0 and 1, not {eta}")
     s, n = initial_noise.shape[:2]
-    prep = model.prepare(x) if prepared is None else prepared  # once per x, not per step
+    prep = model.prepare(x, psf_sigma=psf_sigma) if prepared is None else prepared  # once per x, not per step
     denoise = model.denoise if denoise is None else denoise
 
     def repeat(v: torch.Tensor) -> torch.Tensor:  # (N, ...) -> (S*N, ...), sample-major

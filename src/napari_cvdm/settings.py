@@ -112,6 +112,10 @@ class PredictSettings:
     sampler: str = option("ddim", "ddim: the few-step sampler; reference: the authors' "
                           "ancestral sampler with the model's own number of steps",
                           choices=SAMPLERS, advanced=True)
+    psf_sigma: float | None = option(None, "the input's blur relative to the output: the "
+                                     "PSF's Gaussian sigma in output pixels (used by "
+                                     "PSF-conditioned models only)", min=0.3, max=20.0,
+                                     step=0.25, auto="the model's typical widefield blur")
     seed: int | None = option(None, "random seed; the same seed, settings and precision "
                               "give the same result", auto="a new one each run, recorded")
     device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",
@@ -206,6 +210,8 @@ class TrainSettings:
     init: str | None = option(None, "fine-tune a bundled model or a model file (fresh "
                               "optimizer; its scale and preset are used)",
                               auto="a new model", metavar="MODEL")
+    psf_conditioned: bool = option(False, "the model is also told the input's PSF width "
+                                   "(simulated optics only); a blind model guesses it")
     config_overrides: dict[str, Any] = field(default_factory=dict, metadata={
         "help": "changes to the preset's configuration", "cli": False})
 

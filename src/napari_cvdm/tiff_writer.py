@@ -255,6 +255,6 @@ def result_provenance(model_summary: dict[str, Any], result, **extra: Any) -> di
             "model_sha256": model_summary.get("sha256"), "seed": result.seed,
             "samples": result.samples, "steps": result.steps, "eta": result.eta,
             "sampler": result.sampler, "precision": info.get("precision"),
-            "device": result.device, "scale": result.scale,
+            "psf_sigma": info.get("psf_sigma"), "device": result.device, "scale": result.scale,
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             **extra}

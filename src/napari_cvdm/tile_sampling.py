@@ -53,6 +53,12 @@ class Run:
     def channels_last(self) -> bool:
         return self.device.type == "cpu"
 
+    @property
+    def psf_sigma(self) -> float | None:
+        """The PSF width the network is told (None: a blind model); ``_prepare`` has put the
+        model's default into the settings where none was given."""
+        return self.settings.psf_sigma if self.net.config.psf_conditioned else None
+
     def tiles(self) -> list[Tile]:
         return self.plan.tiles(self.height, self.width, self.net.config.stride)
 
@@ -153,7 +159,8 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: 
     x = x.to(device)
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    prepared = net.prepare(x, run.precision)  # once per tile group, shared by every chunk
+    # once per tile group, shared by every chunk
+    prepared = net.prepare(x, run.precision, psf_sigma=run.psf_sigma)
 
     def tick() -> None:  # progress counts tile-evaluations, however tiles are grouped
         run.network_calls += 1

@@ -29,9 +29,10 @@ from .errors import cancel_requested as _cancel_requested
 from .io import load_model
 from .metrics import psnr, ssim
 from .model.config import CVDMConfig
-from .model.cvdm import CVDM
+from .model.cvdm import CVDM, conditioned_on_psf
 from .normalization import DEFAULT_PERCENTILES
 from .precision import resolve_precision
+from .psf_width import psf_sigma_for
 from .sampling import sample
 from .settings import TrainSettings
 from .training_data import prepare_data
@@ -48,6 +49,8 @@ def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
     overrides["scale"] = scale
     if settings.schedule is not None:
         overrides["schedule"] = settings.schedule
+    if settings.psf_conditioned:
+        overrides["psf_conditioned"] = True
     config = CVDMConfig.preset(settings.preset, **overrides)
     if settings.mean_network is True and config.mean_net is None:
         config = dataclasses.replace(config, mean_net=dataclasses.replace(
@@ -58,13 +61,17 @@ def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
 
 
 def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
-             seed: int = 0) -> dict[str, float]:
-    """PSNR/SSIM of one deterministic CVDM sample (and of the bicubic input) per patch."""
+             seed: int = 0, psf_sigma=None) -> dict[str, float]:
+    """PSNR/SSIM of one deterministic CVDM sample (and of the bicubic input) per patch.
+
+    ``psf_sigma`` (B,): the patches' PSF widths, told to a PSF-conditioned model."""
     model.eval()
+    if not model.config.psf_conditioned:
+        psf_sigma = None
     with torch.inference_mode():
         noise = torch.randn((1,) + tuple(x.shape), generator=torch.Generator().manual_seed(seed))
-        out = sample(model, x, noise.to(x.device), steps=steps, eta=0.0)[0]
-        prep = model.prepare(x)
+        prep = model.prepare(x, psf_sigma=psf_sigma)
+        out = sample(model, x, noise.to(x.device), steps=steps, eta=0.0, prepared=prep)[0]
     scores: dict[str, list[float]] = {"psnr": [], "ssim": [], "bicubic_psnr": [], "bicubic_ssim": []}
     if "mu" in prep:
         scores.update(mean_psnr=[], mean_ssim=[])
@@ -78,6 +85,11 @@ def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
             scores["mean_psnr"].append(psnr(prep["mu"][i, 0].cpu().numpy(), target))
             scores["mean_ssim"].append(ssim(prep["mu"][i, 0].cpu().numpy(), target))
     return {k: float(np.mean(v)) for k, v in scores.items()}
+
+
+def _widths(sigmas: torch.Tensor, pair_sigma: float | None) -> torch.Tensor:
+    """Each patch's PSF width; measured pairs (NaN: not known) get ``pair_sigma``."""
+    return sigmas if pair_sigma is None else torch.nan_to_num(sigmas, nan=pair_sigma)
 
 
 def _check_settings(settings: TrainingSettings) -> None:
@@ -142,15 +154,22 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         if base.config.scale != data.scale:
             raise ValueError(f"the model to fine-tune ({settings.init}) has scale "
                              f"x{base.config.scale} but the training data are x{data.scale}")
+        if settings.psf_conditioned and not base.config.psf_conditioned:
+            base = conditioned_on_psf(base)  # starts as exactly the blind model
         config = base.config
     else:
         config = _config(settings, data.scale)
+    conditioned = config.psf_conditioned
     state = read_state(output, config) if resume else None  # every check before any work
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
 
-    model = CVDM(config)
+    model = CVDM(config, metadata=base.metadata if base is not None else None)
     if base is not None:
         model.load_state_dict(base.state_dict())
+    # Measured pairs do not say their PSF width: a conditioned model learns them as the
+    # width it is told by default, which predict() then uses for such images.
+    pair_sigma = psf_sigma_for(model, None) if conditioned and not data.simulated else None
+    val_sigma = _widths(data.val_sigma, pair_sigma).to(dev) if conditioned else None
     model = _prepare_model(model, dev, precision.low)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr())
     scaler = torch.amp.GradScaler(dev.type, enabled=precision.name == "fp16")
@@ -168,6 +187,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                      "training_images": data.training_images, "device": str(dev),
                      "precision": precision.name, "history": []},
     }
+    if conditioned and (pair_sigma is not None or base is not None):
+        metadata["psf_sigma_default"] = psf_sigma_for(model, None)
     if init_info is not None:
         metadata["training"].update(init_info)
         metadata["training"]["history"] = list(base.metadata.get("training", {}).get("history", []))
@@ -195,11 +216,15 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         if data.simulated and step % SIMULATION_REFRESH == 0:
             data.refresh()
         model.train()
-        x, y = data.sampler.batch(settings.batch_size)
+        if conditioned:
+            x, y, psf_sigma = data.sampler.batch(settings.batch_size, with_psf=True)
+            psf_sigma = _widths(psf_sigma, pair_sigma).to(dev)
+        else:
+            (x, y), psf_sigma = data.sampler.batch(settings.batch_size), None
         x, y = x.to(dev), y.to(dev)
         if dev.type == "cpu" and not precision.low:
             x = x.contiguous(memory_format=torch.channels_last)
-        terms = model.loss(x, y, precision=precision)
+        terms = model.loss(x, y, precision=precision, psf_sigma=psf_sigma)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(terms["total"]).backward()
         scaler.unscale_(optimizer)
@@ -221,7 +246,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         if progress is not None:
             progress(step, settings.steps, last_loss)
         if step % settings.validation_every == 0 or step == settings.steps:
-            scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed)
+            scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed,
+                              psf_sigma=val_sigma)
             scores.update(step=step, loss=last_loss["total"],
                           gamma_start=last_loss["gamma_start"], gamma_end=last_loss["gamma_end"],
                           seconds=round(time.perf_counter() - started, 1))

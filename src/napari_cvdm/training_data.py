@@ -31,6 +31,7 @@ class TrainingData:
     sampler: PatchSampler
     val_x: torch.Tensor
     val_y: torch.Tensor
+    val_sigma: torch.Tensor  # each validation patch's PSF width (NaN for real pairs)
     scale: int
     info: dict[str, Any]
     validation_names: list[str]
@@ -64,7 +65,7 @@ def _validation_patches(val_pairs, scale: int, patch: int, count: int, seed: int
                          "images or more of them")
     sampler = PatchSampler(usable, scale, patch, torch.Generator().manual_seed(seed + 1),
                            augment=False)
-    return sampler.batch(count)
+    return sampler.batch(count, with_psf=True)
 
 
 def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation | None,
@@ -89,9 +90,10 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
             info = {"mode": "pairs", "source": "arrays"}
         info["images"] = len(all_pairs)
         train, val = split_validation(all_pairs, validation_fraction, patch_size)
-        val_x, val_y = _validation_patches(val, scale, patch_size, validation_patches, seed)
+        val_x, val_y, val_sigma = _validation_patches(val, scale, patch_size,
+                                                      validation_patches, seed)
         return TrainingData(PatchSampler(train, scale, patch_size, generator), val_x, val_y,
-                            scale, info, sorted({p.name for p in val}), len(train))
+                            val_sigma, scale, info, sorted({p.name for p in val}), len(train))
 
     degradation = degradation or Degradation()
     real = []
@@ -112,11 +114,11 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
     info["images"] = len(real) + (SYNTHETIC_IMAGES if synthetic else 0)
     val_images = val_real + (val_synthetic.images if val_synthetic else [])
     val_pairs = simulate_pairs(val_images, degradation, torch.Generator().manual_seed(seed + 2))
-    val_x, val_y = _validation_patches(val_pairs, degradation.scale, patch_size,
-                                       validation_patches, seed)
+    val_x, val_y, val_sigma = _validation_patches(val_pairs, degradation.scale, patch_size,
+                                                  validation_patches, seed)
     train_images = train_real + (pool.images if pool else [])
     sampler = PatchSampler(simulate_pairs(train_images, degradation, generator), degradation.scale,
                            patch_size, generator)
-    return TrainingData(sampler, val_x, val_y, degradation.scale, info,
+    return TrainingData(sampler, val_x, val_y, val_sigma, degradation.scale, info,
                         sorted(name for _, name in val_images), len(train_images),
                         train_real, pool, degradation, generator)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,11 @@ class UNetConfig:
     blocks_per_level: int = 3
     attention_at_lowest: bool = True
     dropout: float = 0.0
+
+    @property
+    def condition_channels(self) -> int:
+        """Extra constant input channels (the PSF width) of a conditioned model."""
+        return 1 if self.psf_conditioned else 0
 
     @property
     def stride(self) -> int:
@@ -47,6 +53,9 @@ class CVDMConfig:
     ``prediction``: what the denoiser's last layer outputs and the ``noise`` term compares:
     "eps" (the paper) or "v" = sqrt(gamma) eps - sqrt(1 - gamma) y0 (Salimans & Ho 2022),
     which keeps y0 well determined at high noise; either way ``denoise`` returns eps_hat.
+    ``psf_conditioned``: the denoiser and the mean network also see the PSF width of the
+    input (relative to the target, in target pixels) as a constant channel,
+    ``log(sigma / psf_reference)``; the schedule network does not.
     """
 
     channels: int = 1
@@ -68,11 +77,18 @@ class CVDMConfig:
     smooth_weight: float = 1e-3
     aux_weight: float = 2.0
     output_clip: float = 1.5
+    psf_conditioned: bool = False
+    psf_reference: float = 2.5
     preset: str = "custom"
 
     @property
     def mean_network(self) -> bool:
         return self.mean_net is not None
+
+    @property
+    def condition_channels(self) -> int:
+        """Extra constant input channels (the PSF width) of a conditioned model."""
+        return 1 if self.psf_conditioned else 0
 
     @property
     def stride(self) -> int:
@@ -88,6 +104,9 @@ class CVDMConfig:
             raise ValueError(f"channels must be between 1 and {MAX_CHANNELS}, not {self.channels}")
         if self.scale not in (1, 2, 3, 4):
             raise ValueError(f"scale must be 1, 2, 3 or 4, not {self.scale}")
+        if not (math.isfinite(self.psf_reference) and 0.1 <= self.psf_reference <= 20):
+            raise ValueError(f"psf_reference must be between 0.1 and 20 pixels, not "
+                             f"{self.psf_reference}")
         if not 2 <= self.timesteps <= 10000:
             raise ValueError(f"timesteps must be between 2 and 10000, not {self.timesteps}")
         for net in filter(None, (self.denoiser, self.schedule_net, self.mean_net)):

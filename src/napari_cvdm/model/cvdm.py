@@ -41,10 +41,11 @@ class CVDM(nn.Module):
         self.metadata: dict[str, Any] = dict(metadata or {})
         c = config.channels
         extra = c if config.mean_network else 0
+        k = config.condition_channels
         self.schedule_net = build_schedule(config)
-        self.denoiser = UNet(config.denoiser, in_channels=2 * c + extra, out_channels=c,
+        self.denoiser = UNet(config.denoiser, in_channels=2 * c + extra + k, out_channels=c,
                              cond_channels=2 * c, cond_features=config.denoiser.base_channels)
-        self.mean_net = (UNet(config.mean_net, in_channels=c, out_channels=c)
+        self.mean_net = (UNet(config.mean_net, in_channels=c + k, out_channels=c)
                          if config.mean_net is not None else None)
 
     # -- the pieces --------------------------------------------------------------------
@@ -56,28 +57,50 @@ class CVDM(nn.Module):
         """gamma(t, x) and beta(t, x), each shaped like the target (SPEC section 3)."""
         return self.schedule_net(t, x)
 
-    def prepare(self, x: torch.Tensor, precision=None) -> dict[str, torch.Tensor]:
+    def condition_map(self, x: torch.Tensor, psf_sigma=None) -> torch.Tensor | None:
+        """The PSF-width channel of a conditioned model, (B, 1, H, W); None for a blind one.
+
+        ``psf_sigma``: the input's PSF width relative to the target, in target pixels, one
+        number or one per image (B,). A blind model ignores it; a conditioned one needs it.
+        """
+        if not self.config.psf_conditioned:
+            return None
+        if psf_sigma is None:
+            raise ValueError("this model is conditioned on the PSF width: give psf_sigma "
+                             "(the input's blur relative to the target, in target pixels)")
+        sigma = torch.as_tensor(psf_sigma, dtype=torch.float32, device=x.device).reshape(-1)
+        if sigma.numel() not in (1, x.shape[0]) or not bool(torch.all(sigma > 0)):
+            raise ValueError(f"psf_sigma must be one positive width or one per image, not "
+                             f"{psf_sigma!r}")
+        value = torch.log(sigma / self.config.psf_reference).to(x.dtype)
+        return value.reshape(-1, 1, 1, 1).expand(x.shape[0], 1, *x.shape[-2:])
+
+    def prepare(self, x: torch.Tensor, precision=None, psf_sigma=None) -> dict[str, torch.Tensor]:
         """Everything that depends on ``x`` only: evaluated once per image, not per step.
 
         ``center``: what the diffused variable is relative to (x, mu(x) or 0);
         ``inputs``: the conditioning channels of the denoiser; ``lam``: lambda(x).
         ``precision``: runs the mean network at that precision (a ``Precision``); the
         schedule network stays float32 (gamma = exp(-lambda tau) amplifies its rounding).
+        ``psf_sigma``: the PSF width a conditioned model is told (see ``condition_map``).
         """
+        cond = self.condition_map(x, psf_sigma)
+        extra = [] if cond is None else [cond]
         if self.mean_net is not None:
+            net_in = x if cond is None else torch.cat([x, cond], dim=1)
             if precision is not None and precision.low:
                 with precision.autocast():
-                    residual = self.mean_net(x)
+                    residual = self.mean_net(net_in)
                 mu = x + residual.float()
             else:
-                mu = x + self.mean_net(x)
+                mu = x + self.mean_net(net_in)
             # The mean network learns by regression alone (its own loss term): the
             # denoiser sees and diffuses around sg(mu), so it cannot bend mu into a feature.
-            center, inputs = mu.detach(), torch.cat([x, mu.detach()], dim=1)
+            center, inputs = mu.detach(), torch.cat([x, mu.detach(), *extra], dim=1)
         else:
             mu = None
             center = x if self.config.residual else torch.zeros_like(x)
-            inputs = x
+            inputs = x if cond is None else torch.cat([x, cond], dim=1)
         out = {"center": center, "inputs": inputs, "lam": self.schedule_net.lam(x)}
         if mu is not None:
             out["mu"] = mu
@@ -108,16 +131,16 @@ class CVDM(nn.Module):
 
     # -- training objective ------------------------------------------------------------
     def loss(self, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator | None = None,
-             precision=None) -> dict[str, torch.Tensor]:
+             precision=None, psf_sigma=None) -> dict[str, torch.Tensor]:
         """The named loss terms of SPEC section 1 and their weighted ``total``.
 
         ``precision`` (a ``napari_cvdm.precision.Precision``): the arithmetic of the denoiser
         and the mean network; the schedule, its time derivatives, the prior and every loss
-        term stay float32.
+        term stay float32. ``psf_sigma`` (B,): each image's PSF width, for a conditioned model.
         """
         cfg = self.config
         b = x.shape[0]
-        prep = self.prepare(x, precision)
+        prep = self.prepare(x, precision, psf_sigma)
         y0 = (y - prep["center"]) / self.target_scale
         lam = prep["lam"]
 
@@ -174,3 +197,28 @@ class CVDM(nn.Module):
                "mean": count(self.mean_net)}
         out["total"] = sum(out.values())
         return out
+
+
+def conditioned_on_psf(model: CVDM) -> CVDM:
+    """A PSF-conditioned copy of a blind model that computes exactly what the blind one did.
+
+    The new input channel of the denoiser's and the mean network's first convolution gets
+    zero weights, so training starts from the blind model's function and learns how much to
+    use the width it is told.
+    """
+    import dataclasses
+
+    if model.config.psf_conditioned:
+        raise ValueError("the model is already conditioned on the PSF width")
+    new = CVDM(dataclasses.replace(model.config, psf_conditioned=True),
+               metadata=model.metadata)
+    state = new.state_dict()
+    for key, value in model.state_dict().items():
+        target = state[key]
+        if target.shape == value.shape:
+            target.copy_(value)
+        else:  # a stem convolution with one more input channel, appended last
+            target.zero_()
+            target[:, :value.shape[1]] = value
+    new.load_state_dict(state)
+    return new
