@@ -179,3 +179,27 @@ def test_fine_tuning_a_blind_model_into_a_conditioned_one(tmp_path, tiny_model_f
     train(output=out, hq=[nuclei_truth[:128, :128], nuclei_truth[128:256, :128],
                           nuclei_truth[256:384, :128]], settings=settings, device="cpu")
     assert load_model(out).config.psf_conditioned
+
+
+def test_the_command_line_tells_the_width_and_the_files_record_it(tmp_path, nuclei_widefield):
+    import tifffile
+
+    from napari_cvdm import save_model
+    from napari_cvdm.cli import main
+
+    model_file = save_model(_conditioned(), tmp_path / "c.cvdm.safetensors")
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, nuclei_widefield[:24, :24])
+    recorded = {}
+    for sigma in ("2.0", None):
+        out = tmp_path / f"out-{sigma}"
+        extra = ["--psf-sigma", sigma] if sigma else []
+        assert main(["predict", str(source), "-o", str(out), "--model", str(model_file),
+                     "--samples", "2", "--steps", "2", "--seed", "0", "--quiet", *extra]) == 0
+        (mean,) = [p for p in out.iterdir() if "mean" in p.name]
+        with tifffile.TiffFile(mean) as f:
+            recorded[sigma] = f.ome_metadata
+    assert 'K="psf_sigma">2.0<' in recorded["2.0"]
+    assert f'K="psf_sigma">{DEFAULT_PSF_SIGMA}<' in recorded[None]
+    assert main(["predict", str(source), "-o", str(tmp_path / "bad"), "--model",
+                 str(model_file), "--psf-sigma", "0"]) == 2
