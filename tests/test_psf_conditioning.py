@@ -203,3 +203,22 @@ def test_the_command_line_tells_the_width_and_the_files_record_it(tmp_path, nucl
     assert f'K="psf_sigma">{DEFAULT_PSF_SIGMA}<' in recorded[None]
     assert main(["predict", str(source), "-o", str(tmp_path / "bad"), "--model",
                  str(model_file), "--psf-sigma", "0"]) == 2
+
+
+def test_the_model_card_says_whether_the_width_is_told(tmp_path, tiny_model, capsys):
+    from napari_cvdm import save_model
+    from napari_cvdm.cli import main
+
+    conditioned = _conditioned()
+    conditioned.metadata["psf_sigma_default"] = 2.5
+    files = {"blind": save_model(tiny_model, tmp_path / "b.cvdm.safetensors"),
+             "told": save_model(conditioned, tmp_path / "c.cvdm.safetensors")}
+    lines = {}
+    for kind, path in files.items():
+        assert main(["info", str(path)]) == 0
+        lines[kind] = [line for line in capsys.readouterr().out.splitlines()
+                       if line.startswith("PSF width:")]
+    assert lines["blind"] == ["PSF width: blind (the model infers it from the image; trained "
+                              "widths not recorded)"]
+    assert "told" in lines["told"][0] and "default 2.5" in lines["told"][0]
+    assert "trained on 1.5-4 output pixels" in lines["told"][0]

@@ -86,4 +86,21 @@ def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> st
              f"{config.get('preset')}, " + (f"trained {step:,} steps" if step else "untrained")]
     for key in CARD_FIELDS:
         lines.append(f"{key.replace('_', ' ')}: {card[key]}")
+    lines.append("PSF width: " + _psf_line(config, metadata))
     return "\n".join(lines)
+
+
+def _psf_line(config: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """What the model knows of the input's blur: guessed (blind) or told (conditioned)."""
+    from .psf_width import DEFAULT_PSF_SIGMA
+
+    sigma = (((metadata.get("training") or {}).get("data") or {}).get("degradation")
+             or {}).get("psf_sigma")
+    trained = (f"{sigma[0]:g}-{sigma[-1]:g}" if isinstance(sigma, (list, tuple)) and sigma
+               else f"{sigma:g}" if isinstance(sigma, (int, float)) else None)
+    trained = f"trained on {trained} output pixels" if trained else "trained widths not recorded"
+    if not config.get("psf_conditioned"):
+        return f"blind (the model infers it from the image; {trained})"
+    default = metadata.get("psf_sigma_default", DEFAULT_PSF_SIGMA)
+    return (f"told (psf_sigma / --psf-sigma / the widget's psf sigma; default {default}; "
+            f"{trained})")
