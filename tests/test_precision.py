@@ -29,7 +29,7 @@ needs_bf16 = pytest.mark.skipif(not precision.cpu_bf16_supported(),
 @pytest.mark.parametrize("name, expected", [("fp32", "fp32"), ("float32", "fp32"),
                                             ("FP32 ", "fp32"), (None, None)])
 def test_names_are_normalised(name, expected, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
+    monkeypatch.setenv(precision.BF16_ENV, "0")
     assert resolve_precision(name, CPU).name == (expected or "fp32")
 
 
@@ -45,20 +45,140 @@ def test_fp16_on_a_cpu_is_refused():
 
 def test_bf16_where_unsupported_names_what_is(monkeypatch):
     monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
-    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: False)
     with pytest.raises(ValueError, match="not supported.*supported here: auto, fp32$"):
         resolve_precision("bf16", CPU)
     assert supported_precisions(CPU) == ["auto", "fp32"]
 
 
-@pytest.mark.parametrize("native", [True, False])
-def test_auto_is_bf16_only_where_native_and_falls_back_silently(native, monkeypatch):
-    monkeypatch.setattr(precision, "cpu_bf16_native", lambda: native)
+# -- "auto" on a CPU: the env override and the measured choice --------------------------
+@pytest.fixture
+def probe(monkeypatch):
+    """A fresh probe cache, a supported CPU, no env override; ``probe.speedup`` is measured."""
+    class Probe:
+        speedup = 2.0
+        calls: list = []
+
+        def __call__(self, training):
+            self.calls.append(training)
+            if isinstance(self.speedup, Exception):
+                raise self.speedup
+            return self.speedup
+
+    fake = Probe()
+    fake.calls = []
+    monkeypatch.setattr(precision, "_probed", {})
+    monkeypatch.setattr(precision, "_probe_speedup", fake)
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: True)
+    monkeypatch.delenv(precision.BF16_ENV, raising=False)
+    return fake
+
+
+def _auto(training=False):
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        got = resolve_precision("auto", CPU)
-    assert got == Precision("bf16" if native else "fp32", "cpu")
-    assert got.low is native and (got.dtype is torch.bfloat16) is native
+        warnings.simplefilter("error")  # "auto" falls back silently
+        return resolve_precision("auto", CPU, training=training)
+
+
+@pytest.mark.parametrize("speedup, expected", [(2.0, "bf16"), (1.25, "bf16"), (1.1, "fp32"),
+                                               (0.64, "fp32")])
+def test_auto_follows_the_measured_speedup(probe, speedup, expected):
+    probe.speedup = speedup
+    got = _auto()
+    assert got == Precision(expected, "cpu")
+    assert got.low is (expected == "bf16")
+    choice = precision.cpu_bf16_choice()
+    assert choice.source == "measured" and choice.speedup == speedup
+    assert choice.as_info() == {"cpu_bf16": expected == "bf16", "source": "measured",
+                                "speedup": speedup, "threshold": precision.BF16_MIN_SPEEDUP}
+
+
+@pytest.mark.parametrize("error", [RuntimeError("oneDNN failed"), ZeroDivisionError()])
+def test_a_failing_probe_means_float32_silently(probe, error):
+    probe.speedup = error
+    assert _auto() == Precision("fp32", "cpu")
+    choice = precision.cpu_bf16_choice()
+    assert choice.source == "failed" and not choice.bf16 and type(error).__name__ in choice.detail
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_a_meaningless_measurement_means_float32(probe, bad):
+    probe.speedup = bad
+    assert _auto() == Precision("fp32", "cpu")
+    assert precision.cpu_bf16_choice().source == "failed"
+
+
+def test_the_probe_runs_once_per_process_and_purpose(probe):
+    for _ in range(3):
+        assert _auto().name == "bf16"
+    assert _auto(training=True).name == "bf16"
+    assert _auto(training=True).name == "bf16"
+    assert probe.calls == [False, True]
+
+
+def test_the_probe_runs_once_when_threads_ask_at_the_same_time(probe, monkeypatch):
+    import time
+
+    def slow(training):
+        probe.calls.append(training)
+        time.sleep(0.05)
+        return 2.0
+
+    monkeypatch.setattr(precision, "_probe_speedup", slow)
+    got = []
+    threads = [threading.Thread(target=lambda: got.append(_auto().name)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == ["bf16"] * 4 and probe.calls == [False]
+
+
+@pytest.mark.parametrize("value, expected", [("1", "bf16"), ("true", "bf16"), ("0", "fp32"),
+                                             ("off", "fp32")])
+def test_env_forces_the_choice_without_probing(probe, monkeypatch, value, expected):
+    probe.speedup = 0.5 if expected == "bf16" else 3.0  # the opposite of what is forced
+    monkeypatch.setenv(precision.BF16_ENV, value)
+    assert _auto() == Precision(expected, "cpu")
+    assert _auto(training=True) == Precision(expected, "cpu")
+    assert probe.calls == []
+    assert precision.cpu_bf16_choice().source == "env"
+
+
+def test_an_unknown_env_value_warns_and_measures(probe, monkeypatch):
+    monkeypatch.setenv(precision.BF16_ENV, "maybe")
+    with pytest.warns(RuntimeWarning, match="NAPARI_CVDM_CPU_BF16.*maybe"):
+        assert resolve_precision("auto", CPU).name == "bf16"
+    assert probe.calls == [False]
+
+
+@pytest.mark.parametrize("env", [None, "1"])
+def test_auto_is_float32_where_onednn_has_no_bf16(probe, monkeypatch, env):
+    monkeypatch.setattr(precision, "cpu_bf16_supported", lambda: False)
+    if env is not None:
+        monkeypatch.setenv(precision.BF16_ENV, env)
+    assert _auto() == Precision("fp32", "cpu") and _auto(training=True).name == "fp32"
+    assert probe.calls == [] and precision.cpu_bf16_choice().source == "unsupported"
+
+
+@pytest.mark.parametrize("speedup", [0.5, 3.0])
+def test_explicit_names_ignore_the_probe_and_the_env(probe, monkeypatch, speedup):
+    probe.speedup = speedup
+    monkeypatch.setenv(precision.BF16_ENV, "0")
+    assert resolve_precision("bf16", CPU) == Precision("bf16", "cpu")
+    monkeypatch.setenv(precision.BF16_ENV, "1")
+    assert resolve_precision("fp32", CPU) == Precision("fp32", "cpu")
+    assert probe.calls == []
+
+
+@needs_bf16
+@pytest.mark.parametrize("training", [False, True])
+def test_the_real_probe_is_quick_and_measures_something(training):
+    import time
+
+    start = time.perf_counter()
+    speedup = precision._probe_speedup(training)
+    assert 0 < speedup < 100 and np.isfinite(speedup)
+    assert time.perf_counter() - start < 5.0  # ~0.1 s idle; generous for a shared CI CPU
 
 
 def test_half_flag_maps_to_a_precision_with_a_deprecation_warning():
