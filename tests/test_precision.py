@@ -298,3 +298,25 @@ def test_compute_thread_reraises_in_the_caller():
     with pytest.raises(ValueError, match="bad input in the compute thread"):
         devices.compute_thread_call(boom)
     assert devices.compute_thread_call(lambda: 1) == 1  # still alive afterwards
+
+
+def test_compute_thread_run_does_not_wait_behind_a_busy_compute_thread():
+    started, release = threading.Event(), threading.Event()
+
+    def long_job():
+        started.set()
+        release.wait(10)
+        return threading.get_ident()
+
+    held = []
+    holder = threading.Thread(target=lambda: held.append(devices.compute_thread_run(long_job)))
+    holder.start()
+    assert started.wait(10)
+    # busy: runs at once in the calling thread instead of queueing behind the long job
+    assert devices.compute_thread_run(threading.get_ident) == threading.get_ident()
+    release.set()
+    holder.join(10)
+    assert held == [devices.compute_thread_ident()]
+    # idle again: back to the compute thread
+    assert devices.compute_thread_run(threading.get_ident) == devices.compute_thread_ident()
+    assert devices.compute_thread_run(lambda: devices.compute_thread_run(lambda: 7)) == 7

@@ -1,11 +1,13 @@
 """The "CVDM training" dock widget: checks, a short run, cancelling, the model list update."""
 
+import threading
+
 import numpy as np
 import pytest
 
 import napari_cvdm._training_widget as widget_module
 from napari_cvdm.settings import DEFAULT_MODEL  # noqa: E402
-from napari_cvdm import Cancelled, load_model, model_choices
+from napari_cvdm import Cancelled, devices, load_model, model_choices
 from napari_cvdm._training_options import OpticsOptions, TrainingOptions
 from napari_cvdm._training_widget import TrainingWidget
 from napari_cvdm.training_preview import PREVIEW_NAME
@@ -117,7 +119,21 @@ def test_bad_input_is_refused_before_anything_starts(viewer_and_widget, notifica
 
 
 def test_a_short_run_saves_plots_previews_and_offers_the_model(qtbot, viewer_and_widget,
-                                                              notifications, tmp_path):
+                                                              notifications, tmp_path,
+                                                              monkeypatch):
+    threads = []  # where the validation callback (and so train()) runs
+    real_callback = widget_module.preview_callback
+
+    def recording_callback(*args, **kwargs):
+        on_validation = real_callback(*args, **kwargs)
+
+        def record(*a):
+            threads.append(threading.get_ident())
+            return on_validation(*a)
+
+        return record
+
+    monkeypatch.setattr(widget_module, "preview_callback", recording_callback)
     viewer, widget = viewer_and_widget
     lq, hq = add_pair(viewer)
     original = hq.data.copy()
@@ -149,6 +165,9 @@ def test_a_short_run_saves_plots_previews_and_offers_the_model(qtbot, viewer_and
     assert output.resolve() in model_choices.models()
     offered = [str(choice) for choice in reconstruction_widget._model.choices]
     assert any(str(output.resolve()) in choice for choice in offered), offered
+    # the session's one compute thread trained (docs/performance.md, the worker-thread gap)
+    assert len(threads) == 2 and set(threads) == {devices.compute_thread_ident()}
+    assert threads[0] != threading.get_ident()
 
 
 def test_cancel_keeps_the_last_checkpoint_and_says_where(qtbot, viewer_and_widget,

@@ -166,6 +166,41 @@ def test_cancel_button_stops_the_run_and_adds_no_layers(qtbot, viewer_and_widget
     assert widget._run.text == "Run" and widget._run.enabled
 
 
+def test_every_run_predicts_in_the_one_compute_thread_and_cancel_still_works(
+        qtbot, viewer_and_widget, model_file, notifications, monkeypatch):
+    """The OpenMP team stays one per session (docs/performance.md, the worker-thread gap)."""
+    from napari_cvdm import devices
+
+    threads = []
+    real_predict = widget_module.predict
+
+    def recording_predict(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return real_predict(*args, **kwargs)
+
+    monkeypatch.setattr(widget_module, "predict", recording_predict)
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    configure(widget, model_file, seed=1)
+    for seed in (1, 2):
+        widget.set_options(seed=seed)
+        assert widget.start() is not None
+        wait_until_idle(qtbot, widget)
+    assert notifications["error"] == [] and "cells CVDM mean" in viewer.layers
+    # a long run, cancelled from the main thread while the compute thread runs it
+    viewer.add_image(image(64, 64), name="big")
+    configure(widget, model_file, samples=1, steps=1000)
+    widget._image.value = viewer.layers["big"]
+    widget._run.native.click()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    widget._run.native.click()
+    wait_until_idle(qtbot, widget)
+    assert notifications["info"][-1] == "CVDM reconstruction cancelled"
+    assert "big CVDM mean" not in viewer.layers and widget._run.enabled
+    assert len(threads) == 3 and len(set(threads)) == 1
+    assert threads[0] == devices.compute_thread_ident() != threading.get_ident()
+
+
 def test_removing_the_input_layer_cancels_the_run(qtbot, viewer_and_widget, model_file,
                                                   notifications):
     viewer, widget = viewer_and_widget

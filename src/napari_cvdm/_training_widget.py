@@ -2,7 +2,8 @@
 
 The widget computes nothing. :class:`OpticsOptions` and :class:`TrainingOptions` become
 keyword arguments of :func:`napari_cvdm.training_layers.prepare_training` (the checks and
-data gathering that ``train_on_layers`` uses too); a thread worker runs the job with plain
+data gathering that ``train_on_layers`` uses too); a thread worker has the session's one
+compute thread (``devices.compute_thread_run``) run the job with plain
 callbacks that emit Qt signals, delivered on the main thread to the plot, the status line
 and the preview layer. The finished model is registered so the reconstruction widget
 offers it at once.
@@ -21,7 +22,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
-from . import model_choices
+from . import devices, model_choices
 from ._training_plot import TrainingPlot, clock
 from ._training_options import OpticsOptions, TrainingOptions, make_widgets
 from .degradation import Degradation
@@ -251,7 +252,11 @@ class TrainingWidget(Container):
             show_info(f"CVDM training: {note}")
         cancel = self._cancel = threading.Event()
         closed, device = self._closed, self.options().device
-        worker = create_worker(job.run, device=device, progress=self._signals.progressed.emit,
+        # The worker waits while the session's one compute thread trains (the same OpenMP
+        # thread team as the reconstruction widget's runs; devices.compute_thread_run). The
+        # callbacks below are called there: they emit Qt signals or read threading.Events.
+        worker = create_worker(devices.compute_thread_run, job.run, device=device,
+                               progress=self._signals.progressed.emit,
                                log=self._signals.logged.emit,
                                cancel=lambda: cancel.is_set() or closed.is_set(),
                                on_validation=preview_callback(

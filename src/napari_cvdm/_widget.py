@@ -1,8 +1,9 @@
 """The "CVDM reconstruction" dock widget: options in, predict() in a thread, layers out.
 
 The widget computes nothing: :class:`ReconstructionOptions` becomes predict() keyword
-arguments, a napari thread worker runs predict() with a progress callback (a Qt signal,
-delivered on the main thread) and a cancel event, and the result goes through
+arguments, a napari thread worker has predict() run in the session's one compute thread
+(``devices.compute_thread_run``) with a progress callback (a Qt signal, delivered on the
+main thread) and a cancel event, and the result goes through
 :func:`napari_cvdm.layers.show_result`, the same code path as scripted sessions.
 """
 
@@ -30,7 +31,7 @@ from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
-from . import model_choices
+from . import devices, model_choices
 from ._reconstruction_options import (
     AUTO,
     ReconstructionOptions,
@@ -67,7 +68,18 @@ DEMO = DEFAULT_MODEL
 FILE = "file"
 WHOLE = "whole"  # the region choice for the whole image
 def _predict(data, load_model, kwargs, progress, cancel):
-    """The worker's job (a plain function: napari names the task after its repr)."""
+    """The worker's job (a plain function: napari names the task after its repr).
+
+    The napari worker only waits: the model is loaded and predict() runs in the session's
+    one compute thread (:func:`devices.compute_thread_run`), so that every run uses the same
+    OpenMP thread team (a new thread per run costs 1.46x on a 2-core CPU; docs/performance.md,
+    "The worker-thread gap"). ``progress`` and ``cancel`` are called from that thread: the
+    first emits a Qt signal, the second reads threading.Events.
+    """
+    return devices.compute_thread_run(_predict_here, data, load_model, kwargs, progress, cancel)
+
+
+def _predict_here(data, load_model, kwargs, progress, cancel):
     model, provenance = load_model()
     return predict(data, model, progress=progress, cancel=cancel, **kwargs), provenance, model
 
@@ -372,7 +384,8 @@ class ReconstructionWidget(Container):
             show_error(f"CVDM: could not create the zarr store: {exc}")
             return
         self._lazy = out
-        worker = create_worker(out.compute, _ignore_errors=True, _start_thread=False)
+        worker = create_worker(devices.compute_thread_run, out.compute, _ignore_errors=True,
+                               _start_thread=False)
         worker.returned.connect(lambda _: self._on_lazy_done(out, cancel))
         worker.errored.connect(lambda exc: self._on_lazy_failed(out, exc))
         worker.finished.connect(partial(self._on_finished, worker))

@@ -136,6 +136,8 @@ def release_cpu_memory() -> None:
 # call: 1.46x the main thread's time in issue 11 on an idle 2-core VM. docs/performance.md
 # has the measurements. Running every background prediction in one long-lived thread keeps a
 # single OpenMP team for the process, as long as the main thread itself runs no PyTorch.
+# The reconstruction and training widgets run their jobs there (compute_thread_run); scripted
+# calls (predict(), run_on_layer()) run in the caller's thread as before.
 _compute_lock = threading.Lock()
 _compute_pool = None
 
@@ -147,9 +149,20 @@ def compute_thread_call(fn, /, *args, **kwargs):
     exception there. Calls from the compute thread itself run inline; calls from several
     threads queue up one after another.
     """
-    global _compute_pool
+    global _compute_busy
     if threading.current_thread().name == _COMPUTE_THREAD:
         return fn(*args, **kwargs)
+    with _compute_lock:
+        _compute_busy += 1
+    try:
+        return _submit(fn, args, kwargs)
+    finally:
+        with _compute_lock:
+            _compute_busy -= 1
+
+
+def _submit(fn, args, kwargs):
+    global _compute_pool
     with _compute_lock:
         if _compute_pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -160,11 +173,35 @@ def compute_thread_call(fn, /, *args, **kwargs):
 
 
 _COMPUTE_THREAD = "napari-cvdm-compute"
+_compute_busy = 0  # calls submitted to the compute thread and not finished
 
 
 def _named(fn, args, kwargs):
     threading.current_thread().name = _COMPUTE_THREAD
     return fn(*args, **kwargs)
+
+
+def compute_thread_run(fn, /, *args, **kwargs):
+    """Like :func:`compute_thread_call`, but never waits behind another job.
+
+    If the compute thread is already running (or has queued) someone else's call, e.g. a
+    long training while a prediction starts, ``fn`` runs in the calling thread instead,
+    concurrently, as it would without a compute thread. The widgets use this.
+    """
+    global _compute_busy
+    if threading.current_thread().name == _COMPUTE_THREAD:
+        return fn(*args, **kwargs)
+    with _compute_lock:
+        busy = _compute_busy > 0
+        if not busy:
+            _compute_busy += 1
+    if busy:
+        return fn(*args, **kwargs)
+    try:
+        return _submit(fn, args, kwargs)
+    finally:
+        with _compute_lock:
+            _compute_busy -= 1
 
 
 def compute_thread_ident() -> int | None:
