@@ -320,3 +320,19 @@ def test_compute_thread_run_does_not_wait_behind_a_busy_compute_thread():
     # idle again: back to the compute thread
     assert devices.compute_thread_run(threading.get_ident) == devices.compute_thread_ident()
     assert devices.compute_thread_run(lambda: devices.compute_thread_run(lambda: 7)) == 7
+
+
+def test_a_result_says_why_auto_chose_its_precision(probe, tiny_model):
+    import numpy as np
+
+    import napari_cvdm as nc
+
+    probe.speedup = 0.7
+    image = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    auto = nc.predict(image, tiny_model, samples=1, steps=1, seed=0, device="cpu")
+    assert auto.info["precision"] == "fp32"
+    assert auto.info["cpu_bf16"] == {"cpu_bf16": False, "source": "measured", "speedup": 0.7,
+                                     "threshold": precision.BF16_MIN_SPEEDUP}
+    fixed = nc.predict(image, tiny_model, samples=1, steps=1, seed=0, device="cpu",
+                       precision="fp32")
+    assert "cpu_bf16" not in fixed.info

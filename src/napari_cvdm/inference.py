@@ -27,7 +27,7 @@ from .errors import CancelCheck, OutOfMemory, is_out_of_memory
 from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES, Normalization
 from .planning import TilePlan, plan, smaller_plan
-from .precision import from_half_flag, resolve_precision
+from .precision import cpu_bf16_choice, from_half_flag, resolve_precision
 from .psf_width import psf_sigma_for
 from .running_model import running_model
 from .settings import PredictSettings, draw_seed, settings_from
@@ -283,10 +283,13 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
 def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
     """What a result's ``info`` says about the plan and the arithmetic of its run."""
     p = run.plan
-    return {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
+    info = {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
             "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
             "calibrated": calibrated, "psf_sigma": run.psf_sigma}
+    if run.device.type == "cpu" and run.settings.precision == "auto":
+        info["cpu_bf16"] = cpu_bf16_choice().as_info()  # why "auto" chose what it did
+    return info
 
 
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,
