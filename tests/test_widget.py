@@ -443,3 +443,26 @@ def test_region_reconstructs_the_rectangle_of_a_shapes_layer_over_it(
                                layer.data_to_world((10 - 0.25, 4 - 0.25)))
     widget.set_region(None)
     assert widget._output.value.startswith("output: 2 x 96 x 80,")
+
+
+def test_the_psf_width_reaches_a_conditioned_model_and_is_recorded(qtbot, viewer_and_widget,
+                                                                   tmp_path, notifications,
+                                                                   monkeypatch):
+    torch.manual_seed(0)
+    model = CVDM(CVDMConfig.preset("tiny", psf_conditioned=True))
+    model.metadata = {"training": {"data": {"degradation": {"psf_sigma": [1.5, 4.0]}}}}
+    path = save_model(model, tmp_path / "conditioned.cvdm.safetensors")
+    warned = []
+    monkeypatch.setattr(widget_module, "show_warning", warned.append)
+    viewer, widget = viewer_and_widget
+    assert widget.options().settings.psf_sigma is None  # 0 in the control: the model's
+    viewer.add_image(image(), name="cells")
+    configure(widget, path)
+    for sigma, expected in ((0.0, 3.0), (2.25, 2.25), (9.0, 9.0)):
+        widget.set_options(psf_sigma=sigma)
+        assert widget.options().settings.psf_sigma == (expected if sigma else None)
+        widget._run.native.click()
+        wait_until_idle(qtbot, widget)
+        assert notifications["error"] == []
+        assert viewer.layers["cells CVDM mean"].metadata["cvdm"]["psf_sigma"] == expected
+    assert len(warned) == 1 and "PSF width 9" in warned[0]

@@ -367,7 +367,9 @@ class ReconstructionWidget(Container):
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance, crop)
-            for message in input_warnings(layer, model) if model is not None else ():
+            warned = (input_warnings(layer, model, options.settings.psf_sigma)
+                      if model is not None else ())
+            for message in warned:
                 show_warning(f"CVDM: {message}")
         except (ValueError, RuntimeError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
