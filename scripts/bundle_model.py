@@ -63,6 +63,12 @@ def main() -> None:
     model.metadata.update(CARDS.get(args.name, {}))
     if model.config.psf_conditioned:
         model.metadata["psf_sigma_default"] = args.psf_sigma_default
+        card = dict(model.metadata.get("card") or {})
+        card["intended_use"] = card.get("intended_use", "") + (
+            f" The model is told the input's blur: psf_sigma (the widget's psf sigma, "
+            f"cvdm predict --psf-sigma), the Gaussian PSF sigma in output pixels, "
+            f"{args.psf_sigma_default:g} when not given (typical widefield against SIM).")
+        model.metadata["card"] = card
     nc.save_model(model, target, half=True)
     size = target.stat().st_size / 1e6
     assert size <= 20, f"bundled weights must stay under 20 MB, got {size:.1f} MB"
