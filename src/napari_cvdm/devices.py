@@ -149,11 +149,21 @@ def compute_thread_call(fn, /, *args, **kwargs):
     exception there. Calls from the compute thread itself run inline; calls from several
     threads queue up one after another.
     """
+    return _dispatch(fn, args, kwargs, queue=True)
+
+
+def _dispatch(fn, args, kwargs, queue: bool):
+    """Run ``fn`` in the compute thread (inline when already there). ``queue``: wait behind
+    other calls; otherwise run in the calling thread while the compute thread is busy."""
     global _compute_busy
     if threading.current_thread().name == _COMPUTE_THREAD:
         return fn(*args, **kwargs)
     with _compute_lock:
-        _compute_busy += 1
+        inline = not queue and _compute_busy > 0
+        if not inline:
+            _compute_busy += 1
+    if inline:
+        return fn(*args, **kwargs)
     try:
         return _submit(fn, args, kwargs)
     finally:
@@ -188,20 +198,7 @@ def compute_thread_run(fn, /, *args, **kwargs):
     long training while a prediction starts, ``fn`` runs in the calling thread instead,
     concurrently, as it would without a compute thread. The widgets use this.
     """
-    global _compute_busy
-    if threading.current_thread().name == _COMPUTE_THREAD:
-        return fn(*args, **kwargs)
-    with _compute_lock:
-        busy = _compute_busy > 0
-        if not busy:
-            _compute_busy += 1
-    if busy:
-        return fn(*args, **kwargs)
-    try:
-        return _submit(fn, args, kwargs)
-    finally:
-        with _compute_lock:
-            _compute_busy -= 1
+    return _dispatch(fn, args, kwargs, queue=False)
 
 
 def compute_thread_ident() -> int | None:
