@@ -92,13 +92,14 @@ def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> st
 
 def _psf_line(config: dict[str, Any], metadata: dict[str, Any]) -> str:
     """What the model knows of the input's blur: guessed (blind) or told (conditioned)."""
-    from .psf_width import DEFAULT_PSF_SIGMA
+    from .psf_width import DEFAULT_PSF_SIGMA, trained_range_of
 
-    sigma = (((metadata.get("training") or {}).get("data") or {}).get("degradation")
-             or {}).get("psf_sigma")
-    trained = (f"{sigma[0]:g}-{sigma[-1]:g}" if isinstance(sigma, (list, tuple)) and sigma
-               else f"{sigma:g}" if isinstance(sigma, (int, float)) else None)
-    trained = f"trained on {trained} output pixels" if trained else "trained widths not recorded"
+    widths = trained_range_of(metadata)
+    if widths is None:
+        trained = "trained widths not recorded"
+    else:
+        low, high = widths
+        trained = f"trained on {low:g}{'' if low == high else f'-{high:g}'} output pixels"
     if not config.get("psf_conditioned"):
         return f"blind (the model infers it from the image; {trained})"
     default = metadata.get("psf_sigma_default", DEFAULT_PSF_SIGMA)

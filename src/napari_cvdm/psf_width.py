@@ -38,7 +38,12 @@ def psf_sigma_for(model, requested: float | None) -> float | None:
 
 def trained_range(model) -> tuple[float, float] | None:
     """The PSF widths (output pixels) the model was trained on, from its file, if recorded."""
-    data = ((model.metadata or {}).get("training") or {}).get("data") or {}
+    return trained_range_of(model.metadata)
+
+
+def trained_range_of(metadata: dict[str, Any] | None) -> tuple[float, float] | None:
+    """:func:`trained_range` from a model file's metadata (e.g. its header alone)."""
+    data = ((metadata or {}).get("training") or {}).get("data") or {}
     sigma = (data.get("degradation") or {}).get("psf_sigma")
     if sigma is None:
         return None
