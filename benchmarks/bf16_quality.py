@@ -18,22 +18,11 @@ import json
 from pathlib import Path
 
 import numpy as np
-import tifffile
+from few_steps import images  # the same inputs as the few-step curve (this folder)
 
 import napari_cvdm as nc
 from napari_cvdm.metrics import psnr
 from napari_cvdm.normalization import Normalization
-from napari_cvdm.sample_data import path as sample_path
-
-
-def inputs(pairs):
-    yield ("bundled sample (nuclei)", tifffile.imread(sample_path("nuclei_widefield.tif")),
-           tifffile.imread(sample_path("nuclei_groundtruth.tif")))
-    for folder in pairs:
-        hr = tifffile.imread(folder / "hr.tif")
-        for name in ("lr.tif", "lr_lowsnr.tif"):
-            if (folder / name).is_file():
-                yield f"{folder.name}/{name}", tifffile.imread(folder / name), hr
 
 
 def main() -> None:
@@ -46,13 +35,13 @@ def main() -> None:
     args = parser.parse_args()
     model = nc.load_model(args.model)
     rows = {}
-    for name, lq, hq in inputs(args.pairs):
-        target = Normalization.fit(hq.astype(np.float32)).apply(hq.astype(np.float32))
+    for name, lq, hq in images(args.pairs, crop=512):  # 512: the whole bundled sample
+        target = Normalization.fit(hq).apply(hq)
+        norm = Normalization.fit(lq)
         row = {}
         for precision in ("fp32", "bf16"):
             res = nc.predict(lq, model, samples=args.samples, seed=args.seed, device="cpu",
                              precision=precision)
-            norm = Normalization.fit(lq.astype(np.float32))
             mean = norm.apply(res.mean)[:target.shape[0], :target.shape[1]]
             row[precision] = {"psnr": psnr(mean, target), "std": float(res.std.mean())}
         row["psnr_difference"] = row["bf16"]["psnr"] - row["fp32"]["psnr"]
