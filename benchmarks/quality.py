@@ -92,7 +92,7 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
         add("regression U-Net (the model's mean network)", mu)
     started = time.perf_counter()
     res = nc.predict(lq, model, samples=args.samples, steps=args.steps, eta=0.0, seed=args.seed,
-                     psf_sigma=told)
+                     psf_sigma=told, augment=args.augment)
     seconds = time.perf_counter() - started
     mean = norm.apply(res.mean)[:h, :w]
     raw_std = (np.sqrt(res.variance) / norm.half_range)[:h, :w]
@@ -149,6 +149,8 @@ def main(argv=None) -> None:
     parser.add_argument("--pair-sigma", type=float, default=3.5,
                         help="the real pairs' PSF width (BioSR fits 3.5): Richardson-Lucy's "
                              "PSF, and what a conditioned model is told with --psf told")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                        help="samples on the input's flips and rotations (the default)")
     parser.add_argument("--psf", choices=("told", "default"), default="told",
                         help="what a PSF-conditioned model is told")
     args = parser.parse_args(argv)
@@ -172,7 +174,7 @@ def main(argv=None) -> None:
     (args.out / args.name).write_text(json.dumps(
         {"model": str(args.model), "samples": args.samples, "steps": args.steps,
          "photons": PHOTONS, "sigmas": args.sigmas, "pair_sigma": args.pair_sigma,
-         "psf": args.psf, "conditioned": model.config.psf_conditioned, "summary": summary,
+         "psf": args.psf, "augment": args.augment, "conditioned": model.config.psf_conditioned, "summary": summary,
          "per_image": per_image},
         indent=1))
     for cls, rows in summary.items():

@@ -44,11 +44,11 @@ def held_out_pairs(hq_dir, synthetic: int, degradation: Degradation, seed: int):
         yield lq[0, 0].numpy(), hq01 * 2 - 1, name, float(sigma[0])
 
 
-def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None):
+def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None, augment=True):
     """A conditioned model is told the simulated PSF width (known optics); blind ones not."""
     told = psf_sigma if model.config.psf_conditioned else None
     res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed,
-                     psf_sigma=told)
+                     psf_sigma=told, augment=augment)
     norm = Normalization.fit(lq)
     return norm.apply(res.mean), np.sqrt(res.variance) / norm.half_range
 
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
     p.add_argument("--samples", type=int, default=8)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
+                   help="samples on the input's flips and rotations (predict's default)")
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--dry-run", action="store_true", help="report only; do not write the model")
     args = p.parse_args(argv)
@@ -93,7 +95,8 @@ def main(argv=None) -> int:
     stds, errors = [], []
     for lq, target, name, sigma in held_out_pairs(args.hq, args.synthetic, degradation,
                                                   args.seed):
-        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, sigma)
+        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, sigma,
+                                          args.augment)
         stds.append(std.ravel())
         errors.append(np.abs(mean - target).ravel())
         print(f"{name}: RMSE {np.sqrt(np.mean((mean - target) ** 2)):.4f}, mean std "
@@ -113,6 +116,8 @@ def main(argv=None) -> int:
     if not args.dry_run:
         model.metadata["calibration"] = calibration.fit(std, error)
         model.metadata["calibration"]["held_out"] = report
+        model.metadata["calibration"]["fitted_with"] = {
+            "samples": args.samples, "steps": args.steps, "augment": args.augment}
         nc.save_model(model, args.model, half=True)
         print(f"calibration written into {args.model}")
     return 0

@@ -55,11 +55,11 @@ def test_out_of_memory_with_small_tiles_reduces_the_sample_batch(tiny_model, mon
     original = tile_sampling.tile_statistics
     batches = []
 
-    def needs_batch_one(net, x_plane, tiles, chunks, *args, **kwargs):
-        batches.append(len(chunks[0]))
-        if len(chunks[0]) > 1:
+    def needs_batch_one(run, x_plane, tiles, *args, **kwargs):
+        batches.append(run.plan.batch)
+        if run.plan.batch > 1:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        return original(net, x_plane, tiles, chunks, *args, **kwargs)
+        return original(run, x_plane, tiles, *args, **kwargs)
 
     monkeypatch.setattr(tile_sampling, "tile_statistics", needs_batch_one)
     result = nc.predict(np.random.rand(24, 24), tiny_model, samples=4, steps=2, seed=0)

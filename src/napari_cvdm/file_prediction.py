@@ -61,7 +61,7 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str)
             "weights_sha256": summary.get("sha256"), "seed": settings.seed,
             "samples": settings.samples, "steps": steps, "eta": settings.eta,
             "sampler": settings.sampler, "precision": precision, "psf_sigma": psf_sigma,
-            "device": device,
+            "augment": settings.augment, "device": device,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 

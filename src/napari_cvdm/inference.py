@@ -286,7 +286,8 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
     info = {"tiles": len(run.tiles()), "tile_shape": p.tile, "batch": p.batch,
             "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
-            "calibrated": calibrated, "psf_sigma": run.psf_sigma}
+            "calibrated": calibrated, "psf_sigma": run.psf_sigma,
+            "augment": run.settings.augment}
     if run.device.type == "cpu" and run.settings.precision == "auto":
         info["cpu_bf16"] = cpu_bf16_choice().as_info()  # why "auto" chose what it did
     return info

@@ -247,7 +247,8 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
     info = {"source": layer.name, "samples": result.samples, "steps": result.steps,
             "eta": result.eta, "sampler": result.sampler, "seed": result.seed,
             "device": result.device, "precision": result.info.get("precision"),
-            "psf_sigma": result.info.get("psf_sigma"), "seconds": round(result.seconds, 3),
+            "psf_sigma": result.info.get("psf_sigma"), "augment": result.info.get("augment"),
+            "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
             "napari_cvdm": __version__, **(provenance or {}), **(extra or {})}
     mean_name, spread_name = output_names(layer, show)

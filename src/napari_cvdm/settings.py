@@ -112,6 +112,11 @@ class PredictSettings:
     sampler: str = option("ddim", "ddim: the few-step sampler; reference: the authors' "
                           "ancestral sampler with the model's own number of steps",
                           choices=SAMPLERS, advanced=True)
+    # Samples on the 8 flips/rotations: +0.1 to +2 dB on held-out inputs at the same cost
+    # (benchmarks/augment.py, docs/benchmarks.md).
+    augment: bool = option(True, "draw the samples on the input's flips and rotations "
+                           "(turned back): averages the network's orientation errors out at "
+                           "no extra cost", advanced=True)
     psf_sigma: float | None = option(None, "the input's blur relative to the output: the "
                                      "PSF's Gaussian sigma in output pixels (used by "
                                      "PSF-conditioned models only)", min=0.3, max=20.0,

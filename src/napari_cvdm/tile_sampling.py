@@ -1,7 +1,7 @@
 """One plane of a prediction: tiles sampled in batches, streaming statistics, blending.
 
-x-only work (the mean network, lambda) runs once per group of tiles, then the samples run
-in chunks merged by Chan et al.'s streaming update, so memory does not grow with the number
+x-only work (the mean network, lambda) runs once per group of tiles (and turned copy of it,
+symmetry.py), then the samples run in chunks merged by Chan et al.'s streaming update, so memory does not grow with the number
 of samples; the per-tile mean and variance are blended into the plane.
 """
 
@@ -21,6 +21,7 @@ from .normalization import DEFAULT_PERCENTILES
 from .planning import TilePlan
 from .precision import Precision
 from .resampling import upsample
+from . import symmetry
 from .sampling import evaluations, sample
 from .settings import PredictSettings
 from .tiling import StatisticsBlender, Tile, round_up
@@ -66,7 +67,8 @@ class Run:
         """Denoiser evaluations (counted per tile) for one plane with the current plan."""
         s = self.settings
         per_sample = evaluations(s.steps, s.sampler, self.net.config.timesteps)
-        return len(self.tiles()) * -(-s.samples // self.plan.batch) * per_sample
+        calls = symmetry.network_calls(s.samples, self.plan.batch, s.augment)
+        return len(self.tiles()) * calls * per_sample
 
     def check_cancel(self) -> None:
         if cancel_requested(self.cancel):
@@ -111,9 +113,15 @@ def input_region(tile: Tile, scale: int, height: int, width: int) -> tuple[int, 
             min(-(-(tile.x + tile.width) // scale) + margin, width))
 
 
-def sample_chunks(samples: int, batch: int) -> list[range]:
-    """The sample ids drawn together, ``batch`` per network call."""
-    return [range(i, min(i + batch, samples)) for i in range(0, samples, batch)]
+def turned_noise(run: Run, plane: int, rows, transforms: tuple[int, ...], tiles: list[Tile],
+                 height: int, width: int) -> torch.Tensor:
+    """The starting noise of one call, (rows, T*G, 1, h, w): each sample's noise is laid out
+    on the plane (noise.py), then turned with its copy of the tiles (``symmetry.forward``)."""
+    return torch.cat([
+        torch.stack([symmetry.forward(noise_for_region(run.seed, plane, [row[i] for row in rows],
+                                                       t.y, t.x, height, width), k)
+                     for t in tiles], dim=1)
+        for i, k in enumerate(transforms)], dim=1)
 
 
 def group_seed(seed: int, plane: int, first: int) -> int:
@@ -124,23 +132,22 @@ def group_seed(seed: int, plane: int, first: int) -> int:
 def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.ndarray,
                   var_view: np.ndarray) -> None:
     """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised)."""
-    p, samples = run.plan, run.settings.samples
+    p = run.plan
     tiles = run.tiles()
-    chunks = sample_chunks(samples, p.batch)
     blender = StatisticsBlender(run.height, run.width, p.overlap, mean=mean_view,
                                 variance=var_view)
     generator = torch.Generator(device=run.device)
     for first in range(0, len(tiles), p.group):
         group = tiles[first:first + p.group]
         generator.manual_seed(group_seed(run.seed, plane, first))
-        means, variances = tile_statistics(run, x_plane, group, chunks, plane, generator)
+        means, variances = tile_statistics(run, x_plane, group, plane, generator)
         for i, t in enumerate(group):
             blender.add(t, means[i], variances[i])
     blender.result()
 
 
-def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: list[range],
-                    plane: int, generator: torch.Generator,
+def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], plane: int,
+                    generator: torch.Generator,
                     origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance over all samples of equally sized tiles run together, (G, h, w).
 
@@ -157,10 +164,7 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: 
         mode = "reflect" if ph - th < th and pw - tw < tw else "replicate"
         x = F.pad(x, (0, pw - tw, 0, ph - th), mode=mode)
     x = x.to(device)
-    if run.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    # once per tile group, shared by every chunk
-    prepared = net.prepare(x, run.precision, psf_sigma=run.psf_sigma)
+    g = len(tiles)
 
     def tick() -> None:  # progress counts tile-evaluations, however tiles are grouped
         run.network_calls += 1
@@ -169,23 +173,31 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], chunks: 
 
     acc = torch.float32 if device.type == "mps" else torch.float64
     count, mean, m2 = 0, None, None
-    for chunk in chunks:
-        noise = torch.stack([noise_for_region(run.seed, plane, chunk, t.y, t.x, ph, pw)
-                             for t in tiles], dim=1).to(device)  # (S, G, 1, ph, pw)
-        out = sample(net, x, noise, steps=s.steps, eta=s.eta, sampler=s.sampler,
-                     generator=generator, on_evaluation=tick, precision=run.precision,
-                     prepared=prepared, denoise=run.denoise)
-        out = out[:, :, 0, :th, :tw].to(acc)
-        n = out.shape[0]
-        c_mean = out.mean(0)
-        c_m2 = ((out - c_mean) ** 2).sum(0)
-        if mean is None:
-            count, mean, m2 = n, c_mean, c_m2
-        else:
-            delta = c_mean - mean
-            total = count + n
-            mean = mean + delta * (n / total)
-            m2 = m2 + c_m2 + delta**2 * (count * n / total)
-            count = total
+    for p in symmetry.passes(s.samples, run.plan.batch, s.augment):
+        # The pass's turned copies of the tiles side by side, (T*G, 1, h, w); x-only work
+        # once per pass, shared by its calls.
+        xs = torch.cat([symmetry.forward(x, k) for k in p.transforms])
+        if run.channels_last:
+            xs = xs.contiguous(memory_format=torch.channels_last)
+        prepared = net.prepare(xs, run.precision, psf_sigma=run.psf_sigma)
+        for rows in p.calls():
+            noise = turned_noise(run, plane, rows, p.transforms, tiles, ph, pw).to(device)
+            out = sample(net, xs, noise, steps=s.steps, eta=s.eta, sampler=s.sampler,
+                         generator=generator, on_evaluation=tick, precision=run.precision,
+                         prepared=prepared, denoise=run.denoise)
+            out = out[:, :, 0].reshape(len(rows), len(p.transforms), g, *out.shape[-2:])
+            out = torch.cat([symmetry.inverse(out[:, i], k)
+                             for i, k in enumerate(p.transforms)])[..., :th, :tw].to(acc)
+            n = out.shape[0]
+            c_mean = out.mean(0)
+            c_m2 = ((out - c_mean) ** 2).sum(0)
+            if mean is None:
+                count, mean, m2 = n, c_mean, c_m2
+            else:
+                delta = c_mean - mean
+                total = count + n
+                mean = mean + delta * (n / total)
+                m2 = m2 + c_m2 + delta**2 * (count * n / total)
+                count = total
     variance = m2 / max(count - 1, 1)
     return mean.cpu().numpy(), variance.cpu().numpy()
