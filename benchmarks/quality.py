@@ -13,8 +13,9 @@ coverage of the 1- and 2-sigma bands of the calibrated std.
 Writes OUT/quality.json (``--name``) and prints a Markdown table per class.
 
 A PSF-conditioned model is told each input's PSF width (``--psf told``: the simulated width,
-``--pair-sigma`` for real pairs) or nothing (``--psf default``: the model's default width,
-what a user who does not know the optics gets). Blind models ignore it.
+``--pair-sigma`` for real pairs), its default width (``--psf default``), or nothing
+(``--psf auto``: what a user who does not know the optics gets, the width ``predict()``
+estimates from the image where it is sharper than the default). Blind models ignore it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 
 import napari_cvdm as nc
 from napari_cvdm import calibration, structures
-from napari_cvdm.psf_width import psf_sigma_for
+from napari_cvdm.psf_width import psf_sigma_for, resolve
 from napari_cvdm.degradation import Degradation, add_camera_noise, blur_and_downsample, psf_kernel
 from napari_cvdm.metrics import affine_fit, psnr, spearman, ssim
 from napari_cvdm.normalization import Normalization
@@ -83,10 +84,12 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
     add("bicubic", x[0, 0, :h, :w].numpy())
     add("Richardson-Lucy", richardson_lucy((x[0, 0, :h, :w].numpy() + 1) / 2,
                                            psf_kernel("gaussian", sigma)))
-    told = sigma if args.psf == "told" else None
+    # told: the true width; default: the model's default; auto: what predict() resolves
+    # without one (estimated from the image where sharper than the default)
+    told = {"told": sigma, "default": psf_sigma_for(model, None), "auto": None}[args.psf]
     with torch.inference_mode():
         prep = model.prepare(x[..., :h // 8 * 8, :w // 8 * 8],
-                             psf_sigma=psf_sigma_for(model, told))
+                             psf_sigma=resolve(model, told, lq)[0])
     if "mu" in prep:
         mu = np.pad(prep["mu"][0, 0].numpy(), ((0, h - h // 8 * 8), (0, w - w // 8 * 8)), "edge")
         add("regression U-Net (the model's mean network)", mu)
@@ -103,6 +106,8 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
                      psf_sigma=told)
     add(f"CVDM 1 sample, K={args.steps}", norm.apply(one.mean)[:h, :w])
     out["_seconds"] = {"predict": seconds}
+    out["_psf"] = {"told": res.info.get("psf_sigma"), "from": res.info.get("psf_sigma_from"),
+                   "true": sigma}
     return out
 
 
@@ -151,7 +156,7 @@ def main(argv=None) -> None:
                              "PSF, and what a conditioned model is told with --psf told")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="samples on the input's flips and rotations (the default)")
-    parser.add_argument("--psf", choices=("told", "default"), default="told",
+    parser.add_argument("--psf", choices=("told", "default", "auto"), default="told",
                         help="what a PSF-conditioned model is told")
     args = parser.parse_args(argv)
     model = nc.load_model(args.model)

@@ -222,3 +222,75 @@ def test_the_model_card_says_whether_the_width_is_told(tmp_path, tiny_model, cap
                               "widths not recorded)"]
     assert "told" in lines["told"][0] and "default 2.5" in lines["told"][0]
     assert "trained on 1.5-4 output pixels" in lines["told"][0]
+
+
+# -- the width estimated from the image where none is given (psf_width.resolve) -------------
+def _widefield(sigma: float, seed: int = 0, side: int = 256, planes: int = 0) -> np.ndarray:
+    """A generated microtubule image seen through Gaussian optics of ``sigma`` output px."""
+    from napari_cvdm import structures
+    from napari_cvdm.degradation import Degradation, add_camera_noise, blur_and_downsample
+
+    hq = structures.generate("microtubules", (side, side), 31.0, np.random.default_rng(seed))
+    clean = blur_and_downsample(torch.from_numpy(hq)[None, None], Degradation(psf_sigma=sigma),
+                                torch.tensor([sigma]))
+    one = torch.ones(1)
+    noisy = add_camera_noise(clean, one * 500, one * 5, one * 2,
+                             torch.Generator().manual_seed(seed))[0, 0].numpy()
+    return noisy.astype(np.float32)
+
+
+def test_a_sharp_image_is_told_its_estimated_width_a_blurred_one_the_default():
+    from napari_cvdm.psf_width import DEFAULT, ESTIMATED, GIVEN, resolve
+
+    model = _conditioned()
+    sharp, blurred = _widefield(1.5), _widefield(4.0, seed=1)
+    sigma, source = resolve(model, None, sharp)
+    assert source == ESTIMATED and 1.5 <= sigma <= 2.0  # never below the trained 1.5
+    assert resolve(model, None, blurred) == (DEFAULT_PSF_SIGMA, DEFAULT)
+    assert resolve(model, 2.5, sharp) == (2.5, GIVEN)
+    assert resolve(model, None, sharp[:16, :16]) == (DEFAULT_PSF_SIGMA, DEFAULT)  # too small
+    assert resolve(model, None, np.full((64, 64), 7.0)) == (DEFAULT_PSF_SIGMA, DEFAULT)
+    assert resolve(_conditioned(trained=(1.8, 4.0)), None, sharp)[0] == 1.8
+    blind = CVDM(CVDMConfig.preset("tiny"))
+    assert resolve(blind, None, sharp) == (None, None)
+
+
+def test_predict_estimates_the_width_on_the_middle_plane_and_records_it():
+    from napari_cvdm.psf_width import DEFAULT, ESTIMATED, resolve
+
+    model = _conditioned()
+    sharp = _widefield(1.5, side=192)
+    flat = np.full_like(sharp, 3.0)
+    stack = np.stack([flat, sharp, flat])  # only the middle plane has structure
+    before = stack.copy()
+    expected, _ = resolve(model, None, sharp)
+    run = dict(samples=1, steps=1, seed=0, device="cpu", precision="fp32")
+    result = predict(stack, model, **run)
+    assert result.info["psf_sigma"] == expected and result.info["psf_sigma_from"] == ESTIMATED
+    np.testing.assert_array_equal(stack, before)
+    told = predict(stack, model, psf_sigma=expected, **run)
+    np.testing.assert_array_equal(result.mean, told.mean)  # the same as telling it
+    assert told.info["psf_sigma_from"] == "given"
+    wide = predict(_widefield(4.0, side=192), model, **run)
+    assert (wide.info["psf_sigma"], wide.info["psf_sigma_from"]) == (DEFAULT_PSF_SIGMA, DEFAULT)
+
+
+def test_files_record_the_estimated_width(tmp_path):
+    import tifffile
+
+    from napari_cvdm import save_model
+    from napari_cvdm.cli import main
+    from napari_cvdm.psf_width import ESTIMATED, resolve
+
+    model = _conditioned()
+    model_file = save_model(model, tmp_path / "c.cvdm.safetensors")
+    image = _widefield(1.5, side=128)
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    expected, _ = resolve(model, None, image)
+    assert main(["predict", str(tmp_path / "in.tif"), "-o", str(tmp_path / "out"), "--model",
+                 str(model_file), "--samples", "1", "--steps", "1", "--seed", "0",
+                 "--quiet"]) == 0
+    (mean,) = [p for p in (tmp_path / "out").iterdir() if "mean" in p.name]
+    with tifffile.TiffFile(mean) as f:
+        meta = f.ome_metadata
+    assert f'K="psf_sigma">{expected}<' in meta and ESTIMATED in meta

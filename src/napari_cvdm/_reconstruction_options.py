@@ -20,7 +20,7 @@ from .settings import PredictSettings, check_field
 
 # Options whose "automatic" value (None in the settings) is shown as a number in a spin box.
 AUTO = {"seed": -1, "tile_size": 0, "overlap": -1, "batch_size": 0, "psf_sigma": 0.0}
-AUTO_LABELS = {"seed": "random", "psf_sigma": "the model's"}
+AUTO_LABELS = {"seed": "random", "psf_sigma": "auto"}
 CONFIG_ENV = "NAPARI_CVDM_CONFIG_DIR"  # where the widget remembers its options (tests)
 
 

@@ -47,8 +47,11 @@ class RunSpec:
     threads: int | None = None
 
 
-def provenance(summary: dict, settings, steps: int, device: str, precision: str) -> dict:
-    """What the output files record about how they were made (known before the run)."""
+def provenance(summary: dict, settings, steps: int, device: str, precision: str,
+               psf_from: str | None = None) -> dict:
+    """What the output files record about how they were made (known before the run).
+
+    ``psf_from``: where ``settings.psf_sigma`` came from (psf_width.resolve)."""
     import datetime
 
     from . import __version__
@@ -61,6 +64,7 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str)
             "weights_sha256": summary.get("sha256"), "seed": settings.seed,
             "samples": settings.samples, "steps": steps, "eta": settings.eta,
             "sampler": settings.sampler, "precision": precision, "psf_sigma": psf_sigma,
+            "psf_sigma_from": psf_from if psf_sigma is not None else None,
             "augment": settings.augment, "device": device,
             "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
@@ -94,13 +98,22 @@ def predict_file(task: FileTask, spec: RunSpec, model, progress=None, warn=None,
     return _predict_tiff(task, spec, settings, progress, warn)
 
 
-def _run_provenance(spec: RunSpec, settings) -> dict:
+def _resolved(settings, image):
+    """``settings`` with the PSF width the model is told for ``image`` (psf_width.resolve)
+    made explicit, so the files record the width the run uses; and where it came from."""
+    from .psf_width import resolve
+
+    sigma, source = resolve(settings.model, settings.psf_sigma, image)
+    return (settings.replace(psf_sigma=sigma) if sigma is not None else settings), source
+
+
+def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None) -> dict:
     from .devices import resolve_device
     from .precision import resolve_precision
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device).name
-    return provenance(spec.summary, settings, spec.steps, str(device), precision)
+    return provenance(spec.summary, settings, spec.steps, str(device), precision, psf_from)
 
 
 def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> dict:
@@ -114,8 +127,9 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     model = settings.model
     image = read_tiff(task.input)
     check_output_size(image.data.shape, model.config.scale)
+    settings, psf_from = _resolved(settings, image.data)
     # The output metadata is checked before the work, not after it.
-    out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings))
+    out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings, psf_from))
     size = image.pixel_size[-1] if image.pixel_size else None
     for message in input_warnings(image.data, model, size, image.unit or None,
                                   psf_sigma=settings.psf_sigma):
@@ -137,7 +151,8 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
     model = settings.model
     array, meta = read_ome_zarr(task.input)
     check_output_size(tuple(array.shape), model.config.scale)
-    run_provenance = _run_provenance(spec, settings)
+    settings, psf_from = _resolved(settings, array)
+    run_provenance = _run_provenance(spec, settings, psf_from)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
                    provenance=run_provenance,

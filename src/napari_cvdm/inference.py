@@ -28,7 +28,7 @@ from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES, Normalization
 from .planning import TilePlan, plan, smaller_plan
 from .precision import cpu_bf16_choice, from_half_flag, resolve_precision
-from .psf_width import psf_sigma_for
+from .psf_width import resolve as resolve_psf_sigma
 from .running_model import running_model
 from .settings import PredictSettings, draw_seed, settings_from
 from .tile_sampling import Run, predict_plane
@@ -125,8 +125,10 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     if model.config.channels != 1:
         raise ValueError(f"this model expects {model.config.channels}-channel images; "
                          "napari-cvdm predicts single-channel planes")
-    # The width a conditioned model is told, from the caller's model (not a cached copy)
-    s = s.replace(psf_sigma=psf_sigma_for(model, s.psf_sigma))
+    # The width a conditioned model is told, from the caller's model (not a cached copy):
+    # given, estimated from the image, or the model's default (psf_width.resolve)
+    psf_sigma, psf_from = resolve_psf_sigma(model, s.psf_sigma, image)
+    s = s.replace(psf_sigma=psf_sigma)
     scale = model.config.scale
     if not lazy:
         check_output_size(shape, scale)
@@ -136,6 +138,7 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     height, width = shape[-2] * scale, shape[-1] * scale
     first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
+    run.psf_from = psf_from
     run.percentiles = _percentiles(model)
     run.calibration = model.metadata.get("calibration")  # the caller's model, not the copy
     if run.calibration is not None:
@@ -287,7 +290,7 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
             "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
             "calibrated": calibrated, "psf_sigma": run.psf_sigma,
-            "augment": run.settings.augment}
+            "psf_sigma_from": run.psf_from, "augment": run.settings.augment}
     if run.device.type == "cpu" and run.settings.precision == "auto":
         info["cpu_bf16"] = cpu_bf16_choice().as_info()  # why "auto" chose what it did
     return info

@@ -3,8 +3,12 @@
 A conditioned model (``CVDMConfig.psf_conditioned``) takes the blur of its input relative to
 its output, as the standard deviation of a Gaussian PSF in *output* pixels. A user knows it
 from the objective (numerical aperture), the emission wavelength and the output pixel size
-(:func:`from_optics`), or from a measured bead; without it the model's typical value is used
-(:func:`psf_sigma_for`). Blind models ignore it.
+(:func:`from_optics`), or from a measured bead. Without it (:func:`resolve`), the width is
+estimated from the image's power spectrum (:mod:`.psf_estimate`) and used where it is
+*narrower* than the model's typical widefield value, which is used otherwise: telling a
+model a width wider than the input's over-sharpens it (3 dB below bicubic at 1.5 told 3.0),
+telling it a narrower one costs little (0.2 dB at 3.5 told 3.0), so the estimate only ever
+lowers the default. Blind models ignore all of this.
 """
 
 from __future__ import annotations
@@ -34,6 +38,57 @@ def psf_sigma_for(model, requested: float | None) -> float | None:
         raise ValueError(f"the model's default PSF width {value!r} is not a positive number; "
                          "the model file is damaged")
     return value
+
+
+#: where the width a conditioned model is told came from (results' ``info["psf_sigma_from"]``)
+GIVEN, ESTIMATED, DEFAULT = "given", "estimated from the image", "the model's default"
+ESTIMATE_SIDE = 1024  # input pixels a side of the central crop the width is estimated on
+# The estimate is the input's *total* blur; the model is told the blur relative to its
+# output, whose own resolution is SIM-like (110-120 nm FWHM at 31 nm pixels: sigma ~1.5
+# output px). Subtracted in quadrature, the told width errs on the narrow side, which costs
+# ~0.1-0.2 dB, where a width too wide by 0.5 px costs up to 4 dB (docs/benchmarks.md).
+OUTPUT_SIGMA = 1.5
+
+
+def resolve(model, requested: float | None, image=None) -> tuple[float | None, str | None]:
+    """(width, where it came from) for ``model`` and an input ``image``.
+
+    Blind model: (None, None). ``requested``: that. Otherwise the width estimated on the
+    central crop of the image's middle plane (any array: NumPy, dask, zarr; only the crop
+    is read), relative to an output of :data:`OUTPUT_SIGMA`, where it is below the model's
+    default (never below its trained range); else the default, also when the image gives
+    no estimate (too small, no structure, NaN).
+    """
+    if not model.config.psf_conditioned:
+        return None, None
+    if requested is not None:
+        return float(requested), GIVEN
+    default = psf_sigma_for(model, None)
+    if image is None:
+        return default, DEFAULT
+    from .psf_estimate import estimate_psf_sigma
+
+    try:
+        total = estimate_psf_sigma(central_plane(image), model.config.scale)
+    except ValueError:
+        return default, DEFAULT
+    relative = math.sqrt(max(total**2 - OUTPUT_SIGMA**2, 0.0))
+    if not relative < default:
+        return default, DEFAULT
+    low = (trained_range(model) or (relative, default))[0]
+    return round(max(relative, low), 2), ESTIMATED
+
+
+def central_plane(image):
+    """The middle plane of a stack (its last two axes), cropped to at most
+    :data:`ESTIMATE_SIDE` pixels a side around its centre, as NumPy."""
+    import numpy as np
+
+    index = tuple(n // 2 for n in image.shape[:-2])
+    h, w = image.shape[-2:]
+    y0, x0 = max(0, (h - ESTIMATE_SIDE) // 2), max(0, (w - ESTIMATE_SIDE) // 2)
+    return np.asarray(image[index + (slice(y0, y0 + ESTIMATE_SIDE),
+                                     slice(x0, x0 + ESTIMATE_SIDE))])
 
 
 def trained_range(model) -> tuple[float, float] | None:

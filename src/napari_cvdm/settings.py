@@ -120,7 +120,9 @@ class PredictSettings:
     psf_sigma: float | None = option(None, "the input's blur relative to the output: the "
                                      "PSF's Gaussian sigma in output pixels (used by "
                                      "PSF-conditioned models only)", min=0.3, max=20.0,
-                                     step=0.25, auto="the model's typical widefield blur")
+                                     step=0.25, auto="estimated from the image where it is "
+                                     "sharper than the model's typical widefield blur, "
+                                     "else that")
     seed: int | None = option(None, "random seed; the same seed, settings and precision "
                               "give the same result", auto="a new one each run, recorded")
     device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",

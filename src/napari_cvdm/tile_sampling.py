@@ -45,6 +45,7 @@ class Run:
     percentiles: tuple[float, float] = DEFAULT_PERCENTILES  # the model's normalisation
     calibration: dict | None = None  # the model's std -> error map (calibration.py)
     source: Any = None  # what the caller named the model by (a name, a file or the CVDM)
+    psf_from: str | None = None  # where the told PSF width came from (psf_width.resolve)
     done: int = 0
     total: int = 0
     network_calls: int = 0
@@ -57,7 +58,7 @@ class Run:
     @property
     def psf_sigma(self) -> float | None:
         """The PSF width the network is told (None: a blind model); ``_prepare`` has put the
-        model's default into the settings where none was given."""
+        resolved width (psf_width.resolve) into the settings where none was given."""
         return self.settings.psf_sigma if self.net.config.psf_conditioned else None
 
     def tiles(self) -> list[Tile]:
