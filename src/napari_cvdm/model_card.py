@@ -103,5 +103,6 @@ def _psf_line(config: dict[str, Any], metadata: dict[str, Any]) -> str:
     if not config.get("psf_conditioned"):
         return f"blind (the model infers it from the image; {trained})"
     default = metadata.get("psf_sigma_default", DEFAULT_PSF_SIGMA)
-    return (f"told (psf_sigma / --psf-sigma / the widget's psf sigma; default {default}; "
-            f"{trained})")
+    return (f"told (psf_sigma / --psf-sigma / the widget's psf sigma; when not given, "
+            f"estimated from the image where sharper than the default {default}, else "
+            f"{default}; {trained})")
