@@ -38,16 +38,24 @@ def test_lambda_and_mean_network_run_once_per_tile_not_per_step(monkeypatch):
     mean = _count_calls(monkeypatch, model.mean_net, "forward")
     denoise = _count_calls(monkeypatch, model, "denoise")
     # One tile, 3 samples in 3 batches of 1, 5 steps: 15 denoiser calls, one x-only pass.
-    result = nc.predict(np.random.rand(16, 16), model, samples=3, steps=5, batch_size=1, seed=0)
+    result = nc.predict(np.random.rand(16, 16), model, samples=3, steps=5, batch_size=1, seed=0,
+                        augment=False)
     assert result.info["tiles"] == 1
     assert len(denoise) == 15
     assert len(lam) == 1 and len(mean) == 1
+    # With samples on turned inputs: one x-only pass per group of turned copies, never per
+    # step (8 samples, batch 8: the 4 upright copies together, then the 4 transposed ones).
+    for calls in (lam, mean, denoise):
+        calls.clear()
+    nc.predict(np.random.rand(16, 16), model, samples=8, steps=5, batch_size=8, seed=0)
+    assert len(lam) == 2 and len(mean) == 2
+    assert len(denoise) == 2 * 5 and denoise[0][0] == 4
 
 
 def test_x_only_work_runs_once_per_tile_with_several_tiles(tiny_model, monkeypatch):
     lam = _count_calls(monkeypatch, tiny_model.schedule_net, "lam")
     result = nc.predict(np.random.rand(40, 40), tiny_model, samples=4, steps=6, batch_size=2,
-                        tile_size=48, overlap=16, seed=0)
+                        tile_size=48, overlap=16, seed=0, augment=False)
     assert result.info["tiles"] == 4
     assert len(lam) == 4  # not 4 tiles x 2 batches, not x 6 steps
 
