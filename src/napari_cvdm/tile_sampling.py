@@ -1,8 +1,9 @@
 """One plane of a prediction: tiles sampled in batches, streaming statistics, blending.
 
-x-only work (the mean network, lambda) runs once per group of tiles (and turned copy of it,
-symmetry.py), then the samples run in chunks merged by Chan et al.'s streaming update, so memory does not grow with the number
-of samples; the per-tile mean and variance are blended into the plane.
+x-only work (the mean network, lambda) runs once per group of tiles (and per group of its
+turned copies, symmetry.py), then the samples run in chunks merged by Chan et al.'s
+streaming update, so memory does not grow with the number of samples; the per-tile mean and
+variance are blended into the plane.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import symmetry
 from .errors import CancelCheck, Cancelled, cancel_requested
 from .model.cvdm import CVDM
 from .noise import noise_for_region
@@ -21,7 +23,6 @@ from .normalization import DEFAULT_PERCENTILES
 from .planning import TilePlan
 from .precision import Precision
 from .resampling import upsample
-from . import symmetry
 from .sampling import evaluations, sample
 from .settings import PredictSettings
 from .tiling import StatisticsBlender, Tile, round_up
