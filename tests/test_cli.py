@@ -79,6 +79,27 @@ def test_train_command_writes_a_model(tmp_path, nuclei_truth):
     assert code == 0 and out.is_file()
 
 
+def test_train_command_simulates_out_of_focus_light_and_records_it(tmp_path, nuclei_truth):
+    from napari_cvdm.io import load_model
+    from napari_cvdm.model_card import card_of
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
+    out = tmp_path / "m.cvdm.safetensors"
+    code = main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "1", "-o", str(out),
+                 "--patch-size", "32", "--batch-size", "2", "--haze", "0.1", "0.5",
+                 "--haze-sigma", "6", "12"])
+    assert code == 0
+    degradation = load_model(out).metadata["training"]["data"]["degradation"]
+    assert list(degradation["haze"]) == [0.1, 0.5]
+    assert list(degradation["haze_sigma"]) == [6.0, 12.0]
+    assert "out-of-focus light up to 50%" in card_of(load_model(out).metadata)["training_data"]
+    assert main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "1", "-o",
+                 str(tmp_path / "n.cvdm.safetensors"), "--haze", "0.2", "1.5"]) == 2
+    assert not (tmp_path / "n.cvdm.safetensors").exists()
+
+
 def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
                                                             tiny_model_file, capsys):
     data = tmp_path / "data"

@@ -110,3 +110,46 @@ def test_psf_widths_from_objective_and_wavelength():
     assert abs(low - 63 / 31) < 0.05 and abs(high - 124.1 / 31) < 0.05
     sim = Degradation.from_optics(pixel_size_nm=31.0, target_resolution_nm=110)
     assert sim.psf_sigma[1] < high  # relative to a SIM target: narrower
+
+
+def test_out_of_focus_haze_moves_light_into_a_wide_blur_and_keeps_its_total():
+    from napari_cvdm.degradation import draw_haze
+
+    image = torch.zeros(1, 1, 128, 128)
+    image[..., 64, 64] = 1.0                                   # one point source
+    d = Degradation(psf_sigma=1.5)
+    share, width = torch.tensor([0.4]), torch.tensor([12.0])
+    sharp = blur_and_downsample(image, d)
+    hazy = blur_and_downsample(image, d, haze=(share, width))
+    assert float(hazy.sum()) == pytest.approx(float(sharp.sum()), rel=1e-4)
+    # the in-focus peak keeps 60 % of its light; the rest lies in a wide, faint skirt
+    assert float(hazy.max()) == pytest.approx(0.6 * float(sharp.max()), rel=0.02)
+    far = (slice(None), slice(None), slice(40, 48), slice(32, 40))   # ~ 8 widefield px away
+    assert float(sharp[far].max()) < 1e-6 < float(hazy[far].min())
+    assert draw_haze(d, 4) is None                             # no haze: no random numbers
+    shares, widths = draw_haze(Degradation(haze=(0.1, 0.5), haze_sigma=(8, 32)), 2000,
+                               torch.Generator().manual_seed(0))
+    assert 0.1 <= float(shares.min()) and float(shares.max()) <= 0.5
+    assert 8 <= float(widths.min()) and float(widths.max()) <= 32
+    assert abs(float(widths.median()) - 16.0) < 1.0            # log-uniform
+
+
+def test_haze_settings_are_checked_and_survive_the_model_file_round_trip():
+    d = Degradation(psf_sigma=(1.5, 4.0), haze=(0.0, 0.6), haze_sigma=(8.0, 32.0))
+    assert Degradation.from_dict(d.to_dict()) == d
+    old = {k: v for k, v in d.to_dict().items() if not k.startswith("haze")}
+    assert Degradation.from_dict(old).haze == (0.0, 0.0)       # files written before haze
+    for bad in [dict(haze=(0.0, 1.0)), dict(haze=(-0.1, 0.2)), dict(haze=(0.5, 0.2))]:
+        with pytest.raises(ValueError, match="haze"):
+            Degradation(**bad)
+    with pytest.raises(ValueError, match="haze_sigma"):
+        Degradation(haze_sigma=(0.0, 3.0))
+
+
+def test_haze_off_draws_the_same_inputs_as_before_and_on_changes_them():
+    hq = torch.rand(2, 1, 64, 64)
+    plain = simulate(hq, Degradation(), torch.Generator().manual_seed(5))
+    zero = simulate(hq, Degradation(haze=(0.0, 0.0)), torch.Generator().manual_seed(5))
+    hazy = simulate(hq, Degradation(haze=(0.3, 0.5)), torch.Generator().manual_seed(5))
+    assert torch.equal(plain, zero)
+    assert not torch.equal(plain, hazy)

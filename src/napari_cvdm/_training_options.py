@@ -26,12 +26,14 @@ class OpticsOptions:
     photons_max: float = 1000.0
     background_max: float = 10.0
     read_noise_max: float = 3.0
+    haze_max: float = 0.0  # share of out-of-focus light; real widefield pairs fit 0.35-0.65
 
     def degradation(self) -> Degradation:
         return Degradation(psf=self.psf, psf_sigma=self.psf_sigma, scale=self.scale,
                            photons=(self.photons_min, self.photons_max),
                            background=(0.0, self.background_max),
-                           read_noise=(min(0.5, self.read_noise_max), self.read_noise_max))
+                           read_noise=(min(0.5, self.read_noise_max), self.read_noise_max),
+                           haze=(0.0, self.haze_max))
 
     @staticmethod
     def widget_options() -> dict[str, dict[str, Any]]:
@@ -43,6 +45,8 @@ class OpticsOptions:
             "photons_max": {"label": "photons to", "min": 1.0, "max": 1e6},
             "background_max": {"label": "background up to", "min": 0.0, "max": 1e5},
             "read_noise_max": {"label": "read noise up to", "min": 0.0, "max": 1e3},
+            "haze_max": {"label": "out-of-focus light up to", "min": 0.0, "max": 0.9,
+                         "step": 0.05},
         }
 
 

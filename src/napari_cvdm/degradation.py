@@ -1,7 +1,9 @@
 """Simulated widefield optics: a high-quality image becomes a realistic low-quality input.
 
-blur by the PSF (Gaussian or Airy) -> average-downsample by the scale -> photons:
-Poisson(photons * image + background) + Gaussian read noise. Images are in [0, 1]
+blur by the PSF (Gaussian or Airy), with a share of the light out of focus (a much wider
+Gaussian "haze", as a widefield microscope collects from the planes around focus) ->
+average-downsample by the scale -> photons: Poisson(photons * image + background) + Gaussian
+read noise. Images are in [0, 1]
 (percentile-normalised) before simulation, so ``photons`` is the expected count at the
 bright end of the image: the signal level. Every image draws its own PSF width, signal,
 background and read noise from the ranges, so one model sees the spread of real microscopes.
@@ -40,6 +42,10 @@ class Degradation:
 
     ``psf_sigma``: the PSF width relative to the target, in high-quality pixels, a number or
     a (min, max) range drawn log-uniformly (for Airy, the same-sigma Gaussian's width).
+    ``haze``: the share of the light that is out of focus, drawn uniformly from the range;
+    it is spread by a Gaussian of ``haze_sigma`` high-quality pixels (log-uniform). Real
+    widefield -> SIM pairs fit 35-65 % of out-of-focus light (docs/method.md); (0, 0), the
+    default, simulates a perfectly sectioned image.
     """
 
     psf: str = "gaussian"              # "gaussian" or "airy"
@@ -48,6 +54,8 @@ class Degradation:
     photons: tuple[float, float] = (30.0, 1000.0)   # log-uniform signal level
     background: tuple[float, float] = (0.0, 10.0)   # photons per pixel
     read_noise: tuple[float, float] = (0.5, 3.0)    # electrons (standard deviation)
+    haze: tuple[float, float] = (0.0, 0.0)          # share of the light out of focus
+    haze_sigma: tuple[float, float] = (8.0, 32.0)   # its blur, high-quality pixels
 
     def __post_init__(self) -> None:
         if self.psf not in ("gaussian", "airy"):
@@ -61,6 +69,14 @@ class Degradation:
         object.__setattr__(self, "photons", _range(self.photons, "photons", positive=True))
         object.__setattr__(self, "background", _range(self.background, "background"))
         object.__setattr__(self, "read_noise", _range(self.read_noise, "read_noise"))
+        haze = _range(self.haze, "haze")
+        if haze[1] >= 1:
+            raise ValueError(f"haze is a share of the light, below 1, not {self.haze}")
+        object.__setattr__(self, "haze", haze)
+        haze_sigma = _range(self.haze_sigma, "haze_sigma", positive=True)
+        if haze_sigma[1] > 200:
+            raise ValueError(f"haze_sigma must be at most 200 pixels, not {self.haze_sigma}")
+        object.__setattr__(self, "haze_sigma", haze_sigma)
 
     @property
     def sigma_range(self) -> tuple[float, float]:
@@ -89,7 +105,7 @@ class Degradation:
     @classmethod
     def from_dict(cls, data: dict) -> Degradation:
         data = dict(data)
-        for key in ("photons", "background", "read_noise"):
+        for key in ("photons", "background", "read_noise", "haze", "haze_sigma"):
             if key in data:
                 data[key] = tuple(data[key])
         if isinstance(data.get("psf_sigma"), list):
@@ -130,15 +146,23 @@ def blur(image: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
 
 
 def blur_and_downsample(image: torch.Tensor, degradation: Degradation,
-                        sigmas: torch.Tensor | None = None) -> torch.Tensor:
+                        sigmas: torch.Tensor | None = None,
+                        haze: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """(B, 1, H, W) in [0, 1] -> blurred, downsampled (B, 1, H / s, W / s), noise-free.
 
     ``sigmas`` (B,): each image's PSF width; default the low end of the range.
+    ``haze``: each image's out-of-focus share and its width, two (B,) tensors; default none.
     """
     if sigmas is None:
         sigmas = torch.full((image.shape[0],), degradation.sigma_range[0])
     blurred = torch.cat([blur(image[i:i + 1], degradation.psf, float(sigmas[i]))
                          for i in range(image.shape[0])])
+    if haze is not None:
+        share, width = haze
+        blurred = torch.cat([
+            (1 - float(share[i])) * blurred[i:i + 1]
+            + float(share[i]) * blur(image[i:i + 1], "gaussian", float(width[i]))
+            if float(share[i]) > 0 else blurred[i:i + 1] for i in range(image.shape[0])])
     s = degradation.scale
     return F.avg_pool2d(blurred, s) if s > 1 else blurred
 
@@ -178,6 +202,17 @@ def draw_sigmas(degradation: Degradation, count: int,
     return _uniform(u, degradation.sigma_range, log=True).float()
 
 
+def draw_haze(degradation: Degradation, count: int,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each image's out-of-focus share (uniform) and width (log-uniform), or None when the
+    range has no haze (no random numbers are drawn then)."""
+    if degradation.haze[1] <= 0:
+        return None
+    u = torch.rand(2, count, generator=generator, dtype=torch.float64)
+    return (_uniform(u[0], degradation.haze).float(),
+            _uniform(u[1], degradation.haze_sigma, log=True).float())
+
+
 def simulate(hq: torch.Tensor, degradation: Degradation, generator: torch.Generator | None = None,
              return_sigmas: bool = False):
     """High-quality (B, 1, H, W) in [0, 1] -> noisy low-quality counts (B, 1, H/s, W/s).
@@ -185,7 +220,8 @@ def simulate(hq: torch.Tensor, degradation: Degradation, generator: torch.Genera
     ``return_sigmas``: also return each image's PSF width (B,), in high-quality pixels.
     """
     sigmas = draw_sigmas(degradation, hq.shape[0], generator)
-    clean = blur_and_downsample(hq, degradation, sigmas)
+    clean = blur_and_downsample(hq, degradation, sigmas, draw_haze(degradation, hq.shape[0],
+                                                                    generator))
     photons, background, read = draw_levels(degradation, hq.shape[0], generator)
     counts = add_camera_noise(clean, photons, background, read, generator)
     return (counts, sigmas) if return_sigmas else counts

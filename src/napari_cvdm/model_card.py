@@ -51,8 +51,14 @@ def training_data_summary(training: dict[str, Any]) -> str:
     images = data.get("images")
     if mode == "simulated":
         degradation = data.get("degradation") or {}
+        try:
+            haze = float((degradation.get("haze") or (0,))[-1])
+        except (TypeError, ValueError, KeyError, IndexError):
+            haze = 0.0
+        haze = f", out-of-focus light up to {haze:.0%}" if haze > 0 else ""
         return (f"{images or 'some'} high-quality images, low-quality inputs simulated "
-                f"(PSF {degradation.get('psf', '?')}, scale x{degradation.get('scale', '?')})")
+                f"(PSF {degradation.get('psf', '?')}, scale x{degradation.get('scale', '?')}"
+                f"{haze})")
     if mode == "pairs":
         return f"{images or 'some'} measured pairs of low- and high-quality images"
     return DEFAULT_CARD["training_data"]

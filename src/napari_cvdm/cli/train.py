@@ -56,6 +56,12 @@ def add_parser(sub) -> None:
     sim.add_argument("--read-noise", type=float, nargs=2, default=(0.5, 3.0),
                      metavar=("MIN", "MAX"), help="camera read noise, electrons (standard deviation) "
                      "(default: 0.5 3)")
+    sim.add_argument("--haze", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
+                     help="share of the light out of focus, below 1, drawn uniformly per image "
+                     "(default: 0 0, none)")
+    sim.add_argument("--haze-sigma", type=float, nargs=2, default=(8.0, 32.0),
+                     metavar=("MIN", "MAX"), help="width of the out-of-focus light, high-quality "
+                     "pixels, log-uniform (default: 8 32)")
 
 
 def _check_train_args(args) -> None:
@@ -106,7 +112,8 @@ def run(args) -> int:
         sigma = args.psf_sigma[0] if len(args.psf_sigma) == 1 else tuple(args.psf_sigma)
         degradation = Degradation(psf=args.psf, psf_sigma=sigma, scale=scale,
                                   photons=tuple(args.photons), background=tuple(args.background),
-                                  read_noise=tuple(args.read_noise))
+                                  read_noise=tuple(args.read_noise), haze=tuple(args.haze),
+                                  haze_sigma=tuple(args.haze_sigma))
     bar = ProgressBar("training")
     try:
         train(output=args.output, pairs=tuple(args.pairs) if args.pairs else None, hq=args.hq,
