@@ -101,7 +101,7 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
     raw_std = (np.sqrt(res.variance) / norm.half_range)[:h, :w]
     table = model.metadata.get("calibration")
     add(f"CVDM mean of {args.samples}, K={args.steps}", mean,
-        calibration.apply(raw_std, table) if table else raw_std)
+        calibration.apply(raw_std, table, mean) if table else raw_std)
     one = nc.predict(lq, model, samples=1, steps=args.steps, eta=0.0, seed=args.seed,
                      psf_sigma=told)
     add(f"CVDM 1 sample, K={args.steps}", norm.apply(one.mean)[:h, :w])

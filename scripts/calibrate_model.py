@@ -22,6 +22,7 @@ import napari_cvdm as nc
 from napari_cvdm import calibration, structures
 from napari_cvdm.data import load_hq
 from napari_cvdm.degradation import Degradation, simulate
+from napari_cvdm.metrics import spearman
 from napari_cvdm.normalization import Normalization
 
 CROP = 128
@@ -53,14 +54,14 @@ def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None, augme
     return norm.apply(res.mean), np.sqrt(res.variance) / norm.half_range
 
 
-def reliability_plot(std, error, table, path):
+def reliability_plot(std, error, table, path, mean=None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.2, 4), dpi=120)
-    for label, s in (("raw sample std", std), ("calibrated std", calibration.apply(std, table))):
+    for label, s in (("raw sample std", std), ("calibrated std", calibration.apply(std, table, mean))):
         edges = np.quantile(s, np.linspace(0, 1, 21))
         idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, 19)
         pred = [np.sqrt(np.mean(s[idx == k] ** 2)) for k in range(20) if np.any(idx == k)]
@@ -86,35 +87,43 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=12345)
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                    help="samples on the input's flips and rotations (predict's default)")
+    p.add_argument("--brightness", action=argparse.BooleanOptionalAction, default=True,
+                   help="let the calibration learn how much the mean's brightness adds to the "
+                   "error (calibration module)")
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--dry-run", action="store_true", help="report only; do not write the model")
     args = p.parse_args(argv)
     model = nc.load_model(args.model)
     deg = model.metadata.get("training", {}).get("data", {}).get("degradation")
     degradation = Degradation.from_dict(deg) if deg else Degradation(psf_sigma=(1.5, 4.0))
-    stds, errors = [], []
+    stds, errors, means = [], [], []
     for lq, target, name, sigma in held_out_pairs(args.hq, args.synthetic, degradation,
                                                   args.seed):
         mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, sigma,
                                           args.augment)
         stds.append(std.ravel())
+        means.append(mean.ravel())
         errors.append(np.abs(mean - target).ravel())
         print(f"{name}: RMSE {np.sqrt(np.mean((mean - target) ** 2)):.4f}, mean std "
               f"{std.mean():.4f}", flush=True)
-    std, error = np.concatenate(stds), np.concatenate(errors)
+    std, error, mean = (np.concatenate(v) for v in (stds, errors, means))
+    signal = mean if args.brightness else None
     rng = np.random.default_rng(args.seed)
     half = rng.random(std.size) < 0.5
-    table = calibration.fit(std[half], error[half])
-    test_s, test_e = std[~half], error[~half]
+    table = calibration.fit(std[half], error[half],
+                            mean=None if signal is None else signal[half])
+    test_s, test_e, test_m = std[~half], error[~half], mean[~half]
+    calibrated = calibration.apply(test_s, table, test_m)
     report = {"pixels": int(std.size)}
-    for label, s in (("raw", test_s), ("scale", test_s * table["scale"]),
-                     ("isotonic", calibration.apply(test_s, table))):
+    scaled = calibration.apply(test_s, {**table, "method": "scale"}, test_m)
+    for label, s in (("raw", test_s), ("scale", scaled), ("isotonic", calibrated)):
         report[label] = calibration.coverage(np.zeros_like(test_e), s, test_e)
+        report[label]["spearman"] = round(spearman(s, test_e), 4)
     print(json.dumps(report, indent=1))
     if args.plot:
-        reliability_plot(test_s, test_e, table, args.plot)
+        reliability_plot(test_s, test_e, table, args.plot, test_m)
     if not args.dry_run:
-        model.metadata["calibration"] = calibration.fit(std, error)
+        model.metadata["calibration"] = calibration.fit(std, error, mean=signal)
         model.metadata["calibration"]["held_out"] = report
         model.metadata["calibration"]["fitted_with"] = {
             "samples": args.samples, "steps": args.steps, "augment": args.augment}

@@ -60,3 +60,76 @@ def test_malformed_tables_are_refused(table):
 def test_fit_needs_enough_pixels():
     with pytest.raises(ValueError, match="100 pixels"):
         calibration.fit(np.ones(10), np.ones(10))
+
+
+def _brightness_dependent(seed=0, n=60000):
+    """Errors 3x the reported std on bright pixels and 0.6x on dark ones (the bias the
+    samples miss sits on structure)."""
+    rng = np.random.default_rng(seed)
+    reported = np.exp(rng.uniform(np.log(0.01), np.log(0.2), n))
+    mean = rng.uniform(-1, 1, n)                        # normalised units
+    signal = (mean + 1) / 2
+    true = reported * (0.6 + 2.4 * signal)
+    return reported, mean, np.abs(rng.normal(0, true))
+
+
+def test_the_brightness_term_is_learned_when_errors_follow_the_mean():
+    std, mean, error = _brightness_dependent()
+    with_mean = calibration.check(calibration.fit(std, error, mean=mean))
+    std_only = calibration.fit(std, error)
+    assert with_mean["signal_exponent"] >= 0.5 and calibration.needs_mean(with_mean)
+    assert not calibration.needs_mean(std_only)
+    test_std, test_mean, test_error = _brightness_dependent(seed=1)
+    bright, dark = test_mean > 0.5, test_mean < -0.5
+    for table, expect_good in ((with_mean, True), (std_only, False)):
+        calibrated = calibration.apply(test_std, table, test_mean)
+        cover = [calibration.coverage(np.zeros(m.sum()), calibrated[m], test_error[m])
+                 ["coverage_1sigma"] for m in (bright, dark)]
+        # honest on bright and on dark pixels only with the brightness term
+        assert all(0.6 < c < 0.76 for c in cover) == expect_good, cover
+    with pytest.raises(ValueError, match="mean"):
+        calibration.apply(test_std, with_mean)
+
+
+def test_without_a_brightness_effect_the_std_alone_is_kept():
+    std, error = _overconfident()
+    mean = np.random.default_rng(3).uniform(-1, 1, std.size)
+    table = calibration.fit(std, error, mean=mean)
+    assert not calibration.needs_mean(table)
+    np.testing.assert_allclose(calibration.apply(std[:50], table),
+                               calibration.apply(std[:50], calibration.fit(std, error)))
+    with pytest.raises(ValueError, match="pixels"):
+        calibration.fit(std, error, mean=mean[:10])
+
+
+@pytest.mark.parametrize("term", [{"signal_exponent": -1.0}, {"signal_exponent": 9.0},
+                                  {"signal_exponent": 1.0, "signal_floor": 0.0},
+                                  {"signal_exponent": "1"}])
+def test_malformed_brightness_terms_are_refused(term):
+    std, error = _overconfident()
+    with pytest.raises(ValueError, match="signal term"):
+        calibration.check({**calibration.fit(std, error), **term})
+
+
+def test_predict_applies_the_brightness_term_eagerly_and_lazily_alike(tiny_model):
+    import dask.array as da
+
+    import napari_cvdm as nc
+
+    std, mean, error = _brightness_dependent()
+    tiny_model.metadata["calibration"] = calibration.fit(std, error, mean=mean)
+    assert calibration.needs_mean(tiny_model.metadata["calibration"])
+    image = np.random.default_rng(4).uniform(0, 200, (96, 80)).astype(np.float32)
+    options = dict(samples=2, steps=2, seed=1, precision="fp32")
+    eager = nc.predict(image, tiny_model, **options)
+    lazy = nc.predict(da.from_array(image, chunks=(48, 40)), tiny_model, **options)
+    lazy_std = lazy.std.compute()
+    np.testing.assert_allclose(lazy_std, eager.std, rtol=1e-5, atol=1e-6)
+    # the same map as the table gives for the normalised mean and sample std
+    from napari_cvdm.normalization import Normalization
+
+    norm = Normalization.fit(image)
+    expected = calibration.apply(np.sqrt(eager.variance) / norm.half_range,
+                                 tiny_model.metadata["calibration"],
+                                 norm.apply(eager.mean)) * norm.half_range
+    np.testing.assert_allclose(eager.std, expected, rtol=1e-3, atol=1e-5)

@@ -7,6 +7,13 @@ of the mean as a non-decreasing function of log(std) (isotonic regression on qua
 and turns it into a standard deviation (E|e| = sigma sqrt(2/pi) for Gaussian errors).
 ``apply`` evaluates it; the table travels in the model file (``metadata["calibration"]``).
 All values are in normalised units (the [-1, 1] percentile scale of predict()).
+
+The samples' spread misses the mean's bias, and the bias is largest on bright structure.
+When ``fit`` is given the mean as well, it also learns how much the brightness adds: the
+map's input becomes std * (signal + floor) ** b, with signal the mean on a [0, 1] scale
+and b chosen on half of the pixels by the Gaussian negative log-likelihood of the other half
+(b = 0, the std alone, when brightness does not help). Still a monotone map of the std at
+each brightness; ``apply`` then needs the mean too.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import numpy as np
 GAUSSIAN_ABS = math.sqrt(2.0 / math.pi)  # E|e| / sigma for a Gaussian error
 MIN_STD = 1e-6
 MAX_KNOTS = 64
+SIGNAL_FLOOR = 0.05                      # keeps dark pixels' uncertainty from vanishing
+SIGNAL_EXPONENTS = (0.0, 0.5, 1.0, 1.5, 2.0)
+MAX_SIGNAL_EXPONENT = 4.0
 
 
 def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -33,14 +43,51 @@ def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndar
     return np.concatenate([np.full(int(c), m) for m, _, c in blocks])
 
 
-def fit(std: np.ndarray, abs_error: np.ndarray, bins: int = 32) -> dict[str, Any]:
-    """An isotonic calibration table from per-pixel std and |mean - target| (same shapes)."""
+def _signal_factor(mean: np.ndarray, exponent: float, floor: float) -> np.ndarray:
+    """(signal + floor) ** exponent with signal the normalised mean on [0, 1]."""
+    signal = np.clip((np.asarray(mean, np.float32) + np.float32(1)) / np.float32(2), 0, 1)
+    return (signal + np.float32(floor)) ** np.float32(exponent)
+
+
+def _gaussian_nll(std: np.ndarray, abs_error: np.ndarray) -> float:
+    std = np.maximum(std, MIN_STD)
+    return float(np.mean(np.log(std) + 0.5 * (abs_error / std) ** 2))
+
+
+def fit(std: np.ndarray, abs_error: np.ndarray, bins: int = 32,
+        mean: np.ndarray | None = None) -> dict[str, Any]:
+    """An isotonic calibration table from per-pixel std and |mean - target| (same shapes).
+
+    ``mean``: the predicted mean (normalised units) of the same pixels; when given, the
+    brightness term (module docstring) is fitted as well.
+    """
     s = np.asarray(std, np.float64).ravel()
     e = np.asarray(abs_error, np.float64).ravel()
-    keep = np.isfinite(s) & np.isfinite(e)
+    m = None if mean is None else np.asarray(mean, np.float64).ravel()
+    if m is not None and m.size != s.size:
+        raise ValueError(f"mean has {m.size} pixels, std {s.size}")
+    keep = np.isfinite(s) & np.isfinite(e) & (np.isfinite(m) if m is not None else True)
     s, e = np.maximum(s[keep], MIN_STD), e[keep]
     if s.size < 100:
         raise ValueError(f"calibration needs at least 100 pixels, not {s.size}")
+    if m is None:
+        return _isotonic(s, e, bins)
+    m = m[keep]
+    half = np.random.default_rng(0).random(s.size) < 0.5
+    scores = {}
+    for exponent in SIGNAL_EXPONENTS:
+        effective = s * _signal_factor(m, exponent, SIGNAL_FLOOR)
+        table = _isotonic(effective[half], e[half], bins)
+        scores[exponent] = _gaussian_nll(apply(effective[~half], table), e[~half])
+    best = min(scores, key=scores.get)
+    table = _isotonic(s * _signal_factor(m, best, SIGNAL_FLOOR), e, bins)
+    if best:
+        table.update(signal_exponent=best, signal_floor=SIGNAL_FLOOR)
+    table["nll_by_signal_exponent"] = {str(k): round(v, 5) for k, v in scores.items()}
+    return table
+
+
+def _isotonic(s: np.ndarray, e: np.ndarray, bins: int) -> dict[str, Any]:
     log_s = np.log(s)
     edges = np.unique(np.quantile(log_s, np.linspace(0, 1, min(bins, MAX_KNOTS) + 1)))
     index = np.clip(np.searchsorted(edges, log_s, side="right") - 1, 0, len(edges) - 2)
@@ -70,18 +117,36 @@ def check(table: Any) -> dict[str, Any]:
         if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (ya >= 0).all()
                 and (np.diff(xa) > 0).all() and (np.diff(ya) >= 0).all()):
             raise ValueError("the model's calibration table is malformed (not monotone)")
+    exponent = table.get("signal_exponent", 0.0)
+    floor = table.get("signal_floor", SIGNAL_FLOOR)
+    if not (isinstance(exponent, (int, float)) and isinstance(floor, (int, float))
+            and 0 <= exponent <= MAX_SIGNAL_EXPONENT and 0 < floor <= 1):
+        raise ValueError("the model's calibration table is malformed (signal term)")
     return table
 
 
-def apply(std: np.ndarray, table: dict[str, Any] | None) -> np.ndarray:
+def needs_mean(table: dict[str, Any] | None) -> bool:
+    """Whether ``apply`` needs the mean for this table (it has a brightness term)."""
+    return bool(table) and bool(table.get("signal_exponent", 0.0))
+
+
+def apply(std: np.ndarray, table: dict[str, Any] | None,
+          mean: np.ndarray | None = None) -> np.ndarray:
     """Calibrated standard deviation for raw sample std (normalised units), float32.
 
     Between knots: linear in log(std); beyond the last knot: proportional to std, so the
-    map stays monotone and never saturates.
+    map stays monotone and never saturates. ``mean`` (normalised units, same shape): needed
+    when the table has a brightness term.
     """
-    s = np.maximum(np.asarray(std, np.float32), MIN_STD)
     if table is None:
         return np.asarray(std, np.float32)
+    s = np.maximum(np.asarray(std, np.float32), MIN_STD)
+    if needs_mean(table):
+        if mean is None:
+            raise ValueError("this calibration also needs the predicted mean")
+        factor = _signal_factor(mean, float(table["signal_exponent"]),
+                                float(table.get("signal_floor", SIGNAL_FLOOR)))
+        s = np.maximum(s * factor.astype(np.float32), MIN_STD)
     if table["method"] == "scale":
         return (s * np.float32(table["scale"])).astype(np.float32)
     x = np.asarray(table["log_std"], np.float32)

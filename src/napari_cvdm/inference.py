@@ -192,10 +192,13 @@ def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
         run.total = run.done + planes_left * run.plane_evaluations()
 
 
-def _calibrate(table, norm: Normalization, var_view: np.ndarray, std_view) -> None:
-    """The calibrated std of one plane (from its normalised variance) in input units."""
+def _calibrate(table, norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray,
+               std_view) -> None:
+    """The calibrated std of one plane (from its normalised mean and variance) in input
+    units."""
     if std_view is not None:
-        std_view[...] = calibration.apply(np.sqrt(var_view), table) * np.float32(norm.half_range)
+        std_view[...] = calibration.apply(np.sqrt(var_view), table, mean_view) * \
+            np.float32(norm.half_range)
 
 
 def _to_input_units(norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray) -> None:
@@ -267,7 +270,8 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                 x_plane = torch.from_numpy(norm.apply(plane))
                 del plane
                 _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p)
-                _calibrate(table, norm, var_out[index], None if std_out is None else std_out[index])
+                _calibrate(table, norm, mean_out[index], var_out[index],
+                           None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])
     finally:
         torch.backends.cudnn.benchmark = cudnn_benchmark

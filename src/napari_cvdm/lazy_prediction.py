@@ -209,7 +209,7 @@ def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
             blender.add(tile, means[i], variances[i])
     mean, variance = blender.result()
     if spec.calibration is not None:
-        out[2] = calibration.apply(np.sqrt(variance), spec.calibration) * \
+        out[2] = calibration.apply(np.sqrt(variance), spec.calibration, mean) * \
             np.float32(norm.half_range)
     out[0] = norm.invert_mean(mean)
     out[1] = norm.invert_variance(variance)
