@@ -2,7 +2,7 @@
 
 Per structure class: held-out real high-quality images and freshly generated structures,
 each degraded with simulated widefield optics at several PSF widths (fixed signal level and
-seed); and real widefield -> SIM pairs. Every method reconstructs the same input and is
+seed; ``--haze`` puts a share of the light out of focus); and real widefield -> SIM pairs. Every method reconstructs the same input and is
 scored against the target by PSNR and SSIM after a least-squares affine fit (the std is
 scaled by the fit's factor). The uncertainty is scored by Spearman(std, |error|) and the
 coverage of the 1- and 2-sigma bands of the calibrated std.
@@ -39,6 +39,7 @@ from napari_cvdm.resampling import upsample
 
 PHOTONS, BACKGROUND, READ_NOISE = 200.0, 5.0, 2.0
 SIGMAS = (1.5, 2.5, 3.5)
+HAZE_SIGMA = 16.0  # out-of-focus light's width with --haze (target pixels)
 CROP = 256  # output-grid side
 
 
@@ -55,9 +56,10 @@ def richardson_lucy(image: np.ndarray, psf: torch.Tensor, iterations: int = 20) 
     return est[0, 0].numpy()
 
 
-def degrade(hq01: np.ndarray, sigma: float, seed: int) -> np.ndarray:
+def degrade(hq01: np.ndarray, sigma: float, seed: int, haze: float = 0.0) -> np.ndarray:
+    haze_terms = (torch.tensor([haze]), torch.tensor([HAZE_SIGMA])) if haze else None
     clean = blur_and_downsample(torch.from_numpy(hq01)[None, None], Degradation(psf_sigma=sigma),
-                                torch.tensor([sigma]))
+                                torch.tensor([sigma]), haze_terms)
     one = torch.ones(1)
     return add_camera_noise(clean, one * PHOTONS, one * BACKGROUND, one * READ_NOISE,
                             torch.Generator().manual_seed(seed))[0, 0].numpy()
@@ -121,11 +123,12 @@ def sources(args, rng):
         hq01 = np.clip((Normalization.fit(crop).apply(crop) + 1) / 2, 0, None).astype(np.float32)
         for sigma in args.sigmas:
             yield path.stem.split("_")[0], f"{path.stem} sigma {sigma}", \
-                degrade(hq01, sigma, args.seed), hq01 * 2 - 1, sigma
+                degrade(hq01, sigma, args.seed, args.haze), hq01 * 2 - 1, sigma
     for kind in structures.STRUCTURES if args.synthetic else ():
         hq01 = structures.generate(kind, (CROP, CROP), 31.0, rng)
         for sigma in args.sigmas:
-            yield kind, f"generated {kind} sigma {sigma}", degrade(hq01, sigma, args.seed), \
+            yield kind, f"generated {kind} sigma {sigma}", degrade(hq01, sigma, args.seed,
+                                                                   args.haze), \
                 hq01 * 2 - 1, sigma
     for folder in args.pairs:
         hr = tifffile.imread(folder / "hr.tif").astype(np.float32)
@@ -156,6 +159,9 @@ def main(argv=None) -> None:
                              "PSF, and what a conditioned model is told with --psf told")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=True,
                         help="samples on the input's flips and rotations (the default)")
+    parser.add_argument("--haze", type=float, default=0.0,
+                        help="share of the simulated inputs' light out of focus (a Gaussian of "
+                             f"{HAZE_SIGMA:.0f} target pixels); real pairs fit 0.35-0.65")
     parser.add_argument("--psf", choices=("told", "default", "auto"), default="told",
                         help="what a PSF-conditioned model is told")
     args = parser.parse_args(argv)
@@ -179,7 +185,7 @@ def main(argv=None) -> None:
     (args.out / args.name).write_text(json.dumps(
         {"model": str(args.model), "samples": args.samples, "steps": args.steps,
          "photons": PHOTONS, "sigmas": args.sigmas, "pair_sigma": args.pair_sigma,
-         "psf": args.psf, "augment": args.augment, "conditioned": model.config.psf_conditioned, "summary": summary,
+         "psf": args.psf, "augment": args.augment, "haze": args.haze, "conditioned": model.config.psf_conditioned, "summary": summary,
          "per_image": per_image},
         indent=1))
     for cls, rows in summary.items():

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .physical import PhysicalSize, imagej_sizes, ome_sizes
+from .validation import output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
 BYTES_PER_CHUNK = 64
@@ -48,11 +49,6 @@ def max_image_bytes() -> int | None:
 
     total = memory_bytes()
     return int(total * MAX_OUTPUT_FRACTION) if total else None
-
-
-def output_bytes(shape: tuple[int, ...], scale: int) -> int:
-    """Bytes of the float32 mean and variance of an image of ``shape`` at ``scale``."""
-    return 2 * 4 * int(np.prod(shape, dtype=np.float64)) * scale * scale
 
 
 def _declared_bytes(tif, series) -> int:

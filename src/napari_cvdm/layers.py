@@ -129,8 +129,9 @@ def output_shape(layer, scale: int, crop: Crop | None = None) -> tuple[int, ...]
 
 def output_bytes(layer, scale: int, crop: Crop | None = None) -> int:
     """Bytes of the two float32 outputs (mean and std) of ``layer`` at ``scale``."""
-    shape = output_shape(layer, scale, crop)
-    return 2 * 4 * int(np.prod(shape, dtype=np.float64))
+    from .validation import output_bytes as bytes_of
+
+    return bytes_of(tuple(layer_image(layer, crop).shape), scale)
 
 
 def _free_space_folder(path: Path) -> Path:

@@ -162,13 +162,18 @@ def memory_bytes() -> int | None:
         return None
 
 
+def output_bytes(shape: tuple[int, ...], scale: int) -> int:
+    """Bytes of the float32 mean and variance of an image of ``shape`` at ``scale``."""
+    return 2 * 4 * int(np.prod(shape, dtype=np.float64)) * int(scale) ** 2
+
+
 def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = None) -> int:
     """Bytes of the mean and variance outputs (float32); ValueError if beyond ``limit``.
 
     ``limit`` defaults to half of this computer's memory. Call before allocating them.
     """
     planes = int(np.prod(shape[:-2], dtype=np.float64)) if len(shape) > 2 else 1
-    needed = 2 * 4 * planes * shape[-2] * scale * shape[-1] * scale
+    needed = output_bytes(shape, scale)
     if limit is None:
         total = memory_bytes()
         limit = int(total * MAX_OUTPUT_FRACTION) if total else None
