@@ -27,8 +27,9 @@ CARDS = {
                 "Real SIM, STED and SMLM images from public repositories and nuclei images "
                 "from PyPI wheels (docs/data.md lists each source and licence), plus "
                 "procedurally generated structures; widefield inputs simulated with a "
-                "Gaussian PSF of 1.5-4 target pixels, 20-10,000 photons, background and "
-                "read noise."),
+                "Gaussian PSF of 1.5-4 target pixels with 0-60 % of the light out of focus "
+                "(a Gaussian of 8-32 target pixels), 20-10,000 photons, background and read "
+                "noise."),
             "intended_use": (
                 "Widefield (or similar diffraction-limited) fluorescence images sampled at "
                 "about 50-80 nm per pixel (Nyquist for a high-NA objective), reconstructed "
@@ -66,8 +67,9 @@ def main() -> None:
         card = dict(model.metadata.get("card") or {})
         card["intended_use"] = card.get("intended_use", "") + (
             f" The model is told the input's blur: psf_sigma (the widget's psf sigma, "
-            f"cvdm predict --psf-sigma), the Gaussian PSF sigma in output pixels, "
-            f"{args.psf_sigma_default:g} when not given (typical widefield against SIM).")
+            f"cvdm predict --psf-sigma), the Gaussian sigma of the in-focus PSF in output "
+            f"pixels; when not given, it is estimated from the image and used where "
+            f"narrower than {args.psf_sigma_default:g}, else {args.psf_sigma_default:g}.")
         model.metadata["card"] = card
     nc.save_model(model, target, half=True)
     size = target.stat().st_size / 1e6

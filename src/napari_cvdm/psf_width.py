@@ -45,9 +45,10 @@ GIVEN, ESTIMATED, DEFAULT = "given", "estimated from the image", "the model's de
 ESTIMATE_SIDE = 1024  # input pixels a side of the central crop the width is estimated on
 # The estimate is the input's *total* blur; the model is told the blur relative to its
 # output, whose own resolution is SIM-like (110-120 nm FWHM at 31 nm pixels: sigma ~1.5
-# output px). Subtracted in quadrature, the told width errs on the narrow side, which costs
-# ~0.1-0.2 dB, where a width too wide by 0.5 px costs up to 4 dB (docs/benchmarks.md).
-OUTPUT_SIGMA = 1.5
+# output px), and a real source's own resolution adds to it. Subtracted in quadrature with
+# 2.0 px, the told width errs on the narrow side, which costs a few tenths of a dB, where a
+# width too wide by 0.5-1 px costs up to 4 dB (docs/benchmarks.md: 2.0 against 1.5).
+OUTPUT_SIGMA = 2.0
 
 
 def resolve(model, requested: float | None, image=None) -> tuple[float | None, str | None]:
