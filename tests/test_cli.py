@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -69,13 +70,18 @@ def test_info_lists_presets_with_parameter_counts():
         assert preset in result.stdout
 
 
-def test_train_command_writes_a_model(tmp_path, nuclei_truth):
+def _tiny_training(tmp_path, nuclei_truth, *options) -> tuple[int, Path]:
+    """`cvdm train` of a tiny model on one high-quality image; (exit code, model file)."""
     hq = tmp_path / "hq"
-    hq.mkdir()
+    hq.mkdir(exist_ok=True)
     tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
-    out = tmp_path / "m.cvdm.safetensors"
-    code = main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "2", "-o", str(out),
-                 "--patch-size", "32", "--batch-size", "2", "--photons", "50", "100"])
+    out = tmp_path / f"m{len(list(tmp_path.glob('*.cvdm.safetensors')))}.cvdm.safetensors"
+    return main(["train", "--hq", str(hq), "--preset", "tiny", "-o", str(out),
+                 "--patch-size", "32", "--batch-size", "2", *options]), out
+
+
+def test_train_command_writes_a_model(tmp_path, nuclei_truth):
+    code, out = _tiny_training(tmp_path, nuclei_truth, "--steps", "2", "--photons", "50", "100")
     assert code == 0 and out.is_file()
 
 
@@ -83,21 +89,15 @@ def test_train_command_simulates_out_of_focus_light_and_records_it(tmp_path, nuc
     from napari_cvdm.io import load_model
     from napari_cvdm.model_card import card_of
 
-    hq = tmp_path / "hq"
-    hq.mkdir()
-    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
-    out = tmp_path / "m.cvdm.safetensors"
-    code = main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "1", "-o", str(out),
-                 "--patch-size", "32", "--batch-size", "2", "--haze", "0.1", "0.5",
-                 "--haze-sigma", "6", "12"])
+    code, out = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--haze", "0.1", "0.5",
+                               "--haze-sigma", "6", "12")
     assert code == 0
     degradation = load_model(out).metadata["training"]["data"]["degradation"]
     assert list(degradation["haze"]) == [0.1, 0.5]
     assert list(degradation["haze_sigma"]) == [6.0, 12.0]
     assert "out-of-focus light up to 50%" in card_of(load_model(out).metadata)["training_data"]
-    assert main(["train", "--hq", str(hq), "--preset", "tiny", "--steps", "1", "-o",
-                 str(tmp_path / "n.cvdm.safetensors"), "--haze", "0.2", "1.5"]) == 2
-    assert not (tmp_path / "n.cvdm.safetensors").exists()
+    code, refused = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--haze", "0.2", "1.5")
+    assert code == 2 and not refused.exists()
 
 
 def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
