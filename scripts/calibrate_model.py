@@ -114,7 +114,9 @@ def main(argv=None) -> int:
                             mean=None if signal is None else signal[half])
     test_s, test_e, test_m = std[~half], error[~half], mean[~half]
     calibrated = calibration.apply(test_s, table, test_m)
-    report = {"pixels": int(std.size)}
+    report = {"pixels": int(std.size), "signal_exponent": table.get("signal_exponent", 0.0)}
+    if "nll_by_signal_exponent" in table:  # the held-out choice of the brightness term
+        report["nll_by_signal_exponent"] = table["nll_by_signal_exponent"]
     scaled = calibration.apply(test_s, {**table, "method": "scale"}, test_m)
     for label, s in (("raw", test_s), ("scale", scaled), ("isotonic", calibrated)):
         report[label] = calibration.coverage(np.zeros_like(test_e), s, test_e)

@@ -59,7 +59,9 @@ def fit(std: np.ndarray, abs_error: np.ndarray, bins: int = 32,
     """An isotonic calibration table from per-pixel std and |mean - target| (same shapes).
 
     ``mean``: the predicted mean (normalised units) of the same pixels; when given, the
-    brightness term (module docstring) is fitted as well.
+    brightness term (module docstring) is fitted as well; the table then also records the
+    held-out NLL of each exponent tried (``nll_by_signal_exponent``, read by no one at run
+    time: it shows how clear the choice was).
     """
     s = np.asarray(std, np.float64).ravel()
     e = np.asarray(abs_error, np.float64).ravel()

@@ -44,7 +44,7 @@ class Degradation:
     a (min, max) range drawn log-uniformly (for Airy, the same-sigma Gaussian's width).
     ``haze``: the share of the light that is out of focus, drawn uniformly from the range;
     it is spread by a Gaussian of ``haze_sigma`` high-quality pixels (log-uniform). Real
-    widefield -> SIM pairs fit 35-65 % of out-of-focus light (docs/method.md); (0, 0), the
+    widefield -> SIM pairs fit 36-68 % of out-of-focus light (docs/method.md); (0, 0), the
     default, simulates a perfectly sectioned image.
     """
 
@@ -155,16 +155,21 @@ def blur_and_downsample(image: torch.Tensor, degradation: Degradation,
     """
     if sigmas is None:
         sigmas = torch.full((image.shape[0],), degradation.sigma_range[0])
-    blurred = torch.cat([blur(image[i:i + 1], degradation.psf, float(sigmas[i]))
+    blurred = torch.cat([_blur_one(image[i:i + 1], degradation.psf, float(sigmas[i]),
+                                   None if haze is None else (float(haze[0][i]), float(haze[1][i])))
                          for i in range(image.shape[0])])
-    if haze is not None:
-        share, width = haze
-        blurred = torch.cat([
-            (1 - float(share[i])) * blurred[i:i + 1]
-            + float(share[i]) * blur(image[i:i + 1], "gaussian", float(width[i]))
-            if float(share[i]) > 0 else blurred[i:i + 1] for i in range(image.shape[0])])
     s = degradation.scale
     return F.avg_pool2d(blurred, s) if s > 1 else blurred
+
+
+def _blur_one(image: torch.Tensor, psf: str, sigma: float,
+              haze: tuple[float, float] | None) -> torch.Tensor:
+    """One (1, 1, H, W) image through the in-focus PSF, mixed with its out-of-focus share."""
+    core = blur(image, psf, sigma)
+    if haze is None or haze[0] <= 0:
+        return core
+    share, width = haze
+    return (1 - share) * core + share * blur(image, "gaussian", width)
 
 
 def add_camera_noise(clean: torch.Tensor, photons: torch.Tensor, background: torch.Tensor,
