@@ -241,6 +241,22 @@ def test_cpu_torch_tensors_are_accepted(tiny_model):
     np.testing.assert_array_equal(result.mean, nc.predict(data, tiny_model, **FAST).mean)
 
 
+def test_nested_lists_give_the_result_of_the_array(tiny_model):
+    """A stack as nested lists passed check_image, then failed indexing a plane (TypeError);
+    a PSF-conditioned model failed estimating the width (AttributeError: no .shape)."""
+    stack = _image((2, 6, 7)).astype(np.float32)
+    expected = nc.predict(stack, tiny_model, **FAST)
+    result = nc.predict(stack.tolist(), tiny_model, **FAST)
+    assert result.mean.shape == (2, 12, 14)
+    np.testing.assert_array_equal(result.mean, expected.mean)
+    np.testing.assert_array_equal(result.variance, expected.variance)
+    torch.manual_seed(0)
+    conditioned = randomized(nc.CVDM(nc.CVDMConfig.preset("tiny", psf_conditioned=True)))
+    plane = stack[0]
+    np.testing.assert_array_equal(nc.predict(plane.tolist(), conditioned, **FAST).mean,
+                                  nc.predict(plane, conditioned, **FAST).mean)
+
+
 def test_input_arrays_are_never_modified_and_read_only_inputs_work(tiny_model, tmp_path):
     for dtype in (np.float64, np.float32, np.uint16):
         image = (_image((2, 12, 12)) * 1000).astype(dtype)

@@ -32,7 +32,7 @@ from .psf_width import resolve as resolve_psf_sigma
 from .running_model import running_model
 from .settings import PredictSettings, draw_seed, settings_from
 from .tile_sampling import Run, predict_plane
-from .validation import check_image, check_output_size, check_plane
+from .validation import as_array, check_image, check_output_size, check_plane
 
 __all__ = ["PredictionResult", "TilePlan", "plan", "predict"]
 
@@ -240,6 +240,7 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     started = time.perf_counter()
     from .lazy_prediction import is_dask
 
+    image = as_array(image)  # nested lists: every step below indexes planes of an array
     if is_dask(image) or client is not None:
         return _predict_lazy(image, model, settings, options, half, progress, cancel, client,
                              started)

@@ -56,17 +56,25 @@ def _as_dtype(image) -> np.dtype:
                      "float array")
 
 
+def as_array(image):
+    """``image`` itself where it is an array (NumPy, dask, zarr, torch: it has a shape and a
+    pixel type), else as a NumPy array (nested lists, a list of planes); ValueError where
+    it cannot be one. None is returned as it is (:func:`check_image` refuses it)."""
+    if image is None or (hasattr(image, "shape") and hasattr(image, "dtype")):
+        return image
+    try:
+        return np.asarray(image)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"the image could not be turned into an array ({exc}); pass one "
+                         "2D array, or a stack whose planes all have the same shape "
+                         "(for a napari multiscale image, pick one level)") from None
+
+
 def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
     """Validate shape and dtype without loading the data (dask/zarr stay lazy)."""
     if image is None:
         raise ValueError("no image given (None)")
-    if not hasattr(image, "shape") or not hasattr(image, "dtype"):
-        try:
-            image = np.asarray(image)
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"the image could not be turned into an array ({exc}); pass one "
-                             "2D array, or a stack whose planes all have the same shape "
-                             "(for a napari multiscale image, pick one level)") from None
+    image = as_array(image)
     try:
         shape = tuple(int(s) for s in image.shape)
     except (TypeError, ValueError):
