@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tifffile
 import torch
@@ -168,6 +169,24 @@ def test_missing_inputs_and_a_file_as_output_folder_are_clear_errors(tmp_path, t
     assert "input file not found" in capsys.readouterr().err
     assert _cli(two_tiffs[:1], two_tiffs[1], tiny_model_file) == 2
     assert "is not a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("data,kwargs,match", [
+    (np.zeros((16, 16, 3), np.uint8), {"photometric": "rgb"}, "looks like RGB/RGBA"),
+    (np.zeros((16, 16, 1), np.float32), {"metadata": {"axes": "YXC"}}, "last axis has size 1"),
+    (~np.eye(16, dtype=bool), {}, "the image is boolean"),
+    ((1 - np.eye(16)).astype(np.complex64), {}, "the image has complex values"),
+])
+def test_files_predict_cannot_use_get_its_message_alone(tmp_path, tiny_model_file, capsys,
+                                                        data, kwargs, match):
+    """Such files got a warning about their contents first, or the OME writer's message
+    about their axes instead of predict()'s."""
+    path = tmp_path / "odd.tif"
+    tifffile.imwrite(path, data, **kwargs)
+    assert _cli([path], tmp_path / "o", tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and match in err and "warning" not in err
+    assert not list((tmp_path / "o").iterdir())
 
 
 @pytest.mark.parametrize("error", [

@@ -122,10 +122,13 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     from .domain import input_warnings
     from .image_files import read_tiff
     from .tiff_writer import spec_for, write_ome_tiffs
-    from .validation import check_output_size
+    from .validation import check_image, check_output_size
 
     model = settings.model
     image = read_tiff(task.input)
+    # The pixels first: an RGB, boolean or complex file gets predict()'s message, not a
+    # warning about its contents or the OME writer's complaint about its axes.
+    check_image(image.data)
     check_output_size(image.data.shape, model.config.scale)
     settings, psf_from = _resolved(settings, image.data)
     # The output metadata is checked before the work, not after it.
