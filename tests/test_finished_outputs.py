@@ -47,6 +47,20 @@ def test_a_damaged_or_mismatched_output_is_partial(tmp_path):
     assert output_state(paths, source)[0] == PARTIAL
 
 
+def test_a_truncated_output_whose_header_still_opens_is_partial(tmp_path):
+    """A TIFF cut after its header opened and was taken as complete, so --resume skipped
+    an input whose output had lost its pixels."""
+    source, paths = _outputs(tmp_path)
+    with tifffile.TiffFile(paths[1]) as tif:
+        cut = max(tif.pages[-1].dataoffsets) + 100  # into the last plane's pixels
+    paths[1].write_bytes(paths[1].read_bytes()[:cut])
+    with tifffile.TiffFile(paths[1]) as tif:  # the header still opens
+        assert tif.series[0].shape == (2, 64, 64)
+    state, why = output_state(paths, source)
+    assert state == PARTIAL and "cell_cvdm_std.tif is cut short" in why
+    assert output_state([paths[0], paths[2]], source)[0] == COMPLETE
+
+
 def test_the_outputs_are_not_modified(tmp_path):
     source, paths = _outputs(tmp_path)
     before = [(p.stat().st_mtime_ns, p.read_bytes()) for p in paths]

@@ -1,8 +1,9 @@
 """Whether an input's outputs are already complete (for ``--resume``), checked cheaply.
 
 Outputs are written all together or not at all (``atomic.py``), so a complete set is one
-where every output exists and opens: the TIFFs' headers are read (no pixels) and agree in
-shape, an OME-Zarr result has its ``mean`` and ``std`` images. Nothing is modified.
+where every output exists and opens: the TIFFs' headers are read (no pixels), their pixels
+end inside the file and they agree in shape, an OME-Zarr result has its ``mean`` and ``std``
+images. Nothing is modified.
 """
 
 from __future__ import annotations
@@ -39,10 +40,19 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
 def _tiff_shape(path: Path) -> tuple[int, ...]:
     import tifffile
 
+    size = path.stat().st_size
     with tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         if series.dtype.kind != "f":
             raise ValueError(f"{path.name} is not a float image")
+        # Headers only: where the pixels would end (one block for a contiguous series,
+        # as tifffile writes it, which may list its first page only; else each page's)
+        ends = [o + n for page in series.pages if page is not None
+                for o, n in zip(page.dataoffsets, page.databytecounts)]
+        if series.dataoffset is not None:
+            ends.append(series.dataoffset + series.nbytes)
+        if not ends or max(ends) > size:
+            raise ValueError(f"{path.name} is cut short: its pixels end past the file")
         return tuple(int(n) for n in series.shape)
 
 
