@@ -87,6 +87,20 @@ def test_tzyx_round_trip_reads_back_with_halved_xy_and_the_same_z_and_t(tmp_path
         assert denominator / numerator * 1e4 == pytest.approx(0.05)
 
 
+def test_the_samples_of_a_planar_rgb_file_are_written_as_channels(tmp_path):
+    """tifffile reads a planar RGB TIFF as SYX; its samples were written as Z slices."""
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.zeros((3, 6, 5), np.uint8), photometric="rgb",
+                     planarconfig="separate")
+    image = read_tiff(path)
+    assert image.axes == "SYX"
+    out = write_ome_tiff(tmp_path / "o.ome.tif", np.ones((3, 12, 10), np.float32),
+                         spec_for(image, 2))
+    assert read_tiff(out).axes == "CYX"
+    assert output_spec("ZSYX", 4).axes == "ZCYX"
+    assert output_spec("CSYX", 4).axes == "CZYX"  # C taken: the first unused letter
+
+
 def test_provenance_is_stored_as_an_ome_map_annotation(tmp_path):
     provenance = {"napari_cvdm": "0.1.0", "model": "demo", "sha256": "ab" * 32, "seed": 3,
                   "samples": 8, "steps": 50, "eta": 1.0, "sampler": "ddim",

@@ -67,7 +67,9 @@ def ome_axes(axes: str, ndim: int) -> str:
     """Axis letters OME accepts (T, Z, C, Y, X) for an image of ``ndim`` dimensions.
 
     Letters OME does not know (tifffile's I, Q for unlabelled stacks, ...) become the
-    first unused of Z, T, C; without axes the leading axes are Z, then T.
+    first unused of Z, T, C, except S (the samples of a planar RGB or multi-sample
+    file), which is a channel axis: C where C is unused; without axes the leading axes
+    are Z, then T.
     """
     axes = (axes or "")[-ndim:] if len(axes or "") >= ndim else ""
     if not axes:
@@ -76,7 +78,13 @@ def ome_axes(axes: str, ndim: int) -> str:
         raise ValueError(f"cannot write an image with axes {axes!r} as OME-TIFF; it needs "
                          "at most T, Z, C before Y, X")
     free = [a for a in "ZTC" if a not in axes]
-    return "".join(a if a in OME_AXES else free.pop(0) for a in axes)
+    named = []
+    for a in axes:
+        if a not in OME_AXES:
+            a = "C" if a == "S" and "C" in free else free[0]
+            free.remove(a)
+        named.append(a)
+    return "".join(named)
 
 
 def _text(value: Any) -> str:
