@@ -45,6 +45,13 @@ def test_bad_input_exits_non_zero_with_one_line_reason(tmp_path, tiny_model_file
     assert list(out.glob("*")) == []
 
 
+def test_an_output_that_looks_like_a_file_name_is_refused(real_tiff, tmp_path, capsys):
+    out = tmp_path / "result.tif"
+    code = main(["predict", str(real_tiff), "-o", str(out)])
+    assert code == 2 and "looks like a file name; give a folder" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_missing_model_file_is_a_clear_error(real_tiff, tmp_path, capsys):
     code = main(["predict", str(real_tiff), "-o", str(tmp_path), "--model",
                  str(tmp_path / "nope.cvdm.safetensors")])

@@ -228,3 +228,15 @@ def test_a_header_offset_pointing_beyond_the_file_is_refused(tiny_model, tmp_pat
     _rewrite(path, change_header=stretch)
     with pytest.raises(ValueError):
         load_model(path)
+
+
+def test_a_misspelled_bundled_name_lists_the_bundled_models(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="no bundled model or model file is called "
+                                         "'widefield-x3'.*demo, widefield-x2"):
+        nc.load_model("widefield-x3")
+    with pytest.raises(ValueError, match="is a folder, not a model file"):
+        nc.load_model(tmp_path)
+    (tmp_path / "mine").write_bytes(b"")  # a file without a suffix is still a path
+    with pytest.raises(ValueError, match="not a napari-cvdm model file|empty"):
+        nc.load_model("mine")

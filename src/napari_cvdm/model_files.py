@@ -75,7 +75,14 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"a model name or path must be a string or a path, not "
                         f"{type(name_or_path).__name__}")
-    return Path(name_or_path)
+    path = Path(name_or_path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a model file (*{MODEL_SUFFIX})")
+    if isinstance(name_or_path, str) and not path.exists() and not path.suffix \
+            and os.sep not in name_or_path and "/" not in name_or_path:
+        raise ValueError(f"no bundled model or model file is called {name_or_path!r}; the "
+                         f"bundled models are {', '.join(sorted(BUNDLED))}")
+    return path
 
 
 def estimate_parameters(config) -> int:

@@ -30,6 +30,10 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 SKIP = ("model",)  # --model is added with its own help below
 
 
+# an -o ending in one of these is a file name given where a folder is wanted
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg")
+
+
 def add_parser(sub) -> None:
     import argparse
 
@@ -137,6 +141,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
         resolve_device(args.device)
     if args.output.exists() and not args.output.is_dir():
         raise ValueError(f"the output {args.output} exists and is not a folder")
+    if not args.output.exists() and args.output.suffix.lower() in IMAGE_SUFFIXES:
+        raise ValueError(f"-o names the output folder (each input's outputs are named after "
+                         f"it), and {args.output} looks like a file name; give a folder")
     paths = expand_inputs(args.inputs)
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
