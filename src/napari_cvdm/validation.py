@@ -99,6 +99,10 @@ def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
         raise ValueError(f"the image looks like RGB/RGBA (shape {shape}, last axis "
                          f"{shape[-1]}); split the colour channels and run each one "
                          "(in napari: right-click the layer > Split RGB)")
+    if len(shape) >= 3 and shape[-1] == 2 and shape[-2] > 4:
+        raise ValueError(f"the last axis has size 2 (shape {shape}): this looks like two "
+                         "channels stored as a trailing axis, not Y, X; run each channel "
+                         "(image[..., 0], image[..., 1]) so that the last two axes are Y, X")
     if len(shape) >= 3 and shape[-1] == 1 and shape[-2] > 4:
         raise ValueError(f"the last axis has size 1 (shape {shape}): this looks like one "
                          "channel stored as a trailing axis, not Y, X; pass image[..., 0] "
