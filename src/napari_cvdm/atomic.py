@@ -26,6 +26,12 @@ def file_mode() -> int:
     return 0o666 & ~_umask()
 
 
+def output_exists(path: str | os.PathLike) -> ValueError:
+    """The error for an existing output that may not be replaced (one wording everywhere)."""
+    return ValueError(f"the output {path} exists; allow overwriting to replace it "
+                      "(cvdm: --overwrite; Python: overwrite=True)")
+
+
 def plain_os_error(exc: OSError, path: str | os.PathLike) -> OSError:
     """``exc`` with a message a user can act on (disk full, read-only, permission)."""
     code = getattr(exc, "errno", None)

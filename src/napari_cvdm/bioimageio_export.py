@@ -76,7 +76,7 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
     import torch
 
     from . import __version__
-    from .atomic import atomic_write
+    from .atomic import atomic_write, output_exists
     from .bioimageio_model import CVDMSampler
     from .model_files import resolve_model, save_model
 
@@ -84,7 +84,7 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
     if output.suffix != ".zip":
         raise ValueError(f"the package name must end with .zip, not {output.name!r}")
     if output.exists() and not overwrite:
-        raise ValueError(f"the output {output} exists; allow overwriting to replace it")
+        raise output_exists(output)
     net, info = resolve_model(model)
     if net.config.channels != 1:
         raise ValueError("only single-channel models can be exported")

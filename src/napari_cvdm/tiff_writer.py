@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_group, plain_os_error
+from .atomic import atomic_group, output_exists, plain_os_error
 from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, normalise, output_sizes
 
 OME_AXES = "TZCYX"
@@ -216,7 +216,7 @@ def check_outputs(paths, overwrite: bool = False, folders: bool = False) -> list
         if path.is_dir() != folders and path.exists():
             raise ValueError(f"the output {path} is a {'file' if folders else 'folder'}")
         if path.exists() and not overwrite:
-            raise ValueError(f"the output {path} exists; allow overwriting to replace it")
+            raise output_exists(path)
     return paths
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import output_exists
 from .physical import NAPARI_UNITS, PhysicalSize, normalise, output_sizes
 from .tiff_writer import check_outputs, ome_axes
 
@@ -137,8 +138,7 @@ class ZarrResultWriter:
         if self.in_place:
             if self.path.exists():
                 if not self.overwrite:
-                    raise ValueError(f"the output {self.path} exists; allow overwriting to "
-                                     "replace it")
+                    raise output_exists(self.path)
                 shutil.rmtree(self.path)
             self._tmp = self.path
         else:
@@ -195,8 +195,7 @@ class ZarrResultWriter:
         if self.path.exists():
             if not self.overwrite:
                 shutil.rmtree(self._tmp, ignore_errors=True)
-                raise ValueError(f"the output {self.path} exists; allow overwriting to "
-                                 "replace it")
+                raise output_exists(self.path)
             old = self.path.with_name(f".{self.path.name}.old")
             os.replace(self.path, old)
         os.replace(self._tmp, self.path)
