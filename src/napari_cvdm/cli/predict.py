@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 from pathlib import Path
 
@@ -186,12 +187,8 @@ def run(args) -> int:
     not stop the others; the failed ones are listed at the end (exit 2 if every failure
     was bad input, 1 otherwise) and --resume finishes the batch.
     """
-    import sys
-
-    from ..devices import resolve_device
-    from ..file_prediction import RunSpec, describe, predict_file
+    from ..file_prediction import describe
     from ..model_files import resolve_model
-    from ..precision import resolve_precision
     from ..settings import PredictSettings
     from .options import settings_from_args
 
@@ -208,7 +205,23 @@ def run(args) -> int:
         print(describe({"input": str(path), "skipped": why}))
     if not tasks:
         return 0
+    created = not args.output.exists()
     args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(args, tasks, settings, model, summary, steps, clustered)
+    finally:
+        if created and not any(args.output.iterdir()):
+            with contextlib.suppress(OSError):  # a run that wrote nothing leaves nothing
+                args.output.rmdir()
+
+
+def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
+    import sys
+
+    from ..devices import resolve_device
+    from ..file_prediction import RunSpec, describe, predict_file
+    from ..precision import resolve_precision
+
     if clustered:
         return _run_on_cluster(args, tasks, settings, summary, steps)
     # The precision is checked before the work (the provenance of each file records it).
