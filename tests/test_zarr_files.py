@@ -100,6 +100,21 @@ def test_an_existing_result_is_refused_unless_overwrite_and_a_failure_leaves_not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"]
 
 
+def test_a_full_disk_while_writing_names_the_output_and_leaves_nothing(tmp_path):
+    class Full:
+        shape = (2, 4, 4)
+
+        def __getitem__(self, index):
+            if index == (1,):
+                raise OSError(28, "No space left on device")
+            return np.zeros((4, 4))
+
+    target = tmp_path / "f.ome.zarr"
+    with pytest.raises(OSError, match=r"No space left on device while writing .*f\.ome\.zarr"):
+        write_ome_zarr(target, Full(), Full())
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_something_that_is_not_ome_zarr_is_a_value_error(tmp_path):
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     with pytest.raises(ValueError, match="not an OME-Zarr image"):

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import output_exists
+from .atomic import output_exists, plain_os_error
 from .physical import NAPARI_UNITS, PhysicalSize, normalise, output_sizes
 from .tiff_writer import check_outputs, ome_axes
 
@@ -188,6 +188,9 @@ class ZarrResultWriter:
     def __exit__(self, kind, value, traceback):
         if kind is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
+            plain = plain_os_error(value, self.path) if isinstance(value, OSError) else value
+            if plain is not value:  # disk full, read-only: say which output
+                raise plain from value
             return False
         if self.in_place:
             return False
