@@ -155,9 +155,10 @@ def blur_and_downsample(image: torch.Tensor, degradation: Degradation,
     """
     if sigmas is None:
         sigmas = torch.full((image.shape[0],), degradation.sigma_range[0])
-    blurred = torch.cat([_blur_one(image[i:i + 1], degradation.psf, float(sigmas[i]),
-                                   None if haze is None else (float(haze[0][i]), float(haze[1][i])))
-                         for i in range(image.shape[0])])
+    count = image.shape[0]
+    hazes = [None] * count if haze is None else list(zip(haze[0].tolist(), haze[1].tolist()))
+    blurred = torch.cat([_blur_one(image[i:i + 1], degradation.psf, float(sigmas[i]), hazes[i])
+                         for i in range(count)])
     s = degradation.scale
     return F.avg_pool2d(blurred, s) if s > 1 else blurred
 

@@ -32,7 +32,7 @@ SKIP = ("model",)  # --model is added with its own help below
 
 
 # an -o ending in one of these is a file name given where a folder is wanted
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg")
+IMAGE_SUFFIXES = (*TIFF_SUFFIXES, ".png", ".jpg")
 
 
 def add_parser(sub) -> None:
