@@ -163,6 +163,17 @@ def test_two_inputs_that_would_overwrite_each_other_are_refused(tmp_path, two_ti
     assert not (tmp_path / "o").exists()
 
 
+def test_one_file_named_twice_is_predicted_once(tmp_path, two_tiffs, tiny_model_file,
+                                                 monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    relative = two_tiffs[0].relative_to(tmp_path)
+    code = _cli([relative, two_tiffs[0], tmp_path], tmp_path / "o", tiny_model_file)
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == [f"{stem}_cvdm_{kind}.tif" for stem in ("first", "second")
+                       for kind in ("mean", "std", "var")]
+
+
 def test_missing_inputs_and_a_file_as_output_folder_are_clear_errors(tmp_path, two_tiffs,
                                                                      tiny_model_file, capsys):
     assert _cli([tmp_path / "nope.tif"], tmp_path / "o", tiny_model_file) == 2

@@ -154,3 +154,13 @@ def test_train_command_line_defaults_are_the_train_settings_defaults():
     for f in dataclasses.fields(TrainSettings):
         if f.name not in skip:
             assert getattr(args, f.name) == f.default, f.name
+
+
+def test_numpy_numbers_are_kept_as_python_numbers(tiny_model):
+    settings = PredictSettings(samples=np.int64(2), steps=np.int32(1), eta=np.float32(0.5))
+    assert [type(v) for v in (settings.samples, settings.steps, settings.eta)] \
+        == [int, int, float]
+    image = np.random.default_rng(0).random((8, 8))
+    result = nc.predict(image, tiny_model, samples=np.int64(2), steps=np.int16(1))
+    assert type(result.samples) is int and type(result.steps) is int
+    assert result.samples == 2 and result.steps == 1

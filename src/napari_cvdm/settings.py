@@ -75,11 +75,14 @@ def _number(name: str, value: Any, low: float | None, high: float | None) -> Non
         raise ValueError(f"{name} must be between {low} and {high}, not {value}")
 
 
-def check_field(f: dataclasses.Field, value: Any) -> None:
-    """Check one value against its field's type, choices and limits; ValueError if wrong."""
+def check_field(f: dataclasses.Field, value: Any) -> Any:
+    """Check one value against its field's type, choices and limits; ValueError if wrong.
+
+    Returns the value as the field keeps it: a NumPy integer or float as a Python ``int`` or
+    ``float`` (a result's ``info`` and the files' metadata then hold plain numbers)."""
     meta, name = f.metadata, f.name.replace("_", " ")
     if value is None and f.default is None:
-        return
+        return value
     if "choices" in meta:
         if value not in meta["choices"]:
             raise ValueError(f"{name} must be one of {', '.join(map(str, meta['choices']))}, "
@@ -89,8 +92,11 @@ def check_field(f: dataclasses.Field, value: Any) -> None:
             raise ValueError(f"{name} must be True or False, not {value!r}")
     elif f.type in ("int", "int | None"):
         _whole(name, value, meta.get("min"), meta.get("max"))
+        return int(value)
     elif f.type in ("float", "float | None"):
         _number(name, value, meta.get("min"), meta.get("max"))
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
@@ -144,7 +150,7 @@ class PredictSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check_field(f, getattr(self, f.name))
+            object.__setattr__(self, f.name, check_field(f, getattr(self, f.name)))
         if isinstance(self.device, str) and not _DEVICE.match(self.device.strip().lower()):
             raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not "
                              f"{self.device!r}")
@@ -224,7 +230,7 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            check_field(f, getattr(self, f.name))
+            setattr(self, f.name, check_field(f, getattr(self, f.name)))
         if self.mean_network is not None and not isinstance(self.mean_network, bool):
             raise ValueError(f"mean network must be True, False or None, not "
                              f"{self.mean_network!r}")

@@ -78,8 +78,10 @@ def _output_stem(path: Path) -> str:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders as their TIFF files, patterns as their matches (sorted)."""
+    """Files as given, folders as their TIFF files, patterns as their matches (sorted); a
+    file named twice (also as a relative and an absolute path, or through a link) once."""
     found: list[Path] = []
+    resolved: set[Path] = set()
     for text in inputs:
         path = Path(text)
         if path.is_dir() and path.name.lower().endswith(".zarr"):
@@ -99,7 +101,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             raise ValueError(f"input {path} is not a file")
         else:
             files = [path]
-        found += [f for f in files if f not in found]
+        for file in files:
+            if file.resolve() not in resolved:
+                resolved.add(file.resolve())
+                found.append(file)
     return found
 
 
