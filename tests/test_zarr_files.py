@@ -38,6 +38,21 @@ def test_an_image_written_by_ome_zarr_py_is_read(tmp_path):
     np.testing.assert_array_equal(np.asarray(array), data)
 
 
+@pytest.mark.parametrize("layout", ["image", "bioformats2raw"])
+def test_an_ngff_0_5_image_as_ome_zarr_py_writes_it_by_default_is_read(tmp_path, layout):
+    data = np.arange(3 * 64 * 64, dtype=np.uint16).reshape(3, 64, 64)
+    path = tmp_path / "v05.ome.zarr"
+    root = zarr.open_group(str(path), mode="w")               # zarr v3: NGFF 0.5
+    if layout == "bioformats2raw":
+        root.attrs["ome"] = {"version": "0.5", "bioformats2raw.layout": 3}
+        root = root.create_group("0")
+    ome_writer.write_image(data, root, axes="cyx")
+    assert "ome" in root.attrs and "multiscales" in root.attrs["ome"]
+    array, meta = read_ome_zarr(path)
+    assert meta["axes"] == "CYX"
+    np.testing.assert_array_equal(np.asarray(array), data)
+
+
 def test_an_ome_zarr_input_is_read_lazily_with_axes_and_sizes(tmp_path):
     path, data = _input(tmp_path)
     array, meta = read_ome_zarr(path)

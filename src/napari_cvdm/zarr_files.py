@@ -1,4 +1,5 @@
-"""OME-Zarr in and out: inputs read lazily, results written plane by plane (NGFF 0.4).
+"""OME-Zarr in and out: inputs (NGFF 0.4 and 0.5) read lazily, results written plane by
+plane (NGFF 0.4, which every current reader reads).
 
 A result is one ``<stem>_cvdm.ome.zarr`` group holding two OME-Zarr images, ``mean`` and
 ``std`` (two images rather than two channels: the input may have channels of its own,
@@ -36,12 +37,20 @@ def _zarr():
     return zarr
 
 
+def _ome(group) -> dict[str, Any]:
+    """A group's OME metadata: NGFF 0.5 (zarr v3) keeps it under ``ome``, 0.4 at the top."""
+    attrs = dict(group.attrs)
+    nested = attrs.get("ome")
+    return nested if isinstance(nested, dict) else attrs
+
+
 def _image_group(group):
-    """The group holding ``multiscales`` (the root, or series 0 of a bioformats2raw file)."""
-    if "multiscales" in group.attrs:
-        return group
-    if "bioformats2raw.layout" in group.attrs and "0" in group:
-        return group["0"]
+    """(group, its OME metadata) of the image: the root, or series 0 of a bioformats2raw
+    file; NGFF 0.4 and 0.5."""
+    if "multiscales" in _ome(group):
+        return group, _ome(group)
+    if "bioformats2raw.layout" in _ome(group) and "0" in group:
+        return group["0"], _ome(group["0"])
     raise ValueError("not an OME-Zarr image (no multiscales metadata)")
 
 
@@ -58,8 +67,8 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     if not path.exists():
         raise ValueError(f"input not found: {path}")
     try:
-        group = _image_group(zarr.open_group(str(path), mode="r"))
-        multiscale = group.attrs["multiscales"][0]
+        group, ome = _image_group(zarr.open_group(str(path), mode="r"))
+        multiscale = ome["multiscales"][0]
         dataset = multiscale["datasets"][0]
         array = group[dataset["path"]]
         names = [a["name"] if isinstance(a, dict) else str(a) for a in multiscale["axes"]]
