@@ -8,6 +8,8 @@ images. Nothing is modified.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from pathlib import Path
 
 COMPLETE, ABSENT, PARTIAL = "complete", "absent", "partial"
@@ -24,10 +26,11 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
         missing = ", ".join(p.name for p in outputs if p not in present)
         return PARTIAL, f"{missing} missing"
     try:
-        if len(outputs) == 1 and outputs[0].is_dir():
-            shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
-        else:
-            shapes = [_tiff_shape(p) for p in outputs]
+        with _quiet_tifffile():  # a damaged file is reported in ``why``, not logged
+            if len(outputs) == 1 and outputs[0].is_dir():
+                shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
+            else:
+                shapes = [_tiff_shape(p) for p in outputs]
     except Exception as exc:  # damaged files raise many types
         return PARTIAL, f"an output does not open ({type(exc).__name__}: {exc})"
     if len(set(shapes)) != 1:
@@ -35,6 +38,18 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
     if input_path is not None and not _fits(shapes[0], input_path):
         return PARTIAL, f"the outputs' shape {shapes[0]} does not fit the input's"
     return COMPLETE, "all outputs exist and open"
+
+
+@contextlib.contextmanager
+def _quiet_tifffile():
+    """tifffile's log messages (it logs what it finds wrong in a file) held back."""
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _tiff_shape(path: Path) -> tuple[int, ...]:
