@@ -5,7 +5,9 @@ each degraded with simulated widefield optics at several PSF widths (fixed signa
 seed; ``--haze`` puts a share of the light out of focus); and real widefield -> SIM pairs. Every method reconstructs the same input and is
 scored against the target by PSNR and SSIM after a least-squares affine fit (the std is
 scaled by the fit's factor). The uncertainty is scored by Spearman(std, |error|) and the
-coverage of the 1- and 2-sigma bands of the calibrated std.
+coverage of the 1- and 2-sigma bands of the calibrated std; ``spearman_context`` says what
+that Spearman could reach (the ceiling if the std were exact, and against the error's local
+scale).
 
     python benchmarks/quality.py --model MODEL --hq HELD_OUT_DIR \
         --pairs ../shared/data/real-pairs/biosr_microtubules ../shared/data/real-pairs/jin2020_microtubules \
@@ -41,6 +43,7 @@ PHOTONS, BACKGROUND, READ_NOISE = 200.0, 5.0, 2.0
 SIGMAS = (1.5, 2.5, 3.5)
 HAZE_SIGMA = 16.0  # out-of-focus light's width with --haze (target pixels)
 CROP = 256  # output-grid side
+LOCAL_SIGMA = 2.0  # output pixels: the neighbourhood of spearman_local
 
 
 def richardson_lucy(image: np.ndarray, psf: torch.Tensor, iterations: int = 20) -> np.ndarray:
@@ -65,6 +68,24 @@ def degrade(hq01: np.ndarray, sigma: float, seed: int, haze: float = 0.0) -> np.
                             torch.Generator().manual_seed(seed))[0, 0].numpy()
 
 
+def spearman_context(std: np.ndarray, error: np.ndarray) -> dict[str, float]:
+    """What a per-pixel Spearman(std, |error|) can reach, for reading the one measured.
+
+    ``spearman_if_exact``: the Spearman if the errors were Gaussian with exactly this std
+    (|error| = std |z|): the ceiling the std map's own spread allows, below 1 because one
+    pixel's |error| is one draw. ``spearman_local``: against the error's local scale (RMS
+    of |error| over a Gaussian of LOCAL_SIGMA output pixels), what an uncertainty map
+    claims to predict. ``spearman_oracle_local``: that local scale itself as the std, a
+    ceiling no model reaches (it knows the target).
+    """
+    from scipy import ndimage
+
+    draw = np.abs(std * np.random.default_rng(0).standard_normal(std.shape))
+    local = np.sqrt(ndimage.gaussian_filter(error.astype(np.float64) ** 2, LOCAL_SIGMA))
+    return {"spearman_if_exact": spearman(std, draw), "spearman_local": spearman(std, local),
+            "spearman_oracle_local": spearman(local, error)}
+
+
 def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict[str, dict]:
     """Every method's PSNR/SSIM (and CVDM's uncertainty scores) on one input."""
     norm = Normalization.fit(lq)
@@ -80,6 +101,7 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
             gain = np.polyfit(np.ravel(pred), np.ravel(target), 1)[0]
             error = np.abs(fitted - target)
             row["spearman"] = spearman(std, error)
+            row.update(spearman_context(std, error))
             row.update(calibration.coverage(fitted, np.abs(gain) * std, target))
         out[name] = row
 
@@ -190,10 +212,12 @@ def main(argv=None) -> None:
         indent=1))
     for cls, rows in summary.items():
         print(f"\n### {cls} ({len(classes[cls])} inputs)\n")
-        print("| method | PSNR (dB) | SSIM | Spearman | 1-sigma | 2-sigma |\n| --- | --- | --- | --- | --- | --- |")
+        print("| method | PSNR (dB) | SSIM | Spearman | if std exact | local error | "
+              "1-sigma | 2-sigma |\n| --- | --- | --- | --- | --- | --- | --- | --- |")
         for m, r in rows.items():
-            extra = (f"{r['spearman']:.2f} | {r['coverage_1sigma']:.0%} | {r['coverage_2sigma']:.0%}"
-                     if "spearman" in r else " | | ")
+            extra = (f"{r['spearman']:.2f} | {r['spearman_if_exact']:.2f} | "
+                     f"{r['spearman_local']:.2f} | {r['coverage_1sigma']:.0%} | "
+                     f"{r['coverage_2sigma']:.0%}" if "spearman" in r else " | | | | ")
             print(f"| {m} | {r['psnr']:.2f} | {r['ssim']:.3f} | {extra} |")
 
 

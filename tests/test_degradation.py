@@ -153,3 +153,19 @@ def test_haze_off_draws_the_same_inputs_as_before_and_on_changes_them():
     hazy = simulate(hq, Degradation(haze=(0.3, 0.5)), torch.Generator().manual_seed(5))
     assert torch.equal(plain, zero)
     assert not torch.equal(plain, hazy)
+
+
+def test_told_widths_stray_log_normally_around_the_truth_and_zero_tells_the_truth():
+    from napari_cvdm.degradation import told_widths
+
+    sigmas = torch.full((20000,), 2.5)
+    assert told_widths(sigmas, 0.0) is sigmas
+    told = told_widths(sigmas, 0.1, torch.Generator().manual_seed(0))
+    spread = torch.log(told / sigmas)
+    assert abs(float(spread.mean())) < 0.005 and abs(float(spread.std()) - 0.1) < 0.005
+    assert Degradation.from_dict(Degradation(told_error=0.1).to_dict()).told_error == 0.1
+    old = {k: v for k, v in Degradation().to_dict().items() if k != "told_error"}
+    assert Degradation.from_dict(old).told_error == 0.0         # files written before it
+    for bad in (-0.1, 0.6, True, "0.1", float("nan")):
+        with pytest.raises(ValueError, match="told_error"):
+            Degradation(told_error=bad)

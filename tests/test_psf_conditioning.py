@@ -294,3 +294,34 @@ def test_files_record_the_estimated_width(tmp_path):
     with tifffile.TiffFile(mean) as f:
         meta = f.ome_metadata
     assert f'K="psf_sigma">{expected}<' in meta and ESTIMATED in meta
+
+
+@pytest.mark.parametrize("told_error", [0.0, 0.3])
+def test_training_tells_the_true_width_or_one_strayed_by_told_error(monkeypatch, nuclei_truth,
+                                                                   tmp_path, told_error):
+    from napari_cvdm.degradation import Degradation
+    from napari_cvdm.model import CVDM
+    from napari_cvdm.training import TrainingSettings, train
+
+    told = []
+    real_loss = CVDM.loss
+
+    def recording_loss(self, x, y, psf_sigma=None, **kwargs):
+        told.append(psf_sigma.clone())
+        return real_loss(self, x, y, psf_sigma=psf_sigma, **kwargs)
+
+    monkeypatch.setattr(CVDM, "loss", recording_loss)
+    settings = TrainingSettings(preset="tiny", steps=3, batch_size=4, patch_size=32,
+                                validation_every=3, validation_patches=2, precision="fp32",
+                                psf_conditioned=True)
+    train(output=tmp_path / "t.cvdm.safetensors", settings=settings, device="cpu",
+          hq=[nuclei_truth[:128, :128], nuclei_truth[128:256, :128],
+              nuclei_truth[256:384, :128]],
+          degradation=Degradation(psf_sigma=2.0, told_error=told_error))
+    widths = torch.cat(told)
+    assert widths.numel() == 12
+    if told_error:
+        assert len(set(widths.tolist())) == 12 and 1.0 < float(widths.min())
+        assert float(widths.max()) < 4.0
+    else:
+        assert torch.equal(widths, torch.full_like(widths, 2.0))

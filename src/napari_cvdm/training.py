@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoints import load_state, read_state, save_checkpoint, state_path  # noqa: F401
-from .degradation import Degradation
+from .degradation import Degradation, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
 from .errors import cancel_requested as _cancel_requested
@@ -218,7 +218,10 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         model.train()
         if conditioned:
             x, y, psf_sigma = data.sampler.batch(settings.batch_size, with_psf=True)
-            psf_sigma = _widths(psf_sigma, pair_sigma).to(dev)
+            psf_sigma = _widths(psf_sigma, pair_sigma)
+            if degradation is not None and pair_sigma is None:
+                psf_sigma = told_widths(psf_sigma, degradation.told_error, generator)
+            psf_sigma = psf_sigma.to(dev)
         else:
             (x, y), psf_sigma = data.sampler.batch(settings.batch_size), None
         x, y = x.to(dev), y.to(dev)

@@ -62,6 +62,10 @@ def add_parser(sub) -> None:
     sim.add_argument("--haze-sigma", type=float, nargs=2, default=(8.0, 32.0),
                      metavar=("MIN", "MAX"), help="width of the out-of-focus light, high-quality "
                      "pixels, log-uniform (default: 8 32)")
+    sim.add_argument("--told-error", type=float, default=0.0, metavar="SD",
+                     help="a PSF-conditioned model is told each patch's width times "
+                     "exp(N(0, SD^2)), so that it hedges when a user's width is off "
+                     "(default: 0, the true width)")
 
 
 def _check_train_args(args) -> None:
@@ -113,7 +117,8 @@ def run(args) -> int:
         degradation = Degradation(psf=args.psf, psf_sigma=sigma, scale=scale,
                                   photons=tuple(args.photons), background=tuple(args.background),
                                   read_noise=tuple(args.read_noise), haze=tuple(args.haze),
-                                  haze_sigma=tuple(args.haze_sigma))
+                                  haze_sigma=tuple(args.haze_sigma),
+                                  told_error=args.told_error)
     bar = ProgressBar("training")
     try:
         train(output=args.output, pairs=tuple(args.pairs) if args.pairs else None, hq=args.hq,
