@@ -47,9 +47,10 @@ def _ome(group) -> dict[str, Any]:
 def _image_group(group):
     """(group, its OME metadata) of the image: the root, or series 0 of a bioformats2raw
     file; NGFF 0.4 and 0.5."""
-    if "multiscales" in _ome(group):
-        return group, _ome(group)
-    if "bioformats2raw.layout" in _ome(group) and "0" in group:
+    ome = _ome(group)  # read once: the attributes are a file of the store
+    if "multiscales" in ome:
+        return group, ome
+    if "bioformats2raw.layout" in ome and "0" in group:
         return group["0"], _ome(group["0"])
     raise ValueError("not an OME-Zarr image (no multiscales metadata)")
 

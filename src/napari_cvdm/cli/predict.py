@@ -102,8 +102,9 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         else:
             files = [path]
         for file in files:
-            if file.resolve() not in resolved:
-                resolved.add(file.resolve())
+            real = file.resolve()
+            if real not in resolved:
+                resolved.add(real)
                 found.append(file)
     return found
 
