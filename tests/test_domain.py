@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -50,3 +52,15 @@ def test_a_model_without_declared_pixel_size_only_checks_the_image(nuclei_widefi
         metadata = {}
 
     assert input_warnings(nuclei_widefield, Bare(), 5.0, "µm") == []
+
+
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_non_finite_input_gets_no_numpy_warnings(bad):
+    # The input checks reject such an image with their own message; the domain check must
+    # not print NumPy's "invalid value" warnings before it.
+    image = np.ones((64, 64), np.float32)
+    image[:, :40] = bad
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert looks_transmitted(image) is False
+        input_warnings(image, _Model())

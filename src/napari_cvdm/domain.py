@@ -19,9 +19,16 @@ PSF_TOLERANCE = 1.15    # a PSF width this much outside the trained range is "fa
 MAX_PIXELS = 2**20      # statistics on a subsample of large planes
 
 
-def _unit_image(plane: np.ndarray) -> np.ndarray:
+def _unit_image(plane: np.ndarray) -> np.ndarray | None:
+    """A subsample scaled to [0, 1]; None for values that are not finite real numbers
+    (the input checks reject those with their own message)."""
     step = max(1, int(np.sqrt(plane.size / MAX_PIXELS)))
-    plane = np.asarray(plane[::step, ::step], dtype=np.float32)  # subsample before converting
+    plane = np.asarray(plane[::step, ::step])  # subsample before converting
+    if not np.issubdtype(plane.dtype, np.number) or np.iscomplexobj(plane):
+        return None
+    plane = plane.astype(np.float32)
+    if not np.isfinite(plane).all():
+        return None
     return np.clip((Normalization.fit(plane).apply(plane) + 1) / 2, 0, 1)
 
 
@@ -32,7 +39,7 @@ def looks_transmitted(plane: np.ndarray) -> bool:
     widefield and super-resolution images the project was checked on) and a positive skew.
     """
     u = _unit_image(plane)
-    if u.std() < 1e-6:
+    if u is None or u.std() < 1e-6:
         return False
     skew = float(((u - u.mean()) ** 3).mean() / u.std() ** 3)
     return float(np.median(u)) > 0.5 and skew < 0.2
