@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import logging
 import os
 
 import numpy as np
@@ -119,6 +120,29 @@ def test_unreadable_tiff_gives_a_clear_error(tmp_path):
         read_tiff(path)
 
 
+def test_a_refused_tiff_gets_our_error_without_tifffile_log_lines(tmp_path, caplog):
+    path = tmp_path / "broken.tif"
+    path.write_bytes(b"II*\x00garbage" * 10)  # first-page offset past the end: tifffile logs it
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match="no image data"):
+        read_tiff(path)
+    assert not [r for r in caplog.records if r.name == "tifffile"]
+
+
+def test_tifffile_log_lines_about_a_file_that_is_read_are_passed_on(tmp_path, caplog):
+    path = write_tiff(tmp_path / "a.tif", np.ones((4, 4), np.float32))
+    import tifffile
+
+    def logs_then_reads(*args, **kwargs):
+        logging.getLogger("tifffile").warning("odd tag ignored")
+        return real(*args, **kwargs)
+
+    real = tifffile.TiffFile
+    with caplog.at_level(logging.WARNING), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tifffile, "TiffFile", logs_then_reads)
+        read_tiff(path)
+    assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == ["odd tag ignored"]
+
+
 # -- header checks, model cards, resolve_model, file modes ---------------------------------
 @pytest.mark.parametrize("change,match", [
     (lambda m: m["config"].update(residual_scale=0), "residual_scale"),
@@ -209,3 +233,21 @@ def test_cvdm_info_prints_the_model_card_without_paths(tiny_model, tmp_path, cap
     assert hashlib.sha256(path.read_bytes()).hexdigest() in out
     assert "/data/private" not in out
     assert main(["info", str(tmp_path / "missing.cvdm.safetensors")]) == 2
+
+
+def test_held_tifffile_logs_hold_only_their_own_thread(caplog):
+    import threading
+
+    from napari_cvdm.image_files import held_tifffile_logs
+
+    logger = logging.getLogger("tifffile")
+    with caplog.at_level(logging.WARNING):
+        with held_tifffile_logs(pass_on=False):
+            logger.warning("held")
+            other = threading.Thread(target=lambda: logger.warning("other thread"))
+            other.start()
+            other.join()
+        logger.warning("after")
+    assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == [
+        "other thread", "after"]
+    assert not logger.filters

@@ -8,9 +8,9 @@ images. Nothing is modified.
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from pathlib import Path
+
+from .image_files import held_tifffile_logs
 
 COMPLETE, ABSENT, PARTIAL = "complete", "absent", "partial"
 
@@ -26,7 +26,8 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
         missing = ", ".join(p.name for p in outputs if p not in present)
         return PARTIAL, f"{missing} missing"
     try:
-        with _quiet_tifffile():  # a damaged file is reported in ``why``, not logged
+        # a damaged file is reported in ``why``, not logged
+        with held_tifffile_logs(pass_on=False):
             if len(outputs) == 1 and outputs[0].is_dir():
                 shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
             else:
@@ -38,18 +39,6 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
     if input_path is not None and not _fits(shapes[0], input_path):
         return PARTIAL, f"the outputs' shape {shapes[0]} does not fit the input's"
     return COMPLETE, "all outputs exist and open"
-
-
-@contextlib.contextmanager
-def _quiet_tifffile():
-    """tifffile's log messages (it logs what it finds wrong in a file) held back."""
-    logger = logging.getLogger("tifffile")
-    level = logger.level
-    logger.setLevel(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _tiff_shape(path: Path) -> tuple[int, ...]:

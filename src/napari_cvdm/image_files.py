@@ -8,9 +8,12 @@ Writing lives in :mod:`napari_cvdm.tiff_writer`.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,6 +146,39 @@ def _check_page(path: Path, page) -> None:
                        f"needs {expected}")
 
 
+class _HeldLogs(logging.Filter):
+    """Holds back one thread's records (other threads' pass, as do this one's afterwards)."""
+
+    def __init__(self):
+        super().__init__()
+        self.thread = threading.get_ident()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record):
+        if record.thread != self.thread:
+            return True
+        self.records.append(record)
+        return False
+
+
+@contextlib.contextmanager
+def held_tifffile_logs(pass_on: bool = True):
+    """tifffile's log messages (what it finds odd in a file) from this thread held back;
+    with ``pass_on``, logged after the block if it did not raise, so a refused file gets
+    our one clear error and not tifffile's lines too. Without, dropped (probing files).
+    Thread-safe: a filter per block, not a change of the logger's level or handlers."""
+    logger = logging.getLogger("tifffile")
+    held = _HeldLogs()
+    logger.addFilter(held)
+    try:
+        yield
+    finally:
+        logger.removeFilter(held)
+    if pass_on:  # only reached when the block did not raise
+        for record in held.records:
+            logger.handle(record)
+
+
 def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     """Read a TIFF or OME-TIFF with its axes and physical sizes; clear errors for bad files.
 
@@ -158,7 +194,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
         raise ValueError(f"input file not found: {path}")
     try:
         count_pages(path)
-        with tifffile.TiffFile(path) as tif:
+        with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
             series = tif.series[0]
             out = np.empty(series.shape, dtype=series.dtype)
