@@ -46,7 +46,8 @@ def held_out_pairs(hq_dir, synthetic: int, degradation: Degradation, seed: int):
 
 
 def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None, augment=True):
-    """A conditioned model is told the simulated PSF width (known optics); blind ones not."""
+    """A conditioned model is told ``psf_sigma`` (the simulated width: known optics; None:
+    what predict() resolves by itself, as for a user who gives none); blind ones nothing."""
     told = psf_sigma if model.config.psf_conditioned else None
     res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed,
                      psf_sigma=told, augment=augment)
@@ -90,6 +91,9 @@ def main(argv=None) -> int:
     p.add_argument("--brightness", action=argparse.BooleanOptionalAction, default=True,
                    help="let the calibration learn how much the mean's brightness adds to the "
                    "error (calibration module)")
+    p.add_argument("--told", choices=("true", "auto"), default="true",
+                   help="a conditioned model is told the simulated PSF width (true), or "
+                   "nothing, so that predict() estimates it as for a user who gives none (auto)")
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--dry-run", action="store_true", help="report only; do not write the model")
     args = p.parse_args(argv)
@@ -99,7 +103,8 @@ def main(argv=None) -> int:
     stds, errors, means = [], [], []
     for lq, target, name, sigma in held_out_pairs(args.hq, args.synthetic, degradation,
                                                   args.seed):
-        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, sigma,
+        told = sigma if args.told == "true" else None
+        mean, std = normalised_prediction(lq, model, args.samples, args.steps, args.seed, told,
                                           args.augment)
         stds.append(std.ravel())
         means.append(mean.ravel())
@@ -128,7 +133,8 @@ def main(argv=None) -> int:
         model.metadata["calibration"] = calibration.fit(std, error, mean=signal)
         model.metadata["calibration"]["held_out"] = report
         model.metadata["calibration"]["fitted_with"] = {
-            "samples": args.samples, "steps": args.steps, "augment": args.augment}
+            "samples": args.samples, "steps": args.steps, "augment": args.augment,
+            "told": args.told}
         nc.save_model(model, args.model, half=True)
         print(f"calibration written into {args.model}")
     return 0
