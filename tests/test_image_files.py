@@ -101,6 +101,15 @@ def test_the_samples_of_a_planar_rgb_file_are_written_as_channels(tmp_path):
     assert output_spec("CSYX", 4).axes == "CZYX"  # C taken: the first unused letter
 
 
+def test_unlabelled_leading_axes_get_the_unused_letters(tmp_path):
+    assert output_spec("QQQYX", 5).axes == "ZTCYX"  # a 5-D file saved without axes
+    assert output_spec("TQQYX", 5).axes == "TZCYX"
+    with pytest.raises(ValueError, match="at most T, Z, C"):
+        output_spec("QQQQYX", 6)
+    with pytest.raises(ValueError, match="at most T, Z, C"):
+        output_spec("ZZYX", 4)
+
+
 def test_provenance_is_stored_as_an_ome_map_annotation(tmp_path):
     provenance = {"napari_cvdm": "0.1.0", "model": "demo", "sha256": "ab" * 32, "seed": 3,
                   "samples": 8, "steps": 50, "eta": 1.0, "sampler": "ddim",

@@ -66,15 +66,16 @@ class OutputSpec:
 def ome_axes(axes: str, ndim: int) -> str:
     """Axis letters OME accepts (T, Z, C, Y, X) for an image of ``ndim`` dimensions.
 
-    Letters OME does not know (tifffile's I, Q for unlabelled stacks, ...) become the
-    first unused of Z, T, C, except S (the samples of a planar RGB or multi-sample
+    Letters OME does not know (tifffile's I, Q for unlabelled stacks, ...; repeated, as
+    in a 5-D file saved without axes, 'QQQYX') become the first unused of Z, T, C, except S (the samples of a planar RGB or multi-sample
     file), which is a channel axis: C where C is unused; without axes the leading axes
     are Z, then T.
     """
     axes = (axes or "")[-ndim:] if len(axes or "") >= ndim else ""
     if not axes:
         axes = ("CTZ"[-(ndim - 2):] if ndim > 2 else "") + "YX"
-    if len(axes) > 5 or len(set(axes)) != len(axes) or not axes.endswith("YX"):
+    known = [a for a in axes if a in OME_AXES or a == "S"]  # unknown letters may repeat
+    if len(axes) > 5 or len(set(known)) != len(known) or not axes.endswith("YX"):
         raise ValueError(f"cannot write an image with axes {axes!r} as OME-TIFF; it needs "
                          "at most T, Z, C before Y, X")
     free = [a for a in "ZTC" if a not in axes]
