@@ -163,6 +163,20 @@ def test_two_inputs_that_would_overwrite_each_other_are_refused(tmp_path, two_ti
     assert not (tmp_path / "o").exists()
 
 
+def test_names_with_dots_keep_all_but_the_image_extension(tmp_path, two_tiffs,
+                                                          tiny_model_file, capsys):
+    # dates and sizes in names are common: 2024.01.05_cell_0.5um.ome.tif
+    named = [tmp_path / "2024.01.05_cell_0.5um.ome.tif", tmp_path / "2024.01.05_cell_1.5um.TIF"]
+    for source, path in zip(two_tiffs, named):
+        path.write_bytes(source.read_bytes())
+    code = _cli(named, tmp_path / "o", tiny_model_file)
+    assert code == 0, capsys.readouterr().err
+    written = sorted(p.name for p in (tmp_path / "o").iterdir())
+    assert written == [f"2024.01.05_cell_{size}um_cvdm_{kind}.tif" for size in ("0.5", "1.5")
+                       for kind in ("mean", "std", "var")]
+    assert read_tiff(tmp_path / "o" / written[0]).data.shape == (48, 40)
+
+
 def test_one_file_named_twice_is_predicted_once(tmp_path, two_tiffs, tiny_model_file,
                                                  monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -63,6 +63,19 @@ class OutputSpec:
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
 
 
+IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
+
+
+def image_stem(path: str | Path) -> str:
+    """A file's name without its image extension (.tif, .ome.tif, .zarr, ... in any case):
+    other dots are kept, so 'cell_0.5um.tif' and 'cell_1.5um.tif' stay apart."""
+    name = Path(path).name
+    for extension in IMAGE_EXTENSIONS:
+        if name.lower().endswith(extension) and len(name) > len(extension):
+            return name[:-len(extension)]
+    return name or "image"
+
+
 def ome_axes(axes: str, ndim: int) -> str:
     """Axis letters OME accepts (T, Z, C, Y, X) for an image of ``ndim`` dimensions.
 
@@ -147,7 +160,7 @@ def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Pa
     try:
         with atomic_group([p for p, _ in items], overwrite=overwrite) as temps:
             for tmp, (path, data) in zip(temps, items):
-                _write_to(tmp, data, spec, path.name.split(".")[0])
+                _write_to(tmp, data, spec, image_stem(path))
     except FileExistsError as exc:
         raise ValueError(str(exc.strerror)) from None
     return [p for p, _ in items]

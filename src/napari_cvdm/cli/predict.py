@@ -73,10 +73,6 @@ def add_parser(sub) -> None:
                          help="seconds to wait for --scheduler to answer (default: 15)")
 
 
-def _output_stem(path: Path) -> str:
-    return path.name.split(".")[0] or path.stem or "image"
-
-
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given, folders as their TIFF files, patterns as their matches (sorted); a
     file named twice (also as a relative and an absolute path, or through a link) once."""
@@ -142,7 +138,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     from ..file_prediction import FileTask
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
-    from ..tiff_writer import check_outputs
+    from ..tiff_writer import check_outputs, image_stem
 
     if not clustered:
         resolve_device(args.device)
@@ -155,7 +151,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
     for path in paths:
-        stem = _output_stem(path)
+        stem = image_stem(path)
         if stem in seen and seen[stem] != path.resolve():
             raise ValueError(f"{seen[stem]} and {path} would both be written as "
                              f"{stem}_cvdm_*.tif; rename one or run them separately")
