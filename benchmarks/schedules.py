@@ -12,9 +12,9 @@ calibrated, so their coverage is not the shipped model's.
         -- --hq TRAINING_DIR --synthetic microtubules actin er ccp mitochondria \
         --psf-conditioned --psf-sigma 1.5 4 --photons 20 10000 --haze 0 0.6 --haze-sigma 8 32
 
-Writes OUT/schedules_<schedule>.json (quality.py's format) and OUT/schedules.json (the
-summary), and prints a Markdown table. A model already trained in ``--work`` is reused, so
-an interrupted comparison continues where it stopped.
+Writes OUT/NAME_<schedule>.json (quality.py's format) and OUT/NAME.json (the summary;
+``--name``, default "schedules"), and prints a Markdown table. A model already trained in
+``--work`` is reused, so an interrupted comparison continues where it stopped.
 """
 
 from __future__ import annotations
@@ -64,6 +64,8 @@ def main(argv=None) -> None:
     parser.add_argument("--work", type=Path, required=True,
                         help="folder for the trained models (kept, so a rerun scores only)")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--name", default="schedules",
+                        help="OUT/NAME.json and OUT/NAME_<schedule>.json")
     args = parser.parse_args(argv)
     if not (args.hq or args.pairs):
         parser.error("give --hq and/or --pairs to score on")
@@ -71,7 +73,7 @@ def main(argv=None) -> None:
     rows = {}
     for schedule in args.schedules:
         model, seconds = train(schedule, args, extra)
-        name = f"schedules_{schedule}.json"
+        name = f"{args.name}_{schedule}.json"
         quality.main(["--model", str(model), "--steps", str(args.sample_steps),
                       "--samples", str(args.samples), "--psf", "auto", "--pair-sigma", "3.0",
                       "--no-synthetic", "--out", str(args.out), "--name", name,
@@ -86,7 +88,7 @@ def main(argv=None) -> None:
                 "bicubic": r["bicubic"]["psnr"]} for n, r in result["per_image"].items()}}
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "train_args": extra,
                "results": rows}
-    (args.out / "schedules.json").write_text(json.dumps(summary, indent=1))
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
     names = list(next(iter(rows.values()))["per_image_psnr"])
     groups = [("simulated held-out", [n for n in names if "/" not in n])] + \
         [(n, [n]) for n in names if "/" in n]
