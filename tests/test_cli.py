@@ -149,3 +149,24 @@ def test_ctrl_c_while_starting_is_a_clean_exit_130(monkeypatch, capsys):
     monkeypatch.setattr(cli, "_parser", interrupted)
     assert main(["predict", "x.tif", "-o", "out"]) == 130
     assert "cancelled" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="closed pipes are detected with poll()")
+def test_a_reader_that_closes_the_pipe_stops_cvdm_quietly():
+    # `cvdm info demo | head -1`: the reader has gone before cvdm writes
+    proc = subprocess.Popen([sys.executable, "-m", "napari_cvdm.cli", "info", "demo"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 141 and err == ""
+
+
+def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch, capsys):
+    from napari_cvdm.cli import info
+
+    def lost_connection(args):
+        raise BrokenPipeError(32, "Broken pipe")  # e.g. a cluster's socket, not stdout
+
+    monkeypatch.setattr(info, "run", lost_connection)
+    assert main(["info", "demo"]) == 1
+    assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err

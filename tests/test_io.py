@@ -233,6 +233,13 @@ def test_cvdm_info_prints_the_model_card_without_paths(tiny_model, tmp_path, cap
     assert hashlib.sha256(path.read_bytes()).hexdigest() in out
     assert "/data/private" not in out
     assert main(["info", str(tmp_path / "missing.cvdm.safetensors")]) == 2
+    tiny_model.metadata["training"]["settings"] = {"init": "/data/private/base.cvdm.safetensors"}
+    path = nc.save_model(tiny_model, tmp_path / "tuned.cvdm.safetensors")
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tuned: x2 super-resolution, preset tiny, trained 7 steps from an "
+                          "earlier model's weights (cvdm train --init)")
+    assert "/data/private" not in out
 
 
 def test_held_tifffile_logs_hold_only_their_own_thread(caplog):

@@ -88,8 +88,12 @@ def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> st
     card = card_of(metadata)
     training = metadata.get("training") or {}
     step = training.get("step")
+    continued = (training.get("settings") or {}).get("init")  # a path: not printed
+    trained = f"trained {step:,} steps" if step else "untrained"
+    if step and continued:
+        trained += " from an earlier model's weights (cvdm train --init)"
     lines = [f"{name}: x{config.get('scale')} super-resolution, preset "
-             f"{config.get('preset')}, " + (f"trained {step:,} steps" if step else "untrained")]
+             f"{config.get('preset')}, {trained}"]
     for key in CARD_FIELDS:
         lines.append(f"{key.replace('_', ' ')}: {card[key]}")
     lines.append("PSF width: " + _psf_line(config, metadata))

@@ -13,6 +13,7 @@ import sys
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_CANCELLED = 130
+EXIT_CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 
 # name -> module (in this package); a new subcommand registers here.
 COMMANDS = {"predict": "predict", "train": "train", "info": "info", "export": "export"}
@@ -54,9 +55,28 @@ def _cancelled(command: str) -> int:
     return EXIT_CANCELLED
 
 
+def _stdout_closed() -> bool:
+    """Whether standard output's reader has gone (``cvdm info MODEL | head -1``); if so,
+    stdout is pointed at the null device so that Python's exit does not complain again."""
+    import os
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        poll = select.poll()  # not on Windows: there the error is reported as any other
+        poll.register(fd, select.POLLOUT)
+        closed = any(events & select.POLLERR for _, events in poll.poll(0))
+        if closed:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+        return closed
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 out of memory or a file system error, 2 bad input (one line
-    on stderr saying what and how to fix it), 130 cancelled (Ctrl-C, also while starting).
+    on stderr saying what and how to fix it), 130 cancelled (Ctrl-C, also while starting),
+    141 standard output closed by its reader (silently).
     argparse exits with 2 for malformed options. Anything else is a bug and shows its
     traceback."""
     try:
@@ -74,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except (Cancelled, KeyboardInterrupt):
         return _cancelled(command)
+    except BrokenPipeError as exc:
+        if _stdout_closed():  # stop quietly, like any Unix tool; finished outputs are kept
+            return EXIT_CLOSED_PIPE
+        print(f"cvdm {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except (OSError, TrainingDiverged) as exc:
         print(f"cvdm {command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED
