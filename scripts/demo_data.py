@@ -57,7 +57,12 @@ def split(images: dict[str, np.ndarray], out: Path) -> None:
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "demo-data")
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out", nargs="?", type=Path, default=Path("demo-data"),
+                        help="folder for train/ and test/ (default: demo-data)")
+    out = parser.parse_args().out
     with tempfile.TemporaryDirectory() as cache:
         split(fetch(Path(cache)), out)
     print(f"training images in {out / 'train'}, held-out images in {out / 'test'}")

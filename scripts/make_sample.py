@@ -25,6 +25,9 @@ PHOTONS, BACKGROUND, READ_NOISE, SEED = 150.0, 5.0, 2.0, 2024
 
 
 def main() -> None:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args()
     with tempfile.TemporaryDirectory() as cache:
         truth = fetch(Path(cache))["dsb2018"]
     norm = Normalization.fit(truth)
