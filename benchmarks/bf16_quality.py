@@ -17,7 +17,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 from few_steps import images  # the same inputs as the few-step curve (this folder)
 
 import napari_cvdm as nc
