@@ -89,7 +89,8 @@ def main(argv=None) -> None:
     summary = {"args": {k: str(v) for k, v in vars(args).items()}, "train_args": extra,
                "results": rows}
     (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1))
-    names = list(next(iter(rows.values()))["per_image_psnr"])
+    first = next(iter(rows.values()))["per_image_psnr"]  # every model scored the same inputs
+    names = list(first)
     groups = [("simulated held-out", [n for n in names if "/" not in n])] + \
         [(n, [n]) for n in names if "/" in n]
     print("\n| input | bicubic | " + " | ".join(f"{s} mean (1 sample)" for s in rows) + " |")
@@ -97,7 +98,6 @@ def main(argv=None) -> None:
     for label, members in groups:
         if not members:
             continue
-        first = next(iter(rows.values()))["per_image_psnr"]
         cells = [f"{np.mean([first[n]['bicubic'] for n in members]):.2f}"]
         for r in rows.values():
             p = r["per_image_psnr"]

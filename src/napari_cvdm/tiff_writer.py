@@ -80,9 +80,9 @@ def ome_axes(axes: str, ndim: int) -> str:
     """Axis letters OME accepts (T, Z, C, Y, X) for an image of ``ndim`` dimensions.
 
     Letters OME does not know (tifffile's I, Q for unlabelled stacks, ...; repeated, as
-    in a 5-D file saved without axes, 'QQQYX') become the first unused of Z, T, C, except S (the samples of a planar RGB or multi-sample
-    file), which is a channel axis: C where C is unused; without axes the leading axes
-    are Z, then T.
+    in a 5-D file saved without axes, 'QQQYX') become the first unused of Z, T, C, except
+    S (the samples of a planar RGB or multi-sample file), which is a channel axis: C where
+    C is unused; without axes the leading axes are Z, then T.
     """
     axes = (axes or "")[-ndim:] if len(axes or "") >= ndim else ""
     if not axes:

@@ -67,7 +67,9 @@ def _stdout_closed() -> bool:
         poll.register(fd, select.POLLOUT)
         closed = any(events & select.POLLERR for _, events in poll.poll(0))
         if closed:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
         return closed
     except (AttributeError, OSError, ValueError):
         return False
