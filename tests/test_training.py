@@ -113,3 +113,41 @@ def test_bad_folders_give_clear_errors(tmp_path, pair_dirs):
     with pytest.raises(ValueError, match="integer"):
         train(output=tmp_path / "x", pairs=(pair_dirs[0], bad_hq), settings=_settings())
     assert not (tmp_path / "x").exists()
+
+
+def test_cosine_lr_decay_falls_to_zero_and_a_resumed_run_keeps_the_curve(hq_dir, tmp_path,
+                                                                         monkeypatch):
+    used = []
+    adam_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return adam_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    out = tmp_path / "c.cvdm.safetensors"
+    settings = _settings(steps=4, learning_rate=1e-3, lr_decay="cosine", checkpoint_every=2)
+    train(output=out, hq=hq_dir, settings=settings, device="cpu")
+    expected = [1e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(4)]
+    assert used == pytest.approx(expected)
+    assert used[0] == 1e-3 and used[-1] < 0.15e-3
+    assert nc.load_model(out).metadata["training"]["settings"]["lr_decay"] == "cosine"
+
+    used.clear()
+    out2 = tmp_path / "r.cvdm.safetensors"
+    train(output=out2, hq=hq_dir, settings=_settings(steps=2, learning_rate=1e-3,
+                                                     lr_decay="cosine"), device="cpu")
+    used.clear()
+    train(output=out2, hq=hq_dir, settings=settings, resume=True, device="cpu")
+    assert used == pytest.approx(expected[2:])  # steps 3 and 4 of the same 4-step curve
+
+
+def test_constant_lr_is_the_default(hq_dir, tmp_path, monkeypatch):
+    used = []
+    adam_step = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step",
+                        lambda self, *a, **k: (used.append(self.param_groups[0]["lr"]),
+                                               adam_step(self, *a, **k))[1])
+    train(output=tmp_path / "k.cvdm.safetensors", hq=hq_dir,
+          settings=_settings(steps=3, learning_rate=1e-3), device="cpu")
+    assert used == [1e-3] * 3

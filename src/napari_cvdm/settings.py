@@ -187,6 +187,7 @@ def _presets() -> tuple[str, ...]:
 
 
 SCHEDULES = ("learned", "linear", "cosine")
+LR_DECAYS = ("constant", "cosine")
 
 
 @dataclass
@@ -200,6 +201,8 @@ class TrainSettings:
     learning_rate: float | None = option(None, "Adam learning rate", min=1e-12, max=1.0,
                                          auto="1e-4 for the paper preset, 2e-4 else",
                                          cli="--lr")
+    lr_decay: str = option("constant", "learning rate over the run: constant, or a cosine "
+                           "decay from --lr to zero at the last step", choices=LR_DECAYS)
     ema_decay: float = option(0.999, "decay of the weights' moving average that is saved",
                               min=0.0, max=0.999999)
     validation_fraction: float = option(0.15, "share of the images kept for validation",
@@ -236,7 +239,11 @@ class TrainSettings:
                              f"{self.mean_network!r}")
         self.seed = reduce_seed(self.seed)
 
-    def lr(self) -> float:
-        if self.learning_rate is not None:
-            return self.learning_rate
-        return 1e-4 if self.preset == "paper" else 2e-4
+    def lr(self, step: int | None = None) -> float:
+        """The learning rate, at training step ``step`` (1 to ``steps``) where it decays."""
+        peak = self.learning_rate if self.learning_rate is not None else \
+            1e-4 if self.preset == "paper" else 2e-4
+        if step is None or self.lr_decay == "constant":
+            return peak
+        # Stateless in the step, so a resumed run continues the same curve.
+        return peak * 0.5 * (1 + math.cos(math.pi * min(step - 1, self.steps) / self.steps))

@@ -216,6 +216,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         if data.simulated and step % SIMULATION_REFRESH == 0:
             data.refresh()
         model.train()
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr(step)
         if conditioned:
             x, y, psf_sigma = data.sampler.batch(settings.batch_size, with_psf=True)
             psf_sigma = _widths(psf_sigma, pair_sigma)
