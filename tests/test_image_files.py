@@ -329,3 +329,13 @@ def test_a_prediction_written_with_its_provenance(tiny_model, tmp_path):
     pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
     assert pairs["model_sha256"] == summary["sha256"] and pairs["seed"] == "5"
     assert pairs["samples"] == "2" and pairs["precision"] and pairs["date"].startswith("20")
+
+
+def test_image_names_know_each_extension_in_any_case():
+    from napari_cvdm.image_names import image_stem, is_tiff, is_zarr
+
+    assert [is_tiff(n) for n in ("a.TIF", "a.tiff", "a.ome.tif", "a.png", "tif")] == \
+        [True, True, True, False, False]
+    assert [is_zarr(n) for n in ("a.OME.ZARR", "b.zarr", "c.zarr.tif")] == [True, True, False]
+    assert [image_stem(n) for n in ("x.OME.TIF", "2024.01.05_cell.tiff", "y.ome.zarr", ".tif")] \
+        == ["x", "2024.01.05_cell", "y", ".tif"]

@@ -14,18 +14,17 @@ import numpy as np
 import torch
 
 from .degradation import Degradation, simulate
+from .image_names import is_tiff
 from .io import read_tiff
 from .normalization import Normalization
 from .resampling import upsample
-
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 
 def _tiffs(folder: str | Path, role: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{role} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in TIFF_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if is_tiff(p))
     if not files:
         raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
     return files

@@ -12,9 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-def is_zarr(path: Path) -> bool:
-    return Path(path).name.lower().endswith(".zarr")
+from .image_names import is_zarr
 
 
 @dataclass(frozen=True)

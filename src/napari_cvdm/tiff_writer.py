@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_group, output_exists, plain_os_error
+from .image_names import image_stem
 from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, normalise, output_sizes
 
 OME_AXES = "TZCYX"
@@ -61,19 +62,6 @@ class OutputSpec:
         if not all(low <= v <= high for v in per_cm):
             return {}
         return {"resolution": per_cm, "resolutionunit": "CENTIMETER"}
-
-
-IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
-
-
-def image_stem(path: str | Path) -> str:
-    """A file's name without its image extension (.tif, .ome.tif, .zarr, ... in any case):
-    other dots are kept, so 'cell_0.5um.tif' and 'cell_1.5um.tif' stay apart."""
-    name = Path(path).name
-    for extension in IMAGE_EXTENSIONS:
-        if name.lower().endswith(extension) and len(name) > len(extension):
-            return name[:-len(extension)]
-    return name or "image"
 
 
 def ome_axes(axes: str, ndim: int) -> str:

@@ -6,7 +6,7 @@ import contextlib
 import glob
 from pathlib import Path
 
-from ..file_prediction import is_zarr
+from ..image_names import TIFF_SUFFIXES, image_stem, is_tiff, is_zarr
 from .progress import ProgressBar
 
 EPILOG = """examples:
@@ -27,7 +27,6 @@ With --workers or --scheduler each file is a task on a dask cluster (pip install
 'napari-cvdm[cluster]'); every worker loads the model once and predicts one file at a time.
 """
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 SKIP = ("model",)  # --model is added with its own help below
 
 
@@ -80,11 +79,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
     resolved: set[Path] = set()
     for text in inputs:
         path = Path(text)
-        if path.is_dir() and path.name.lower().endswith(".zarr"):
+        if path.is_dir() and is_zarr(path):
             files = [path]  # an OME-Zarr image
         elif path.is_dir():
             files = sorted(p for p in path.iterdir()
-                           if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
+                           if p.is_file() and is_tiff(p))
             if not files:
                 raise ValueError(f"the folder {path} has no .tif or .tiff files")
         elif not path.exists() and glob.has_magic(text):
@@ -138,7 +137,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     from ..file_prediction import FileTask
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
-    from ..tiff_writer import check_outputs, image_stem
+    from ..tiff_writer import check_outputs
 
     if not clustered:
         resolve_device(args.device)
