@@ -1,4 +1,4 @@
-"""Warnings for inputs unlike the training data: transmitted light, far-off pixel sizes."""
+"""Warnings for inputs unlike the training data: noise, transmitted light, far-off pixel sizes."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_cvdm.domain import input_warnings, looks_transmitted, pixel_size_nm
+from napari_cvdm.domain import (input_warnings, looks_like_noise, looks_transmitted,
+                                neighbour_correlation, pixel_size_nm)
 
 
 class _Model:
@@ -64,3 +65,26 @@ def test_non_finite_input_gets_no_numpy_warnings(bad):
         warnings.simplefilter("error")
         assert looks_transmitted(image) is False
         input_warnings(image, _Model())
+
+
+@pytest.mark.parametrize("kind", ["uniform", "gaussian", "poisson"])
+def test_pure_noise_is_named_as_noise_not_as_transmitted_light(kind):
+    rng = np.random.default_rng(3)
+    image = {"uniform": lambda: rng.random((200, 300)),
+             "gaussian": lambda: rng.normal(100, 5, (200, 300)),
+             "poisson": lambda: rng.poisson(3.0, (200, 300))}[kind]()
+    assert looks_like_noise(image)
+    (message,) = input_warnings(image, _Model())
+    assert "noise without structure" in message and "transmitted" not in message
+
+
+def test_a_dim_but_real_widefield_image_is_not_noise(nuclei_widefield):
+    # Shot noise at about 20 photons at the brightest structure, the model's lowest
+    # training signal, on top of a background of 10: still well correlated.
+    rng = np.random.default_rng(0)
+    clean = nuclei_widefield.astype(np.float64)
+    dim = rng.poisson(10 + 20 * (clean - clean.min()) / np.ptp(clean)).astype(np.float32)
+    assert not looks_like_noise(dim) and neighbour_correlation(dim) > 0.1
+    assert input_warnings(dim, _Model()) == []
+    assert neighbour_correlation(np.ones((50, 50))) is None  # a constant image says nothing
+    assert neighbour_correlation(np.ones((1, 50))) is None

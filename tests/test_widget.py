@@ -48,7 +48,11 @@ def viewer_and_widget(make_napari_viewer):
 
 
 def image(height=24, width=32, seed=1):
-    return (np.random.default_rng(seed).random((height, width)) * 1000).astype(np.uint16)
+    """Random bright specks on a dark background, smoothed as a microscope would (pure
+    noise would be warned about as such)."""
+    noise = np.random.default_rng(seed).random((height + 2, width + 2))
+    smooth = sum(noise[i:i + height, j:j + width] for i in range(3) for j in range(3)) / 9
+    return (smooth ** 3 * 1000).astype(np.uint16)
 
 
 def configure(widget, model_file, samples=2, steps=2, seed=7):
