@@ -339,3 +339,41 @@ def test_image_names_know_each_extension_in_any_case():
     assert [is_zarr(n) for n in ("a.OME.ZARR", "b.zarr", "c.zarr.tif")] == [True, True, False]
     assert [image_stem(n) for n in ("x.OME.TIF", "2024.01.05_cell.tiff", "y.ome.zarr", ".tif")] \
         == ["x", "2024.01.05_cell", "y", ".tif"]
+
+
+def _stack(seed=0, planes=3):
+    return np.random.default_rng(seed).integers(0, 999, (planes, 32, 32), dtype=np.uint16)
+
+
+def test_a_file_with_several_series_is_refused_not_cut_to_the_first(tmp_path):
+    path = tmp_path / "positions.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        for seed in (1, 2):
+            tif.write(_stack(seed, 2), metadata={"axes": "ZYX"})
+    with pytest.raises(ValueError, match="holds 2 separate images .*series=i"):
+        read_tiff(path)
+
+
+def test_planes_the_ome_metadata_declares_but_the_file_lacks_are_refused(tmp_path):
+    whole = tmp_path / "one.ome.tif"
+    tifffile.imwrite(whole, _stack()[0], ome=True)
+    raw = whole.read_bytes()
+    assert raw.count(b'SizeZ="1"') == 1
+    damaged = tmp_path / "declares3.ome.tif"
+    damaged.write_bytes(raw.replace(b'SizeZ="1"', b'SizeZ="3"'))
+    with pytest.raises(ValueError, match="missing 2 of the 3 planes"):
+        read_tiff(damaged)
+    assert read_tiff(whole).data.shape == (32, 32)
+
+
+@pytest.mark.parametrize("kind", ["imagej", "ome"])
+def test_a_stack_cut_short_is_refused_not_read_as_its_first_plane(tmp_path, kind):
+    path = tmp_path / f"stack_{kind}.tif"
+    tifffile.imwrite(path, _stack(), **({"imagej": True} if kind == "imagej" else
+                                        {"ome": True}), metadata={"axes": "ZYX"})
+    assert read_tiff(path).data.shape == (3, 32, 32)
+    raw = path.read_bytes()
+    cut = tmp_path / f"cut_{kind}.tif"
+    cut.write_bytes(raw[:int(len(raw) * 0.7)])
+    with pytest.raises(ValueError, match="truncated"):
+        read_tiff(cut)

@@ -94,21 +94,43 @@ def count_pages(path: Path, limit: int = MAX_PAGES) -> int:
             fh.seek(position)
             raw = fh.read(struct.calcsize(count_fmt))
             if len(raw) < struct.calcsize(count_fmt):
-                break  # tifffile reports the truncation in its own words
+                if len(seen) == 1:
+                    break  # not even one image: tifffile says what is wrong
+                raise _truncated(path, len(seen))
             entries = struct.unpack(order + count_fmt, raw)[0]
             fh.seek(position + len(raw) + entries * entry)
             raw = fh.read(struct.calcsize(offset_fmt))
             if len(raw) < struct.calcsize(offset_fmt):
-                break
+                if len(seen) == 1:
+                    break
+                raise _truncated(path, len(seen))
             position = struct.unpack(order + offset_fmt, raw)[0]
     return len(seen)
+
+
+def _truncated(path: Path, images: int) -> _Refused:
+    """A chain of images that runs past the end of the file (an interrupted copy): the
+    images after it are lost, and tifffile would only log that and read the first."""
+    return _Refused(f"{path} is truncated: image {images} of its chain runs past the end of "
+                    "the file (an interrupted copy or save?); copy or save it again")
 
 
 def _check_declared(path: Path, tif, scale: int | None) -> None:
     if not tif.series:
         raise _Refused(f"{path} could not be read as a TIFF image (it contains no image "
                        "data)")
+    if len(tif.series) > 1:
+        shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:4])
+        more = ", ..." if len(tif.series) > 4 else ""
+        raise _Refused(f"{path} holds {len(tif.series)} separate images (series such as "
+                       f"stage positions: {shapes}{more}) and one file is one image here; "
+                       "save each as its own TIFF (Python: tifffile.imread(path, series=i))")
     series = tif.series[0]
+    missing = sum(page is None for page in getattr(series, "pages", ()))
+    if missing:
+        raise _Refused(f"{path} is missing {missing} of the {len(series.pages)} planes its "
+                       "metadata declares (a file of a multi-file OME-TIFF not copied, or "
+                       "damaged metadata); tifffile would fill them with zeros")
     shape = tuple(int(n) for n in series.shape)
     if len(shape) < 2 or any(n <= 0 for n in shape):
         raise _Refused(f"{path} declares an empty image (shape {shape})")
