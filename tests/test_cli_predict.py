@@ -243,3 +243,21 @@ def test_other_runtime_errors_are_not_disguised_as_out_of_memory(two_tiffs, tiny
     monkeypatch.setattr(napari_cvdm, "predict", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         _cli(two_tiffs[:1], tmp_path / "o", tiny_model_file, "--quiet")
+
+
+def test_outputs_beside_the_inputs_are_not_taken_for_inputs_by_the_next_run(
+        tmp_path, two_tiffs, tiny_model_file, capsys):
+    folder = two_tiffs[0].parent
+    (folder / "._first.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's copy
+    assert _cli([folder], folder, tiny_model_file) == 0, capsys.readouterr().err
+    made = sorted(p.name for p in folder.glob("*_cvdm_*.tif"))
+    assert len(made) == 6
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    # The same folder again, and a pattern over it: the inputs are still the two images.
+    for inputs in ([folder], [str(folder / "*.tif")]):
+        assert _cli(inputs, folder, tiny_model_file, "--resume") == 0
+        assert capsys.readouterr().out.lower().count("skipped") == 2
+    assert _cli([folder], folder, tiny_model_file, "--overwrite") == 0
+    after = sorted(p.name for p in folder.iterdir() if p.is_file())
+    assert after == sorted(before)  # nothing new: no outputs of outputs
+    assert not list(folder.glob("*_cvdm_mean_cvdm_*"))

@@ -156,3 +156,20 @@ def test_cvdm_predict_reconstructs_an_ome_zarr_into_an_ome_zarr(tmp_path, tiny_m
     # An existing result is refused unless --overwrite.
     assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
                  "--samples", "2", "--steps", "1", "--quiet"]) == 2
+
+
+def test_cvdm_predict_never_writes_into_an_input_store_and_patterns_find_stores(
+        tmp_path, tiny_model_file, capsys):
+    from napari_cvdm.cli import main
+
+    path, _ = _input(tmp_path)
+    listing = sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+    args = ["--model", str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]
+    assert main(["predict", str(path), "-o", str(path), *args]) == 2
+    assert "inside an input OME-Zarr" in capsys.readouterr().err
+    assert main(["predict", str(path), "-o", str(path / "sub"), *args]) == 2
+    assert sorted(str(p.relative_to(path)) for p in path.rglob("*")) == listing
+    out = tmp_path / "patterned"
+    assert main(["predict", str(tmp_path / "i*.ome.zarr"), "-o", str(out), *args]) == 0, \
+        capsys.readouterr().err
+    assert (out / "in_cvdm.ome.zarr").is_dir()

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .degradation import Degradation, simulate
-from .image_names import is_tiff
+from .image_names import is_hidden, is_tiff
 from .io import read_tiff
 from .normalization import Normalization
 from .resampling import upsample
@@ -24,7 +24,7 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{role} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if is_tiff(p))
+    files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_hidden(p))
     if not files:
         raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
     return files

@@ -1,7 +1,9 @@
 """What a path's name says about the image it holds: the one place for file extensions.
 
 TIFF files end in .tif or .tiff (any case); an OME-Zarr image is a folder ending in .zarr
-(usually .ome.zarr). Output names are built from :func:`image_stem`.
+(usually .ome.zarr). Outputs are named after the input's :func:`image_stem`
+(:func:`output_name`), and folders and patterns of inputs leave them out
+(:func:`is_cvdm_output`), so a run whose outputs went beside its inputs can run again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIX = ".zarr"
 # Longest first, so 'a.ome.tif' loses '.ome.tif', not only '.tif'.
 IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
+TIFF_OUTPUTS = ("mean", "std", "var")  # the three TIFFs of one input
 
 
 def is_tiff(path: str | Path) -> bool:
@@ -32,3 +35,25 @@ def image_stem(path: str | Path) -> str:
         if name.lower().endswith(extension) and len(name) > len(extension):
             return name[:-len(extension)]
     return name or "image"
+
+
+def output_name(stem: str, kind: str | None = None) -> str:
+    """The name of an output: ``<stem>_cvdm_<kind>.tif`` for a TIFF output (``kind`` one
+    of TIFF_OUTPUTS), ``<stem>_cvdm.ome.zarr`` for the OME-Zarr one (``kind`` None)."""
+    if kind is None:
+        return f"{stem}_cvdm.ome.zarr"
+    if kind not in TIFF_OUTPUTS:
+        raise ValueError(f"no output kind {kind!r}; one of {TIFF_OUTPUTS}")
+    return f"{stem}_cvdm_{kind}.tif"
+
+
+def is_cvdm_output(path: str | Path) -> bool:
+    """Whether the name is one napari-cvdm gives its outputs (:func:`output_name`)."""
+    name = Path(path).name.lower()
+    return name.endswith("_cvdm.ome.zarr") or any(
+        name.endswith(f"_cvdm_{kind}.tif") for kind in TIFF_OUTPUTS)
+
+
+def is_hidden(path: str | Path) -> bool:
+    """A hidden file, such as the '._name.tif' a Mac leaves beside a copied file."""
+    return Path(path).name.startswith(".")

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .image_names import output_name
 from .inference import PredictionResult, predict
 from .model_files import BUNDLED, bundled_model_path, resolve_model
 from .model_header import MODEL_SUFFIX, read_model_header
@@ -423,7 +424,7 @@ def _store_path(layer, store) -> tuple[Path, bool]:
         return Path(store), False
     folder = Path(tempfile.mkdtemp(prefix="napari-cvdm-"))
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)[:100]
-    return folder / f"{name or 'image'}_cvdm.ome.zarr", True
+    return folder / output_name(name or "image"), True
 
 
 def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[0],

@@ -6,7 +6,8 @@ import contextlib
 import glob
 from pathlib import Path
 
-from ..image_names import TIFF_SUFFIXES, image_stem, is_tiff, is_zarr
+from ..image_names import (TIFF_OUTPUTS, TIFF_SUFFIXES, image_stem, is_cvdm_output, is_hidden,
+                           is_tiff, is_zarr, output_name)
 from .progress import ProgressBar
 
 EPILOG = """examples:
@@ -74,7 +75,10 @@ def add_parser(sub) -> None:
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given, folders as their TIFF files, patterns as their matches (sorted); a
-    file named twice (also as a relative and an absolute path, or through a link) once."""
+    file named twice (also as a relative and an absolute path, or through a link) once.
+
+    Folders and patterns leave out hidden files and napari-cvdm's own outputs, so outputs
+    written beside their inputs are not taken for new inputs by the next run."""
     found: list[Path] = []
     resolved: set[Path] = set()
     for text in inputs:
@@ -83,11 +87,14 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files = [path]  # an OME-Zarr image
         elif path.is_dir():
             files = sorted(p for p in path.iterdir()
-                           if p.is_file() and is_tiff(p))
+                           if p.is_file() and is_tiff(p) and not _skipped(p))
             if not files:
-                raise ValueError(f"the folder {path} has no .tif or .tiff files")
+                raise ValueError(f"the folder {path} has no .tif or .tiff files (other than "
+                                 "hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
-            files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+            files = sorted(Path(p) for p in glob.glob(text)
+                           if (Path(p).is_file() or Path(p).is_dir() and is_zarr(p))
+                           and not _skipped(Path(p)))
             if not files:
                 raise ValueError(f"no files match {text}")
         elif not path.exists():
@@ -102,6 +109,10 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 resolved.add(real)
                 found.append(file)
     return found
+
+
+def _skipped(path: Path) -> bool:
+    return is_hidden(path) or is_cvdm_output(path)
 
 
 def _check_cluster_args(args) -> bool:
@@ -149,6 +160,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     paths = expand_inputs(args.inputs)
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
+    zarr_inputs = [p.resolve() for p in paths if is_zarr(p)]
     for path in paths:
         stem = image_stem(path)
         if stem in seen and seen[stem] != path.resolve():
@@ -156,13 +168,16 @@ def _plan(args, seed: int | None, clustered: bool = False):
                              f"{stem}_cvdm_*.tif; rename one or run them separately")
         seen[stem] = path.resolve()
         if is_zarr(path):
-            outputs = (args.output / f"{stem}_cvdm.ome.zarr",)
+            outputs = (args.output / output_name(stem),)
         else:
-            outputs = tuple(args.output / f"{stem}_cvdm_{kind}.tif"
-                            for kind in ("mean", "std", "var"))
-            if {p.resolve() for p in outputs} & inputs:
-                raise ValueError(f"an output of {path} would overwrite an input; choose "
-                                 "another output folder")
+            outputs = tuple(args.output / output_name(stem, kind) for kind in TIFF_OUTPUTS)
+        if {p.resolve() for p in outputs} & inputs:
+            raise ValueError(f"an output of {path} would overwrite an input; choose "
+                             "another output folder")
+        if any(store == out or store in out.parents for store in zarr_inputs
+               for out in (p.resolve() for p in outputs)):
+            raise ValueError(f"the output folder {args.output} is inside an input OME-Zarr "
+                             "image, which is never modified; choose another output folder")
         plan.append((path, outputs))
     tasks, skipped = [], []
     for path, outputs in plan:
