@@ -173,3 +173,23 @@ def test_cvdm_predict_never_writes_into_an_input_store_and_patterns_find_stores(
     assert main(["predict", str(tmp_path / "i*.ome.zarr"), "-o", str(out), *args]) == 0, \
         capsys.readouterr().err
     assert (out / "in_cvdm.ome.zarr").is_dir()
+
+
+def test_an_ome_zarr_whose_outputs_exceed_memory_is_streamed_not_refused(tmp_path,
+                                                                        tiny_model_file,
+                                                                        monkeypatch, capsys):
+    from napari_cvdm.cli import main
+
+    path, data = _input(tmp_path)
+    # A computer with 4 kB to spare: in-memory outputs of this image (2*3 planes of
+    # 16 x 20 float32, twice) would be refused; the lazy result is written chunk by chunk.
+    monkeypatch.setattr("napari_cvdm.validation.memory_bytes", lambda: 8 * 1024)
+    with pytest.raises(ValueError, match="GiB"):
+        import napari_cvdm as nc
+        nc.predict(np.asarray(data), str(tiny_model_file), samples=1, steps=1)
+    out = tmp_path / "out"
+    code = main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "1", "--steps", "1", "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    mean, _ = read_ome_zarr(out / "in_cvdm.ome.zarr" / "mean")
+    assert mean.shape == (2, 3, 16, 20) and np.isfinite(np.asarray(mean)).all()

@@ -146,12 +146,14 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
     """An OME-Zarr input, read lazily, to one OME-Zarr: mean and calibrated std."""
     import napari_cvdm
 
+    from .lazy_prediction import is_dask
     from .validation import check_output_size
     from .zarr_files import read_ome_zarr, write_ome_zarr
 
     model = settings.model
     array, meta = read_ome_zarr(task.input)
-    check_output_size(tuple(array.shape), model.config.scale)
+    if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
+        check_output_size(tuple(array.shape), model.config.scale)
     settings, psf_from = _resolved(settings, array)
     run_provenance = _run_provenance(spec, settings, psf_from)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)
