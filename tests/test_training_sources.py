@@ -133,3 +133,14 @@ def test_precision_choices_for_training(hq_arrays, tmp_path):
     assert nc.load_model(out).metadata["training"]["precision"] == "bf16"
     # Master weights stay float32.
     assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in model.parameters())
+
+
+def test_hidden_files_in_a_training_folder_are_left_out(tmp_path, nuclei_truth):
+    import tifffile
+
+    from napari_cvdm.data import load_hq
+
+    tifffile.imwrite(tmp_path / "cells.tif", nuclei_truth[:64, :64])
+    (tmp_path / "._cells.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's copy
+    (name,) = [n for _, n in load_hq(tmp_path)]
+    assert name == "cells[0]"
