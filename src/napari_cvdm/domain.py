@@ -60,10 +60,13 @@ def neighbour_correlation(plane: np.ndarray) -> float | None:
     return min(across, down) / variance
 
 
+def _is_noise(correlation: float | None) -> bool:
+    return correlation is not None and correlation < NOISE_CORRELATION
+
+
 def looks_like_noise(plane: np.ndarray) -> bool:
     """Noise without structure: neighbouring pixels (almost) uncorrelated."""
-    correlation = neighbour_correlation(plane)
-    return correlation is not None and correlation < NOISE_CORRELATION
+    return _is_noise(neighbour_correlation(plane))
 
 
 def looks_transmitted(plane: np.ndarray) -> bool:
@@ -98,8 +101,8 @@ def input_warnings(image, model, pixel_size: float | None = None,
     ``psf_sigma`` the PSF width a conditioned model is told (None: its default)."""
     plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
     out = []
-    if looks_like_noise(plane):
-        correlation = neighbour_correlation(plane)
+    correlation = neighbour_correlation(plane)
+    if _is_noise(correlation):
         out.append(f"the image looks like noise without structure: neighbouring pixels are "
                    f"uncorrelated (correlation {correlation:.2f}; a fluorescence image through "
                    f"a microscope has well above {NOISE_CORRELATION:g}). The model turns noise "

@@ -94,25 +94,22 @@ def count_pages(path: Path, limit: int = MAX_PAGES) -> int:
             fh.seek(position)
             raw = fh.read(struct.calcsize(count_fmt))
             if len(raw) < struct.calcsize(count_fmt):
-                if len(seen) == 1:
-                    break  # not even one image: tifffile says what is wrong
-                raise _truncated(path, len(seen))
+                break
             entries = struct.unpack(order + count_fmt, raw)[0]
             fh.seek(position + len(raw) + entries * entry)
             raw = fh.read(struct.calcsize(offset_fmt))
             if len(raw) < struct.calcsize(offset_fmt):
-                if len(seen) == 1:
-                    break
-                raise _truncated(path, len(seen))
+                break
             position = struct.unpack(order + offset_fmt, raw)[0]
+        else:
+            return len(seen)
+    # The chain runs past the end of the file. Not even one image: tifffile says what is
+    # wrong. A later one (an interrupted copy): tifffile would only log it and read the
+    # images before it, so the file is refused.
+    if len(seen) > 1:
+        raise _Refused(f"{path} is truncated: image {len(seen)} of its chain runs past the end "
+                       "of the file (an interrupted copy or save?); copy or save it again")
     return len(seen)
-
-
-def _truncated(path: Path, images: int) -> _Refused:
-    """A chain of images that runs past the end of the file (an interrupted copy): the
-    images after it are lost, and tifffile would only log that and read the first."""
-    return _Refused(f"{path} is truncated: image {images} of its chain runs past the end of "
-                    "the file (an interrupted copy or save?); copy or save it again")
 
 
 def _check_declared(path: Path, tif, scale: int | None) -> None:

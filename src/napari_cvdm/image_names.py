@@ -50,8 +50,7 @@ def output_name(stem: str, kind: str | None = None) -> str:
 def is_cvdm_output(path: str | Path) -> bool:
     """Whether the name is one napari-cvdm gives its outputs (:func:`output_name`)."""
     name = Path(path).name.lower()
-    return name.endswith("_cvdm.ome.zarr") or any(
-        name.endswith(f"_cvdm_{kind}.tif") for kind in TIFF_OUTPUTS)
+    return any(name.endswith(output_name("", kind)) for kind in (None, *TIFF_OUTPUTS))
 
 
 def is_hidden(path: str | Path) -> bool:

@@ -92,9 +92,8 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 raise ValueError(f"the folder {path} has no .tif or .tiff files (other than "
                                  "hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
-            files = sorted(Path(p) for p in glob.glob(text)
-                           if (Path(p).is_file() or Path(p).is_dir() and is_zarr(p))
-                           and not _skipped(Path(p)))
+            files = sorted(p for p in map(Path, glob.glob(text))
+                           if (p.is_file() or p.is_dir() and is_zarr(p)) and not _skipped(p))
             if not files:
                 raise ValueError(f"no files match {text}")
         elif not path.exists():
@@ -171,11 +170,12 @@ def _plan(args, seed: int | None, clustered: bool = False):
             outputs = (args.output / output_name(stem),)
         else:
             outputs = tuple(args.output / output_name(stem, kind) for kind in TIFF_OUTPUTS)
-        if {p.resolve() for p in outputs} & inputs:
+        resolved = [p.resolve() for p in outputs]
+        if inputs.intersection(resolved):
             raise ValueError(f"an output of {path} would overwrite an input; choose "
                              "another output folder")
         if any(store == out or store in out.parents for store in zarr_inputs
-               for out in (p.resolve() for p in outputs)):
+               for out in resolved):
             raise ValueError(f"the output folder {args.output} is inside an input OME-Zarr "
                              "image, which is never modified; choose another output folder")
         plan.append((path, outputs))
