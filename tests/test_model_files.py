@@ -240,3 +240,17 @@ def test_a_misspelled_bundled_name_lists_the_bundled_models(tmp_path, monkeypatc
     (tmp_path / "mine").write_bytes(b"")  # a file without a suffix is still a path
     with pytest.raises(ValueError, match="not a napari-cvdm model file|empty"):
         nc.load_model("mine")
+
+
+def test_a_model_built_from_a_direct_config_saves_and_loads(tmp_path):
+    """CVDMConfig(...) used to get the `preset` classmethod as its preset field's default,
+    and save_model failed with a JSON TypeError."""
+    from napari_cvdm.model.config import CVDMConfig
+    from napari_cvdm.model.cvdm import CVDM
+
+    config = CVDMConfig(denoiser=UNetConfig(8, (1, 2), 1, False),
+                        schedule_net=UNetConfig(8, (1, 2), 1, False), time_hidden=16)
+    assert config.preset == "custom"
+    assert CVDMConfig.preset("tiny").preset == "tiny"
+    path = nc.save_model(CVDM(config), tmp_path / "direct.cvdm.safetensors")
+    assert load_model(path).config == config

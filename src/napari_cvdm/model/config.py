@@ -134,15 +134,20 @@ class CVDMConfig:
             data["mean_net"] = UNetConfig.from_dict(data["mean_net"])
         return cls(**data)
 
-    @classmethod
-    def preset(cls, name: str, **overrides: Any) -> CVDMConfig:
-        """``tiny`` (tests), ``small`` (CPU), ``paper`` (the ICLR 2024 backbone)."""
-        try:
-            base = PRESETS[name]
-        except KeyError:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
-        return dataclasses.replace(base, preset=name, **overrides)
 
+
+def _preset(cls, name: str, **overrides: Any) -> CVDMConfig:
+    """``tiny`` (tests), ``small`` (CPU), ``paper`` (the ICLR 2024 backbone)."""
+    try:
+        base = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    return dataclasses.replace(base, preset=name, **overrides)
+
+
+# Attached after the class: defined in its body, the method replaced the field's default
+# "custom", so CVDMConfig(...) got a bound method as its preset and could not be saved.
+CVDMConfig.preset = classmethod(_preset)  # type: ignore[assignment,method-assign]
 
 PRESETS: dict[str, CVDMConfig] = {
     "tiny": CVDMConfig(
