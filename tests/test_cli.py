@@ -107,6 +107,43 @@ def test_train_command_simulates_out_of_focus_light_and_records_it(tmp_path, nuc
     assert code == 2 and not refused.exists()
 
 
+def test_train_never_overwrites_an_image_and_replaces_a_model_only_when_told(tmp_path,
+                                                                          nuclei_truth):
+    """Found by an audit: -o an input image replaced the image with the model (exit 0), and a
+    second run to the same -o replaced a trained model without a word."""
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
+    image = (hq / "a.tif").read_bytes()
+    common = ["--hq", str(hq), "--preset", "tiny", "--patch-size", "32", "--batch-size", "2",
+              "--steps", "1"]
+    assert main(["train", *common, "-o", str(hq / "a.tif")]) == 2
+    assert main(["train", *common, "-o", str(hq / "a.tif"), "--overwrite"]) == 2
+    assert (hq / "a.tif").read_bytes() == image
+    assert sorted(p.name for p in hq.iterdir()) == ["a.tif"]
+    out = tmp_path / "m.cvdm.safetensors"
+    assert main(["train", *common, "-o", str(out)]) == 0
+    first = out.read_bytes()
+    assert main(["train", *common, "-o", str(out), "--seed", "5"]) == 2
+    assert out.read_bytes() == first
+    assert main(["train", *common, "-o", str(out), "--seed", "5", "--overwrite"]) == 0
+    assert out.read_bytes() != first
+
+
+def test_train_refuses_camera_levels_beyond_the_limits(tmp_path, nuclei_truth):
+    """Photons of 1e20 overflowed PyTorch's Poisson sampler: inputs of -9.2e18, exit 0."""
+    from napari_cvdm.degradation import LEVEL_LIMITS, Degradation
+
+    for option, values in (("--photons", ("10", "1e20")), ("--background", ("0", "1e30")),
+                           ("--read-noise", ("0", "1e30"))):
+        code, out = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", option, *values)
+        assert code == 2 and not out.exists()
+    for name, limit in LEVEL_LIMITS.items():
+        with pytest.raises(ValueError, match=f"{name} must be at most"):
+            Degradation(**{name: (1.0, limit * 10)})
+        Degradation(**{name: (1.0, limit)})
+
+
 def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
                                                             tiny_model_file, capsys):
     data = tmp_path / "data"

@@ -151,3 +151,16 @@ def test_constant_lr_is_the_default(hq_dir, tmp_path, monkeypatch):
     train(output=tmp_path / "k.cvdm.safetensors", hq=hq_dir,
           settings=_settings(steps=3, learning_rate=1e-3), device="cpu")
     assert used == [1e-3] * 3
+
+
+def test_grad_clip_zero_turns_clipping_off_instead_of_freezing_the_weights(hq_dir, tmp_path):
+    """A clip norm of 0 zeroed every gradient: the weights never moved, exit 0 (audit)."""
+    states = []
+    for steps in (2, 3):
+        out = tmp_path / f"clip{steps}.cvdm.safetensors"
+        train(output=out, hq=hq_dir, device="cpu",
+              settings=_settings(steps=steps, grad_clip=0.0, ema_decay=0.0, validation_every=10,
+                                 checkpoint_every=10, learning_rate=1e-3))
+        states.append(nc.load_model(out).state_dict())
+    changed = sum(not torch.equal(states[0][k], states[1][k]) for k in states[0])
+    assert changed > len(states[0]) // 2

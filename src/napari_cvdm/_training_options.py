@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .degradation import Degradation
+from .degradation import LEVEL_LIMITS, Degradation
 from .devices import available_devices
 from .precision import PRECISIONS
 
@@ -41,10 +41,12 @@ class OpticsOptions:
             "psf": {"label": "PSF", "widget_type": "ComboBox", "choices": ["gaussian", "airy"]},
             "psf_sigma": {"label": "PSF sigma (HQ px)", "min": 0.1, "max": 20.0, "step": 0.25},
             "scale": {"label": "scale (from scratch)", "min": 1, "max": 4},
-            "photons_min": {"label": "photons from", "min": 1.0, "max": 1e6},
-            "photons_max": {"label": "photons to", "min": 1.0, "max": 1e6},
-            "background_max": {"label": "background up to", "min": 0.0, "max": 1e5},
-            "read_noise_max": {"label": "read noise up to", "min": 0.0, "max": 1e3},
+            "photons_min": {"label": "photons from", "min": 1.0, "max": LEVEL_LIMITS["photons"]},
+            "photons_max": {"label": "photons to", "min": 1.0, "max": LEVEL_LIMITS["photons"]},
+            "background_max": {"label": "background up to", "min": 0.0,
+                               "max": LEVEL_LIMITS["background"]},
+            "read_noise_max": {"label": "read noise up to", "min": 0.0,
+                               "max": LEVEL_LIMITS["read_noise"]},
             "haze_max": {"label": "out-of-focus light up to", "min": 0.0, "max": 0.9,
                          "step": 0.05},
         }

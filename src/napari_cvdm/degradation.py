@@ -36,6 +36,11 @@ def _range(value, name: str, positive: bool = False) -> tuple[float, float]:
     return low, high
 
 
+# Upper limits of the camera levels. Beyond 1e6 photons an image is already noiseless, and
+# PyTorch's Poisson sampler overflows near 1e19 (the inputs became -9.2e18 everywhere).
+LEVEL_LIMITS = {"photons": 1e6, "background": 1e5, "read_noise": 1e3}
+
+
 @dataclass(frozen=True)
 class Degradation:
     """Ranges of the simulated optics; each image draws its own values.
@@ -72,9 +77,12 @@ class Degradation:
         if sigma[1] > 20:
             raise ValueError(f"psf_sigma must be at most 20 pixels, not {self.psf_sigma}")
         object.__setattr__(self, "psf_sigma", sigma[0] if sigma[0] == sigma[1] else sigma)
-        object.__setattr__(self, "photons", _range(self.photons, "photons", positive=True))
-        object.__setattr__(self, "background", _range(self.background, "background"))
-        object.__setattr__(self, "read_noise", _range(self.read_noise, "read_noise"))
+        for name in LEVEL_LIMITS:
+            levels = _range(getattr(self, name), name, positive=name == "photons")
+            if levels[1] > LEVEL_LIMITS[name]:
+                raise ValueError(f"{name} must be at most {LEVEL_LIMITS[name]:g}, not "
+                                 f"{getattr(self, name)}")
+            object.__setattr__(self, name, levels)
         haze = _range(self.haze, "haze")
         if haze[1] >= 1:
             raise ValueError(f"haze is a share of the light, below 1, not {self.haze}")

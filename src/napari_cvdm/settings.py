@@ -220,7 +220,8 @@ class TrainSettings:
                                   auto="the preset's")
     mean_network: bool | None = option(None, "the ZMD mean network on or off",
                                        auto="the preset's", cli=False)
-    grad_clip: float = option(1.0, "gradient norm clip", min=0.0, max=1e6)
+    grad_clip: float = option(1.0, "gradient norm clip (0: no clipping)", min=0.0,
+                               max=1e6)
     precision: str = option("auto", "the networks' arithmetic (auto: bf16 on CPUs built "
                             "for it)", choices=PRECISIONS)
     init: str | None = option(None, "fine-tune a bundled model or a model file (fresh "

@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     t.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_FILE",
                    help="the model file to write (.cvdm.safetensors)")
     t.add_argument("--resume", action="store_true", help="continue the run that wrote MODEL_FILE")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace MODEL_FILE if it exists (a napari-cvdm model file only)")
     add_options(t, TrainSettings, required=("steps",))
     t.add_argument("--mean-network", choices=("on", "off"), default=None,
                    help="ZMD mean network (default: the preset's)")
@@ -71,6 +73,7 @@ def add_parser(sub) -> None:
 def _check_train_args(args) -> None:
     import math
 
+    from ..degradation import LEVEL_LIMITS
     from ..devices import resolve_device
     from ..precision import resolve_precision
 
@@ -82,17 +85,35 @@ def _check_train_args(args) -> None:
     if len(args.psf_sigma) > 2 or not all(math.isfinite(s) and s > 0 for s in args.psf_sigma):
         raise ValueError(f"--psf-sigma must be one positive number or MIN MAX, not "
                          f"{' '.join(map(str, args.psf_sigma))}")
-    for name in ("photons", "background", "read_noise"):
+    for name, limit in LEVEL_LIMITS.items():
         low, high = getattr(args, name)
         positive = name == "photons"
-        if not (math.isfinite(low) and math.isfinite(high) and low <= high
+        if not (math.isfinite(low) and math.isfinite(high) and low <= high <= limit
                 and (low > 0 if positive else low >= 0)):
             raise ValueError(f"--{name.replace('_', '-')} must be MIN MAX with "
-                             f"{'0 <' if positive else '0 <='} MIN <= MAX, not {low} {high}")
+                             f"{'0 <' if positive else '0 <='} MIN <= MAX <= {limit:g}, not "
+                             f"{low} {high}")
     if args.output.exists() and args.output.is_dir():
         raise ValueError(f"the output {args.output} is a folder; give a model file name "
                          "(e.g. my.cvdm.safetensors)")
+    if args.output.exists() and not args.output.is_dir():
+        _check_existing_output(args)
     resolve_precision(args.precision, resolve_device(args.device), training=True)
+
+
+def _check_existing_output(args) -> None:
+    """An existing output is replaced only when it is a model file and the user says so
+    (--resume continues it): a typo in -o must not overwrite an image or a trained model."""
+    from ..model_files import read_model_header
+
+    try:
+        read_model_header(args.output)
+    except (ValueError, OSError):
+        raise ValueError(f"the output {args.output} exists and is not a napari-cvdm model "
+                         "file; give a new file name (e.g. my.cvdm.safetensors)") from None
+    if not (args.resume or args.overwrite):
+        raise ValueError(f"the output {args.output} exists; pass --overwrite to replace it, or "
+                         "--resume to continue the run that wrote it")
 
 
 def run(args) -> int:
