@@ -144,3 +144,15 @@ def test_hidden_files_in_a_training_folder_are_left_out(tmp_path, nuclei_truth):
     (tmp_path / "._cells.tif").write_bytes(b"\x00\x05\x16\x07 AppleDouble")  # a Mac's copy
     (name,) = [n for _, n in load_hq(tmp_path)]
     assert name == "cells[0]"
+
+
+def test_resume_with_another_scale_names_the_scale(hq_arrays, tmp_path):
+    """The message named the preset, the same on both sides, not the setting that differed."""
+    from napari_cvdm.degradation import Degradation
+
+    out = tmp_path / "s.cvdm.safetensors"
+    train(output=out, hq=hq_arrays, settings=_settings(steps=1), device="cpu",
+          degradation=Degradation(scale=2))
+    with pytest.raises(ValueError, match="scale: 2 there, 4 in this run"):
+        train(output=out, hq=hq_arrays, resume=True, device="cpu",
+              settings=_settings(steps=2), degradation=Degradation(scale=4))

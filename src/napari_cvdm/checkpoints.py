@@ -73,11 +73,20 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
     except (TypeError, ValueError):
         same = False
     if not same:
-        preset = saved.get("preset") if isinstance(saved, dict) else None
         raise ValueError(f"cannot resume: {path} was trained with another model configuration "
-                         f"(preset {preset!r}, this run {config.preset!r}); train to a new file "
-                         "or use the same settings")
+                         f"({_differences(saved, config)}); train to a new file or use the "
+                         "same settings")
     return header, tensors
+
+
+def _differences(saved, config) -> str:
+    """The settings that differ, "name: saved there, this run here" (at most four)."""
+    if not isinstance(saved, dict):
+        return "the saved configuration is damaged"
+    here = json.loads(json.dumps(config.to_dict()))
+    changed = [f"{key}: {saved.get(key)!r} there, {value!r} in this run"
+               for key, value in here.items() if saved.get(key) != value]
+    return "; ".join(changed[:4]) or "the saved configuration is damaged"
 
 
 def load_state(state: tuple[dict, dict[str, torch.Tensor]], model, optimizer,
