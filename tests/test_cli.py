@@ -144,6 +144,23 @@ def test_train_refuses_camera_levels_beyond_the_limits(tmp_path, nuclei_truth):
         Degradation(**{name: (1.0, limit)})
 
 
+def test_train_with_pairs_refuses_simulation_options_it_would_ignore(tmp_path, nuclei_truth,
+                                                                    nuclei_widefield):
+    lq, hq = tmp_path / "lq", tmp_path / "hq"
+    lq.mkdir()
+    hq.mkdir()
+    tifffile.imwrite(lq / "one.tif", nuclei_widefield[:64, :64])
+    tifffile.imwrite(hq / "one.tif", nuclei_truth[:128, :128])
+    common = ["train", "--pairs", str(lq), str(hq), "--preset", "tiny", "--patch-size", "32",
+              "--batch-size", "2", "--steps", "1"]
+    for option in (["--psf-sigma", "3"], ["--photons", "5", "10"], ["--haze", "0", "0.4"],
+                   ["--told-error", "0.1"], ["--psf", "airy"]):
+        out = tmp_path / "refused.cvdm.safetensors"
+        assert main([*common, *option, "-o", str(out)]) == 2, option
+        assert not out.exists()
+    assert main([*common, "--psf-sigma", "1.5", "-o", str(tmp_path / "ok.cvdm.safetensors")]) == 0
+
+
 def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
                                                             tiny_model_file, capsys):
     data = tmp_path / "data"

@@ -14,6 +14,13 @@ EPILOG = """examples:
   cvdm train --pairs widefield/ sim/ --steps 20000 -o pairs.cvdm.safetensors
 """
 
+# The simulation options' defaults; with --pairs, any other value is refused (not ignored).
+SIMULATION_DEFAULTS = {
+    "psf": "gaussian", "psf_sigma": (1.5,), "photons": (30.0, 1000.0),
+    "background": (0.0, 10.0), "read_noise": (0.5, 3.0), "haze": (0.0, 0.0),
+    "haze_sigma": (8.0, 32.0), "told_error": 0.0,
+}
+
 
 def add_parser(sub) -> None:
     import argparse
@@ -44,30 +51,40 @@ def add_parser(sub) -> None:
     sim = t.add_argument_group("simulation (with --hq or --synthetic)")
     sim.add_argument("--scale", type=int, default=None,
                      help="default: 2, or the scale of the --init model")
-    sim.add_argument("--psf", choices=("gaussian", "airy"), default="gaussian",
+    sim.add_argument("--psf", choices=("gaussian", "airy"), default=SIMULATION_DEFAULTS["psf"],
                      help="point spread function (default: gaussian)")
-    sim.add_argument("--psf-sigma", type=float, nargs="+", default=(1.5,), metavar="SIGMA",
+    sim.add_argument("--psf-sigma", type=float, nargs="+",
+                     default=SIMULATION_DEFAULTS["psf_sigma"], metavar="SIGMA",
                      help="PSF width in high-quality pixels, or MIN MAX drawn per image "
                      "(default: 1.5)")
-    sim.add_argument("--photons", type=float, nargs=2, default=(30.0, 1000.0),
+    sim.add_argument("--photons", type=float, nargs=2, default=SIMULATION_DEFAULTS["photons"],
                      metavar=("MIN", "MAX"), help="expected photon count at the bright end, drawn "
                      "log-uniformly per image (default: 30 1000)")
-    sim.add_argument("--background", type=float, nargs=2, default=(0.0, 10.0),
+    sim.add_argument("--background", type=float, nargs=2,
+                     default=SIMULATION_DEFAULTS["background"],
                      metavar=("MIN", "MAX"), help="background photons per pixel "
                      "(default: 0 10)")
-    sim.add_argument("--read-noise", type=float, nargs=2, default=(0.5, 3.0),
+    sim.add_argument("--read-noise", type=float, nargs=2,
+                     default=SIMULATION_DEFAULTS["read_noise"],
                      metavar=("MIN", "MAX"), help="camera read noise, electrons (standard deviation) "
                      "(default: 0.5 3)")
-    sim.add_argument("--haze", type=float, nargs=2, default=(0.0, 0.0), metavar=("MIN", "MAX"),
+    sim.add_argument("--haze", type=float, nargs=2, default=SIMULATION_DEFAULTS["haze"],
+                     metavar=("MIN", "MAX"),
                      help="share of the light out of focus, below 1, drawn uniformly per image "
                      "(default: 0 0, none)")
-    sim.add_argument("--haze-sigma", type=float, nargs=2, default=(8.0, 32.0),
+    sim.add_argument("--haze-sigma", type=float, nargs=2,
+                     default=SIMULATION_DEFAULTS["haze_sigma"],
                      metavar=("MIN", "MAX"), help="width of the out-of-focus light, high-quality "
                      "pixels, log-uniform (default: 8 32)")
-    sim.add_argument("--told-error", type=float, default=0.0, metavar="SD",
+    sim.add_argument("--told-error", type=float, default=SIMULATION_DEFAULTS["told_error"],
+                     metavar="SD",
                      help="a PSF-conditioned model is told each patch's width times "
                      "exp(N(0, SD^2)), so that it hedges when a user's width is off "
                      "(default: 0, the true width)")
+
+
+def _as_given(value):
+    return tuple(value) if isinstance(value, list) else value
 
 
 def _check_train_args(args) -> None:
@@ -80,6 +97,14 @@ def _check_train_args(args) -> None:
     sources = [args.pairs is not None, args.hq is not None or bool(args.synthetic)]
     if sum(sources) != 1:
         raise ValueError("give --pairs LQ_DIR HQ_DIR, or --hq HQ_DIR and/or --synthetic KIND ...")
+    if args.pairs is not None:
+        given = [name for name, default in SIMULATION_DEFAULTS.items()
+                 if _as_given(getattr(args, name)) != default]
+        if given:
+            names = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{names} simulate inputs from high-quality images (--hq or "
+                             "--synthetic); with --pairs the inputs are measured, so they "
+                             "would be ignored")
     if args.scale is not None and args.scale not in (1, 2, 3, 4):
         raise ValueError(f"--scale must be 1, 2, 3 or 4, not {args.scale}")
     if len(args.psf_sigma) > 2 or not all(math.isfinite(s) and s > 0 for s in args.psf_sigma):
