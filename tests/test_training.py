@@ -102,6 +102,8 @@ def test_bad_folders_give_clear_errors(tmp_path, pair_dirs):
         train(output=tmp_path / "x", hq=tmp_path / "missing", settings=_settings())
     with pytest.raises(ValueError, match="no .tif"):
         train(output=tmp_path / "x", hq=empty, settings=_settings())
+    with pytest.raises(ValueError, match="is a file; give the folder"):
+        train(output=tmp_path / "x", hq=pair_dirs[0] / "one.tif", settings=_settings())
     other = tmp_path / "other"
     other.mkdir()
     tifffile.imwrite(other / "zzz.tif", np.zeros((8, 8), np.uint16))
