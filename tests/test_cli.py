@@ -224,3 +224,16 @@ def test_a_broken_pipe_elsewhere_is_still_an_error(monkeypatch, capsys):
     monkeypatch.setattr(info, "run", lost_connection)
     assert main(["info", "demo"]) == 1
     assert "error: [Errno 32] Broken pipe" in capsys.readouterr().err
+
+
+def test_an_empty_or_folder_like_output_is_refused(tmp_path, monkeypatch, capsys):
+    """`-o newdir/` wrote a model file named newdir; `-o ""` wrote into the current folder."""
+    monkeypatch.chdir(tmp_path)
+    for argv in (["train", "--synthetic", "er", "--preset", "tiny", "--steps", "1", "-o", "nd/"],
+                 ["train", "--synthetic", "er", "--preset", "tiny", "--steps", "1", "-o", ""],
+                 ["predict", "x.tif", "-o", ""], ["predict", "x.tif", "-o", "  "]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "argument -o/--output" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []

@@ -63,3 +63,27 @@ def settings_from_args(settings_class, args, skip: tuple[str, ...] = (), **extra
             raise ValueError(f"{flag(f)}: {exc}") from None
         values[f.name] = value
     return settings_class(**values)
+
+
+def output_folder(text: str):
+    """An -o folder; an empty argument (an unset shell variable) is refused, not taken as the
+    current folder."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give the output folder")
+    return Path(text)
+
+
+def output_file(text: str):
+    """An -o file; refused when empty or when it ends with a path separator (a folder meant,
+    which Path would silently turn into a file of that name)."""
+    import os
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give the file to write")
+    if text.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{text!r} names a folder; give a file name inside "
+                                         "it (e.g. my.cvdm.safetensors)")
+    return Path(text)

@@ -39,14 +39,14 @@ def add_parser(sub) -> None:
     import argparse
 
     from ..settings import PredictSettings
-    from .options import add_options
+    from .options import add_options, output_folder
 
     p = sub.add_parser("predict", help="reconstruct TIFF images; writes mean and variance",
                        description="Reconstruct TIFF images with CVDM.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="TIFF files, folders of TIFF files, or patterns such as 'data/*.tif'")
-    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR",
+    p.add_argument("-o", "--output", required=True, type=output_folder, metavar="OUTDIR",
                    help="folder for the outputs (created if missing)")
     add_options(p, PredictSettings)
     p.add_argument("--quiet", action="store_true", help="no progress bar (default: off)")

@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     import argparse
 
     from ..settings import TrainSettings
-    from .options import add_options
+    from .options import add_options, output_file
 
     t = sub.add_parser("train", help="train a model from image pairs, high-quality images or "
                        "generated structures", epilog=EPILOG,
@@ -38,7 +38,7 @@ def add_parser(sub) -> None:
     t.add_argument("--synthetic", nargs="+", metavar="KIND", default=(),
                    help="generated structures (microtubules actin er ccp mitochondria), alone "
                    "or with --hq")
-    t.add_argument("-o", "--output", required=True, type=Path, metavar="MODEL_FILE",
+    t.add_argument("-o", "--output", required=True, type=output_file, metavar="MODEL_FILE",
                    help="the model file to write (.cvdm.safetensors)")
     t.add_argument("--resume", action="store_true", help="continue the run that wrote MODEL_FILE")
     t.add_argument("--overwrite", action="store_true",
