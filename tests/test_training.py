@@ -166,3 +166,16 @@ def test_grad_clip_zero_turns_clipping_off_instead_of_freezing_the_weights(hq_di
         states.append(nc.load_model(out).state_dict())
     changed = sum(not torch.equal(states[0][k], states[1][k]) for k in states[0])
     assert changed > len(states[0]) // 2
+
+
+def test_told_error_without_a_conditioned_model_is_refused_not_ignored(hq_dir, tmp_path):
+    from napari_cvdm.degradation import Degradation
+
+    out = tmp_path / "t.cvdm.safetensors"
+    with pytest.raises(ValueError, match="told_error .*psf_conditioned"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=1), device="cpu",
+              degradation=Degradation(told_error=0.1))
+    assert not out.exists()
+    train(output=out, hq=hq_dir, settings=_settings(steps=1, psf_conditioned=True), device="cpu",
+          degradation=Degradation(told_error=0.1))
+    assert nc.load_model(out).config.psf_conditioned

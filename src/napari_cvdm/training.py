@@ -160,6 +160,9 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     else:
         config = _config(settings, data.scale)
     conditioned = config.psf_conditioned
+    if degradation is not None and degradation.told_error > 0 and not conditioned:
+        raise ValueError("told_error (--told-error) applies to a model told the PSF width; "
+                         "add psf_conditioned (--psf-conditioned) or leave it at 0")
     state = read_state(output, config) if resume else None  # every check before any work
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
 
