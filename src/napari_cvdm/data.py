@@ -22,10 +22,10 @@ from .resampling import upsample
 
 def _tiffs(folder: str | Path, role: str) -> list[Path]:
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"the {role} folder {folder} is a file; give the folder that holds "
-                         "the images")
     if not folder.is_dir():
+        if folder.exists():
+            raise ValueError(f"the {role} folder {folder} is a file; give the folder that "
+                             "holds the images")
         raise ValueError(f"{role} folder not found: {folder}")
     files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_hidden(p))
     if not files:

@@ -118,10 +118,10 @@ def _check_train_args(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be MIN MAX with "
                              f"{'0 <' if positive else '0 <='} MIN <= MAX <= {limit:g}, not "
                              f"{low} {high}")
-    if args.output.exists() and args.output.is_dir():
+    if args.output.is_dir():
         raise ValueError(f"the output {args.output} is a folder; give a model file name "
                          "(e.g. my.cvdm.safetensors)")
-    if args.output.exists() and not args.output.is_dir():
+    if args.output.exists():
         _check_existing_output(args)
     resolve_precision(args.precision, resolve_device(args.device), training=True)
 

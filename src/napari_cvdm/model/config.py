@@ -135,7 +135,6 @@ class CVDMConfig:
         return cls(**data)
 
 
-
 def _preset(cls, name: str, **overrides: Any) -> CVDMConfig:
     """``tiny`` (tests), ``small`` (CPU), ``paper`` (the ICLR 2024 backbone)."""
     try:
