@@ -184,3 +184,48 @@ def test_zarr_backed_and_numpy_multiscale_layers_are_lazy_too(viewer, image, tin
         assert isinstance(mean_layer.data, zarr.Array)
         np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
                                    atol=1e-3)
+
+
+def test_an_existing_folder_that_is_not_a_result_is_never_replaced(viewer, image, tiny_model,
+                                                                   tmp_path):
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    (folder / "thesis.txt").write_text("years of work")
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 24, 20)), name="big")
+    with pytest.raises(ValueError, match="exists and is not a napari-cvdm result"):
+        run_on_layer(viewer, layer, tiny_model, store=folder, overwrite=True, **FAST)
+    assert (folder / "thesis.txt").read_text() == "years of work"
+    assert [x.name for x in folder.iterdir()] == ["thesis.txt"]
+    assert len(viewer.layers) == 1
+
+
+def test_an_earlier_result_store_is_replaced_with_overwrite(viewer, image, tiny_model,
+                                                            tmp_path):
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 24, 20)), name="big")
+    store = tmp_path / "out.ome.zarr"
+    run_on_layer(viewer, layer, tiny_model, store=store, **FAST)
+    with pytest.raises(ValueError, match="exists"):
+        run_on_layer(viewer, layer, tiny_model, store=store, **FAST)
+    mean_layer, _ = run_on_layer(viewer, layer, tiny_model, store=store, overwrite=True,
+                                 **{**FAST, "seed": 8})
+    expected = nc.predict(image, tiny_model, **{**FAST, "seed": 8})
+    np.testing.assert_allclose(np.asarray(mean_layer.data), expected.mean, rtol=1e-5,
+                               atol=1e-3)
+
+
+def test_the_inputs_own_store_is_never_an_output(viewer, image, tiny_model, tmp_path):
+    source = tmp_path / "in.zarr"
+    stored = zarr.create_array(str(source), shape=image.shape, chunks=(1, 48, 40),
+                               dtype=image.dtype)
+    stored[:] = image
+    first = viewer.add_image(da.from_zarr(str(source)), name="from_zarr")
+    for store in (source, source / "inside.ome.zarr", tmp_path):
+        with pytest.raises(ValueError, match="never modified"):
+            run_on_layer(viewer, first, tiny_model, store=store, overwrite=True, **FAST)
+    # an earlier result shown as a layer is an input too
+    mean_layer, _ = run_on_layer(viewer, first, tiny_model, store=tmp_path / "r.ome.zarr",
+                                 **FAST)
+    with pytest.raises(ValueError, match="never modified"):
+        run_on_layer(viewer, mean_layer, tiny_model, store=tmp_path / "r.ome.zarr",
+                     overwrite=True, **FAST)
+    np.testing.assert_array_equal(zarr.open_array(str(source), mode="r")[:], image)

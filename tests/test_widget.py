@@ -398,6 +398,25 @@ def test_a_dask_layer_fills_zarr_backed_layers_equal_to_the_in_memory_run(
     assert mean_layer.metadata["cvdm"]["store"] == str(tmp_path / "big.ome.zarr")
 
 
+def test_the_store_field_never_replaces_a_folder_that_is_not_a_result(
+        viewer_and_widget, model_file, tmp_path, monkeypatch):
+    import dask.array as da
+
+    viewer, widget = viewer_and_widget
+    viewer.add_image(da.from_array(image(48, 40, seed=3)), name="big")
+    configure(widget, model_file)
+    folder = tmp_path / "my_data"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep me")
+    widget._store.value = folder
+    errors = []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    assert widget.start() is None
+    assert "not a napari-cvdm result" in errors[0]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]
+    assert [layer.name for layer in viewer.layers] == ["big"]
+
+
 def test_a_numpy_layer_shows_its_output_size_in_memory_and_no_store(viewer_and_widget,
                                                                      model_file):
     viewer, widget = viewer_and_widget

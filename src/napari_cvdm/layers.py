@@ -159,7 +159,8 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
     """Bytes of the outputs; ValueError when they do not fit where they would go.
 
     NumPy layers: in memory (``validation.check_output_size``), with a hint at the lazy
-    path. Lazy layers: on the disk of ``store`` (default the temporary folder).
+    path. Lazy layers: on the disk of ``store`` (default the temporary folder), which
+    :func:`check_store` allows.
     """
     from . import validation
 
@@ -173,6 +174,8 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
                              "(viewer.add_image(dask.array.from_array(data))) or an OME-Zarr "
                              "file") from None
         return needed
+    if store is not None:
+        check_store(layer, store)
     folder = _free_space_folder(Path(store) if store is not None
                                 else Path(tempfile.gettempdir()))
     free = shutil.disk_usage(folder).free
@@ -419,9 +422,49 @@ class LazyOutput:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
+def _input_stores(layer) -> list[Path]:
+    """The folders the layer's pixels come from, as far as they can be told: the file it
+    was opened from, the store of an earlier result, the zarr arrays under its dask data."""
+    paths = [getattr(getattr(layer, "source", None), "path", None),
+             (layer.metadata.get("cvdm") or {}).get("store")]
+    try:
+        import zarr
+    except ImportError:
+        zarr = None
+    levels = layer.data if layer.multiscale else [layer.data]
+    for level in levels if zarr is not None else ():
+        if isinstance(level, zarr.Array):
+            arrays = [level]
+        elif hasattr(level, "__dask_graph__"):
+            arrays = [v for v in level.__dask_graph__().values() if isinstance(v, zarr.Array)]
+        else:
+            arrays = []
+        paths += [getattr(a.store, "root", None) or getattr(a.store, "path", None)
+                  for a in arrays]
+    return [Path(p).resolve() for p in paths if p]
+
+
+def check_store(layer, store) -> None:
+    """ValueError unless a result of ``layer`` may be written to the OME-Zarr folder
+    ``store``: not the layer's own store, inside it or around it, and not an existing folder
+    unless it holds an earlier napari-cvdm result (which is replaced)."""
+    from .zarr_files import is_result_store
+
+    path = Path(store).expanduser().resolve()
+    for source in _input_stores(layer):
+        if path == source or source in path.parents or path in source.parents:
+            raise ValueError(f"the store {store} is, holds or lies inside the input "
+                             f"{source}, which is never modified; choose another folder")
+    if path.exists() and not is_result_store(path):
+        raise ValueError(f"{store} exists and is not a napari-cvdm result; choose a new "
+                         "folder name (an existing store is replaced only when it holds an "
+                         "earlier result)")
+
+
 def _store_path(layer, store) -> tuple[Path, bool]:
     if store is not None:
-        return Path(store), False
+        check_store(layer, store)
+        return Path(store).expanduser(), False
     folder = Path(tempfile.mkdtemp(prefix="napari-cvdm-"))
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in layer.name)[:100]
     return folder / output_name(name or "image"), True
@@ -486,7 +529,8 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     Dask-backed, zarr-backed and multiscale layers (level 0) are predicted lazily: the
     outputs are written chunk by chunk into the OME-Zarr folder ``store`` (default: a new
     temporary folder, named in ``metadata["cvdm"]["store"]``; ``overwrite`` replaces an
-    existing one) and the layers show its zarr arrays, refreshed as chunks finish. The
+    earlier napari-cvdm result there, and any other existing folder or the input's own
+    store is refused) and the layers show its zarr arrays, refreshed as chunks finish. The
     output size is checked first: ValueError when a NumPy layer's outputs would not fit in
     memory, or a lazy layer's on the store's disk.
 

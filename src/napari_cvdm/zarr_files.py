@@ -55,6 +55,20 @@ def _image_group(group):
     raise ValueError("not an OME-Zarr image (no multiscales metadata)")
 
 
+def is_result_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr folder written by napari-cvdm (its root says so);
+    only such a store may be replaced by a new result."""
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    try:
+        attrs = dict(_zarr().open_group(str(path), mode="r").attrs)
+    except Exception:  # not a zarr group, or damaged: not ours to replace
+        return False
+    mark = attrs.get("napari_cvdm")
+    return isinstance(mark, dict) and "images" in mark
+
+
 def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """The full-resolution image of an OME-Zarr, lazily, with its metadata.
 
