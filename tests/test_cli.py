@@ -128,6 +128,10 @@ def test_train_never_overwrites_an_image_and_replaces_a_model_only_when_told(tmp
     assert out.read_bytes() == first
     assert main(["train", *common, "-o", str(out), "--seed", "5", "--overwrite"]) == 0
     assert out.read_bytes() != first
+    tuned = out.read_bytes()  # the model fine-tuned is kept, even with --overwrite
+    fine_tune = [a for a in common if a not in ("--preset", "tiny")]
+    assert main(["train", *fine_tune, "--init", str(out), "-o", str(out), "--overwrite"]) == 2
+    assert out.read_bytes() == tuned
 
 
 def test_train_refuses_camera_levels_beyond_the_limits(tmp_path, nuclei_truth):

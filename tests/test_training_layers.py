@@ -100,7 +100,7 @@ def test_a_patch_larger_than_the_images_is_lowered_to_the_largest_that_fits(view
     assert (tmp_path / "m.cvdm.safetensors").is_file()
     viewer.add_image(structure(12, 12), name="speck")
     with pytest.raises(ValueError, match="too small to train on: the smallest is 12 x 12"):
-        prepare_training(viewer, hq=["speck"], output=tmp_path / "m.cvdm.safetensors",
+        prepare_training(viewer, hq=["speck"], output=tmp_path / "n.cvdm.safetensors",
                          preset="tiny")
 
 

@@ -118,6 +118,35 @@ def test_bad_input_is_refused_before_anything_starts(viewer_and_widget, notifica
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_existing_file_is_replaced_only_when_it_is_a_model_and_the_box_is_ticked(
+        viewer_and_widget, notifications, tmp_path):
+    from napari_cvdm import CVDM, CVDMConfig, save_model
+
+    viewer, widget = viewer_and_widget
+    widget.set_data(hq=[viewer.add_image(structure(64, 64), name="hq")])
+    foreign = tmp_path / "someone_elses.safetensors"
+    foreign.write_bytes(b"not a model")
+    mine = save_model(CVDM(CVDMConfig.preset("tiny")), tmp_path / "mine.cvdm.safetensors")
+    before = mine.read_bytes()
+    for output, tick, expected in ((foreign, True, "not a napari-cvdm model"),
+                                   (mine, False, "exists; choose a new file name")):
+        widget._output.value = output
+        widget._overwrite.value = tick
+        assert widget.start() is None
+        assert expected in notifications["error"][-1]
+    widget.set_start(mine)  # fine-tuning a file never replaces it, ticked or not
+    widget._output.value = mine
+    widget._overwrite.value = True
+    assert widget.start() is None
+    assert "is the model to fine-tune" in notifications["error"][-1]
+    assert foreign.read_bytes() == b"not a model" and mine.read_bytes() == before
+    assert not widget.running
+    widget.set_start("preset:tiny")
+    widget.set_options(**QUICK)
+    job = widget.prepare()  # another model, ticked: replaced
+    assert job.output == mine
+
+
 def test_a_short_run_saves_plots_previews_and_offers_the_model(qtbot, viewer_and_widget,
                                                               notifications, tmp_path,
                                                               monkeypatch):

@@ -81,6 +81,9 @@ class TrainingWidget(Container):
         self._options = make_widgets(TrainingOptions)
         self._output = FileEdit(label="save model to", mode="w",
                                 filter="CVDM models (*.cvdm.safetensors)")
+        self._overwrite = CheckBox(text="replace an existing model file",
+                                   tooltip="only a napari-cvdm model file is ever replaced, "
+                                   "never the model you fine-tune")
         self._region = ComboBox(label="preview region", choices=self._region_choices)
         self._run = PushButton(text="Run")
         self._progress = ProgressBar(value=0, min=0, max=1, label="")
@@ -89,7 +92,7 @@ class TrainingWidget(Container):
         self.extend([self._source, self._hq, self._lq, self._pairing, self._hq_dir,
                      self._lq_dir, *self._optics.values(),
                      self._show_simulation, self._start, self._init_file,
-                     *self._options.values(), self._output, self._region, self._run,
+                     *self._options.values(), self._output, self._overwrite, self._region, self._run,
                      self._progress, self._status, self.plot])
 
         self._source.changed.connect(self._on_source_changed)
@@ -220,7 +223,7 @@ class TrainingWidget(Container):
         preset = start.removeprefix("preset:") if start.startswith("preset:") else None
         options = self.options()
         kwargs = {"output": self._output.value, "init": init, "preset": preset,
-                  **options.settings()}
+                  "overwrite": self._overwrite.value, **options.settings()}
         if self._source.value == FOLDERS:
             lq_dir = str(self._lq_dir.value).strip()
             return prepare_folder_training(

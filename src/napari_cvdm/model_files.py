@@ -22,8 +22,8 @@ BUNDLED = {"widefield-x2": "widefield-x2.cvdm.safetensors", "demo": "demo.cvdm.s
 MAX_PARAMETERS = 400_000_000
 
 __all__ = ["BUNDLED", "FORMAT", "MAX_PARAMETERS", "MODEL_SUFFIX", "PICKLE_HINT",
-           "bundled_model_path", "estimate_parameters", "load_model", "model_path",
-           "read_model_header", "resolve_model", "save_model", "weights_sha256"]
+           "bundled_model_path", "estimate_parameters", "existing_output", "load_model",
+           "model_path", "read_model_header", "resolve_model", "save_model", "weights_sha256"]
 
 
 def save_model(model, path: str | os.PathLike, half: bool = False,
@@ -62,6 +62,27 @@ def bundled_model_path(name: str) -> Path:
     """Where the bundled model ``name`` (a key of BUNDLED) is installed."""
     ref = resources.files("napari_cvdm") / "weights" / BUNDLED[name]
     return Path(str(ref))
+
+
+def existing_output(path: str | os.PathLike, init=None) -> str | None:
+    """What a training output ``path`` already holds: None (nothing), ``"other"`` (a file
+    that is not a napari-cvdm model, never to be replaced), ``"init"`` (the model the run
+    starts from, kept as it is) or ``"model"`` (another model, replaced only when the user
+    says so). The front ends phrase the refusal in their own terms."""
+    path = Path(path).expanduser()
+    if not (path.exists() or path.is_symlink()):
+        return None
+    try:
+        read_model_header(path)
+    except (ValueError, OSError):
+        return "other"
+    if isinstance(init, (str, os.PathLike)) and not (isinstance(init, str) and init in BUNDLED):
+        try:
+            if Path(init).expanduser().resolve() == path.resolve():
+                return "init"
+        except OSError:
+            pass
+    return "model"
 
 
 def model_path(name_or_path: str | os.PathLike) -> Path:

@@ -24,6 +24,7 @@ from .degradation import Degradation
 from .layers import unwrap
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
+from .model_files import existing_output
 
 PATCH_MULTIPLE = 8
 
@@ -72,8 +73,11 @@ def pair_scale(lq_shape, hq_shape) -> int | str:
     return int(ratio_y)
 
 
-def output_problem(output) -> str | None:
-    """Why the model cannot be written to ``output``, or None; writes nothing that stays."""
+def output_problem(output, overwrite: bool = False, init=None) -> str | None:
+    """Why the model cannot be written to ``output``, or None; writes nothing that stays.
+
+    An existing file is replaced only when it is a napari-cvdm model, not the ``init``
+    model the run starts from, and ``overwrite`` says so."""
     if output is None or not str(output).strip() or str(output) == ".":
         return "choose the file to save the trained model to (name.cvdm.safetensors)"
     path = Path(output).expanduser()
@@ -91,6 +95,16 @@ def output_problem(output) -> str | None:
             pass
     except OSError as exc:
         return f"cannot write to {parent} ({exc.strerror or exc}); choose another place"
+    holds = existing_output(path, init)
+    if holds == "other":
+        return (f"{path} exists and is not a napari-cvdm model; choose a new file name (it is "
+                "never replaced)")
+    if holds == "init":
+        return (f"{path} is the model to fine-tune; save to a new file name (the model you "
+                "start from is kept as it is)")
+    if holds == "model" and not overwrite:
+        return (f"{path} exists; choose a new file name, or replace it (overwrite=True, "
+                "in napari: 'replace an existing model file')")
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} exists and is read-only; choose another file"
     return None
@@ -173,7 +187,7 @@ class TrainingJob:
                      cancel=cancel, on_validation=on_validation)
 
 
-def _start_and_output(init, preset, output, settings, problems: list[str]):
+def _start_and_output(init, preset, output, overwrite, settings, problems: list[str]):
     """The starting configuration and a line about it; problems appended, not raised."""
     from .training import TrainingSettings
 
@@ -186,7 +200,7 @@ def _start_and_output(init, preset, output, settings, problems: list[str]):
     except ValueError as exc:
         problems.append(str(exc))
         config, start = None, ""
-    message = output_problem(output)
+    message = output_problem(output, overwrite, init)
     if message:
         problems.append(message)
     return config, start
@@ -206,11 +220,13 @@ def _settings(config: CVDMConfig, init, settings: dict[str, Any]):
 
 def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
                             preset: str | None = None, degradation: Degradation | None = None,
-                            **settings) -> TrainingJob:
+                            overwrite: bool = False, **settings) -> TrainingJob:
     """Folders of TIFFs: with ``lq_dir``, pairs matched by file name; without, high-quality
-    images with simulated optics. The images themselves are checked when training starts."""
+    images with simulated optics. The images themselves are checked when training starts.
+    ``overwrite``: replace an existing model file at ``output`` (see :func:`output_problem`)."""
     problems: list[str] = []
-    config, start = _start_and_output(init, preset, output, settings, problems)
+    config, start = _start_and_output(init, preset, output, overwrite, settings,
+                                      problems)
     for role, folder in (("high-quality", hq_dir), ("low-quality", lq_dir)):
         if folder is None and role == "low-quality":
             continue
@@ -230,19 +246,22 @@ def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
 
 def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
                      preset: str | None = None, degradation: Degradation | None = None,
-                     **settings) -> TrainingJob:
+                     overwrite: bool = False, **settings) -> TrainingJob:
     """Check the layers, the starting model and the output, and gather the training data.
 
     ``hq``: high-quality image layers (or names), trained with simulated optics;
     ``pairs``: (low-quality, high-quality) layer tuples, the scale detected from their
     shapes. Raises ValueError saying every problem found; nothing is written. A patch size
     larger than the images allow is lowered to the largest that fits (said in ``notes``).
+    ``overwrite``: replace an existing model file at ``output`` (never another file, nor
+    the ``init`` model; :func:`output_problem`).
     """
     if (hq is None) == (pairs is None):
         raise ValueError("give hq=[high-quality layers] or pairs=[(low, high), ...], not both")
     problems: list[str] = []
     notes: list[str] = []
-    config, start = _start_and_output(init, preset, output, settings, problems)
+    config, start = _start_and_output(init, preset, output, overwrite, settings,
+                                      problems)
 
     groups = [tuple(p) for p in pairs] if pairs is not None else [(h,) for h in hq]
     if not groups:

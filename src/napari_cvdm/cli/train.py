@@ -129,13 +129,15 @@ def _check_train_args(args) -> None:
 def _check_existing_output(args) -> None:
     """An existing output is replaced only when it is a model file and the user says so
     (--resume continues it): a typo in -o must not overwrite an image or a trained model."""
-    from ..model_files import read_model_header
+    from ..model_files import existing_output
 
-    try:
-        read_model_header(args.output)
-    except (ValueError, OSError):
+    holds = existing_output(args.output, args.init)
+    if holds == "other":
         raise ValueError(f"the output {args.output} exists and is not a napari-cvdm model "
-                         "file; give a new file name (e.g. my.cvdm.safetensors)") from None
+                         "file; give a new file name (e.g. my.cvdm.safetensors)")
+    if holds == "init" and not args.resume:
+        raise ValueError(f"the output {args.output} is the --init model; give a new file name "
+                         "(the model you start from is kept as it is)")
     if not (args.resume or args.overwrite):
         raise ValueError(f"the output {args.output} exists; pass --overwrite to replace it, or "
                          "--resume to continue the run that wrote it")
