@@ -95,6 +95,24 @@ def test_run_on_layer_again_updates_the_same_layers(make_napari_viewer, image, t
     np.testing.assert_allclose(var.translate, [-0.5, -0.5])
 
 
+def test_a_users_layer_named_like_an_output_is_never_overwritten(make_napari_viewer, image,
+                                                                 tiny_model):
+    """Found by an audit: a user's "cells CVDM mean" got the reconstruction as its data, and a
+    multiscale one was broken into a 1-D pyramid with the std layer already added."""
+    viewer = make_napari_viewer()
+    plain = viewer.add_image(np.full((32, 32), 5, np.float32), name="cells CVDM mean")
+    pyramid = viewer.add_image([np.ones((64, 64)), np.ones((32, 32))], name="cells CVDM std",
+                               multiscale=True)
+    layer = viewer.add_image(image, name="cells")
+    mean, std = run_on_layer(viewer, layer, model=tiny_model, seed=1, **FAST)
+    assert mean is not plain and std is not pyramid
+    assert mean.name != "cells CVDM mean" and mean.data.shape == (2 * 24, 2 * 32)
+    assert np.all(plain.data == 5) and "cvdm" not in plain.metadata
+    assert pyramid.multiscale and pyramid.data[0].shape == (64, 64)
+    again, _ = run_on_layer(viewer, layer, model=tiny_model, seed=2, **FAST)
+    assert again is mean and len(viewer.layers) == 5  # its own outputs are updated
+
+
 def test_run_on_layer_std_is_the_square_root_of_the_variance(make_napari_viewer, image,
                                                            tiny_model):
     viewer = make_napari_viewer()

@@ -281,13 +281,28 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
     return [(mean, mean_kwargs, "image"), (spread, spread_kwargs, "image")]
 
 
-def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
-    """Update the image layer called ``kwargs["name"]`` in place, or add a new one."""
+def own_layer(viewer, name: str, ndim: int):
+    """The image layer ``name`` (or ``name [N]``, napari's name for it when a user's layer
+    had the name) if napari-cvdm made it (``metadata["cvdm"]``) and it can take ``ndim``-D
+    data in place; None else: a user's layer of that name is never touched, the new layer
+    gets napari's next free name."""
+    import re
+
     from napari.layers import Image
 
-    name = kwargs["name"]
-    existing = viewer.layers[name] if name in viewer.layers else None
-    if not isinstance(existing, Image) or existing.ndim != data.ndim or existing.rgb:
+    renamed = re.compile(re.escape(name) + r" \[\d+\]")  # napari's "name [1]" of a clash
+    for layer in viewer.layers:
+        if (layer.name == name or renamed.fullmatch(layer.name)) and \
+                isinstance(layer, Image) and "cvdm" in layer.metadata and \
+                layer.ndim == ndim and not layer.rgb and not layer.multiscale:
+            return layer
+    return None
+
+
+def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
+    """Update the output layer called ``kwargs["name"]`` in place, or add a new one."""
+    existing = own_layer(viewer, kwargs["name"], data.ndim)
+    if existing is None:
         return viewer.add_image(data, **kwargs)
     lo, hi = kwargs["contrast_limits"]
     existing.data = data

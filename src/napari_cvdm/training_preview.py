@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .degradation import Degradation
-from .layers import output_transform
+from .layers import own_layer, output_transform
 
 PREVIEW_NAME = "CVDM training preview"
 PREVIEW_SIZE = 64  # low-quality pixels per side of the default preview region
@@ -91,12 +91,10 @@ def simulated_layer_data(hq_layer, degradation: Degradation, seed: int = 0):
 
 
 def update_image(viewer, data: np.ndarray, kwargs: dict[str, Any]):
-    """Replace the data and placement of the image layer ``kwargs["name"]``, or add it."""
-    from napari.layers import Image
-
-    name = kwargs["name"]
-    layer = viewer.layers[name] if name in viewer.layers else None
-    if not isinstance(layer, Image) or layer.ndim != data.ndim or layer.rgb:
+    """Replace the data and placement of the preview layer ``kwargs["name"]``, or add it
+    (a user's layer of that name is left alone: ``layers.own_layer``)."""
+    layer = own_layer(viewer, kwargs["name"], data.ndim)
+    if layer is None:
         return viewer.add_image(data, **kwargs)
     layer.data = data
     for key in ("scale", "translate", "metadata"):
