@@ -90,3 +90,30 @@ def test_cvdm_export_writes_a_valid_package(tmp_path, capsys):
     assert isinstance(spec.load_description(out), spec.ModelDescr)
     assert main(["export", str(source), "--bioimageio", str(out)]) == 2
     assert "exists" in capsys.readouterr().err
+
+
+def test_a_model_name_never_leads_the_export_outside_its_folder(tmp_path):
+    """Found by an audit: the name in a model file's header became a path, so a name like
+    '../../victim' overwrote another model and the export then failed with StopIteration."""
+    victim = nc.save_model(nc.CVDM(nc.CVDMConfig.preset("tiny")),
+                           tmp_path / "victim.cvdm.safetensors")
+    before = victim.read_bytes()
+    for name in ("../" * 12 + str(tmp_path / "victim").lstrip("/"), "sub/dir", "..", ""):
+        model = nc.CVDM(nc.CVDMConfig.preset("tiny"), metadata={"name": name})
+        out = export_bioimageio(model, tmp_path / "p.zip", FAST, overwrite=True)
+        with zipfile.ZipFile(out) as archive:
+            attached = [n for n in archive.namelist() if n.endswith(".cvdm.safetensors")]
+        assert len(attached) == 1 and "/" not in attached[0] and ".." not in attached[0]
+    assert victim.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zip", "victim.cvdm.safetensors"]
+
+
+def test_export_checks_its_output_before_any_work(tmp_path):
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"))
+    (tmp_path / "dir.zip").mkdir()
+    (tmp_path / "file").write_text("x")
+    for output, message in ((tmp_path / "dir.zip", "folder"),
+                            (tmp_path / "file" / "x.zip", "file")):
+        with pytest.raises(ValueError, match=message):
+            export_bioimageio(model, output, FAST, overwrite=True)
+

@@ -92,8 +92,8 @@ class TrainingWidget(Container):
         self.extend([self._source, self._hq, self._lq, self._pairing, self._hq_dir,
                      self._lq_dir, *self._optics.values(),
                      self._show_simulation, self._start, self._init_file,
-                     *self._options.values(), self._output, self._overwrite, self._region, self._run,
-                     self._progress, self._status, self.plot])
+                     *self._options.values(), self._output, self._overwrite, self._region,
+                     self._run, self._progress, self._status, self.plot])
 
         self._source.changed.connect(self._on_source_changed)
         self._start.changed.connect(self._on_start_changed)

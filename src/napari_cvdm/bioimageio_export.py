@@ -10,6 +10,7 @@ that napari-cvdm loads a package without unpickling anything. Needs the ``export
 from __future__ import annotations
 
 import os
+import re
 import struct
 import tempfile
 import zipfile
@@ -69,6 +70,13 @@ def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any]) -
     return "\n".join(lines)
 
 
+def attachment_stem(name: str) -> str:
+    """A plain file name for the package's copy of the model, from the model's name (which
+    comes from the file and may hold anything, '../' or '/' included)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]", "-", name)[:100].strip(".-")
+    return stem or "model"
+
+
 def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any] | None = None,
                       overwrite: bool = False) -> Path:
     """Write ``model`` (a name, path or CVDM) as a bioimage.io package zip at ``output``."""
@@ -76,15 +84,15 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
     import torch
 
     from . import __version__
-    from .atomic import atomic_write, output_exists
+    from .atomic import atomic_write
     from .bioimageio_model import CVDMSampler
     from .model_files import resolve_model, save_model
+    from .tiff_writer import check_outputs
 
     output = Path(output)
     if output.suffix != ".zip":
         raise ValueError(f"the package name must end with .zip, not {output.name!r}")
-    if output.exists() and not overwrite:
-        raise output_exists(output)
+    check_outputs([output], overwrite=overwrite)  # before any work: folder, name, existing
     net, info = resolve_model(model)
     if net.config.channels != 1:
         raise ValueError("only single-channel models can be exported")
@@ -95,8 +103,8 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         wrapper = CVDMSampler(net.config.to_dict(), **sampling)
         wrapper.model.load_state_dict(net.state_dict())
         torch.save(wrapper.state_dict(), folder / "weights.pt")
-        name = info["name"]
-        save_model(net, folder / f"{name}{MODEL_SUFFIX}")
+        name = str(info["name"] or "model")
+        save_model(net, folder / f"{attachment_stem(name)}{MODEL_SUFFIX}")
         test_input = _test_image(TEST_SIZE)[None, None]
         test_output = wrapper(torch.from_numpy(test_input)).numpy()
         np.save(folder / "test_input.npy", test_input)
