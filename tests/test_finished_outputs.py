@@ -92,3 +92,21 @@ def test_an_ome_zarr_result_is_complete_with_mean_and_std(tmp_path):
     assert output_state([out])[0] == COMPLETE
     shutil.rmtree(out / "std")
     assert output_state([out])[0] == PARTIAL
+
+
+def test_a_store_whose_writing_did_not_finish_is_partial(tmp_path):
+    """Found by an audit: the in-place writer (napari's lazy runs) killed before any chunk
+    left a store with both images, all zeros, that --resume skipped as complete."""
+    import pytest
+
+    pytest.importorskip("zarr")
+    from napari_cvdm.zarr_files import ZarrResultWriter
+
+    out = tmp_path / "cell_cvdm.ome.zarr"
+    writer = ZarrResultWriter(out, (64, 64), scale=2, in_place=True).__enter__()
+    state, why = output_state([out])
+    assert state == PARTIAL and "did not finish" in why
+    writer.write((), np.ones((64, 64)), np.ones((64, 64)))
+    assert output_state([out])[0] == PARTIAL  # every chunk written, the mark not yet
+    writer.__exit__(None, None, None)
+    assert output_state([out])[0] == COMPLETE

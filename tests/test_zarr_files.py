@@ -193,3 +193,19 @@ def test_an_ome_zarr_whose_outputs_exceed_memory_is_streamed_not_refused(tmp_pat
     assert code == 0, capsys.readouterr().err
     mean, _ = read_ome_zarr(out / "in_cvdm.ome.zarr" / "mean")
     assert mean.shape == (2, 3, 16, 20) and np.isfinite(np.asarray(mean)).all()
+
+
+def test_overwrite_replaces_only_an_earlier_result_never_another_folder(tmp_path):
+    """Found by an audit: write_ome_zarr(..., overwrite=True) deleted any folder's files."""
+    data = np.ones((8, 8), np.float32)
+    folder = tmp_path / "victim"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "sub" / "data.txt").write_text("precious")
+    with pytest.raises(ValueError, match="not a napari-cvdm result"):
+        write_ome_zarr(folder, data, data, overwrite=True)
+    assert (folder / "sub" / "data.txt").read_text() == "precious"
+    assert sorted(p.name for p in folder.rglob("*")) == ["data.txt", "sub"]
+    result = write_ome_zarr(tmp_path / "r.ome.zarr", data, data)
+    write_ome_zarr(result, 2 * data, data, overwrite=True)
+    mean, _ = read_ome_zarr(result / "mean")
+    np.testing.assert_array_equal(np.asarray(mean), 2 * data)

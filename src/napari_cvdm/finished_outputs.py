@@ -3,7 +3,7 @@
 Outputs are written all together or not at all (``atomic.py``), so a complete set is one
 where every output exists and opens: the TIFFs' headers are read (no pixels), their pixels
 end inside the file and they agree in shape, an OME-Zarr result has its ``mean`` and ``std``
-images. Nothing is modified.
+images and the mark written after its last chunk. Nothing is modified.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
         # a damaged file is reported in ``why``, not logged
         with held_tifffile_logs(pass_on=False):
             if len(outputs) == 1 and outputs[0].is_dir():
+                from .zarr_files import is_complete_result
+
+                if not is_complete_result(outputs[0]):
+                    return PARTIAL, "the store's writing did not finish"
                 shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
             else:
                 shapes = [_tiff_shape(p) for p in outputs]

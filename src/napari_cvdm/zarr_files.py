@@ -26,6 +26,7 @@ from .tiff_writer import check_outputs, ome_axes
 NGFF_VERSION = "0.4"
 AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 IMAGES = ("mean", "std")
+COMPLETE_MARK = "complete"  # in the root's napari_cvdm attributes, written last
 
 
 def _zarr():
@@ -55,18 +56,30 @@ def _image_group(group):
     raise ValueError("not an OME-Zarr image (no multiscales metadata)")
 
 
-def is_result_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is an OME-Zarr folder written by napari-cvdm (its root says so);
-    only such a store may be replaced by a new result."""
+def _result_mark(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``napari_cvdm`` attributes of a store's root; None where there are none."""
     path = Path(path)
     if not path.is_dir():
-        return False
+        return None
     try:
         attrs = dict(_zarr().open_group(str(path), mode="r").attrs)
-    except Exception:  # not a zarr group, or damaged: not ours to replace
-        return False
+    except Exception:  # not a zarr group, or damaged
+        return None
     mark = attrs.get("napari_cvdm")
-    return isinstance(mark, dict) and "images" in mark
+    return mark if isinstance(mark, dict) and "images" in mark else None
+
+
+def is_result_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an OME-Zarr folder written by napari-cvdm (its root says so),
+    finished or not; only such a store may be replaced by a new result."""
+    return _result_mark(path) is not None
+
+
+def is_complete_result(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a napari-cvdm result whose writing finished (its root's mark is
+    written last, after every chunk)."""
+    mark = _result_mark(path)
+    return mark is not None and mark.get(COMPLETE_MARK) is True
 
 
 def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
@@ -155,6 +168,9 @@ class ZarrResultWriter:
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
         self.images = tuple(images)
         check_outputs([self.path], overwrite=overwrite, folders=True)
+        if self.path.exists() and not is_result_store(self.path):
+            raise ValueError(f"{self.path} exists and is not a napari-cvdm result, so it is "
+                             "never replaced; remove it or choose another name")
 
     def __enter__(self):
         zarr = _zarr()
@@ -209,6 +225,12 @@ class ZarrResultWriter:
                                     else Callback(posttask=callback))
             da.store(sources, targets, lock=False)
 
+    def _mark_complete(self) -> None:
+        """The last write: a store without this mark (a killed run, a partial copy) is not a
+        finished result (``is_complete_result``), whatever its arrays hold."""
+        root = _zarr().open_group(str(self._tmp), mode="r+")
+        root.attrs["napari_cvdm"] = {**dict(root.attrs["napari_cvdm"]), COMPLETE_MARK: True}
+
     def __exit__(self, kind, value, traceback):
         if kind is not None:
             shutil.rmtree(self._tmp, ignore_errors=True)
@@ -216,6 +238,7 @@ class ZarrResultWriter:
             if plain is not value:  # disk full, read-only: say which output
                 raise plain from value
             return False
+        self._mark_complete()
         if self.in_place:
             return False
         old = None
