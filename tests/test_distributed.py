@@ -120,6 +120,11 @@ def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_m
     assert "--workers must be at least 1" in capsys.readouterr().err
     assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--threads-per-worker", "2") == 2
     assert "needs --workers or --scheduler" in capsys.readouterr().err
+    for timeout in ("inf", "1e300", "nan", "-1"):  # inf was a KeyError traceback, 1e300 a hang
+        assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--scheduler",
+                    "tcp://127.0.0.1:1", "--scheduler-timeout", timeout) == 2
+        assert "--scheduler-timeout must be more than 0 and at most 3600" in \
+            capsys.readouterr().err
     monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # not installed
     assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--workers", "2") == 2
     assert "pip install 'napari-cvdm[cluster]'" in capsys.readouterr().err

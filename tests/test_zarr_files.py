@@ -209,3 +209,23 @@ def test_overwrite_replaces_only_an_earlier_result_never_another_folder(tmp_path
     write_ome_zarr(result, 2 * data, data, overwrite=True)
     mean, _ = read_ome_zarr(result / "mean")
     np.testing.assert_array_equal(np.asarray(mean), 2 * data)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("group", "is not an array"), ("scale 5", "one value per axis"),
+    ("short scale", "one value per axis")])
+def test_malformed_multiscales_metadata_is_a_clear_error(tmp_path, damage, message):
+    """Found by an audit: AttributeError / TypeError tracebacks (exit 1), or a scale shorter
+    than the axes taken silently (Y sized, X not)."""
+    path, _ = _input(tmp_path)
+    root = zarr.open_group(str(path), mode="r+")
+    multiscales = root.attrs["multiscales"]
+    dataset = multiscales[0]["datasets"][0]
+    if damage == "group":
+        root.create_group("sub")
+        dataset["path"] = "sub"
+    else:
+        dataset["coordinateTransformations"][0]["scale"] = 5 if damage == "scale 5" else [0.1]
+    root.attrs["multiscales"] = multiscales
+    with pytest.raises(ValueError, match=message):
+        read_ome_zarr(path)

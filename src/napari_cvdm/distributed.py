@@ -26,6 +26,7 @@ from typing import Any
 
 INSTALL_HINT = "pip install 'napari-cvdm[cluster]'"
 DEFAULT_TIMEOUT = 15.0  # seconds to wait for an existing scheduler to answer
+MAX_SCHEDULER_TIMEOUT = 3600.0  # dask takes no infinite timeout (inf raised a KeyError)
 RETRIES = 2  # extra attempts of a file whose task raised (a dead worker is retried anyway)
 
 _predicting = threading.Lock()  # one prediction at a time per worker process
@@ -55,8 +56,9 @@ def connect(workers: int | None = None, threads_per_worker: int = 1,
     if (workers is None) == (scheduler is None):
         raise ValueError("give either a number of workers or a scheduler address, not both")
     if scheduler is not None:
-        if timeout <= 0:
-            raise ValueError(f"the scheduler timeout must be positive, not {timeout}")
+        if not 0 < timeout <= MAX_SCHEDULER_TIMEOUT:
+            raise ValueError(f"the scheduler timeout must be more than 0 and at most "
+                             f"{MAX_SCHEDULER_TIMEOUT} seconds, not {timeout}")
         try:
             client = distributed.Client(scheduler, timeout=timeout)
         except (OSError, TimeoutError, ValueError) as exc:

@@ -103,6 +103,11 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         units = [a.get("unit") if isinstance(a, dict) else None for a in multiscale["axes"]]
         scale = next((t["scale"] for t in dataset.get("coordinateTransformations", [])
                       if t.get("type") == "scale"), [1.0] * len(names))
+        if not hasattr(array, "ndim") or not hasattr(array, "dtype"):
+            raise ValueError(f"the dataset path {dataset['path']!r} is not an array")
+        if not isinstance(scale, (list, tuple)) or len(scale) != len(names):
+            raise ValueError(f"the scale {scale!r} does not give one value per axis "
+                             f"{names}")
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     except Exception as exc:  # zarr and JSON errors of damaged stores

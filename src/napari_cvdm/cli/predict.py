@@ -129,9 +129,11 @@ def _check_cluster_args(args) -> bool:
     if args.threads_per_worker is not None and args.threads_per_worker < 1:
         raise ValueError(f"--threads-per-worker must be at least 1, not "
                          f"{args.threads_per_worker}")
-    if not args.scheduler_timeout > 0:
-        raise ValueError(f"--scheduler-timeout must be a positive number of seconds, not "
-                         f"{args.scheduler_timeout}")
+    from ..distributed import MAX_SCHEDULER_TIMEOUT
+
+    if not 0 < args.scheduler_timeout <= MAX_SCHEDULER_TIMEOUT:
+        raise ValueError(f"--scheduler-timeout must be more than 0 and at most "
+                         f"{MAX_SCHEDULER_TIMEOUT:g} seconds, not {args.scheduler_timeout}")
     return True
 
 
