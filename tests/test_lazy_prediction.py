@@ -123,3 +123,18 @@ def test_lazy_result_streams_to_ome_zarr(tiny_model, tmp_path):
     group = zarr.open_group(str(out), mode="r")
     np.testing.assert_allclose(group["mean/0"][:], eager.mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(group["std/0"][:], eager.std, rtol=1e-5, atol=1e-6)
+
+
+def test_a_float_plane_too_large_to_read_whole_is_refused_before_any_work(tiny_model,
+                                                                          monkeypatch):
+    """Found by an audit: a 60000 x 60000 float32 store ran for 80 s, then failed with an
+    out-of-memory advice (smaller tiles, batch, samples) that could not help."""
+    from napari_cvdm import validation
+
+    monkeypatch.setattr(validation, "memory_bytes", lambda: 2**31)  # 2 GiB: 1 GiB to spare
+    big = da.zeros((2, 12_000, 12_000), dtype=np.float32, chunks=(1, 4000, 4000))
+    with pytest.raises(ValueError, match=r"read whole once.*1\.6 GiB.*integer type"):
+        nc.predict(big, tiny_model, samples=1, steps=1, tile_size=1024, precision="fp32")
+    lazy = nc.predict(big.astype(np.uint16), tiny_model, samples=1, steps=1, tile_size=1024,
+                      precision="fp32")  # integers: histograms, chunk by chunk
+    assert lazy.mean.shape == (2, 24_000, 24_000)

@@ -229,3 +229,21 @@ def test_malformed_multiscales_metadata_is_a_clear_error(tmp_path, damage, messa
     root.attrs["multiscales"] = multiscales
     with pytest.raises(ValueError, match=message):
         read_ome_zarr(path)
+
+
+def test_cvdm_predict_refuses_an_ome_zarr_whose_outputs_exceed_the_free_disk(
+        tmp_path, tiny_model_file, capsys, monkeypatch):
+    """Found by an audit: a huge store ran on with nothing said, toward a 1.3 TB output."""
+    import collections
+    import shutil
+
+    from napari_cvdm.cli import main
+
+    path, _ = _input(tmp_path)
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(2**20, 2**20 - 1000, 1000))
+    code = main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"])
+    assert code == 2
+    assert "in.ome.zarr (mean and std, float32) need" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "in_cvdm.ome.zarr").exists()

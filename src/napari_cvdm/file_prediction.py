@@ -147,13 +147,15 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
     import napari_cvdm
 
     from .lazy_prediction import is_dask
-    from .validation import check_output_size
+    from .validation import check_disk_room, check_output_size, output_bytes
     from .zarr_files import read_ome_zarr, write_ome_zarr
 
     model = settings.model
     array, meta = read_ome_zarr(task.input)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
         check_output_size(tuple(array.shape), model.config.scale)
+    check_disk_room(task.outputs[0], output_bytes(tuple(array.shape), model.config.scale),
+                    f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
     run_provenance = _run_provenance(spec, settings, psf_from)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)

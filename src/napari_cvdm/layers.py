@@ -135,13 +135,6 @@ def output_bytes(layer, scale: int, crop: Crop | None = None) -> int:
     return bytes_of(tuple(layer_image(layer, crop).shape), scale)
 
 
-def _free_space_folder(path: Path) -> Path:
-    path = Path(path).absolute()
-    while not path.exists() and path.parent != path:
-        path = path.parent
-    return path
-
-
 def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
@@ -176,7 +169,7 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
         return needed
     if store is not None:
         check_store(layer, store)
-    folder = _free_space_folder(Path(store) if store is not None
+    folder = validation.free_space_folder(Path(store) if store is not None
                                 else Path(tempfile.gettempdir()))
     free = shutil.disk_usage(folder).free
     if needed > free:

@@ -263,6 +263,10 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
     spec = LazySpec(ref, s.replace(model=None, seed=run.seed), run.seed, run.plan, run.height,
                     run.width, scale, tuple(run.percentiles), run.calibration,
                     int(np.prod(shape[:-2], dtype=np.int64)), token)
+    if _histogram_offset(np.dtype(image.dtype)) is None:
+        from .validation import check_whole_plane_reading
+
+        check_whole_plane_reading(tuple(shape), image.dtype)
     image = _rechunk_if_needed(image, run.plan, scale)
     tiles = run.plan.tiles(run.height, run.width, model.config.stride)
     groups = [(first, tiles[first:first + run.plan.group])

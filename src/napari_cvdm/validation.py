@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -195,3 +196,43 @@ def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = No
                          f"{needed / 2**30:.1f} GiB, more than this computer can spare "
                          f"({limit / 2**30:.1f} GiB); process a crop or fewer planes at a time")
     return needed
+
+
+def check_whole_plane_reading(shape: tuple[int, ...], dtype, limit: int | None = None) -> int:
+    """Bytes to read one plane of a lazy float image whole (as float64, plus the plane as
+    stored), which its exact percentiles need; ValueError if beyond ``limit`` (default half
+    of this computer's memory). Integer images are summarised by histograms instead."""
+    dtype = np.dtype(dtype)
+    needed = int(shape[-2]) * int(shape[-1]) * (8 + dtype.itemsize)
+    if limit is None:
+        total = memory_bytes()
+        limit = int(total * MAX_OUTPUT_FRACTION) if total else None
+    if limit is not None and needed > limit:
+        raise ValueError(f"a plane of this {dtype} image ({shape[-2]} x {shape[-1]}) is read "
+                         f"whole once, to find its intensity percentiles: "
+                         f"{needed / 2**30:.1f} GiB, more than this computer can spare "
+                         f"({limit / 2**30:.1f} GiB). Convert it to an integer type (uint16: "
+                         "read chunk by chunk) or process a crop")
+    return needed
+
+
+def free_space_folder(path) -> Path:
+    """The nearest existing folder of ``path`` (where its free space is measured)."""
+    path = Path(path).absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
+
+
+def check_disk_room(path, needed: int, what: str) -> None:
+    """ValueError when the disk that ``path`` would be written to has less than ``needed``
+    bytes free; ``what`` names the output in the message."""
+    import shutil
+
+    folder = free_space_folder(path)
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise ValueError(f"{what} need {needed / 2**30:.1f} GiB but {folder} has only "
+                         f"{free / 2**30:.1f} GiB free; write to a larger disk, or process a "
+                         "crop or fewer planes")
+
