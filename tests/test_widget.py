@@ -220,6 +220,28 @@ def test_removing_the_input_layer_cancels_the_run(qtbot, viewer_and_widget, mode
     assert notifications["info"] == ["CVDM reconstruction cancelled"]
 
 
+def test_new_data_in_the_input_layer_cancels_the_run_and_says_why(qtbot, viewer_and_widget,
+                                                                   model_file, notifications):
+    """Found by an audit: the result of the old data was shown over the new, silently."""
+    viewer, widget = viewer_and_widget
+    layer = viewer.add_image(image(64, 64), name="cells")
+    configure(widget, model_file, samples=1, steps=1000)
+    widget._image.value = layer
+    widget.start()
+    qtbot.waitUntil(lambda: widget._progress.value >= 1, timeout=TIMEOUT_MS)
+    layer.data = image(48, 48, seed=9)
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == ["cells"]
+    assert "changed during the run" in notifications["info"][0]
+    assert notifications["info"][-1] == "CVDM reconstruction cancelled"
+    configure(widget, model_file)  # the next run is on the new data, and not cancelled
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert viewer.layers["cells CVDM mean"].data.shape == (96, 96)
+    layer.data = image(48, 48, seed=10)  # after the run: nothing to cancel
+    assert len([m for m in notifications["info"] if "changed" in m]) == 1
+
+
 def test_a_broken_model_file_is_reported_and_the_widget_stays_usable(
         qtbot, viewer_and_widget, model_file, tmp_path, notifications):
     viewer, widget = viewer_and_widget
@@ -313,6 +335,25 @@ def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_vie
     qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running
+    assert notifications["error"] == []
+
+
+def test_closing_the_viewer_during_a_lazy_run_leaves_no_half_written_store(
+        qtbot, make_napari_viewer, model_file, notifications):
+    """Found by an audit: the temporary store was left half written."""
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
+    viewer.add_image(da.from_array(image(64, 64)), name="big")
+    configure(widget, model_file, samples=1, steps=1000)
+    widget.start()
+    qtbot.waitUntil(lambda: widget._lazy is not None and widget._progress.value >= 1,
+                    timeout=TIMEOUT_MS)
+    store = widget._lazy.path
+    assert store.exists()
+    viewer.close()
+    qtbot.waitUntil(lambda: not store.parent.exists(), timeout=TIMEOUT_MS)
     assert notifications["error"] == []
 
 

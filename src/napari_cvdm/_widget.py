@@ -325,6 +325,7 @@ class ReconstructionWidget(Container):
         worker.errored.connect(self._on_errored)
         worker.finished.connect(partial(self._on_finished, worker))
         self._worker, self._running_layer = worker, layer
+        layer.events.data.connect(self._on_input_data_changed)
         self._run.text = "Cancel"
         self._progress.value = 0
         self._status.value = "loading the model…"
@@ -412,7 +413,9 @@ class ReconstructionWidget(Container):
 
     def _on_lazy_failed(self, out, exc: Exception) -> None:
         self._lazy = None
-        if not self._closed.is_set():
+        if self._closed.is_set():
+            out.discard_store()  # the viewer closed mid-run: no half-written store remains
+        else:
             out.abort()
         self._on_errored(exc)
 
@@ -435,10 +438,20 @@ class ReconstructionWidget(Container):
     def _on_finished(self, worker=None) -> None:
         if worker is not None and worker is not self._worker:
             return  # the prediction handed over to the worker that writes its zarr store
+        if self._running_layer is not None:
+            self._running_layer.events.data.disconnect(self._on_input_data_changed)
         self._worker = self._cancel = self._running_layer = None
         if not self._closed.is_set():
             self._run.text = "Run"
             self._run.enabled = True
+
+    def _on_input_data_changed(self, _event=None) -> None:
+        """New data in the layer being reconstructed: the result would belong to the old
+        data, so the run stops (and says why) instead of showing it over the new."""
+        if self.running and self._cancel is not None and not self._cancel.is_set():
+            show_info(f"CVDM: the data of {self._running_layer.name!r} changed during the "
+                      "run, so it was cancelled; run again on the new data")
+            self.cancel()
 
     def _on_layer_removed(self, event) -> None:
         if self.running and unwrap(event.value) is unwrap(self._running_layer):

@@ -422,9 +422,14 @@ class LazyOutput:
         return self.layers
 
     def abort(self) -> None:
+        """Remove the output layers and the store (a failed or cancelled run)."""
         for out in self.layers:
             if out in self.viewer.layers:
                 self.viewer.layers.remove(out)
+        self.discard_store()
+
+    def discard_store(self) -> None:
+        """Remove the store (and its temporary folder) only: the viewer may be gone."""
         shutil.rmtree(self.path, ignore_errors=True)
         if self.temporary:
             shutil.rmtree(self.path.parent, ignore_errors=True)
