@@ -61,3 +61,22 @@ def test_time_series_keep_their_time_step(make_napari_viewer, tmp_path):
     assert axes == "TYX"
     assert float(pixels.get("TimeIncrement")) == pytest.approx(2.0)
     assert pixels.get("TimeIncrementUnit") == "s"
+
+
+def test_64_bit_integers_are_narrowed_only_when_they_fit_and_complex_is_refused(tmp_path):
+    """Found by an audit: complex data lost their imaginary part silently, int64 failed inside
+    tifffile with OmeXmlError."""
+    from napari_cvdm._writer import write_ome_tiff
+
+    for data, dtype in ((np.arange(-5, 15, dtype=np.int64).reshape(4, 5), np.int32),
+                        (np.arange(20, dtype=np.uint64).reshape(4, 5) * 2**27, np.uint32)):
+        path = tmp_path / f"{data.dtype}.ome.tif"
+        write_ome_tiff(str(path), data, {})
+        _, read, _ = _ome(path)
+        assert read.dtype == dtype
+        np.testing.assert_array_equal(read, data)
+    for data, message in ((np.array([[0, 2**40]], np.int64), "do not fit"),
+                          (np.ones((4, 5), np.complex64), "complex64 data cannot be saved")):
+        with pytest.raises(ValueError, match=message):
+            write_ome_tiff(str(tmp_path / "x.ome.tif"), data, {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["int64.ome.tif", "uint64.ome.tif"]

@@ -123,13 +123,30 @@ def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = No
     return spec
 
 
+def _narrower_integers(data: np.ndarray) -> np.ndarray:
+    """64-bit integers (no OME pixel type) as 32-bit ones when every value fits; else
+    ValueError (never a silent wrap-around)."""
+    low, high = (int(data.min()), int(data.max())) if data.size else (0, 0)
+    for target in (np.uint32, np.int32) if low >= 0 else (np.int32,):
+        info = np.iinfo(target)
+        if info.min <= low and high <= info.max:
+            return data.astype(target)
+    raise ValueError(f"{data.dtype} values from {low} to {high} do not fit an OME-TIFF "
+                     "integer type (32 bits at most); convert the image to float32 first")
+
+
 def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None:
     import tifffile
 
     data = np.asarray(data)
     if data.dtype == bool:
         data = data.astype(np.uint8)
-    elif data.dtype.kind not in "ui" and data.dtype != np.float32:
+    elif data.dtype.kind in "ui" and data.dtype.itemsize == 8:
+        data = _narrower_integers(data)
+    elif data.dtype.kind not in "uif":
+        raise ValueError(f"{data.dtype} data cannot be saved as OME-TIFF; save a real-valued "
+                         "image (e.g. numpy.abs(data) or data.real)")
+    elif data.dtype.kind == "f" and data.dtype != np.float32:
         data = data.astype(np.float32)  # results are float32; integer images stay as they are
     tifffile.imwrite(path, data, ome=True, photometric="minisblack",
                      metadata=spec.tifffile_metadata(name), **spec.resolution())
