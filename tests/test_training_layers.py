@@ -162,3 +162,31 @@ def test_the_preview_reconstructs_at_validation_and_a_failure_does_not_stop_trai
     assert isinstance(emitted[-1][2], str) and emitted[-1][0] == 8  # the message, no raise
     preview_callback(None, "cpu", lambda *a: emitted.append(a))(12, {}, tiny_model)
     assert emitted[-1] == (12, {}, None)  # folders: nothing to preview
+
+
+@pytest.mark.parametrize("planes", [None, 3])
+def test_preview_and_simulated_layers_overlay_a_rotated_sheared_affine_image(viewer, planes):
+    """Found by an audit: only scale and translate were passed on (9.8 world units off for a
+    30 degree rotation, 12.8 with shear), and leading axes dropped everything else."""
+    from napari_cvdm.degradation import Degradation
+    from napari_cvdm.training_preview import simulated_layer_data
+
+    data = structure(64, 80) if planes is None else np.stack([structure(64, 80)] * planes)
+    lead = () if planes is None else (0.0,)  # the first plane's coordinate
+    hq = viewer.add_image(data, name="hq", scale=(1.0,) * len(lead) + (0.5, 0.7),
+                          translate=(4.0,) * len(lead) + (10.0, 20.0), rotate=30,
+                          shear=[0.2] if planes is None else [0.0, 0.0, 0.2],
+                          affine=np.diag([1.0] * len(lead) + [1.2, 0.9, 1.0]))
+
+    def hq_world(y, x):
+        return np.asarray(hq.data_to_world(lead + (y, x)))[-2:]
+
+    preview = viewer.add_image(np.zeros((16, 16)), **preview_layer_kwargs(hq, (8, 12, 16, 16)))
+    lq, kwargs, _ = simulated_layer_data(hq, Degradation(scale=2))
+    simulated = viewer.add_image(lq, **kwargs)
+    assert lq.shape == (32, 40)
+    for i, j in ((0, 0), (15, 3), (7, 11)):
+        np.testing.assert_allclose(preview.data_to_world((i, j))[-2:], hq_world(8 + i, 12 + j),
+                                   atol=1e-9)
+        np.testing.assert_allclose(simulated.data_to_world((i, j))[-2:],
+                                   hq_world(2 * i + 0.5, 2 * j + 0.5), atol=1e-9)

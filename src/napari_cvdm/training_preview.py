@@ -60,16 +60,35 @@ def preview_input(job, region, seed: int = 0) -> np.ndarray:
     return simulate_image(np.asarray(job.hq[0][y:y + h, x:x + w]), job.degradation, seed=seed)
 
 
-def preview_layer_kwargs(hq_layer, region) -> dict[str, Any]:
-    """A preview reconstruction of ``region`` overlays the high-quality layer there."""
+def plane_overlay(layer, scale_factor: float = 1.0, offset=(0, 0)) -> dict[str, Any]:
+    """Keyword arguments that place a 2D image of ``layer``'s last two axes, ``scale_factor``
+    times finer and starting at its pixel ``offset`` (Y, X), exactly over the layer: scale,
+    translate, rotation, shear and affine included. For a layer with leading axes, its
+    data-to-world map restricted to Y, X (at the first plane) becomes the affine."""
     from napari.utils.transforms import Affine
 
-    y, x = region[:2]
-    linear = Affine(scale=hq_layer.scale[-2:], rotate=hq_layer.rotate[-2:, -2:]
-                    if np.ndim(hq_layer.rotate) == 2 else 0, ndim=2).linear_matrix
-    translate = np.asarray(hq_layer.translate[-2:], dtype=float) + linear @ np.array([y, x])
-    return {"name": PREVIEW_NAME, "scale": np.asarray(hq_layer.scale[-2:], dtype=float),
-            "translate": translate, "colormap": hq_layer.colormap,
+    placed = output_transform(layer, scale_factor, offset)
+    keys = ("scale", "translate", "rotate", "shear", "affine")
+    if layer.ndim == 2:
+        return {k: placed[k] for k in keys}
+    n = layer.ndim
+    whole = np.asarray(layer.affine.affine_matrix, dtype=float) @ Affine(
+        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
+        ndim=n).affine_matrix
+    yx = [n - 2, n - 1, n]
+    plane = whole[np.ix_(yx, yx)]
+    plane[2] = (0.0, 0.0, 1.0)
+    s = float(scale_factor)
+    shift = (1.0 / s - 1.0) / 2.0 + np.asarray(offset, dtype=float)
+    finer = np.array([[1 / s, 0, shift[0]], [0, 1 / s, shift[1]], [0, 0, 1]])
+    return {"scale": np.ones(2), "translate": np.zeros(2), "rotate": np.eye(2),
+            "shear": np.zeros(1), "affine": plane @ finer}
+
+
+def preview_layer_kwargs(hq_layer, region) -> dict[str, Any]:
+    """A preview reconstruction of ``region`` overlays the high-quality layer there."""
+    return {"name": PREVIEW_NAME, **plane_overlay(hq_layer, 1.0, region[:2]),
+            "colormap": hq_layer.colormap,
             "metadata": {"cvdm": {"output": "training preview", "region": list(region)}}}
 
 
@@ -80,10 +99,7 @@ def simulated_layer_data(hq_layer, degradation: Degradation, seed: int = 0):
 
     plane = np.asarray(hq_layer.data).reshape(-1, *hq_layer.data.shape[-2:])[0]
     lq = simulate_image(plane, degradation, seed=seed)
-    kwargs = output_transform(hq_layer, 1.0 / degradation.scale)
-    if hq_layer.ndim > 2:  # one plane: keep only the Y, X placement
-        kwargs = {k: (v[-2:] if k in ("scale", "translate", "axis_labels", "units") else v)
-                  for k, v in kwargs.items() if k in ("scale", "translate")}
+    kwargs = plane_overlay(hq_layer, 1.0 / degradation.scale)
     kwargs.update(name=simulated_name(hq_layer), colormap=hq_layer.colormap,
                   metadata={"cvdm": {"output": "simulated low-quality",
                                      "degradation": degradation.to_dict()}})
@@ -97,7 +113,7 @@ def update_image(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     if layer is None:
         return viewer.add_image(data, **kwargs)
     layer.data = data
-    for key in ("scale", "translate", "metadata"):
+    for key in ("scale", "translate", "rotate", "shear", "affine", "metadata"):
         if key in kwargs:
             setattr(layer, key, kwargs[key])
     layer.reset_contrast_limits()
