@@ -190,3 +190,31 @@ def test_preview_and_simulated_layers_overlay_a_rotated_sheared_affine_image(vie
                                    atol=1e-9)
         np.testing.assert_allclose(simulated.data_to_world((i, j))[-2:],
                                    hq_world(2 * i + 0.5, 2 * j + 0.5), atol=1e-9)
+
+
+def test_masks_constant_images_self_pairs_and_oversized_layers_are_refused_up_front(
+        viewer, tmp_path, monkeypatch):
+    """Found by an audit: a bool or constant layer failed only once training had started,
+    the same layer as both halves of a pair trained an identity model, and a dask layer
+    of any size was loaded whole."""
+    import dask.array as da
+
+    from napari_cvdm import validation
+
+    good = viewer.add_image(structure(64, 64), name="good")
+    out = tmp_path / "m.cvdm.safetensors"
+    cases = [
+        (dict(hq=[viewer.add_image(structure(64, 64) > 200, name="mask")]), "a mask"),
+        (dict(hq=[viewer.add_image(np.full((64, 64), 7, np.uint16), name="flat")]),
+         "is constant"),
+        (dict(pairs=[(good, good)]), "both the low- and the high-quality image"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            prepare_training(viewer, output=out, preset="tiny", **kwargs)
+    monkeypatch.setattr(validation, "memory_bytes", lambda: 2**30)
+    huge = viewer.add_image(da.zeros((400, 4000, 4000), np.uint16, chunks=(1, 4000, 4000)),
+                            name="huge")  # napari shows one plane: only that one is read
+    with pytest.raises(ValueError, match="would need 23.8 GiB in memory"):
+        prepare_training(viewer, hq=[huge], output=out, preset="tiny")
+    assert not out.exists()

@@ -374,6 +374,7 @@ class ReconstructionWidget(Container):
                 show_warning(f"CVDM: {message}")
         except (ValueError, RuntimeError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
+            self._status.value = "failed: could not show the result"
             return
         self._status.value = f"done in {result.seconds:.1f} s on {result.device}"
 
@@ -407,6 +408,7 @@ class ReconstructionWidget(Container):
             out.finish()
         except (ValueError, RuntimeError, OSError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
+            self._status.value = "failed: could not show the result"
             return
         elapsed = time.perf_counter() - self._started
         self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"

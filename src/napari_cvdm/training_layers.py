@@ -46,8 +46,30 @@ def layer_problem(layer, role: str = "high-quality") -> str | None:
                 "layer > Split RGB)")
     if layer.multiscale:
         return f"{layer.name!r} is a multiscale pyramid; crop a region into a new layer first"
-    if np.asarray(layer.data).dtype.kind not in "biuf":
-        return f"{layer.name!r} holds {np.asarray(layer.data).dtype} values, not intensities"
+    data = layer.data
+    dtype = np.dtype(data.dtype if hasattr(data, "dtype") else np.asarray(data).dtype)
+    if dtype.kind == "b":
+        return f"{layer.name!r} holds True/False values (a mask), not intensities"
+    if dtype.kind not in "iuf":
+        return f"{layer.name!r} holds {dtype} values, not intensities"
+    from .validation import MAX_OUTPUT_FRACTION, memory_bytes
+
+    needed = 4 * int(np.prod(np.shape(data), dtype=np.float64))  # held as float32
+    total = memory_bytes()
+    if total and needed > total * MAX_OUTPUT_FRACTION:
+        return (f"{layer.name!r} would need {needed / 2**30:.1f} GiB in memory to train on, "
+                f"more than this computer can spare ({total * MAX_OUTPUT_FRACTION / 2**30:.1f}"
+                " GiB); crop a region or take fewer planes into a new layer")
+    return None
+
+
+def plane_problem(name: str, plane: np.ndarray) -> str | None:
+    """Why one plane of a training image says nothing to learn from, or None."""
+    low, high = float(np.min(plane)), float(np.max(plane))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{name!r} has NaN or infinite pixels; replace them first"
+    if not high > low:
+        return f"{name!r} is constant ({low:g} everywhere): there is no structure to learn"
     return None
 
 
@@ -283,6 +305,10 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     if pairs is not None:
         scales = []
         for lq, hq_layer in zip(layers[::2], layers[1::2]):
+            if lq is hq_layer:
+                problems.append(f"{lq.name!r} is both the low- and the high-quality image of "
+                                "a pair; choose its matching acquisition")
+                continue
             scale = pair_scale(lq.data.shape, hq_layer.data.shape)
             if isinstance(scale, str):
                 problems.append(f"{lq.name!r} / {hq_layer.name!r}: {scale}")
@@ -322,11 +348,19 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     job = TrainingJob(output=Path(output).expanduser(), settings=training_settings,
                       scale=scale, layers=layers, degradation=degradation if hq is not None
                       else None, notes=notes, start=start)
+    planes_of = {id(layer): _planes(layer) for layer in layers}
+    for layer in layers:
+        message = next(filter(None, (plane_problem(layer.name, plane)
+                                     for plane in planes_of[id(layer)])), None)
+        if message:
+            problems.append(message)
+    if problems:
+        raise ValueError("; ".join(problems))
     if pairs is not None:
         job.pairs = [(lq, hq_plane) for a, b in zip(layers[::2], layers[1::2])
-                     for lq, hq_plane in zip(_planes(a), _planes(b))]
+                     for lq, hq_plane in zip(planes_of[id(a)], planes_of[id(b)])]
     else:
-        job.hq = [plane for layer in layers for plane in _planes(layer)]
+        job.hq = [plane for layer in layers for plane in planes_of[id(layer)]]
     return job
 
 
