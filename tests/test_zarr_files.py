@@ -247,3 +247,14 @@ def test_cvdm_predict_refuses_an_ome_zarr_whose_outputs_exceed_the_free_disk(
     assert code == 2
     assert "in.ome.zarr (mean and std, float32) need" in capsys.readouterr().err
     assert not (tmp_path / "out" / "in_cvdm.ome.zarr").exists()
+
+
+def test_an_output_path_that_names_nothing_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Found by an audit: write_ome_zarr("") computed, failed at the end and left a complete
+    hidden .part store in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    data = np.ones((8, 8), np.float32)
+    for path in ("", ".", tmp_path / ".."):
+        with pytest.raises(ValueError, match="names no folder"):
+            write_ome_zarr(path, data, data, overwrite=True)
+    assert list(tmp_path.iterdir()) == []

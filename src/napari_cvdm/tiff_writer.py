@@ -220,6 +220,9 @@ def check_outputs(paths, overwrite: bool = False, folders: bool = False) -> list
     paths = [Path(p) for p in paths]
     seen: set[Path] = set()
     for path in paths:
+        if path.name in ("", "..") or not str(path).strip():
+            raise ValueError(f"the output path {str(path)!r} names no "
+                             f"{'folder' if folders else 'file'}; give a name")
         if len(path.name.encode("utf-8", "surrogateescape")) > NAME_MAX - 20:
             raise ValueError(f"the output file name {path.name[:40]}... is too long "
                              f"({len(path.name)} characters); use a shorter input name or "
