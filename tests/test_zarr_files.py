@@ -173,6 +173,13 @@ def test_cvdm_predict_never_writes_into_an_input_store_and_patterns_find_stores(
     assert main(["predict", str(tmp_path / "i*.ome.zarr"), "-o", str(out), *args]) == 0, \
         capsys.readouterr().err
     assert (out / "in_cvdm.ome.zarr").is_dir()
+    # A folder gives its OME-Zarr images too (they were skipped without a word), not the
+    # results written beside them.
+    assert main(["predict", str(tmp_path), "-o", str(tmp_path), *args]) == 0, \
+        capsys.readouterr().err
+    assert (tmp_path / "in_cvdm.ome.zarr").is_dir()
+    assert main(["predict", str(tmp_path), "-o", str(tmp_path), "--resume", *args]) == 0
+    assert "skipped" in capsys.readouterr().out
 
 
 def test_an_ome_zarr_whose_outputs_exceed_memory_is_streamed_not_refused(tmp_path,

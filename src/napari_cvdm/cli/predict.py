@@ -45,7 +45,8 @@ def add_parser(sub) -> None:
                        description="Reconstruct TIFF images with CVDM.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="TIFF files, folders of TIFF files, or patterns such as 'data/*.tif'")
+                   help="TIFF files or OME-Zarr images, folders of them, or patterns such "
+                   "as 'data/*.tif'")
     p.add_argument("-o", "--output", required=True, type=output_folder, metavar="OUTDIR",
                    help="folder for the outputs (created if missing)")
     add_options(p, PredictSettings)
@@ -74,8 +75,9 @@ def add_parser(sub) -> None:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders as their TIFF files, patterns as their matches (sorted); a
-    file named twice (also as a relative and an absolute path, or through a link) once.
+    """Files as given, folders as their TIFF files and OME-Zarr images, patterns as their
+    matches (sorted); a file named twice (also as a relative and an absolute path, or
+    through a link) once.
 
     Folders and patterns leave out hidden files and napari-cvdm's own outputs, so outputs
     written beside their inputs are not taken for new inputs by the next run."""
@@ -87,10 +89,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
             files = [path]  # an OME-Zarr image
         elif path.is_dir():
             files = sorted(p for p in path.iterdir()
-                           if p.is_file() and is_tiff(p) and not _skipped(p))
+                           if (p.is_file() and is_tiff(p) or p.is_dir() and is_zarr(p))
+                           and not _skipped(p))
             if not files:
-                raise ValueError(f"the folder {path} has no .tif or .tiff files (other than "
-                                 "hidden files and napari-cvdm outputs)")
+                raise ValueError(f"the folder {path} has no .tif, .tiff or OME-Zarr images "
+                                 "(other than hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
             files = sorted(p for p in map(Path, glob.glob(text))
                            if (p.is_file() or p.is_dir() and is_zarr(p)) and not _skipped(p))
