@@ -265,3 +265,15 @@ def test_an_output_path_that_names_nothing_is_refused_before_any_work(tmp_path, 
         with pytest.raises(ValueError, match="names no folder"):
             write_ome_zarr(path, data, data, overwrite=True)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_unit_that_is_not_a_name_drops_the_size_with_a_warning(tmp_path):
+    """Found by an audit: {"a": 1} as a unit was taken for micrometres."""
+    path, _ = _input(tmp_path)
+    root = zarr.open_group(str(path), mode="r+")
+    multiscales = root.attrs["multiscales"]
+    multiscales[0]["axes"][3]["unit"] = {"a": 1}
+    root.attrs["multiscales"] = multiscales
+    with pytest.warns(UserWarning, match="not a unit name"):
+        _, meta = read_ome_zarr(path)
+    assert "X" not in meta["physical"] and meta["physical"]["Y"] == PhysicalSize(0.1, "µm")

@@ -49,9 +49,11 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
         size = float(size)
     except (TypeError, ValueError):
         return None
-    if not isinstance(unit, str):
-        unit = ""
-    unit = unit.strip()
+    if unit is not None and not isinstance(unit, str):
+        warnings.warn(f"the unit {unit!r} is not a unit name; the size is not kept",
+                      stacklevel=2)
+        return None
+    unit = (unit or "").strip()
     default = "s" if time else "µm"
     factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit or default)))
     size *= factor
