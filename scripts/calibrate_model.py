@@ -5,9 +5,8 @@
 
 Held-out high-quality images (never trained on) and freshly generated structures get
 simulated widefield inputs with the optics the model was trained with; predict() runs on
-them; ``calibration.fit`` maps the samples' std, widened by the input's unexplained part
-(``calibration.uncertainty``), to the expected |error| of the mean (normalised units).
-Half the pixels fit, the other half report coverage before and after.
+them; ``calibration.fit`` maps the samples' std to the expected |error| of the mean
+(normalised units). Half the pixels fit, the other half report coverage before and after.
 """
 
 from __future__ import annotations
@@ -46,28 +45,14 @@ def held_out_pairs(hq_dir, synthetic: int, degradation: Degradation, seed: int):
         yield lq[0, 0].numpy(), hq01 * 2 - 1, name, float(sigma[0])
 
 
-IDENTITY = {"method": "scale", "scale": 1.0}  # calibrates nothing: predict()'s own quantity
-
-
 def normalised_prediction(lq, model, samples, steps, seed, psf_sigma=None, augment=True):
-    """The mean and the uncalibrated uncertainty (normalised units). A conditioned model
-    is told ``psf_sigma`` (the simulated width: known optics; None: what predict() resolves
-    by itself, as for a user who gives none); blind ones nothing.
-
-    The uncertainty is what the calibration maps, ``calibration.uncertainty``: the samples'
-    std widened by the input's unexplained part. predict() returns it as its std when the
-    model's table is the identity, so the model is run with one.
-    """
+    """A conditioned model is told ``psf_sigma`` (the simulated width: known optics; None:
+    what predict() resolves by itself, as for a user who gives none); blind ones nothing."""
     told = psf_sigma if model.config.psf_conditioned else None
-    table = model.metadata.get("calibration")
-    model.metadata["calibration"] = IDENTITY
-    try:
-        res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed,
-                         psf_sigma=told, augment=augment)
-    finally:
-        model.metadata["calibration"] = table
+    res = nc.predict(lq, model, samples=samples, steps=steps, eta=0.0, seed=seed,
+                     psf_sigma=told, augment=augment)
     norm = Normalization.fit(lq)
-    return norm.apply(res.mean), res.std / norm.half_range
+    return norm.apply(res.mean), np.sqrt(res.variance) / norm.half_range
 
 
 def reliability_plot(std, error, table, path, mean=None):
@@ -77,7 +62,7 @@ def reliability_plot(std, error, table, path, mean=None):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(4.2, 4), dpi=120)
-    for label, s in (("uncalibrated", std), ("calibrated std", calibration.apply(std, table, mean))):
+    for label, s in (("raw sample std", std), ("calibrated std", calibration.apply(std, table, mean))):
         edges = np.quantile(s, np.linspace(0, 1, 21))
         idx = np.clip(np.searchsorted(edges, s, side="right") - 1, 0, 19)
         pred = [np.sqrt(np.mean(s[idx == k] ** 2)) for k in range(20) if np.any(idx == k)]

@@ -127,15 +127,6 @@ def check(table: Any) -> dict[str, Any]:
     return table
 
 
-def uncertainty(variance: np.ndarray, unexplained: np.ndarray | None) -> np.ndarray:
-    """What the calibration maps to the expected error: the samples' std, widened by the
-    input's unexplained part (``consistency.py``; zeros or None for a blind model) in
-    quadrature. Normalised units, float32."""
-    if unexplained is None:
-        return np.sqrt(np.asarray(variance, np.float32))
-    return np.sqrt(np.add(variance, unexplained, dtype=np.float32))
-
-
 def needs_mean(table: dict[str, Any] | None) -> bool:
     """Whether ``apply`` needs the mean for this table (it has a brightness term)."""
     return bool(table) and bool(table.get("signal_exponent", 0.0))

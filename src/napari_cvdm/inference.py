@@ -173,11 +173,11 @@ def _percentiles(net: CVDM) -> tuple[float, float]:
 
 
 def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
-               planes_left: int, unexplained_view=None) -> None:
+               planes_left: int) -> None:
     """One plane, retried with smaller plans while the device runs out of memory."""
     while True:
         try:
-            return predict_plane(run, x_plane, plane, mean_view, var_view, unexplained_view)
+            return predict_plane(run, x_plane, plane, mean_view, var_view)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -194,12 +194,11 @@ def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
 
 def _calibrate(table, norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray,
                std_view) -> None:
-    """The calibrated std of one plane in input units, from its normalised mean, sample
-    variance and the input's unexplained variance, which ``std_view`` holds on entry
-    (``calibration.uncertainty``)."""
+    """The calibrated std of one plane (from its normalised mean and variance) in input
+    units."""
     if std_view is not None:
-        std_view[...] = calibration.apply(calibration.uncertainty(var_view, std_view), table,
-                                          mean_view) * np.float32(norm.half_range)
+        std_view[...] = calibration.apply(np.sqrt(var_view), table, mean_view) * \
+            np.float32(norm.half_range)
 
 
 def _to_input_units(norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray) -> None:
@@ -271,8 +270,7 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                     continue
                 x_plane = torch.from_numpy(norm.apply(plane))
                 del plane
-                _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p,
-                           None if std_out is None else std_out[index])
+                _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p)
                 _calibrate(table, norm, mean_out[index], var_out[index],
                            None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])

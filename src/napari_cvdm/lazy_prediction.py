@@ -159,8 +159,7 @@ def _plane_normalization(summaries: list[dict], whole_plane, percentiles, dtype:
 
 def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple[int, int],
                       tiles: list[Tile], plane: int, first: int):
-    """Mean, variance and unexplained variance (normalised) of one tile group, as the
-    in-memory run computes them."""
+    """Mean and variance (normalised) of one tile group, as the in-memory run computes them."""
     if norm.is_constant:
         return None
     import torch
@@ -186,11 +185,9 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
                   progress=callbacks.tick if callbacks is not None else None, cancel=cancel)
         generator = torch.Generator(device=device)
         generator.manual_seed(group_seed(spec.seed, plane, first))
-        means, variances, unexplained = tile_statistics(run, x, tiles, plane, generator,
-                                                        origin)
+        means, variances = tile_statistics(run, x, tiles, plane, generator, origin)
     # Held until every chunk they touch is blended: float32, as the blend uses them.
-    return (means.astype(np.float32), variances.astype(np.float32),
-            None if unexplained is None else unexplained.astype(np.float32))
+    return means.astype(np.float32), variances.astype(np.float32)
 
 
 def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
@@ -205,17 +202,15 @@ def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
         out[0] = norm.low
         return out
     blender = StatisticsBlender(spec.height, spec.width, spec.plan.overlap, mean=out[0],
-                                variance=out[1], window=window,
-                                extra=out[2] if layers == 3 else None)
+                                variance=out[1], window=window)
     for tiles, statistics in contributions:
-        means, variances, unexplained = statistics
+        means, variances = statistics
         for i, tile in enumerate(tiles):
-            blender.add(tile, means[i], variances[i],
-                        None if unexplained is None else unexplained[i])
+            blender.add(tile, means[i], variances[i])
     mean, variance = blender.result()
-    if spec.calibration is not None:  # out[2] holds the unexplained variance until here
-        out[2] = calibration.apply(calibration.uncertainty(variance, out[2]),
-                                   spec.calibration, mean) * np.float32(norm.half_range)
+    if spec.calibration is not None:
+        out[2] = calibration.apply(np.sqrt(variance), spec.calibration, mean) * \
+            np.float32(norm.half_range)
     out[0] = norm.invert_mean(mean)
     out[1] = norm.invert_variance(variance)
     return out

@@ -132,30 +132,26 @@ def group_seed(seed: int, plane: int, first: int) -> int:
 
 
 def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.ndarray,
-                  var_view: np.ndarray, unexplained_view: np.ndarray | None = None) -> None:
-    """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised), and
-    the input's unexplained variance (consistency.py; zeros for a blind model) into
-    ``unexplained_view`` when given."""
+                  var_view: np.ndarray) -> None:
+    """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised)."""
     p = run.plan
     tiles = run.tiles()
     blender = StatisticsBlender(run.height, run.width, p.overlap, mean=mean_view,
-                                variance=var_view, extra=unexplained_view)
+                                variance=var_view)
     generator = torch.Generator(device=run.device)
     for first in range(0, len(tiles), p.group):
         group = tiles[first:first + p.group]
         generator.manual_seed(group_seed(run.seed, plane, first))
-        means, variances, unexplained = tile_statistics(run, x_plane, group, plane, generator)
+        means, variances = tile_statistics(run, x_plane, group, plane, generator)
         for i, t in enumerate(group):
-            blender.add(t, means[i], variances[i],
-                        None if unexplained is None else unexplained[i])
+            blender.add(t, means[i], variances[i])
     blender.result()
 
 
 def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], plane: int,
-                    generator: torch.Generator, origin: tuple[int, int] = (0, 0)):
-    """Mean and variance over all samples of equally sized tiles run together, (G, h, w),
-    and the input's unexplained variance of each tile (``consistency.py``; None for a
-    blind model, which is told no PSF width to check the input with).
+                    generator: torch.Generator,
+                    origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance over all samples of equally sized tiles run together, (G, h, w).
 
     ``x_plane`` is the normalised input plane, or the part of it that starts at input
     pixel ``origin`` (see :func:`conditioning`).
@@ -206,13 +202,4 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], plane: i
                 m2 = m2 + c_m2 + delta**2 * (count * n / total)
                 count = total
     variance = m2 / max(count - 1, 1)
-    mean = mean.cpu().numpy()
-    unexplained = None
-    if run.psf_sigma is not None:
-        from .consistency import tile_unexplained
-
-        x_np = x_plane.cpu().numpy()
-        unexplained = np.stack([tile_unexplained(mean[i], x_np, t, net.config.scale,
-                                                 run.psf_sigma, origin)
-                                for i, t in enumerate(tiles)])
-    return mean, variance.cpu().numpy(), unexplained
+    return mean.cpu().numpy(), variance.cpu().numpy()

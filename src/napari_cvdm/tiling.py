@@ -139,21 +139,16 @@ class StatisticsBlender:
 
     def __init__(self, height: int, width: int, overlap: int,
                  mean: np.ndarray | None = None, variance: np.ndarray | None = None,
-                 dtype=np.float32, window: Tile | None = None,
-                 extra: np.ndarray | None = None):
+                 dtype=np.float32, window: Tile | None = None):
         self.height, self.width, self.overlap = height, width, overlap
         self.window = window or Tile(0, 0, height, width)
         shape = (self.window.height, self.window.width)
         self.mean = np.zeros(shape, dtype) if mean is None else mean
         self.variance = np.zeros(shape, dtype) if variance is None else variance
-        self.extra = extra
-        if self.mean.shape != shape or self.variance.shape != shape or \
-                (extra is not None and extra.shape != shape):
+        if self.mean.shape != shape or self.variance.shape != shape:
             raise ValueError("the accumulators must have the window's shape")
         self.mean[...] = 0
         self.variance[...] = 0
-        if extra is not None:
-            extra[...] = 0
         self._added: list[tuple[Tile, np.ndarray, np.ndarray]] = []
 
     def _weight_before(self, tile: Tile) -> np.ndarray | None:
@@ -171,22 +166,15 @@ class StatisticsBlender:
                 wy[y0 - other.y:y1 - other.y], wx[x0 - other.x:x1 - other.x])
         return total
 
-    def add(self, tile: Tile, mean: np.ndarray, variance: np.ndarray,
-            extra: np.ndarray | None = None) -> None:
-        """Blend one tile's mean and variance (a mixture), and ``extra`` (a weighted mean,
-        into the ``extra`` accumulator; None counts as zeros)."""
+    def add(self, tile: Tile, mean: np.ndarray, variance: np.ndarray) -> None:
         wy, wx = _weights_1d(tile, self.height, self.width, self.overlap)
         part = intersection(tile, self.window)
         if part is None:
             return
-        if extra is None and self.extra is not None:
-            extra = np.zeros_like(mean)
         if part != tile:  # keep the part inside the window, with the whole tile's weights
             ty, tx = part.y - tile.y, part.x - tile.x
             mean = mean[ty:ty + part.height, tx:tx + part.width]
             variance = variance[ty:ty + part.height, tx:tx + part.width]
-            if extra is not None:
-                extra = extra[ty:ty + part.height, tx:tx + part.width]
             wy, wx = wy[ty:ty + part.height], wx[tx:tx + part.width]
         tile = Tile(part.y - self.window.y, part.x - self.window.x, part.height, part.width)
         region_mean, region_var = self.mean[tile.slices], self.variance[tile.slices]
@@ -195,8 +183,6 @@ class StatisticsBlender:
         if before is None:  # the first tile here: its statistics as they are
             region_mean[...] = mean
             region_var[...] = variance
-            if self.extra is not None:
-                self.extra[tile.slices] = extra
             return
         # Weighted Welford update of a mixture: the new tile has weight w, the pixels
         # already covered weight ``before``; f = w / (before + w) is 1 where this tile is
@@ -213,9 +199,6 @@ class StatisticsBlender:
         w += variance
         w *= f
         region_var += w  # (1 - f) var + f (v + (1 - f) delta^2)
-        if self.extra is not None:
-            region_extra = self.extra[tile.slices]
-            region_extra += f * np.subtract(extra, region_extra, dtype=np.float32)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         np.maximum(self.variance, 0.0, out=self.variance)
