@@ -52,14 +52,14 @@ def layer_problem(layer, role: str = "high-quality") -> str | None:
         return f"{layer.name!r} holds True/False values (a mask), not intensities"
     if dtype.kind not in "iuf":
         return f"{layer.name!r} holds {dtype} values, not intensities"
-    from .validation import MAX_OUTPUT_FRACTION, memory_bytes
+    from .validation import spare_memory
 
     needed = 4 * int(np.prod(np.shape(data), dtype=np.float64))  # held as float32
-    total = memory_bytes()
-    if total and needed > total * MAX_OUTPUT_FRACTION:
+    limit = spare_memory()
+    if limit is not None and needed > limit:
         return (f"{layer.name!r} would need {needed / 2**30:.1f} GiB in memory to train on, "
-                f"more than this computer can spare ({total * MAX_OUTPUT_FRACTION / 2**30:.1f}"
-                " GiB); crop a region or take fewer planes into a new layer")
+                f"more than this computer can spare ({limit / 2**30:.1f} GiB); crop a "
+                "region or take fewer planes into a new layer")
     return None
 
 

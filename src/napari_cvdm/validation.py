@@ -175,6 +175,15 @@ def memory_bytes() -> int | None:
         return None
 
 
+def spare_memory(limit: int | None = None) -> int | None:
+    """``limit``, or the bytes one array may take: half of this computer's memory (None where
+    it cannot be told)."""
+    if limit is not None:
+        return limit
+    total = memory_bytes()
+    return int(total * MAX_OUTPUT_FRACTION) if total else None
+
+
 def output_bytes(shape: tuple[int, ...], scale: int) -> int:
     """Bytes of the float32 mean and variance of an image of ``shape`` at ``scale``."""
     return 2 * 4 * int(np.prod(shape, dtype=np.float64)) * int(scale) ** 2
@@ -187,9 +196,7 @@ def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = No
     """
     planes = int(np.prod(shape[:-2], dtype=np.float64)) if len(shape) > 2 else 1
     needed = output_bytes(shape, scale)
-    if limit is None:
-        total = memory_bytes()
-        limit = int(total * MAX_OUTPUT_FRACTION) if total else None
+    limit = spare_memory(limit)
     if limit is not None and needed > limit:
         raise ValueError(f"the outputs (mean and variance, {planes} plane(s) of "
                          f"{shape[-2] * scale} x {shape[-1] * scale} float32) would need "
@@ -204,9 +211,7 @@ def check_whole_plane_reading(shape: tuple[int, ...], dtype, limit: int | None =
     of this computer's memory). Integer images are summarised by histograms instead."""
     dtype = np.dtype(dtype)
     needed = int(shape[-2]) * int(shape[-1]) * (8 + dtype.itemsize)
-    if limit is None:
-        total = memory_bytes()
-        limit = int(total * MAX_OUTPUT_FRACTION) if total else None
+    limit = spare_memory(limit)
     if limit is not None and needed > limit:
         raise ValueError(f"a plane of this {dtype} image ({shape[-2]} x {shape[-1]}) is read "
                          f"whole once, to find its intensity percentiles: "
