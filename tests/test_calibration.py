@@ -57,6 +57,25 @@ def test_malformed_tables_are_refused(table):
         calibration.check(table)
 
 
+@pytest.mark.parametrize("table", [
+    {"method": "scale", "scale": 1e300},
+    {"method": "scale", "scale": True},
+    {"method": "isotonic", "scale": 1.0, "log_std": [-9, -8], "std": [1e300, 1e301]},
+    {"method": "isotonic", "scale": 1.0, "log_std": [-1e308, 1e308], "std": [0, 1e308]},
+    {"method": "isotonic", "scale": 1.0, "log_std": [[0], [1]], "std": [0.1, 0.2]},
+    {"method": "isotonic", "scale": 1.0, "log_std": ["-5", "-1"], "std": [0.1, 0.2]},
+    {"method": "isotonic", "scale": 1.0, "log_std": [-5, -1], "std": [False, True]},
+    {"method": "scale", "scale": 1.0, "signal_exponent": True}])
+def test_tables_that_would_give_infinite_nan_or_zero_uncertainty_are_refused(table):
+    """Found by an audit: values beyond float32 passed the float64 check, and every std
+    pixel came out inf or NaN (exit 0); booleans and strings passed as numbers."""
+    with pytest.raises(ValueError, match="calibration"):
+        calibration.check(table)
+    grid = np.geomspace(1e-6, 10, 50).astype(np.float32)
+    good = {"method": "isotonic", "scale": 1.0, "log_std": [-9.0, 40.0], "std": [1e-4, 999.0]}
+    assert np.isfinite(calibration.apply(grid, calibration.check(good))).all()
+
+
 def test_fit_needs_enough_pixels():
     with pytest.raises(ValueError, match="100 pixels"):
         calibration.fit(np.ones(10), np.ones(10))

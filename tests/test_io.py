@@ -154,12 +154,29 @@ def test_tifffile_log_lines_about_a_file_that_is_read_are_passed_on(tmp_path, ca
     (lambda m: m["metadata"].update(training={"step": -3}), "training.step"),
     (lambda m: m["metadata"].update(card=[1]), "card"),
     (lambda m: m["metadata"].update(normalization={"percentiles": [99, 1]}), "percentiles"),
+    # found by an audit: AttributeError, IndexError and TypeError tracebacks (exit 1) from
+    # cvdm info and cvdm predict
+    (lambda m: m["metadata"].update(training={"data": "x"}), "training.data"),
+    (lambda m: m["metadata"].update(training={"data": {"degradation": []}}),
+     "training.data.degradation"),
+    (lambda m: m["metadata"].update(training={"settings": "x"}), "training.settings"),
+    (lambda m: m["metadata"].update(training={"data": {"degradation": {"psf_sigma": []}}}),
+     "psf_sigma"),
+    (lambda m: m["metadata"].update(intended={"input_pixel_size_nm": [None, 1]}),
+     "input_pixel_size_nm"),
+    (lambda m: m["metadata"].update(intended={"input_pixel_size_nm": ["a", "b"]}),
+     "input_pixel_size_nm"),
 ])
-def test_every_header_field_is_checked_before_use(tiny_model, tmp_path, change, match):
+def test_every_header_field_is_checked_before_use(tiny_model, tmp_path, change, match,
+                                                   capsys):
+    from napari_cvdm.cli import main
+
     path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
     _tamper(path, change)
     with pytest.raises(ValueError, match=match):
         nc.load_model(path)
+    assert main(["info", str(path)]) == 2
+    assert match.split(".")[0] in capsys.readouterr().err
 
 
 def test_a_deeply_nested_header_is_a_value_error_not_a_recursion_error(tiny_model, tmp_path):
@@ -258,3 +275,20 @@ def test_held_tifffile_logs_hold_only_their_own_thread(caplog):
     assert [r.getMessage() for r in caplog.records if r.name == "tifffile"] == [
         "other thread", "after"]
     assert not logger.filters
+
+
+def test_cvdm_info_shows_only_loadable_models_and_prints_their_text_plainly(tiny_model,
+                                                                         tmp_path, capsys):
+    """Found by an audit: cvdm info printed the card of files load_model refuses (a scale of
+    0), and a name's terminal escapes and direction overrides went to the terminal raw."""
+    from napari_cvdm.cli import main
+
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _tamper(path, lambda m: m["metadata"].update(name="evil\x1b[31mred\u202eflip" + "x" * 5000))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "evil\\x1b[31mred" in out
+    assert max(len(line) for line in out.splitlines()) < 2100
+    _tamper(path, lambda m: m["config"].update(scale=0))
+    assert main(["info", str(path)]) == 2
+    assert "configuration is invalid" in capsys.readouterr().err

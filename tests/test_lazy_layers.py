@@ -229,3 +229,30 @@ def test_the_inputs_own_store_is_never_an_output(viewer, image, tiny_model, tmp_
         run_on_layer(viewer, mean_layer, tiny_model, store=tmp_path / "r.ome.zarr",
                      overwrite=True, **FAST)
     np.testing.assert_array_equal(zarr.open_array(str(source), mode="r")[:], image)
+
+
+def test_a_result_store_read_through_inlined_or_unknown_sources_is_never_replaced(
+        viewer, image, tiny_model, tmp_path):
+    """Found by an audit: a layer reading an earlier result through dask with the zarr
+    array inlined (no graph value to find) got that store deleted and rewritten in place,
+    and the outputs were all zeros."""
+    import dask
+
+    from napari_cvdm.zarr_files import write_ome_zarr
+
+    store = write_ome_zarr(tmp_path / "prev_cvdm.ome.zarr", image.astype(np.float32),
+                           image.astype(np.float32))
+    inlined = da.from_zarr(str(store / "mean" / "0"), inline_array=True) * 1.0
+    unknown = da.from_delayed(dask.delayed(lambda: image.copy())(), image.shape, image.dtype)
+    for name, data, message in (("inlined", inlined, "never modified"),
+                                ("unknown", unknown, "cannot be told")):
+        layer = viewer.add_image(data, name=name)
+        with pytest.raises(ValueError, match=message):
+            run_on_layer(viewer, layer, tiny_model, store=store, overwrite=True, **FAST)
+    np.testing.assert_array_equal(np.asarray(zarr.open_array(str(store / "mean" / "0"))),
+                                  image)
+    # a layer whose sources are all known may replace it
+    known = viewer.add_image(da.from_array(image, chunks=(1, 48, 40)), name="known")
+    mean_layer, _ = run_on_layer(viewer, known, tiny_model, store=store, overwrite=True,
+                                 **FAST)
+    assert mean_layer.data.shape == (2, 96, 80)

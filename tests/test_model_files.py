@@ -254,3 +254,21 @@ def test_a_model_built_from_a_direct_config_saves_and_loads(tmp_path):
     assert CVDMConfig.preset("tiny").preset == "tiny"
     path = nc.save_model(CVDM(config), tmp_path / "direct.cvdm.safetensors")
     assert load_model(path).config == config
+
+
+def test_the_model_a_run_starts_from_is_recognised_by_name_link_or_path(tmp_path):
+    """Found by an audit: with --init widefield-x2, -o the bundled file was an ordinary
+    model, replaced with --overwrite."""
+    from napari_cvdm.model_files import bundled_model_path, existing_output
+
+    assert existing_output(bundled_model_path("demo"), "demo") == "init"
+    assert existing_output(bundled_model_path("demo"), "widefield-x2") == "model"
+    start = bundled_model_path("demo")
+    (tmp_path / "link.cvdm.safetensors").symlink_to(start)
+    assert existing_output(tmp_path / "link.cvdm.safetensors", "demo") == "init"
+    copy = tmp_path / "copy.cvdm.safetensors"
+    copy.write_bytes(start.read_bytes())
+    (tmp_path / "hard.cvdm.safetensors").hardlink_to(copy)
+    assert existing_output(tmp_path / "hard.cvdm.safetensors", str(copy)) == "init"
+    assert existing_output(copy, None) == "model"
+    assert existing_output(tmp_path / "none.cvdm.safetensors", "demo") is None

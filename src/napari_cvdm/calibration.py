@@ -29,6 +29,10 @@ MAX_KNOTS = 64
 SIGNAL_FLOOR = 0.05                      # keeps dark pixels' uncertainty from vanishing
 SIGNAL_EXPONENTS = (0.0, 0.5, 1.0, 1.5, 2.0)
 MAX_SIGNAL_EXPONENT = 4.0
+# Bounds that keep every calibrated std finite in float32 (normalised units: the image's
+# range is about 2; a table beyond these is damaged, not cautious)
+MAX_CALIBRATED = 1e3
+MAX_LOG_STD = 50.0
 
 
 def _pool_adjacent_violators(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -104,16 +108,24 @@ def _isotonic(s: np.ndarray, e: np.ndarray, bins: int) -> dict[str, Any]:
             "scale": round(scale, 6), "pixels": int(s.size)}
 
 
+def _number(value: Any) -> bool:
+    """A finite int or float (not a bool, a string or a list)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def check(table: Any) -> dict[str, Any]:
     """A calibration table from a model file, checked; ValueError when it is malformed."""
     if not isinstance(table, dict) or table.get("method") not in ("isotonic", "scale"):
         raise ValueError("the model's calibration table is malformed (method)")
     scale = table.get("scale")
-    if not isinstance(scale, (int, float)) or not (math.isfinite(scale) and scale > 0):
+    if not _number(scale) or not 0 < scale <= MAX_CALIBRATED:
         raise ValueError("the model's calibration table is malformed (scale)")
     if table["method"] == "isotonic":
         x, y = table.get("log_std"), table.get("std")
-        if not (isinstance(x, list) and isinstance(y, list) and 1 <= len(x) == len(y) <= MAX_KNOTS):
+        if not (isinstance(x, list) and isinstance(y, list)
+                and 1 <= len(x) == len(y) <= MAX_KNOTS
+                and all(_number(v) and abs(v) <= MAX_LOG_STD for v in x)
+                and all(_number(v) and v <= MAX_CALIBRATED for v in y)):
             raise ValueError("the model's calibration table is malformed (knots)")
         xa, ya = np.asarray(x, float), np.asarray(y, float)
         if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (ya >= 0).all()
@@ -121,7 +133,7 @@ def check(table: Any) -> dict[str, Any]:
             raise ValueError("the model's calibration table is malformed (not monotone)")
     exponent = table.get("signal_exponent", 0.0)
     floor = table.get("signal_floor", SIGNAL_FLOOR)
-    if not (isinstance(exponent, (int, float)) and isinstance(floor, (int, float))
+    if not (_number(exponent) and _number(floor)
             and 0 <= exponent <= MAX_SIGNAL_EXPONENT and 0 < floor <= 1):
         raise ValueError("the model's calibration table is malformed (signal term)")
     return table

@@ -435,36 +435,66 @@ class LazyOutput:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
-def _input_stores(layer) -> list[Path]:
-    """The folders the layer's pixels come from, as far as they can be told: the file it
-    was opened from, the store of an earlier result, the zarr arrays under its dask data."""
-    paths = [getattr(getattr(layer, "source", None), "path", None),
-             (layer.metadata.get("cvdm") or {}).get("store")]
+def _data_sources(level, zarr) -> tuple[list[Any], bool]:
+    """The zarr arrays a layer level reads, and whether that is all it reads: a NumPy or
+    zarr array, or a dask graph whose every loader (inlined ones too) is one of those.
+    ``False``: it reads something not seen here (a delayed function, say)."""
+    if isinstance(level, np.ndarray):
+        return [], True
+    if zarr is not None and isinstance(level, zarr.Array):
+        return [level], True
+    if not hasattr(level, "__dask_graph__"):
+        return [], False
+    found, data, stack = [], False, list(level.__dask_graph__().values())
+    seen = 0
+    while stack and seen < 1_000_000:
+        item = stack.pop()
+        seen += 1
+        if zarr is not None and isinstance(item, zarr.Array):
+            found.append(item)
+        elif isinstance(item, np.ndarray):
+            data = True
+        elif isinstance(item, (tuple, list)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        else:  # dask's Task / DataNode objects hold their arguments and values
+            for name in ("args", "kwargs", "value"):
+                inner = getattr(item, name, None)
+                if isinstance(inner, (tuple, list, dict)) or inner is not None and \
+                        hasattr(inner, "__array__"):
+                    stack.append(inner)
+    return found, bool(found or data) and not stack
+
+
+def _input_stores(layer) -> tuple[list[Path], bool]:
+    """The folders the layer's pixels come from (the file it was opened from, the store of
+    an earlier result, the zarr arrays under its data), and whether those are all of them."""
     try:
         import zarr
     except ImportError:
         zarr = None
-    levels = layer.data if layer.multiscale else [layer.data]
-    for level in levels if zarr is not None else ():
-        if isinstance(level, zarr.Array):
-            arrays = [level]
-        elif hasattr(level, "__dask_graph__"):
-            arrays = [v for v in level.__dask_graph__().values() if isinstance(v, zarr.Array)]
-        else:
-            arrays = []
+    paths = [getattr(getattr(layer, "source", None), "path", None),
+             (layer.metadata.get("cvdm") or {}).get("store")]
+    complete = True
+    for level in layer.data if layer.multiscale else [layer.data]:
+        arrays, known = _data_sources(level, zarr)
+        complete = complete and known
         paths += [getattr(a.store, "root", None) or getattr(a.store, "path", None)
                   for a in arrays]
-    return [Path(p).resolve() for p in paths if p]
+    return [Path(p).resolve() for p in paths if p], complete
 
 
 def check_store(layer, store) -> None:
     """ValueError unless a result of ``layer`` may be written to the OME-Zarr folder
     ``store``: not the layer's own store, inside it or around it, and not an existing folder
-    unless it holds an earlier napari-cvdm result (which is replaced)."""
+    unless it holds an earlier napari-cvdm result, which is replaced only where all the
+    layer's sources are known (else it might be one: it would be deleted while read)."""
     from .zarr_files import is_result_store
 
     path = Path(store).expanduser().resolve()
-    for source in _input_stores(layer):
+    sources, complete = _input_stores(layer)
+    for source in sources:
         if path == source or source in path.parents or path in source.parents:
             raise ValueError(f"the store {store} is, holds or lies inside the input "
                              f"{source}, which is never modified; choose another folder")
@@ -472,6 +502,10 @@ def check_store(layer, store) -> None:
         raise ValueError(f"{store} exists and is not a napari-cvdm result; choose a new "
                          "folder name (an existing store is replaced only when it holds an "
                          "earlier result)")
+    if path.exists() and not complete:
+        raise ValueError(f"{store} exists, and where the layer's data come from cannot be "
+                         "told (it might be read from there while being replaced); choose a "
+                         "new folder name")
 
 
 def _store_path(layer, store) -> tuple[Path, bool]:

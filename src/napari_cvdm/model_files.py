@@ -76,9 +76,12 @@ def existing_output(path: str | os.PathLike, init=None) -> str | None:
         read_model_header(path)
     except (ValueError, OSError):
         return "other"
-    if isinstance(init, (str, os.PathLike)) and not (isinstance(init, str) and init in BUNDLED):
+    if isinstance(init, (str, os.PathLike)):
+        start = bundled_model_path(init) if isinstance(init, str) and init in BUNDLED \
+            else Path(init).expanduser()
         try:
-            if Path(init).expanduser().resolve() == path.resolve():
+            if start.resolve() == path.resolve() or (start.exists() and
+                                                     os.path.samefile(start, path)):
                 return "init"
         except OSError:
             pass

@@ -154,8 +154,25 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") 
             check(metadata["calibration"])
         except ValueError:
             need(False, "calibration")
+    for part in ("data", "settings"):
+        need(isinstance(training.get(part, {}), dict), f"training.{part}")
+    degradation = training.get("data", {}).get("degradation", {})
+    need(isinstance(degradation, dict), "training.data.degradation")
+    sigma = degradation.get("psf_sigma")
+    widths = sigma if isinstance(sigma, list) else [sigma]
+    need(sigma is None or (1 <= len(widths) <= 2 and all(_positive(v) for v in widths)),
+         "training.data.degradation.psf_sigma")
     intended = metadata.get("intended", {})
     need(isinstance(intended, dict), "intended")
+    pixels = intended.get("input_pixel_size_nm")
+    need(pixels is None or (isinstance(pixels, list) and len(pixels) == 2
+                            and all(_positive(v) for v in pixels) and pixels[0] <= pixels[1]),
+         "intended.input_pixel_size_nm")
+
+
+def _positive(value: Any) -> bool:
+    """A finite positive int or float (not a bool or a string)."""
+    return type(value) in (int, float) and math.isfinite(value) and value > 0
 
 
 def _check_value(name: str, value: Any, default: Any) -> bool:

@@ -16,19 +16,26 @@ def add_parser(sub) -> None:
                         "limits) without loading its weights (default: none)")
 
 
+MAX_LINE = 2000  # characters of one card line printed (a name may be megabytes)
+
+
 def model_card(model: str) -> str:
     """The card of a bundled model or model file, from its header (weights not loaded)."""
     from ..model_card import card_text
-    from ..model_files import model_path, weights_sha256
+    from ..model_files import _config_from_header, model_path, weights_sha256
     from ..model_header import MODEL_SUFFIX, read_model_header
+    from . import _one_line
 
     path = model_path(model)
     header = read_model_header(path)
+    _config_from_header(path, header)  # a card only for a file load_model would take
     metadata = header["metadata"]
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
-    return (f"{card_text(name, header['config'], metadata)}\n"
+    text = (f"{card_text(name, header['config'], metadata)}\n"
             f"file: {path}\nsha256: {weights_sha256(path)}\n"
             f"written by: napari-cvdm {header.get('version', '?')}")
+    # the file's text may hold terminal escapes: each line is printed as plain text
+    return "\n".join(_one_line(line[:MAX_LINE]) for line in text.splitlines())
 
 
 def run(args) -> int:
