@@ -89,6 +89,24 @@ def test_conversion_of_a_trusted_checkpoint_gives_the_same_model(tmp_path, tiny_
     assert not list(tmp_path.glob("*.part"))
 
 
+def test_conversion_replaces_an_existing_output_only_when_told(tmp_path, tiny_model, capsys):
+    """Found by an audit: an existing OUT was replaced without a word."""
+    pt = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), pt)
+    out = tmp_path / "x.cvdm.safetensors"
+    args = [str(pt), str(out), "--preset", "tiny"]
+    assert convert_module.main(args) == 0
+    first = out.read_bytes()
+    assert convert_module.main(args + ["--half"]) == 2
+    assert "pass --overwrite" in capsys.readouterr().err and out.read_bytes() == first
+    assert convert_module.main(args + ["--half", "--overwrite"]) == 0
+    assert out.read_bytes() != first
+    image = tmp_path / "image.cvdm.safetensors"
+    image.write_bytes(b"not a model")
+    assert convert_module.main([str(pt), str(image), "--preset", "tiny", "--overwrite"]) == 2
+    assert image.read_bytes() == b"not a model"
+
+
 def test_conversion_refuses_weights_of_another_preset_or_scale(tmp_path, tiny_model, capsys):
     pt = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), pt)

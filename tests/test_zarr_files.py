@@ -277,3 +277,18 @@ def test_a_unit_that_is_not_a_name_drops_the_size_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="not a unit name"):
         _, meta = read_ome_zarr(path)
     assert "X" not in meta["physical"] and meta["physical"]["Y"] == PhysicalSize(0.1, "µm")
+
+
+def test_a_zarr_folder_that_is_no_image_is_refused_before_any_work(tmp_path, tiny_model_file,
+                                                                   capsys):
+    """Found by an audit: the run did the other inputs first, then failed on zarr's own
+    message ("An array already exists in store ...")."""
+    from napari_cvdm.cli import main
+
+    _input(tmp_path)
+    zarr.create_array(str(tmp_path / "plain.zarr"), shape=(8, 8), dtype="f4")
+    code = main(["predict", str(tmp_path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"])
+    assert code == 2
+    assert "plain.zarr" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())

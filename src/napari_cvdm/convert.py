@@ -1,6 +1,6 @@
 """Convert a trusted PyTorch checkpoint (.pt/.pth/.ckpt) into a napari-cvdm model file.
 
-    python -m napari_cvdm.convert IN.pt OUT.cvdm.safetensors --preset NAME [--scale S]
+    python -m napari_cvdm.convert IN.pt OUT.cvdm.safetensors --preset NAME [--scale S] [--overwrite]
 
 napari-cvdm never unpickles model files: a pickle can run arbitrary code when loaded.
 This one-off conversion reads the checkpoint with ``torch.load(weights_only=True)`` (which
@@ -35,6 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale", type=int, default=2, choices=(1, 2, 3, 4),
                         help="its super-resolution factor (default 2)")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace OUT if it exists (a napari-cvdm model file only)")
     return parser
 
 
@@ -64,11 +66,13 @@ def extract_state_dict(obj) -> dict:
     return state
 
 
-def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = False) -> Path:
-    """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path."""
+def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = False,
+            overwrite: bool = False) -> Path:
+    """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path.
+    An existing output is replaced only with ``overwrite`` and only if it is a model file."""
     import torch
 
-    from .model_files import MODEL_SUFFIX, load_model, save_model
+    from .model_files import MODEL_SUFFIX, existing_output, load_model, save_model
     from .model.config import CVDMConfig
     from .model.cvdm import CVDM
 
@@ -80,6 +84,12 @@ def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = F
                          f"{output_path.name!r}")
     if output_path.resolve() == input_path.resolve():
         raise ValueError("the output must not overwrite the input")
+    holds = existing_output(output_path)
+    if holds == "other":
+        raise ValueError(f"{output_path} exists and is not a napari-cvdm model file; give a "
+                         "new file name")
+    if holds is not None and not overwrite:
+        raise ValueError(f"{output_path} exists; pass --overwrite to replace it")
     try:
         obj = torch.load(input_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zip errors
@@ -111,7 +121,8 @@ def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = F
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        out = convert(args.input, args.output, args.preset, args.scale, args.half)
+        out = convert(args.input, args.output, args.preset, args.scale, args.half,
+                      args.overwrite)
     except ValueError as exc:
         print(f"convert: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

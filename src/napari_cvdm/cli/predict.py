@@ -153,6 +153,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
     from ..tiff_writer import check_outputs
+    from ..zarr_files import read_ome_zarr
 
     if not clustered:
         resolve_device(args.device)
@@ -162,6 +163,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
         raise ValueError(f"-o names the output folder (each input's outputs are named after "
                          f"it), and {args.output} looks like a file name; give a folder")
     paths = expand_inputs(args.inputs)
+    for path in paths:
+        if is_zarr(path):  # its metadata only: a folder that is no image fails here, not midway
+            read_ome_zarr(path)
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
     zarr_inputs = [p.resolve() for p in paths if is_zarr(p)]
