@@ -117,3 +117,14 @@ def test_export_checks_its_output_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=message):
             export_bioimageio(model, output, FAST, overwrite=True)
 
+
+
+def test_cvdm_info_shows_the_card_of_a_package(package, capsys):
+    """Found by an audit: cvdm info called a package that load_model reads a pickle file."""
+    from napari_cvdm.cli import main
+
+    _, path = package
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny-test: x2 super-resolution") and f"package: {path}" in out
+    assert "file: " not in out and "sha256: " in out

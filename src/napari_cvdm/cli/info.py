@@ -27,6 +27,16 @@ def model_card(model: str) -> str:
     from . import _one_line
 
     path = model_path(model)
+    if path.suffix.lower() == ".zip":  # a bioimage.io package: the card of its model file
+        import tempfile
+
+        from ..bioimageio_export import model_file_in_package
+
+        with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
+            card = model_card(str(model_file_in_package(path, folder)))
+        # the attachment's place was temporary: name the package instead
+        return "\n".join(f"package: {_one_line(path)}" if line.startswith("file: ") else line
+                         for line in card.splitlines())
     header = read_model_header(path)
     _config_from_header(path, header)  # a card only for a file load_model would take
     metadata = header["metadata"]
