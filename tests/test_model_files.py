@@ -290,3 +290,19 @@ def test_the_model_a_run_starts_from_is_recognised_by_name_link_or_path(tmp_path
     assert existing_output(tmp_path / "hard.cvdm.safetensors", str(copy)) == "init"
     assert existing_output(copy, None) == "model"
     assert existing_output(tmp_path / "none.cvdm.safetensors", "demo") is None
+
+
+def test_a_pipe_or_device_as_model_and_a_huge_number_in_the_header_are_clear(tmp_path,
+                                                                            tiny_model):
+    """Found by an audit: a FIFO was "not found", and a 5000-digit number in the header gave
+    Python's int-limit message without the file."""
+    import os
+
+    from napari_cvdm.model_header import parse_json
+
+    fifo = tmp_path / "pipe.cvdm.safetensors"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_model(fifo)
+    with pytest.raises(ValueError, match="the header of m is damaged"):
+        parse_json('{"step": ' + "9" * 5000 + "}", "the header of m")

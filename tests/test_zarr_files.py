@@ -292,3 +292,15 @@ def test_a_zarr_folder_that_is_no_image_is_refused_before_any_work(tmp_path, tin
     assert code == 2
     assert "plain.zarr" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
+
+
+def test_a_leftover_old_folder_does_not_block_replacing_a_result(tmp_path):
+    """Found by an audit: a non-empty '.<name>.old' (a crash's leftover) made the replace fail
+    with "Directory not empty" and left the finished '.part' store behind."""
+    data = np.ones((8, 8), np.float32)
+    result = write_ome_zarr(tmp_path / "r.ome.zarr", data, data)
+    (tmp_path / ".r.ome.zarr.old" / "x").mkdir(parents=True)
+    write_ome_zarr(result, 3 * data, data, overwrite=True)
+    mean, _ = read_ome_zarr(result / "mean")
+    np.testing.assert_array_equal(np.asarray(mean), 3 * data)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.ome.zarr.old", "r.ome.zarr"]

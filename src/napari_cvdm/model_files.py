@@ -102,6 +102,9 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a model file (*{MODEL_SUFFIX})")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a regular file (a pipe or a device?); give a model "
+                         f"file (*{MODEL_SUFFIX})")
     if isinstance(name_or_path, str) and path.name == name_or_path and not path.suffix \
             and not path.exists():  # a bare name, no folder, no suffix: meant as bundled
         raise ValueError(f"no bundled model or model file is called {name_or_path!r}; the "

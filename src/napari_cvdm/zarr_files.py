@@ -251,9 +251,22 @@ class ZarrResultWriter:
             if not self.overwrite:
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 raise output_exists(self.path)
-            old = self.path.with_name(f".{self.path.name}.old")
-            os.replace(self.path, old)
-        os.replace(self._tmp, self.path)
+            # a fresh empty folder of its own (a leftover '.old' cannot block the move)
+            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".old",
+                                        dir=self.path.parent))
+            try:
+                os.replace(self.path, old)
+            except OSError:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+                old.rmdir()
+                raise
+        try:
+            os.replace(self._tmp, self.path)
+        except OSError:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            if old is not None:
+                os.replace(old, self.path)  # the previous result stays as it was
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return False
