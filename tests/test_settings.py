@@ -164,3 +164,17 @@ def test_numpy_numbers_are_kept_as_python_numbers(tiny_model):
     result = nc.predict(image, tiny_model, samples=np.int64(2), steps=np.int16(1))
     assert type(result.samples) is int and type(result.steps) is int
     assert result.samples == 2 and result.steps == 1
+
+
+def test_one_step_up_from_auto_in_the_widget_is_a_valid_setting():
+    """Found by an audit: the PSF width box went 0 (auto) -> 0.25, which the settings
+    refused (minimum 0.3) only when Run was pressed."""
+    from dataclasses import fields
+
+    from napari_cvdm._reconstruction_options import AUTO
+    from napari_cvdm.settings import PredictSettings, check_field
+
+    stepped = [f for f in fields(PredictSettings) if f.name in AUTO and "step" in f.metadata]
+    assert stepped
+    for f in stepped:
+        check_field(f, AUTO[f.name] + f.metadata["step"])

@@ -63,3 +63,34 @@ def test_changed_weights_are_used_by_the_next_call(tiny_model):
             p.mul_(0.5)
     second = nc.predict(image, tiny_model, samples=1, steps=2, seed=0)
     assert not np.array_equal(first.mean, second.mean)  # no stale cached copy
+
+
+def test_overlapping_cuda_runs_leave_the_autotuner_flag_as_the_caller_set_it():
+    """Found by an audit (read, not run: no GPU here): run B starting after run A turned the
+    flag on and ending after A restored it restored "on" and left it on."""
+    import threading
+
+    from napari_cvdm.inference import cudnn_autotune
+
+    torch.backends.cudnn.benchmark = False
+    a_started, b_started, a_done = threading.Event(), threading.Event(), threading.Event()
+
+    def run_a():
+        with cudnn_autotune():
+            a_started.set()
+            b_started.wait(5)
+        a_done.set()
+
+    def run_b():
+        a_started.wait(5)
+        with cudnn_autotune():
+            b_started.set()
+            a_done.wait(5)
+            assert torch.backends.cudnn.benchmark  # still running: on
+
+    threads = [threading.Thread(target=run_a), threading.Thread(target=run_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert torch.backends.cudnn.benchmark is False

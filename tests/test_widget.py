@@ -383,6 +383,25 @@ def test_a_damaged_options_file_is_ignored(make_napari_viewer, private_config):
     assert widget.options().settings == PredictSettings(eta=0.5)  # the valid one is kept
 
 
+@pytest.mark.parametrize("content", ['{"seed": -5}', '{"seed": 1099511627776}',
+                                     "[" * 100_000 + "]" * 100_000, "x" * 100_000, "pipe"])
+def test_an_options_file_the_widget_cannot_use_never_stops_it_opening(make_napari_viewer,
+                                                                     private_config, content):
+    """Found by an audit: a remembered seed outside the box's range, or deeply nested JSON,
+    raised while the widget was made, every time napari opened it; a pipe hung."""
+    import os
+
+    private_config.mkdir()
+    path = private_config / "reconstruction.json"
+    if content == "pipe":
+        os.mkfifo(path)
+    else:
+        path.write_text(content)
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-cvdm",
+                                                                   "CVDM reconstruction")
+    assert widget.options() == ReconstructionOptions()
+
+
 def test_advanced_options_are_folded_away_until_asked_for(viewer_and_widget):
     _, widget = viewer_and_widget
     advanced = ["sampler", "precision", "tile_size", "overlap", "batch_size", "compile"]

@@ -304,3 +304,13 @@ def test_a_leftover_old_folder_does_not_block_replacing_a_result(tmp_path):
     mean, _ = read_ome_zarr(result / "mean")
     np.testing.assert_array_equal(np.asarray(mean), 3 * data)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".r.ome.zarr.old", "r.ome.zarr"]
+
+
+def test_units_written_in_capitals_are_understood():
+    """Found by an audit: "NM" and "MM" were unknown units, so the pixel-size check was
+    skipped (only "UM" had an alias)."""
+    from napari_cvdm.physical import normalise
+
+    assert normalise(65, "NM") == PhysicalSize(65.0, "nm")
+    assert normalise(0.5, "MS", time=True) == normalise(0.5, "ms", time=True)
+    assert normalise(1e-3, "MM") == normalise(1e-3, "mm")

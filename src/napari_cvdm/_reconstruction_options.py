@@ -75,20 +75,31 @@ def control(f) -> Any:
 
 def save_options(values: dict[str, Any]) -> None:
     """Remember the widget's options (not the device, which depends on the computer)."""
+    from .atomic import atomic_write
+
     values = {k: v for k, v in values.items() if k != "device"}
     try:
         path = config_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(values))
-    except (OSError, TypeError):
+        with atomic_write(path) as tmp:  # never a half-written file
+            tmp.write_text(json.dumps(values))
+    except (OSError, TypeError, ValueError):
         pass  # remembering options is a convenience: never an error
+
+
+MAX_OPTIONS_BYTES = 1 << 16  # a few hundred bytes are written; more is not ours
 
 
 def load_options() -> dict[str, Any]:
     """The remembered options that are still valid (a stale or edited file is ignored)."""
+    from .model_header import parse_json
+
     try:
-        saved = json.loads(config_path().read_text())
-    except (OSError, ValueError):
+        path = config_path()
+        if not path.is_file() or path.stat().st_size > MAX_OPTIONS_BYTES:
+            return {}  # not a regular file (a pipe would hang the read), or not ours
+        saved = parse_json(path.read_text(), "the options file")
+    except (OSError, ValueError):  # parse_json turns deep nesting into a ValueError
         return {}
     checks = {f.name: f for f in fields(PredictSettings)}
     out = {}

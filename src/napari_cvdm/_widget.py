@@ -282,7 +282,10 @@ class ReconstructionWidget(Container):
     def _load_options(self) -> None:
         for name, value in load_options().items():
             if name in self._options:
-                self._options[name].value = value
+                try:
+                    self._options[name].value = value
+                except (ValueError, TypeError):
+                    pass  # a value the control cannot show (a seed beyond its range): default
 
     # -- running ---------------------------------------------------------------------------
     @property
@@ -368,7 +371,7 @@ class ReconstructionWidget(Container):
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance, crop)
-            warned = (input_warnings(layer, model, options.settings.psf_sigma)
+            warned = (input_warnings(layer, model, options.settings.psf_sigma, crop)
                       if model is not None else ())
             for message in warned:
                 show_warning(f"CVDM: {message}")

@@ -14,6 +14,8 @@ flag on CUDA, is restored when it returns.
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -192,6 +194,31 @@ def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
         run.total = run.done + planes_left * run.plane_evaluations()
 
 
+_autotune_lock = threading.Lock()
+_autotune_runs = 0  # CUDA runs in progress with cuDNN's autotuner on
+_autotune_before = False  # the flag as the first of them found it
+
+
+@contextlib.contextmanager
+def cudnn_autotune():
+    """cuDNN's autotuner on while any CUDA run is in progress, the caller's setting back when
+    the last ends: runs in several threads overlap, and each restoring the flag it found
+    would leave it on."""
+    global _autotune_runs, _autotune_before
+    with _autotune_lock:
+        if _autotune_runs == 0:
+            _autotune_before = torch.backends.cudnn.benchmark
+        _autotune_runs += 1
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        with _autotune_lock:
+            _autotune_runs -= 1
+            if _autotune_runs == 0:
+                torch.backends.cudnn.benchmark = _autotune_before
+
+
 def _calibrate(table, norm: Normalization, mean_view: np.ndarray, var_view: np.ndarray,
                std_view) -> None:
     """The calibrated std of one plane (from its normalised mean and variance) in input
@@ -253,11 +280,9 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     table = run.calibration
     std_out = None if table is None else np.empty_like(mean_out)
     run.denoise = _CompiledDenoiser(net) if s.compile else None
-    cudnn_benchmark = torch.backends.cudnn.benchmark
+    autotune = cudnn_autotune() if dev.type == "cuda" else contextlib.nullcontext()
     try:
-        if dev.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # every tile has the same shape
-        with torch.inference_mode():
+        with autotune, torch.inference_mode():  # autotune: every tile has the same shape
             for p, index in enumerate(planes):
                 plane = check_plane(image[index] if index else image, index)
                 norm = Normalization.fit(plane, run.percentiles)
@@ -275,7 +300,6 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                            None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])
     finally:
-        torch.backends.cudnn.benchmark = cudnn_benchmark
         if dev.type == "cpu":
             release_cpu_memory()
     p = run.plan

@@ -64,7 +64,8 @@ def region_crop(layer, region) -> Crop | None:
     ``region``; None for the whole image (``region`` None).
 
     The rectangle is mapped from the shapes layer's data coordinates through world
-    coordinates to the image's; every pixel whose centre lies inside it is included.
+    coordinates to the image's; every pixel it touches is included (a rotated rectangle:
+    its bounding box in the image's pixels), at least 2 along Y and X.
     """
     if region is None:
         return None
@@ -83,6 +84,9 @@ def region_crop(layer, region) -> Crop | None:
     points = np.array([np.asarray(layer.world_to_data(
         np.concatenate([np.zeros(max(layer.ndim - len(w), 0)), w])[-layer.ndim:]))[-2:]
         for w in world])
+    if not np.isfinite(points).all():
+        raise ValueError(f"the rectangle of {region.name!r} has corners that are not finite "
+                         "numbers; draw it again")
     shape = layer_image(layer).shape[-2:]
     bounds = []
     for axis in range(2):
@@ -91,6 +95,10 @@ def region_crop(layer, region) -> Crop | None:
         if high <= low:
             raise ValueError(f"the rectangle of {region.name!r} does not cover any pixel of "
                              f"{layer.name!r}")
+        if high - low < 2:
+            raise ValueError(f"the rectangle of {region.name!r} covers only one pixel along "
+                             f"{'YX'[axis]} of {layer.name!r}; draw it larger, in the Y-X "
+                             "plane of the image")
         bounds.append((low, high))
     return tuple(bounds)
 
@@ -327,12 +335,15 @@ def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
     return _add_or_update(viewer, mean, mean_kwargs), spread_layer
 
 
-def input_warnings(layer, model, psf_sigma: float | None = None) -> list[str]:
-    """Why a result on this layer may not be trustworthy (``domain.input_warnings``)."""
+def input_warnings(layer, model, psf_sigma: float | None = None,
+                   crop: Crop | None = None) -> list[str]:
+    """Why a result on this layer (its ``crop`` where given: the pixels reconstructed) may
+    not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
     unit = str(layer.units[-1]) if len(getattr(layer, "units", ())) else None
-    return warnings_for(unwrap(layer.data), model, float(layer.scale[-1]), unit, psf_sigma)
+    return warnings_for(layer_image(layer, crop), model, float(layer.scale[-1]), unit,
+                        psf_sigma)
 
 
 def _model_path(source: str | os.PathLike) -> Path:
@@ -594,7 +605,7 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     if not is_lazy(layer):
         image = layer.data if crop is None else layer_image(layer, crop)
         result = predict(image, net, settings=s, progress=progress, cancel=cancel)
-        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma):
+        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma, crop=crop):
             warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
         return show_result(viewer, layer, result, show, provenance, crop)
     result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)

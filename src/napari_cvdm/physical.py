@@ -58,6 +58,8 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
     factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit or default)))
     size *= factor
     known = TIME_UNITS if time else LENGTH_UNITS
+    if unit not in known and unit.lower() in known:
+        unit = unit.lower()  # "NM", "MM": written in capitals
     if unit not in known:
         warnings.warn(f"unknown {'time' if time else 'length'} unit {unit!r}; the size is "
                       "not kept", stacklevel=2)

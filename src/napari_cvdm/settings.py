@@ -125,7 +125,7 @@ class PredictSettings:
                            "no extra cost", advanced=True)
     psf_sigma: float | None = option(None, "the input's blur relative to the output: the "
                                      "PSF's Gaussian sigma in output pixels (used by "
-                                     "PSF-conditioned models only)", min=0.3, max=20.0,
+                                     "PSF-conditioned models only)", min=0.25, max=20.0,
                                      step=0.25, auto="estimated from the image where it is "
                                      "sharper than the model's typical widefield blur, "
                                      "else that")
