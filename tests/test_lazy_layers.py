@@ -259,7 +259,7 @@ def test_a_result_store_read_through_inlined_or_unknown_sources_is_never_replace
 
 
 def test_a_region_warns_about_its_own_pixels_and_degenerate_rectangles_are_clear(
-        make_napari_viewer, tiny_model):
+        viewer, tiny_model):
     """Found by an audit: the input warnings looked at the whole image, not the region that
     was reconstructed; a one-pixel-wide or non-finite rectangle gave misleading errors."""
     import warnings
@@ -269,7 +269,6 @@ def test_a_region_warns_about_its_own_pixels_and_degenerate_rectangles_are_clear
     smooth = ndimage.gaussian_filter(np.random.default_rng(0).random((64, 64)), 4) * 1000
     image = smooth.astype(np.float32)
     image[:24, :24] = np.random.default_rng(1).random((24, 24)) * 1000  # noise in a corner
-    viewer = make_napari_viewer()
     layer = viewer.add_image(image, name="img")
     for corners, noisy in (([[0, 0], [23, 23]], True), ([[30, 30], [60, 60]], False)):
         shapes = viewer.add_shapes([np.array(corners, float)], shape_type="rectangle")

@@ -133,7 +133,7 @@ def test_a_float_plane_too_large_to_read_whole_is_refused_before_any_work(tiny_m
 
     monkeypatch.setattr(validation, "memory_bytes", lambda: 2**31)  # 2 GiB: 1 GiB to spare
     big = da.zeros((2, 12_000, 12_000), dtype=np.float32, chunks=(1, 4000, 4000))
-    with pytest.raises(ValueError, match=r"read whole once.*1\.6 GiB.*integer type"):
+    with pytest.raises(ValueError, match=r"read whole once.*1\.6 GiB.*16-bit integers"):
         nc.predict(big, tiny_model, samples=1, steps=1, tile_size=1024, precision="fp32")
     lazy = nc.predict(big.astype(np.uint16), tiny_model, samples=1, steps=1, tile_size=1024,
                       precision="fp32")  # integers: histograms, chunk by chunk

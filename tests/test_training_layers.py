@@ -218,3 +218,18 @@ def test_masks_constant_images_self_pairs_and_oversized_layers_are_refused_up_fr
     with pytest.raises(ValueError, match="would need 23.8 GiB in memory"):
         prepare_training(viewer, hq=[huge], output=out, preset="tiny")
     assert not out.exists()
+
+
+def test_blank_planes_of_a_stack_are_left_out_with_a_note(viewer, tmp_path):
+    """Found by a review: one blank plane refused the whole stack (it used to be skipped)."""
+    stack = np.stack([structure(64, 64, seed) for seed in range(3)])
+    stack[0] = 0
+    layer = viewer.add_image(stack, name="stack")
+    job = prepare_training(viewer, hq=[layer], output=tmp_path / "m.cvdm.safetensors",
+                           preset="tiny")
+    assert len(job.hq) == 2 and "1 of the 3 planes of 'stack' left out" in job.notes[-1]
+    assert "(plane 0)" in job.notes[-1]
+    blank = viewer.add_image(np.zeros((2, 64, 64), np.uint16), name="blank")
+    with pytest.raises(ValueError, match="'blank' is constant"):
+        prepare_training(viewer, hq=[blank], output=tmp_path / "m.cvdm.safetensors",
+                         preset="tiny")

@@ -314,3 +314,30 @@ def test_units_written_in_capitals_are_understood():
     assert normalise(65, "NM") == PhysicalSize(65.0, "nm")
     assert normalise(0.5, "MS", time=True) == normalise(0.5, "ms", time=True)
     assert normalise(1e-3, "MM") == normalise(1e-3, "mm")
+
+
+def test_a_link_to_a_result_is_replaced_and_a_foreign_output_folder_refused_up_front(
+        tmp_path, tiny_model_file, capsys):
+    """Found by a review: replacing a result reached through a symbolic link failed after all
+    the work (EISDIR), and a foreign folder where an output goes was refused only at that
+    input's turn, after the others."""
+    from napari_cvdm.cli import main
+
+    data = np.ones((8, 8), np.float32)
+    (tmp_path / "real").mkdir()
+    target = write_ome_zarr(tmp_path / "real" / "x_cvdm.ome.zarr", data, data)
+    link = tmp_path / "x_cvdm.ome.zarr"
+    link.symlink_to(target)
+    write_ome_zarr(link, 2 * data, data, overwrite=True)
+    mean, _ = read_ome_zarr(link / "mean")
+    np.testing.assert_array_equal(np.asarray(mean), 2 * data)
+
+    path, _ = _input(tmp_path)
+    out = tmp_path / "out"
+    (out / "in_cvdm.ome.zarr").mkdir(parents=True)
+    (out / "in_cvdm.ome.zarr" / "notes.txt").write_text("mine")
+    for extra in (["--overwrite"], ["--resume"]):
+        code = main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                     "--samples", "1", "--steps", "1", "--quiet", *extra])
+        assert code == 2 and "is not a napari-cvdm result" in capsys.readouterr().err
+    assert [p.name for p in (out / "in_cvdm.ome.zarr").iterdir()] == ["notes.txt"]

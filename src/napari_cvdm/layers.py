@@ -13,6 +13,7 @@ memory for NumPy layers, against the free disk space of the store for lazy ones.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -177,7 +178,7 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
         return needed
     if store is not None:
         check_store(layer, store)
-    folder = validation.free_space_folder(Path(store) if store is not None
+    folder = validation.free_space_folder(Path(store).expanduser() if store is not None
                                 else Path(tempfile.gettempdir()))
     free = shutil.disk_usage(folder).free
     if needed > free:
@@ -446,10 +447,22 @@ class LazyOutput:
             shutil.rmtree(self.path.parent, ignore_errors=True)
 
 
+KNOWN_MODULES = {"dask", "numpy", "operator", "_operator", "builtins", "toolz", "tlz",
+                 "cytoolz", "functools", "math", "zarr"}
+
+
+def _known_function(func) -> bool:
+    """Whether a dask task's function is the libraries' own (getters, arithmetic, array
+    creation), which read nothing but their arguments."""
+    module = getattr(func, "__module__", None) or getattr(type(func), "__module__", "")
+    return str(module).split(".")[0] in KNOWN_MODULES
+
+
 def _data_sources(level, zarr) -> tuple[list[Any], bool]:
     """The zarr arrays a layer level reads, and whether that is all it reads: a NumPy or
-    zarr array, or a dask graph whose every loader (inlined ones too) is one of those.
-    ``False``: it reads something not seen here (a delayed function, say)."""
+    zarr array, or a dask graph of the libraries' own functions whose every loader
+    (inlined ones too) is one of those. ``False``: it reads something not seen here (a
+    delayed function or a ``map_blocks`` of a user's function, say)."""
     if isinstance(level, np.ndarray):
         return [], True
     if zarr is not None and isinstance(level, zarr.Array):
@@ -469,7 +482,12 @@ def _data_sources(level, zarr) -> tuple[list[Any], bool]:
             stack.extend(item)
         elif isinstance(item, dict):
             stack.extend(item.values())
-        else:  # dask's Task / DataNode objects hold their arguments and values
+        else:  # dask's Task / DataNode objects hold their function, arguments and values
+            func = getattr(item, "func", None)
+            while isinstance(func, functools.partial):
+                func = func.func
+            if func is not None and not _known_function(func):
+                return found, False  # it may read anything (a delayed loader, say)
             for name in ("args", "kwargs", "value"):
                 inner = getattr(item, name, None)
                 if isinstance(inner, (tuple, list, dict)) or inner is not None and \

@@ -348,19 +348,32 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     job = TrainingJob(output=Path(output).expanduser(), settings=training_settings,
                       scale=scale, layers=layers, degradation=degradation if hq is not None
                       else None, notes=notes, start=start)
-    planes_of = {id(layer): _planes(layer) for layer in layers}
-    for layer in layers:
-        message = next(filter(None, (plane_problem(layer.name, plane)
-                                     for plane in planes_of[id(layer)])), None)
-        if message:
-            problems.append(message)
+    # Planes with nothing to learn (blank, NaN) are left out, as train() does with files;
+    # a layer (or pair) with no usable plane at all is refused.
+    groups = list(zip(layers[::2], layers[1::2])) if pairs is not None else \
+        [(layer,) for layer in layers]
+    kept: list[tuple[np.ndarray, ...]] = []
+    for group in groups:
+        usable, why, planes_here = [], None, list(zip(*(_planes(layer) for layer in group)))
+        for index, planes in enumerate(planes_here):
+            found = next(filter(None, (plane_problem(layer.name, plane)
+                                       for layer, plane in zip(group, planes))), None)
+            if found is None:
+                usable.append(planes)
+            else:
+                why = why or (found if len(planes_here) == 1 else f"{found} (plane {index})")
+        if not usable:
+            problems.append(why)
+        elif len(usable) < len(planes_here):
+            notes.append(f"{len(planes_here) - len(usable)} of the {len(planes_here)} planes of "
+                         f"{' / '.join(repr(layer.name) for layer in group)} left out: {why}")
+        kept += usable
     if problems:
         raise ValueError("; ".join(problems))
     if pairs is not None:
-        job.pairs = [(lq, hq_plane) for a, b in zip(layers[::2], layers[1::2])
-                     for lq, hq_plane in zip(planes_of[id(a)], planes_of[id(b)])]
+        job.pairs = [(lq, hq_plane) for lq, hq_plane in kept]
     else:
-        job.hq = [plane for layer in layers for plane in planes_of[id(layer)]]
+        job.hq = [plane for (plane,) in kept]
     return job
 
 

@@ -206,9 +206,10 @@ def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = No
 
 
 def check_whole_plane_reading(shape: tuple[int, ...], dtype, limit: int | None = None) -> int:
-    """Bytes to read one plane of a lazy float image whole (as float64, plus the plane as
-    stored), which its exact percentiles need; ValueError if beyond ``limit`` (default half
-    of this computer's memory). Integer images are summarised by histograms instead."""
+    """Bytes to read one plane of a lazy image whole (as float64, plus the plane as stored),
+    which its exact percentiles need for types without a histogram (floats, 32- and 64-bit
+    integers); ValueError if beyond ``limit`` (default half of this computer's memory).
+    8- and 16-bit images are summarised by histograms, chunk by chunk."""
     dtype = np.dtype(dtype)
     needed = int(shape[-2]) * int(shape[-1]) * (8 + dtype.itemsize)
     limit = spare_memory(limit)
@@ -216,8 +217,8 @@ def check_whole_plane_reading(shape: tuple[int, ...], dtype, limit: int | None =
         raise ValueError(f"a plane of this {dtype} image ({shape[-2]} x {shape[-1]}) is read "
                          f"whole once, to find its intensity percentiles: "
                          f"{needed / 2**30:.1f} GiB, more than this computer can spare "
-                         f"({limit / 2**30:.1f} GiB). Convert it to an integer type (uint16: "
-                         "read chunk by chunk) or process a crop")
+                         f"({limit / 2**30:.1f} GiB). Convert it to 16-bit integers (uint16 "
+                         "or int16: read chunk by chunk) or process a crop")
     return needed
 
 

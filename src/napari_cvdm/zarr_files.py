@@ -254,8 +254,9 @@ class ZarrResultWriter:
             # a fresh empty folder of its own (a leftover '.old' cannot block the move)
             old = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".old",
                                         dir=self.path.parent))
+            moved = old / self.path.name  # into it (a link to a result moves as a link)
             try:
-                os.replace(self.path, old)
+                os.replace(self.path, moved)
             except OSError:
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 old.rmdir()
@@ -265,7 +266,8 @@ class ZarrResultWriter:
         except OSError:
             shutil.rmtree(self._tmp, ignore_errors=True)
             if old is not None:
-                os.replace(old, self.path)  # the previous result stays as it was
+                os.replace(moved, self.path)  # the previous result stays as it was
+                old.rmdir()
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
