@@ -77,8 +77,8 @@ def ome_axes(axes: str, ndim: int) -> str:
         axes = ("CTZ"[-(ndim - 2):] if ndim > 2 else "") + "YX"
     known = [a for a in axes if a in OME_AXES or a == "S"]  # unknown letters may repeat
     if len(axes) > 5 or len(set(known)) != len(known) or not axes.endswith("YX"):
-        raise ValueError(f"cannot write an image with axes {axes!r} as OME-TIFF; it needs "
-                         "at most T, Z, C before Y, X")
+        raise ValueError(f"cannot write an image with axes {axes!r} as OME-TIFF or OME-Zarr; "
+                         "it needs at most T, Z, C before Y, X")
     free = [a for a in "ZTC" if a not in axes]
     named = []
     for a in axes:
