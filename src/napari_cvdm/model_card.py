@@ -92,6 +92,10 @@ def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> st
     trained = f"trained {step:,} steps" if step else "untrained"
     if step and continued:
         trained += " from an earlier model's weights (cvdm train --init)"
+    averaged = training.get("averaged_with")
+    if isinstance(averaged, dict) and isinstance(averaged.get("weight"), (int, float)):
+        trained += (f", then averaged with {str(averaged.get('model') or 'another model')!r} "
+                    f"(weight {averaged['weight']:g}; scripts/average_models.py)")
     lines = [f"{name}: x{config.get('scale')} super-resolution, preset "
              f"{config.get('preset')}, {trained}"]
     for key in CARD_FIELDS:
