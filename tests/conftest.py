@@ -13,6 +13,18 @@ import torch
 from napari_cvdm import CVDM, CVDMConfig
 
 
+def script_module(name: str):
+    """A script of scripts/ (``name`` without .py) imported as a module, for its tests."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def sample_path(name: str):
     return resources.files("napari_cvdm") / "sample_data" / name
 

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import script_module
 
 import napari_cvdm as nc
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "average_models.py"
 
 
 @pytest.fixture(scope="module")
 def soup():
-    spec = importlib.util.spec_from_file_location("average_models", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("average_models")
 
 
 def _model(seed: int, **overrides) -> nc.CVDM:

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+from conftest import script_module
 
 from napari_cvdm.model.config import CVDMConfig, UNetConfig
 from napari_cvdm.model.cvdm import CVDM
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "deepen_model.py"
-
 
 @pytest.fixture(scope="module")
 def deepen_module():
-    spec = importlib.util.spec_from_file_location("deepen_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return script_module("deepen_model")
 
 
 def _trained_like(blocks: int) -> CVDM:
