@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .model_header import finite_number
+
 GAUSSIAN_ABS = math.sqrt(2.0 / math.pi)  # E|e| / sigma for a Gaussian error
 MIN_STD = 1e-6
 MAX_KNOTS = 64
@@ -108,24 +110,19 @@ def _isotonic(s: np.ndarray, e: np.ndarray, bins: int) -> dict[str, Any]:
             "scale": round(scale, 6), "pixels": int(s.size)}
 
 
-def _number(value: Any) -> bool:
-    """A finite int or float (not a bool, a string or a list)."""
-    return type(value) in (int, float) and math.isfinite(value)
-
-
 def check(table: Any) -> dict[str, Any]:
     """A calibration table from a model file, checked; ValueError when it is malformed."""
     if not isinstance(table, dict) or table.get("method") not in ("isotonic", "scale"):
         raise ValueError("the model's calibration table is malformed (method)")
     scale = table.get("scale")
-    if not _number(scale) or not 0 < scale <= MAX_CALIBRATED:
+    if not finite_number(scale) or not 0 < scale <= MAX_CALIBRATED:
         raise ValueError("the model's calibration table is malformed (scale)")
     if table["method"] == "isotonic":
         x, y = table.get("log_std"), table.get("std")
         if not (isinstance(x, list) and isinstance(y, list)
                 and 1 <= len(x) == len(y) <= MAX_KNOTS
-                and all(_number(v) and abs(v) <= MAX_LOG_STD for v in x)
-                and all(_number(v) and v <= MAX_CALIBRATED for v in y)):
+                and all(finite_number(v) and abs(v) <= MAX_LOG_STD for v in x)
+                and all(finite_number(v) and v <= MAX_CALIBRATED for v in y)):
             raise ValueError("the model's calibration table is malformed (knots)")
         xa, ya = np.asarray(x, float), np.asarray(y, float)
         if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (ya >= 0).all()
@@ -133,7 +130,7 @@ def check(table: Any) -> dict[str, Any]:
             raise ValueError("the model's calibration table is malformed (not monotone)")
     exponent = table.get("signal_exponent", 0.0)
     floor = table.get("signal_floor", SIGNAL_FLOOR)
-    if not (_number(exponent) and _number(floor)
+    if not (finite_number(exponent) and finite_number(floor)
             and 0 <= exponent <= MAX_SIGNAL_EXPONENT and 0 < floor <= 1):
         raise ValueError("the model's calibration table is malformed (signal term)")
     return table

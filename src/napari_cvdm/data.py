@@ -92,6 +92,17 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     return _make_pairs(planes)
 
 
+def plane_problem(plane: np.ndarray, name: str) -> str | None:
+    """Why one Y, X plane of a training image says nothing to learn from (NaN or infinite
+    pixels, one value everywhere), or None: such planes are left out."""
+    low, high = float(np.min(plane)), float(np.max(plane))
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return f"{name!r} has NaN or infinite pixels; replace them first"
+    if not high > low:
+        return f"{name!r} is constant ({low:g} everywhere): there is no structure to learn"
+    return None
+
+
 def _array_planes(image, name: str) -> list[np.ndarray]:
     """The usable Y, X planes of an in-memory image (a napari layer's data) as float32."""
     array = np.asarray(image)
@@ -99,7 +110,7 @@ def _array_planes(image, name: str) -> list[np.ndarray]:
         raise ValueError(f"{name} is not a real-valued image (shape {array.shape}, "
                          f"dtype {array.dtype})")
     planes = array.reshape(-1, *array.shape[-2:]).astype(np.float32)
-    return [p for p in planes if np.isfinite(p).all() and p.max() > p.min()]
+    return [p for p in planes if plane_problem(p, name) is None]
 
 
 def pairs_from_arrays(items) -> tuple[list[Pair], int]:

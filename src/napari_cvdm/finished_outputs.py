@@ -31,10 +31,10 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
             if len(outputs) == 1 and outputs[0].is_dir():
                 from .zarr_files import is_complete_result, is_result_store
 
-                if not is_result_store(outputs[0]):
-                    return PARTIAL, "the folder is not a napari-cvdm result"
                 if not is_complete_result(outputs[0]):
-                    return PARTIAL, "the store's writing did not finish"
+                    return PARTIAL, ("the store's writing did not finish"
+                                     if is_result_store(outputs[0])
+                                     else "the folder is not a napari-cvdm result")
                 shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
             else:
                 shapes = [_tiff_shape(p) for p in outputs]

@@ -519,7 +519,7 @@ def check_store(layer, store) -> None:
     ``store``: not the layer's own store, inside it or around it, and not an existing folder
     unless it holds an earlier napari-cvdm result, which is replaced only where all the
     layer's sources are known (else it might be one: it would be deleted while read)."""
-    from .zarr_files import is_result_store
+    from .zarr_files import check_replaceable
 
     path = Path(store).expanduser().resolve()
     sources, complete = _input_stores(layer)
@@ -527,10 +527,7 @@ def check_store(layer, store) -> None:
         if path == source or source in path.parents or path in source.parents:
             raise ValueError(f"the store {store} is, holds or lies inside the input "
                              f"{source}, which is never modified; choose another folder")
-    if path.exists() and not is_result_store(path):
-        raise ValueError(f"{store} exists and is not a napari-cvdm result; choose a new "
-                         "folder name (an existing store is replaced only when it holds an "
-                         "earlier result)")
+    check_replaceable(Path(store).expanduser())
     if path.exists() and not complete:
         raise ValueError(f"{store} exists, and where the layer's data come from cannot be "
                          "told (it might be read from there while being replaced); choose a "

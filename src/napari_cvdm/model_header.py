@@ -170,9 +170,13 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") 
          "intended.input_pixel_size_nm")
 
 
+def finite_number(value: Any) -> bool:
+    """A finite int or float from a JSON header (not a bool, a string or a list)."""
+    return type(value) in (int, float) and math.isfinite(value)
+
+
 def _positive(value: Any) -> bool:
-    """A finite positive int or float (not a bool or a string)."""
-    return type(value) in (int, float) and math.isfinite(value) and value > 0
+    return finite_number(value) and value > 0
 
 
 def _check_value(name: str, value: Any, default: Any) -> bool:
@@ -182,7 +186,7 @@ def _check_value(name: str, value: Any, default: Any) -> bool:
         low, high = INT_RANGES.get(name, (-2**31, 2**31))
         return type(value) is int and low <= value <= high
     if isinstance(default, float):
-        if type(value) not in (int, float) or not math.isfinite(value):
+        if not finite_number(value):
             return False
         if name in FLOAT_RANGES:
             low, high, inclusive = FLOAT_RANGES[name]

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import model_choices
-from .data import Pair, split_images, split_validation
+from .data import Pair, plane_problem, split_images, split_validation
 from .degradation import Degradation
 from .layers import unwrap
 from .model.config import CVDMConfig
@@ -60,16 +60,6 @@ def layer_problem(layer, role: str = "high-quality") -> str | None:
         return (f"{layer.name!r} would need {needed / 2**30:.1f} GiB in memory to train on, "
                 f"more than this computer can spare ({limit / 2**30:.1f} GiB); crop a "
                 "region or take fewer planes into a new layer")
-    return None
-
-
-def plane_problem(name: str, plane: np.ndarray) -> str | None:
-    """Why one plane of a training image says nothing to learn from, or None."""
-    low, high = float(np.min(plane)), float(np.max(plane))
-    if not (np.isfinite(low) and np.isfinite(high)):
-        return f"{name!r} has NaN or infinite pixels; replace them first"
-    if not high > low:
-        return f"{name!r} is constant ({low:g} everywhere): there is no structure to learn"
     return None
 
 
@@ -290,7 +280,8 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
         problems.append("choose at least one training image")
     if any(len(g) != 2 for g in groups) and pairs is not None:
         raise ValueError("each pair must be (low-quality layer, high-quality layer)")
-    layers = [_resolve(viewer, layer) for group in groups for layer in group]
+    groups = [tuple(_resolve(viewer, layer) for layer in group) for group in groups]
+    layers = [layer for group in groups for layer in group]
     roles = ["low-quality", "high-quality"] if pairs is not None else ["high-quality"]
     for i, layer in enumerate(layers):
         message = layer_problem(layer, roles[i % len(roles)])
@@ -304,7 +295,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
 
     if pairs is not None:
         scales = []
-        for lq, hq_layer in zip(layers[::2], layers[1::2]):
+        for lq, hq_layer in groups:
             if lq is hq_layer:
                 problems.append(f"{lq.name!r} is both the low- and the high-quality image of "
                                 "a pair; choose its matching acquisition")
@@ -350,13 +341,11 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
                       else None, notes=notes, start=start)
     # Planes with nothing to learn (blank, NaN) are left out, as train() does with files;
     # a layer (or pair) with no usable plane at all is refused.
-    groups = list(zip(layers[::2], layers[1::2])) if pairs is not None else \
-        [(layer,) for layer in layers]
     kept: list[tuple[np.ndarray, ...]] = []
     for group in groups:
         usable, why, planes_here = [], None, list(zip(*(_planes(layer) for layer in group)))
         for index, planes in enumerate(planes_here):
-            found = next(filter(None, (plane_problem(layer.name, plane)
+            found = next(filter(None, (plane_problem(plane, layer.name)
                                        for layer, plane in zip(group, planes))), None)
             if found is None:
                 usable.append(planes)

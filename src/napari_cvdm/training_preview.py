@@ -71,18 +71,15 @@ def plane_overlay(layer, scale_factor: float = 1.0, offset=(0, 0)) -> dict[str, 
     keys = ("scale", "translate", "rotate", "shear", "affine")
     if layer.ndim == 2:
         return {k: placed[k] for k in keys}
-    n = layer.ndim
-    whole = np.asarray(layer.affine.affine_matrix, dtype=float) @ Affine(
-        scale=layer.scale, translate=layer.translate, rotate=layer.rotate, shear=layer.shear,
-        ndim=n).affine_matrix
+    n = layer.ndim  # the placed image's whole data-to-world map, restricted to Y, X
+    whole = np.asarray(placed["affine"], dtype=float) @ Affine(
+        scale=placed["scale"], translate=placed["translate"], rotate=placed["rotate"],
+        shear=placed["shear"], ndim=n).affine_matrix
     yx = [n - 2, n - 1, n]
     plane = whole[np.ix_(yx, yx)]
     plane[2] = (0.0, 0.0, 1.0)
-    s = float(scale_factor)
-    shift = (1.0 / s - 1.0) / 2.0 + np.asarray(offset, dtype=float)
-    finer = np.array([[1 / s, 0, shift[0]], [0, 1 / s, shift[1]], [0, 0, 1]])
     return {"scale": np.ones(2), "translate": np.zeros(2), "rotate": np.eye(2),
-            "shear": np.zeros(1), "affine": plane @ finer}
+            "shear": np.zeros(1), "affine": plane}
 
 
 def preview_layer_kwargs(hq_layer, region) -> dict[str, Any]:

@@ -75,6 +75,14 @@ def is_result_store(path: str | os.PathLike) -> bool:
     return _result_mark(path) is not None
 
 
+def check_replaceable(path: str | os.PathLike) -> None:
+    """ValueError when ``path`` exists and is not a napari-cvdm result: a result may be
+    replaced by a new one, any other folder never."""
+    if Path(path).exists() and not is_result_store(path):
+        raise ValueError(f"{path} exists and is not a napari-cvdm result, so it is never "
+                         "replaced; remove it or choose another name")
+
+
 def is_complete_result(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a napari-cvdm result whose writing finished (its root's mark is
     written last, after every chunk)."""
@@ -173,9 +181,7 @@ class ZarrResultWriter:
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
         self.images = tuple(images)
         check_outputs([self.path], overwrite=overwrite, folders=True)
-        if self.path.exists() and not is_result_store(self.path):
-            raise ValueError(f"{self.path} exists and is not a napari-cvdm result, so it is "
-                             "never replaced; remove it or choose another name")
+        check_replaceable(self.path)
 
     def __enter__(self):
         zarr = _zarr()

@@ -153,7 +153,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
     from ..tiff_writer import check_outputs
-    from ..zarr_files import is_result_store, read_ome_zarr
+    from ..zarr_files import check_replaceable, read_ome_zarr
 
     if not clustered:
         resolve_device(args.device)
@@ -187,9 +187,8 @@ def _plan(args, seed: int | None, clustered: bool = False):
                for out in resolved):
             raise ValueError(f"the output folder {args.output} is inside an input OME-Zarr "
                              "image, which is never modified; choose another output folder")
-        if is_zarr(path) and outputs[0].exists() and not is_result_store(outputs[0]):
-            raise ValueError(f"{outputs[0]} exists and is not a napari-cvdm result, so it is "
-                             "never replaced; remove it or choose another output folder")
+        if is_zarr(path):
+            check_replaceable(outputs[0])
         plan.append((path, outputs))
     tasks, skipped = [], []
     for path, outputs in plan:
