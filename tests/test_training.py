@@ -99,22 +99,22 @@ def test_bad_folders_give_clear_errors(tmp_path, pair_dirs):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="not found"):
-        train(output=tmp_path / "x", hq=tmp_path / "missing", settings=_settings())
+        train(output=tmp_path / "x.cvdm.safetensors", hq=tmp_path / "missing", settings=_settings())
     with pytest.raises(ValueError, match="no .tif"):
-        train(output=tmp_path / "x", hq=empty, settings=_settings())
+        train(output=tmp_path / "x.cvdm.safetensors", hq=empty, settings=_settings())
     with pytest.raises(ValueError, match="is a file; give the folder"):
-        train(output=tmp_path / "x", hq=pair_dirs[0] / "one.tif", settings=_settings())
+        train(output=tmp_path / "x.cvdm.safetensors", hq=pair_dirs[0] / "one.tif", settings=_settings())
     other = tmp_path / "other"
     other.mkdir()
     tifffile.imwrite(other / "zzz.tif", np.zeros((8, 8), np.uint16))
     with pytest.raises(ValueError, match="no file names in common"):
-        train(output=tmp_path / "x", pairs=(pair_dirs[0], other), settings=_settings())
+        train(output=tmp_path / "x.cvdm.safetensors", pairs=(pair_dirs[0], other), settings=_settings())
     bad_hq = tmp_path / "bad_hq"
     bad_hq.mkdir()
     tifffile.imwrite(bad_hq / "one.tif", np.random.randint(0, 100, (100, 90), np.uint16))
     with pytest.raises(ValueError, match="integer"):
-        train(output=tmp_path / "x", pairs=(pair_dirs[0], bad_hq), settings=_settings())
-    assert not (tmp_path / "x").exists()
+        train(output=tmp_path / "x.cvdm.safetensors", pairs=(pair_dirs[0], bad_hq), settings=_settings())
+    assert not (tmp_path / "x.cvdm.safetensors").exists()
 
 
 def test_cosine_lr_decay_falls_to_zero_and_a_resumed_run_keeps_the_curve(hq_dir, tmp_path,
@@ -179,3 +179,145 @@ def test_told_error_without_a_conditioned_model_is_refused_not_ignored(hq_dir, t
     train(output=out, hq=hq_dir, settings=_settings(steps=1, psf_conditioned=True), device="cpu",
           degradation=Degradation(told_error=0.1))
     assert nc.load_model(out).config.psf_conditioned
+
+
+def test_train_never_replaces_an_image_or_the_init_model_and_a_model_only_when_told(
+        hq_dir, tmp_path):
+    """Found by an audit: train() (Python) replaced any file at output, an input image and
+    the init model included; the command line and napari refused."""
+    image = hq_dir / "a.tif"
+    before = image.read_bytes()
+    with pytest.raises(ValueError, match="must end in .cvdm.safetensors"):
+        train(output=image, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    disguised = tmp_path / "image.cvdm.safetensors"
+    disguised.write_bytes(before)
+    with pytest.raises(ValueError, match="not a napari-cvdm model"):
+        train(output=disguised, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    assert image.read_bytes() == before == disguised.read_bytes()
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    kept = first.read_bytes()
+    with pytest.raises(ValueError, match="is the model to fine-tune"):
+        train(output=first, hq=hq_dir, settings=_settings(steps=1, init=str(first)),
+              device="cpu")
+    with pytest.raises(ValueError, match="exists; .*overwrite=True"):
+        train(output=first, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    assert first.read_bytes() == kept
+    train(output=first, hq=hq_dir, settings=_settings(steps=2), overwrite=True, device="cpu")
+    assert nc.load_model(first).metadata["training"]["step"] == 2
+
+
+def test_an_output_folder_that_cannot_take_the_model_is_refused_before_training(
+        hq_dir, tmp_path, monkeypatch):
+    """A read-only or full file system was found only at the first checkpoint."""
+    import errno
+    import tempfile
+
+    from napari_cvdm import training_data
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    def never(*args, **kwargs):
+        raise AssertionError("data were loaded before the output was checked")
+
+    monkeypatch.setattr(tempfile, "NamedTemporaryFile", read_only)
+    monkeypatch.setattr(training_data, "load_hq", never)
+    with pytest.raises(ValueError, match="cannot write to .*Read-only file system"):
+        train(output=tmp_path / "m.cvdm.safetensors", hq=hq_dir, settings=_settings(),
+              device="cpu")
+
+
+def test_resume_refuses_other_data_or_settings_a_damaged_state_and_a_finished_run(
+        hq_dir, tmp_path, nuclei_truth):
+    """Found by an audit: --resume took other data and a 50x learning rate silently (the
+    model card then described only the second run); a state with NaN tensors 'diverged' at
+    once with advice to resume; resuming a finished run said 'model written'."""
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "r.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=3), device="cpu")
+    with pytest.raises(ValueError, match="other data or settings.*learning_rate"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=6, learning_rate=1e-2),
+              resume=True, device="cpu")
+    other = tmp_path / "other"
+    other.mkdir()
+    tifffile.imwrite(other / "x.tif", nuclei_truth[:100, :100])
+    with pytest.raises(ValueError, match="other data or settings.*hq: 'hq' there, 'other'"):
+        train(output=out, hq=other, settings=_settings(steps=6), resume=True, device="cpu")
+    with pytest.raises(ValueError, match="already at step 3"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
+    # Only the length and how often to validate or checkpoint may change.
+    train(output=out, hq=hq_dir, settings=_settings(steps=4, validation_every=1,
+                                                    checkpoint_every=1), resume=True,
+          device="cpu")
+    assert nc.load_model(out).metadata["training"]["step"] == 4
+    state = state_path(out)
+    from safetensors import safe_open
+
+    with safe_open(str(state), framework="pt") as fh:
+        meta = fh.metadata()
+    tensors = load_file(str(state))
+    name = next(k for k, v in tensors.items() if v.is_floating_point() and v.numel() > 1)
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    save_file(tensors, str(state), metadata=meta)
+    with pytest.raises(ValueError, match="is damaged .*NaN or infinite"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=6), resume=True, device="cpu")
+
+
+def test_images_or_training_parts_smaller_than_a_patch_say_why(tmp_path, nuclei_truth):
+    """Found by an audit: a --hq image smaller than the patch, or one whose validation strip
+    left less than a patch, failed deep in the blur with a torch RuntimeError."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    tifffile.imwrite(tiny / "t.tif", nuclei_truth[:20, :20])
+    with pytest.raises(ValueError, match=r"smaller than the patch size 32: \['t\[0\] \(20 x 20\)'"):
+        train(output=tmp_path / "a.cvdm.safetensors", hq=tiny, settings=_settings(),
+              device="cpu")
+    one = tmp_path / "one"
+    one.mkdir()
+    tifffile.imwrite(one / "o.tif", nuclei_truth[:48, :100])
+    with pytest.raises(ValueError, match="after its validation strip.*o\\[0\\] \\(16 rows\\)"):
+        train(output=tmp_path / "b.cvdm.safetensors", hq=one, settings=_settings(),
+              device="cpu")
+    with pytest.raises(ValueError, match="after its validation strip"):
+        train(output=tmp_path / "c.cvdm.safetensors", hq=[nuclei_truth[:48, :100]],
+              settings=_settings(), device="cpu")
+
+
+def test_the_python_api_refuses_what_it_would_ignore_or_misread(pair_dirs, hq_dir, tmp_path):
+    from napari_cvdm.degradation import Degradation
+
+    out = tmp_path / "m.cvdm.safetensors"
+    with pytest.raises(ValueError, match="with pairs the inputs are measured"):
+        train(output=out, pairs=pair_dirs, degradation=Degradation(psf_sigma=3.0),
+              settings=_settings(), device="cpu")
+    with pytest.raises(TypeError, match=r"\['er'\]"):
+        train(output=out, synthetic="er", settings=_settings(), device="cpu")
+    with pytest.raises(TypeError, match="TrainingSettings"):
+        train(output=out, hq=hq_dir, settings={"steps": 2}, device="cpu")
+    assert not out.exists()
+
+
+def test_ctrl_c_says_what_is_kept(hq_dir, tmp_path, capsys, monkeypatch):
+    """The command line said 'the last checkpoint is kept' when none had been written."""
+    from napari_cvdm.cli import main
+
+    def interrupt(step, total, terms):
+        raise KeyboardInterrupt
+
+    from napari_cvdm.errors import Cancelled
+
+    out = tmp_path / "k.cvdm.safetensors"
+    with pytest.raises(Cancelled, match="no checkpoint was written yet"):
+        train(output=out, hq=hq_dir, settings=_settings(), device="cpu", progress=interrupt)
+    assert not out.exists()
+    import napari_cvdm.training as training
+
+    real = training.train
+    monkeypatch.setattr(training, "train", lambda **kw: real(**{**kw, "progress": interrupt}))
+    code = main(["train", "--hq", str(hq_dir), "-o", str(out), "--preset", "tiny", "--steps",
+                 "4", "--batch-size", "2", "--patch-size", "32", "--validation-patches", "2",
+                 "--validation-steps", "2"])
+    err = capsys.readouterr().err
+    assert code == 130 and "no checkpoint was written yet" in err and "is kept" not in err

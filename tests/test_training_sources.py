@@ -59,7 +59,8 @@ def test_generated_structures_alone_are_training_data(tmp_path, monkeypatch):
     assert info["data"]["degradation"]["psf_sigma"] == [2.0, 3.5]
     assert all(name.startswith("synthetic-") for name in info["validation_images"])
     with pytest.raises(ValueError, match="unknown structure"):
-        train(output=out, synthetic=("golgi",), settings=_settings(), device="cpu")
+        train(output=tmp_path / "g.cvdm.safetensors", synthetic=("golgi",), settings=_settings(),
+              device="cpu")
 
 
 def test_init_fine_tunes_a_model_keeping_its_configuration(hq_arrays, tmp_path):
@@ -156,3 +157,37 @@ def test_resume_with_another_scale_names_the_scale(hq_arrays, tmp_path):
     with pytest.raises(ValueError, match="scale: 2 there, 4 in this run"):
         train(output=out, hq=hq_arrays, resume=True, device="cpu",
               settings=_settings(steps=2), degradation=Degradation(scale=4))
+
+
+def test_blank_planes_leave_out_the_pair_not_shift_the_stack(nuclei_truth, nuclei_widefield,
+                                                              tmp_path):
+    """Blank planes of the input and target stacks at different indices used to be dropped from
+    each stack separately, pairing input plane 2 with target plane 1 (arrays and folders)."""
+    import tifffile
+
+    from napari_cvdm.data import load_pairs, pairs_from_arrays
+
+    lq = np.stack([nuclei_widefield[:64, :64], nuclei_widefield[64:128, :64],
+                   nuclei_widefield[128:192, :64]]).astype(np.float32)
+    hq = np.stack([nuclei_truth[:128, :128], nuclei_truth[128:256, :128],
+                   nuclei_truth[256:384, :128]]).astype(np.float32)
+    lq[1] = 0  # blank input plane 1, blank target plane 2: only plane 0 is a usable pair
+    hq[2] = 7
+    lq_before, hq_before = lq.copy(), hq.copy()
+    pairs_a, scale = pairs_from_arrays([(lq, hq)])
+    (tmp_path / "LQ").mkdir()
+    (tmp_path / "HQ").mkdir()
+    tifffile.imwrite(tmp_path / "LQ" / "cell.tif", lq, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "HQ" / "cell.tif", hq, photometric="minisblack")
+    pairs_f, _ = load_pairs(tmp_path / "LQ", tmp_path / "HQ")
+    np.testing.assert_array_equal(lq, lq_before)
+    np.testing.assert_array_equal(hq, hq_before)
+    assert scale == 2
+    for pairs, name in ((pairs_a, "pair0[0]"), (pairs_f, "cell[0]")):
+        assert [p.name for p in pairs] == [name]
+        # the pair's input is the target's own plane: it correlates with the target binned x2
+        binned = pairs[0].hq.reshape(64, 2, 64, 2).mean(axis=(1, 3))
+        assert np.corrcoef(binned.ravel(), pairs[0].lq.ravel())[0, 1] > 0.8
+    lq[0] = 0
+    with pytest.raises(ValueError, match="no plane has structure in both"):
+        pairs_from_arrays([(lq, hq)])

@@ -40,7 +40,8 @@ def save_checkpoint(output: Path, ema, model, optimizer, step: int,
         for key, value in state.items():
             if torch.is_tensor(value):
                 tensors[f"optim.{param_names[idx]}.{key}"] = value.detach().cpu().contiguous()
-    header = {"step": step, "param_names": param_names, "config": model.config.to_dict()}
+    header = {"step": step, "param_names": param_names, "config": model.config.to_dict(),
+              "run": run_record(metadata)}
     with atomic_write(state_path(output)) as tmp:
         save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(header)})
     save_model(ema, output)
@@ -76,7 +77,48 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"cannot resume: {path} was trained with another model configuration "
                          f"({_differences(saved, config)}); train to a new file or use the "
                          "same settings")
+    damaged = [name for name, value in tensors.items()
+               if value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if damaged:  # resuming would only "diverge" at once, and the advice to resume would loop
+        raise ValueError(f"cannot resume: the training state {path} is damaged ({len(damaged)} "
+                         f"tensors hold NaN or infinite values, e.g. {damaged[0]}); train to a "
+                         "new file, or start from its model with init (--init)")
     return header, tensors
+
+
+# What may change when a run is resumed: how long it runs and how often it looks at itself.
+# Anything else (data, optics, optimiser) would make one model of two runs, recorded as one.
+RESUMABLE_CHANGES = frozenset({"steps", "validation_every", "checkpoint_every",
+                               "first_checkpoint", "validation_steps", "precision"})
+
+
+def run_record(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The data and settings a resumed run must share with the run it continues (JSON)."""
+    training = metadata.get("training") or {}
+    settings = {k: v for k, v in (training.get("settings") or {}).items()
+                if k not in RESUMABLE_CHANGES}
+    return json.loads(json.dumps({"data": training.get("data"), "settings": settings},
+                                 default=str))
+
+
+def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> None:
+    """ValueError if this run's data or settings differ from those of the run that wrote
+    the state (states written before the record existed are not checked)."""
+    saved, here = header.get("run"), run_record(metadata)
+    if not isinstance(saved, dict) or saved == here:
+        return
+    changed = []
+    for part in ("settings", "data"):
+        there, now = saved.get(part) or {}, here.get(part) or {}
+        if not isinstance(there, dict):
+            there = {}
+        for key in sorted(set(there) | set(now)):
+            if there.get(key) != now.get(key):
+                changed.append(f"{key}: {there.get(key)!r} there, {now.get(key)!r} in this run")
+    raise ValueError(f"cannot resume {output}: it was trained with other data or settings "
+                     f"({'; '.join(changed[:4]) or 'the saved record differs'}); resume with "
+                     "the same data and settings (only the steps and how often to validate or "
+                     "checkpoint may change), or train to a new file")
 
 
 def _differences(saved, config) -> str:

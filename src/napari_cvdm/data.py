@@ -34,15 +34,15 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
 
 
 def read_planes(path: Path) -> list[np.ndarray]:
-    """All Y, X planes of a TIFF as float32 (stacks are split into planes)."""
+    """All Y, X planes of a TIFF as float32 (stacks are split into planes), blank ones too:
+    a pair's planes must keep their indices (see `usable_pairs`)."""
     image = read_tiff(path).data
     if image.ndim < 2:
         raise ValueError(f"{path} is not an image (shape {image.shape})")
     if image.ndim >= 3 and image.shape[-1] in (3, 4):
         raise ValueError(f"{path} looks like an RGB image (shape {image.shape}); "
                          "save the channel to train on as a single-channel TIFF")
-    planes = image.reshape(-1, *image.shape[-2:]).astype(np.float32)
-    return [p for p in planes if np.isfinite(p).all() and p.max() > p.min()]
+    return list(image.reshape(-1, *image.shape[-2:]).astype(np.float32))
 
 
 @dataclass
@@ -85,10 +85,7 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     planes = []
     for stem in common:
         lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
-        if len(lq_planes) != len(hq_planes):
-            raise ValueError(f"{stem}: {len(lq_planes)} low-quality planes but "
-                             f"{len(hq_planes)} high-quality planes")
-        planes += [(lq, hq, f"{stem}[{i}]") for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes))]
+        planes += usable_pairs(lq_planes, hq_planes, stem)
     return _make_pairs(planes)
 
 
@@ -109,19 +106,36 @@ def _array_planes(image, name: str) -> list[np.ndarray]:
     if array.ndim < 2 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"{name} is not a real-valued image (shape {array.shape}, "
                          f"dtype {array.dtype})")
-    planes = array.reshape(-1, *array.shape[-2:]).astype(np.float32)
-    return [p for p in planes if plane_problem(p, name) is None]
+    return list(array.reshape(-1, *array.shape[-2:]).astype(np.float32))
+
+
+def usable_planes(planes: list[np.ndarray], name: str) -> list[tuple[int, np.ndarray]]:
+    """(index, plane) of the planes with something to learn from (see `plane_problem`)."""
+    return [(i, p) for i, p in enumerate(planes) if plane_problem(p, name) is None]
+
+
+def usable_pairs(lq_planes: list[np.ndarray], hq_planes: list[np.ndarray],
+                 name: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
+    """(lq, hq, name[i]) for the planes i where both stacks have something to learn from.
+    Blank planes are left out as pairs, so plane i of the input stays with plane i of the
+    target wherever the two stacks' blank planes sit."""
+    if len(lq_planes) != len(hq_planes):
+        raise ValueError(f"{name}: {len(lq_planes)} low-quality planes but "
+                         f"{len(hq_planes)} high-quality planes")
+    out = [(lq, hq, f"{name}[{i}]") for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes))
+           if plane_problem(lq, name) is None and plane_problem(hq, name) is None]
+    if not out:
+        raise ValueError(f"{name}: no plane has structure in both the low- and the "
+                         "high-quality image (each is empty, constant or not finite)")
+    return out
 
 
 def pairs_from_arrays(items) -> tuple[list[Pair], int]:
     """Pairs from in-memory (low-quality, high-quality) images; the scale from their shapes."""
     planes = []
     for k, (lq, hq) in enumerate(items):
-        lq_planes, hq_planes = _array_planes(lq, f"pair {k} input"), _array_planes(hq, f"pair {k} target")
-        if len(lq_planes) != len(hq_planes) or not lq_planes:
-            raise ValueError(f"pair {k}: {len(lq_planes)} usable low-quality planes but "
-                             f"{len(hq_planes)} high-quality planes")
-        planes += [(a, b, f"pair{k}[{i}]") for i, (a, b) in enumerate(zip(lq_planes, hq_planes))]
+        planes += usable_pairs(_array_planes(lq, f"pair {k} input"),
+                               _array_planes(hq, f"pair {k} target"), f"pair{k}")
     if not planes:
         raise ValueError("no image pairs given")
     return _make_pairs(planes)
@@ -134,22 +148,32 @@ def unit_range(plane: np.ndarray) -> np.ndarray:
 
 def hq_from_arrays(images) -> list[tuple[np.ndarray, str]]:
     """High-quality in-memory images (e.g. napari layers) as [0, 1] planes with names."""
-    out = []
+    out, reasons = [], []
     for k, image in enumerate(images):
-        out += [(unit_range(p), f"image{k}[{i}]") for i, p in enumerate(_array_planes(image, f"image {k}"))]
+        planes = _array_planes(image, f"image {k}")
+        out += [(unit_range(p), f"image{k}[{i}]") for i, p in usable_planes(planes, f"image {k}")]
+        reasons += [plane_problem(p, f"image {k}") for p in planes[:1]]
     if not out:
-        raise ValueError("the high-quality images are all empty or constant")
+        raise ValueError(_nothing_to_learn("the high-quality images", reasons))
     return out
+
+
+def _nothing_to_learn(what: str, reasons: list[str | None]) -> str:
+    """The message for training images none of whose planes can be learned from."""
+    if not reasons:
+        return f"{what}: none given"
+    return f"{what} have no plane to learn from: {next((r for r in reasons if r), 'empty')}"
 
 
 def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
     """High-quality planes of a folder's TIFFs, scaled to [0, 1] by percentiles."""
-    out = []
+    out, reasons = [], []
     for path in _tiffs(hq_dir, "high-quality"):
-        for i, plane in enumerate(read_planes(path)):
-            out.append((unit_range(plane), f"{path.stem}[{i}]"))
+        planes = read_planes(path)
+        out += [(unit_range(p), f"{path.stem}[{i}]") for i, p in usable_planes(planes, path.name)]
+        reasons += [plane_problem(p, path.name) for p in planes[:1]]
     if not out:
-        raise ValueError(f"the images in {hq_dir} are all empty or constant")
+        raise ValueError(_nothing_to_learn(f"the images in {hq_dir}", reasons))
     return out
 
 
@@ -175,11 +199,12 @@ class PatchSampler:
     def __init__(self, pairs: list[Pair], scale: int, patch_size: int, generator: torch.Generator,
                  augment: bool = True):
         if patch_size % scale:
-            raise ValueError(f"patch size {patch_size} must be a multiple of the scale {scale}")
+            raise ValueError(f"the patch size {patch_size} must be a multiple of the scale "
+                             f"{scale}; choose another patch size (--patch-size)")
         small = [p.name for p in pairs if min(p.hq.shape) < patch_size]
         if small:
             raise ValueError(f"images smaller than the patch size {patch_size}: {small[:3]}; "
-                             "use a smaller --patch-size")
+                             "use a smaller patch size (--patch-size)")
         self.pairs, self.scale, self.patch = pairs, scale, patch_size
         self.generator, self.augment = generator, augment
 
@@ -250,6 +275,26 @@ def split_validation(pairs: list[Pair], fraction: float,
         train.append(Pair(p.lq[:cut], p.hq[:cut * s], p.name))
         val.append(Pair(p.lq[cut:], p.hq[cut * s:], p.name + "/val"))
     return train, val
+
+
+def check_patch_fits(whole: list[tuple[str, tuple[int, ...]]],
+                     train: list[tuple[str, tuple[int, ...]]], patch_size: int) -> None:
+    """ValueError naming the cause when a training image cannot give a patch: the image
+    itself is smaller than the patch, or the part left after its validation strip is.
+    ``whole``/``train``: (name, high-quality shape) before and after the validation split."""
+    small = [f"{name} ({shape[-2]} x {shape[-1]})" for name, shape in whole
+             if min(shape[-2:]) < patch_size]
+    if small:
+        raise ValueError(f"images smaller than the patch size {patch_size}: {small[:3]}; use "
+                         "a smaller patch size (--patch-size)")
+    cut = [f"{name} ({shape[-2]} rows)" for name, shape in train if min(shape[-2:]) < patch_size]
+    if cut:
+        raise ValueError(f"after its validation strip (at least one patch tall), too little of "
+                         f"{cut[:3]} is left to train on: less than the patch size "
+                         f"{patch_size}; lower the patch size (--patch-size) or the validation "
+                         "fraction (--validation-fraction), give images at least twice the "
+                         "patch size tall, or give 5 or more images (whole images are held "
+                         "out then)")
 
 
 def split_images(images: list[tuple[np.ndarray, str]], fraction: float, min_size: int = 0):

@@ -88,6 +88,51 @@ def existing_output(path: str | os.PathLike, init=None) -> str | None:
     return "model"
 
 
+def training_output_problem(output, overwrite: bool = False, init=None,
+                            resume: bool = False) -> str | None:
+    """Why a trained model cannot be written to ``output``, or None; writes nothing that
+    stays. The one check of every front end (``train()``, ``cvdm train``, napari).
+
+    An existing file is replaced only when it is a napari-cvdm model, not the ``init``
+    model the run starts from, and ``overwrite`` says so; ``resume`` continues the run
+    that wrote it. The folder must take a new file (a read-only or full file system is
+    found here, not at the first checkpoint)."""
+    import tempfile
+
+    if output is None or not str(output).strip() or str(output) == ".":
+        return "choose the file to save the trained model to (name.cvdm.safetensors)"
+    path = Path(output).expanduser()
+    if path.is_dir():
+        return f"{path} is a folder; give a file name such as {path / 'my-model.cvdm.safetensors'}"
+    if not path.name.endswith(".safetensors"):
+        return f"the model file name must end in .cvdm.safetensors, not {path.name!r}"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot write {path}: {parent} is not a folder"
+    try:  # os.access answers yes to root on read-only file systems: try it
+        with tempfile.NamedTemporaryFile(dir=parent) as probe:
+            probe.write(b"\0" * 4096)
+            probe.flush()
+            os.fsync(probe.fileno())
+    except OSError as exc:
+        return f"cannot write to {parent} ({exc.strerror or exc}); choose another place"
+    holds = existing_output(path, init)
+    if holds == "other":
+        return (f"{path} exists and is not a napari-cvdm model; choose a new file name (it is "
+                "never replaced)")
+    if holds == "init":
+        return (f"{path} is the model to fine-tune; save to a new file name (the model you "
+                "start from is kept as it is)")
+    if holds == "model" and not (overwrite or resume):
+        return (f"{path} exists; choose a new file name, or replace it (overwrite=True, "
+                "in napari: 'replace an existing model file')")
+    if path.exists() and not os.access(path, os.W_OK):
+        return f"{path} exists and is read-only; choose another file"
+    return None
+
+
 def model_path(name_or_path: str | os.PathLike) -> Path:
     """The file of a bundled model name or a model path; ValueError if it is missing."""
     if isinstance(name_or_path, str) and name_or_path in BUNDLED:

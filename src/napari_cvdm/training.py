@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import load_state, read_state, save_checkpoint, state_path  # noqa: F401
+from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
+                          save_checkpoint, state_path)
 from .degradation import Degradation, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
 from .errors import cancel_requested as _cancel_requested
 from .io import load_model
+from .model_files import training_output_problem
 from .metrics import psnr, ssim
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM, conditioned_on_psf
@@ -117,9 +119,14 @@ def _prepare_model(model: CVDM, dev: torch.device, low_precision: bool) -> CVDM:
     return model
 
 
+def _kept(output: Path, saved_step: int | None) -> str:
+    return (f"the last checkpoint is kept: {output} (step {saved_step})"
+            if saved_step is not None else "no checkpoint was written yet")
+
+
 def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
           settings: TrainingSettings | None = None, degradation: Degradation | None = None,
-          resume: bool = False, device: str = "auto",
+          resume: bool = False, overwrite: bool = False, device: str = "auto",
           progress: Callable[[int, int, dict[str, float]], Any] | None = None,
           log: Callable[[str], Any] | None = None, cancel=None,
           on_validation: Callable[[int, dict[str, float], CVDM], Any] | None = None) -> CVDM:
@@ -127,19 +134,28 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
 
     Data: ``pairs`` = (LQ_DIR, HQ_DIR) or a list of (low, high) arrays; or ``hq`` = a folder
     or a list of arrays, and/or ``synthetic`` = structure kinds (``structures.STRUCTURES``),
-    with simulated optics ``degradation``. ``progress(step, total, terms)`` after every step,
+    with simulated optics ``degradation``. An existing file at ``output`` is replaced only
+    when it is a napari-cvdm model and ``overwrite`` (or ``resume``) says so, never the
+    ``init`` model (``model_files.training_output_problem``). ``progress(step, total,
+    terms)`` after every step,
     ``on_validation(step, scores, ema_model)`` at every validation, ``cancel`` an Event or a
     callable (raises ``Cancelled``; the last checkpoint is kept).
     """
-    settings = settings or TrainingSettings()
+    settings = TrainingSettings() if settings is None else settings
+    if not isinstance(settings, TrainingSettings):
+        raise TypeError(f"settings must be a TrainingSettings, not {type(settings).__name__} "
+                        "(TrainingSettings(**values) makes one)")
     _check_settings(settings)
-    output = Path(output)
-    say = log or (lambda message: None)
-    dev = resolve_device(device)
-    precision = resolve_precision(settings.precision, dev, training=True)
     if resume and settings.init is not None:
         raise ValueError("resume continues a run; init starts a new one from a model's weights: "
                          "give one of them")
+    problem = training_output_problem(output, overwrite, settings.init, resume)
+    if problem:
+        raise ValueError(problem)
+    output = Path(output).expanduser()
+    say = log or (lambda message: None)
+    dev = resolve_device(device)
+    precision = resolve_precision(settings.precision, dev, training=True)
     base, init_info = _initial_model(settings)
     if base is not None and pairs is None and degradation is None:
         degradation = Degradation(scale=base.config.scale)
@@ -197,6 +213,10 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         metadata["training"]["history"] = list(base.metadata.get("training", {}).get("history", []))
     start = 0
     if resume:
+        check_same_run(state[0], metadata, output)
+        if state[0]["step"] >= settings.steps:
+            raise ValueError(f"cannot resume {output}: the run is already at step "
+                             f"{state[0]['step']}; give more steps than that to train further")
         start = load_state(state, model, optimizer, output)
         if output.is_file():
             previous = load_model(output)
@@ -211,67 +231,70 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     started = time.perf_counter()
     saved_step = start if resume else None
     step = start
-    for step in range(start + 1, settings.steps + 1):
-        if _cancel_requested(cancel):
-            kept = (f"the last checkpoint is kept: {output} (step {saved_step})"
-                    if saved_step is not None else "no checkpoint was written yet")
-            raise Cancelled(f"training cancelled at step {step - 1}; {kept}")
-        if data.simulated and step % SIMULATION_REFRESH == 0:
-            data.refresh()
-        model.train()
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr(step)
-        if conditioned:
-            x, y, psf_sigma = data.sampler.batch(settings.batch_size, with_psf=True)
-            psf_sigma = _widths(psf_sigma, pair_sigma)
-            if degradation is not None and pair_sigma is None:
-                psf_sigma = told_widths(psf_sigma, degradation.told_error, generator)
-            psf_sigma = psf_sigma.to(dev)
-        else:
-            (x, y), psf_sigma = data.sampler.batch(settings.batch_size), None
-        x, y = x.to(dev), y.to(dev)
-        if dev.type == "cpu" and not precision.low:
-            x = x.contiguous(memory_format=torch.channels_last)
-        terms = model.loss(x, y, precision=precision, psf_sigma=psf_sigma)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(terms["total"]).backward()
-        scaler.unscale_(optimizer)
-        if settings.grad_clip > 0:  # 0 turns clipping off (a norm of 0 would zero every step)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        decay = min(settings.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1 - decay)
-            for be, bm in zip(ema.buffers(), model.buffers()):
-                be.copy_(bm)
-        last_loss = {k: float(v.detach()) for k, v in terms.items()}
-        if not all(math.isfinite(v) for v in last_loss.values()):
-            kept = f"the last checkpoint is kept ({output})" if saved_step is not None \
-                else "no checkpoint was written"
-            raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss['total']}); "
-                                   f"{kept}; lower the learning rate and resume")
-        if progress is not None:
-            progress(step, settings.steps, last_loss)
-        if step % settings.validation_every == 0 or step == settings.steps:
-            scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed,
-                              psf_sigma=val_sigma)
-            scores.update(step=step, loss=last_loss["total"],
-                          gamma_start=last_loss["gamma_start"], gamma_end=last_loss["gamma_end"],
-                          seconds=round(time.perf_counter() - started, 1))
-            metadata["training"]["history"].append(scores)
-            say("step {step}: loss {loss:.4f}  val PSNR {psnr:.2f} dB (bicubic "
-                "{bicubic_psnr:.2f})  SSIM {ssim:.3f}  gamma(0)={gamma_start:.5f} "
-                "gamma(1)={gamma_end:.2e}".format(**scores))
-            if on_validation is not None:
-                on_validation(step, scores, ema)
-        first_due = saved_step is None and (
-            step >= settings.first_checkpoint
-            or time.perf_counter() - started >= FIRST_CHECKPOINT_SECONDS)
-        if first_due or step % settings.checkpoint_every == 0 or step == settings.steps:
-            save_checkpoint(output, ema, model, optimizer, step, metadata)
-            saved_step = step
+    try:
+        for step in range(start + 1, settings.steps + 1):
+            if _cancel_requested(cancel):
+                raise Cancelled(f"training cancelled at step {step - 1}; "
+                                f"{_kept(output, saved_step)}")
+            if data.simulated and step % SIMULATION_REFRESH == 0:
+                data.refresh()
+            model.train()
+            for group in optimizer.param_groups:
+                group["lr"] = settings.lr(step)
+            if conditioned:
+                x, y, psf_sigma = data.sampler.batch(settings.batch_size, with_psf=True)
+                psf_sigma = _widths(psf_sigma, pair_sigma)
+                if degradation is not None and pair_sigma is None:
+                    psf_sigma = told_widths(psf_sigma, degradation.told_error, generator)
+                psf_sigma = psf_sigma.to(dev)
+            else:
+                (x, y), psf_sigma = data.sampler.batch(settings.batch_size), None
+            x, y = x.to(dev), y.to(dev)
+            if dev.type == "cpu" and not precision.low:
+                x = x.contiguous(memory_format=torch.channels_last)
+            terms = model.loss(x, y, precision=precision, psf_sigma=psf_sigma)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(terms["total"]).backward()
+            scaler.unscale_(optimizer)
+            if settings.grad_clip > 0:  # 0 turns clipping off (a norm of 0 would zero every step)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            decay = min(settings.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+                for be, bm in zip(ema.buffers(), model.buffers()):
+                    be.copy_(bm)
+            last_loss = {k: float(v.detach()) for k, v in terms.items()}
+            if not all(math.isfinite(v) for v in last_loss.values()):
+                kept = f"the last checkpoint is kept ({output})" if saved_step is not None \
+                    else "no checkpoint was written"
+                raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss['total']}); "
+                                       f"{kept}; lower the learning rate and resume")
+            if progress is not None:
+                progress(step, settings.steps, last_loss)
+            if step % settings.validation_every == 0 or step == settings.steps:
+                scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed,
+                                  psf_sigma=val_sigma)
+                scores.update(step=step, loss=last_loss["total"],
+                              gamma_start=last_loss["gamma_start"], gamma_end=last_loss["gamma_end"],
+                              seconds=round(time.perf_counter() - started, 1))
+                metadata["training"]["history"].append(scores)
+                say("step {step}: loss {loss:.4f}  val PSNR {psnr:.2f} dB (bicubic "
+                    "{bicubic_psnr:.2f})  SSIM {ssim:.3f}  gamma(0)={gamma_start:.5f} "
+                    "gamma(1)={gamma_end:.2e}".format(**scores))
+                if on_validation is not None:
+                    on_validation(step, scores, ema)
+            first_due = saved_step is None and (
+                step >= settings.first_checkpoint
+                or time.perf_counter() - started >= FIRST_CHECKPOINT_SECONDS)
+            if first_due or step % settings.checkpoint_every == 0 or step == settings.steps:
+                save_checkpoint(output, ema, model, optimizer, step, metadata)
+                saved_step = step
+    except KeyboardInterrupt:  # Ctrl-C: say what is kept, like a cancel
+        raise Cancelled(f"training cancelled at step {max(start, step - 1)}; "
+                        f"{_kept(output, saved_step)}") from None
     ema.metadata = copy.deepcopy(metadata)
     ema.metadata["training"]["step"] = step
     return ema

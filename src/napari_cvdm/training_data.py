@@ -12,8 +12,9 @@ from typing import Any
 
 import torch
 
-from .data import (PatchSampler, SyntheticPool, hq_from_arrays, load_hq, load_pairs,
-                   pairs_from_arrays, simulate_pairs, split_images, split_validation)
+from .data import (PatchSampler, SyntheticPool, check_patch_fits, hq_from_arrays, load_hq,
+                   load_pairs, pairs_from_arrays, simulate_pairs, split_images,
+                   split_validation)
 from .degradation import Degradation
 
 SYNTHETIC_IMAGES = 48      # generated images in the training pool at any time
@@ -72,6 +73,9 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
                  patch_size: int, validation_fraction: float, validation_patches: int,
                  seed: int, generator: torch.Generator) -> TrainingData:
     """Load or generate the images, hold some out, and build the patch sampler."""
+    if isinstance(synthetic, str):
+        raise TypeError(f"synthetic must be a list of structure kinds, e.g. [{synthetic!r}], "
+                        f"not the string {synthetic!r}")
     synthetic = tuple(synthetic or ())
     given = sum(x is not None and x != () for x in (pairs, hq)) + bool(synthetic)
     if pairs is not None and (hq is not None or synthetic):
@@ -80,6 +84,10 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
     if given == 0:
         raise ValueError("no training data: give pairs, high-quality images (hq) or "
                          "generated structures (synthetic)")
+    if pairs is not None and degradation is not None:
+        raise ValueError("degradation simulates inputs from high-quality images (hq or "
+                         "synthetic); with pairs the inputs are measured, so it would be "
+                         "ignored: leave it out")
     if pairs is not None:
         if _is_folder_pair(pairs):
             all_pairs, scale = load_pairs(*pairs)
@@ -90,6 +98,8 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
             info = {"mode": "pairs", "source": "arrays"}
         info["images"] = len(all_pairs)
         train, val = split_validation(all_pairs, validation_fraction, patch_size)
+        check_patch_fits([(p.name, p.hq.shape) for p in all_pairs],
+                         [(p.name, p.hq.shape) for p in train], patch_size)
         val_x, val_y, val_sigma = _validation_patches(val, scale, patch_size,
                                                       validation_patches, seed)
         return TrainingData(PatchSampler(train, scale, patch_size, generator), val_x, val_y,
@@ -106,6 +116,8 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
             real = hq_from_arrays(hq)
             info["hq"] = "arrays"
     train_real, val_real = split_images(real, validation_fraction, patch_size) if real else ([], [])
+    check_patch_fits([(name, image.shape) for image, name in real],
+                     [(name, image.shape) for image, name in train_real], patch_size)
     pool = val_synthetic = None
     if synthetic:
         pool = SyntheticPool(synthetic, SYNTHETIC_IMAGES, SYNTHETIC_SIZE, seed)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from .degradation import Degradation
 from .layers import unwrap
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
-from .model_files import existing_output
+from .model_files import training_output_problem as output_problem
 
 PATCH_MULTIPLE = 8
 
@@ -83,43 +81,6 @@ def pair_scale(lq_shape, hq_shape) -> int | str:
                 f"low-quality {tuple(lq_shape[-2:])} (it must be 1x, 2x, 3x ... larger "
                 "along both Y and X)")
     return int(ratio_y)
-
-
-def output_problem(output, overwrite: bool = False, init=None) -> str | None:
-    """Why the model cannot be written to ``output``, or None; writes nothing that stays.
-
-    An existing file is replaced only when it is a napari-cvdm model, not the ``init``
-    model the run starts from, and ``overwrite`` says so."""
-    if output is None or not str(output).strip() or str(output) == ".":
-        return "choose the file to save the trained model to (name.cvdm.safetensors)"
-    path = Path(output).expanduser()
-    if path.is_dir():
-        return f"{path} is a folder; give a file name such as {path / 'my-model.cvdm.safetensors'}"
-    if not path.name.endswith(".safetensors"):
-        return f"the model file name must end in .cvdm.safetensors, not {path.name!r}"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"cannot write {path}: {parent} is not a folder"
-    try:  # os.access answers yes to root on read-only file systems: try it
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as exc:
-        return f"cannot write to {parent} ({exc.strerror or exc}); choose another place"
-    holds = existing_output(path, init)
-    if holds == "other":
-        return (f"{path} exists and is not a napari-cvdm model; choose a new file name (it is "
-                "never replaced)")
-    if holds == "init":
-        return (f"{path} is the model to fine-tune; save to a new file name (the model you "
-                "start from is kept as it is)")
-    if holds == "model" and not overwrite:
-        return (f"{path} exists; choose a new file name, or replace it (overwrite=True, "
-                "in napari: 'replace an existing model file')")
-    if path.exists() and not os.access(path, os.W_OK):
-        return f"{path} exists and is read-only; choose another file"
-    return None
 
 
 def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
@@ -188,6 +149,7 @@ class TrainingJob:
     degradation: Degradation | None = None
     notes: list[str] = field(default_factory=list)
     start: str = ""
+    overwrite: bool = False  # replace an existing model file at output (checked up front)
 
     def run(self, device: str = "auto", progress=None, log=None, cancel=None,
             on_validation=None) -> CVDM:
@@ -195,8 +157,8 @@ class TrainingJob:
         from .training import train
 
         return train(output=self.output, hq=self.hq, pairs=self.pairs, settings=self.settings,
-                     degradation=self.degradation, device=device, progress=progress, log=log,
-                     cancel=cancel, on_validation=on_validation)
+                     degradation=self.degradation, overwrite=self.overwrite, device=device,
+                     progress=progress, log=log, cancel=cancel, on_validation=on_validation)
 
 
 def _start_and_output(init, preset, output, overwrite, settings, problems: list[str]):
@@ -247,7 +209,7 @@ def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
     if problems:
         raise ValueError("; ".join(problems))
     job = TrainingJob(output=Path(output).expanduser(), settings=_settings(config, init, settings),
-                      scale=config.scale, start=start)
+                      scale=config.scale, start=start, overwrite=overwrite)
     if lq_dir is not None:
         job.pairs = (str(lq_dir), str(hq_dir))
     else:
@@ -338,7 +300,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
 
     job = TrainingJob(output=Path(output).expanduser(), settings=training_settings,
                       scale=scale, layers=layers, degradation=degradation if hq is not None
-                      else None, notes=notes, start=start)
+                      else None, notes=notes, start=start, overwrite=overwrite)
     # Planes with nothing to learn (blank, NaN) are left out, as train() does with files;
     # a layer (or pair) with no usable plane at all is refused.
     kept: list[tuple[np.ndarray, ...]] = []

@@ -48,10 +48,16 @@ def _one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
-def _cancelled(command: str) -> int:
-    kept = ("the last checkpoint is kept" if command == "train"
-            else "no partial output was written")
-    print(f"\ncvdm {command}: cancelled; {kept}".replace(" :", ":"), file=sys.stderr)
+def _cancelled(command: str, exc: BaseException | None = None) -> int:
+    """Exit code 130 with what is kept: training says which checkpoint (its ``Cancelled``
+    message); a prediction never leaves a partial output."""
+    from ..errors import Cancelled
+
+    if command == "train":
+        kept = str(exc) if isinstance(exc, Cancelled) and str(exc) else "cancelled"
+    else:
+        kept = "cancelled; no partial output was written"
+    print(f"\ncvdm {command}: {kept}".replace(" :", ":"), file=sys.stderr)
     return EXIT_CANCELLED
 
 
@@ -94,8 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"cvdm {command}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except (Cancelled, KeyboardInterrupt):
-        return _cancelled(command)
+    except (Cancelled, KeyboardInterrupt) as exc:
+        return _cancelled(command, exc)
     except BrokenPipeError as exc:
         if _stdout_closed():  # stop quietly, like any Unix tool; finished outputs are kept
             return EXIT_CLOSED_PIPE

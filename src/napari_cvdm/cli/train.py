@@ -123,6 +123,11 @@ def _check_train_args(args) -> None:
                          "(e.g. my.cvdm.safetensors)")
     if args.output.exists():
         _check_existing_output(args)
+    from ..model_files import training_output_problem
+
+    problem = training_output_problem(args.output, args.overwrite, args.init, args.resume)
+    if problem:  # the folder cannot take the model: found now, not at the first checkpoint
+        raise ValueError(problem)
     resolve_precision(args.precision, resolve_device(args.device), training=True)
 
 
@@ -171,7 +176,7 @@ def run(args) -> int:
     try:
         train(output=args.output, pairs=tuple(args.pairs) if args.pairs else None, hq=args.hq,
               synthetic=tuple(args.synthetic), settings=settings, degradation=degradation,
-              resume=args.resume, device=args.device,
+              resume=args.resume, overwrite=args.overwrite, device=args.device,
               progress=lambda step, total, loss: bar(step, total, f"loss {loss['total']:.4f}"),
               log=lambda message: print("\n" + message, file=sys.stderr, flush=True))
     except TrainingDiverged:
