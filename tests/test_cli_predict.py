@@ -196,6 +196,19 @@ def test_missing_inputs_and_a_file_as_output_folder_are_clear_errors(tmp_path, t
     assert "is not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("output", ["loopy", "loopy/sub"])
+def test_an_output_folder_that_is_a_symbolic_link_loop_is_a_one_line_error(
+        tmp_path, two_tiffs, tiny_model_file, capsys, output):
+    """Found by an audit: ``-o loopy`` (``ln -s loopy loopy``) raised RuntimeError "Symlink
+    loop" from Path.resolve(), a traceback, before the check that says so."""
+    (tmp_path / "loopy").symlink_to("loopy")
+    assert _cli(two_tiffs[:1], tmp_path / output, tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cvdm predict: error: ") and len(err.splitlines()) == 1
+    assert f"{tmp_path / output} is a symbolic link loop" in err
+    assert (tmp_path / "loopy").is_symlink()  # left as it was
+
+
 @pytest.mark.parametrize("data,kwargs,match", [
     (np.zeros((16, 16, 3), np.uint8), {"photometric": "rgb"}, "looks like RGB/RGBA"),
     (np.zeros((16, 16, 1), np.float32), {"metadata": {"axes": "YXC"}}, "last axis has size 1"),

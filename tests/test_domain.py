@@ -88,3 +88,18 @@ def test_a_dim_but_real_widefield_image_is_not_noise(nuclei_widefield):
     assert input_warnings(dim, _Model()) == []
     assert neighbour_correlation(np.ones((50, 50))) is None  # a constant image says nothing
     assert neighbour_correlation(np.ones((1, 50))) is None
+
+
+@pytest.mark.parametrize("sizes,units,far,square", [
+    ((0.065, 0.065), "µm", False, True),
+    ((0.2, 0.065), "µm", True, False),     # Y far off and not square: X alone was checked
+    ((66, 60), ("nm", "nm"), False, True),  # within 10 %: square enough
+    ((0.1, 0.065), ("µm", "µm"), False, False),
+    ((0.2, 0.065), ("pixel", "µm"), False, True),  # Y has no length: X alone
+    ((None, 0.065), "µm", False, True)])
+def test_each_axis_pixel_size_is_checked_and_pixels_that_are_not_square_are_flagged(
+        nuclei_widefield, sizes, units, far, square):
+    out = input_warnings(nuclei_widefield, _Model(), sizes, units)
+    assert any("pixel size" in m and "along Y" in m for m in out) == far
+    assert any("not square" in m for m in out) == (not square)
+    assert len(out) == far + (not square)

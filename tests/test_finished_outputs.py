@@ -8,12 +8,17 @@ import tifffile
 from napari_cvdm.finished_outputs import ABSENT, COMPLETE, PARTIAL, output_state
 
 
+def _write(path, data):
+    """An output as predict writes it: OME-TIFF."""
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack")
+
+
 def _outputs(tmp_path, shape=(2, 64, 64)):
     source = tmp_path / "cell.tif"
     tifffile.imwrite(source, np.zeros((shape[0], shape[1] // 2, shape[2] // 2), np.uint16))
     paths = [tmp_path / f"cell_cvdm_{k}.tif" for k in ("mean", "std", "var")]
     for path in paths:
-        tifffile.imwrite(path, np.ones(shape, np.float32))
+        _write(path, np.ones(shape, np.float32))
     return source, paths
 
 
@@ -37,13 +42,13 @@ def test_a_damaged_or_mismatched_output_is_partial(tmp_path):
     source, paths = _outputs(tmp_path)
     paths[2].write_bytes(b"II*\x00 cut short")
     assert output_state(paths, source)[0] == PARTIAL
-    tifffile.imwrite(paths[2], np.ones((2, 64, 32), np.float32))  # another shape
+    _write(paths[2], np.ones((2, 64, 32), np.float32))  # another shape
     assert "differ in shape" in output_state(paths, source)[1]
     for path in paths:
-        tifffile.imwrite(path, np.ones((2, 60, 60), np.float32))  # not a multiple of 32
+        _write(path, np.ones((2, 60, 60), np.float32))  # not a multiple of 32
     assert output_state(paths, source)[0] == PARTIAL
     for path in paths:
-        tifffile.imwrite(path, np.ones((2, 64, 64), np.uint16))  # not what predict writes
+        _write(path, np.ones((2, 64, 64), np.uint16))  # not what predict writes
     assert output_state(paths, source)[0] == PARTIAL
 
 
@@ -55,10 +60,34 @@ def test_a_truncated_output_whose_header_still_opens_is_partial(tmp_path):
         cut = max(tif.pages[-1].dataoffsets) + 100  # into the last plane's pixels
     paths[1].write_bytes(paths[1].read_bytes()[:cut])
     with tifffile.TiffFile(paths[1]) as tif:  # the header still opens
-        assert tif.series[0].shape == (2, 64, 64)
+        assert tif.series[0].shape[-2:] == (64, 64)
     state, why = output_state(paths, source)
     assert state == PARTIAL and "cell_cvdm_std.tif is cut short" in why
     assert output_state([paths[0], paths[2]], source)[0] == COMPLETE
+
+
+def test_an_output_that_lost_its_trailing_ome_metadata_is_partial(tmp_path, caplog):
+    """Found by an audit: an output cut inside its OME-XML (written after the pixels, at
+    the end of the file) still had every pixel, so --resume skipped it as complete; reading
+    it gave "TiffTag 270 ... invalid value offset" and no metadata."""
+    source, paths = _outputs(tmp_path)
+    size = paths[1].stat().st_size
+    with tifffile.TiffFile(paths[1]) as tif:
+        tag = tif.pages[0].tags["ImageDescription"]
+        assert tag.valueoffset > max(tif.pages[-1].dataoffsets)  # after the pixels
+        assert tag.valueoffset + tag.count > size - 200
+    paths[1].write_bytes(paths[1].read_bytes()[:-200])
+    with tifffile.TiffFile(paths[1]) as tif:  # the pixels are all there, the metadata not
+        assert tif.series[0].shape == (2, 64, 64) and not tif.is_ome
+    caplog.clear()  # tifffile logged the cut tag while opening it here
+    state, why = output_state(paths, source)
+    assert state == PARTIAL and "cell_cvdm_std.tif is cut short" in why
+    assert [r for r in caplog.records if r.name.startswith("tifffile")] == []
+    raw = paths[2].read_bytes()
+    paths[2].write_bytes(raw.replace(b"<Pixels ", b"<Pixels<", 1))  # same length, bad XML
+    state, why = output_state([paths[0], paths[2]], source)
+    assert state == PARTIAL and "cell_cvdm_var.tif is damaged" in why
+    assert output_state([paths[0]], source)[0] == COMPLETE
 
 
 def test_a_damaged_output_is_reported_in_why_not_logged_by_tifffile(tmp_path, caplog):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import tracemalloc
+import warnings
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -329,6 +330,47 @@ def test_a_prediction_written_with_its_provenance(tiny_model, tmp_path):
     pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
     assert pairs["model_sha256"] == summary["sha256"] and pairs["seed"] == "5"
     assert pairs["samples"] == "2" and pairs["precision"] and pairs["date"].startswith("20")
+
+
+def _channel_names(path):
+    _, pixels, _ = _pixels(path)
+    return [c.get("Name") for c in pixels if c.tag.endswith("}Channel")]
+
+
+def test_ome_channel_names_are_kept_in_the_outputs(tiny_model_file, tmp_path, capsys):
+    """Found by an audit: the input's OME channel names (GFP, RFP) were dropped, so the
+    outputs' channels had no Name."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "x.ome.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (2, 2, 2, 16, 16)).astype(np.uint16)
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "TZCYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1, "PhysicalSizeZ": 0.5,
+        "TimeIncrement": 2.0, "TimeIncrementUnit": "s", "Channel": {"Name": ["GFP", "RFP"]}})
+    assert read_tiff(path).channels == ("GFP", "RFP")
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "2", "--quiet"]) == 0, capsys.readouterr().err
+    for kind in ("mean", "std", "var"):
+        assert _channel_names(out / f"x_cvdm_{kind}.tif") == ["GFP", "RFP"]
+        again = read_tiff(out / f"x_cvdm_{kind}.tif")
+        assert again.axes == "TZCYX" and again.physical["X"].size == pytest.approx(0.05)
+    # Names only where each channel has one; else none (never the wrong ones)
+    raw = path.read_bytes()
+    cases = {b'Name="RFP"': b'Nome="RFP"',  # one channel unnamed
+             b"<Pixels ": b"<Pixels<"}      # OME-XML that does not parse
+    for old, new in cases.items():
+        path.write_bytes(raw.replace(old, new, 1))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the broken XML's warning
+            assert read_tiff(path).channels == ()
+    image = read_tiff(tmp_path / "out" / "x_cvdm_mean.tif")
+    image.channels = ("only one",)  # not one per channel: not written
+    written = write_ome_tiff(tmp_path / "o.ome.tif", image.data, spec_for(image, 1))
+    assert _channel_names(written) == [None, None]
+    spec = output_spec("CYX", 3, channels=("a", "b", "c"))  # a file of another channel count
+    written = write_ome_tiff(tmp_path / "p.ome.tif", np.zeros((2, 8, 8), np.float32), spec)
+    assert _channel_names(written) == [None, None]
 
 
 def test_image_names_know_each_extension_in_any_case():

@@ -220,3 +220,20 @@ def test_cancelled_run_on_layer_adds_nothing(make_napari_viewer, image, tiny_mod
         run_on_layer(viewer, layer, model=tiny_model, progress=progress, cancel=cancel, **FAST)
     assert calls == [1]
     assert len(viewer.layers) == 1
+
+
+def test_a_layer_is_checked_on_both_pixel_sizes_in_its_units(nuclei_widefield, tiny_model):
+    """Only X was compared with the model's range; pixels that are not square passed."""
+    from napari_cvdm.layers import input_warnings
+
+    class Declared:
+        config = tiny_model.config
+        metadata = {"intended": {"input_pixel_size_nm": [50, 80]}}
+
+    square = Image(nuclei_widefield, scale=(0.065, 0.065), units=("um", "um"))
+    assert input_warnings(square, Declared()) == []
+    tall = Image(nuclei_widefield, scale=(0.3, 0.065), units=("um", "um"))
+    messages = input_warnings(tall, Declared())
+    assert any("300 nm along Y, 65 nm along X" in m for m in messages)
+    assert any("not square" in m for m in messages)
+    assert input_warnings(Image(nuclei_widefield, scale=(3.0, 1.0)), Declared()) == []  # pixels

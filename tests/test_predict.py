@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 import napari_cvdm as nc
 from napari_cvdm.tiling import tile_grid
@@ -148,6 +149,31 @@ def test_bad_inputs_raise_clear_value_errors(tiny_model, image, match):
 def test_bad_settings_raise_clear_value_errors(tiny_model, kwargs, match):
     with pytest.raises(ValueError, match=match):
         nc.predict(np.random.rand(16, 16), tiny_model, **{**FAST, **kwargs})
+
+
+@pytest.mark.parametrize("device", [5, 1.5, ["cpu"], b"cpu"])
+def test_a_device_that_is_not_text_is_a_clear_error(tiny_model, device):
+    """Found by an audit: device=5 raised AttributeError ('int' object has no attribute
+    'strip') from deep inside predict()."""
+    with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda, cuda:N or mps"):
+        nc.predict(np.random.rand(16, 16), tiny_model, **{**FAST, "device": device})
+    from napari_cvdm.devices import resolve_device
+    from napari_cvdm.settings import PredictSettings
+
+    with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda, cuda:N or mps"):
+        resolve_device(device)
+    with pytest.raises(ValueError, match=r"device must be auto, cpu, cuda, cuda:N or mps"):
+        PredictSettings(device=device)  # refused where the settings are made
+
+
+def test_a_torch_device_is_taken_as_its_name(tiny_model):
+    image = np.random.default_rng(0).random((16, 16))
+    result = nc.predict(image, tiny_model, **{**FAST, "device": torch.device("cpu")})
+    assert result.device == "cpu"
+    np.testing.assert_array_equal(result.mean, nc.predict(image, tiny_model, **FAST).mean)
+    from napari_cvdm.settings import PredictSettings
+
+    assert PredictSettings(device=torch.device("cuda", 1)).device == "cuda:1"
 
 
 def test_input_array_is_not_modified(tiny_model):

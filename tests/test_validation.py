@@ -242,6 +242,54 @@ def test_cpu_torch_tensors_are_accepted(tiny_model):
     np.testing.assert_array_equal(result.mean, nc.predict(data, tiny_model, **FAST).mean)
 
 
+def test_torch_tensors_that_require_grad_are_predicted_and_left_untouched(tiny_model):
+    """Found by an audit: a tensor with requires_grad raised torch's "Can't call numpy() on
+    Tensor that requires grad" (from the PSF-width estimate, or the first plane)."""
+    data = _image((2, 10, 12)).astype(np.float32)
+    expected = nc.predict(data, tiny_model, **FAST)
+    tensor = torch.from_numpy(data.copy()).requires_grad_()
+    result = nc.predict(tensor, tiny_model, **FAST)
+    np.testing.assert_array_equal(result.mean, expected.mean)
+    np.testing.assert_array_equal(result.variance, expected.variance)
+    assert tensor.requires_grad and tensor.grad is None
+    np.testing.assert_array_equal(tensor.detach().numpy(), data)
+    torch.manual_seed(0)  # a PSF-conditioned model estimates the width from the tensor
+    conditioned = randomized(nc.CVDM(nc.CVDMConfig.preset("tiny", psf_conditioned=True)))
+    np.testing.assert_array_equal(
+        nc.predict(torch.from_numpy(data[0].copy()).requires_grad_(), conditioned,
+                   **FAST).mean, nc.predict(data[0], conditioned, **FAST).mean)
+    with pytest.raises(ValueError, match="unsupported pixel type"):
+        nc.predict(tensor.detach().to(torch.bfloat16), tiny_model, **FAST)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tensors_are_predicted_as_their_values():
+    from napari_cvdm.validation import as_array
+
+    data = _image((10, 12)).astype(np.float32)
+    image = as_array(torch.from_numpy(data).cuda().requires_grad_())
+    assert isinstance(image, np.ndarray)
+    np.testing.assert_array_equal(image, data)
+
+
+def test_a_masked_array_with_masked_pixels_is_refused_saying_to_fill_it(tiny_model):
+    """Found by an audit: the mask of a numpy masked array was silently ignored (the pixels
+    under it were predicted as they are)."""
+    data = _image((16, 16)) * 1000
+    masked = np.ma.masked_greater(data, 900)
+    before = masked.copy()
+    with pytest.raises(ValueError, match=r"masked array with \d+ masked pixel.*filled"):
+        nc.predict(masked, tiny_model, **FAST)
+    np.testing.assert_array_equal(masked.mask, before.mask)  # left as it was
+    # No pixel masked: the pixels are the image
+    unmasked = np.ma.masked_greater(data, 2000)
+    np.testing.assert_array_equal(nc.predict(unmasked, tiny_model, **FAST).mean,
+                                  nc.predict(data, tiny_model, **FAST).mean)
+    np.testing.assert_array_equal(
+        nc.predict(masked.filled(np.ma.median(masked)), tiny_model, **FAST).mean.shape,
+        (32, 32))
+
+
 def test_nested_lists_give_the_result_of_the_array(tiny_model):
     """A stack as nested lists passed check_image, then failed indexing a plane (TypeError);
     a PSF-conditioned model failed estimating the width (AttributeError: no .shape)."""

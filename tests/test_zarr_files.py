@@ -158,6 +158,27 @@ def test_cvdm_predict_reconstructs_an_ome_zarr_into_an_ome_zarr(tmp_path, tiny_m
                  "--samples", "2", "--steps", "1", "--quiet"]) == 2
 
 
+def test_cvdm_predict_warns_about_an_ome_zarr_unlike_the_training_data(
+        tmp_path, tiny_model_file, nuclei_widefield, capsys):
+    """OME-Zarr inputs got none of a TIFF's warnings (transmitted light, pixel sizes)."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "dic.ome.zarr"
+    data = (nuclei_widefield.max() - nuclei_widefield[:64, :64]).astype(np.uint16)
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=data.shape, chunks=(32, 32), dtype=data.dtype)[:] = data
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.13, 0.065]}]}]}]
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "dic.ome.zarr: the image looks like transmitted light" in err
+    assert "not square (130 nm along Y, 65 nm along X)" in err
+
+
 def test_cvdm_predict_never_writes_into_an_input_store_and_patterns_find_stores(
         tmp_path, tiny_model_file, capsys):
     from napari_cvdm.cli import main
@@ -341,3 +362,70 @@ def test_a_link_to_a_result_is_replaced_and_a_foreign_output_folder_refused_up_f
                      "--samples", "1", "--steps", "1", "--quiet", *extra])
         assert code == 2 and "is not a napari-cvdm result" in capsys.readouterr().err
     assert [p.name for p in (out / "in_cvdm.ome.zarr").iterdir()] == ["notes.txt"]
+
+
+def _two_level_scales(tmp_path, multiscale_scale):
+    """An NGFF 0.4 image whose dataset scale is 1 and whose multiscale scale is given."""
+    path = tmp_path / "ms.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(16, 16), chunks=(16, 16), dtype="u2")[:] = \
+        np.arange(256, dtype=np.uint16).reshape(16, 16)
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0, 1.0]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": multiscale_scale}]}]
+    return path
+
+
+def test_the_multiscales_own_scale_is_applied_after_the_datasets(tmp_path, tiny_model_file,
+                                                                capsys):
+    """Found by an audit: a scale in multiscales[0]["coordinateTransformations"] (NGFF 0.4
+    and 0.5 apply it after the dataset's) was ignored, so an image of 0.1 µm pixels was
+    read as 1 µm and its result written as 0.5 µm instead of 0.05 µm."""
+    from napari_cvdm.cli import main
+
+    path = _two_level_scales(tmp_path, [0.1, 0.2])
+    _, meta = read_ome_zarr(path)
+    assert meta["physical"] == {"Y": PhysicalSize(pytest.approx(0.1), "µm"),
+                                "X": PhysicalSize(pytest.approx(0.2), "µm")}
+    path = _two_level_scales(tmp_path, [0.1, 0.1])
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "1", "--steps", "1", "--quiet"]) == 0, capsys.readouterr().err
+    for name in ("mean", "std"):
+        group = zarr.open_group(str(out / "ms_cvdm.ome.zarr" / name), mode="r")
+        dataset = group.attrs["multiscales"][0]["datasets"][0]
+        assert dataset["coordinateTransformations"][0]["scale"] == pytest.approx([0.05, 0.05])
+    for bad in ([0.1], [0.1, 0.1, 0.1]):
+        with pytest.raises(ValueError, match=r"multiscales' scale .* one value per axis"):
+            read_ome_zarr(_two_level_scales(tmp_path, bad))
+
+
+def test_omero_channel_labels_are_kept_in_the_result(tmp_path):
+    """Found by an audit: the input's channel names (omero.channels[].label) were lost."""
+    path = tmp_path / "c.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(2, 8, 8), chunks=(1, 8, 8), dtype="u2")[:] = 1
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "c", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}], "datasets": [{"path": "0"}]}]
+    root.attrs["omero"] = {"channels": [{"label": "GFP", "color": "00FF00"},
+                                        {"label": "RFP", "color": "FF0000"}]}
+    _, meta = read_ome_zarr(path)
+    assert meta["channels"] == ("GFP", "RFP")
+    data = np.ones((2, 16, 16), np.float32)
+    out = write_ome_zarr(tmp_path / "c_cvdm.ome.zarr", data, data, meta, scale=2)
+    for name in ("mean", "std"):
+        _, again = read_ome_zarr(out / name)
+        assert again["channels"] == ("GFP", "RFP")
+        assert again["attributes"]["omero"] == {"channels": [{"label": "GFP"},
+                                                             {"label": "RFP"}]}
+    # A label missing, or not one per channel: no names (never the wrong ones)
+    for channels in ([{"label": "GFP"}, {"color": "FF0000"}], [{"label": "GFP"}], "GFP"):
+        root.attrs["omero"] = {"channels": channels}
+        assert "channels" not in read_ome_zarr(path)[1]
+    out = write_ome_zarr(tmp_path / "d_cvdm.ome.zarr", data, data,
+                         {"axes": "CYX", "channels": ("only one",)})
+    assert "omero" not in read_ome_zarr(out / "mean")[1]["attributes"]

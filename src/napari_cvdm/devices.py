@@ -23,6 +23,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """Turn "auto", "cpu", "cuda", "cuda:N" or "mps" into an available torch.device."""
     if isinstance(device, torch.device):
         device = str(device)
+    if device is not None and not isinstance(device, str):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps (text) or a "
+                         f"torch.device, not {device!r} ({type(device).__name__})")
     name = (device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():

@@ -94,11 +94,12 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     return checked.size * NM_PER_UNIT[checked.unit]
 
 
-def input_warnings(image, model, pixel_size: float | None = None,
-                   unit: str | None = None, psf_sigma: float | None = None) -> list[str]:
+def input_warnings(image, model, pixel_size=None, unit=None,
+                   psf_sigma: float | None = None) -> list[str]:
     """Why a result on ``image`` (Y, X or a stack: its first plane is checked, input units)
-    may not be trustworthy; ``pixel_size`` in ``unit`` along X, where the file says it;
-    ``psf_sigma`` the PSF width a conditioned model is told (None: its default)."""
+    may not be trustworthy; ``pixel_size`` in ``unit`` where the file says it: one number
+    (X), or (Y, X) sizes with one unit or one per axis; ``psf_sigma`` the PSF width a
+    conditioned model is told (None: its default)."""
     plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
     out = []
     correlation = neighbour_correlation(plane)
@@ -113,17 +114,63 @@ def input_warnings(image, model, pixel_size: float | None = None,
                    "image: dark structures on a bright background. The model was trained on "
                    "fluorescence, bright structures on a dark background; do not trust the "
                    "result")
+    out.extend(_pixel_size_warnings(model, pixel_size, unit))
+    out.extend(_psf_warnings(model, psf_sigma))
+    return out
+
+
+def _axis_sizes_nm(pixel_size, unit) -> dict[str, float]:
+    """{'Y': nm, 'X': nm} for the axes whose size is a length (one number: X only)."""
+    if pixel_size is None:
+        return {}
+    sizes = list(pixel_size)[-2:] if isinstance(pixel_size, (tuple, list, np.ndarray)) \
+        else [pixel_size]
+    units = list(unit)[-2:] if isinstance(unit, (tuple, list)) else [unit]
+    units = units if len(units) == len(sizes) else [units[-1] if units else None] * len(sizes)
+    out = {}
+    for axis, size, u in zip("YX"[-len(sizes):], sizes, units):
+        try:
+            measured = pixel_size_nm(None if size is None else float(size),
+                                     None if u is None else str(u))
+        except (TypeError, ValueError):
+            measured = None
+        if measured is not None and np.isfinite(measured) and measured > 0:
+            out[axis] = measured
+    return out
+
+
+def _nm(size: float) -> str:
+    """A size in nm for a message: whole nanometres, or two digits below 10 nm (0.013)."""
+    return f"{size:.0f}" if size >= 10 else f"{size:.2g}"
+
+
+ANISOTROPY_TOLERANCE = 1.1  # Y and X pixel sizes further apart than this are "not square"
+
+
+def _pixel_size_warnings(model, pixel_size, unit) -> list[str]:
+    """Pixel sizes (per axis) far from the model's range, and pixels that are not square."""
+    sizes = _axis_sizes_nm(pixel_size, unit)
+    out = []
     intended: dict[str, Any] = (getattr(model, "metadata", None) or {}).get("intended") or {}
     expected = intended.get("input_pixel_size_nm")
-    measured = pixel_size_nm(pixel_size, unit)
-    if measured is not None and isinstance(expected, (list, tuple)) and len(expected) == 2:
+    if isinstance(expected, (list, tuple)) and len(expected) == 2:
         low, high = float(expected[0]), float(expected[1])
-        if not low / PIXEL_TOLERANCE <= measured <= high * PIXEL_TOLERANCE:
-            out.append(f"the image's pixel size is {measured:.0f} nm, but the model was made "
-                       f"for inputs of {low:.0f}-{high:.0f} nm pixels: structures appear at "
+        far = {axis: nm for axis, nm in sizes.items()
+               if not low / PIXEL_TOLERANCE <= nm <= high * PIXEL_TOLERANCE}
+        if far:
+            which = (f"{_nm(next(iter(far.values())))} nm" if len(sizes) == 1 else
+                     ", ".join(f"{_nm(nm)} nm along {axis}" for axis, nm in sizes.items()))
+            out.append(f"the image's pixel size is {which}, but the model was made for "
+                       f"inputs of {low:.0f}-{high:.0f} nm pixels: structures appear at "
                        "another size than it learned; resample the image or train a model "
                        "for this pixel size")
-    out.extend(_psf_warnings(model, psf_sigma))
+    if len(sizes) == 2:
+        ratio = max(sizes.values()) / min(sizes.values())
+        if ratio > ANISOTROPY_TOLERANCE:
+            out.append(f"the image's pixels are not square ({_nm(sizes['Y'])} nm along Y, "
+                       f"{_nm(sizes['X'])} nm along X): the model learned square pixels, so "
+                       "structures look stretched to it and the blur differs between the "
+                       "axes; resample the image to square pixels first")
     return out
 
 

@@ -92,7 +92,7 @@ def predict_file(task: FileTask, spec: RunSpec, model, progress=None, warn=None,
                                      **({"device": device} if device else {}))
     tune_cpu_allocator()  # this process only predicts: keep freed memory for the next tile
     if is_zarr(task.input):
-        return _predict_zarr(task, spec, settings, progress)
+        return _predict_zarr(task, spec, settings, progress, warn)
     return _predict_tiff(task, spec, settings, progress, warn)
 
 
@@ -117,7 +117,6 @@ def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None) -> dic
 def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> dict:
     import napari_cvdm
 
-    from .domain import input_warnings
     from .image_files import read_tiff
     from .tiff_writer import spec_for, write_ome_tiffs
     from .validation import check_image, check_output_size
@@ -131,18 +130,25 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     settings, psf_from = _resolved(settings, image.data)
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings, psf_from))
-    size = image.pixel_size[-1] if image.pixel_size else None
-    for message in input_warnings(image.data, model, size, image.unit or None,
-                                  psf_sigma=settings.psf_sigma):
-        if warn is not None:
-            warn(f"{task.input.name}: {message}")
+    _warn_about_input(task, image.data, model, image.pixel_size, image.unit or None,
+                      settings.psf_sigma, warn)
     result = napari_cvdm.predict(image.data, settings=settings, progress=progress)
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
     return _done(task, result)
 
 
-def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
+def _warn_about_input(task: FileTask, image, model, pixel_size, unit, psf_sigma,
+                      warn) -> None:
+    """``warn`` each reason why a result on this input may not be trustworthy."""
+    from .domain import input_warnings
+
+    for message in input_warnings(image, model, pixel_size, unit, psf_sigma=psf_sigma):
+        if warn is not None:
+            warn(f"{task.input.name}: {message}")
+
+
+def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) -> dict:
     """An OME-Zarr input, read lazily, to one OME-Zarr: mean and calibrated std."""
     import napari_cvdm
 
@@ -158,6 +164,9 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress) -> dict:
                     f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
     run_provenance = _run_provenance(spec, settings, psf_from)
+    physical = [meta["physical"].get(axis) for axis in "YX"]
+    _warn_about_input(task, array, model, [p.size if p else None for p in physical],
+                      [p.unit if p else None for p in physical], settings.psf_sigma, warn)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
                    provenance=run_provenance,

@@ -2,7 +2,8 @@
 
 Outputs are written all together or not at all (``atomic.py``), so a complete set is one
 where every output exists and opens: the TIFFs' headers are read (no pixels), their pixels
-end inside the file and they agree in shape, an OME-Zarr result has its ``mean`` and ``std``
+end inside the file, their OME-XML (written last, at the end of the file) reads and parses
+and they agree in shape, an OME-Zarr result has its ``mean`` and ``std``
 images and the mark written after its last chunk. Nothing is modified.
 """
 
@@ -63,7 +64,23 @@ def _tiff_shape(path: Path) -> tuple[int, ...]:
             ends.append(series.dataoffset + series.nbytes)
         if not ends or max(ends) > size:
             raise ValueError(f"{path.name} is cut short: its pixels end past the file")
+        _check_ome(path, tif)
         return tuple(int(n) for n in series.shape)
+
+
+def _check_ome(path: Path, tif) -> None:
+    """The OME-XML every output carries (its metadata, written after the pixels) reads and
+    parses; a file cut short loses it and its pixels may all still be there."""
+    import xml.etree.ElementTree as ET
+
+    if not tif.is_ome or not tif.ome_metadata:
+        raise ValueError(f"{path.name} is cut short or not a napari-cvdm output: its OME "
+                         "metadata is missing or does not read")
+    try:
+        ET.fromstring(tif.ome_metadata)
+    except ET.ParseError as exc:
+        raise ValueError(f"{path.name} is damaged: its OME metadata does not parse "
+                         f"({exc})") from None
 
 
 def _zarr_shape(path: Path) -> tuple[int, ...]:

@@ -40,6 +40,7 @@ class ImageFile:
     unit: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     physical: dict[str, PhysicalSize] = field(default_factory=dict)  # "X", "Y", "Z", "T"
+    channels: tuple[str, ...] = ()  # the OME channel names, one per channel of the C axis
 
 
 class _Refused(Exception):
@@ -220,6 +221,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
             axes = series.axes
             physical = _physical(path, tif, axes)
+            channels = _channel_names(tif, axes, data.shape)
     except _Refused as exc:
         raise ValueError(str(exc)) from None
     except MemoryError:
@@ -231,7 +233,29 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
         pixel_size = (physical["Y"].size, physical["X"].size)
         unit = physical["X"].unit
-    return ImageFile(data, axes, pixel_size, unit, physical=physical)
+    return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels)
+
+
+def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """The OME channel names, where every channel of the C axis has one; else () (no OME,
+    OME-XML that does not parse, a name missing, a count that does not fit)."""
+    import xml.etree.ElementTree as ET
+
+    if "C" not in axes or not tif.is_ome or not tif.ome_metadata:
+        return ()
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return ()  # _physical warns about it
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
+                   or el.tag == "Pixels"), None)
+    if pixels is None:
+        return ()
+    names = [el.get("Name") for el in pixels if el.tag.endswith("}Channel")
+             or el.tag == "Channel"]
+    if len(names) != shape[axes.index("C")] or not all(n and n.strip() for n in names):
+        return ()
+    return tuple(names)
 
 
 def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:

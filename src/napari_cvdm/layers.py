@@ -342,9 +342,9 @@ def input_warnings(layer, model, psf_sigma: float | None = None,
     not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
-    unit = str(layer.units[-1]) if len(getattr(layer, "units", ())) else None
-    return warnings_for(layer_image(layer, crop), model, float(layer.scale[-1]), unit,
-                        psf_sigma)
+    units = [str(u) for u in getattr(layer, "units", ())][-2:] or None
+    return warnings_for(layer_image(layer, crop), model, tuple(float(s) for s in layer.scale[-2:]),
+                        units, psf_sigma)
 
 
 def _model_path(source: str | os.PathLike) -> Path:

@@ -137,7 +137,7 @@ class PredictSettings:
                             "GPUs built for it, fp16 on older GPUs, fp32 elsewhere", choices=PRECISIONS,
                             advanced=True)
     tile_size: int | None = option(None, "output pixels per tile side; lower it if memory "
-                                   "runs out", min=8, max=MAX_TILE_SIZE,
+                                   "runs out", min=8, max=MAX_TILE_SIZE, step=8,
                                    auto="from the device's free memory", advanced=True)
     overlap: int | None = option(None, "output pixels shared by neighbouring tiles",
                                  min=0, max=MAX_TILE_SIZE, auto="an eighth of the tile",
@@ -151,9 +151,12 @@ class PredictSettings:
     def __post_init__(self) -> None:
         for f in fields(self):
             object.__setattr__(self, f.name, check_field(f, getattr(self, f.name)))
-        if isinstance(self.device, str) and not _DEVICE.match(self.device.strip().lower()):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, not "
-                             f"{self.device!r}")
+        if type(self.device).__module__ == "torch" and type(self.device).__name__ == "device":
+            object.__setattr__(self, "device", str(self.device))  # torch.device("cuda", 1)
+        if self.device is not None and (not isinstance(self.device, str)  # None: auto
+                                        or not _DEVICE.match(self.device.strip().lower())):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps (or a "
+                             f"torch.device), not {self.device!r}")
         if self.seed is not None:
             object.__setattr__(self, "seed", reduce_seed(self.seed))
         if isinstance(self.model, (str, os.PathLike)) and not str(self.model).strip():

@@ -29,15 +29,19 @@ TO_CENTIMETRE = {"pm": 1e-10, "nm": 1e-7, "µm": 1e-4, "mm": 0.1, "cm": 1.0, "m"
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """What an output file says about itself: axes, physical sizes, provenance."""
+    """What an output file says about itself: axes, physical sizes, provenance, and the
+    channel names (one per channel of the C axis, or none)."""
 
     axes: str
     sizes: dict[str, PhysicalSize] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
+    channels: tuple[str, ...] = ()
 
     def tifffile_metadata(self, name: str = "") -> dict[str, Any]:
         """The ``metadata`` argument of ``tifffile.imwrite(..., ome=True)``."""
         meta: dict[str, Any] = {"axes": self.axes}
+        if self.channels:
+            meta["Channel"] = {"Name": list(self.channels)}
         for axis in "XYZ":
             if axis in self.sizes and self.sizes[axis].unit in LENGTH_UNITS:
                 meta[f"PhysicalSize{axis}"] = self.sizes[axis].size
@@ -95,11 +99,14 @@ def _text(value: Any) -> str:
 
 
 def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = None,
-                scale: int = 1, provenance: dict[str, Any] | None = None) -> OutputSpec:
+                scale: int = 1, provenance: dict[str, Any] | None = None,
+                channels=()) -> OutputSpec:
     """The checked description of an output; raises ValueError if it cannot be written.
 
     ``sizes`` are the input's; X and Y are divided by ``scale``. Provenance values are
-    written as text. The OME-XML is built once here, so a problem shows before any work.
+    written as text. ``channels``: a name per channel of the C axis (dropped where the
+    axes have no C; a file whose C axis has another size is written without them). The
+    OME-XML is built once here, so a problem shows before any work.
     """
     import tifffile
 
@@ -111,11 +118,13 @@ def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = No
             if size is not None:
                 checked[axis] = size
     sizes = checked
+    channels = tuple(_text(c) for c in channels or ()) if "C" in axes else ()
     spec = OutputSpec(axes, output_sizes(sizes, scale),
-                      {str(k): _text(v) for k, v in (provenance or {}).items()})
+                      {str(k): _text(v) for k, v in (provenance or {}).items()}, channels)
+    shape = tuple(len(channels) if a == "C" and channels else 1 for a in axes[:-2]) + (8, 8)
     try:
         ome = tifffile.OmeXml()
-        ome.addimage(np.float32, (1,) * (ndim - 2) + (8, 8), (1, 1, 1, 8, 8, 1),
+        ome.addimage(np.float32, shape, (int(np.prod(shape[:-2])), 1, 1, 8, 8, 1),
                      **spec.tifffile_metadata("check"))
         ome.tostring()
     except Exception as exc:  # tifffile raises OmeXmlError, ValueError, TypeError
@@ -148,8 +157,12 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
                          "image (e.g. numpy.abs(data) or data.real)")
     elif data.dtype.kind == "f" and data.dtype != np.float32:
         data = data.astype(np.float32)  # results are float32; integer images stay as they are
-    tifffile.imwrite(path, data, ome=True, photometric="minisblack",
-                     metadata=spec.tifffile_metadata(name), **spec.resolution())
+    metadata = spec.tifffile_metadata(name)
+    if spec.channels and (data.ndim != len(spec.axes)
+                          or data.shape[spec.axes.index("C")] != len(spec.channels)):
+        metadata.pop("Channel")  # names for another number of channels: none
+    tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=metadata,
+                     **spec.resolution())
 
 
 def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Path]:
@@ -266,8 +279,14 @@ def write_tiffs(items, pixel_size=None, unit: str = "", axes: str = "",
 
 
 def spec_for(image, scale: int, provenance: dict[str, Any] | None = None) -> OutputSpec:
-    """The output description of a prediction from ``image`` (an ImageFile) at ``scale``."""
-    return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance)
+    """The output description of a prediction from ``image`` (an ImageFile) at ``scale``,
+    with its channel names where there is one per channel."""
+    channels = tuple(getattr(image, "channels", ()) or ())
+    axes = ome_axes(image.axes, image.data.ndim)
+    if "C" not in axes or len(channels) != image.data.shape[axes.index("C")]:
+        channels = ()
+    return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance,
+                       channels)
 
 
 def result_provenance(model_summary: dict[str, Any], result, **extra: Any) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -57,10 +58,42 @@ def _as_dtype(image) -> np.dtype:
                      "float array")
 
 
+def _from_torch(tensor):
+    """A torch tensor as NumPy (its pixels shared where it is on the CPU, never modified):
+    detached from autograd, copied off the GPU. A pixel type NumPy lacks (bfloat16) stays
+    a CPU tensor, which :func:`check_image` refuses with its message."""
+    tensor = tensor.detach()
+    if tensor.layout != sys.modules["torch"].strided:
+        tensor = tensor.to_dense()  # sparse tensors
+    tensor = tensor.cpu().resolve_conj().resolve_neg()
+    try:
+        return tensor.numpy()
+    except TypeError:
+        return tensor
+
+
+def _unmasked(image):
+    """A NumPy masked array without masked pixels as its plain data; ValueError where any
+    pixel is masked (predict would use the pixels under the mask as they are)."""
+    masked = int(np.ma.count_masked(image))
+    if masked:
+        raise ValueError(f"the image is a masked array with {masked} masked pixel(s), and "
+                         "CVDM uses every pixel; fill them first, e.g. image.filled(value) "
+                         "with a background value such as np.ma.median(image)")
+    return np.ma.getdata(image)
+
+
 def as_array(image):
-    """``image`` itself where it is an array (NumPy, dask, zarr, torch: it has a shape and a
-    pixel type), else as a NumPy array (nested lists, a list of planes); ValueError where
-    it cannot be one. None is returned as it is (:func:`check_image` refuses it)."""
+    """``image`` itself where it is an array (NumPy, dask, zarr: it has a shape and a pixel
+    type), else as a NumPy array (nested lists, a list of planes, torch tensors, also ones
+    that require grad or live on a GPU); ValueError where it cannot be one, or where it is
+    a masked array with masked pixels. None is returned as it is (:func:`check_image`
+    refuses it)."""
+    torch = sys.modules.get("torch")  # a tensor exists only where torch is imported
+    if torch is not None and isinstance(image, torch.Tensor):
+        return _from_torch(image)
+    if isinstance(image, np.ma.MaskedArray):
+        return _unmasked(image)
     if image is None or (hasattr(image, "shape") and hasattr(image, "dtype")):
         return image
     try:

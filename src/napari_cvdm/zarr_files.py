@@ -95,8 +95,10 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
     Returns ``(array, metadata)``: a dask array (a zarr array where dask is missing) whose
     chunks are read only when used, and ``{"axes": "TZYX"-style letters, "physical":
-    {axis: PhysicalSize}, "attributes": the image's attributes}``. ValueError for anything
-    that is not an OME-Zarr image.
+    {axis: PhysicalSize}, "attributes": the image's attributes}``, with ``"channels"``
+    (the ``omero`` channel labels) where there is one per channel of the C axis. The
+    physical sizes are the dataset's scale times the multiscale's own (NGFF 0.4 and 0.5
+    apply it after the dataset's). ValueError for anything that is not an OME-Zarr image.
     """
     zarr = _zarr()
     path = Path(path)
@@ -109,13 +111,13 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         array = group[dataset["path"]]
         names = [a["name"] if isinstance(a, dict) else str(a) for a in multiscale["axes"]]
         units = [a.get("unit") if isinstance(a, dict) else None for a in multiscale["axes"]]
-        scale = next((t["scale"] for t in dataset.get("coordinateTransformations", [])
-                      if t.get("type") == "scale"), [1.0] * len(names))
         if not hasattr(array, "ndim") or not hasattr(array, "dtype"):
             raise ValueError(f"the dataset path {dataset['path']!r} is not an array")
-        if not isinstance(scale, (list, tuple)) or len(scale) != len(names):
-            raise ValueError(f"the scale {scale!r} does not give one value per axis "
-                             f"{names}")
+        # NGFF 0.4/0.5: the multiscale's own transformations apply after the dataset's
+        scale = [None if a is None or b is None else a * b
+                 for a, b in zip(_scale(dataset, names, "the dataset's"),
+                                 _scale(multiscale, names, "the multiscales'"))]
+        channels = _channel_labels(ome)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
     except Exception as exc:  # zarr and JSON errors of damaged stores
@@ -135,12 +137,41 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         import dask.array as da
 
         array = da.from_zarr(array)
-    return array, {"axes": axes, "physical": physical,
-                   "attributes": dict(group.attrs)}
+    meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs)}
+    if channels and "C" in axes and len(channels) == array.shape[axes.index("C")]:
+        meta["channels"] = channels
+    return array, meta
+
+
+def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | None]:
+    """The scale of ``node``'s ``coordinateTransformations`` (ones where it has none), one
+    value per axis (ValueError otherwise); a value that is no number is None (no size)."""
+    transforms = node.get("coordinateTransformations") or []
+    if not isinstance(transforms, list):
+        raise ValueError(f"{whose} coordinateTransformations {transforms!r} is not a list")
+    scale = next((t.get("scale") for t in transforms
+                  if isinstance(t, dict) and t.get("type") == "scale"), [1.0] * len(names))
+    if not isinstance(scale, (list, tuple)) or len(scale) != len(names):
+        raise ValueError(f"{whose} scale {scale!r} does not give one value per axis {names}")
+    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+            for v in scale]
+
+
+def _channel_labels(ome: dict[str, Any]) -> tuple[str, ...]:
+    """The channel names of ``omero.channels[].label``; () where any is missing or odd."""
+    omero = ome.get("omero")
+    channels = omero.get("channels") if isinstance(omero, dict) else None
+    if not isinstance(channels, list) or not channels:
+        return ()
+    labels = [c.get("label") if isinstance(c, dict) else None for c in channels]
+    if not all(isinstance(label, str) and label.strip() for label in labels):
+        return ()
+    return tuple(labels)
 
 
 def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
-                     provenance: dict[str, Any]) -> dict[str, Any]:
+                     provenance: dict[str, Any],
+                     channels: tuple[str, ...] = ()) -> dict[str, Any]:
     axis_list, scale = [], []
     for axis in axes:
         entry = {"name": axis.lower(), "type": AXIS_TYPES[axis]}
@@ -149,10 +180,13 @@ def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
             entry["unit"] = NAPARI_UNITS[size.unit]
         axis_list.append(entry)
         scale.append(size.size if size is not None else 1.0)
-    return {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axis_list,
-                             "datasets": [{"path": "0", "coordinateTransformations": [
-                                 {"type": "scale", "scale": scale}]}]}],
-            "napari_cvdm": {"output": name, **provenance}}
+    attributes = {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axis_list,
+                                   "datasets": [{"path": "0", "coordinateTransformations": [
+                                       {"type": "scale", "scale": scale}]}]}],
+                  "napari_cvdm": {"output": name, **provenance}}
+    if channels:
+        attributes["omero"] = {"channels": [{"label": label} for label in channels]}
+    return attributes
 
 
 class ZarrResultWriter:
@@ -165,12 +199,14 @@ class ZarrResultWriter:
     ``in_place=True`` creates the arrays at ``path`` itself (no hidden folder, no rename),
     so readers (napari layers on :attr:`arrays`) see chunks as they are written; on failure
     ``path`` is removed. ``images`` names the two images (``("mean", "variance")`` for a
-    variance output).
+    variance output). ``channels``: the input's channel names, kept where there is one per
+    channel of the C axis.
     """
 
     def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
-                 chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES):
+                 chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
+                 channels=()):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.axes = ome_axes(axes, len(self.shape))
@@ -180,6 +216,9 @@ class ZarrResultWriter:
                            else str(v) for k, v in (provenance or {}).items()}
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
         self.images = tuple(images)
+        channels = tuple(str(c) for c in channels or ())
+        fits = "C" in self.axes and len(channels) == self.shape[self.axes.index("C")]
+        self.channels = channels if fits else ()
         check_outputs([self.path], overwrite=overwrite, folders=True)
         check_replaceable(self.path)
 
@@ -203,7 +242,7 @@ class ZarrResultWriter:
         for name in self.images:
             group = root.create_group(name)
             group.attrs.update(_ngff_attributes(self.axes, self.sizes, name,
-                                                self.provenance))
+                                                self.provenance, self.channels))
             self._arrays[name] = group.create_array("0", shape=self.shape, chunks=chunks,
                                                     dtype="float32", fill_value=0.0)
         return self
@@ -286,7 +325,7 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr.
 
     ``metadata`` is the input's, as :func:`read_ome_zarr` returns it (``axes``,
-    ``physical``); Y and X sizes are divided by ``scale``. NumPy results are written plane
+    ``physical``, ``channels``); Y and X sizes are divided by ``scale``. NumPy results are written plane
     by plane; dask results (a lazy prediction) chunk by chunk, mean and std in one pass so
     that every tile runs once, never holding a whole plane.
     """
@@ -296,7 +335,8 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     if tuple(mean.shape) != tuple(std.shape):
         raise ValueError(f"mean {mean.shape} and std {std.shape} differ in shape")
     with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
-                          metadata.get("physical"), scale, provenance, overwrite) as out:
+                          metadata.get("physical"), scale, provenance, overwrite,
+                          channels=metadata.get("channels", ())) as out:
         if is_dask(mean) or is_dask(std):
             out.store(mean, std)
         else:

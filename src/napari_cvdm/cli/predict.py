@@ -117,6 +117,19 @@ def _skipped(path: Path) -> bool:
     return is_hidden(path) or is_cvdm_output(path)
 
 
+def _resolved_output(path: Path) -> Path:
+    """``path.resolve()``; ValueError saying why where its folder cannot be resolved (a
+    symbolic link loop, which Python before 3.13 raises as RuntimeError)."""
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError):
+        from ..tiff_writer import _folder_problem
+
+        raise ValueError(_folder_problem(path.parent) or
+                         f"the output folder {path.parent} cannot be resolved (a symbolic "
+                         "link loop?); choose another output folder") from None
+
+
 def _check_cluster_args(args) -> bool:
     """Whether the run uses a cluster; ValueError for options that do not go together."""
     if args.resume and args.overwrite:
@@ -179,7 +192,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
             outputs = (args.output / output_name(stem),)
         else:
             outputs = tuple(args.output / output_name(stem, kind) for kind in TIFF_OUTPUTS)
-        resolved = [p.resolve() for p in outputs]
+        resolved = [_resolved_output(p) for p in outputs]
         if inputs.intersection(resolved):
             raise ValueError(f"an output of {path} would overwrite an input; choose "
                              "another output folder")
