@@ -1,7 +1,8 @@
 """Fit a model's uncertainty calibration on held-out images and store it in the model file.
 
     python scripts/calibrate_model.py MODEL.cvdm.safetensors --hq HELD_OUT_DIR \
-        [--synthetic 6] [--samples 8] [--steps 10] [--plot docs/images/reliability.png]
+        [--synthetic 6] [--samples 8] [--steps 10] [--plot docs/images/reliability.png] \
+        [-o CALIBRATED.cvdm.safetensors]
 
 Held-out high-quality images (never trained on) and freshly generated structures get
 simulated widefield inputs with the optics the model was trained with; predict() runs on
@@ -39,7 +40,8 @@ def held_out_pairs(hq_dir, synthetic: int, degradation: Degradation, seed: int):
         h, w = image.shape
         y0, x0 = max(0, (h - CROP) // 2), max(0, (w - CROP) // 2)
         hq01 = np.ascontiguousarray(image[y0:y0 + CROP, x0:x0 + CROP])
-        hq01 = hq01[:hq01.shape[0] // 2 * 2, :hq01.shape[1] // 2 * 2]
+        scale = degradation.scale  # a whole number of input pixels
+        hq01 = hq01[:hq01.shape[0] // scale * scale, :hq01.shape[1] // scale * scale]
         lq, sigma = simulate(torch.from_numpy(hq01)[None, None], degradation, generator,
                              return_sigmas=True)
         yield lq[0, 0].numpy(), hq01 * 2 - 1, name, float(sigma[0])
@@ -96,10 +98,18 @@ def main(argv=None) -> int:
                    "nothing, so that predict() estimates it as for a user who gives none (auto)")
     p.add_argument("--plot", type=Path, default=None)
     p.add_argument("--dry-run", action="store_true", help="report only; do not write the model")
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="write the calibrated model here (default: MODEL itself); its weights "
+                        "are stored as float16, as bundled models are")
     args = p.parse_args(argv)
+    if args.hq is None and args.synthetic < 1:
+        p.error("no held-out images: give --hq HELD_OUT_DIR and/or --synthetic N (N >= 1)")
     model = nc.load_model(args.model)
     deg = model.metadata.get("training", {}).get("data", {}).get("degradation")
-    degradation = Degradation.from_dict(deg) if deg else Degradation(psf_sigma=(1.5, 4.0))
+    # A model trained on measured pairs records no optics: simulate the typical widefield
+    # range at the model's own scale.
+    degradation = Degradation.from_dict(deg) if deg else \
+        Degradation(psf_sigma=(1.5, 4.0), scale=model.config.scale)
     stds, errors, means = [], [], []
     for lq, target, name, sigma in held_out_pairs(args.hq, args.synthetic, degradation,
                                                   args.seed):
@@ -135,8 +145,9 @@ def main(argv=None) -> int:
         model.metadata["calibration"]["fitted_with"] = {
             "samples": args.samples, "steps": args.steps, "augment": args.augment,
             "told": args.told}
-        nc.save_model(model, args.model, half=True)
-        print(f"calibration written into {args.model}")
+        output = args.output or args.model
+        nc.save_model(model, output, half=True)
+        print(f"calibration written into {output}")
     return 0
 
 

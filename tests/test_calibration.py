@@ -152,3 +152,33 @@ def test_predict_applies_the_brightness_term_eagerly_and_lazily_alike(tiny_model
                                  tiny_model.metadata["calibration"],
                                  norm.apply(eager.mean)) * norm.half_range
     np.testing.assert_allclose(eager.std, expected, rtol=1e-3, atol=1e-5)
+
+
+def test_calibrate_model_script_writes_where_told_at_any_scale_and_needs_images(tmp_path,
+                                                                               capsys):
+    """Found by an audit: the script failed with a broadcast error on a x3 model trained on
+    pairs (it simulated x2 inputs), and with a concatenate error given no images; it could
+    only rewrite the model in place."""
+    import dataclasses
+
+    import torch
+    from conftest import randomized, script_module
+
+    import napari_cvdm as nc
+    from napari_cvdm.model.config import CVDMConfig
+    from napari_cvdm.model.cvdm import CVDM
+
+    script = script_module("calibrate_model")
+    torch.manual_seed(0)
+    config = dataclasses.replace(CVDMConfig.preset("tiny"), scale=3)
+    source = nc.save_model(randomized(CVDM(config)), tmp_path / "x3.cvdm.safetensors")
+    before = source.read_bytes()
+    out = tmp_path / "x3-calibrated.cvdm.safetensors"
+    assert script.main([str(source), "--synthetic", "1", "--samples", "2", "--steps", "1",
+                        "-o", str(out)]) == 0
+    assert source.read_bytes() == before
+    calibrated = nc.load_model(out)
+    assert calibrated.config.scale == 3 and calibrated.metadata["calibration"]["pixels"] > 0
+    with pytest.raises(SystemExit) as stop:
+        script.main([str(source), "--synthetic", "0"])
+    assert stop.value.code == 2 and "no held-out images" in capsys.readouterr().err
