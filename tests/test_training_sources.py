@@ -191,3 +191,6 @@ def test_blank_planes_leave_out_the_pair_not_shift_the_stack(nuclei_truth, nucle
     lq[0] = 0
     with pytest.raises(ValueError, match="no plane has structure in both"):
         pairs_from_arrays([(lq, hq)])
+    with pytest.raises(ValueError, match=r"pair 0 must be \(low-quality image, high-quality "
+                                         r"image\), not tuple of 3"):
+        pairs_from_arrays([(lq, hq, hq)])

@@ -133,7 +133,12 @@ def usable_pairs(lq_planes: list[np.ndarray], hq_planes: list[np.ndarray],
 def pairs_from_arrays(items) -> tuple[list[Pair], int]:
     """Pairs from in-memory (low-quality, high-quality) images; the scale from their shapes."""
     planes = []
-    for k, (lq, hq) in enumerate(items):
+    for k, item in enumerate(items):
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"pair {k} must be (low-quality image, high-quality image), not "
+                             f"{type(item).__name__}"
+                             f"{f' of {len(item)}' if isinstance(item, (tuple, list)) else ''}")
+        lq, hq = item
         planes += usable_pairs(_array_planes(lq, f"pair {k} input"),
                                _array_planes(hq, f"pair {k} target"), f"pair{k}")
     if not planes:
