@@ -274,3 +274,19 @@ def test_outputs_beside_the_inputs_are_not_taken_for_inputs_by_the_next_run(
     after = sorted(p.name for p in folder.iterdir() if p.is_file())
     assert after == sorted(before)  # nothing new: no outputs of outputs
     assert not list(folder.glob("*_cvdm_mean_cvdm_*"))
+
+
+def test_a_tiff_with_pixels_that_are_not_square_is_warned_about(tmp_path, tiny_model_file,
+                                                                 nuclei_widefield, capsys):
+    """TIFF and OME-Zarr inputs read their pixel sizes per axis in one place."""
+    import tifffile
+
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "tall.ome.tif"
+    tifffile.imwrite(path, nuclei_widefield[:32, :32], ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeY": 0.13, "PhysicalSizeX": 65.0,
+                               "PhysicalSizeYUnit": "µm", "PhysicalSizeXUnit": "nm"})
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]) == 0
+    assert "not square (130 nm along Y, 65 nm along X)" in capsys.readouterr().err

@@ -230,16 +230,16 @@ def test_an_output_folder_that_cannot_take_the_model_is_refused_before_training(
 
 def test_resume_refuses_other_data_or_settings_a_damaged_state_and_a_finished_run(
         hq_dir, tmp_path, nuclei_truth):
-    """Found by an audit: --resume took other data and a 50x learning rate silently (the
-    model card then described only the second run); a state with NaN tensors 'diverged' at
-    once with advice to resume; resuming a finished run said 'model written'."""
+    """Found by an audit: --resume took other data and optics silently (the model card then
+    described only the second run); a state with NaN tensors 'diverged' at once with advice
+    to resume; resuming a finished run said 'model written'."""
     from safetensors.torch import load_file, save_file
 
     out = tmp_path / "r.cvdm.safetensors"
     train(output=out, hq=hq_dir, settings=_settings(steps=3), device="cpu")
-    with pytest.raises(ValueError, match="other data or settings.*learning_rate"):
-        train(output=out, hq=hq_dir, settings=_settings(steps=6, learning_rate=1e-2),
-              resume=True, device="cpu")
+    with pytest.raises(ValueError, match="other data or settings.*seed: 0 there, 5"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=6, seed=5), resume=True,
+              device="cpu")
     other = tmp_path / "other"
     other.mkdir()
     tifffile.imwrite(other / "x.tif", nuclei_truth[:100, :100])
@@ -247,11 +247,16 @@ def test_resume_refuses_other_data_or_settings_a_damaged_state_and_a_finished_ru
         train(output=out, hq=other, settings=_settings(steps=6), resume=True, device="cpu")
     with pytest.raises(ValueError, match="already at step 3"):
         train(output=out, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
-    # Only the length and how often to validate or checkpoint may change.
-    train(output=out, hq=hq_dir, settings=_settings(steps=4, validation_every=1,
-                                                    checkpoint_every=1), resume=True,
-          device="cpu")
-    assert nc.load_model(out).metadata["training"]["step"] == 4
+    # The length, how often to validate or checkpoint, and the recovery settings (a lower
+    # learning rate after a divergence, as its message advises) may change; those are
+    # recorded. The folder given with a trailing slash is the same folder.
+    train(output=out, hq=f"{hq_dir}/", settings=_settings(
+        steps=4, validation_every=1, checkpoint_every=1, learning_rate=5e-5, batch_size=1),
+        resume=True, device="cpu")
+    training = nc.load_model(out).metadata["training"]
+    assert training["step"] == 4
+    assert training["resumed_with"] == [{"step": 3, "changes": [
+        "batch_size: 2 -> 1", "learning_rate: None -> 5e-05"]}]
     state = state_path(out)
     from safetensors import safe_open
 
@@ -321,3 +326,42 @@ def test_ctrl_c_says_what_is_kept(hq_dir, tmp_path, capsys, monkeypatch):
                  "--validation-steps", "2"])
     err = capsys.readouterr().err
     assert code == 130 and "no checkpoint was written yet" in err and "is kept" not in err
+
+
+def test_a_fine_tuned_run_resumes_and_keeps_where_it_started(hq_dir, tmp_path):
+    """Found by a review: the resume check compared init (never given with resume), so a
+    run started from a model could not be resumed at all."""
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    tuned = tmp_path / "tuned.cvdm.safetensors"
+    train(output=tuned, hq=hq_dir, settings=_settings(steps=2, init=str(first)), device="cpu")
+    train(output=tuned, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
+    training = nc.load_model(tuned).metadata["training"]
+    assert training["step"] == 3 and training["init"] == "first.cvdm.safetensors"
+
+
+def test_one_blank_pair_of_a_folder_is_left_out_and_small_held_out_images_are_fine(
+        tmp_path, nuclei_truth, nuclei_widefield):
+    """Found by a review: one blank file pair stopped the whole folder (it was skipped
+    before), and an image held out whole for validation had to be a patch wide."""
+    from napari_cvdm.data import load_pairs
+    from napari_cvdm.training_data import prepare_data
+
+    lq, hq = tmp_path / "lq", tmp_path / "hq"
+    lq.mkdir()
+    hq.mkdir()
+    tifffile.imwrite(lq / "cell.tif", nuclei_widefield[:64, :64])
+    tifffile.imwrite(hq / "cell.tif", nuclei_truth[:128, :128])
+    tifffile.imwrite(lq / "empty.tif", np.zeros((64, 64), np.uint16))
+    tifffile.imwrite(hq / "empty.tif", np.zeros((128, 128), np.uint16))
+    pairs, scale = load_pairs(lq, hq)
+    assert [p.name for p in pairs] == ["cell[0]"] and scale == 2
+    (hq / "cell.tif").unlink()
+    (lq / "cell.tif").unlink()
+    with pytest.raises(ValueError, match="no pair in .* has a plane with structure"):
+        load_pairs(lq, hq)
+    # Five images: the first is held out whole; it may be smaller than a patch.
+    images = [nuclei_truth[:24, :24]] + [nuclei_truth[k * 70:k * 70 + 64, :64] for k in range(4)]
+    data = prepare_data(hq=images, degradation=None, patch_size=32, validation_fraction=0.2,
+                        validation_patches=2, seed=0, generator=torch.Generator().manual_seed(0))
+    assert data.validation_names == ["image0[0]"]

@@ -86,10 +86,14 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
     return header, tensors
 
 
-# What may change when a run is resumed: how long it runs and how often it looks at itself.
-# Anything else (data, optics, optimiser) would make one model of two runs, recorded as one.
+# What may change when a run is resumed: how long it runs, how often it looks at itself,
+# and what it started from (init: the weights already hold it). The recovery settings may
+# change too (a lower learning rate after a divergence, a smaller batch after running out
+# of memory), and the model's record lists them. Anything else (data, optics, seed, the
+# rate's decay) would make one model of two different runs, recorded as one.
 RESUMABLE_CHANGES = frozenset({"steps", "validation_every", "checkpoint_every",
-                               "first_checkpoint", "validation_steps", "precision"})
+                               "first_checkpoint", "validation_steps", "precision", "init"})
+RECOVERY_CHANGES = frozenset({"learning_rate", "batch_size", "grad_clip"})
 
 
 def run_record(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -101,24 +105,32 @@ def run_record(metadata: dict[str, Any]) -> dict[str, Any]:
                                  default=str))
 
 
-def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> None:
-    """ValueError if this run's data or settings differ from those of the run that wrote
-    the state (states written before the record existed are not checked)."""
+def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list[str]:
+    """The recovery settings this resume changes ("name: there -> here"); ValueError where
+    its data or other settings differ from those of the run that wrote the state (states
+    written before the record existed are not checked)."""
     saved, here = header.get("run"), run_record(metadata)
     if not isinstance(saved, dict) or saved == here:
-        return
-    changed = []
+        return []
+    changed, recovery = [], []
     for part in ("settings", "data"):
         there, now = saved.get(part) or {}, here.get(part) or {}
         if not isinstance(there, dict):
             there = {}
         for key in sorted(set(there) | set(now)):
-            if there.get(key) != now.get(key):
+            if there.get(key) == now.get(key):
+                continue
+            if part == "settings" and key in RECOVERY_CHANGES:
+                recovery.append(f"{key}: {there.get(key)!r} -> {now.get(key)!r}")
+            else:
                 changed.append(f"{key}: {there.get(key)!r} there, {now.get(key)!r} in this run")
-    raise ValueError(f"cannot resume {output}: it was trained with other data or settings "
-                     f"({'; '.join(changed[:4]) or 'the saved record differs'}); resume with "
-                     "the same data and settings (only the steps and how often to validate or "
-                     "checkpoint may change), or train to a new file")
+    if changed:
+        raise ValueError(f"cannot resume {output}: it was trained with other data or settings "
+                         f"({'; '.join(changed[:4])}); resume with the same data and settings "
+                         "(only the steps, how often to validate or checkpoint, the learning "
+                         "rate, batch size and gradient clip may change), or train to a new "
+                         "file")
+    return recovery
 
 
 def _differences(saved, config) -> str:

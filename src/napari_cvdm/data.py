@@ -85,7 +85,10 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     planes = []
     for stem in common:
         lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
-        planes += usable_pairs(lq_planes, hq_planes, stem)
+        planes += usable_pairs(lq_planes, hq_planes, stem, required=False)
+    if not planes:
+        raise ValueError(f"no pair in {lq_dir} and {hq_dir} has a plane with structure in "
+                         "both images (each is empty, constant or not finite)")
     return _make_pairs(planes)
 
 
@@ -115,16 +118,17 @@ def usable_planes(planes: list[np.ndarray], name: str) -> list[tuple[int, np.nda
 
 
 def usable_pairs(lq_planes: list[np.ndarray], hq_planes: list[np.ndarray],
-                 name: str) -> list[tuple[np.ndarray, np.ndarray, str]]:
+                 name: str, required: bool = True) -> list[tuple[np.ndarray, np.ndarray, str]]:
     """(lq, hq, name[i]) for the planes i where both stacks have something to learn from.
     Blank planes are left out as pairs, so plane i of the input stays with plane i of the
-    target wherever the two stacks' blank planes sit."""
+    target wherever the two stacks' blank planes sit. ``required``: ValueError where none
+    is left (one of several files of a folder may be blank)."""
     if len(lq_planes) != len(hq_planes):
         raise ValueError(f"{name}: {len(lq_planes)} low-quality planes but "
                          f"{len(hq_planes)} high-quality planes")
     out = [(lq, hq, f"{name}[{i}]") for i, (lq, hq) in enumerate(zip(lq_planes, hq_planes))
            if plane_problem(lq, name) is None and plane_problem(hq, name) is None]
-    if not out:
+    if not out and required:
         raise ValueError(f"{name}: no plane has structure in both the low- and the "
                          "high-quality image (each is empty, constant or not finite)")
     return out
@@ -286,13 +290,21 @@ def check_patch_fits(whole: list[tuple[str, tuple[int, ...]]],
                      train: list[tuple[str, tuple[int, ...]]], patch_size: int) -> None:
     """ValueError naming the cause when a training image cannot give a patch: the image
     itself is smaller than the patch, or the part left after its validation strip is.
-    ``whole``/``train``: (name, high-quality shape) before and after the validation split."""
-    small = [f"{name} ({shape[-2]} x {shape[-1]})" for name, shape in whole
-             if min(shape[-2:]) < patch_size]
+    ``whole``/``train``: (name, high-quality shape) before and after the validation split
+    (images held out whole for validation may be smaller: their patches shrink)."""
+    sizes = dict(whole)
+    small, cut = [], []
+    for name, shape in train:
+        if min(shape[-2:]) >= patch_size:
+            continue
+        full = sizes.get(name, shape)
+        if min(full[-2:]) < patch_size:
+            small.append(f"{name} ({full[-2]} x {full[-1]})")
+        else:
+            cut.append(f"{name} ({shape[-2]} rows)")
     if small:
         raise ValueError(f"images smaller than the patch size {patch_size}: {small[:3]}; use "
                          "a smaller patch size (--patch-size)")
-    cut = [f"{name} ({shape[-2]} rows)" for name, shape in train if min(shape[-2:]) < patch_size]
     if cut:
         raise ValueError(f"after its validation strip (at least one patch tall), too little of "
                          f"{cut[:3]} is left to train on: less than the patch size "

@@ -130,20 +130,21 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     settings, psf_from = _resolved(settings, image.data)
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings, psf_from))
-    _warn_about_input(task, image.data, model, image.pixel_size, image.unit or None,
-                      settings.psf_sigma, warn)
+    _warn_about_input(task, image.data, model, image.physical, settings.psf_sigma, warn)
     result = napari_cvdm.predict(image.data, settings=settings, progress=progress)
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
     return _done(task, result)
 
 
-def _warn_about_input(task: FileTask, image, model, pixel_size, unit, psf_sigma,
-                      warn) -> None:
-    """``warn`` each reason why a result on this input may not be trustworthy."""
+def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -> None:
+    """``warn`` each reason why a result on this input may not be trustworthy; ``physical``
+    the file's sizes per axis ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
     from .domain import input_warnings
 
-    for message in input_warnings(image, model, pixel_size, unit, psf_sigma=psf_sigma):
+    sizes = [physical.get(axis) for axis in "YX"]
+    for message in input_warnings(image, model, [p.size if p else None for p in sizes],
+                                  [p.unit if p else None for p in sizes], psf_sigma=psf_sigma):
         if warn is not None:
             warn(f"{task.input.name}: {message}")
 
@@ -164,9 +165,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
                     f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
     run_provenance = _run_provenance(spec, settings, psf_from)
-    physical = [meta["physical"].get(axis) for axis in "YX"]
-    _warn_about_input(task, array, model, [p.size if p else None for p in physical],
-                      [p.unit if p else None for p in physical], settings.psf_sigma, warn)
+    _warn_about_input(task, array, model, meta["physical"], settings.psf_sigma, warn)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
                    provenance=run_provenance,

@@ -88,15 +88,16 @@ def existing_output(path: str | os.PathLike, init=None) -> str | None:
     return "model"
 
 
-def training_output_problem(output, overwrite: bool = False, init=None,
-                            resume: bool = False) -> str | None:
+def training_output_problem(output, overwrite: bool = False, init=None, resume: bool = False,
+                            how_to_replace: str = "overwrite=True, in napari: 'replace an "
+                                                  "existing model file'") -> str | None:
     """Why a trained model cannot be written to ``output``, or None; writes nothing that
     stays. The one check of every front end (``train()``, ``cvdm train``, napari).
 
     An existing file is replaced only when it is a napari-cvdm model, not the ``init``
     model the run starts from, and ``overwrite`` says so; ``resume`` continues the run
     that wrote it. The folder must take a new file (a read-only or full file system is
-    found here, not at the first checkpoint)."""
+    found here, not at the first checkpoint). ``how_to_replace``: the front end's words."""
     import tempfile
 
     if output is None or not str(output).strip() or str(output) == ".":
@@ -126,8 +127,7 @@ def training_output_problem(output, overwrite: bool = False, init=None,
         return (f"{path} is the model to fine-tune; save to a new file name (the model you "
                 "start from is kept as it is)")
     if holds == "model" and not (overwrite or resume):
-        return (f"{path} exists; choose a new file name, or replace it (overwrite=True, "
-                "in napari: 'replace an existing model file')")
+        return f"{path} exists; choose a new file name, or replace it ({how_to_replace})"
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} exists and is read-only; choose another file"
     return None

@@ -213,7 +213,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         metadata["training"]["history"] = list(base.metadata.get("training", {}).get("history", []))
     start = 0
     if resume:
-        check_same_run(state[0], metadata, output)
+        changes = check_same_run(state[0], metadata, output)
         if state[0]["step"] >= settings.steps:
             raise ValueError(f"cannot resume {output}: the run is already at step "
                              f"{state[0]['step']}; give more steps than that to train further")
@@ -223,10 +223,18 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
             ema.load_state_dict(previous.state_dict())
             metadata["training"]["history"] = (previous.metadata.get("training", {})
                                                .get("history", []))
+            before = previous.metadata.get("training", {})
+            metadata["training"]["resumed_with"] = list(before.get("resumed_with", []))
+            for key in ("init", "init_step", "averaged_with"):  # where the run started
+                if key in before:
+                    metadata["training"][key] = before[key]
         else:
             ema.load_state_dict(model.state_dict())
         generator.manual_seed(settings.seed + start)
-        say(f"resumed from step {start}")
+        if changes:  # recorded: the model card describes both parts of the run
+            metadata["training"].setdefault("resumed_with", []).append(
+                {"step": start, "changes": changes})
+        say(f"resumed from step {start}" + (f" with {'; '.join(changes)}" if changes else ""))
 
     started = time.perf_counter()
     saved_step = start if resume else None

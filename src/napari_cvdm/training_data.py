@@ -69,6 +69,11 @@ def _validation_patches(val_pairs, scale: int, patch: int, count: int, seed: int
     return sampler.batch(count, with_psf=True)
 
 
+def _folder_name(folder) -> str:
+    """A data folder's own name, as recorded (``data/lq/`` and ``data/lq`` alike)."""
+    return os.path.basename(os.path.normpath(os.fspath(folder)))
+
+
 def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation | None,
                  patch_size: int, validation_fraction: float, validation_patches: int,
                  seed: int, generator: torch.Generator) -> TrainingData:
@@ -91,8 +96,8 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
     if pairs is not None:
         if _is_folder_pair(pairs):
             all_pairs, scale = load_pairs(*pairs)
-            info: dict[str, Any] = {"mode": "pairs", "lq": os.path.basename(os.fspath(pairs[0])),
-                                    "hq": os.path.basename(os.fspath(pairs[1]))}
+            info: dict[str, Any] = {"mode": "pairs", "lq": _folder_name(pairs[0]),
+                                    "hq": _folder_name(pairs[1])}
         else:
             all_pairs, scale = pairs_from_arrays(pairs)
             info = {"mode": "pairs", "source": "arrays"}
@@ -111,7 +116,7 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
     if hq is not None:
         if isinstance(hq, (str, os.PathLike)):
             real = load_hq(hq)
-            info["hq"] = os.path.basename(os.path.normpath(os.fspath(hq)))
+            info["hq"] = _folder_name(hq)
         else:
             real = hq_from_arrays(hq)
             info["hq"] = "arrays"

@@ -118,34 +118,16 @@ def _check_train_args(args) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be MIN MAX with "
                              f"{'0 <' if positive else '0 <='} MIN <= MAX <= {limit:g}, not "
                              f"{low} {high}")
-    if args.output.is_dir():
-        raise ValueError(f"the output {args.output} is a folder; give a model file name "
-                         "(e.g. my.cvdm.safetensors)")
-    if args.output.exists():
-        _check_existing_output(args)
     from ..model_files import training_output_problem
 
-    problem = training_output_problem(args.output, args.overwrite, args.init, args.resume)
-    if problem:  # the folder cannot take the model: found now, not at the first checkpoint
+    # A typo in -o must not overwrite an image or a trained model, and a folder that cannot
+    # take the model is found now, not at the first checkpoint.
+    problem = training_output_problem(
+        args.output, args.overwrite, args.init, args.resume,
+        how_to_replace="pass --overwrite, or --resume to continue the run that wrote it")
+    if problem:
         raise ValueError(problem)
     resolve_precision(args.precision, resolve_device(args.device), training=True)
-
-
-def _check_existing_output(args) -> None:
-    """An existing output is replaced only when it is a model file and the user says so
-    (--resume continues it): a typo in -o must not overwrite an image or a trained model."""
-    from ..model_files import existing_output
-
-    holds = existing_output(args.output, args.init)
-    if holds == "other":
-        raise ValueError(f"the output {args.output} exists and is not a napari-cvdm model "
-                         "file; give a new file name (e.g. my.cvdm.safetensors)")
-    if holds == "init" and not args.resume:
-        raise ValueError(f"the output {args.output} is the --init model; give a new file name "
-                         "(the model you start from is kept as it is)")
-    if not (args.resume or args.overwrite):
-        raise ValueError(f"the output {args.output} exists; pass --overwrite to replace it, or "
-                         "--resume to continue the run that wrote it")
 
 
 def run(args) -> int:
