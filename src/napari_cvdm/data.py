@@ -210,10 +210,7 @@ class PatchSampler:
         if patch_size % scale:
             raise ValueError(f"the patch size {patch_size} must be a multiple of the scale "
                              f"{scale}; choose another patch size (--patch-size)")
-        small = [p.name for p in pairs if min(p.hq.shape) < patch_size]
-        if small:
-            raise ValueError(f"images smaller than the patch size {patch_size}: {small[:3]}; "
-                             "use a smaller patch size (--patch-size)")
+        check_patch_fits([], [(p.name, p.hq.shape) for p in pairs], patch_size)
         self.pairs, self.scale, self.patch = pairs, scale, patch_size
         self.generator, self.augment = generator, augment
 

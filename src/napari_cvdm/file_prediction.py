@@ -142,11 +142,12 @@ def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -
     the file's sizes per axis ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
     from .domain import input_warnings
 
+    if warn is None:
+        return  # the checks read the image: not for nobody
     sizes = [physical.get(axis) for axis in "YX"]
     for message in input_warnings(image, model, [p.size if p else None for p in sizes],
                                   [p.unit if p else None for p in sizes], psf_sigma=psf_sigma):
-        if warn is not None:
-            warn(f"{task.input.name}: {message}")
+        warn(f"{task.input.name}: {message}")
 
 
 def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) -> dict:

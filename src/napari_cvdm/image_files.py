@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .physical import PhysicalSize, imagej_sizes, ome_sizes
+from .physical import PhysicalSize, fitting_channels, imagej_sizes, ome_sizes
 from .validation import output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
@@ -251,11 +251,8 @@ def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
                    or el.tag == "Pixels"), None)
     if pixels is None:
         return ()
-    names = [el.get("Name") for el in pixels if el.tag.endswith("}Channel")
-             or el.tag == "Channel"]
-    if len(names) != shape[axes.index("C")] or not all(n and n.strip() for n in names):
-        return ()
-    return tuple(names)
+    return fitting_channels([el.get("Name") for el in pixels if el.tag.endswith("}Channel")
+                             or el.tag == "Channel"], axes, shape)
 
 
 def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:

@@ -136,6 +136,18 @@ def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]
     return sizes
 
 
+def fitting_channels(names, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """``names`` where there is one non-empty name per channel of the C axis of an image
+    with ``axes`` and ``shape``; else () (no C axis, another count, a name missing)."""
+    names = tuple(names or ())
+    if not names or "C" not in axes or len(axes) != len(shape) \
+            or len(names) != shape[axes.index("C")]:
+        return ()
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        return ()
+    return names
+
+
 def output_sizes(sizes: dict[str, PhysicalSize], scale: int) -> dict[str, PhysicalSize]:
     """Sizes of the output grid: X and Y divided by ``scale``, Z and T unchanged."""
     return {axis: PhysicalSize(s.size / scale, s.unit) if axis in "XY" else s

@@ -18,7 +18,8 @@ import numpy as np
 
 from .atomic import atomic_group, output_exists, plain_os_error
 from .image_names import image_stem
-from .physical import LENGTH_UNITS, TIME_UNITS, PhysicalSize, normalise, output_sizes
+from .physical import (LENGTH_UNITS, TIME_UNITS, PhysicalSize, fitting_channels, normalise,
+                       output_sizes)
 
 OME_AXES = "TZCYX"
 NAME_MAX = 255
@@ -158,8 +159,7 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
     elif data.dtype.kind == "f" and data.dtype != np.float32:
         data = data.astype(np.float32)  # results are float32; integer images stay as they are
     metadata = spec.tifffile_metadata(name)
-    if spec.channels and (data.ndim != len(spec.axes)
-                          or data.shape[spec.axes.index("C")] != len(spec.channels)):
+    if spec.channels and not fitting_channels(spec.channels, spec.axes, data.shape):
         metadata.pop("Channel")  # names for another number of channels: none
     tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=metadata,
                      **spec.resolution())
@@ -281,10 +281,8 @@ def write_tiffs(items, pixel_size=None, unit: str = "", axes: str = "",
 def spec_for(image, scale: int, provenance: dict[str, Any] | None = None) -> OutputSpec:
     """The output description of a prediction from ``image`` (an ImageFile) at ``scale``,
     with its channel names where there is one per channel."""
-    channels = tuple(getattr(image, "channels", ()) or ())
-    axes = ome_axes(image.axes, image.data.ndim)
-    if "C" not in axes or len(channels) != image.data.shape[axes.index("C")]:
-        channels = ()
+    channels = fitting_channels(getattr(image, "channels", ()),
+                                ome_axes(image.axes, image.data.ndim), image.data.shape)
     return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance,
                        channels)
 

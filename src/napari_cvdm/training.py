@@ -276,10 +276,9 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                     be.copy_(bm)
             last_loss = {k: float(v.detach()) for k, v in terms.items()}
             if not all(math.isfinite(v) for v in last_loss.values()):
-                kept = f"the last checkpoint is kept ({output})" if saved_step is not None \
-                    else "no checkpoint was written"
-                raise TrainingDiverged(f"training diverged at step {step} (loss {last_loss['total']}); "
-                                       f"{kept}; lower the learning rate and resume")
+                raise TrainingDiverged(f"training diverged at step {step} (loss "
+                                       f"{last_loss['total']}); {_kept(output, saved_step)}; "
+                                       "lower the learning rate and resume")
             if progress is not None:
                 progress(step, settings.steps, last_loss)
             if step % settings.validation_every == 0 or step == settings.steps:

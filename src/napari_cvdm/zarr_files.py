@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import output_exists, plain_os_error
-from .physical import NAPARI_UNITS, PhysicalSize, normalise, output_sizes
+from .physical import NAPARI_UNITS, PhysicalSize, fitting_channels, normalise, output_sizes
 from .tiff_writer import check_outputs, ome_axes
 
 NGFF_VERSION = "0.4"
@@ -138,7 +138,8 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
 
         array = da.from_zarr(array)
     meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs)}
-    if channels and "C" in axes and len(channels) == array.shape[axes.index("C")]:
+    channels = fitting_channels(channels, axes, tuple(array.shape))
+    if channels:
         meta["channels"] = channels
     return array, meta
 
@@ -158,15 +159,13 @@ def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | N
 
 
 def _channel_labels(ome: dict[str, Any]) -> tuple[str, ...]:
-    """The channel names of ``omero.channels[].label``; () where any is missing or odd."""
+    """The ``omero.channels[].label`` entries (None where one is not a dict), unchecked:
+    :func:`~napari_cvdm.physical.fitting_channels` keeps them only where all fit."""
     omero = ome.get("omero")
     channels = omero.get("channels") if isinstance(omero, dict) else None
     if not isinstance(channels, list) or not channels:
         return ()
-    labels = [c.get("label") if isinstance(c, dict) else None for c in channels]
-    if not all(isinstance(label, str) and label.strip() for label in labels):
-        return ()
-    return tuple(labels)
+    return tuple(c.get("label") if isinstance(c, dict) else None for c in channels)
 
 
 def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
@@ -216,9 +215,8 @@ class ZarrResultWriter:
                            else str(v) for k, v in (provenance or {}).items()}
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
         self.images = tuple(images)
-        channels = tuple(str(c) for c in channels or ())
-        fits = "C" in self.axes and len(channels) == self.shape[self.axes.index("C")]
-        self.channels = channels if fits else ()
+        self.channels = fitting_channels(tuple(str(c) for c in channels or ()), self.axes,
+                                         self.shape)
         check_outputs([self.path], overwrite=overwrite, folders=True)
         check_replaceable(self.path)
 
