@@ -34,7 +34,7 @@ class CVDMSampler(nn.Module):
 
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"expected (batch, 1, Y, X), not {tuple(x.shape)}")
-        device = "cuda" if x.is_cuda else "cpu"
+        device = str(x.device)  # where the caller's tensor is: cuda:1 stays cuda:1
         self.model.eval()
         outputs = []
         for image in x[:, 0].detach().float().cpu().numpy():

@@ -29,10 +29,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     name = (device or "auto").strip().lower()
     if name == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+            name = "cuda"
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            name = "mps"
+        else:
+            return torch.device("cpu")
     try:
         resolved = torch.device(name)
     except RuntimeError:
@@ -44,10 +45,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} does not exist: "
                              f"{torch.cuda.device_count()} CUDA device(s) found")
+        if resolved.index is None:
+            # "cuda" is the current GPU: name it, so that a tensor already there (whose
+            # device always has an index) compares equal and is not copied again
+            resolved = torch.device("cuda", torch.cuda.current_device())
     elif resolved.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None
                 and torch.backends.mps.is_available()):
             raise ValueError("device 'mps' was requested but Apple MPS is not available here")
+        resolved = torch.device("mps", 0)  # the one Apple GPU, named as its tensors name it
     elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return resolved
@@ -57,7 +63,9 @@ def free_memory_bytes(device: torch.device) -> int | None:
     """Free accelerator memory, or None on the CPU (where a fixed pixel budget is used)."""
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
+        # torch's cache holds memory it is not using: free for our tensors, not for others
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
     return None
 
 

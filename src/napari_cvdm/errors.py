@@ -66,10 +66,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
         import torch
     except ImportError:  # pragma: no cover
         return False
-    if isinstance(exc, torch.OutOfMemoryError):
+    # torch.OutOfMemoryError is torch >= 2.5; torch.cuda's has been there since 1.13
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
         return True
-    # MPS reports running out of memory as a plain RuntimeError, and the CPU allocator a
-    # request it cannot serve as "DefaultCPUAllocator: can't allocate memory".
+    # Some allocators report running out of memory as a plain RuntimeError: MPS, the CPU
+    # ("DefaultCPUAllocator: can't allocate memory"), and CUDA outside its caching allocator
+    # (a kernel launch, cuBLAS or cuDNN workspaces).
     text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "MPS backend out of memory" in text or "can't allocate memory" in text)
+    return isinstance(exc, RuntimeError) and any(m in text for m in _OUT_OF_MEMORY_MESSAGES)
+
+
+_OUT_OF_MEMORY_MESSAGES = ("MPS backend out of memory", "can't allocate memory",
+                           "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
+                           "CUDNN_STATUS_ALLOC_FAILED")

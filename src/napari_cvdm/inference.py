@@ -138,7 +138,8 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     precision = resolve_precision(s.precision, device)
     seed = draw_seed() if s.seed is None else s.seed
     height, width = shape[-2] * scale, shape[-1] * scale
-    first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size)
+    first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size,
+                 precision.low)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.psf_from = psf_from
     run.percentiles = _percentiles(model)

@@ -49,8 +49,10 @@ def _bytes_per_pixel_sample(model: CVDM) -> float:
     return 4.0 * model.config.denoiser.base_channels * 24
 
 
-def pixel_budget(model: CVDM, device: torch.device) -> tuple[int, int]:
-    """(pixel-samples per network call, largest auto tile side) for ``device``."""
+def pixel_budget(model: CVDM, device: torch.device,
+                 low_precision: bool = False) -> tuple[int, int]:
+    """(pixel-samples per network call, largest auto tile side) for ``device``; activations
+    in bf16 or fp16 (``low_precision``) take half the memory of float32 ones."""
     stride = model.config.stride
     free = free_memory_bytes(device)
     if free is None:
@@ -62,8 +64,8 @@ def pixel_budget(model: CVDM, device: torch.device) -> tuple[int, int]:
         cap = None
     else:
         budget = int(free * 0.5 / _bytes_per_pixel_sample(model))
-        if device.type == "cuda":
-            budget *= 2  # half-precision activations
+        if low_precision:
+            budget *= 2
         cap = MAX_TILE
     budget = max(budget, stride * stride)
     auto_tile = max(stride, int(np.sqrt(budget)) // stride * stride)
@@ -72,7 +74,7 @@ def pixel_budget(model: CVDM, device: torch.device) -> tuple[int, int]:
 
 def plan(model: CVDM, height: int, width: int, samples: int, device: torch.device,
          tile_size: int | None = None, overlap: int | None = None,
-         batch_size: int | None = None) -> TilePlan:
+         batch_size: int | None = None, low_precision: bool = False) -> TilePlan:
     """Tile shape, overlap, samples per call and tiles per call for a (height, width) output.
 
     Auto tiles are fitted to the image: the fewest tiles of at most the budget's side, each
@@ -80,7 +82,7 @@ def plan(model: CVDM, height: int, width: int, samples: int, device: torch.devic
     overlapping 256 tiles). A given ``tile_size`` is used as it is (rounded to the stride).
     """
     stride = model.config.stride
-    budget, auto_tile = pixel_budget(model, device)
+    budget, auto_tile = pixel_budget(model, device, low_precision)
     base = max(stride, round_up(tile_size, stride)) if tile_size else auto_tile
     if overlap is None:
         overlap = max(stride, base // 8)

@@ -208,6 +208,31 @@ def cpu_bf16_choice(training: bool = False) -> Bf16Choice:
     return _measured_choice(training)
 
 
+def cuda_bf16_native(device: torch.device) -> bool:
+    """Whether the GPU ``device`` computes in bfloat16 in hardware (compute capability 8.0,
+    Ampere, or newer). torch's ``is_bf16_supported()`` also counts emulation, which older
+    GPUs (T4, V100) run far slower than fp16; it also asks about the current GPU only."""
+    if not torch.cuda.is_available():
+        return False
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+def cuda_bf16_supported(device: torch.device) -> bool:
+    """Whether bf16 may be asked for on the GPU ``device``: in hardware, or emulated."""
+    if not torch.cuda.is_available():
+        return False
+    return cuda_bf16_native(device) or torch.cuda.is_bf16_supported()
+
+
+def grad_scaler(device: torch.device, enabled: bool):
+    """The loss scaler of fp16 training (``torch.amp.GradScaler`` is torch >= 2.3; before,
+    only CUDA had one, and fp16 training is for CUDA)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device.type, enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled and device.type == "cuda")
+
+
 def check_precision(name: str) -> str:
     """The name, normalised; ValueError naming the choices for anything else."""
     value = str(name).strip().lower() if name is not None else "auto"
@@ -232,7 +257,7 @@ def resolve_precision(name: str, device: torch.device, training: bool = False) -
         elif kind == "cuda":
             # bf16 where the GPU has it: on an H200, 512² -> 1024² at 8 x 4 took 1.23 s in
             # bf16 against 1.55 s in fp16 and 1.40 s in fp32 (benchmarks/gpu_chunk.py).
-            value = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            value = "bf16" if cuda_bf16_native(device) else "fp16"
         else:
             value = "fp32"
         return Precision(value, kind)
@@ -241,7 +266,7 @@ def resolve_precision(name: str, device: torch.device, training: bool = False) -
                          "'fp32' or 'auto'")
     if value == "bf16":
         supported = {"cpu": cpu_bf16_supported,
-                     "cuda": lambda: torch.cuda.is_available() and torch.cuda.is_bf16_supported()}
+                     "cuda": lambda: cuda_bf16_supported(device)}
         if kind in supported and not supported[kind]():
             where = "this CPU (oneDNN reports no bfloat16)" if kind == "cpu" else "this GPU"
             raise ValueError(f"precision 'bf16' is not supported on {where}; supported here: "
@@ -256,7 +281,7 @@ def supported_precisions(device: torch.device) -> list[str]:
         if cpu_bf16_supported():
             out.append("bf16")
     elif device.type == "cuda":
-        if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        if cuda_bf16_supported(device):
             out.append("bf16")
         out.append("fp16")
     else:

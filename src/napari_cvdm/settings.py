@@ -130,7 +130,9 @@ class PredictSettings:
                                      "sharper than the model's typical widefield blur, "
                                      "else that")
     seed: int | None = option(None, "random seed; the same seed, settings and precision "
-                              "give the same result", auto="a new one each run, recorded")
+                              "give the same result on the same tiles (the automatic tile "
+                              "size follows free memory: set tile size to fix it)",
+                              auto="a new one each run, recorded")
     device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",
                          auto="auto")
     precision: str = option("auto", "the networks' arithmetic: auto is bf16 on CPUs and "

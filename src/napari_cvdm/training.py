@@ -33,7 +33,7 @@ from .metrics import psnr, ssim
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM, conditioned_on_psf
 from .normalization import DEFAULT_PERCENTILES
-from .precision import resolve_precision
+from .precision import grad_scaler, resolve_precision
 from .psf_width import psf_sigma_for
 from .sampling import sample
 from .settings import TrainSettings
@@ -191,7 +191,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     val_sigma = _widths(data.val_sigma, pair_sigma).to(dev) if conditioned else None
     model = _prepare_model(model, dev, precision.low)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr())
-    scaler = torch.amp.GradScaler(dev.type, enabled=precision.name == "fp16")
+    scaler = grad_scaler(dev, enabled=precision.name == "fp16")
     ema = copy.deepcopy(model).eval()
     for p in ema.parameters():
         p.requires_grad_(False)
