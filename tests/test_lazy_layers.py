@@ -1,5 +1,7 @@
 """Large images in napari: dask-backed and multiscale layers predicted lazily into zarr."""
 
+import threading
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -115,6 +117,32 @@ def test_cancelled_lazy_run_removes_its_layers_and_store(viewer, image, tiny_mod
                      cancel=lambda: True, **FAST)
     assert not (tmp_path / "c.ome.zarr").exists()
     assert len(viewer.layers) == 1
+
+
+def test_a_cancelled_rerun_gives_back_the_earlier_result(viewer, image, tiny_model):
+    # A re-run updates the result layers in place; cancelling it removed them, and the
+    # earlier result with them. Now they show the earlier result again, and a successful
+    # re-run removes the earlier temporary store, which nothing shows any more.
+    from pathlib import Path
+
+    layer = viewer.add_image(da.from_array(image), name="big")
+    mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model, **FAST)
+    first = np.asarray(mean_layer.data).copy()
+    store = mean_layer.metadata["cvdm"]["store"]
+    limits = mean_layer.contrast_limits
+    stop = threading.Event()  # cancelled while the chunks are computed into the layers
+    with pytest.raises(nc.Cancelled):
+        run_on_layer(viewer, layer, tiny_model, cancel=stop,
+                     progress=lambda done, total: stop.set(), **FAST)
+    assert [x.name for x in viewer.layers] == ["big", "big CVDM std", "big CVDM mean"]
+    assert viewer.layers["big CVDM mean"] is mean_layer
+    np.testing.assert_array_equal(np.asarray(mean_layer.data), first)
+    assert mean_layer.metadata["cvdm"]["store"] == store and Path(store).is_dir()
+    assert mean_layer.contrast_limits == limits
+    assert std_layer.metadata["cvdm"]["store"] == store
+    again, _ = run_on_layer(viewer, layer, tiny_model, **{**FAST, "seed": 8})
+    assert again is mean_layer and mean_layer.metadata["cvdm"]["store"] != store
+    assert not Path(store).exists()
 
 
 # -- region: the rectangle of a shapes layer ------------------------------------------------

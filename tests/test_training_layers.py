@@ -192,6 +192,28 @@ def test_preview_and_simulated_layers_overlay_a_rotated_sheared_affine_image(vie
                                    hq_world(2 * i + 0.5, 2 * j + 0.5), atol=1e-9)
 
 
+def test_the_simulation_preview_reads_only_the_first_plane(viewer):
+    import dask.array as da
+
+    from napari_cvdm.degradation import Degradation
+    from napari_cvdm.training_preview import simulated_layer_data
+
+    read = []
+
+    def plane(block_id=None):
+        read.append(block_id[0])
+        return structure(32, 40)[None].astype(np.float32) * (1 + block_id[0])
+
+    stack = da.map_blocks(plane, chunks=((1,) * 6, (32,), (40,)), dtype=np.float32)
+    hq = viewer.add_image(stack, name="hq stack")
+    read.clear()  # napari itself reads the plane it shows
+    lq, _, _ = simulated_layer_data(hq, Degradation(scale=2))
+    assert lq.shape == (16, 20) and set(read) == {0}
+    pyramid = viewer.add_image([structure(64, 80), structure(32, 40)], multiscale=True)
+    with pytest.raises(ValueError, match="multiscale"):
+        simulated_layer_data(pyramid, Degradation(scale=2))
+
+
 def test_masks_constant_images_self_pairs_and_oversized_layers_are_refused_up_front(
         viewer, tmp_path, monkeypatch):
     """Found by an audit: a bool or constant layer failed only once training had started,

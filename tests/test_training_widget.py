@@ -235,10 +235,11 @@ def test_removing_a_training_layer_cancels_the_run(qtbot, viewer_and_widget, not
     assert widget._status.value == "cancelled"
 
 
+@pytest.mark.parametrize("closing", ["viewer", "dock"])
 def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_viewer,
-                                                            notifications, tmp_path):
+                                                            notifications, tmp_path, closing):
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM training")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM training")
     lq, hq = add_pair(viewer)
     widget.set_data(hq=[hq], lq=[lq])
     widget.set_start("preset:tiny")
@@ -249,7 +250,10 @@ def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_
     finished, errors = [], []
     worker.finished.connect(lambda: finished.append(True))
     worker.errored.connect(errors.append)
-    viewer.close()
+    if closing == "viewer":
+        viewer.close()
+    else:  # the dock's close button: napari keeps the widget alive, out of its dock
+        viewer.window.remove_dock_widget(dock)
     qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running

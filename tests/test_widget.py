@@ -64,6 +64,17 @@ def wait_until_idle(qtbot, widget):
     qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
 
 
+def test_every_bundled_model_can_be_chosen_by_name(viewer_and_widget, tmp_path, monkeypatch):
+    _, widget = viewer_and_widget
+    assert widget.model_source() == "widefield-x2"  # the default
+    monkeypatch.chdir(tmp_path)  # "demo" was taken as a file of that name here
+    widget.use_model("demo")
+    assert widget.model_source() == "demo"
+    assert widget._model.value == "demo" and not widget._model_file.visible
+    widget.use_model("widefield-x2")
+    assert widget.model_source() == "widefield-x2"
+
+
 def test_widget_is_contributed_through_the_manifest(viewer_and_widget):
     _, widget = viewer_and_widget
     assert isinstance(widget, ReconstructionWidget)
@@ -320,10 +331,13 @@ def test_sample_data_opens_and_the_ground_truth_overlays_it(make_napari_viewer):
     np.testing.assert_allclose(truth.data_to_world([0.5, 0.5]), widefield.data_to_world([0, 0]))
 
 
+@pytest.mark.parametrize("closing", ["viewer", "dock"])
 def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_viewer, model_file,
-                                                          notifications):
+                                                          notifications, closing):
+    # The dock's close button only takes the widget out of its dock (napari keeps it
+    # alive): the run went on, added its layers, and the widget kept following the viewer.
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
     viewer.add_image(image(64, 64), name="cells")
     configure(widget, model_file, samples=1, steps=1000)
     worker = widget.start()
@@ -331,11 +345,20 @@ def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_vie
     finished, errors = [], []
     worker.finished.connect(lambda: finished.append(True))
     worker.errored.connect(errors.append)
-    viewer.close()
+    if closing == "viewer":
+        viewer.close()
+    else:
+        viewer.window.remove_dock_widget(dock)
     qtbot.waitUntil(lambda: bool(finished), timeout=TIMEOUT_MS)
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running
     assert notifications["error"] == []
+    if closing == "dock":
+        assert [layer.name for layer in viewer.layers] == ["cells"]
+        assert widget._model_cache is None
+        choices = widget._image.choices
+        viewer.add_image(image(8, 8), name="later")  # a closed widget no longer follows
+        assert widget._image.choices == choices
 
 
 def test_closing_the_viewer_during_a_lazy_run_leaves_no_half_written_store(
@@ -418,7 +441,7 @@ def test_models_trained_in_this_session_are_offered_at_once(viewer_and_widget, m
     monkeypatch.setattr(model_choices, "_models", [])  # forget earlier tests' trained models
     _, widget = viewer_and_widget
     widget.reset_choices()
-    assert list(widget._model.choices) == [DEFAULT_MODEL, "file"]
+    assert list(widget._model.choices) == [DEFAULT_MODEL, "demo", "file"]
     model_choices.register(model_file)
     assert str(model_file.resolve()) in widget._model.choices
     widget._model.value = str(model_file.resolve())

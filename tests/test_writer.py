@@ -37,6 +37,27 @@ def test_saving_a_result_layer_keeps_scale_units_and_provenance(make_napari_view
     assert pairs == {"model": "demo", "seed": "3", "samples": "8"}
 
 
+def test_saving_as_ome_tif_picks_this_writer_without_naming_it(make_napari_viewer, tmp_path):
+    # npe2 before 0.10 matched writers by the last suffix only: ".ome.tif" went to the
+    # builtin TIFF writer, which keeps no physical sizes
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.ones((6, 7), np.float32), scale=(0.04, 0.04),
+                             units=("micrometer", "micrometer"))
+    path = tmp_path / "plain.ome.tif"
+    layer.save(str(path))
+    pixels = next(el for el in _ome(path)[2].iter() if el.tag.endswith("}Pixels"))
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.04)
+
+
+def test_a_multiscale_layer_is_refused_with_a_clear_message(tmp_path):
+    from napari_cvdm._writer import write_ome_tiff
+
+    levels = [np.zeros((8, 8), np.float32), np.zeros((4, 4), np.float32)]
+    with pytest.raises(ValueError, match="multiscale"):
+        write_ome_tiff(str(tmp_path / "m.ome.tif"), levels, {"multiscale": True})
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_plain_layer_in_pixels_is_saved_without_physical_sizes(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.arange(20, dtype=np.uint16).reshape(4, 5))

@@ -23,6 +23,7 @@ from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
 from . import devices, model_choices
+from ._closing import disconnect, when_closed
 from ._training_plot import TrainingPlot, clock
 from ._training_options import OpticsOptions, TrainingOptions, make_widgets
 from .degradation import Degradation
@@ -107,11 +108,18 @@ class TrainingWidget(Container):
         layers.events.inserted.connect(self.reset_choices)
         layers.events.removed.connect(self.reset_choices)
         layers.events.removed.connect(self._on_layer_removed)
-        closed = self._closed = threading.Event()
-        # Closing the viewer deletes the widget: stop a running training.
-        self.native.destroyed.connect(lambda *_: closed.set())
+        self._closed = threading.Event()
+        when_closed(self.native, self._on_closed)
         self._on_source_changed()
         self._on_start_changed()
+
+    def _on_closed(self) -> None:
+        """The viewer closed, or the dock's close button: stop a running training (it keeps
+        its last checkpoint, as a cancel does) and stop following the viewer."""
+        self._closed.set()
+        layers = self._viewer.layers
+        disconnect(layers.events.inserted, self.reset_choices)
+        disconnect(layers.events.removed, self.reset_choices, self._on_layer_removed)
 
     # -- inputs ----------------------------------------------------------------------------
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:

@@ -32,6 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from . import devices, model_choices
+from ._closing import disconnect, when_closed
 from ._reconstruction_options import (
     AUTO,
     ReconstructionOptions,
@@ -58,7 +59,7 @@ from .layers import (
     unwrap,
 )
 from .lazy_prediction import is_dask
-from .model_files import resolve_model
+from .model_files import BUNDLED, resolve_model
 from .settings import DEFAULT_MODEL, PredictSettings
 
 if TYPE_CHECKING:
@@ -155,17 +156,22 @@ class ReconstructionWidget(Container):
         layers.events.removed.connect(self._on_layer_removed)
         layers.selection.events.active.connect(self._follow_active_layer)
         model_choices.subscribe(self._on_models_registered)
-        closed = self._closed = threading.Event()
-        refresh = self._on_models_registered
-
-        def on_destroyed(*_):  # closing the viewer deletes the widget: stop a running job
-            closed.set()
-            model_choices.unsubscribe(refresh)
-
-        self.native.destroyed.connect(on_destroyed)
+        self._closed = threading.Event()
+        when_closed(self.native, self._on_closed)
         self._follow_active_layer()
         self._update_model_info()
         self._update_output_info()
+
+    def _on_closed(self) -> None:
+        """The viewer closed, or the dock's close button: stop a running job (it adds no
+        layers), forget the loaded model, and stop following the viewer."""
+        self._closed.set()
+        model_choices.unsubscribe(self._on_models_registered)
+        self._model_cache = None
+        layers = self._viewer.layers
+        disconnect(layers.events.inserted, self.reset_choices)
+        disconnect(layers.events.removed, self.reset_choices, self._on_layer_removed)
+        disconnect(layers.selection.events.active, self._follow_active_layer)
 
     # -- inputs --------------------------------------------------------------------------
     def _image_layers(self, _widget=None) -> list[tuple[str, Image]]:
@@ -197,7 +203,9 @@ class ReconstructionWidget(Container):
     def _model_choices(self, _widget=None) -> list[tuple[str, str]]:
         """The bundled model, the models trained in this session, any model file."""
         trained = [(f"trained here: {p.name} ({p})", str(p)) for p in model_choices.models()]
-        return [(f"bundled model ({DEMO})", DEMO), *trained, ("model file", FILE)]
+        bundled = [DEMO, *(name for name in BUNDLED if name != DEMO)]  # the default first
+        return [*((f"bundled model ({name})", name) for name in bundled), *trained,
+                ("model file", FILE)]
 
     def _on_models_registered(self, _models=None) -> None:
         self._model.reset_choices()
@@ -207,9 +215,10 @@ class ReconstructionWidget(Container):
         self._update_model_info()
 
     def model_source(self) -> str | Path:
-        """``"demo"``, a trained model or the chosen model file; ValueError when no file."""
-        if self._model.value == DEMO:
-            return DEMO
+        """A bundled model's name, a trained model or the chosen model file; ValueError when
+        no file."""
+        if self._model.value in BUNDLED:
+            return self._model.value
         if self._model.value != FILE:
             return Path(self._model.value)
         path = Path(self._model_file.value)
@@ -246,9 +255,9 @@ class ReconstructionWidget(Container):
             self._output.value = ""
 
     def use_model(self, source: str | Path) -> None:
-        """Choose the bundled ``"demo"`` model or a model file."""
-        if source == DEMO:
-            self._model.value = DEMO
+        """Choose a bundled model by name (``"widefield-x2"``, ``"demo"``) or a model file."""
+        if isinstance(source, str) and source in BUNDLED:
+            self._model.value = source
         else:
             self._model_file.value = Path(source)
             self._model.value = FILE
@@ -387,8 +396,9 @@ class ReconstructionWidget(Container):
         try:
             out = start_lazy_output(self._viewer, layer, result, options.show, provenance,
                                     store, overwrite=store is not None, crop=crop)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:  # zarr's own errors too: the run ends here, visibly
             show_error(f"CVDM: could not create the zarr store: {exc}")
+            self._status.value = "failed: could not create the zarr store"
             return
         self._lazy = out
         worker = create_worker(devices.compute_thread_run, out.compute, _ignore_errors=True,

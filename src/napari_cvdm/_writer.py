@@ -49,6 +49,10 @@ def write_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str
     """npe2 single-layer writer: save ``data`` with the layer ``attributes`` as OME-TIFF."""
     if attributes.get("rgb"):
         raise ValueError("the CVDM OME-TIFF writer saves single-channel images, not RGB")
+    if attributes.get("multiscale") or isinstance(data, (list, tuple)):
+        raise ValueError("the CVDM OME-TIFF writer saves one resolution: a multiscale layer "
+                         "is saved as OME-Zarr (napari_cvdm.zarr_files.write_ome_zarr) or "
+                         "one level at a time")
     data = np.asarray(data)
     axes = ome_axes(_axes(attributes, data.ndim), data.ndim)
     spec = output_spec(axes, data.ndim, _sizes(attributes, axes), 1,

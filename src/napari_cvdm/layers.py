@@ -301,6 +301,36 @@ def own_layer(viewer, name: str, ndim: int):
     return None
 
 
+_PLACEMENT = ("affine", "rotate", "shear", "scale", "translate", "axis_labels", "units",
+              "colormap", "gamma")
+
+
+class _Shown:
+    """What an output layer showed before a lazy run replaced it in place, to put back
+    when that run fails or is cancelled (the earlier result is not lost)."""
+
+    def __init__(self, layer):
+        self.layer, self.data = layer, layer.data
+        self.placement = {key: getattr(layer, key) for key in _PLACEMENT
+                          if hasattr(layer, key)}
+        self.limits_range, self.limits = layer.contrast_limits_range, layer.contrast_limits
+        self.metadata = dict(layer.metadata)
+
+    def store(self) -> tuple[str | None, bool]:
+        """The zarr store the earlier result is in, and whether it is a temporary one."""
+        info = self.metadata.get("cvdm") or {}
+        return info.get("store"), bool(info.get("temporary_store"))
+
+    def restore(self) -> None:
+        layer = self.layer
+        layer.data = self.data
+        for key, value in self.placement.items():
+            setattr(layer, key, value)
+        layer.contrast_limits_range = self.limits_range
+        layer.contrast_limits = self.limits
+        layer.metadata = self.metadata
+
+
 def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     """Update the output layer called ``kwargs["name"]`` in place, or add a new one."""
     existing = own_layer(viewer, kwargs["name"], data.ndim)
@@ -308,8 +338,7 @@ def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
         return viewer.add_image(data, **kwargs)
     lo, hi = kwargs["contrast_limits"]
     existing.data = data
-    for key in ("affine", "rotate", "shear", "scale", "translate", "axis_labels", "units",
-                "colormap", "gamma"):
+    for key in _PLACEMENT:
         if key in kwargs:
             setattr(existing, key, kwargs[key])
     # Setting data keeps the old contrast range; widen it so the new limits are reachable.
@@ -393,10 +422,11 @@ class LazyOutput:
     """
 
     def __init__(self, viewer, layer, result, show, writer, layers, path: Path,
-                 temporary: bool, interval: float = 1.0):
+                 temporary: bool, interval: float = 1.0, replaced: tuple[_Shown, ...] = ()):
         self.viewer, self.layer, self.result, self.show = viewer, layer, result, show
         self.writer, self.layers, self.path = writer, layers, path
         self.temporary, self.interval = temporary, interval
+        self.replaced = replaced  # the earlier results these layers showed
         self._refreshed = time.monotonic()
 
     def compute(self, callbacks=()) -> None:
@@ -431,12 +461,23 @@ class LazyOutput:
             out.contrast_limits = (lo, hi)
             out.metadata["cvdm"]["seconds"] = round(self.result.seconds, 3)
         self.refresh(force=True)
+        # the earlier results' temporary stores are no longer shown: remove them
+        for earlier in self.replaced:
+            where, temporary = earlier.store()
+            if temporary and where and Path(where) != self.path:
+                shutil.rmtree(Path(where).parent, ignore_errors=True)
         return self.layers
 
     def abort(self) -> None:
-        """Remove the output layers and the store (a failed or cancelled run)."""
+        """Undo a failed or cancelled run: layers that showed an earlier result show it
+        again (where its store is not the one this run overwrote), new layers are removed,
+        and this run's store is removed."""
+        restored = {id(e.layer) for e in self.replaced if e.store()[0] != str(self.path)}
+        for earlier in self.replaced:
+            if id(earlier.layer) in restored and earlier.layer in self.viewer.layers:
+                earlier.restore()
         for out in self.layers:
-            if out in self.viewer.layers:
+            if out in self.viewer.layers and id(out) not in restored:
                 self.viewer.layers.remove(out)
         self.discard_store()
 
@@ -563,6 +604,9 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
         extra = {"store": str(path), "temporary_store": temporary, "lazy": True}
         (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
             layer, result, show, provenance, data=writer.arrays, extra=extra, crop=crop)
+        replaced = tuple(_Shown(existing) for data, kwargs in ((mean, mean_kwargs),
+                                                               (spread, spread_kwargs))
+                         if (existing := own_layer(viewer, kwargs["name"], data.ndim)))
         spread_layer = _add_or_update(viewer, spread, spread_kwargs)
         mean_layer = _add_or_update(viewer, mean, mean_kwargs)
     except BaseException as exc:
@@ -571,7 +615,7 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
             shutil.rmtree(path.parent, ignore_errors=True)
         raise
     return LazyOutput(viewer, layer, result, show, writer, (mean_layer, spread_layer), path,
-                      temporary)
+                      temporary, replaced=replaced)
 
 
 def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=None,

@@ -93,8 +93,13 @@ def simulated_layer_data(hq_layer, degradation: Degradation, seed: int = 0):
     """The simulated low-quality version of a high-quality layer's (first) plane, as a
     napari layer data tuple placed so that it overlays the layer."""
     from .degradation import simulate_image
+    from .training_layers import layer_problem
 
-    plane = np.asarray(hq_layer.data).reshape(-1, *hq_layer.data.shape[-2:])[0]
+    problem = layer_problem(hq_layer)
+    if problem:
+        raise ValueError(problem)
+    data = hq_layer.data  # read the first plane only: a stack may be large, or lazy
+    plane = np.asarray(data[(0,) * (data.ndim - 2)])
     lq = simulate_image(plane, degradation, seed=seed)
     kwargs = plane_overlay(hq_layer, 1.0 / degradation.scale)
     kwargs.update(name=simulated_name(hq_layer), colormap=hq_layer.colormap,

@@ -1,0 +1,48 @@
+"""Noticing that a dock widget is closed: napari deletes it with the viewer, but its dock's
+close button only takes it out of the dock (no parent), and it lives on unless told."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from qtpy.QtCore import QEvent, QObject
+from qtpy.QtWidgets import QWidget
+
+
+class _Undocked(QObject):
+    """Calls back when the watched widget, once docked, loses its parent."""
+
+    def __init__(self, widget: QWidget, callback: Callable[[], None]):
+        super().__init__(widget)
+        self._callback, self._docked = callback, widget.parent() is not None
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 (Qt's name)
+        if event.type() == QEvent.Type.ParentChange:
+            if obj.parent() is not None:
+                self._docked = True
+            elif self._docked:
+                self._callback()
+        return False
+
+
+def when_closed(widget: QWidget, callback: Callable[[], None]) -> None:
+    """Call ``callback`` once, when ``widget`` is deleted (the viewer closed) or taken out
+    of its dock (the dock's close button)."""
+    called = []
+
+    def once(*_args) -> None:
+        if not called:
+            called.append(True)
+            callback()
+
+    widget.destroyed.connect(once)
+    widget.installEventFilter(_Undocked(widget, once))
+
+
+def disconnect(emitter, *callbacks) -> None:
+    """Disconnect ``callbacks`` from a napari event emitter (those not connected: ignored)."""
+    for callback in callbacks:
+        try:
+            emitter.disconnect(callback)
+        except (RuntimeError, TypeError, ValueError):
+            pass
