@@ -111,6 +111,20 @@ def two_gpus(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability",
                         lambda index=None: (8, 0) if index == 0 else (7, 5))
+    asked = []  # the GPU made current while torch is asked about emulated bf16
+
+    class Current:
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            asked.append(self.index)
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch.cuda, "device", Current)
+    return asked
 
 
 def test_plain_cuda_names_the_current_gpu(two_gpus):
@@ -131,8 +145,9 @@ def test_auto_precision_asks_the_chosen_gpu_for_bf16_in_hardware(two_gpus):
     # emulated bf16 (torch says "supported") runs far slower than fp16 on such a GPU
     assert resolve_precision("auto", torch.device("cuda", 1)).name == "fp16"
     assert resolve_precision("auto", torch.device("cuda")).name == "fp16"  # current: GPU 1
-    # asked for by name, emulated bf16 is allowed
+    # asked for by name, emulated bf16 is allowed, and torch is asked about that GPU
     assert resolve_precision("bf16", torch.device("cuda", 1)).name == "bf16"
+    assert two_gpus == [1]
     assert "bf16" in supported_precisions(torch.device("cuda", 1))
 
 

@@ -145,6 +145,25 @@ def test_a_cancelled_rerun_gives_back_the_earlier_result(viewer, image, tiny_mod
     assert not Path(store).exists()
 
 
+def test_a_rerun_keeps_the_earlier_store_while_a_layer_still_shows_it(viewer, image,
+                                                                      tiny_model):
+    # std, then a re-run showing the variance: the std layer still reads the first store
+    from pathlib import Path
+
+    layer = viewer.add_image(da.from_array(image), name="big")
+    _, std_layer = run_on_layer(viewer, layer, tiny_model, **FAST)
+    first = Path(std_layer.metadata["cvdm"]["store"])
+    expected = np.asarray(std_layer.data).copy()
+    mean_layer, variance_layer = run_on_layer(viewer, layer, tiny_model, show="variance",
+                                              **FAST)
+    assert variance_layer.name == "big CVDM variance" and std_layer in viewer.layers
+    assert first.is_dir()
+    np.testing.assert_array_equal(np.asarray(std_layer.data), expected)
+    second = Path(mean_layer.metadata["cvdm"]["store"])
+    run_on_layer(viewer, layer, tiny_model, show="variance", **FAST)
+    assert not second.exists() and first.is_dir()  # only the std layer still shows `first`
+
+
 # -- region: the rectangle of a shapes layer ------------------------------------------------
 @pytest.mark.parametrize("lazy", [False, True])
 def test_a_shapes_rectangle_region_is_reconstructed_and_placed_over_it(

@@ -258,6 +258,9 @@ def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_
     assert [type(e) for e in errors] == [Cancelled]  # stopped, not run to the end
     assert widget._closed.is_set() and not widget.running
     assert notifications["error"] == []
+    if closing == "dock":  # the viewer is still there: it says what was kept, and where
+        assert any(m.startswith("CVDM training:") and "cancelled" in m
+                   for m in notifications["info"]), notifications["info"]
 
 
 def test_the_simulation_follows_the_scale_of_the_starting_point(viewer_and_widget):

@@ -361,23 +361,31 @@ def test_closing_the_viewer_during_a_run_stops_it_cleanly(qtbot, make_napari_vie
         assert widget._image.choices == choices
 
 
+@pytest.mark.parametrize("closing", ["viewer", "dock"])
 def test_closing_the_viewer_during_a_lazy_run_leaves_no_half_written_store(
-        qtbot, make_napari_viewer, model_file, notifications):
-    """Found by an audit: the temporary store was left half written."""
+        qtbot, make_napari_viewer, model_file, notifications, closing):
+    """Found by an audit: the temporary store was left half written. Closing only the
+    panel also removes the layers that showed it (they pointed at a deleted store)."""
     import dask.array as da
 
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
     viewer.add_image(da.from_array(image(64, 64)), name="big")
     configure(widget, model_file, samples=1, steps=1000)
     widget.start()
     qtbot.waitUntil(lambda: widget._lazy is not None and widget._progress.value >= 1,
                     timeout=TIMEOUT_MS)
     store = widget._lazy.path
-    assert store.exists()
-    viewer.close()
+    assert store.exists() and len(viewer.layers) == 3
+    if closing == "viewer":
+        viewer.close()
+    else:
+        viewer.window.remove_dock_widget(dock)
     qtbot.waitUntil(lambda: not store.parent.exists(), timeout=TIMEOUT_MS)
     assert notifications["error"] == []
+    if closing == "dock":
+        qtbot.waitUntil(lambda: not widget.running, timeout=TIMEOUT_MS)
+        assert [layer.name for layer in viewer.layers] == ["big"]
 
 
 def test_options_are_remembered_between_sessions_and_reset_to_defaults(make_napari_viewer,

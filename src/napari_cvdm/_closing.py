@@ -27,7 +27,7 @@ class _Undocked(QObject):
 
 def when_closed(widget: QWidget, callback: Callable[[], None]) -> None:
     """Call ``callback`` once, when ``widget`` is deleted (the viewer closed) or taken out
-    of its dock (the dock's close button)."""
+    of its dock (the dock's close button; the viewer and its layers are still there)."""
     called = []
 
     def once(*_args) -> None:

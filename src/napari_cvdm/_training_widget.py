@@ -109,6 +109,8 @@ class TrainingWidget(Container):
         layers.events.removed.connect(self.reset_choices)
         layers.events.removed.connect(self._on_layer_removed)
         self._closed = threading.Event()
+        gone = self._viewer_gone = threading.Event()  # deleted with the viewer, not undocked
+        self.native.destroyed.connect(lambda *_: gone.set())
         when_closed(self.native, self._on_closed)
         self._on_source_changed()
         self._on_start_changed()
@@ -328,17 +330,24 @@ class TrainingWidget(Container):
             self._status.tooltip = message
 
     def _on_returned(self, job) -> None:
+        if self._viewer_gone.is_set():
+            return
+        model_choices.register(job.output)  # finished as its panel closed: still offered
         if self._closed.is_set():
+            show_info(f"CVDM training finished; the model is saved to {job.output}")
             return
         self.plot.flush()
-        model_choices.register(job.output)
         self._status.value = f"done in {clock(time.perf_counter() - self._started)}: " \
                              f"saved {job.output.name}"
         show_info(f"CVDM training finished; the model is saved to {job.output} and listed "
                   "in the CVDM reconstruction widget")
 
     def _on_errored(self, exc: Exception) -> None:
-        if self._closed.is_set():
+        if self._viewer_gone.is_set():
+            return
+        if self._closed.is_set():  # its panel closed: say where the checkpoint is
+            if isinstance(exc, Cancelled):
+                show_info(f"CVDM training: {exc}")
             return
         self._progress.value = 0
         if isinstance(exc, Cancelled):

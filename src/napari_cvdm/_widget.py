@@ -157,6 +157,8 @@ class ReconstructionWidget(Container):
         layers.selection.events.active.connect(self._follow_active_layer)
         model_choices.subscribe(self._on_models_registered)
         self._closed = threading.Event()
+        gone = self._viewer_gone = threading.Event()  # deleted with the viewer, not undocked
+        self.native.destroyed.connect(lambda *_: gone.set())
         when_closed(self.native, self._on_closed)
         self._follow_active_layer()
         self._update_model_info()
@@ -412,9 +414,9 @@ class ReconstructionWidget(Container):
 
     def _on_lazy_done(self, out, cancel) -> None:
         self._lazy = None
-        if self._closed.is_set():
-            return
-        if cancel.is_set():
+        if self._viewer_gone.is_set():
+            return  # the store is complete; nothing is left to show it in
+        if cancel.is_set() or self._closed.is_set():
             out.abort()
             return
         try:
@@ -428,9 +430,9 @@ class ReconstructionWidget(Container):
 
     def _on_lazy_failed(self, out, exc: Exception) -> None:
         self._lazy = None
-        if self._closed.is_set():
+        if self._viewer_gone.is_set():
             out.discard_store()  # the viewer closed mid-run: no half-written store remains
-        else:
+        else:  # its panel closed, or a failure: the viewer shows what it showed before
             out.abort()
         self._on_errored(exc)
 

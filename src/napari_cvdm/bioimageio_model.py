@@ -34,7 +34,9 @@ class CVDMSampler(nn.Module):
 
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"expected (batch, 1, Y, X), not {tuple(x.shape)}")
-        device = str(x.device)  # where the caller's tensor is: cuda:1 stays cuda:1
+        # where the caller's tensor is (cuda:1 stays cuda:1); devices predict() does not
+        # run on (xpu, meta, ...) compute on the CPU
+        device = str(x.device) if x.device.type in ("cuda", "mps") else "cpu"
         self.model.eval()
         outputs = []
         for image in x[:, 0].detach().float().cpu().numpy():

@@ -411,6 +411,26 @@ def _sample(array, pixels: int = 1 << 20) -> np.ndarray:
     return np.asarray(array[lead + (slice(None, None, step), slice(None, None, step))])
 
 
+def _store_of(layer) -> str | None:
+    return (layer.metadata.get("cvdm") or {}).get("store")
+
+
+def _same_path(a, b) -> bool:
+    if not a or not b:
+        return False
+    return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+
+
+def _same_or_inside(path: Path, folder: Path) -> bool:
+    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
+    return path == folder or folder in path.parents
+
+
+def _shown(viewer, store: Path) -> bool:
+    """Whether any layer of ``viewer`` (a result, a duplicate of one) shows ``store``."""
+    return any(_same_path(_store_of(layer), store) for layer in viewer.layers)
+
+
 class LazyOutput:
     """The output layers of a lazy prediction, written chunk by chunk into a zarr store.
 
@@ -461,23 +481,25 @@ class LazyOutput:
             out.contrast_limits = (lo, hi)
             out.metadata["cvdm"]["seconds"] = round(self.result.seconds, 3)
         self.refresh(force=True)
-        # the earlier results' temporary stores are no longer shown: remove them
+        # an earlier result's temporary store that no layer shows any more: remove it
         for earlier in self.replaced:
             where, temporary = earlier.store()
-            if temporary and where and Path(where) != self.path:
+            if temporary and where and not _same_or_inside(self.path, Path(where).parent) \
+                    and not _shown(self.viewer, Path(where)):
                 shutil.rmtree(Path(where).parent, ignore_errors=True)
         return self.layers
 
     def abort(self) -> None:
         """Undo a failed or cancelled run: layers that showed an earlier result show it
-        again (where its store is not the one this run overwrote), new layers are removed,
-        and this run's store is removed."""
-        restored = {id(e.layer) for e in self.replaced if e.store()[0] != str(self.path)}
-        for earlier in self.replaced:
-            if id(earlier.layer) in restored and earlier.layer in self.viewer.layers:
-                earlier.restore()
+        again (unless this run wrote over that result's store, or another run has since
+        taken the layer), new layers are removed, and this run's store is removed."""
         for out in self.layers:
-            if out in self.viewer.layers and id(out) not in restored:
+            if out not in self.viewer.layers or not _same_path(_store_of(out), self.path):
+                continue  # gone, or showing another run's result now
+            earlier = next((e for e in self.replaced if e.layer is out), None)
+            if earlier is not None and not _same_path(earlier.store()[0], self.path):
+                earlier.restore()
+            else:
                 self.viewer.layers.remove(out)
         self.discard_store()
 
@@ -600,6 +622,7 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
                               provenance={"source": layer.name, **(provenance or {})},
                               overwrite=overwrite, in_place=True, images=image_names)
     writer.__enter__()
+    replaced: tuple[_Shown, ...] = ()
     try:
         extra = {"store": str(path), "temporary_store": temporary, "lazy": True}
         (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
@@ -610,6 +633,9 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
         spread_layer = _add_or_update(viewer, spread, spread_kwargs)
         mean_layer = _add_or_update(viewer, mean, mean_kwargs)
     except BaseException as exc:
+        for earlier in replaced:  # a layer already updated shows its earlier result again
+            if earlier.layer in viewer.layers:
+                earlier.restore()
         writer.__exit__(type(exc), exc, exc.__traceback__)
         if temporary:
             shutil.rmtree(path.parent, ignore_errors=True)

@@ -12,8 +12,8 @@ Xeon with AVX512-BF16 but no AMX the bfloat16 convolutions ran at 160 GFLOP/s ag
 in float32, while AMD EPYC CPUs with the same flag run them about twice as fast.
 ``NAPARI_CVDM_CPU_BF16=1`` (or ``0``) forces the choice without probing;
 :func:`cpu_bf16_choice` says what was chosen and why. A failed probe means float32.
-"auto" is float16 autocast on CUDA (bfloat16 where the GPU supports it) and float32
-elsewhere.
+"auto" on CUDA is bfloat16 autocast where the GPU computes it in hardware (compute
+capability 8.0 or newer), else float16; float32 elsewhere.
 """
 
 from __future__ import annotations
@@ -222,7 +222,11 @@ def cuda_bf16_supported(device: torch.device) -> bool:
     """Whether bf16 may be asked for on the GPU ``device``: in hardware, or emulated."""
     if not torch.cuda.is_available():
         return False
-    return cuda_bf16_native(device) or torch.cuda.is_bf16_supported()
+    if cuda_bf16_native(device):
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index):  # is_bf16_supported() asks about the current GPU
+        return torch.cuda.is_bf16_supported()
 
 
 def grad_scaler(device: torch.device, enabled: bool):
