@@ -25,18 +25,19 @@ class _Undocked(QObject):
         return False
 
 
-def when_closed(widget: QWidget, callback: Callable[[], None]) -> None:
-    """Call ``callback`` once, when ``widget`` is deleted (the viewer closed) or taken out
-    of its dock (the dock's close button; the viewer and its layers are still there)."""
-    called = []
+def when_closed(widget: QWidget, callback: Callable[[bool], None]) -> None:
+    """Call ``callback(False)`` when ``widget`` is taken out of its dock (the dock's close
+    button: the viewer and its layers are still there), and ``callback(True)`` when it is
+    deleted (the viewer closed), each at most once."""
+    called = set()
 
-    def once(*_args) -> None:
-        if not called:
-            called.append(True)
-            callback()
+    def once(viewer_gone: bool) -> None:
+        if viewer_gone not in called:
+            called.add(viewer_gone)
+            callback(viewer_gone)
 
-    widget.destroyed.connect(once)
-    widget.installEventFilter(_Undocked(widget, once))
+    widget.destroyed.connect(lambda *_: once(True))
+    widget.installEventFilter(_Undocked(widget, lambda: once(False)))
 
 
 def disconnect(emitter, *callbacks) -> None:

@@ -109,15 +109,16 @@ class TrainingWidget(Container):
         layers.events.removed.connect(self.reset_choices)
         layers.events.removed.connect(self._on_layer_removed)
         self._closed = threading.Event()
-        gone = self._viewer_gone = threading.Event()  # deleted with the viewer, not undocked
-        self.native.destroyed.connect(lambda *_: gone.set())
+        self._viewer_gone = threading.Event()  # deleted with the viewer, not just undocked
         when_closed(self.native, self._on_closed)
         self._on_source_changed()
         self._on_start_changed()
 
-    def _on_closed(self) -> None:
+    def _on_closed(self, viewer_gone: bool) -> None:
         """The viewer closed, or the dock's close button: stop a running training (it keeps
         its last checkpoint, as a cancel does) and stop following the viewer."""
+        if viewer_gone:
+            self._viewer_gone.set()
         self._closed.set()
         layers = self._viewer.layers
         disconnect(layers.events.inserted, self.reset_choices)

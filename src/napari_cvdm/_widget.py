@@ -157,16 +157,17 @@ class ReconstructionWidget(Container):
         layers.selection.events.active.connect(self._follow_active_layer)
         model_choices.subscribe(self._on_models_registered)
         self._closed = threading.Event()
-        gone = self._viewer_gone = threading.Event()  # deleted with the viewer, not undocked
-        self.native.destroyed.connect(lambda *_: gone.set())
+        self._viewer_gone = threading.Event()  # deleted with the viewer, not just undocked
         when_closed(self.native, self._on_closed)
         self._follow_active_layer()
         self._update_model_info()
         self._update_output_info()
 
-    def _on_closed(self) -> None:
+    def _on_closed(self, viewer_gone: bool) -> None:
         """The viewer closed, or the dock's close button: stop a running job (it adds no
         layers), forget the loaded model, and stop following the viewer."""
+        if viewer_gone:
+            self._viewer_gone.set()
         self._closed.set()
         model_choices.unsubscribe(self._on_models_registered)
         self._model_cache = None

@@ -45,10 +45,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ValueError(f"device {device!r} does not exist: "
                              f"{torch.cuda.device_count()} CUDA device(s) found")
-        if resolved.index is None:
-            # "cuda" is the current GPU: name it, so that a tensor already there (whose
-            # device always has an index) compares equal and is not copied again
-            resolved = torch.device("cuda", torch.cuda.current_device())
+        # "cuda" is the current GPU: name it, so that a tensor already there (whose device
+        # always has an index) compares equal and is not copied again
+        resolved = torch.device("cuda", cuda_index(resolved))
     elif resolved.type == "mps":
         if not (getattr(torch.backends, "mps", None) is not None
                 and torch.backends.mps.is_available()):
@@ -57,6 +56,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps")
     return resolved
+
+
+def cuda_index(device: torch.device) -> int:
+    """The index of the GPU ``device`` names (plain "cuda": the current one)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
 
 
 def free_memory_bytes(device: torch.device) -> int | None:

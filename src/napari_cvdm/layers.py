@@ -421,14 +421,24 @@ def _same_path(a, b) -> bool:
     return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
 
 
-def _same_or_inside(path: Path, folder: Path) -> bool:
-    path, folder = path.expanduser().resolve(), folder.expanduser().resolve()
-    return path == folder or folder in path.parents
+def _overlap(a: Path, b: Path) -> bool:
+    """Whether the resolved paths ``a`` and ``b`` are one folder, or one holds the other."""
+    return a == b or a in b.parents or b in a.parents
 
 
-def _shown(viewer, store: Path) -> bool:
-    """Whether any layer of ``viewer`` (a result, a duplicate of one) shows ``store``."""
-    return any(_same_path(_store_of(layer), store) for layer in viewer.layers)
+def _read_by_a_layer(viewer, folder: Path) -> bool:
+    """Whether a layer of ``viewer`` may read from ``folder``: a result, a duplicate of one,
+    a layer whose data come from there, or a layer whose sources cannot all be told."""
+    from napari.layers import Image, Labels
+
+    folder = folder.expanduser().resolve()
+    for layer in viewer.layers:
+        if not isinstance(layer, (Image, Labels)):
+            continue  # points, shapes, ...: their data are not read from a store
+        sources, complete = _input_stores(layer)
+        if not complete or any(_overlap(folder, source) for source in sources):
+            return True
+    return False
 
 
 class LazyOutput:
@@ -484,8 +494,7 @@ class LazyOutput:
         # an earlier result's temporary store that no layer shows any more: remove it
         for earlier in self.replaced:
             where, temporary = earlier.store()
-            if temporary and where and not _same_or_inside(self.path, Path(where).parent) \
-                    and not _shown(self.viewer, Path(where)):
+            if temporary and where and not _read_by_a_layer(self.viewer, Path(where).parent):
                 shutil.rmtree(Path(where).parent, ignore_errors=True)
         return self.layers
 
@@ -587,7 +596,7 @@ def check_store(layer, store) -> None:
     path = Path(store).expanduser().resolve()
     sources, complete = _input_stores(layer)
     for source in sources:
-        if path == source or source in path.parents or path in source.parents:
+        if _overlap(path, source):
             raise ValueError(f"the store {store} is, holds or lies inside the input "
                              f"{source}, which is never modified; choose another folder")
     check_replaceable(Path(store).expanduser())

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .devices import cuda_index
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -214,8 +216,7 @@ def cuda_bf16_native(device: torch.device) -> bool:
     GPUs (T4, V100) run far slower than fp16; it also asks about the current GPU only."""
     if not torch.cuda.is_available():
         return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return torch.cuda.get_device_capability(index)[0] >= 8
+    return torch.cuda.get_device_capability(cuda_index(device))[0] >= 8
 
 
 def cuda_bf16_supported(device: torch.device) -> bool:
@@ -224,8 +225,7 @@ def cuda_bf16_supported(device: torch.device) -> bool:
         return False
     if cuda_bf16_native(device):
         return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    with torch.cuda.device(index):  # is_bf16_supported() asks about the current GPU
+    with torch.cuda.device(cuda_index(device)):  # is_bf16_supported() asks the current GPU
         return torch.cuda.is_bf16_supported()
 
 
