@@ -71,6 +71,37 @@ def test_a_failed_rerun_keeps_the_previous_complete_outputs(two_tiffs, tiny_mode
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+@pytest.mark.parametrize("failure", [OSError(1, "Operation not permitted"), KeyboardInterrupt()])
+def test_a_failure_while_putting_the_outputs_in_place_keeps_the_previous_set(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch, failure, capsys):
+    """The renames are a unit too: a refused rename (an immutable or foreign file) or an
+    interrupt between them gives back the earlier outputs, never half new, half old."""
+    import os
+
+    out = tmp_path / "out"
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "1") == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real_replace = os.replace
+    renamed = []
+
+    def replace(src, dst, *args, **kwargs):
+        if str(src).endswith(".part"):
+            renamed.append(Path(dst).name)
+            if len(renamed) == 2:
+                if isinstance(failure, OSError):
+                    raise OSError(failure.errno, failure.strerror, str(src), None, str(dst))
+                raise failure
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+    code = _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "2", "--overwrite")
+    err = capsys.readouterr().err
+    assert code == (1 if isinstance(failure, OSError) else 130)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no .part, no .bak
+    if isinstance(failure, OSError):
+        assert renamed[1] in err and ".part" not in err  # names the output that failed
+
+
 def test_existing_outputs_are_refused_before_any_work_unless_overwrite(two_tiffs, tiny_model_file,
                                                                       tmp_path, capsys):
     out = tmp_path / "out"
@@ -103,6 +134,46 @@ def test_an_interruption_during_predict_leaves_no_files_for_that_input(
     assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_std.tif",
                                                    "first_cvdm_var.tif"]
     assert read_tiff(out / "first_cvdm_var.tif").data.shape == (48, 40)
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_clean_up_as_ctrl_c_does(two_tiffs, tiny_model_file, tmp_path,
+                                                     monkeypatch, capsys, name):
+    """kill, timeout and batch schedulers send SIGTERM, a closed terminal SIGHUP: their
+    default ends the process where it stands, leaving temporary files."""
+    import os
+    import signal
+
+    import napari_cvdm.cli.predict as cli
+
+    sig = getattr(signal, name)
+    out = tmp_path / "out"
+    real_bar = cli.ProgressBar
+
+    class SignalledBar(real_bar):
+        def __call__(self, done, total, extra=""):
+            if self.label == "second.tif" and done == total // 2:
+                os.kill(os.getpid(), sig)
+            super().__call__(done, total, extra)
+
+    monkeypatch.setattr(cli, "ProgressBar", SignalledBar)
+    before = signal.getsignal(sig)
+    code = _cli(two_tiffs, out, tiny_model_file)
+    assert code == 128 + sig and "no partial output was written" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_std.tif",
+                                                   "first_cvdm_var.tif"]
+    assert signal.getsignal(sig) is before  # handed back after the command
+
+
+def test_an_ignored_sighup_stays_ignored(two_tiffs, tiny_model_file, tmp_path, monkeypatch):
+    """Under nohup SIGHUP is ignored: the command must not start reacting to it."""
+    import signal
+
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_IGN)
+    installed = []
+    monkeypatch.setattr(signal, "signal", lambda *a: installed.append(a))
+    assert _cli(two_tiffs[:1], tmp_path / "out", tiny_model_file, "--quiet") == 0
+    assert installed == []
 
 
 def test_an_exception_inside_predict_leaves_no_files_for_that_input(

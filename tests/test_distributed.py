@@ -137,8 +137,15 @@ def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_mod
 
     from napari_cvdm.model_cache import cache_info
 
+    # intact headers (a file that is no TIFF at all is refused before the work), damaged
+    # compressed pixels: it fails when its task reads it
     bad = three_tiffs[0].parent / "broken.tif"
-    bad.write_bytes(b"II*\x00 this is not a tiff")
+    tifffile.imwrite(bad, np.arange(256, dtype=np.uint16).reshape(16, 16), compression="zlib")
+    with tifffile.TiffFile(bad) as tif:
+        start, length = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    raw = bytearray(bad.read_bytes())
+    raw[start:start + length] = b"\xff" * length
+    bad.write_bytes(bytes(raw))
     out = tmp_path / "out"
     with Client(cluster) as client:
         before = client.run(cache_info)
@@ -146,7 +153,7 @@ def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_mod
                     cluster.scheduler_address)
         after = client.run(cache_info)
     err = capsys.readouterr().err
-    assert code == 2
+    assert code == 2, err
     # the model was loaded at most once per worker; the bad file was not retried
     loads = {w: after[w]["misses"] - before[w]["misses"] for w in after}
     uses = sum(after[w]["hits"] + after[w]["misses"] - before[w]["hits"] - before[w]["misses"]

@@ -158,6 +158,24 @@ def test_an_extreme_resolution_tag_is_not_taken_as_a_pixel_size(tmp_path):
     write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((12, 10), np.float32), spec)
 
 
+@pytest.mark.parametrize("dpi, unit, kept", [(72, "INCH", None), (300, "INCH", None),
+                                              (28.3465, "CENTIMETER", None),
+                                              (100000.0, "CENTIMETER", 0.1),
+                                              (254000.0, "INCH", 0.1)])
+def test_a_graphics_programs_dpi_is_not_taken_as_a_pixel_size(tmp_path, dpi, unit, kept):
+    """72 dpi (MATLAB, GIMP, PIL) read as 353 µm pixels, and the run warned to resample."""
+    path = tmp_path / "r.tif"
+    tifffile.imwrite(path, np.zeros((6, 5), np.uint16), resolution=(dpi, dpi),
+                     resolutionunit=unit)
+    image = read_tiff(path)
+    if kept is None:
+        assert image.pixel_size is None and image.physical == {}
+    else:
+        assert image.physical["X"].unit in ("µm", "cm")
+        size = image.physical["X"].size * (1e4 if image.physical["X"].unit == "cm" else 1)
+        assert size == pytest.approx(kept)
+
+
 def test_existing_outputs_are_refused_unless_overwrite(tmp_path):
     spec = output_spec("YX", 2)
     target = write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((4, 4), np.float32), spec)
@@ -176,6 +194,33 @@ def test_output_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(old)
     assert out.stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize("layout", ["tiles", "strips"])
+def test_tiles_or_strips_without_data_are_warned_about(tmp_path, layout):
+    """Offset and byte count 0 (a damaged file): readers give zeros there, silently."""
+    path = tmp_path / "holes.tif"
+    data = np.arange(1, 48 * 48 + 1, dtype=np.uint16).reshape(48, 48)
+    kwargs = {"tile": (16, 16)} if layout == "tiles" else {"rowsperstrip": 8}
+    tifffile.imwrite(path, data, **kwargs)
+    names = ("TileOffsets", "TileByteCounts") if layout == "tiles" else (
+        "StripOffsets", "StripByteCounts")
+    with tifffile.TiffFile(path) as tif:
+        tags = [tif.pages[0].tags[name] for name in names]
+    raw = bytearray(path.read_bytes())
+    for tag in tags:
+        width = {3: 2, 4: 4, 16: 8}[tag.dtype]
+        for index in (1, 2):
+            raw[tag.valueoffset + index * width:tag.valueoffset + (index + 1) * width] = \
+                bytes(width)
+    path.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=f"2 of {len(tags[0].value)} {layout} hold no data"):
+        image = read_tiff(path)
+    assert (image.data == 0).sum() > 0  # what the warning is about
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tifffile.imwrite(tmp_path / "whole.tif", data, **kwargs)
+        read_tiff(tmp_path / "whole.tif")  # an intact file: no warning
 
 
 def test_a_full_disk_is_reported_as_such_and_leaves_nothing(tmp_path, monkeypatch):

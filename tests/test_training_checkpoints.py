@@ -77,3 +77,35 @@ def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_pat
     assert f"resumed from step {step}" in result.stderr
     assert load_model(out).metadata["training"]["step"] == step + 2
     assert set(tmp_path.glob(".*.part")) <= set(leftovers)  # the run itself leaves none
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM"), reason="needs POSIX signals")
+def test_sigterm_stops_training_like_ctrl_c_keeping_the_checkpoint(tmp_path, nuclei_truth):
+    """A batch scheduler's time limit (SIGTERM) used to end training where it stood; now
+    it is a cancel: exit 143, the checkpoint named, no temporary file left behind."""
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
+    out = tmp_path / "m.cvdm.safetensors"
+    args = [sys.executable, "-m", "napari_cvdm.cli", "train", "--hq", str(hq), "--preset",
+            "tiny", "-o", str(out), "--patch-size", "32", "--batch-size", "2",
+            "--photons", "50", "100", "--checkpoint-every", "1", "--validate-every", "100000",
+            "--device", "cpu", "--steps", "100000"]
+    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not out.is_file() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert out.is_file(), "training wrote no checkpoint"
+        time.sleep(0.37)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert "cvdm train:" in err and str(out.name) in err
+    load_model(out)
+    assert list(tmp_path.glob(".*.part")) == []

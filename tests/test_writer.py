@@ -101,3 +101,18 @@ def test_64_bit_integers_are_narrowed_only_when_they_fit_and_complex_is_refused(
         with pytest.raises(ValueError, match=message):
             write_ome_tiff(str(tmp_path / "x.ome.tif"), data, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int64.ome.tif", "uint64.ome.tif"]
+
+
+def test_floating_point_images_are_saved_without_losing_precision(tmp_path):
+    """Found by a review: float64 was narrowed to float32 (1e300 read back as inf, 1e-60 as
+    0, nearby large values merged)."""
+    from napari_cvdm._writer import write_ome_tiff
+
+    wide = np.array([[1e300, 1e-60], [2.0**30 + 1, 2.0**30 + 2]])
+    for data, dtype in ((wide, np.float64), (wide.astype(np.float32), np.float32),
+                        (np.array([[0.5, 65504.0]], np.float16), np.float32)):
+        path = tmp_path / f"{data.dtype}.ome.tif"
+        write_ome_tiff(str(path), data, {})
+        _, read, _ = _ome(path)
+        assert read.dtype == dtype
+        np.testing.assert_array_equal(read, data.astype(dtype))

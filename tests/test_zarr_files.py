@@ -130,6 +130,105 @@ def test_a_full_disk_while_writing_names_the_output_and_leaves_nothing(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("where", ["_mark_complete", "os.replace"])
+def test_an_interrupt_while_finishing_a_store_leaves_the_previous_result_and_no_temporary(
+        tmp_path, monkeypatch, where):
+    """Ctrl-C or SIGTERM between the last chunk and the rename: no '.part' store (it can be
+    gigabytes) stays behind, and an earlier result is back in place."""
+    import os
+
+    import napari_cvdm.zarr_files as zarr_files
+
+    target = tmp_path / "o.ome.zarr"
+    write_ome_zarr(target, np.ones((4, 4)), np.ones((4, 4)))
+    if where == "_mark_complete":
+        def interrupted(self):
+            raise KeyboardInterrupt
+        monkeypatch.setattr(zarr_files.ZarrResultWriter, "_mark_complete", interrupted)
+    else:
+        real_replace = os.replace
+
+        def replace(src, dst):
+            if str(src).endswith(".part"):
+                raise KeyboardInterrupt
+            return real_replace(src, dst)
+        monkeypatch.setattr(zarr_files.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt):
+        write_ome_zarr(target, np.zeros((4, 4)), np.zeros((4, 4)), overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"]
+    assert read_ome_zarr(target / "mean")[0].compute().min() == 1
+
+
+def test_chunks_missing_from_an_input_store_are_warned_about(tmp_path, tiny_model_file,
+                                                            capsys):
+    """zarr reads a missing chunk as the fill value: a store damaged in copying would give a
+    result with a silent hole. The command line says it once, as its other warnings."""
+    import shutil
+
+    from napari_cvdm.cli import main
+
+    import warnings
+
+    path, data = _input(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_ome_zarr(path)  # every chunk there: no warning
+    chunk = next(p for p in (path / "0").rglob("*") if p.is_file() and not
+                 p.name.startswith("."))
+    shutil.rmtree(chunk) if chunk.is_dir() else chunk.unlink()
+    with pytest.warns(UserWarning, match="1 of 6 chunks of the image are not stored and "
+                      "read as 0"):
+        read_ome_zarr(path)
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "2", "--steps", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("chunks of the image are not stored") == 1
+    assert "cvdm predict: warning: in.ome.zarr" in err or \
+        f"cvdm predict: warning: {path}" in err
+
+
+def test_a_chunk_that_cannot_be_decoded_is_a_one_line_error_and_leaves_nothing(
+        tmp_path, tiny_model_file, capsys):
+    from napari_cvdm.cli import main
+
+    path, data = _input(tmp_path)
+    chunk = next(p for p in (path / "0").rglob("*") if p.is_file() and not
+                 p.name.startswith("."))
+    chunk.write_bytes(b"garbage")  # a store damaged in copying
+    out = tmp_path / "out"
+    code = main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "2", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "could not be read, the store is damaged" in err and str(path) in err
+    assert not out.exists() or list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("axes, message", [("xy", "cannot write an image with axes 'XY'"),
+                                            ("yxc", "looks like RGB")])
+def test_a_store_whose_result_cannot_be_written_is_refused_before_any_work(
+        tmp_path, tiny_model_file, capsys, axes, message):
+    """Found by a review: the axes were checked by the writer, after the whole prediction
+    (and after the inputs before it in the batch)."""
+    from napari_cvdm.cli import main
+
+    good, _ = _input(tmp_path)
+    bad = tmp_path / "bad.ome.zarr"
+    shape = (16, 12, 3) if axes == "yxc" else (16, 12)
+    root = zarr.open_group(str(bad), mode="w", zarr_format=2)
+    root.create_array("0", shape=shape, chunks=shape, dtype="uint16")[:] = 7
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": a, "type": "channel" if a == "c" else "space"} for a in axes],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [1.0] * len(axes)}]}]}]
+    out = tmp_path / "out"
+    code = main(["predict", str(good), str(bad), "-o", str(out), "--model",
+                 str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and str(bad) in err
+    assert not out.exists()  # not even the first input was predicted
+
+
 def test_something_that_is_not_ome_zarr_is_a_value_error(tmp_path):
     zarr.open_group(str(tmp_path / "plain.zarr"), mode="w")
     with pytest.raises(ValueError, match="not an OME-Zarr image"):

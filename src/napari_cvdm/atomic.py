@@ -74,11 +74,13 @@ def atomic_group(paths: Sequence[str | os.PathLike],
     """Several files as one unit: all are renamed into place once every one is complete.
 
     A failure while writing the second leaves neither (an earlier complete set of files
-    with the same names stays untouched). Errors are OSError with a plain message
-    ("no space left on device").
+    with the same names stays untouched), and so does a failure, or an interrupt, while
+    the files are put in place: those already replaced get their earlier version back.
+    Errors are OSError with a plain message ("no space left on device") naming the file.
     """
     targets = [Path(p) for p in paths]
     temps: list[Path] = []
+    current = targets[0].parent
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -95,12 +97,15 @@ def atomic_group(paths: Sequence[str | os.PathLike],
             if not overwrite and path.exists():
                 raise FileExistsError(errno.EEXIST, f"{path} exists; pass overwrite=True "
                                       "(--overwrite) to replace it", str(path))
-        for tmp, path in zip(temps, targets):
-            os.replace(tmp, path)
+        _replace_all(temps, targets)
     except FileExistsError:
         raise
     except OSError as exc:
-        raise plain_os_error(exc, targets[0].parent) from exc
+        where = Path(exc.filename) if getattr(exc, "filename", None) else current
+        for tmp, path in zip(temps, targets):  # name the output, not its temporary twin
+            if where == tmp:
+                where = path
+        raise plain_os_error(exc, where) from exc
     except Exception as exc:  # writers (tifffile) may report a full disk in their own words
         if _disk_full(targets[0].parent):
             raise OSError(errno.ENOSPC, f"No space left on device while writing in "
@@ -111,3 +116,45 @@ def atomic_group(paths: Sequence[str | os.PathLike],
         for tmp in temps:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def _replace_all(temps: Sequence[Path], targets: Sequence[Path]) -> None:
+    """Rename each of ``temps`` over its target, all or none.
+
+    Each existing target is first kept under a hidden backup name (a hard link where the
+    file system has them, else a rename). If a rename fails, or the process is
+    interrupted, the targets already replaced get their backup back (or are removed where
+    there was none), so an earlier set of outputs never ends up half new and half old.
+    """
+    backups: dict[Path, Path] = {}
+    done: list[Path] = []
+    try:
+        for path in targets:
+            if path.exists() and not path.is_dir():
+                backup = path.with_name(f".{path.name[:200]}.{os.getpid()}.bak")
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+                try:
+                    os.link(path, backup)
+                except OSError:
+                    os.replace(path, backup)
+                backups[path] = backup
+        for tmp, path in zip(temps, targets):
+            os.replace(tmp, path)
+            done.append(path)
+    except BaseException:
+        for path in done:
+            with contextlib.suppress(OSError):
+                if path in backups:
+                    os.replace(backups.pop(path), path)
+                else:
+                    path.unlink()
+        for path, backup in backups.items():  # renamed away, not yet replaced
+            if not path.exists():
+                with contextlib.suppress(OSError):
+                    os.replace(backup, path)
+        raise
+    finally:
+        for backup in backups.values():
+            with contextlib.suppress(OSError):
+                backup.unlink()

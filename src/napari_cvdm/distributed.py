@@ -146,7 +146,9 @@ def run_file(task, spec) -> dict[str, Any]:
                                 warn=warnings.append,
                                 device=worker_device(spec.settings.device, index))
         except ValueError as exc:  # bad input fails the same way again: no retry
-            return {"input": str(task.input), "error": exc}
+            # a plain copy: the original carries the reader's own exception as its context
+            # (a codec's error class that cannot be unpickled on the client: a TypeError)
+            return {"input": str(task.input), "error": ValueError(str(exc))}
     return {**done, "warnings": warnings}
 
 

@@ -8,6 +8,8 @@ for the same seed, the same metadata and provenance (:func:`provenance`).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,7 +124,8 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     from .validation import check_image, check_output_size
 
     model = settings.model
-    image = read_tiff(task.input)
+    with _reader_warnings(warn):
+        image = read_tiff(task.input)
     # The pixels first: an RGB, boolean or complex file gets predict()'s message, not a
     # warning about its contents or the OME writer's complaint about its axes.
     check_image(image.data)
@@ -135,6 +138,24 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
     return _done(task, result)
+
+
+@contextlib.contextmanager
+def _reader_warnings(warn):
+    """The readers' warnings about a file (damaged tiles, missing chunks, unreadable OME
+    metadata) go to ``warn`` with the other warnings about the input (one wording in the
+    command line, and back from dask workers); without ``warn`` they stay Python warnings."""
+    if warn is None:
+        yield
+        return
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for record in caught:
+        if issubclass(record.category, UserWarning):
+            warn(str(record.message))
+        else:
+            warnings.warn(record.message, record.category, stacklevel=3)
 
 
 def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -> None:
@@ -150,6 +171,17 @@ def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -
         warn(f"{task.input.name}: {message}")
 
 
+def check_zarr_input(array, meta: dict[str, Any]) -> None:
+    """What can be said of an OME-Zarr input before any work (its metadata only; ValueError):
+    as for a TIFF, the pixels first (an RGB store gets predict()'s message, not a warning about
+    its contents), then axes its result could not be written with."""
+    from .tiff_writer import ome_axes
+    from .validation import check_image
+
+    check_image(array)
+    ome_axes(meta["axes"], array.ndim)
+
+
 def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) -> dict:
     """An OME-Zarr input, read lazily, to one OME-Zarr: mean and calibrated std."""
     import napari_cvdm
@@ -159,7 +191,9 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
     from .zarr_files import read_ome_zarr, write_ome_zarr
 
     model = settings.model
-    array, meta = read_ome_zarr(task.input)
+    with _reader_warnings(warn):
+        array, meta = read_ome_zarr(task.input)
+    check_zarr_input(array, meta)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
         check_output_size(tuple(array.shape), model.config.scale)
     check_disk_room(task.outputs[0], output_bytes(tuple(array.shape), model.config.scale),

@@ -15,6 +15,7 @@ import os
 import struct
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,6 +167,25 @@ def _check_page(path: Path, page) -> None:
                        f"needs {expected}")
 
 
+def _warn_about_empty_segments(path: Path, series) -> None:
+    """Warn where tiles or strips of the image hold no data (offset or byte count 0): TIFF
+    readers give zeros there, so a damaged file would otherwise give a plausible result
+    with a silent hole. (A sparse file written that way on purpose gets the warning too.)"""
+    empty = total = 0
+    for page in series.pages:
+        counts = getattr(page, "databytecounts", None)
+        offsets = getattr(page, "dataoffsets", None)
+        if counts is None or offsets is None:
+            continue
+        total += len(counts)
+        empty += sum(1 for count, offset in zip(counts, offsets) if not count or not offset)
+    if empty:
+        kind = "tiles" if getattr(series.pages[0], "is_tiled", False) else "strips"
+        warnings.warn(f"{path}: {empty} of {total} {kind} hold no data (a damaged or sparse "
+                      "file); they are read as zeros, and the result there means nothing",
+                      stacklevel=3)
+
+
 class _HeldLogs(logging.Filter):
     """Holds back one thread's records (other threads' pass, as do this one's afterwards)."""
 
@@ -199,6 +219,36 @@ def held_tifffile_logs(pass_on: bool = True):
             logger.handle(record)
 
 
+@contextlib.contextmanager
+def _read_errors(path: Path) -> Iterator[None]:
+    """Whatever goes wrong reading ``path`` as a ValueError that names it (tifffile raises
+    many types for damaged files)."""
+    if not path.is_file():
+        raise ValueError(f"input file not found: {path}")
+    try:
+        yield
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    except MemoryError:
+        raise ValueError(f"{path} could not be read: not enough memory for its image") from None
+    except Exception as exc:
+        raise ValueError(f"{path} could not be read as a TIFF image ({type(exc).__name__}: "
+                         f"{exc})") from None
+
+
+def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
+    """The checks :func:`read_tiff` makes before it reads any pixels (not a TIFF, damaged
+    structure, several images, too large), from the file's headers alone: a batch finds a
+    bad file before its work starts, not midway. ValueError as read_tiff's."""
+    import tifffile
+
+    path = Path(path)
+    with _read_errors(path):
+        count_pages(path)
+        with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
+            _check_declared(path, tif, scale)
+
+
 def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     """Read a TIFF or OME-TIFF with its axes and physical sizes; clear errors for bad files.
 
@@ -210,9 +260,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     import tifffile
 
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"input file not found: {path}")
-    try:
+    with _read_errors(path):
         count_pages(path)
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
@@ -220,15 +268,9 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             out = np.empty(series.shape, dtype=series.dtype)
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
             axes = series.axes
+            _warn_about_empty_segments(path, series)
             physical = _physical(path, tif, axes)
             channels = _channel_names(tif, axes, data.shape)
-    except _Refused as exc:
-        raise ValueError(str(exc)) from None
-    except MemoryError:
-        raise ValueError(f"{path} could not be read: not enough memory for its image") from None
-    except Exception as exc:  # tifffile raises many types for damaged files
-        raise ValueError(f"{path} could not be read as a TIFF image ({type(exc).__name__}: "
-                         f"{exc})") from None
     pixel_size, unit = None, ""
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
         pixel_size = (physical["Y"].size, physical["X"].size)

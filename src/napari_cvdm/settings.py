@@ -107,7 +107,8 @@ class PredictSettings:
                         "the bundled model's name, a .cvdm.safetensors file "
                         "or a loaded model", cli="--model", metavar="MODEL")
     samples: int = option(8, "samples drawn per pixel; the mean and the uncertainty are "
-                          "taken over them", min=1, max=MAX_SAMPLES)
+                          "taken over them (at least 2 for an uncertainty)", min=1,
+                          max=MAX_SAMPLES)
     # 4 steps: the mean is within 0.04-0.12 dB of the best K on the sample and the real
     # pairs, and the std ranks the error much better than at 2 (benchmarks/few_steps.py,
     # docs/benchmarks.md); the calibration of the bundled model was fitted at 8 x 4.

@@ -156,8 +156,10 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
     elif data.dtype.kind not in "uif":
         raise ValueError(f"{data.dtype} data cannot be saved as OME-TIFF; save a real-valued "
                          "image (e.g. numpy.abs(data) or data.real)")
-    elif data.dtype.kind == "f" and data.dtype != np.float32:
-        data = data.astype(np.float32)  # results are float32; integer images stay as they are
+    elif data.dtype == np.float16:
+        data = data.astype(np.float32)  # no OME half type; float32 holds every value
+    elif data.dtype.kind == "f" and data.dtype not in (np.float32, np.float64):
+        data = data.astype(np.float64)  # long double: OME's widest type, "double"
     metadata = spec.tifffile_metadata(name)
     if spec.channels and not fitting_channels(spec.channels, spec.axes, data.shape):
         metadata.pop("Channel")  # names for another number of channels: none
@@ -168,7 +170,8 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
 def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Path]:
     """Write several ``(path, data)`` OME-TIFFs as one unit: all of them, or none.
 
-    Integer data keeps its type; anything else is written as float32.
+    Integer data keeps its type (64-bit integers narrowed where every value fits), float32
+    and float64 theirs; half floats become float32.
 
     Existing files are refused (ValueError) unless ``overwrite``; a full disk raises
     OSError "no space left on device".

@@ -14,6 +14,7 @@ import contextlib
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +91,46 @@ def is_complete_result(path: str | os.PathLike) -> bool:
     return mark is not None and mark.get(COMPLETE_MARK) is True
 
 
+class _Chunks:
+    """A zarr array whose chunks that cannot be decoded (a damaged store) raise ValueError
+    naming the store, instead of a codec's traceback from inside dask."""
+
+    def __init__(self, array, path: Path):
+        self._array, self._path = array, path
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+
+    def __getitem__(self, index):
+        try:
+            return self._array[index]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"{self._path}: part of the image could not be read, the store "
+                             f"is damaged ({type(exc).__name__}: {exc})") from None
+
+    def __dask_tokenize__(self):
+        return ("napari-cvdm-ome-zarr", str(self._path), self.shape, str(self.dtype))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _warn_about_missing_chunks(path: Path, array) -> None:
+    """Warn where chunks of the image are not stored: zarr reads them as the fill value,
+    so a store damaged in copying would give a plausible result with a silent hole. (Zarr
+    writers leave chunks that hold only the fill value out on purpose; the warning says so.)"""
+    try:
+        total, stored = int(array.nchunks), int(array.nchunks_initialized)
+    except Exception:  # a store that cannot list its keys: nothing to say
+        return
+    if stored < total:
+        warnings.warn(f"{path}: {total - stored} of {total} chunks of the image are not "
+                      f"stored and read as {_plain(array.fill_value)} (writers leave out chunks "
+                      "that hold only that value; otherwise the store is damaged and the "
+                      "result there means nothing)", stacklevel=3)
+
+
 def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     """The full-resolution image of an OME-Zarr, lazily, with its metadata.
 
@@ -133,10 +174,11 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
             checked = normalise(size, unit, time=axis == "T")
             if checked is not None:
                 physical[axis] = checked
+    _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):
         import dask.array as da
 
-        array = da.from_zarr(array)
+        array = da.from_array(_Chunks(array, path), chunks=array.chunks)
     meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs)}
     channels = fitting_channels(channels, axes, tuple(array.shape))
     if channels:
@@ -286,31 +328,32 @@ class ZarrResultWriter:
             if plain is not value:  # disk full, read-only: say which output
                 raise plain from value
             return False
-        self._mark_complete()
+        try:
+            self._mark_complete()
+        except BaseException:  # an interrupt (Ctrl-C, SIGTERM) too: no temporary store left
+            if not self.in_place:
+                shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         if self.in_place:
             return False
-        old = None
-        if self.path.exists():
-            if not self.overwrite:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-                raise output_exists(self.path)
-            # a fresh empty folder of its own (a leftover '.old' cannot block the move)
-            old = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".old",
-                                        dir=self.path.parent))
-            moved = old / self.path.name  # into it (a link to a result moves as a link)
-            try:
-                os.replace(self.path, moved)
-            except OSError:
-                shutil.rmtree(self._tmp, ignore_errors=True)
-                old.rmdir()
-                raise
+        old = moved = None
         try:
+            if self.path.exists():
+                if not self.overwrite:
+                    raise output_exists(self.path)
+                # a fresh empty folder of its own (a leftover '.old' cannot block the move)
+                old = Path(tempfile.mkdtemp(prefix=f".{self.path.name[:200]}.", suffix=".old",
+                                            dir=self.path.parent))
+                moved = old / self.path.name  # into it (a link to a result moves as a link)
+                os.replace(self.path, moved)
             os.replace(self._tmp, self.path)
-        except OSError:
+        except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
-            if old is not None:
+            if moved is not None and os.path.lexists(moved) and not os.path.lexists(self.path):
                 os.replace(moved, self.path)  # the previous result stays as it was
-                old.rmdir()
+            if old is not None:
+                with contextlib.suppress(OSError):
+                    old.rmdir()
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)

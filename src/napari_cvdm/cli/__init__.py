@@ -8,6 +8,7 @@ the options of predict and train are generated from the settings dataclasses
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 
 EXIT_FAILED = 1
@@ -48,6 +49,44 @@ def _one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (``kill``, ``timeout``, a batch scheduler, a closed terminal),
+    handled as Ctrl-C is: no partial output is left, a training keeps its checkpoint."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def _termination_as_cancel():
+    """While a command runs, SIGTERM and SIGHUP raise :class:`Terminated` in the main
+    thread, so that the clean-up a Ctrl-C runs runs for them too (their default kills the
+    process and leaves temporary files). A signal someone else handles or ignores (nohup
+    ignores SIGHUP) is left alone; the previous handlers come back afterwards."""
+    import signal
+    import threading
+
+    installed = {}
+    received: list[int] = []
+
+    def handler(signum, frame):
+        received.append(signum)
+        raise Terminated(signum)
+
+    if threading.current_thread() is threading.main_thread():
+        for name in ("SIGTERM", "SIGHUP"):
+            sig = getattr(signal, name, None)
+            with contextlib.suppress(ValueError, OSError, TypeError):
+                if sig is not None and signal.getsignal(sig) == signal.SIG_DFL:
+                    installed[sig] = signal.signal(sig, handler)
+    try:
+        yield received
+    finally:
+        for sig, previous in installed.items():
+            signal.signal(sig, previous)
+
+
 def _cancelled(command: str, exc: BaseException | None = None) -> int:
     """Exit code 130 with what is kept: training says which checkpoint (its ``Cancelled``
     message); a prediction never leaves a partial output."""
@@ -84,7 +123,8 @@ def _stdout_closed() -> bool:
 def main(argv: list[str] | None = None) -> int:
     """Exit codes: 0 done, 1 out of memory or a file system error, 2 bad input (one line
     on stderr saying what and how to fix it), 130 cancelled (Ctrl-C, also while starting),
-    141 standard output closed by its reader (silently).
+    143 / 129 stopped by SIGTERM / SIGHUP (cleaned up as a cancel is), 141 standard output
+    closed by its reader (silently).
     argparse exits with 2 for malformed options. Anything else is a bug and shows its
     traceback."""
     try:
@@ -92,6 +132,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _cancelled("")
     command = args.command
+    with _termination_as_cancel() as received:
+        code = _run(command, args)
+    return 128 + received[0] if received and code == EXIT_CANCELLED else code
+
+
+def _run(command: str, args: argparse.Namespace) -> int:
     try:
         from ..errors import Cancelled, TrainingDiverged, is_out_of_memory
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import warnings
 from pathlib import Path
 
 from ..image_names import (TIFF_OUTPUTS, TIFF_SUFFIXES, image_stem, is_cvdm_output, is_hidden,
@@ -76,7 +77,7 @@ def add_parser(sub) -> None:
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
     """Files as given, folders as their TIFF files and OME-Zarr images, patterns as their
-    matches (sorted); a file named twice (also as a relative and an absolute path, or
+    TIFF and OME-Zarr matches (sorted); a file named twice (also as a relative and an absolute path, or
     through a link) once.
 
     Folders and patterns leave out hidden files and napari-cvdm's own outputs, so outputs
@@ -96,9 +97,11 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                                  "(other than hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
             files = sorted(p for p in map(Path, glob.glob(text))
-                           if (p.is_file() or p.is_dir() and is_zarr(p)) and not _skipped(p))
+                           if (p.is_file() and is_tiff(p) or p.is_dir() and is_zarr(p))
+                           and not _skipped(p))
             if not files:
-                raise ValueError(f"no files match {text}")
+                raise ValueError(f"no .tif, .tiff or OME-Zarr images match {text} (other "
+                                 "than hidden files and napari-cvdm outputs)")
         elif not path.exists():
             raise ValueError(f"input file not found: {path}")
         elif not path.is_file():
@@ -162,7 +165,8 @@ def _plan(args, seed: int | None, clustered: bool = False):
     checked here only for a run in this process (a cluster's workers have their own).
     """
     from ..devices import resolve_device
-    from ..file_prediction import FileTask
+    from ..file_prediction import FileTask, check_zarr_input
+    from ..image_files import probe_tiff
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
     from ..tiff_writer import check_outputs
@@ -176,9 +180,17 @@ def _plan(args, seed: int | None, clustered: bool = False):
         raise ValueError(f"-o names the output folder (each input's outputs are named after "
                          f"it), and {args.output} looks like a file name; give a folder")
     paths = expand_inputs(args.inputs)
-    for path in paths:
-        if is_zarr(path):  # its metadata only: a folder that is no image fails here, not midway
-            read_ome_zarr(path)
+    for path in paths:  # a file that cannot be read stops the batch before its work
+        if not is_zarr(path):
+            probe_tiff(path)
+        else:  # its metadata only: a folder that is no image fails here, not midway
+            with warnings.catch_warnings():  # said when it is read for the work
+                warnings.simplefilter("ignore")
+                array, meta = read_ome_zarr(path)  # its errors name the store
+            try:
+                check_zarr_input(array, meta)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from None
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
     zarr_inputs = [p.resolve() for p in paths if is_zarr(p)]
