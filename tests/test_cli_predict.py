@@ -165,15 +165,23 @@ def test_sigterm_and_sighup_clean_up_as_ctrl_c_does(two_tiffs, tiny_model_file, 
     assert signal.getsignal(sig) is before  # handed back after the command
 
 
-def test_an_ignored_sighup_stays_ignored(two_tiffs, tiny_model_file, tmp_path, monkeypatch):
-    """Under nohup SIGHUP is ignored: the command must not start reacting to it."""
+@pytest.mark.parametrize("before", ["default", "ignored", "handled"])
+def test_only_signals_left_at_their_default_are_taken_over(two_tiffs, tiny_model_file,
+                                                          tmp_path, monkeypatch, before):
+    """Under nohup SIGHUP is ignored, and a program calling main() may handle SIGTERM
+    itself: the command must not start reacting to those."""
     import signal
 
-    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_IGN)
+    current = {"default": signal.SIG_DFL, "ignored": signal.SIG_IGN,
+               "handled": lambda *a: None}[before]
+    monkeypatch.setattr(signal, "getsignal", lambda sig: current)
     installed = []
-    monkeypatch.setattr(signal, "signal", lambda *a: installed.append(a))
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: installed.append(sig) or current)
     assert _cli(two_tiffs[:1], tmp_path / "out", tiny_model_file, "--quiet") == 0
-    assert installed == []
+    if before == "default":  # installed, then given back
+        assert installed == [signal.SIGTERM, signal.SIGHUP] * 2
+    else:
+        assert installed == []
 
 
 def test_an_exception_inside_predict_leaves_no_files_for_that_input(

@@ -170,6 +170,11 @@ def test_a_graphics_programs_dpi_is_not_taken_as_a_pixel_size(tmp_path, dpi, uni
     image = read_tiff(path)
     if kept is None:
         assert image.pixel_size is None and image.physical == {}
+        # as Fiji saves a 72-dpi image: the unit in its own metadata
+        tifffile.imwrite(path, np.zeros((6, 5), np.uint16), imagej=True,
+                         resolution=(dpi, dpi), metadata={"unit": unit.lower()[:4]
+                                                          .replace("cent", "cm")})
+        assert read_tiff(path).physical == {}
     else:
         assert image.physical["X"].unit in ("µm", "cm")
         size = image.physical["X"].size * (1e4 if image.physical["X"].unit == "cm" else 1)

@@ -178,7 +178,10 @@ def test_chunks_missing_from_an_input_store_are_warned_about(tmp_path, tiny_mode
     shutil.rmtree(chunk) if chunk.is_dir() else chunk.unlink()
     with pytest.warns(UserWarning, match="1 of 6 chunks of the image are not stored and "
                       "read as 0"):
-        read_ome_zarr(path)
+        read_ome_zarr(path, check_chunks=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_ome_zarr(path)  # metadata only: no listing of the store (asked where it reads)
     assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
                  str(tiny_model_file), "--samples", "2", "--steps", "2", "--quiet"]) == 0
     err = capsys.readouterr().err
@@ -227,6 +230,31 @@ def test_a_store_whose_result_cannot_be_written_is_refused_before_any_work(
     err = capsys.readouterr().err
     assert code == 2 and message in err and str(bad) in err
     assert not out.exists()  # not even the first input was predicted
+
+
+def test_the_store_under_a_read_input_is_still_seen_and_file_system_errors_stay_os_errors(
+        tmp_path, monkeypatch):
+    """Review of the decoding wrapper: the widget's check of which stores a layer reads
+    lost sight of the input store, and an I/O error (retried on a cluster, exit 1) became
+    'the store is damaged' (bad input, not retried)."""
+    from napari_cvdm.layers import _data_sources
+
+    path, data = _input(tmp_path)
+    array, _ = read_ome_zarr(path)
+    found, complete = _data_sources(array, zarr)
+    assert complete and [str(a.store.root) for a in found] == [str(path)]
+    np.testing.assert_array_equal(array.compute(), data)
+    chunks = next(item for item in array.__dask_graph__().values()
+                  if hasattr(getattr(item, "value", item), "zarr_array"))
+    wrapper = getattr(chunks, "value", chunks)
+
+    def failing(index):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(wrapper, "zarr_array", type("A", (), {"__getitem__": lambda s, i:
+                                                                 failing(i)})())
+    with pytest.raises(OSError, match="Input/output error"):
+        array.compute()
 
 
 def test_something_that_is_not_ome_zarr_is_a_value_error(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -121,38 +122,37 @@ def atomic_group(paths: Sequence[str | os.PathLike],
 def _replace_all(temps: Sequence[Path], targets: Sequence[Path]) -> None:
     """Rename each of ``temps`` over its target, all or none.
 
-    Each existing target is first kept under a hidden backup name (a hard link where the
-    file system has them, else a rename). If a rename fails, or the process is
+    Each existing target is first kept under a hidden backup name of its own (a hard link
+    where the file system has them, else a rename). If a rename fails, or the process is
     interrupted, the targets already replaced get their backup back (or are removed where
-    there was none), so an earlier set of outputs never ends up half new and half old.
+    there was none), so an earlier set of outputs never ends up half new and half old. A
+    backup that cannot be put back is kept (``.<name>.<random>.bak``), never deleted.
     """
     backups: dict[Path, Path] = {}
     done: list[Path] = []
     try:
         for path in targets:
             if path.exists() and not path.is_dir():
-                backup = path.with_name(f".{path.name[:200]}.{os.getpid()}.bak")
-                with contextlib.suppress(FileNotFoundError):
-                    backup.unlink()
+                backup = path.with_name(f".{path.name[:200]}.{secrets.token_hex(6)}.bak")
                 try:
                     os.link(path, backup)
                 except OSError:
                     os.replace(path, backup)
                 backups[path] = backup
         for tmp, path in zip(temps, targets):
+            done.append(path)  # before: an interrupt right after the rename is undone too
             os.replace(tmp, path)
-            done.append(path)
     except BaseException:
-        for path in done:
-            with contextlib.suppress(OSError):
-                if path in backups:
-                    os.replace(backups.pop(path), path)
-                else:
-                    path.unlink()
-        for path, backup in backups.items():  # renamed away, not yet replaced
-            if not path.exists():
-                with contextlib.suppress(OSError):
+        temp_of = dict(zip(targets, temps))
+        for path in targets:
+            backup = backups.get(path)
+            try:
+                if backup is not None and (path in done or not os.path.lexists(path)):
                     os.replace(backup, path)
+                elif backup is None and path in done and not temp_of[path].exists():
+                    path.unlink()  # renamed into place where there was no file before
+            except OSError:
+                backups.pop(path, None)  # could not be put back: kept, not deleted
         raise
     finally:
         for backup in backups.values():

@@ -9,6 +9,7 @@ for the same seed, the same metadata and provenance (:func:`provenance`).
 from __future__ import annotations
 
 import contextlib
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,9 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     return _done(task, result)
 
 
+_READING = threading.Lock()
+
+
 @contextlib.contextmanager
 def _reader_warnings(warn):
     """The readers' warnings about a file (damaged tiles, missing chunks, unreadable OME
@@ -148,7 +152,9 @@ def _reader_warnings(warn):
     if warn is None:
         yield
         return
-    with warnings.catch_warnings(record=True) as caught:
+    # catch_warnings swaps process-wide state: one reader at a time, or two overlapping
+    # reads in threads would swap each other's warnings and leave the filters changed
+    with _READING, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     for record in caught:
@@ -192,7 +198,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
 
     model = settings.model
     with _reader_warnings(warn):
-        array, meta = read_ome_zarr(task.input)
+        array, meta = read_ome_zarr(task.input, check_chunks=True)
     check_zarr_input(array, meta)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
         check_output_size(tuple(array.shape), model.config.scale)

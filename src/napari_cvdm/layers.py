@@ -546,6 +546,7 @@ def _data_sources(level, zarr) -> tuple[list[Any], bool]:
     while stack and seen < 1_000_000:
         item = stack.pop()
         seen += 1
+        item = getattr(item, "zarr_array", item)  # read_ome_zarr's wrapper of its array
         if zarr is not None and isinstance(item, zarr.Array):
             found.append(item)
         elif isinstance(item, np.ndarray):
@@ -562,8 +563,8 @@ def _data_sources(level, zarr) -> tuple[list[Any], bool]:
                 return found, False  # it may read anything (a delayed loader, say)
             for name in ("args", "kwargs", "value"):
                 inner = getattr(item, name, None)
-                if isinstance(inner, (tuple, list, dict)) or inner is not None and \
-                        hasattr(inner, "__array__"):
+                if isinstance(inner, (tuple, list, dict)) or inner is not None and (
+                        hasattr(inner, "__array__") or hasattr(inner, "zarr_array")):
                     stack.append(inner)
     return found, bool(found or data) and not stack
 

@@ -102,7 +102,8 @@ def ome_sizes(xml: str) -> dict[str, PhysicalSize]:
 # display resolution a graphics program writes (72, 96, 300 dpi), not a microscope's pixel:
 # a camera pixel at the sample is far smaller, and microscope software writes micrometres.
 DISPLAY_RESOLUTION_UM = 20.0
-_MICRONS = {"inch": 25400.0, "cm": 10000.0}
+_MICRONS = {"inch": 25400.0, "inches": 25400.0, "in": 25400.0, "cm": 10000.0,
+            "centimeter": 10000.0, "centimetre": 10000.0}
 
 
 def _rational(tag) -> float | None:
@@ -125,9 +126,10 @@ def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]
         unit = imagej.get("unit")
         if not isinstance(unit, str) or not unit:
             unit = {2: "inch", 3: "cm"}.get(resolution_unit, "")
-            if x is not None and y is not None and unit and \
-                    min(x, y) * _MICRONS[unit] >= DISPLAY_RESOLUTION_UM:
-                x = y = None  # 72 or 300 dpi from a graphics program: no pixel size
+        per_unit = _MICRONS.get(unit.strip().lower())
+        if x is not None and y is not None and per_unit and \
+                min(x, y) * per_unit >= DISPLAY_RESOLUTION_UM:
+            x = y = None  # 72 or 300 dpi from a graphics program (or Fiji's "inch"): no size
         if x is not None and y is not None and not (x == y == 1.0 and not unit):
             if unit:
                 sizes_x = normalise(x, unit)

@@ -156,10 +156,10 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
     elif data.dtype.kind not in "uif":
         raise ValueError(f"{data.dtype} data cannot be saved as OME-TIFF; save a real-valued "
                          "image (e.g. numpy.abs(data) or data.real)")
-    elif data.dtype == np.float16:
-        data = data.astype(np.float32)  # no OME half type; float32 holds every value
-    elif data.dtype.kind == "f" and data.dtype not in (np.float32, np.float64):
-        data = data.astype(np.float64)  # long double: OME's widest type, "double"
+    elif data.dtype.kind == "f":
+        # OME has float and double: half floats widen to float32 (exactly), long double
+        # narrows to double; either byte order keeps its width
+        data = data.astype(np.float32 if data.dtype.itemsize <= 4 else np.float64, copy=False)
     metadata = spec.tifffile_metadata(name)
     if spec.channels and not fitting_channels(spec.channels, spec.axes, data.shape):
         metadata.pop("Channel")  # names for another number of channels: none
@@ -189,7 +189,7 @@ def write_ome_tiffs(items, spec: OutputSpec, overwrite: bool = False) -> list[Pa
 
 def write_ome_tiff(path: str | os.PathLike, data: np.ndarray, spec: OutputSpec,
                    overwrite: bool = False) -> Path:
-    """Write one float32 OME-TIFF atomically (see :func:`write_ome_tiffs`)."""
+    """Write one OME-TIFF atomically (pixel types and errors: :func:`write_ome_tiffs`)."""
     return write_ome_tiffs([(path, data)], spec, overwrite)[0]
 
 
@@ -267,7 +267,8 @@ def _sizes(pixel_size, unit: str) -> dict[str, PhysicalSize]:
 
 def write_tiff(path: str | os.PathLike, data: np.ndarray, pixel_size=None, unit: str = "",
                axes: str = "", overwrite: bool = True) -> Path:
-    """Write float32 data as OME-TIFF atomically, with its ``(y, x)`` pixel size if known."""
+    """Write an image as OME-TIFF atomically (pixel types: :func:`write_ome_tiffs`), with its
+    ``(y, x)`` pixel size if known."""
     data = np.asarray(data)
     spec = output_spec(axes, data.ndim, _sizes(pixel_size, unit))
     return write_ome_tiff(path, data, spec, overwrite)

@@ -96,13 +96,13 @@ class _Chunks:
     naming the store, instead of a codec's traceback from inside dask."""
 
     def __init__(self, array, path: Path):
-        self._array, self._path = array, path
+        self.zarr_array, self._path = array, path
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
 
     def __getitem__(self, index):
         try:
-            return self._array[index]
-        except MemoryError:
+            return self.zarr_array[index]
+        except (MemoryError, OSError):  # not the store's content: a file system's error
             raise
         except Exception as exc:
             raise ValueError(f"{self._path}: part of the image could not be read, the store "
@@ -112,26 +112,46 @@ class _Chunks:
         return ("napari-cvdm-ome-zarr", str(self._path), self.shape, str(self.dtype))
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+def missing_chunks(array) -> tuple[int, int] | None:
+    """``(missing, total)`` chunks (shards, where the array has them) of a zarr array on a
+    local disk, counted from one listing of its folder; None where that cannot be told (a
+    remote store, an unexpected layout). zarr's own count lists the store once per chunk."""
+    root = getattr(getattr(array, "store", None), "root", None)
+    if root is None:
+        return None
+    folder = Path(str(root)) / str(getattr(array, "path", "") or "")
+    try:
+        grid = getattr(array, "shards", None) or array.chunks
+        total = int(np.prod([-(-int(n) // max(int(c), 1)) for n, c in zip(array.shape, grid)],
+                            dtype=np.float64))
+        stored = 0
+        for _, _, names in os.walk(folder):
+            stored += sum(1 for name in names if not name.startswith(".")
+                          and name != "zarr.json")
+    except (OSError, TypeError, ValueError, AttributeError):
+        return None
+    if stored > total or not folder.is_dir():
+        return None
+    return total - stored, total
 
 
 def _warn_about_missing_chunks(path: Path, array) -> None:
-    """Warn where chunks of the image are not stored: zarr reads them as the fill value,
-    so a store damaged in copying would give a plausible result with a silent hole. (Zarr
-    writers leave chunks that hold only the fill value out on purpose; the warning says so.)"""
-    try:
-        total, stored = int(array.nchunks), int(array.nchunks_initialized)
-    except Exception:  # a store that cannot list its keys: nothing to say
+    """Warn where chunks of an input image are not stored: zarr reads them as the fill
+    value, so a store damaged in copying would give a plausible result with a silent hole.
+    (Zarr writers leave chunks that hold only the fill value out on purpose; the warning
+    says so.)"""
+    counts = missing_chunks(array)
+    if not counts or not counts[0]:
         return
-    if stored < total:
-        warnings.warn(f"{path}: {total - stored} of {total} chunks of the image are not "
-                      f"stored and read as {_plain(array.fill_value)} (writers leave out chunks "
-                      "that hold only that value; otherwise the store is damaged and the "
-                      "result there means nothing)", stacklevel=3)
+    missing, total = counts
+    fill = array.fill_value.item() if hasattr(array.fill_value, "item") else array.fill_value
+    warnings.warn(f"{path}: {missing} of {total} chunks of the image are not stored and read "
+                  f"as {fill} (writers leave out chunks that hold only that value; otherwise "
+                  "the store is damaged and the result there means nothing)", stacklevel=3)
 
 
-def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
+def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
+                  ) -> tuple[Any, dict[str, Any]]:
     """The full-resolution image of an OME-Zarr, lazily, with its metadata.
 
     Returns ``(array, metadata)``: a dask array (a zarr array where dask is missing) whose
@@ -140,6 +160,8 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
     (the ``omero`` channel labels) where there is one per channel of the C axis. The
     physical sizes are the dataset's scale times the multiscale's own (NGFF 0.4 and 0.5
     apply it after the dataset's). ValueError for anything that is not an OME-Zarr image.
+    ``check_chunks``: warn where chunks of the image are not stored (one listing of its
+    folder: done once, by the run that reads the pixels).
     """
     zarr = _zarr()
     path = Path(path)
@@ -174,7 +196,8 @@ def read_ome_zarr(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
             checked = normalise(size, unit, time=axis == "T")
             if checked is not None:
                 physical[axis] = checked
-    _warn_about_missing_chunks(path, array)
+    if check_chunks:
+        _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):
         import dask.array as da
 

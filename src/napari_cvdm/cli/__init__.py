@@ -72,6 +72,8 @@ def _termination_as_cancel():
 
     def handler(signum, frame):
         received.append(signum)
+        for sig in installed:  # a second signal must not cut the clean-up short
+            signal.signal(sig, signal.SIG_IGN)
         raise Terminated(signum)
 
     if threading.current_thread() is threading.main_thread():

@@ -180,10 +180,8 @@ def _plan(args, seed: int | None, clustered: bool = False):
         raise ValueError(f"-o names the output folder (each input's outputs are named after "
                          f"it), and {args.output} looks like a file name; give a folder")
     paths = expand_inputs(args.inputs)
-    for path in paths:  # a file that cannot be read stops the batch before its work
-        if not is_zarr(path):
-            probe_tiff(path)
-        else:  # its metadata only: a folder that is no image fails here, not midway
+    for path in paths:
+        if is_zarr(path):  # its metadata only: a folder that is no image fails here, not midway
             with warnings.catch_warnings():  # said when it is read for the work
                 warnings.simplefilter("ignore")
                 array, meta = read_ome_zarr(path)  # its errors name the store
@@ -223,6 +221,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
             continue
         tasks.append(FileTask(path, outputs, draw_seed() if seed is None else seed,
                               replace=state != ABSENT))
+    for task in tasks:  # a TIFF that cannot be read stops the batch before its work (headers)
+        if not is_zarr(task.input):
+            probe_tiff(task.input)
     for folders in (False, True):
         for replace in (False, True):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
