@@ -158,7 +158,7 @@ def test_train_with_pairs_refuses_simulation_options_it_would_ignore(tmp_path, n
     common = ["train", "--pairs", str(lq), str(hq), "--preset", "tiny", "--patch-size", "32",
               "--batch-size", "2", "--steps", "1"]
     for option in (["--psf-sigma", "3"], ["--photons", "5", "10"], ["--haze", "0", "0.4"],
-                   ["--told-error", "0.1"], ["--psf", "airy"]):
+                   ["--told-error", "0.1"], ["--psf", "airy"], ["--scale", "4"]):
         out = tmp_path / "refused.cvdm.safetensors"
         assert main([*common, *option, "-o", str(out)]) == 2, option
         assert not out.exists()

@@ -207,6 +207,33 @@ def test_train_never_replaces_an_image_or_the_init_model_and_a_model_only_when_t
     assert nc.load_model(first).metadata["training"]["step"] == 2
 
 
+def test_the_training_state_beside_the_model_follows_the_same_rules(hq_dir, tmp_path):
+    """Found by a review: only the model path was checked; the state written beside it at
+    every checkpoint replaced any file (an image, an earlier run's resumable state) without
+    overwrite, and a folder there failed at the first checkpoint, after the work."""
+    from napari_cvdm.checkpoints import state_path
+
+    out = tmp_path / "m.cvdm.safetensors"
+    image = hq_dir / "a.tif"
+    state_path(out).write_bytes(image.read_bytes())
+    with pytest.raises(ValueError, match="not a napari-cvdm training state"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=1), overwrite=True, device="cpu")
+    assert state_path(out).read_bytes() == image.read_bytes()
+    state_path(out).unlink()
+    state_path(out).mkdir()
+    with pytest.raises(ValueError, match="is a folder"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    state_path(out).rmdir()
+    train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    out.unlink()  # the model moved away: its state still resumes the run
+    kept = state_path(out).read_bytes()
+    with pytest.raises(ValueError, match="training state of an earlier run"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=1, seed=9), device="cpu")
+    assert state_path(out).read_bytes() == kept
+    train(output=out, hq=hq_dir, settings=_settings(steps=1, seed=9), overwrite=True,
+          device="cpu")
+
+
 def test_an_output_folder_that_cannot_take_the_model_is_refused_before_training(
         hq_dir, tmp_path, monkeypatch):
     """A read-only or full file system was found only at the first checkpoint."""
@@ -340,6 +367,36 @@ def test_a_fine_tuned_run_resumes_and_keeps_where_it_started(hq_dir, tmp_path):
     assert training["step"] == 3 and training["init"] == "first.cvdm.safetensors"
 
 
+def test_a_run_fine_tuning_a_model_of_another_configuration_resumes(hq_dir, tmp_path):
+    """Found by a review: the start's configuration (here told the PSF width, as the
+    bundled model is) was compared with the settings' on resume, and the run record with
+    the opposite: no command could resume it."""
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=2, psf_conditioned=True),
+          device="cpu")
+    tuned = tmp_path / "tuned.cvdm.safetensors"
+    train(output=tuned, hq=hq_dir, settings=_settings(steps=2, init=str(first)), device="cpu")
+    train(output=tuned, hq=hq_dir, settings=_settings(steps=4), resume=True, device="cpu")
+    model = nc.load_model(tuned)
+    assert model.config.psf_conditioned and model.metadata["training"]["step"] == 4
+    assert model.metadata["training"]["init"] == "first.cvdm.safetensors"
+
+
+def test_resume_ignores_a_model_file_that_is_not_this_states_average(hq_dir, tmp_path):
+    """Found by a review: the state and the model were two writes; an interrupt between
+    them left a new run's state beside an earlier run's model, and resume took that model
+    as this run's average (and its history). Now they are one unit, and resume checks."""
+    out = tmp_path / "r.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=3, seed=1), device="cpu")
+    other = tmp_path / "other.cvdm.safetensors"
+    train(output=other, hq=hq_dir, settings=_settings(steps=6, seed=1), device="cpu")
+    other.replace(out)  # as if the run to resume were stopped before its model was written
+    train(output=out, hq=hq_dir, settings=_settings(steps=4, seed=1), resume=True,
+          device="cpu")
+    history = [entry["step"] for entry in nc.load_model(out).metadata["training"]["history"]]
+    assert 6 not in history and nc.load_model(out).metadata["training"]["step"] == 4
+
+
 def test_one_blank_pair_of_a_folder_is_left_out_and_small_held_out_images_are_fine(
         tmp_path, nuclei_truth, nuclei_widefield):
     """Found by a review: one blank file pair stopped the whole folder (it was skipped
@@ -365,3 +422,60 @@ def test_one_blank_pair_of_a_folder_is_left_out_and_small_held_out_images_are_fi
     data = prepare_data(hq=images, degradation=None, patch_size=32, validation_fraction=0.2,
                         validation_patches=2, seed=0, generator=torch.Generator().manual_seed(0))
     assert data.validation_names == ["image0[0]"]
+
+
+# -- from a review of the training entry points with unusual inputs -----------------------
+def test_options_a_fine_tune_would_ignore_are_refused(hq_dir, tmp_path):
+    """schedule and mean_network were ignored with init, and the card recorded them."""
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    for extra in ({"schedule": "linear"}, {"mean_network": False}):
+        out = tmp_path / "tuned.cvdm.safetensors"
+        with pytest.raises(ValueError, match="keeps the architecture and schedule"):
+            train(output=out, hq=hq_dir, settings=_settings(steps=1, init=str(first), **extra),
+                  device="cpu")
+        assert not out.exists()
+
+
+def test_the_largest_validation_fraction_keeps_an_image_to_train_on(tmp_path, nuclei_truth):
+    """0.95 (the maximum) of 6 images held out all six: a RuntimeError from the sampler."""
+    images = [nuclei_truth[i * 60:i * 60 + 60, :80] for i in range(6)]
+    out = tmp_path / "v.cvdm.safetensors"
+    train(output=out, hq=images, settings=_settings(steps=1, validation_fraction=0.95),
+          device="cpu")
+    info = nc.load_model(out).metadata["training"]
+    assert len(info["validation_images"]) == 5 and info["step"] == 1
+
+
+def test_small_patches_validate_and_the_held_out_patch_is_a_multiple_of_the_scale(
+        tmp_path, nuclei_truth):
+    """The 11 x 11 SSIM window failed on patches under 11 pixels (after the training); the
+    fallback patch for small held-out images was not a multiple of the scale, and the error
+    blamed the patch size the user gave."""
+    from napari_cvdm.data import Pair
+    from napari_cvdm.metrics import ssim
+    from napari_cvdm.training_data import _validation_patches
+
+    rng = np.random.default_rng(0)
+    target = rng.random((8, 8))
+    assert ssim(target, target) == pytest.approx(1.0)
+    assert 0 < ssim(target + rng.random((8, 8)), target) < 1
+    small = [Pair(np.zeros((14, 14), np.float32), np.zeros((42, 42), np.float32), "s")]
+    x, y = _validation_patches(small, 3, 48, 2, 0)[:2]
+    assert y.shape[-1] % 3 == 0 and y.shape[-1] == 24 and x.shape[-1] == y.shape[-1]
+    out = tmp_path / "p.cvdm.safetensors"
+    train(output=out, hq=[nuclei_truth[:64, :64]] * 2, device="cpu",
+          settings=_settings(steps=1, patch_size=8, validation_every=1))
+    assert nc.load_model(out).metadata["training"]["step"] == 1
+
+
+def test_rgb_arrays_and_folders_named_like_images_are_clear(tmp_path, hq_dir, nuclei_truth):
+    rgb = np.stack([nuclei_truth[:96, :96]] * 3, axis=-1)
+    with pytest.raises(ValueError, match="looks like an RGB image"):
+        train(output=tmp_path / "rgb.cvdm.safetensors", hq=[rgb], settings=_settings(steps=1),
+              device="cpu")
+    (hq_dir / "folder.tif").mkdir()  # a folder named like an image: not an input
+    (hq_dir / "loop.tif").symlink_to(hq_dir / "loop.tif")
+    out = tmp_path / "f.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    assert "folder.tif" not in str(nc.load_model(out).metadata["training"]["training_images"])

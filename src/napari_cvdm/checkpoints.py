@@ -1,7 +1,8 @@
 """Training checkpoints: the model file (EMA weights) plus a training-state file for resume.
 
-Both are written atomically, the state first: a crash between the two leaves a model file
-one checkpoint behind its state, and resume trusts only the state's step. The state holds
+Both are put in place together (``atomic.atomic_group``): all or none, also when the run is
+interrupted between the two renames; only SIGKILL or a power loss in that instant can leave
+a model file one checkpoint behind its state, and resume trusts only the state's step. The state holds
 the raw weights and Adam's moments, never pickle.
 """
 
@@ -14,7 +15,8 @@ from typing import Any
 
 import torch
 
-from .io import atomic_write, save_model
+from .atomic import atomic_group
+from .model_files import model_file_contents
 
 STATE_SUFFIX = ".train-state.safetensors"
 STATE_KEY = "napari_cvdm_state"
@@ -25,6 +27,17 @@ def state_path(output: Path) -> Path:
     stem = output.name.removesuffix(".safetensors") if output.name.endswith(".safetensors") \
         else output.name
     return output.with_name(stem + STATE_SUFFIX)
+
+
+def is_training_state(path: Path) -> bool:
+    """Whether ``path`` is a napari-cvdm training state (its header says so)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            return STATE_KEY in (fh.metadata() or {})
+    except Exception:  # not safetensors, damaged, unreadable
+        return False
 
 
 def save_checkpoint(output: Path, ema, model, optimizer, step: int,
@@ -41,10 +54,15 @@ def save_checkpoint(output: Path, ema, model, optimizer, step: int,
             if torch.is_tensor(value):
                 tensors[f"optim.{param_names[idx]}.{key}"] = value.detach().cpu().contiguous()
     header = {"step": step, "param_names": param_names, "config": model.config.to_dict(),
-              "run": run_record(metadata)}
-    with atomic_write(state_path(output)) as tmp:
-        save_file(tensors, str(tmp), metadata={STATE_KEY: json.dumps(header)})
-    save_model(ema, output)
+              "run": run_record(metadata),
+              # a fine-tuned model's configuration is its start's, not the settings'
+              "init": (metadata.get("training") or {}).get("init")}
+    model_tensors, model_header = model_file_contents(ema)
+    # one unit: an interrupt between two separate writes left a new run's state beside an
+    # earlier run's model, which a resume then took for this run's average
+    with atomic_group([state_path(output), output]) as (state_tmp, model_tmp):
+        save_file(tensors, str(state_tmp), metadata={STATE_KEY: json.dumps(header)})
+        save_file(model_tensors, str(model_tmp), metadata=model_header)
 
 
 def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
@@ -70,7 +88,11 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"cannot resume: the training state {path} has a damaged header")
     saved = header.get("config")
     try:
-        same = saved is None or type(config).from_dict(saved) == config
+        if header.get("init") and saved is not None:  # a fine-tune: the start's configuration
+            type(config).from_dict(saved)  # (the settings are compared by the run record)
+            same = True
+        else:
+            same = saved is None or type(config).from_dict(saved) == config
     except (TypeError, ValueError):
         same = False
     if not same:

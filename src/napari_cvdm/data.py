@@ -27,7 +27,8 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
             raise ValueError(f"the {role} folder {folder} is a file; give the folder that "
                              "holds the images")
         raise ValueError(f"{role} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_hidden(p))
+    files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_hidden(p)
+                   and p.is_file())  # a folder named x.tif, a link loop: not images
     if not files:
         raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
     return files
@@ -109,6 +110,9 @@ def _array_planes(image, name: str) -> list[np.ndarray]:
     if array.ndim < 2 or not np.issubdtype(array.dtype, np.number) or np.iscomplexobj(array):
         raise ValueError(f"{name} is not a real-valued image (shape {array.shape}, "
                          f"dtype {array.dtype})")
+    if array.ndim >= 3 and array.shape[-1] in (3, 4) and array.shape[-2] > 4:
+        raise ValueError(f"{name} looks like an RGB image (shape {array.shape}); give the "
+                         "channel to train on as a single-channel image")
     return list(array.reshape(-1, *array.shape[-2:]).astype(np.float32))
 
 
@@ -257,7 +261,8 @@ class PatchSampler:
 
 def _split_whole(items: list, fraction: float) -> tuple[list, list]:
     """Hold out evenly spaced whole items (deterministic: the same ones every run)."""
-    n_val = max(1, int(round(len(items) * fraction)))
+    # at least one held out, and at least one left to train on (0.95 of 6 held out all)
+    n_val = min(max(1, int(round(len(items) * fraction))), len(items) - 1)
     step = len(items) / n_val
     val_idx = {int(i * step) for i in range(n_val)}
     return ([x for i, x in enumerate(items) if i not in val_idx],

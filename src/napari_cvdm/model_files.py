@@ -33,10 +33,21 @@ def save_model(model, path: str | os.PathLike, half: bool = False,
     The metadata gets a complete model card and loses machine paths (file names stay).
     The file is written atomically with mode 0666 minus the umask (0644 usually).
     """
+    from safetensors.torch import save_file
+
+    tensors, header = model_file_contents(model, half)
+    path = Path(path)
+    with atomic_write(path, overwrite=overwrite) as tmp:
+        save_file(tensors, str(tmp), metadata=header)
+    return path
+
+
+def model_file_contents(model, half: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """What :func:`save_model` writes: the tensors (on the CPU) and the safetensors header,
+    for writers that put the file in place together with another (training checkpoints)."""
     import json
 
     import torch
-    from safetensors.torch import save_file
 
     from . import __version__
 
@@ -52,10 +63,7 @@ def save_model(model, path: str | os.PathLike, half: bool = False,
         "config": model.config.to_dict(),
         "metadata": clean_metadata(model.metadata),
     }
-    path = Path(path)
-    with atomic_write(path, overwrite=overwrite) as tmp:
-        save_file(tensors, str(tmp), metadata={"napari_cvdm": json.dumps(header)})
-    return path
+    return tensors, {"napari_cvdm": json.dumps(header)}
 
 
 def bundled_model_path(name: str) -> Path:
@@ -128,6 +136,18 @@ def training_output_problem(output, overwrite: bool = False, init=None, resume: 
                 "start from is kept as it is)")
     if holds == "model" and not (overwrite or resume):
         return f"{path} exists; choose a new file name, or replace it ({how_to_replace})"
+    from .checkpoints import is_training_state, state_path
+
+    state = state_path(path)  # written beside the model at every checkpoint: the same rules
+    if state.is_dir():
+        return f"{state} (where the training state goes) is a folder; choose another file name"
+    if state.exists() and not resume:
+        if not is_training_state(state):
+            return (f"{state} (where the training state goes) exists and is not a napari-cvdm "
+                    "training state; choose a new model file name (it is never replaced)")
+        if not overwrite:
+            return (f"{state} holds the training state of an earlier run (resume it with "
+                    f"--resume); choose a new file name, or replace it ({how_to_replace})")
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} exists and is read-only; choose another file"
     return None

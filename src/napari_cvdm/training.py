@@ -105,6 +105,12 @@ def _initial_model(settings: TrainingSettings):
     """(model, provenance) from ``settings.init`` (its weights, config and scale), or None."""
     if settings.init is None:
         return None, None
+    ignored = [f"{name} (--{name.replace('_', '-')})" for name, value in
+               (("schedule", settings.schedule), ("mean_network", settings.mean_network),
+                ("config_overrides", settings.config_overrides or None)) if value is not None]
+    if ignored:  # they would be ignored, and the model card would record them
+        raise ValueError(f"{', '.join(ignored)}: a fine-tuned model keeps the architecture and "
+                         "schedule of the model it starts from (init); leave them out")
     base = load_model(settings.init)
     name = os.path.basename(os.fspath(settings.init))
     return base, {"init": name, "init_step": base.metadata.get("training", {}).get("step")}
@@ -175,11 +181,18 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
         config = base.config
     else:
         config = _config(settings, data.scale)
+    state = read_state(output, config) if resume else None  # every check before any work
+    if state is not None and state[0].get("init") and state[0].get("config"):
+        # a fine-tuned run continues with the configuration of the model it started from
+        # (its preset and conditioning are not the settings'; --resume takes no --init)
+        config = type(config).from_dict(state[0]["config"])
+        if config.scale != data.scale:
+            raise ValueError(f"cannot resume {output}: it is a x{config.scale} model and the "
+                             f"training data are x{data.scale}")
     conditioned = config.psf_conditioned
     if degradation is not None and degradation.told_error > 0 and not conditioned:
         raise ValueError("told_error (--told-error) applies to a model told the PSF width; "
                          "add psf_conditioned (--psf-conditioned) or leave it at 0")
-    state = read_state(output, config) if resume else None  # every check before any work
     val_x, val_y = data.val_x.to(dev), data.val_y.to(dev)
 
     model = CVDM(config, metadata=base.metadata if base is not None else None)
@@ -218,8 +231,11 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
             raise ValueError(f"cannot resume {output}: the run is already at step "
                              f"{state[0]['step']}; give more steps than that to train further")
         start = load_state(state, model, optimizer, output)
-        if output.is_file():
-            previous = load_model(output)
+        previous = load_model(output) if output.is_file() else None
+        if previous is not None and (previous.config != config or previous.metadata.get(
+                "training", {}).get("step") != state[0]["step"]):
+            previous = None  # not this state's average (written by another run or step)
+        if previous is not None:
             ema.load_state_dict(previous.state_dict())
             metadata["training"]["history"] = (previous.metadata.get("training", {})
                                                .get("history", []))
@@ -230,6 +246,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                     metadata["training"][key] = before[key]
         else:
             ema.load_state_dict(model.state_dict())
+            if state[0].get("init"):  # still a fine-tune, for the card and the next resume
+                metadata["training"]["init"] = state[0]["init"]
         generator.manual_seed(settings.seed + start)
         if changes:  # recorded: the model card describes both parts of the run
             metadata["training"].setdefault("resumed_with", []).append(

@@ -6,6 +6,7 @@ re-simulates the optics (and swaps some generated images) at each ``refresh()``.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,7 +60,8 @@ class TrainingData:
 def _validation_patches(val_pairs, scale: int, patch: int, count: int, seed: int):
     usable = [p for p in val_pairs if min(p.hq.shape) >= patch]
     if not usable:
-        patch = max(scale * 8, min(min(p.hq.shape) for p in val_pairs) // 8 * 8)
+        step = math.lcm(8, scale)  # a multiple of the scale, as every patch is
+        patch = max(step, min(min(p.hq.shape) for p in val_pairs) // step * step)
         usable = [p for p in val_pairs if min(p.hq.shape) >= patch]
     if not usable:
         raise ValueError("the images are too small to hold out a validation patch; give larger "

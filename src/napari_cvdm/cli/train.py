@@ -100,6 +100,9 @@ def _check_train_args(args) -> None:
     if args.pairs is not None:
         given = [name for name, default in SIMULATION_DEFAULTS.items()
                  if _as_given(getattr(args, name)) != default]
+        if args.scale is not None:
+            raise ValueError("--scale: with --pairs the scale is measured, as the size ratio of "
+                             "the two folders' images; leave --scale out")
         if given:
             names = ", ".join("--" + name.replace("_", "-") for name in given)
             raise ValueError(f"{names} simulate inputs from high-quality images (--hq or "
