@@ -479,3 +479,66 @@ def test_rgb_arrays_and_folders_named_like_images_are_clear(tmp_path, hq_dir, nu
     out = tmp_path / "f.cvdm.safetensors"
     train(output=out, hq=hq_dir, settings=_settings(steps=1), device="cpu")
     assert "folder.tif" not in str(nc.load_model(out).metadata["training"]["training_images"])
+
+
+def test_resume_keeps_a_model_one_checkpoint_behind_and_what_the_start_brought(
+        hq_dir, tmp_path):
+    """A review of the resume check: a model file of the same run one checkpoint behind
+    its state (a kill between the two renames, a restored backup) restarted the average
+    and lost the history; a resumed fine-tune lost the start's default PSF width."""
+    import shutil
+
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=1, psf_conditioned=True),
+          device="cpu")
+    start = nc.load_model(first)
+    start.metadata["psf_sigma_default"] = 2.25  # a start told another width by default
+    nc.save_model(start, first)
+    out = tmp_path / "tuned.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=3, init=str(first)), device="cpu")
+    behind = tmp_path / "behind.cvdm.safetensors"
+    shutil.copy(out, behind)
+    train(output=out, hq=hq_dir, settings=_settings(steps=6), resume=True, device="cpu")
+    shutil.copy(behind, out)  # the state at step 6, the model at step 3
+    train(output=out, hq=hq_dir, settings=_settings(steps=7), resume=True, device="cpu")
+    training = nc.load_model(out).metadata["training"]
+    assert 3 in [entry["step"] for entry in training["history"]]
+    assert training["init"] == "first.cvdm.safetensors" and training["init_step"] == 1
+    assert nc.load_model(out).metadata["psf_sigma_default"] == 2.25
+
+
+def test_a_fine_tune_state_written_before_states_said_so_resumes(hq_dir, tmp_path):
+    """States written by the previous version have no 'init': the model file beside
+    the state tells that the run is a fine-tune."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from napari_cvdm.checkpoints import STATE_KEY, state_path
+
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=1, psf_conditioned=True),
+          device="cpu")
+    out = tmp_path / "tuned.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=2, init=str(first)), device="cpu")
+    state = state_path(out)
+    with safe_open(str(state), framework="pt") as fh:
+        header = json.loads(fh.metadata()[STATE_KEY])
+    del header["init"]
+    save_file(load_file(str(state)), str(state), metadata={STATE_KEY: json.dumps(header)})
+    train(output=out, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
+    assert nc.load_model(out).config.psf_conditioned
+
+
+def test_cvdm_train_resumes_a_x4_fine_tune_without_being_told_the_scale(hq_dir, tmp_path):
+    from napari_cvdm.cli import main
+
+    common = ["--hq", str(hq_dir), "--preset", "tiny", "--batch-size", "2", "--patch-size",
+              "32", "--validation-patches", "2", "--validation-steps", "2", "--device", "cpu"]
+    first = tmp_path / "x4.cvdm.safetensors"
+    assert main(["train", *common, "--scale", "4", "--steps", "1", "-o", str(first)]) == 0
+    out = tmp_path / "tuned.cvdm.safetensors"
+    assert main(["train", *common, "--init", str(first), "--steps", "1", "-o", str(out)]) == 0
+    assert main(["train", *common, "--steps", "2", "--resume", "-o", str(out)]) == 0
+    assert nc.load_model(out).config.scale == 4

@@ -65,6 +65,40 @@ def save_checkpoint(output: Path, ema, model, optimizer, step: int,
         save_file(model_tensors, str(model_tmp), metadata=model_header)
 
 
+def model_file_training(path: Path) -> dict[str, Any]:
+    """The ``training`` record in a model file's header ({} where there is none or it cannot
+    be read); the header only, no weights."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            header = json.loads((fh.metadata() or {})["napari_cvdm"])
+        training = header["metadata"]["training"]
+        return training if isinstance(training, dict) else {}
+    except Exception:  # missing, damaged, not a model
+        return {}
+
+
+def state_scale(output: Path) -> int | None:
+    """The scale of the model a training state holds (its header only), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(state_path(output)), framework="pt") as fh:
+            scale = json.loads((fh.metadata() or {})[STATE_KEY])["config"]["scale"]
+        return scale if isinstance(scale, int) else None
+    except Exception:  # missing or damaged: read_state says so, with its message
+        return None
+
+
+def is_fine_tune(header: dict, output: Path) -> bool:
+    """Whether the run a state continues started from a model (``init``): the state says
+    so; a state written before it did is asked of its model file (the same run's record)."""
+    if "init" in header:
+        return bool(header["init"])
+    return bool(model_file_training(output).get("init"))
+
+
 def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
     """The state file's header and tensors, checked against ``config`` before any use.
 
@@ -88,7 +122,7 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
         raise ValueError(f"cannot resume: the training state {path} has a damaged header")
     saved = header.get("config")
     try:
-        if header.get("init") and saved is not None:  # a fine-tune: the start's configuration
+        if saved is not None and is_fine_tune(header, output):  # the start's configuration
             type(config).from_dict(saved)  # (the settings are compared by the run record)
             same = True
         else:

@@ -142,12 +142,13 @@ def training_output_problem(output, overwrite: bool = False, init=None, resume: 
     if state.is_dir():
         return f"{state} (where the training state goes) is a folder; choose another file name"
     if state.exists() and not resume:
-        if not is_training_state(state):
+        if not is_training_state(state) and not (holds == "model" and overwrite):
+            # (beside a model of ours, a damaged state of its run may be replaced)
             return (f"{state} (where the training state goes) exists and is not a napari-cvdm "
                     "training state; choose a new model file name (it is never replaced)")
         if not overwrite:
-            return (f"{state} holds the training state of an earlier run (resume it with "
-                    f"--resume); choose a new file name, or replace it ({how_to_replace})")
+            return (f"{state} holds the training state of an earlier run, which can be "
+                    f"resumed; choose a new file name, or replace it ({how_to_replace})")
     if path.exists() and not os.access(path, os.W_OK):
         return f"{path} exists and is read-only; choose another file"
     return None

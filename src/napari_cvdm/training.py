@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
-                          save_checkpoint, state_path)
+from .checkpoints import (check_same_run, is_fine_tune, load_state, read_state,  # noqa: F401
+                          run_record, save_checkpoint, state_path)
 from .degradation import Degradation, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
@@ -105,8 +105,9 @@ def _initial_model(settings: TrainingSettings):
     """(model, provenance) from ``settings.init`` (its weights, config and scale), or None."""
     if settings.init is None:
         return None, None
-    ignored = [f"{name} (--{name.replace('_', '-')})" for name, value in
-               (("schedule", settings.schedule), ("mean_network", settings.mean_network),
+    ignored = [name for name, value in
+               (("schedule (--schedule)", settings.schedule),
+                ("mean_network (--mean-network)", settings.mean_network),
                 ("config_overrides", settings.config_overrides or None)) if value is not None]
     if ignored:  # they would be ignored, and the model card would record them
         raise ValueError(f"{', '.join(ignored)}: a fine-tuned model keeps the architecture and "
@@ -114,6 +115,18 @@ def _initial_model(settings: TrainingSettings):
     base = load_model(settings.init)
     name = os.path.basename(os.fspath(settings.init))
     return base, {"init": name, "init_step": base.metadata.get("training", {}).get("step")}
+
+
+def _same_run_model(previous: CVDM, config, header: dict) -> bool:
+    """Whether a model file holds this state's run: its configuration, its run record (where
+    both have one) and a step not past the state's (one checkpoint behind is the same run:
+    a kill between the two renames, a restored backup)."""
+    training = previous.metadata.get("training", {}) or {}
+    step = training.get("step")
+    if previous.config != config or not isinstance(step, int) or step > header["step"]:
+        return False
+    saved = header.get("run")
+    return not isinstance(saved, dict) or run_record(previous.metadata) == saved
 
 
 def _prepare_model(model: CVDM, dev: torch.device, low_precision: bool) -> CVDM:
@@ -182,7 +195,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     else:
         config = _config(settings, data.scale)
     state = read_state(output, config) if resume else None  # every check before any work
-    if state is not None and state[0].get("init") and state[0].get("config"):
+    if state is not None and state[0].get("config") and is_fine_tune(state[0], output):
         # a fine-tuned run continues with the configuration of the model it started from
         # (its preset and conditioning are not the settings'; --resume takes no --init)
         config = type(config).from_dict(state[0]["config"])
@@ -232,10 +245,14 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                              f"{state[0]['step']}; give more steps than that to train further")
         start = load_state(state, model, optimizer, output)
         previous = load_model(output) if output.is_file() else None
-        if previous is not None and (previous.config != config or previous.metadata.get(
-                "training", {}).get("step") != state[0]["step"]):
-            previous = None  # not this state's average (written by another run or step)
+        if previous is not None and not _same_run_model(previous, config, state[0]):
+            say(f"{output} is not this run's model (another run, or past this state's step): "
+                "the running average starts again from the state's weights")
+            previous = None
         if previous is not None:
+            for key in ("normalization", "psf_sigma_default"):  # what the start brought
+                if key in previous.metadata:
+                    metadata[key] = previous.metadata[key]
             ema.load_state_dict(previous.state_dict())
             metadata["training"]["history"] = (previous.metadata.get("training", {})
                                                .get("history", []))
@@ -246,7 +263,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                     metadata["training"][key] = before[key]
         else:
             ema.load_state_dict(model.state_dict())
-            if state[0].get("init"):  # still a fine-tune, for the card and the next resume
+            if is_fine_tune(state[0], output) and state[0].get("init"):  # for the next resume
                 metadata["training"]["init"] = state[0]["init"]
         generator.manual_seed(settings.seed + start)
         if changes:  # recorded: the model card describes both parts of the run

@@ -151,6 +151,10 @@ def run(args) -> int:
             from ..io import load_model
 
             scale = load_model(args.init).config.scale
+        elif args.resume and args.scale is None:  # the run's own scale (a x4 fine-tune, say)
+            from ..checkpoints import state_scale
+
+            scale = state_scale(args.output) or scale
         sigma = args.psf_sigma[0] if len(args.psf_sigma) == 1 else tuple(args.psf_sigma)
         degradation = Degradation(psf=args.psf, psf_sigma=sigma, scale=scale,
                                   photons=tuple(args.photons), background=tuple(args.background),
