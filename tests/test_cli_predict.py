@@ -161,12 +161,13 @@ def test_sigterm_and_sighup_clean_up_as_ctrl_c_does(two_tiffs, tiny_model_file, 
     try:
         before = signal.getsignal(sig)
         code = _cli(two_tiffs, out, tiny_model_file)
+        after = signal.getsignal(sig)
     finally:
         signal.signal(sig, inherited)
     assert code == 128 + sig and "no partial output was written" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["first_cvdm_mean.tif", "first_cvdm_std.tif",
                                                    "first_cvdm_var.tif"]
-    assert signal.getsignal(sig) is before  # handed back after the command
+    assert after is before  # handed back after the command
 
 
 @pytest.mark.parametrize("before", ["default", "ignored", "handled"])
