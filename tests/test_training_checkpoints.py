@@ -38,19 +38,24 @@ def _state_step(path: Path) -> int:
         return int(json.loads(fh.metadata()["napari_cvdm_state"])["step"])
 
 
+def _checkpointing_command(tmp_path, nuclei_truth):
+    """(model path, `cvdm train` command without --steps) that checkpoints every step."""
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
+    out = tmp_path / "m.cvdm.safetensors"
+    return out, [sys.executable, "-m", "napari_cvdm.cli", "train", "--hq", str(hq), "--preset",
+                 "tiny", "-o", str(out), "--patch-size", "32", "--batch-size", "2",
+                 "--photons", "50", "100", "--checkpoint-every", "1", "--validate-every",
+                 "100000", "--device", "cpu"]
+
+
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_path,
                                                                          nuclei_truth):
     from napari_cvdm.training import state_path
 
-    hq = tmp_path / "hq"
-    hq.mkdir()
-    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
-    out = tmp_path / "m.cvdm.safetensors"
-    args = [sys.executable, "-m", "napari_cvdm.cli", "train", "--hq", str(hq), "--preset",
-            "tiny", "-o", str(out), "--patch-size", "32", "--batch-size", "2",
-            "--photons", "50", "100", "--checkpoint-every", "1", "--validate-every", "100000",
-            "--device", "cpu"]
+    out, args = _checkpointing_command(tmp_path, nuclei_truth)
     proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
@@ -83,15 +88,8 @@ def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_pat
 def test_sigterm_stops_training_like_ctrl_c_keeping_the_checkpoint(tmp_path, nuclei_truth):
     """A batch scheduler's time limit (SIGTERM) used to end training where it stood; now
     it is a cancel: exit 143, the checkpoint named, no temporary file left behind."""
-    hq = tmp_path / "hq"
-    hq.mkdir()
-    tifffile.imwrite(hq / "a.tif", nuclei_truth[:120, :120])
-    out = tmp_path / "m.cvdm.safetensors"
-    args = [sys.executable, "-m", "napari_cvdm.cli", "train", "--hq", str(hq), "--preset",
-            "tiny", "-o", str(out), "--patch-size", "32", "--batch-size", "2",
-            "--photons", "50", "100", "--checkpoint-every", "1", "--validate-every", "100000",
-            "--device", "cpu", "--steps", "100000"]
-    proc = subprocess.Popen(args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    out, args = _checkpointing_command(tmp_path, nuclei_truth)
+    proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
         deadline = time.monotonic() + 240

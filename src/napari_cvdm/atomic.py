@@ -81,7 +81,6 @@ def atomic_group(paths: Sequence[str | os.PathLike],
     """
     targets = [Path(p) for p in paths]
     temps: list[Path] = []
-    current = targets[0].parent
     try:
         for path in targets:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -102,7 +101,7 @@ def atomic_group(paths: Sequence[str | os.PathLike],
     except FileExistsError:
         raise
     except OSError as exc:
-        where = Path(exc.filename) if getattr(exc, "filename", None) else current
+        where = Path(exc.filename) if getattr(exc, "filename", None) else targets[0].parent
         for tmp, path in zip(temps, targets):  # name the output, not its temporary twin
             if where == tmp:
                 where = path

@@ -121,8 +121,9 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
             or not isinstance(header.get("param_names"), list) or header["step"] < 0:
         raise ValueError(f"cannot resume: the training state {path} has a damaged header")
     saved = header.get("config")
+    header["fine_tune"] = is_fine_tune(header, output)  # asked once (it may read the model)
     try:
-        if saved is not None and is_fine_tune(header, output):  # the start's configuration
+        if saved is not None and header["fine_tune"]:  # the start's configuration
             type(config).from_dict(saved)  # (the settings are compared by the run record)
             same = True
         else:

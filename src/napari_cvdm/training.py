@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoints import (check_same_run, is_fine_tune, load_state, read_state,  # noqa: F401
+from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
                           run_record, save_checkpoint, state_path)
 from .degradation import Degradation, told_widths
 from .devices import resolve_device
@@ -195,7 +195,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     else:
         config = _config(settings, data.scale)
     state = read_state(output, config) if resume else None  # every check before any work
-    if state is not None and state[0].get("config") and is_fine_tune(state[0], output):
+    if state is not None and state[0].get("config") and state[0]["fine_tune"]:
         # a fine-tuned run continues with the configuration of the model it started from
         # (its preset and conditioning are not the settings'; --resume takes no --init)
         config = type(config).from_dict(state[0]["config"])
@@ -263,7 +263,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                     metadata["training"][key] = before[key]
         else:
             ema.load_state_dict(model.state_dict())
-            if is_fine_tune(state[0], output) and state[0].get("init"):  # for the next resume
+            if state[0]["fine_tune"] and state[0].get("init"):  # for the next resume
                 metadata["training"]["init"] = state[0]["init"]
         generator.manual_seed(settings.seed + start)
         if changes:  # recorded: the model card describes both parts of the run
