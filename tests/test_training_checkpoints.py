@@ -89,8 +89,8 @@ def test_sigterm_stops_training_like_ctrl_c_keeping_the_checkpoint(tmp_path, nuc
     """A batch scheduler's time limit (SIGTERM) used to end training where it stood; now
     it is a cancel: exit 143, the checkpoint named, no temporary file left behind."""
     out, args = _checkpointing_command(tmp_path, nuclei_truth)
-    proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 240
         while not out.is_file() and time.monotonic() < deadline and proc.poll() is None:
