@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -50,27 +51,34 @@ def _checkpointing_command(tmp_path, nuclei_truth):
                  "100000", "--device", "cpu"]
 
 
-@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
-def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_path,
-                                                                         nuclei_truth):
-    from napari_cvdm.training import state_path
-
+@contextlib.contextmanager
+def _after_first_checkpoint(tmp_path, nuclei_truth, stderr=subprocess.DEVNULL):
+    """A long `cvdm train` run, yielded as (model path, command, process) once it has written
+    its first checkpoint; killed on leaving if it still runs."""
     out, args = _checkpointing_command(tmp_path, nuclei_truth)
     proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=stderr, text=True)
     try:
         deadline = time.monotonic() + 240
         while not out.is_file() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         assert out.is_file(), "training wrote no checkpoint"
-        # Kill at an arbitrary moment, most likely in the middle of a checkpoint write.
-        time.sleep(0.37)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+        time.sleep(0.37)  # an arbitrary moment, most likely in the middle of a checkpoint write
+        yield out, args, proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_path,
+                                                                         nuclei_truth):
+    from napari_cvdm.training import state_path
+
+    with _after_first_checkpoint(tmp_path, nuclei_truth) as (out, args, proc):
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     model = load_model(out)  # complete, whatever the moment of the kill
     step = _state_step(state_path(out))
     assert 1 <= model.metadata["training"]["step"] <= step
@@ -88,21 +96,9 @@ def test_killing_training_never_corrupts_the_checkpoint_and_resume_works(tmp_pat
 def test_sigterm_stops_training_like_ctrl_c_keeping_the_checkpoint(tmp_path, nuclei_truth):
     """A batch scheduler's time limit (SIGTERM) used to end training where it stood; now
     it is a cancel: exit 143, the checkpoint named, no temporary file left behind."""
-    out, args = _checkpointing_command(tmp_path, nuclei_truth)
-    proc = subprocess.Popen(args + ["--steps", "100000"], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while not out.is_file() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert out.is_file(), "training wrote no checkpoint"
-        time.sleep(0.37)
+    with _after_first_checkpoint(tmp_path, nuclei_truth, subprocess.PIPE) as (out, _, proc):
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "cvdm train:" in err and str(out.name) in err
     load_model(out)

@@ -29,14 +29,24 @@ def state_path(output: Path) -> Path:
     return output.with_name(stem + STATE_SUFFIX)
 
 
-def is_training_state(path: Path) -> bool:
-    """Whether ``path`` is a napari-cvdm training state (its header says so)."""
+def _header_entry(path: Path, key: str) -> Any:
+    """The JSON entry ``key`` of a safetensors file's header (the header only, no tensors).
+
+    KeyError where it has none; SafetensorError, OSError or ValueError where the file is
+    missing, damaged or not safetensors.
+    """
     from safetensors import safe_open
 
+    with safe_open(str(path), framework="pt") as fh:
+        return json.loads((fh.metadata() or {})[key])
+
+
+def is_training_state(path: Path) -> bool:
+    """Whether ``path`` is a napari-cvdm training state (its header says so)."""
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            return STATE_KEY in (fh.metadata() or {})
-    except Exception:  # not safetensors, damaged, unreadable
+        _header_entry(path, STATE_KEY)
+        return True
+    except Exception:  # not safetensors, damaged, unreadable, not a state
         return False
 
 
@@ -68,12 +78,8 @@ def save_checkpoint(output: Path, ema, model, optimizer, step: int,
 def model_file_training(path: Path) -> dict[str, Any]:
     """The ``training`` record in a model file's header ({} where there is none or it cannot
     be read); the header only, no weights."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = json.loads((fh.metadata() or {})["napari_cvdm"])
-        training = header["metadata"]["training"]
+        training = _header_entry(path, "napari_cvdm")["metadata"]["training"]
         return training if isinstance(training, dict) else {}
     except Exception:  # missing, damaged, not a model
         return {}
@@ -81,11 +87,8 @@ def model_file_training(path: Path) -> dict[str, Any]:
 
 def state_scale(output: Path) -> int | None:
     """The scale of the model a training state holds (its header only), or None."""
-    from safetensors import safe_open
-
     try:
-        with safe_open(str(state_path(output)), framework="pt") as fh:
-            scale = json.loads((fh.metadata() or {})[STATE_KEY])["config"]["scale"]
+        scale = _header_entry(state_path(output), STATE_KEY)["config"]["scale"]
         return scale if isinstance(scale, int) else None
     except Exception:  # missing or damaged: read_state says so, with its message
         return None
@@ -104,15 +107,14 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
 
     ValueError for a missing, truncated or foreign file, or one of another configuration.
     """
-    from safetensors import SafetensorError, safe_open
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = state_path(output)
     if not path.is_file():
         raise ValueError(f"cannot resume: the training state {path} is missing")
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            header = json.loads((fh.metadata() or {})[STATE_KEY])
+        header = _header_entry(path, STATE_KEY)
         tensors = load_file(str(path))
     except (SafetensorError, KeyError, OSError, ValueError, RecursionError) as exc:
         raise ValueError(f"cannot resume: the training state {path} is damaged or not a "
