@@ -247,6 +247,19 @@ def test_two_inputs_that_would_overwrite_each_other_are_refused(tmp_path, two_ti
     assert not (tmp_path / "o").exists()
 
 
+def test_one_sample_is_warned_about_and_still_written(two_tiffs, tiny_model_file, tmp_path,
+                                                     capsys):
+    out = tmp_path / "out"
+    code = main(["predict", str(two_tiffs[0]), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "1", "--steps", "2", "--seed", "0"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    assert "first.tif: one sample was drawn" in err
+    assert (out / "first_cvdm_std.tif").is_file()
+    code = _cli([two_tiffs[1]], out, tiny_model_file)  # two samples: nothing to say
+    assert code == 0 and "one sample" not in capsys.readouterr().err
+
+
 def test_names_with_dots_keep_all_but_the_image_extension(tmp_path, two_tiffs,
                                                           tiny_model_file, capsys):
     # dates and sizes in names are common: 2024.01.05_cell_0.5um.ome.tif

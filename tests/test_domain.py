@@ -103,3 +103,9 @@ def test_each_axis_pixel_size_is_checked_and_pixels_that_are_not_square_are_flag
     assert any("pixel size" in m and "along Y" in m for m in out) == far
     assert any("not square" in m for m in out) == (not square)
     assert len(out) == far + (not square)
+
+
+def test_one_sample_is_said_to_measure_no_uncertainty(nuclei_widefield):
+    (message,) = input_warnings(nuclei_widefield, _Model(), samples=1)
+    assert "one sample" in message and "at least 2 samples" in message
+    assert input_warnings(nuclei_widefield, _Model(), samples=2) == []

@@ -580,3 +580,18 @@ def test_the_psf_width_reaches_a_conditioned_model_and_is_recorded(qtbot, viewer
         assert notifications["error"] == []
         assert viewer.layers["cells CVDM mean"].metadata["cvdm"]["psf_sigma"] == expected
     assert len(warned) == 1 and "PSF width 9" in warned[0]
+
+
+def test_one_sample_is_notified_as_no_uncertainty(qtbot, viewer_and_widget, tiny_model_file,
+                                                  notifications, monkeypatch):
+    warned = []
+    monkeypatch.setattr(widget_module, "show_warning", warned.append)
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    for samples in (2, 1):
+        configure(widget, tiny_model_file, samples=samples)
+        widget._run.native.click()
+        wait_until_idle(qtbot, widget)
+        assert notifications["error"] == []
+    assert "cells CVDM std" in viewer.layers  # still shown, and said what it is
+    assert len(warned) == 1 and "one sample was drawn" in warned[0]

@@ -383,7 +383,8 @@ class ReconstructionWidget(Container):
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance, crop)
-            warned = (input_warnings(layer, model, options.settings.psf_sigma, crop)
+            warned = (input_warnings(layer, model, options.settings.psf_sigma, crop,
+                                     options.settings.samples)
                       if model is not None else ())
             for message in warned:
                 show_warning(f"CVDM: {message}")

@@ -95,11 +95,11 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
 
 
 def input_warnings(image, model, pixel_size=None, unit=None,
-                   psf_sigma: float | None = None) -> list[str]:
+                   psf_sigma: float | None = None, samples: int | None = None) -> list[str]:
     """Why a result on ``image`` (Y, X or a stack: its first plane is checked, input units)
     may not be trustworthy; ``pixel_size`` in ``unit`` where the file says it: one number
     (X), or (Y, X) sizes with one unit or one per axis; ``psf_sigma`` the PSF width a
-    conditioned model is told (None: its default)."""
+    conditioned model is told (None: its default); ``samples`` the samples drawn."""
     plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
     out = []
     correlation = neighbour_correlation(plane)
@@ -116,6 +116,10 @@ def input_warnings(image, model, pixel_size=None, unit=None,
                    "result")
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
     out.extend(_psf_warnings(model, psf_sigma))
+    if samples == 1:
+        out.append("one sample was drawn, so the uncertainty is not measured (the samples' "
+                   "variance is 0; the std is the calibration's floor, not an error bar). "
+                   "Draw at least 2 samples (8 by default) for an uncertainty")
     return out
 
 

@@ -134,7 +134,7 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     settings, psf_from = _resolved(settings, image.data)
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings, psf_from))
-    _warn_about_input(task, image.data, model, image.physical, settings.psf_sigma, warn)
+    _warn_about_input(task, image.data, model, image.physical, settings, warn)
     result = napari_cvdm.predict(image.data, settings=settings, progress=progress)
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
@@ -164,7 +164,7 @@ def _reader_warnings(warn):
             warnings.warn(record.message, record.category, stacklevel=3)
 
 
-def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -> None:
+def _warn_about_input(task: FileTask, image, model, physical, settings, warn) -> None:
     """``warn`` each reason why a result on this input may not be trustworthy; ``physical``
     the file's sizes per axis ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
     from .domain import input_warnings
@@ -173,7 +173,8 @@ def _warn_about_input(task: FileTask, image, model, physical, psf_sigma, warn) -
         return  # the checks read the image: not for nobody
     sizes = [physical.get(axis) for axis in "YX"]
     for message in input_warnings(image, model, [p.size if p else None for p in sizes],
-                                  [p.unit if p else None for p in sizes], psf_sigma=psf_sigma):
+                                  [p.unit if p else None for p in sizes],
+                                  psf_sigma=settings.psf_sigma, samples=settings.samples):
         warn(f"{task.input.name}: {message}")
 
 
@@ -206,7 +207,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
                     f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
     run_provenance = _run_provenance(spec, settings, psf_from)
-    _warn_about_input(task, array, model, meta["physical"], settings.psf_sigma, warn)
+    _warn_about_input(task, array, model, meta["physical"], settings, warn)
     result = napari_cvdm.predict(array, settings=settings, progress=progress)
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
                    provenance=run_provenance,

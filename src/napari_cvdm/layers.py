@@ -366,14 +366,14 @@ def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
 
 
 def input_warnings(layer, model, psf_sigma: float | None = None,
-                   crop: Crop | None = None) -> list[str]:
+                   crop: Crop | None = None, samples: int | None = None) -> list[str]:
     """Why a result on this layer (its ``crop`` where given: the pixels reconstructed) may
     not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
     units = [str(u) for u in getattr(layer, "units", ())][-2:] or None
     return warnings_for(layer_image(layer, crop), model, tuple(float(s) for s in layer.scale[-2:]),
-                        units, psf_sigma)
+                        units, psf_sigma, samples)
 
 
 def _model_path(source: str | os.PathLike) -> Path:
@@ -700,7 +700,8 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     if not is_lazy(layer):
         image = layer.data if crop is None else layer_image(layer, crop)
         result = predict(image, net, settings=s, progress=progress, cancel=cancel)
-        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma, crop=crop):
+        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma, crop=crop,
+                                      samples=s.samples):
             warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
         return show_result(viewer, layer, result, show, provenance, crop)
     result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)
