@@ -104,6 +104,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.hq is None and args.synthetic < 1:
         p.error("no held-out images: give --hq HELD_OUT_DIR and/or --synthetic N (N >= 1)")
+    if args.samples < 2:
+        p.error("--samples must be at least 2: one sample has no spread to calibrate")
     model = nc.load_model(args.model)
     deg = model.metadata.get("training", {}).get("data", {}).get("degradation")
     # A model trained on measured pairs records no optics: simulate the typical widefield

@@ -81,6 +81,19 @@ def test_fit_needs_enough_pixels():
         calibration.fit(np.ones(10), np.ones(10))
 
 
+def test_fit_needs_a_std_that_varies_and_errors():
+    """One sample (std 0 everywhere) failed with a NumPy message from the binning; errors
+    all zero gave a table (scale 0) that the model file then refused on load."""
+    errors = np.random.default_rng(0).random(1000)
+    for std in (np.zeros(1000), np.full(1000, 0.3)):
+        with pytest.raises(ValueError, match="std that varies"):
+            calibration.fit(std, errors)
+        with pytest.raises(ValueError, match="std that varies"):
+            calibration.fit(std, errors, mean=np.zeros(1000))
+    with pytest.raises(ValueError, match="every prediction equals its target"):
+        calibration.fit(np.linspace(0.1, 1, 1000), np.zeros(1000))
+
+
 def _brightness_dependent(seed=0, n=60000):
     """Errors 3x the reported std on bright pixels and 0.6x on dark ones (the bias the
     samples miss sits on structure)."""
@@ -182,3 +195,6 @@ def test_calibrate_model_script_writes_where_told_at_any_scale_and_needs_images(
     with pytest.raises(SystemExit) as stop:
         script.main([str(source), "--synthetic", "0"])
     assert stop.value.code == 2 and "no held-out images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # was a NumPy error after every prediction
+        script.main([str(source), "--synthetic", "1", "--samples", "1"])
+    assert stop.value.code == 2 and "at least 2" in capsys.readouterr().err

@@ -19,7 +19,11 @@ FAST = {"samples": 2, "steps": 2}
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory):
-    model = nc.CVDM(nc.CVDMConfig.preset("tiny"), metadata={"name": "tiny-test"})
+    # a calibration and a normalisation of its own: the package must use them
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"), metadata={
+        "name": "tiny-test", "normalization": {"percentiles": [2.0, 98.0]},
+        "calibration": {"method": "isotonic", "scale": 4.0, "log_std": [-6.0, 0.0],
+                        "std": [0.05, 3.0]}})
     return model, export_bioimageio(model, tmp_path_factory.mktemp("x") / "tiny.zip", FAST)
 
 
@@ -61,6 +65,20 @@ def test_the_described_network_reproduces_the_test_output(package, tmp_path):
     assert out.shape == (1, 2, 128, 128) == expected.shape
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert (out[:, 1] >= 0).all()
+
+
+def test_the_package_gives_what_predict_gives_with_the_same_settings(package, tmp_path):
+    """The package's std is the calibrated one and its normalisation the model's (both were
+    lost: a consumer builds the sampler from its kwargs, without the model file)."""
+    model, path = package
+    with zipfile.ZipFile(path) as archive:
+        test_input = np.load(archive.open("test_input.npy"))
+        expected = np.load(archive.open("test_output.npy"))
+    result = nc.predict(test_input[0, 0], model, **FAST, eta=0.0, seed=0, sampler="ddim",
+                        device="cpu")
+    np.testing.assert_allclose(expected[0, 0], result.mean, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(expected[0, 1], result.std, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(result.std, result.sample_std)  # the calibration does something
 
 
 def test_load_model_reads_a_package_without_unpickling(package):
@@ -117,6 +135,42 @@ def test_export_checks_its_output_before_any_work(tmp_path):
         with pytest.raises(ValueError, match=message):
             export_bioimageio(model, output, FAST, overwrite=True)
 
+
+@pytest.mark.parametrize(("sampling", "message"), [
+    ({"sample": 2}, "unknown sampling setting.*'sample'"),  # a typo: was a bare TypeError
+    ({"seed": None}, "fixed seed"),  # drew a new seed on every call of the package
+    ({"samples": 0}, "samples"),
+])
+def test_export_refuses_unusable_sampling_settings_before_any_work(tmp_path, monkeypatch,
+                                                                   sampling, message):
+    import napari_cvdm.model_files as model_files
+
+    monkeypatch.setattr(model_files, "resolve_model", None)  # never reached
+    with pytest.raises(ValueError, match=message):
+        export_bioimageio("demo", tmp_path / "p.zip", sampling)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_licence_that_is_no_spdx_id_is_one_line_before_any_work(tmp_path, monkeypatch,
+                                                                  capsys):
+    """bioimage.io's own message (20 kB on one line, every licence it knows) came after
+    the sampling; now one line before it."""
+    from napari_cvdm.cli import main
+
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"), metadata={"card": {"license": "CC BY 4.0"}})
+    source = nc.save_model(model, tmp_path / "lic.cvdm.safetensors")
+    import napari_cvdm.bioimageio_model as sampler_module
+
+    monkeypatch.setattr(sampler_module, "CVDMSampler", None)  # the work: never reached
+    assert main(["export", str(source), "--bioimageio", str(tmp_path / "p.zip")]) == 2
+    err = capsys.readouterr().err
+    assert "'CC BY 4.0' is not an SPDX" in err and len(err) < 400
+    assert not (tmp_path / "p.zip").exists()
+
+
+def test_an_upper_case_zip_suffix_is_a_package_name(tmp_path):
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"))
+    assert export_bioimageio(model, tmp_path / "MODEL.ZIP", FAST).is_file()
 
 
 def test_cvdm_info_shows_the_card_of_a_package(package, capsys):

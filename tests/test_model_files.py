@@ -65,10 +65,11 @@ def test_the_hint_and_the_converter_agree():
     command = PICKLE_HINT.format(path="IN.pt", suffix=".pt").split("convert it once with:")[1]
     words = command.split()
     assert words[:3] == ["python", "-m", "napari_cvdm.convert"]
-    args = [w for w in words[3:] if w not in ("[--scale", "S]")]
+    args = words[3:]
     args[args.index("PRESET")] = "tiny"
-    parsed = convert_module._parser().parse_args(args + ["--scale", "2"])
-    assert parsed.preset == "tiny" and parsed.scale == 2
+    args[args.index("S")] = "3"
+    parsed = convert_module._parser().parse_args(args)
+    assert parsed.preset == "tiny" and parsed.scale == 3
 
 
 def test_conversion_of_a_trusted_checkpoint_gives_the_same_model(tmp_path, tiny_model):
@@ -94,7 +95,7 @@ def test_conversion_replaces_an_existing_output_only_when_told(tmp_path, tiny_mo
     pt = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), pt)
     out = tmp_path / "x.cvdm.safetensors"
-    args = [str(pt), str(out), "--preset", "tiny"]
+    args = [str(pt), str(out), "--preset", "tiny", "--scale", "2"]
     assert convert_module.main(args) == 0
     first = out.read_bytes()
     assert convert_module.main(args + ["--half"]) == 2
@@ -103,20 +104,47 @@ def test_conversion_replaces_an_existing_output_only_when_told(tmp_path, tiny_mo
     assert out.read_bytes() != first
     image = tmp_path / "image.cvdm.safetensors"
     image.write_bytes(b"not a model")
-    assert convert_module.main([str(pt), str(image), "--preset", "tiny", "--overwrite"]) == 2
+    assert convert_module.main([str(pt), str(image), "--preset", "tiny", "--scale", "2",
+                                "--overwrite"]) == 2
     assert image.read_bytes() == b"not a model"
 
 
-def test_conversion_refuses_weights_of_another_preset_or_scale(tmp_path, tiny_model, capsys):
+def test_conversion_refuses_weights_of_another_preset_in_a_short_message(tmp_path, tiny_model,
+                                                                         capsys):
     pt = tmp_path / "tiny.pt"
     torch.save(tiny_model.state_dict(), pt)
     out = tmp_path / "x.cvdm.safetensors"
-    assert convert_module.main([str(pt), str(out), "--preset", "small"]) == 2
-    assert "do not fit the 'small' preset" in capsys.readouterr().err
+    assert convert_module.main([str(pt), str(out), "--preset", "small", "--scale", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "do not fit the 'small' preset" in err and "of another shape" in err
+    assert len(err) < 1000  # torch's message listed every key (11 kB on one line)
     assert not out.exists()
     assert convert_module.main([str(pt), str(tmp_path / "x.safetensors"),
-                                "--preset", "tiny"]) == 2
+                                "--preset", "tiny", "--scale", "2"]) == 2
     assert ".cvdm.safetensors" in capsys.readouterr().err
+
+
+def test_conversion_needs_the_scale_which_the_weights_cannot_tell(tmp_path, tiny_model,
+                                                                   capsys):
+    """The weights are the same at every scale: with a default of 2, a x4 checkpoint became
+    a x2 model without a word."""
+    pt = tmp_path / "tiny.pt"
+    torch.save(tiny_model.state_dict(), pt)
+    out = tmp_path / "x.cvdm.safetensors"
+    with pytest.raises(SystemExit) as exit_:
+        convert_module.main([str(pt), str(out), "--preset", "tiny"])
+    assert exit_.value.code == 2 and "--scale" in capsys.readouterr().err
+    assert convert_module.main([str(pt), str(out), "--preset", "tiny", "--scale", "4"]) == 0
+    assert load_model(out).config.scale == 4
+
+
+def test_an_averaged_model_checkpoint_converts(tmp_path, tiny_model):
+    averaged = torch.optim.swa_utils.AveragedModel(tiny_model)
+    pt = tmp_path / "swa.pt"
+    torch.save(averaged.state_dict(), pt)
+    out = convert_module.convert(pt, tmp_path / "swa.cvdm.safetensors", "tiny", 2)
+    for name, value in tiny_model.state_dict().items():
+        assert torch.equal(load_model(out).state_dict()[name], value), name
 
 
 class _Payload:
@@ -134,7 +162,7 @@ def test_conversion_never_runs_code_from_the_checkpoint(tmp_path, tiny_model, ca
     pt = tmp_path / "evil.pt"
     torch.save({"state_dict": tiny_model.state_dict(), "x": _Payload(str(marker))}, pt)
     code = convert_module.main([str(pt), str(tmp_path / "e.cvdm.safetensors"),
-                                "--preset", "tiny"])
+                                "--preset", "tiny", "--scale", "2"])
     assert code == 2 and "weights_only" in capsys.readouterr().err
     assert not marker.exists()
     with pytest.raises(ValueError, match="pickle"):
@@ -306,3 +334,45 @@ def test_a_pipe_or_device_as_model_and_a_huge_number_in_the_header_are_clear(tmp
         load_model(fifo)
     with pytest.raises(ValueError, match="the header of m is damaged"):
         parse_json('{"step": ' + "9" * 5000 + "}", "the header of m")
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("calibration", {"method": "scale", "scale": 0.0}),  # what a fit of zero errors gave
+    ("name", 5),
+    ("normalization", {"percentiles": [99.9, 0.1]}),
+    ("psf_sigma_default", 1e300),
+])
+def test_save_model_refuses_what_load_model_would_refuse(tmp_path, tiny_model, field, value):
+    """save_model wrote such files over working ones (overwrite=True by default), and no
+    front end could open them again."""
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    before, metadata = path.read_bytes(), tiny_model.metadata
+    tiny_model.metadata = {**metadata, field: value}
+    try:
+        with pytest.raises(ValueError, match=field):
+            nc.save_model(tiny_model, path)
+    finally:
+        tiny_model.metadata = metadata
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.cvdm.safetensors"]
+
+
+def test_a_default_psf_width_outside_what_users_may_give_is_refused_on_load(tmp_path,
+                                                                           tiny_model):
+    from safetensors import safe_open
+
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        header = json.loads(fh.metadata()["napari_cvdm"])
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
+    for value in (1e300, True, "3"):
+        header["metadata"]["psf_sigma_default"] = value
+        save_file(tensors, str(path), metadata={"napari_cvdm": json.dumps(header)})
+        with pytest.raises(ValueError, match="psf_sigma_default"):
+            load_model(path)
+
+
+def test_a_model_path_with_a_tilde_is_the_home_folder(tmp_path, tiny_model, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    assert load_model("~/m.cvdm.safetensors").config == tiny_model.config

@@ -64,7 +64,7 @@ def control(f) -> Any:
                 options[key] = meta[key]
     if f.name in AUTO:
         options["min"] = AUTO[f.name]
-        options.setdefault("max", 2**31 - 1)
+        options.setdefault("max", 2**31 - 1)  # a Qt spin box holds 32-bit integers
         label += f" ({AUTO[f.name]} = {AUTO_LABELS.get(f.name, 'auto')})"
         default = AUTO[f.name]
     from magicgui.widgets import create_widget

@@ -85,22 +85,25 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
 
     from . import __version__
     from .atomic import atomic_write
-    from .bioimageio_model import CVDMSampler
+    from .bioimageio_model import CVDMSampler, prediction_metadata
     from .model_files import resolve_model, save_model
     from .tiff_writer import check_outputs
 
     output = Path(output)
-    if output.suffix != ".zip":
+    if output.suffix.lower() != ".zip":
         raise ValueError(f"the package name must end with .zip, not {output.name!r}")
+    sampling = _checked_sampling(sampling)
     check_outputs([output], overwrite=overwrite)  # before any work: folder, name, existing
     net, info = resolve_model(model)
     if net.config.channels != 1:
         raise ValueError("only single-channel models can be exported")
-    sampling = {**SAMPLING, **(sampling or {})}
+    card = card_of(net.metadata)
     spec = _spec_module()
+    spec.check_license(card["license"])  # before the sampling and packaging
     with tempfile.TemporaryDirectory(prefix="cvdm-export-") as tmp:
         folder = Path(tmp)
-        wrapper = CVDMSampler(net.config.to_dict(), **sampling)
+        wrapper = CVDMSampler(net.config.to_dict(), **sampling,
+                              metadata=prediction_metadata(net.metadata))
         wrapper.model.load_state_dict(net.state_dict())
         torch.save(wrapper.state_dict(), folder / "weights.pt")
         name = str(info["name"] or "model")
@@ -113,13 +116,28 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         tifffile.imwrite(folder / "sample_output.tif", test_output[0])
         upsampled = np.kron(test_input[0, 0], np.ones((net.config.scale,) * 2))
         _png(folder / "cover.png", np.concatenate([upsampled, test_output[0, 0]], axis=1))
-        card = card_of(net.metadata)
         (folder / "README.md").write_text(_readme(name, card, net.config, sampling))
         descr = spec.describe(folder, name, card, net.config, sampling, __version__,
-                              torch.__version__)
+                              torch.__version__, wrapper.model.metadata)
         with atomic_write(output) as part:
             spec.save(descr, part)
     return output
+
+
+def _checked_sampling(sampling: dict[str, Any] | None) -> dict[str, Any]:
+    """The package's sampling settings: SAMPLING with ``sampling``'s values, each checked
+    as predict() checks it; a fixed seed (the package's test output must be repeatable)."""
+    from .settings import PredictSettings
+
+    sampling = {**SAMPLING, **(sampling or {})}
+    unknown = sorted(set(sampling) - set(SAMPLING))
+    if unknown:
+        raise ValueError(f"unknown sampling setting(s) {', '.join(map(repr, unknown))}; the "
+                         f"package's settings are {', '.join(SAMPLING)}")
+    if sampling["seed"] is None:
+        raise ValueError("the package needs a fixed seed (its test output must be repeatable)")
+    PredictSettings(**sampling)  # the limits and types predict() would refuse
+    return sampling
 
 
 def _spec_module():

@@ -4,7 +4,10 @@ A bioimage.io consumer (deepImageJ, bioimageio.core, ilastik) runs one forward p
 CVDM that pass is the whole reverse diffusion: :class:`CVDMSampler` draws ``samples``
 reconstructions with ``steps`` DDIM steps (``eta``, fixed ``seed``) through
 :func:`napari_cvdm.predict` and returns their per-pixel mean and standard deviation as two
-channels, in the input's intensity units, ``scale`` times finer in Y and X.
+channels, in the input's intensity units, ``scale`` times finer in Y and X. ``metadata``
+holds what ``predict`` reads from a model file besides the weights (the uncertainty's
+calibration, the normalisation, a conditioned model's PSF widths), so that the package gives
+what napari-cvdm gives with the same settings.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ class CVDMSampler(nn.Module):
     """``forward(x)``: x (batch, 1, Y, X) -> (batch, 2, scale*Y, scale*X): mean, std."""
 
     def __init__(self, config: dict[str, Any], samples: int = 8, steps: int = 10,
-                 eta: float = 0.0, seed: int = 0):
+                 eta: float = 0.0, seed: int = 0, metadata: dict[str, Any] | None = None):
+        from .model_header import check_metadata
+
         super().__init__()
         self.model = CVDM(CVDMConfig.from_dict(config))
+        metadata = dict(metadata or {})
+        check_metadata(metadata, "the package's model metadata")
+        self.model.metadata = metadata
         self.samples, self.steps, self.eta, self.seed = samples, steps, eta, seed
 
     @torch.no_grad()
@@ -44,3 +52,17 @@ class CVDMSampler(nn.Module):
                              eta=self.eta, seed=self.seed, device=device, sampler="ddim")
             outputs.append(np.stack([result.mean, result.std]))
         return torch.from_numpy(np.stack(outputs)).to(x.device)
+
+
+def prediction_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
+    """What :func:`napari_cvdm.predict` reads from a model's metadata: its calibration,
+    normalisation, default PSF width and trained PSF widths (JSON-ready, for the package's
+    description)."""
+    metadata = metadata or {}
+    out = {key: metadata[key] for key in ("calibration", "normalization", "psf_sigma_default")
+           if metadata.get(key) is not None}
+    sigma = ((((metadata.get("training") or {}).get("data") or {}).get("degradation") or {})
+             .get("psf_sigma"))
+    if sigma is not None:
+        out["training"] = {"data": {"degradation": {"psf_sigma": sigma}}}
+    return out

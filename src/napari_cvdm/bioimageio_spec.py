@@ -12,8 +12,9 @@ ARXIV_DOI = "10.48550/arXiv.2312.02246"
 
 
 def describe(folder: Path, name: str, card: dict[str, str], config, sampling: dict[str, Any],
-             version: str, torch_version: str):
-    """A validated ``ModelDescr`` for the files prepared in ``folder``."""
+             version: str, torch_version: str, metadata: dict[str, Any] | None = None):
+    """A validated ``ModelDescr`` for the files prepared in ``folder``; ``metadata``: what
+    the sampler needs of the model's metadata (``bioimageio_model.prediction_metadata``)."""
     from bioimageio.spec.model.v0_5 import (ArchitectureFromLibraryDescr, Author, AxisId,
                                             BatchAxis, ChannelAxis, CiteEntry, Doi,
                                             FileDescr, Identifier, InputTensorDescr,
@@ -48,7 +49,7 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         data=IntervalOrRatioDataDescr(type="float32"))]
     architecture = ArchitectureFromLibraryDescr(
         callable=Identifier("CVDMSampler"), import_from="napari_cvdm.bioimageio_model",
-        kwargs={"config": config.to_dict(), **sampling})
+        kwargs={"config": config.to_dict(), **sampling, "metadata": metadata or {}})
     weights = WeightsDescr(pytorch_state_dict=PytorchStateDictWeightsDescr(
         source=folder / "weights.pt", architecture=architecture,
         pytorch_version=Version(torch_version.split("+")[0])))
@@ -68,6 +69,22 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         version=Version(version),
         config={"napari_cvdm": {"version": version, "sampling": sampling,
                                 "citation_url": CITATION_URL}})
+
+
+def check_license(license: str) -> None:
+    """ValueError, in one line, for a model card's licence that is not an SPDX identifier
+    (bioimage.io's own message lists every identifier it knows)."""
+    from bioimageio.spec.model.v0_5 import LicenseId
+    from pydantic import ValidationError
+
+    if not license:
+        return  # the description says BSD-3-Clause
+    try:
+        LicenseId(license)
+    except (ValidationError, ValueError):
+        raise ValueError(f"the model card's license {license!r} is not an SPDX licence "
+                         "identifier (e.g. CC-BY-4.0, MIT, BSD-3-Clause; "
+                         "https://spdx.org/licenses/)") from None
 
 
 def save(descr, path: Path) -> None:

@@ -78,6 +78,11 @@ def fit(std: np.ndarray, abs_error: np.ndarray, bins: int = 32,
     s, e = np.maximum(s[keep], MIN_STD), e[keep]
     if s.size < 100:
         raise ValueError(f"calibration needs at least 100 pixels, not {s.size}")
+    if not np.ptp(s) > 0:  # one sample (variance 0) or a constant std: nothing to map
+        raise ValueError("calibration needs a std that varies between pixels (draw at least "
+                         "2 samples)")
+    if not np.sum(e) > 0:
+        raise ValueError("calibration needs errors: every prediction equals its target")
     if m is None:
         return _isotonic(s, e, bins)
     m = m[keep]

@@ -1,12 +1,14 @@
 """Convert a trusted PyTorch checkpoint (.pt/.pth/.ckpt) into a napari-cvdm model file.
 
-    python -m napari_cvdm.convert IN.pt OUT.cvdm.safetensors --preset NAME [--scale S] [--overwrite]
+    python -m napari_cvdm.convert IN.pt OUT.cvdm.safetensors --preset NAME --scale S [--overwrite]
 
 napari-cvdm never unpickles model files: a pickle can run arbitrary code when loaded.
 This one-off conversion reads the checkpoint with ``torch.load(weights_only=True)`` (which
 refuses pickled objects other than tensors and plain containers), loads the weights
 strictly into ``CVDM(CVDMConfig.preset(NAME, scale=S))`` and writes them with
 :func:`napari_cvdm.save_model` (safetensors + JSON header). Run it only on files you trust.
+The scale has to be given: the weights are the same at every scale, so nothing in the
+checkpoint can tell a x2 model from a x4 one.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("output", type=Path, metavar="OUT.cvdm.safetensors")
     parser.add_argument("--preset", required=True, choices=sorted(PRESETS),
                         help="the configuration the checkpoint was trained with")
-    parser.add_argument("--scale", type=int, default=2, choices=(1, 2, 3, 4),
-                        help="its super-resolution factor (default 2)")
+    parser.add_argument("--scale", type=int, required=True, choices=(1, 2, 3, 4),
+                        help="its super-resolution factor (required: the weights do not "
+                             "say it)")
     parser.add_argument("--half", action="store_true", help="store float16 weights")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT if it exists (a napari-cvdm model file only)")
@@ -60,13 +63,36 @@ def extract_state_dict(obj) -> dict:
     else:
         raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a weights "
                          "dictionary")
-    # nn.DataParallel / DistributedDataParallel prefix every name with "module.".
+    # nn.DataParallel / DistributedDataParallel prefix every name with "module.", and
+    # torch.optim.swa_utils.AveragedModel keeps its count beside them.
+    state = {k: v for k, v in state.items() if k != "n_averaged"}
     if all(k.startswith("module.") for k in state):
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
 
 
-def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = False,
+def _mismatch(expected: dict, found: dict) -> str:
+    """What keeps ``found`` from loading into a model with ``expected`` (empty: nothing),
+    short: counts and the first few names (torch's own message lists every key)."""
+    def some(names) -> str:
+        names = sorted(names)
+        return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+    missing = set(expected) - set(found)
+    unexpected = set(found) - set(expected)
+    shapes = [k for k in set(expected) & set(found)
+              if tuple(expected[k].shape) != tuple(found[k].shape)]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} weights missing ({some(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected ({some(unexpected)})")
+    if shapes:
+        parts.append(f"{len(shapes)} of another shape ({some(shapes)})")
+    return "; ".join(parts)
+
+
+def convert(input_path, output_path, preset: str, scale: int, half: bool = False,
             overwrite: bool = False) -> Path:
     """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path.
     An existing output is replaced only with ``overwrite`` and only if it is a model file."""
@@ -100,13 +126,11 @@ def convert(input_path, output_path, preset: str, scale: int = 2, half: bool = F
     state = extract_state_dict(obj)
     config = CVDMConfig.preset(preset, scale=scale)
     model = CVDM(config)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        raise ValueError(f"the weights in {input_path} do not fit the {preset!r} preset at "
-                         f"scale {scale}: {' '.join(line.strip() for line in first[:4])}"
-                         ) from None
+    mismatch = _mismatch(model.state_dict(), state)
+    if mismatch:
+        raise ValueError(f"the weights in {input_path} do not fit the {preset!r} preset: "
+                         f"{mismatch}") from None
+    model.load_state_dict(state, strict=True)
     for name, value in model.state_dict().items():
         if value.is_floating_point() and not bool(value.isfinite().all()):
             raise ValueError(f"{input_path}: weight {name} contains NaN or infinite values")

@@ -258,7 +258,10 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     :func:`~napari_cvdm.zarr_files.write_ome_zarr` or ``dask.array.store`` of all three at
     once (computed separately, the tiles would run once per output). ``client``: a
     dask.distributed Client; a NumPy (or zarr) image is then computed on its cluster and
-    returned as NumPy, a dask image stays lazy (compute it with that client).
+    returned as NumPy, a dask image stays lazy (compute it with that client). ``progress``
+    and ``cancel`` reach the tile groups computed in this process (threads); on process or
+    remote workers neither is called (dask's own dashboard shows their progress, and
+    ``client.cancel`` stops them).
 
     Errors: ValueError for bad input or options (checked before any work, including the
     size of the outputs), :class:`~napari_cvdm.errors.OutOfMemory` when even the smallest

@@ -97,11 +97,14 @@ def _histogram_offset(dtype: np.dtype) -> int | None:
 def _block_summary(block: np.ndarray) -> dict[str, Any]:
     block = np.asarray(block)
     offset = _histogram_offset(block.dtype)
+    if block.size == 0:  # a zero-length chunk (dask allows them): neither low nor high
+        hist = None if offset is None else np.zeros(2 ** (block.dtype.itemsize * 8), np.int64)
+        return {"low": np.inf, "high": -np.inf, "bad": 0, "size": 0, "hist": hist}
     if offset is None:
         data = block.astype(np.float64)
         finite = np.isfinite(data)
         bad = int(data.size - finite.sum())
-        low, high = (float(data.min()), float(data.max())) if not bad and data.size else (0.0, 0.0)
+        low, high = (float(data.min()), float(data.max())) if not bad else (0.0, 0.0)
         return {"low": low, "high": high, "bad": bad, "size": int(data.size), "hist": None}
     values = block.ravel().astype(np.int64) + offset
     hist = np.bincount(values, minlength=2 ** (block.dtype.itemsize * 8))

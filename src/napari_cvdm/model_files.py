@@ -15,7 +15,7 @@ from typing import Any
 from .atomic import atomic_write
 from .model_card import clean_metadata
 from .model_header import (FORMAT, MODEL_SUFFIX, PICKLE_HINT, check_config_types,
-                           read_model_header)
+                           check_metadata, read_model_header)
 
 BUNDLED = {"widefield-x2": "widefield-x2.cvdm.safetensors", "demo": "demo.cvdm.safetensors"}
 # The largest model file we accept: the paper preset in float32 is about 0.6 GB.
@@ -57,13 +57,16 @@ def model_file_contents(model, half: bool = False) -> tuple[dict[str, Any], dict
         if half and value.is_floating_point():
             value = value.to(torch.float16)
         tensors[name] = value
-    header = {
+    header = json.dumps({
         "format": FORMAT,
         "version": __version__,
         "config": model.config.to_dict(),
         "metadata": clean_metadata(model.metadata),
-    }
-    return tensors, {"napari_cvdm": json.dumps(header)}
+    })
+    # what load_model would refuse is refused here (as it will be read: tuples as lists),
+    # before a working file is replaced
+    check_metadata(json.loads(header)["metadata"], "the model to save")
+    return tensors, {"napari_cvdm": header}
 
 
 def bundled_model_path(name: str) -> Path:
@@ -165,7 +168,7 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"a model name or path must be a string or a path, not "
                         f"{type(name_or_path).__name__}")
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a model file (*{MODEL_SUFFIX})")
     if path.exists() and not path.is_file():

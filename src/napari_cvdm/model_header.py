@@ -24,7 +24,7 @@ PICKLE_HINT = (
     "{path} is a pickle-based PyTorch file ({suffix}). Pickle files can run arbitrary code "
     "when loaded, so napari-cvdm only reads .cvdm.safetensors model files. If you trust this "
     "file, convert it once with:  python -m napari_cvdm.convert {path} OUT.cvdm.safetensors "
-    "--preset PRESET [--scale S]"
+    "--preset PRESET --scale S"
 )
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin")
 # torch.save writes a zip archive (PK..) or, in its legacy format, a pickle (0x80 protocol).
@@ -127,6 +127,11 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
     return header
 
 
+# The PSF widths (output pixels) a conditioned model may be told: by the user, or as its
+# default from its file.
+PSF_SIGMA_RANGE = (0.25, 20.0)
+
+
 def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") -> None:
     """The fields napari-cvdm reads from the metadata have the types it expects."""
     def need(ok: bool, field: str) -> None:
@@ -162,6 +167,10 @@ def check_metadata(metadata: dict[str, Any], path: str | os.PathLike = "model") 
     widths = sigma if isinstance(sigma, list) else [sigma]
     need(sigma is None or (1 <= len(widths) <= 2 and all(_positive(v) for v in widths)),
          "training.data.degradation.psf_sigma")
+    default = metadata.get("psf_sigma_default")
+    need(default is None or (finite_number(default)
+                             and PSF_SIGMA_RANGE[0] <= default <= PSF_SIGMA_RANGE[1]),
+         "psf_sigma_default")
     intended = metadata.get("intended", {})
     need(isinstance(intended, dict), "intended")
     pixels = intended.get("input_pixel_size_nm")

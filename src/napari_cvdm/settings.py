@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from .model_header import PSF_SIGMA_RANGE
 from .precision import PRECISIONS
 from .sampling import SAMPLERS
 
@@ -26,6 +27,9 @@ MAX_SAMPLES = 10_000    # more gives no visible change in the mean or the uncert
 MAX_STEPS = 10_000      # the few-step sampler saturates long before this
 MAX_TILE_SIZE = 16_384
 SEED_RANGE = 2**63      # torch generators take seeds in [0, 2**63)
+# Drawn seeds stay below 2**31, so that every front end can take one back to repeat a run
+# (the widget's seed box is a 32-bit integer).
+DRAWN_SEED_RANGE = 2**31
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -51,7 +55,7 @@ def draw_seed() -> int:
     """A fresh random seed, for runs asked for without one (it is recorded, so repeatable)."""
     import numpy as np
 
-    return int(np.random.SeedSequence().entropy % SEED_RANGE)
+    return int(np.random.SeedSequence().entropy % DRAWN_SEED_RANGE)
 
 
 def _whole(name: str, value: Any, low: int | None, high: int | None) -> None:
@@ -126,7 +130,8 @@ class PredictSettings:
                            "no extra cost", advanced=True)
     psf_sigma: float | None = option(None, "the input's blur relative to the output: the "
                                      "PSF's Gaussian sigma in output pixels (used by "
-                                     "PSF-conditioned models only)", min=0.25, max=20.0,
+                                     "PSF-conditioned models only)",
+                                     min=PSF_SIGMA_RANGE[0], max=PSF_SIGMA_RANGE[1],
                                      step=0.25, auto="estimated from the image where it is "
                                      "sharper than the model's typical widefield blur, "
                                      "else that")
