@@ -329,3 +329,20 @@ def test_a_region_warns_about_its_own_pixels_and_degenerate_rectangles_are_clear
         shapes = viewer.add_shapes([np.array(corners)], shape_type="rectangle")
         with pytest.raises(ValueError, match=message):
             run_on_layer(viewer, layer, tiny_model, region=shapes, **FAST)
+
+
+def test_a_large_layer_gets_the_same_input_warnings_as_a_numpy_one(viewer, image, tiny_model):
+    """Found by a review: dask, zarr and multiscale layers (the large images, where users
+    check least) got none of the input warnings."""
+    import warnings
+
+    said = {}
+    for name, data in (("numpy", image), ("dask", da.from_array(image, chunks=(1, 24, 20)))):
+        layer = viewer.add_image(data, name=name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_on_layer(viewer, layer, tiny_model, **{**FAST, "samples": 1})
+        said[name] = sorted(str(w.message) for w in caught if "CVDM:" in str(w.message))
+    assert any("looks like noise" in m for m in said["dask"])
+    assert any("one sample" in m for m in said["dask"])
+    assert said["dask"] == said["numpy"]

@@ -595,3 +595,21 @@ def test_one_sample_is_notified_as_no_uncertainty(qtbot, viewer_and_widget, tiny
         assert notifications["error"] == []
     assert "cells CVDM std" in viewer.layers  # still shown, and said what it is
     assert len(warned) == 1 and "one sample was drawn" in warned[0]
+
+
+def test_a_dask_layer_is_warned_about_as_a_numpy_one_is(qtbot, viewer_and_widget,
+                                                         tiny_model_file, notifications,
+                                                         monkeypatch):
+    """Found by a review: the lazy path (large images) showed none of the input warnings."""
+    import dask.array as da
+
+    warned = []
+    monkeypatch.setattr(widget_module, "show_warning", warned.append)
+    viewer, widget = viewer_and_widget
+    noise = (np.random.default_rng(0).random((64, 64)) * 1000).astype(np.uint16)
+    viewer.add_image(da.from_array(noise, chunks=32), name="noise")
+    configure(widget, tiny_model_file)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert notifications["error"] == [] and "noise CVDM mean" in viewer.layers
+    assert len(warned) == 1 and "looks like noise" in warned[0]

@@ -379,23 +379,28 @@ class ReconstructionWidget(Container):
         if cancel.is_set() or self._closed.is_set() or layer not in self._viewer.layers:
             return
         if is_dask(result.mean):
-            self._start_lazy(layer, options, cancel, result, provenance, store, crop)
+            self._start_lazy(layer, options, cancel, result, provenance, store, crop, model)
             return
         try:
             show_result(self._viewer, layer, result, options.show, provenance, crop)
-            warned = (input_warnings(layer, model, options.settings.psf_sigma, crop,
-                                     options.settings.samples)
-                      if model is not None else ())
-            for message in warned:
-                show_warning(f"CVDM: {message}")
+            self._warn_about_input(layer, model, options, crop)
         except (ValueError, RuntimeError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
             return
         self._status.value = f"done in {result.seconds:.1f} s on {result.device}"
 
+    @staticmethod
+    def _warn_about_input(layer, model, options, crop) -> None:
+        """Notify each reason why the result on ``layer`` may not be trustworthy."""
+        if model is None:
+            return
+        for message in input_warnings(layer, model, options.settings.psf_sigma, crop,
+                                      options.settings.samples):
+            show_warning(f"CVDM: {message}")
+
     def _start_lazy(self, layer, options, cancel, result, provenance, store,
-                    crop=None) -> None:
+                    crop=None, model=None) -> None:
         """Add the zarr-backed layers, then compute the lazy result into them in a thread."""
         try:
             out = start_lazy_output(self._viewer, layer, result, options.show, provenance,
@@ -407,14 +412,16 @@ class ReconstructionWidget(Container):
         self._lazy = out
         worker = create_worker(devices.compute_thread_run, out.compute, _ignore_errors=True,
                                _start_thread=False)
-        worker.returned.connect(lambda _: self._on_lazy_done(out, cancel))
+        worker.returned.connect(
+            lambda _: self._on_lazy_done(out, cancel, partial(self._warn_about_input, layer,
+                                                              model, options, crop)))
         worker.errored.connect(lambda exc: self._on_lazy_failed(out, exc))
         worker.finished.connect(partial(self._on_finished, worker))
         self._worker = worker
         self._status.value = f"writing {out.path}…"
         worker.start()
 
-    def _on_lazy_done(self, out, cancel) -> None:
+    def _on_lazy_done(self, out, cancel, warn_about_input=None) -> None:
         self._lazy = None
         if self._viewer_gone.is_set():
             return  # the store is complete; nothing is left to show it in
@@ -423,6 +430,8 @@ class ReconstructionWidget(Container):
             return
         try:
             out.finish()
+            if warn_about_input is not None:
+                warn_about_input()
         except (ValueError, RuntimeError, OSError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"

@@ -96,11 +96,14 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
 
 def input_warnings(image, model, pixel_size=None, unit=None,
                    psf_sigma: float | None = None, samples: int | None = None) -> list[str]:
-    """Why a result on ``image`` (Y, X or a stack: its first plane is checked, input units)
-    may not be trustworthy; ``pixel_size`` in ``unit`` where the file says it: one number
+    """Why a result on ``image`` (Y, X or a stack, NumPy or lazy: the central crop of its
+    middle plane is checked, as the PSF width is estimated on, input units) may not be
+    trustworthy; ``pixel_size`` in ``unit`` where the file says it: one number
     (X), or (Y, X) sizes with one unit or one per axis; ``psf_sigma`` the PSF width a
     conditioned model is told (None: its default); ``samples`` the samples drawn."""
-    plane = image[(0,) * (image.ndim - 2)] if image.ndim > 2 else image
+    from .psf_width import central_plane
+
+    plane = central_plane(image)  # a large or lazy image: only this crop is read
     out = []
     correlation = neighbour_correlation(plane)
     if _is_noise(correlation):

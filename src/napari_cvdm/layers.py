@@ -700,9 +700,7 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     if not is_lazy(layer):
         image = layer.data if crop is None else layer_image(layer, crop)
         result = predict(image, net, settings=s, progress=progress, cancel=cancel)
-        for message in input_warnings(layer, net, psf_sigma=s.psf_sigma, crop=crop,
-                                      samples=s.samples):
-            warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=2)
+        _warn_about_input(layer, net, s, crop)
         return show_result(viewer, layer, result, show, provenance, crop)
     result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)
     out = start_lazy_output(viewer, layer, result, show, provenance, store, overwrite, crop)
@@ -712,4 +710,13 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     except BaseException:
         out.abort()
         raise
+    _warn_about_input(layer, net, s, crop)
     return out.finish()
+
+
+def _warn_about_input(layer, model, settings, crop) -> None:
+    """A Python warning for each reason why a result on ``layer`` may not be trustworthy
+    (reported as from run_on_layer's caller)."""
+    for message in input_warnings(layer, model, psf_sigma=settings.psf_sigma, crop=crop,
+                                  samples=settings.samples):
+        warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=3)
