@@ -95,6 +95,42 @@ def test_run_on_layer_again_updates_the_same_layers(make_napari_viewer, image, t
     np.testing.assert_allclose(var.translate, [-0.5, -0.5])
 
 
+def test_the_uncertainty_stays_directly_below_its_mean(make_napari_viewer, image, tiny_model):
+    """Found by a review: an uncertainty added to an earlier mean (another kind shown, or
+    one the user deleted) went on top of the list and hid the reconstruction."""
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(image, name="cells")
+    run_on_layer(viewer, layer, model=tiny_model, seed=1, **FAST)
+    run_on_layer(viewer, layer, model=tiny_model, seed=1, show="variance", **FAST)
+    assert [x.name for x in viewer.layers] == ["cells", "cells CVDM std",
+                                               "cells CVDM variance", "cells CVDM mean"]
+    viewer.layers.remove("cells CVDM std")
+    viewer.add_image(image, name="other")
+    run_on_layer(viewer, layer, model=tiny_model, seed=1, **FAST)
+    names = [x.name for x in viewer.layers]
+    assert names.index("cells CVDM std") == names.index("cells CVDM mean") - 1
+    assert viewer.layers.selection.active.name == "cells CVDM mean"
+
+
+def test_results_keep_the_inputs_blending_and_opacity(make_napari_viewer, tiny_model):
+    """Found by a review: the channels of a composite (additive) got opaque results, and the
+    last channel's reconstruction hid the others."""
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    channels = viewer.add_image((rng.random((2, 24, 32)) * 1000).astype(np.uint16),
+                                channel_axis=0, colormap=["green", "magenta"],
+                                name=["c1", "c2"])
+    channels[1].opacity = 0.7
+    assert channels[1].blending == "additive"  # napari's for every channel but the first
+    for layer in channels:
+        mean, std = run_on_layer(viewer, layer, model=tiny_model, seed=1, **FAST)
+        assert mean.blending == std.blending == layer.blending
+        assert mean.opacity == std.opacity == layer.opacity
+    channels[1].blending = "translucent"
+    mean, _ = run_on_layer(viewer, channels[1], model=tiny_model, seed=1, **FAST)
+    assert mean.blending == "translucent"  # updated in place
+
+
 def test_a_users_layer_named_like_an_output_is_never_overwritten(make_napari_viewer, image,
                                                                  tiny_model):
     """Found by an audit: a user's "cells CVDM mean" got the reconstruction as its data, and a
