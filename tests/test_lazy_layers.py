@@ -191,6 +191,25 @@ def test_a_shapes_rectangle_region_is_reconstructed_and_placed_over_it(
             [j[0], 10 + (j[1] + 0.5) / s - 0.5, 4 + (j[2] + 0.5) / s - 0.5])
         np.testing.assert_allclose(mean_layer.data_to_world(j), expected_world, atol=1e-9)
     assert mean_layer.metadata["cvdm"]["region"] == [[10, 30], [4, 28]]
+    assert mean_layer.name == "cells CVDM mean (region 10:30, 4:28)"
+    assert std_layer.name == "cells CVDM std (region 10:30, 4:28)"
+
+
+def test_a_region_run_never_replaces_the_whole_images_result(viewer, image, tiny_model):
+    """Found by a review: a region's outputs had the whole image's names, so they replaced
+    its layers, and for a large image its temporary store was deleted."""
+    import os
+
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 24, 20)), name="big")
+    whole, _ = run_on_layer(viewer, layer, tiny_model, **FAST)
+    store = whole.metadata["cvdm"]["store"]
+    shapes = viewer.add_shapes([np.array([[10.0, 10.0], [30.0, 30.0]])],
+                               shape_type="rectangle")
+    detail, _ = run_on_layer(viewer, layer, tiny_model, region=shapes, **FAST)
+    assert detail is not whole and whole in viewer.layers
+    assert whole.data.shape == (2, 96, 80) and os.path.exists(store)
+    again, _ = run_on_layer(viewer, layer, tiny_model, region=shapes, **FAST)
+    assert again is detail  # the same region updates its own layers
 
 
 def test_a_region_without_rectangle_is_refused(viewer, image, tiny_model):

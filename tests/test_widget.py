@@ -549,7 +549,7 @@ def test_region_reconstructs_the_rectangle_of_a_shapes_layer_over_it(
     assert widget._output.value.startswith("output: 2 x 40 x 48,")
     assert widget.start() is not None
     wait_until_idle(qtbot, widget)
-    mean_layer = viewer.layers["cells CVDM mean"]
+    mean_layer = viewer.layers["cells CVDM mean (region 10:30, 4:28)"]
     expected = nc.predict(data[10:30, 4:28], model_file, samples=2, steps=2, seed=7,
                           device="cpu", precision="fp32")
     np.testing.assert_allclose(mean_layer.data, expected.mean, rtol=1e-5, atol=1e-3)

@@ -219,8 +219,13 @@ def output_transform(layer, scale_factor: int, offset=(0, 0)) -> dict[str, Any]:
     }
 
 
-def output_names(layer, show: str = SHOW[0]) -> tuple[str, str]:
-    return f"{layer.name} CVDM mean", f"{layer.name} CVDM {show}"
+def output_names(layer, show: str = SHOW[0], crop: Crop | None = None) -> tuple[str, str]:
+    """The output layers' names; a region's (``crop``, the input's Y and X bounds) are its
+    own, so that a quick look at a detail never replaces the whole image's result (or, for
+    a large image, removes its temporary store)."""
+    region = "" if crop is None else \
+        f" (region {crop[0][0]}:{crop[0][1]}, {crop[1][0]}:{crop[1][1]})"
+    return f"{layer.name} CVDM mean{region}", f"{layer.name} CVDM {show}{region}"
 
 
 def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, float]:
@@ -264,7 +269,7 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
             "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
             "napari_cvdm": __version__, **(provenance or {}), **(extra or {})}
-    mean_name, spread_name = output_names(layer, show)
+    mean_name, spread_name = output_names(layer, show, crop)
     if data is None:
         mean, spread = result.mean, result.variance if show == "variance" else result.std
     else:
