@@ -104,6 +104,28 @@ def test_a_patch_larger_than_the_images_is_lowered_to_the_largest_that_fits(view
                          preset="tiny")
 
 
+def test_pixel_sizes_that_contradict_the_data_are_noted(viewer, tmp_path):
+    """Found by a review: the layers' pixel sizes were ignored (a 4x mix of high-quality
+    pixel sizes, a pair whose scales say it covers two fields, both silent)."""
+    out = tmp_path / "m.cvdm.safetensors"
+    um = ("µm", "µm")
+    viewer.add_image(structure(128, 128, 1), name="fine", scale=(0.03, 0.03), units=um)
+    viewer.add_image(structure(128, 128, 2), name="coarse", scale=(0.12, 0.12), units=um)
+    viewer.add_image(structure(128, 128, 3), name="fine2", scale=(0.031, 0.031), units=um)
+    viewer.add_image(structure(128, 128, 4), name="plain")  # pixels: nothing to compare
+    notes = prepare_training(viewer, hq=["fine", "coarse"], output=out, preset="tiny").notes
+    assert any("different pixel sizes" in n and "'coarse' 120 nm" in n for n in notes)
+    for same in (["fine", "fine2"], ["fine", "plain"]):
+        notes = prepare_training(viewer, hq=same, output=out, preset="tiny").notes
+        assert not any("pixel size" in n for n in notes)
+    viewer.add_image(structure(64, 64, 5), name="lq", scale=(0.03, 0.03), units=um)
+    viewer.add_image(structure(64, 64, 6), name="lq2", scale=(0.06, 0.06), units=um)
+    notes = prepare_training(viewer, pairs=[("lq", "fine")], output=out, preset="tiny").notes
+    assert any("do not cover the same field" in n for n in notes)
+    notes = prepare_training(viewer, pairs=[("lq2", "fine")], output=out, preset="tiny").notes
+    assert not any("pixel size" in n for n in notes)
+
+
 def test_layer_data_becomes_planes_and_is_not_modified(viewer, tmp_path):
     stack = np.stack([structure(64, 64, seed) for seed in range(3)])
     layer = viewer.add_image(stack.copy(), name="stack")

@@ -613,3 +613,22 @@ def test_a_dask_layer_is_warned_about_as_a_numpy_one_is(qtbot, viewer_and_widget
     wait_until_idle(qtbot, widget)
     assert notifications["error"] == [] and "noise CVDM mean" in viewer.layers
     assert len(warned) == 1 and "looks like noise" in warned[0]
+
+
+def test_a_run_with_a_random_seed_can_be_repeated_from_its_recorded_seed(
+        qtbot, viewer_and_widget, tiny_model_file, notifications):
+    """Found by a review: random seeds went up to 2**63, beyond the seed box (32 bits), so
+    the recorded seed could not be typed back in to repeat the run."""
+    viewer, widget = viewer_and_widget
+    viewer.add_image(image(), name="cells")
+    configure(widget, tiny_model_file, seed=-1)
+    recorded = []
+    for _ in range(2):
+        widget._run.native.click()
+        wait_until_idle(qtbot, widget)
+        mean = viewer.layers["cells CVDM mean"]
+        recorded.append((mean.metadata["cvdm"]["seed"], mean.data.copy()))
+        assert 0 <= recorded[-1][0] < 2**31
+        widget.set_options(seed=recorded[0][0])  # the first run's seed, typed back in
+    assert notifications["error"] == []
+    np.testing.assert_array_equal(recorded[1][1], recorded[0][1])

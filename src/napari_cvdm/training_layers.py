@@ -218,6 +218,51 @@ def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
     return job
 
 
+# Pixel sizes further apart than this (a ratio) are said to differ.
+PIXEL_SIZE_TOLERANCE = 1.15
+
+
+def _pixel_size_nm(layer) -> float | None:
+    """A layer's X pixel size in nm where its scale is in a length unit (None: in pixels,
+    napari's default, or not a length)."""
+    from .domain import pixel_size_nm
+
+    units = [str(u) for u in getattr(layer, "units", ())][-2:]
+    if len(units) != 2 or "pixel" in units:
+        return None
+    try:
+        sizes = [pixel_size_nm(float(s), u) for s, u in zip(layer.scale[-2:], units)]
+    except (TypeError, ValueError):
+        return None
+    return sizes[-1] if None not in sizes else None
+
+
+def _hq_pixel_size_notes(layers) -> list[str]:
+    """High-quality layers of different pixel sizes: the simulated optics are in pixels, so
+    one PSF width means different optics on each."""
+    sizes = {layer.name: size for layer in layers if (size := _pixel_size_nm(layer))}
+    if len(sizes) < 2 or max(sizes.values()) / min(sizes.values()) <= PIXEL_SIZE_TOLERANCE:
+        return []
+    listed = ", ".join(f"{name!r} {size:.3g} nm" for name, size in sizes.items())
+    return [f"the high-quality images have different pixel sizes ({listed}); the simulated "
+            "blur is in pixels, so it means different optics on each: resample them to one "
+            "pixel size, or train on images of one"]
+
+
+def _pair_pixel_size_notes(lq, hq, scale: int) -> list[str]:
+    """A pair whose layers' pixel sizes do not differ by the scale its shapes give: the two
+    do not cover the same field at x``scale``."""
+    low, high = _pixel_size_nm(lq), _pixel_size_nm(hq)
+    if low is None or high is None:
+        return []
+    ratio = low / high
+    if max(ratio, scale) / min(ratio, scale) <= PIXEL_SIZE_TOLERANCE:
+        return []
+    return [f"{lq.name!r} / {hq.name!r}: their shapes make a x{scale} pair, but their pixel "
+            f"sizes ({low:.3g} and {high:.3g} nm) differ by {ratio:.2g}x, so they do not "
+            "cover the same field; check the pair or the layers' scale"]
+
+
 def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
                      preset: str | None = None, degradation: Degradation | None = None,
                      overwrite: bool = False, **settings) -> TrainingJob:
@@ -267,6 +312,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
                 problems.append(f"{lq.name!r} / {hq_layer.name!r}: {scale}")
             else:
                 scales.append(scale)
+                notes.extend(_pair_pixel_size_notes(lq, hq_layer, scale))
         if len(set(scales)) > 1:
             problems.append(f"the pairs have different scales: {sorted(set(scales))}")
         scale = scales[0] if scales else 0
@@ -274,6 +320,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
         degradation = degradation or Degradation(
             scale=config.scale if init is not None and config else 2)
         scale = degradation.scale
+        notes.extend(_hq_pixel_size_notes(layers))
     if init is not None and config is not None and scale and scale != config.scale:
         problems.append(f"the model to fine-tune is x{config.scale} but the data is x{scale}; "
                         "use data of the model's scale or train from a preset")
