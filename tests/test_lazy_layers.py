@@ -317,8 +317,11 @@ def test_a_result_store_read_through_inlined_or_unknown_sources_is_never_replace
             run_on_layer(viewer, layer, tiny_model, store=store, overwrite=True, **FAST)
     np.testing.assert_array_equal(np.asarray(zarr.open_array(str(store / "mean" / "0"))),
                                   image)
-    # a layer whose sources are all known may replace it
+    # a layer whose sources are all known may replace it, once no layer shows it
     known = viewer.add_image(da.from_array(image, chunks=(1, 48, 40)), name="known")
+    with pytest.raises(ValueError, match="holds what the layer 'inlined' shows"):
+        run_on_layer(viewer, known, tiny_model, store=store, overwrite=True, **FAST)
+    viewer.layers.remove("inlined")
     mean_layer, _ = run_on_layer(viewer, known, tiny_model, store=store, overwrite=True,
                                  **FAST)
     assert mean_layer.data.shape == (2, 96, 80)
@@ -385,3 +388,23 @@ def test_a_lazy_result_records_the_time_of_its_compute(viewer, image, tiny_model
     mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model, **FAST)
     assert mean_layer.metadata["cvdm"]["seconds"] >= 0.6
     assert std_layer.metadata["cvdm"]["seconds"] == mean_layer.metadata["cvdm"]["seconds"]
+
+
+def test_a_store_another_result_layer_shows_is_never_replaced(viewer, image, tiny_model,
+                                                              tmp_path):
+    """A region run given the store of the whole image's result (the widget's store field)
+    replaced it under that result's layers."""
+    layer = viewer.add_image(da.from_array(image, chunks=(1, 24, 20)), name="big")
+    store = tmp_path / "big.ome.zarr"
+    whole, _ = run_on_layer(viewer, layer, tiny_model, store=store, **FAST)
+    before = np.asarray(whole.data).copy()
+    shapes = viewer.add_shapes([np.array([[10.0, 10.0], [30.0, 30.0]])],
+                               shape_type="rectangle")
+    with pytest.raises(ValueError, match="holds what the layer 'big CVDM (std|mean)' shows"):
+        run_on_layer(viewer, layer, tiny_model, region=shapes, store=store, overwrite=True,
+                     **FAST)
+    np.testing.assert_array_equal(np.asarray(whole.data), before)
+    assert [x.name for x in viewer.layers] == ["big", "big CVDM std", "big CVDM mean",
+                                               "Shapes"]
+    again, _ = run_on_layer(viewer, layer, tiny_model, store=store, overwrite=True, **FAST)
+    assert again is whole  # the layers the store's result is shown in may replace it

@@ -453,6 +453,22 @@ def _overlap(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
+def _check_not_shown_elsewhere(viewer, path: Path, updated) -> None:
+    """ValueError where the store ``path`` is read by a layer this run does not update
+    (another region's or the whole image's result): replacing it would pull that layer's
+    data from under it."""
+    from napari.layers import Image
+
+    folder = path.expanduser().resolve()
+    for layer in viewer.layers:
+        if not isinstance(layer, Image) or any(layer is u for u in updated):
+            continue
+        sources, _ = _input_stores(layer)
+        if any(_overlap(folder, source) for source in sources):
+            raise ValueError(f"the store {path} holds what the layer {layer.name!r} shows; "
+                             "choose another folder (or remove that layer)")
+
+
 def _read_by_a_layer(viewer, folder: Path) -> bool:
     """Whether a layer of ``viewer`` may read from ``folder``: a result, a duplicate of one,
     a layer whose data come from there, or a layer whose sources cannot all be told."""
@@ -658,6 +674,11 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
     from .zarr_files import ZarrResultWriter
 
     path, temporary = _store_path(layer, store)
+    if not temporary:  # before the writer empties it
+        ndim = len(result.mean.shape)
+        _check_not_shown_elsewhere(viewer, path, [
+            shown for name in output_names(layer, show, crop)
+            if (shown := own_layer(viewer, name, ndim)) is not None])
     image_names = ("mean", "variance" if show == "variance" else "std")
     writer = ZarrResultWriter(path, tuple(result.mean.shape), scale=result.scale,
                               provenance={"source": layer.name, **(provenance or {})},
