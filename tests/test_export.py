@@ -168,6 +168,20 @@ def test_a_licence_that_is_no_spdx_id_is_one_line_before_any_work(tmp_path, monk
     assert not (tmp_path / "p.zip").exists()
 
 
+def test_overwrite_replaces_a_package_only(package, tmp_path):
+    """--overwrite replaced any .zip (a user's archive of images, say)."""
+    model, _ = package
+    archive = tmp_path / "my_images.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("cell.tif", b"data")
+    before = archive.read_bytes()
+    with pytest.raises(ValueError, match="not a bioimage.io package"):
+        export_bioimageio(model, archive, FAST, overwrite=True)
+    assert archive.read_bytes() == before
+    out = export_bioimageio(model, tmp_path / "p.zip", FAST)
+    assert export_bioimageio(model, out, FAST, overwrite=True) == out  # a package: replaced
+
+
 def test_an_upper_case_zip_suffix_is_a_package_name(tmp_path):
     model = nc.CVDM(nc.CVDMConfig.preset("tiny"))
     assert export_bioimageio(model, tmp_path / "MODEL.ZIP", FAST).is_file()

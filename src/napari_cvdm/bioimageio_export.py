@@ -94,6 +94,9 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         raise ValueError(f"the package name must end with .zip, not {output.name!r}")
     sampling = _checked_sampling(sampling)
     check_outputs([output], overwrite=overwrite)  # before any work: folder, name, existing
+    if output.is_file() and not _is_package(output):
+        raise ValueError(f"{output} exists and is not a bioimage.io package (no rdf.yaml); "
+                         "--overwrite replaces only a package: give a new file name")
     net, info = resolve_model(model)
     if net.config.channels != 1:
         raise ValueError("only single-channel models can be exported")
@@ -122,6 +125,15 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         with atomic_write(output) as part:
             spec.save(descr, part)
     return output
+
+
+def _is_package(path: Path) -> bool:
+    """Whether ``path`` is a bioimage.io package: a zip with a description at its top."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return bool({"rdf.yaml", "bioimageio.yaml"} & set(archive.namelist()))
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _checked_sampling(sampling: dict[str, Any] | None) -> dict[str, Any]:
