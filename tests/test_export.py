@@ -79,6 +79,28 @@ def test_the_package_gives_what_predict_gives_with_the_same_settings(package, tm
     np.testing.assert_allclose(expected[0, 0], result.mean, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(expected[0, 1], result.std, rtol=1e-5, atol=1e-4)
     assert not np.allclose(result.std, result.sample_std)  # the calibration does something
+    with zipfile.ZipFile(path) as archive:
+        assert "calibrated standard deviation" in archive.read("README.md").decode()
+        assert "calibrated standard deviation" in archive.read("rdf.yaml").decode()
+    uncalibrated = export_bioimageio(nc.CVDM(nc.CVDMConfig.preset("tiny")),
+                                     tmp_path / "raw.zip", FAST)
+    with zipfile.ZipFile(uncalibrated) as archive:
+        assert "no calibration" in archive.read("README.md").decode()
+        assert "calibrated" not in archive.read("rdf.yaml").decode()
+
+
+def test_a_model_trained_in_memory_exports(tmp_path, nuclei_truth):
+    """train() returns a model whose PSF widths are a tuple (a list once in a file): its
+    package was refused as damaged."""
+    from napari_cvdm.degradation import Degradation
+    from napari_cvdm.training import TrainingSettings, train
+
+    settings = TrainingSettings(preset="tiny", steps=2, batch_size=2, patch_size=32,
+                                validation_every=2, precision="fp32", psf_conditioned=True)
+    model = train(output=tmp_path / "t.cvdm.safetensors",
+                  hq=[nuclei_truth[:128, :128], nuclei_truth[128:256, :128]], settings=settings, device="cpu", degradation=Degradation(psf_sigma=(1.0, 3.0)))
+    assert isinstance(model.metadata["training"]["data"]["degradation"]["psf_sigma"], tuple)
+    assert export_bioimageio(model, tmp_path / "trained.zip", FAST).is_file()
 
 
 def test_load_model_reads_a_package_without_unpickling(package):
@@ -139,6 +161,7 @@ def test_export_checks_its_output_before_any_work(tmp_path):
 @pytest.mark.parametrize(("sampling", "message"), [
     ({"sample": 2}, "unknown sampling setting.*'sample'"),  # a typo: was a bare TypeError
     ({"seed": None}, "fixed seed"),  # drew a new seed on every call of the package
+    ({"samples": 1}, "at least 2 samples"),  # no spread: the std channel says nothing
     ({"samples": 0}, "samples"),
 ])
 def test_export_refuses_unusable_sampling_settings_before_any_work(tmp_path, monkeypatch,

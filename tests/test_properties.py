@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from hypothesis import HealthCheck, assume, event, given, settings
+from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -63,6 +63,7 @@ def time_limit(seconds: int):
 
 @FAST
 @given(grids(), st.integers(0, 2**32 - 1))
+@example(grid=(39, 34, 21, 20), seed=251)
 def test_tiles_cover_the_image_and_blending_an_identity_model_gives_it_back(grid, seed):
     """A "model" that returns its input: mean = the tile's region, variance = 0 or a map."""
     height, width, tile, overlap = grid
@@ -86,8 +87,11 @@ def test_tiles_cover_the_image_and_blending_an_identity_model_gives_it_back(grid
         eps = 4 * float(np.finfo(np.result_type(mean.dtype, np.float32)).eps)
         top = float(np.abs(image).max())
         np.testing.assert_allclose(mean, image, rtol=eps, atol=eps * top)
-        # Tiles that agree leave the variance unchanged (no seam in the uncertainty map).
-        np.testing.assert_allclose(var, var_map, rtol=eps, atol=eps + (eps * top) ** 2)
+        # Tiles that agree leave the variance unchanged (no seam in the uncertainty map), up
+        # to a few ulp per tile blended into a pixel (found by hypothesis: 9e-7 where all 266
+        # tiles of 21 px with overlap 20 cover a 39 x 34 image).
+        tol = eps * max(1, int(covered.max()))
+        np.testing.assert_allclose(var, var_map, rtol=tol, atol=tol + (eps * top) ** 2)
 
 
 @FAST

@@ -47,6 +47,7 @@ from .layers import (
     _as_dask,
     check_layer,
     check_output_room,
+    input_of,
     input_warnings,
     is_lazy,
     layer_image,
@@ -78,6 +79,23 @@ def _predict(data, load_model, kwargs, progress, cancel):
     first emits a Qt signal, the second reads threading.Events.
     """
     return devices.compute_thread_run(_predict_here, data, load_model, kwargs, progress, cancel)
+
+
+def _compute_and_check(out, checks) -> list[str]:
+    """A lazy run's job in the compute thread: write the result into its store, then the
+    input checks (they read a crop of a large image: not on the main thread). ``checks``:
+    ((image, pixel sizes, units), model, PSF width, samples), or None."""
+    from .domain import input_warnings as warnings_for
+
+    out.compute()
+    if checks is None:
+        return []
+    (image, sizes, units), model, psf_sigma, samples = checks
+    try:
+        return warnings_for(image, model, sizes, units, psf_sigma, samples)
+    except Exception as exc:  # the result is written: a failed check must not undo it
+        return [f"the input could not be checked for what would make the result "
+                f"untrustworthy ({type(exc).__name__}: {exc})"]
 
 
 def _predict_here(data, load_model, kwargs, progress, cancel):
@@ -410,18 +428,18 @@ class ReconstructionWidget(Container):
             self._status.value = "failed: could not create the zarr store"
             return
         self._lazy = out
-        worker = create_worker(devices.compute_thread_run, out.compute, _ignore_errors=True,
-                               _start_thread=False)
-        worker.returned.connect(
-            lambda _: self._on_lazy_done(out, cancel, partial(self._warn_about_input, layer,
-                                                              model, options, crop)))
+        checks = None if model is None else (
+            input_of(layer, crop), model, options.settings.psf_sigma, options.settings.samples)
+        worker = create_worker(devices.compute_thread_run, _compute_and_check, out, checks,
+                               _ignore_errors=True, _start_thread=False)
+        worker.returned.connect(lambda messages: self._on_lazy_done(out, cancel, messages))
         worker.errored.connect(lambda exc: self._on_lazy_failed(out, exc))
         worker.finished.connect(partial(self._on_finished, worker))
         self._worker = worker
         self._status.value = f"writing {out.path}…"
         worker.start()
 
-    def _on_lazy_done(self, out, cancel, warn_about_input=None) -> None:
+    def _on_lazy_done(self, out, cancel, messages=()) -> None:
         self._lazy = None
         if self._viewer_gone.is_set():
             return  # the store is complete; nothing is left to show it in
@@ -430,12 +448,12 @@ class ReconstructionWidget(Container):
             return
         try:
             out.finish()
-            if warn_about_input is not None:
-                warn_about_input()
         except (ValueError, RuntimeError, OSError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
             return
+        for message in messages or ():
+            show_warning(f"CVDM: {message}")
         elapsed = time.perf_counter() - self._started
         self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"
 

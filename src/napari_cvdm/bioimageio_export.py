@@ -50,15 +50,25 @@ def _test_image(size: int) -> np.ndarray:
     return np.ascontiguousarray(data[..., :size, :size])
 
 
-def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any]) -> str:
+def std_description(metadata: dict[str, Any] | None) -> str:
+    """What the package's channel 1 is, for its description and README."""
+    if (metadata or {}).get("calibration") is not None:
+        return ("the calibrated standard deviation: the samples' spread mapped to the "
+                "expected error of the mean, fitted on held-out images")
+    return "the samples' standard deviation (this model has no calibration)"
+
+
+def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any],
+            metadata: dict[str, Any] | None = None) -> str:
     lines = [f"# {name}", "", card["description"], "",
              "## What one forward pass computes", "",
              f"The network runs the whole CVDM reverse diffusion: {sampling['samples']} "
              f"samples, each with {sampling['steps']} DDIM steps (eta {sampling['eta']}, "
              f"seed {sampling['seed']}), from the input resampled onto a grid "
              f"{config.scale} times finer; it returns their per-pixel mean (channel 0) and "
-             "standard deviation (channel 1) in the input's intensity units. Normalisation "
-             "(percentiles) is done inside. For other sample counts or steps, use "
+             f"{std_description(metadata)} (channel 1), in the input's intensity units, as "
+             "napari-cvdm gives them with these settings. Normalisation (percentiles) is "
+             "done inside. For other sample counts or steps, use "
              "napari-cvdm itself (`pip install napari-cvdm`; `cvdm predict --model "
              "this.zip`).", ""]
     for key in CARD_FIELDS:
@@ -119,7 +129,8 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         tifffile.imwrite(folder / "sample_output.tif", test_output[0])
         upsampled = np.kron(test_input[0, 0], np.ones((net.config.scale,) * 2))
         _png(folder / "cover.png", np.concatenate([upsampled, test_output[0, 0]], axis=1))
-        (folder / "README.md").write_text(_readme(name, card, net.config, sampling))
+        (folder / "README.md").write_text(_readme(name, card, net.config, sampling,
+                                                  wrapper.model.metadata))
         descr = spec.describe(folder, name, card, net.config, sampling, __version__,
                               torch.__version__, wrapper.model.metadata)
         with atomic_write(output) as part:
@@ -148,6 +159,9 @@ def _checked_sampling(sampling: dict[str, Any] | None) -> dict[str, Any]:
                          f"package's settings are {', '.join(SAMPLING)}")
     if sampling["seed"] is None:
         raise ValueError("the package needs a fixed seed (its test output must be repeatable)")
+    if isinstance(sampling["samples"], int) and sampling["samples"] < 2:
+        raise ValueError("the package needs at least 2 samples: one has no spread, so its "
+                         "std channel would say nothing")
     PredictSettings(**sampling)  # the limits and types predict() would refuse
     return sampling
 

@@ -4,7 +4,8 @@ A bioimage.io consumer (deepImageJ, bioimageio.core, ilastik) runs one forward p
 CVDM that pass is the whole reverse diffusion: :class:`CVDMSampler` draws ``samples``
 reconstructions with ``steps`` DDIM steps (``eta``, fixed ``seed``) through
 :func:`napari_cvdm.predict` and returns their per-pixel mean and standard deviation as two
-channels, in the input's intensity units, ``scale`` times finer in Y and X. ``metadata``
+channels, in the input's intensity units, ``scale`` times finer in Y and X (the std
+calibrated where the model has a calibration, as napari-cvdm returns it). ``metadata``
 holds what ``predict`` reads from a model file besides the weights (the uncertainty's
 calibration, the normalisation, a conditioned model's PSF widths), so that the package gives
 what napari-cvdm gives with the same settings.
@@ -12,6 +13,7 @@ what napari-cvdm gives with the same settings.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -65,4 +67,4 @@ def prediction_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:
              .get("psf_sigma"))
     if sigma is not None:
         out["training"] = {"data": {"degradation": {"psf_sigma": sigma}}}
-    return out
+    return json.loads(json.dumps(out))  # as a description holds it: tuples become lists

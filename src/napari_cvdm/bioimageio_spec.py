@@ -36,9 +36,10 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         data=IntervalOrRatioDataDescr(type="float32"))]
     outputs = [OutputTensorDescr(
         id=TensorId("mean_std"),
-        description=f"mean (channel 0) and standard deviation (channel 1) of "
-                    f"{sampling['samples']} CVDM samples, in the input's units, "
-                    f"{config.scale} times finer",
+        # (at most 128 characters; the README says more)
+        description=f"mean of {sampling['samples']} CVDM samples (channel 0) and their "
+                    f"{'calibrated ' if (metadata or {}).get('calibration') else ''}standard "
+                    f"deviation (1), input units, {config.scale}x finer",
         axes=[BatchAxis(), ChannelAxis(channel_names=[Identifier("mean"), Identifier("std")]),
               SpaceOutputAxis(id=AxisId("y"), scale=1.0 / config.scale,
                               size=SizeReference(tensor_id=TensorId("raw"), axis_id=AxisId("y"))),
@@ -49,7 +50,10 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         data=IntervalOrRatioDataDescr(type="float32"))]
     architecture = ArchitectureFromLibraryDescr(
         callable=Identifier("CVDMSampler"), import_from="napari_cvdm.bioimageio_model",
-        kwargs={"config": config.to_dict(), **sampling, "metadata": metadata or {}})
+        # metadata only where there is some: a package without it loads in napari-cvdm
+        # versions before the sampler took it
+        kwargs={"config": config.to_dict(), **sampling,
+                **({"metadata": metadata} if metadata else {})})
     weights = WeightsDescr(pytorch_state_dict=PytorchStateDictWeightsDescr(
         source=folder / "weights.pt", architecture=architecture,
         pytorch_version=Version(torch_version.split("+")[0])))

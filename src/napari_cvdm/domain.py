@@ -121,8 +121,8 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     out.extend(_psf_warnings(model, psf_sigma))
     if samples == 1:
         out.append("one sample was drawn, so the uncertainty is not measured (the samples' "
-                   "variance is 0; the std is the calibration's floor, not an error bar). "
-                   "Draw at least 2 samples (8 by default) for an uncertainty")
+                   "variance is 0; the std is 0, or the calibration's floor, not an error "
+                   "bar). Draw at least 2 samples (8 by default) for an uncertainty")
     return out
 
 

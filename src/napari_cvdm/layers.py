@@ -229,9 +229,9 @@ def output_names(layer, show: str = SHOW[0], crop: Crop | None = None) -> tuple[
 
 
 def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, float]:
-    """Contrast limits at the ``low`` and ``high`` percentiles of (a strided sample of,
-    about a million values) ``data``: a whole 40 x 2048 x 2048 result took seconds on the
-    main thread."""
+    """Contrast limits at the ``low`` and ``high`` percentiles of a strided sample of
+    ``data`` (:func:`_sample`): a whole 40 x 2048 x 2048 result took seconds on the main
+    thread."""
     data = _sample(data)
     lo, hi = (float(v) for v in np.percentile(data, [low, high]))
     if not hi > lo:
@@ -283,14 +283,17 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
         if not mean_limits[1] > mean_limits[0]:
             mean_limits = (mean_limits[0], mean_limits[0] + 1.0)
         spread_limits = (0.0, max((mean_limits[1] - mean_limits[0]) * 0.1, 1e-6))
-    # the input's blending and opacity: a channel of a composite (additive) stays one, and
-    # its uncertainty does not hide the channels below it
-    look = {"blending": layer.blending, "opacity": float(layer.opacity)}
+    # The mean looks like its input (a channel of an additive composite stays one). The
+    # uncertainty lies below it: where the mean would not cover it (additive or translucent)
+    # it starts hidden, or its magma would read as signal, or hide the channels below.
+    blending, opacity = layer.blending, float(layer.opacity)
+    covered = blending != "additive" and opacity >= 1
     mean_kwargs = {"name": mean_name, "colormap": layer.colormap,
-                   "contrast_limits": mean_limits, "gamma": layer.gamma, **look,
+                   "contrast_limits": mean_limits, "gamma": layer.gamma,
+                   "blending": blending, "opacity": opacity,
                    "metadata": {"cvdm": {**info, "output": "mean"}}, **transform}
     spread_kwargs = {"name": spread_name, "colormap": UNCERTAINTY_COLORMAP,
-                     "contrast_limits": spread_limits, **look,
+                     "contrast_limits": spread_limits, "visible": covered,
                      "metadata": {"cvdm": {**info, "output": show}}, **transform}
     return [(mean, mean_kwargs, "image"), (spread, spread_kwargs, "image")]
 
@@ -356,7 +359,8 @@ def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     # Setting data keeps the old contrast range; widen it so the new limits are reachable.
     old_lo, old_hi = existing.contrast_limits_range
     if isinstance(data, np.ndarray):
-        lo_data, hi_data = float(data.min()), float(data.max())
+        sample = _sample(data)  # the slider's range, not the limits: a sample will do
+        lo_data, hi_data = float(sample.min()), float(sample.max())
     else:  # a zarr array being written: never read it whole
         lo_data, hi_data = lo, hi
     existing.contrast_limits_range = (min(old_lo, lo, lo_data), max(old_hi, hi, hi_data))
@@ -382,13 +386,13 @@ def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
 def _put_below(viewer, spread_layer, mean_layer) -> None:
     """The uncertainty directly below its mean, so the reconstruction is what shows; an
     uncertainty added to an earlier mean (another kind shown, or one the user deleted)
-    went on top of it."""
+    went on top of it, and a mean added again went on top, apart from its uncertainty."""
     layers = viewer.layers
     if spread_layer not in layers or mean_layer not in layers:
         return
     spread_at, mean_at = layers.index(spread_layer), layers.index(mean_layer)
-    if spread_at > mean_at:
-        layers.move(spread_at, mean_at)
+    if spread_at != mean_at - 1:
+        layers.move(spread_at, mean_at)  # to just before (below) the mean, from either side
         layers.selection.active = mean_layer
 
 
@@ -398,9 +402,15 @@ def input_warnings(layer, model, psf_sigma: float | None = None,
     not be trustworthy (``domain.input_warnings``)."""
     from .domain import input_warnings as warnings_for
 
+    image, sizes, units = input_of(layer, crop)
+    return warnings_for(image, model, sizes, units, psf_sigma, samples)
+
+
+def input_of(layer, crop: Crop | None = None) -> tuple[Any, tuple, list | None]:
+    """(image, pixel sizes, units) of a layer (its ``crop``), as the input checks take
+    them; read on the main thread, so that the checks may run in another."""
     units = [str(u) for u in getattr(layer, "units", ())][-2:] or None
-    return warnings_for(layer_image(layer, crop), model, tuple(float(s) for s in layer.scale[-2:]),
-                        units, psf_sigma, samples)
+    return layer_image(layer, crop), tuple(float(s) for s in layer.scale[-2:]), units
 
 
 def _model_path(source: str | os.PathLike) -> Path:
@@ -410,7 +420,7 @@ def _model_path(source: str | os.PathLike) -> Path:
             raise ValueError(f"the bundled {source!r} model is not installed here; "
                              "choose a model file (.cvdm.safetensors) instead")
         return path
-    return Path(source)
+    return Path(source).expanduser()
 
 
 def model_scale(source: str | os.PathLike) -> int:
@@ -728,7 +738,9 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     standard deviation; or ``"... CVDM variance"``, the raw sample variance, with
     ``show="variance"``), in the input's intensity units (the variance in units squared),
     below the mean layer, on a grid ``model.config.scale`` times finer that overlays the input.
-    Running again on the same layer updates them. The input layer is never modified.
+    A ``region``'s outputs are named after it (``"<layer> CVDM mean (region y0:y1, x0:x1)"``,
+    the input's bounds). Running again on the same layer (and region) updates them. The
+    input layer is never modified.
     Returns ``(mean_layer, uncertainty_layer)``. Call it on napari's main thread (it adds
     layers); it may run while the widget runs, even with the same model object.
 
@@ -763,8 +775,9 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     except BaseException:
         out.abort()
         raise
-    _warn_about_input(layer, net, s, crop)
-    return out.finish()
+    shown = out.finish()
+    _warn_about_input(layer, net, s, crop)  # after the layers are complete
+    return shown
 
 
 def _warn_about_input(layer, model, settings, crop) -> None:

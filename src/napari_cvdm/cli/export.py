@@ -27,8 +27,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..bioimageio_export import export_bioimageio
 
-    if not 1 <= args.samples <= 256 or not 1 <= args.steps <= 1000:
-        raise ValueError("--samples must be 1 to 256 and --steps 1 to 1000")
+    if not 2 <= args.samples <= 256 or not 1 <= args.steps <= 1000:
+        raise ValueError("--samples must be 2 to 256 and --steps 1 to 1000")
     out = export_bioimageio(args.model, args.bioimageio,
                             {"samples": args.samples, "steps": args.steps},
                             overwrite=args.overwrite)
