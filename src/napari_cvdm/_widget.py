@@ -84,15 +84,12 @@ def _predict(data, load_model, kwargs, progress, cancel):
 def _compute_and_check(out, checks) -> list[str]:
     """A lazy run's job in the compute thread: write the result into its store, then the
     input checks (they read a crop of a large image: not on the main thread). ``checks``:
-    ((image, pixel sizes, units), model, PSF width, samples), or None."""
-    from .domain import input_warnings as warnings_for
-
+    a call giving their messages, or None."""
     out.compute()
     if checks is None:
         return []
-    (image, sizes, units), model, psf_sigma, samples = checks
     try:
-        return warnings_for(image, model, sizes, units, psf_sigma, samples)
+        return checks()
     except Exception as exc:  # the result is written: a failed check must not undo it
         return [f"the input could not be checked for what would make the result "
                 f"untrustworthy ({type(exc).__name__}: {exc})"]
@@ -428,8 +425,13 @@ class ReconstructionWidget(Container):
             self._status.value = "failed: could not create the zarr store"
             return
         self._lazy = out
-        checks = None if model is None else (
-            input_of(layer, crop), model, options.settings.psf_sigma, options.settings.samples)
+        checks = None
+        if model is not None:  # the layer is read here; the checks run in the compute thread
+            from .domain import input_warnings as warnings_for
+
+            image, sizes, units = input_of(layer, crop)
+            checks = partial(warnings_for, image, model, sizes, units,
+                             options.settings.psf_sigma, options.settings.samples)
         worker = create_worker(devices.compute_thread_run, _compute_and_check, out, checks,
                                _ignore_errors=True, _start_thread=False)
         worker.returned.connect(lambda messages: self._on_lazy_done(out, cancel, messages))

@@ -126,7 +126,7 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     return out
 
 
-def _axis_sizes_nm(pixel_size, unit) -> dict[str, float]:
+def axis_sizes_nm(pixel_size, unit) -> dict[str, float]:
     """{'Y': nm, 'X': nm} for the axes whose size is a length (one number: X only)."""
     if pixel_size is None:
         return {}
@@ -156,7 +156,7 @@ ANISOTROPY_TOLERANCE = 1.1  # Y and X pixel sizes further apart than this are "n
 
 def _pixel_size_warnings(model, pixel_size, unit) -> list[str]:
     """Pixel sizes (per axis) far from the model's range, and pixels that are not square."""
-    sizes = _axis_sizes_nm(pixel_size, unit)
+    sizes = axis_sizes_nm(pixel_size, unit)
     out = []
     intended: dict[str, Any] = (getattr(model, "metadata", None) or {}).get("intended") or {}
     expected = intended.get("input_pixel_size_nm")

@@ -223,18 +223,14 @@ PIXEL_SIZE_TOLERANCE = 1.15
 
 
 def _pixel_size_nm(layer) -> float | None:
-    """A layer's X pixel size in nm where its scale is in a length unit (None: in pixels,
-    napari's default, or not a length)."""
-    from .domain import pixel_size_nm
+    """A layer's X pixel size in nm where its Y and X scales are in a length unit (None: in
+    pixels, napari's default, or not a length)."""
+    from .domain import axis_sizes_nm
+    from .layers import input_of
 
-    units = [str(u) for u in getattr(layer, "units", ())][-2:]
-    if len(units) != 2 or "pixel" in units:
-        return None
-    try:
-        sizes = [pixel_size_nm(float(s), u) for s, u in zip(layer.scale[-2:], units)]
-    except (TypeError, ValueError):
-        return None
-    return sizes[-1] if None not in sizes else None
+    _, sizes, units = input_of(layer)
+    nm = axis_sizes_nm(sizes, units)
+    return nm["X"] if len(nm) == 2 else None
 
 
 def _hq_pixel_size_notes(layers) -> list[str]:
