@@ -49,6 +49,23 @@ def test_the_package_holds_card_cover_and_test_tensors(package):
         assert f"## {heading}" in readme
 
 
+def test_the_package_names_the_napari_cvdm_it_needs(package):
+    # the architecture is imported from napari-cvdm, and older versions may not know the
+    # sampler's arguments: the weights' environment and the README say which version
+    import yaml
+
+    _, path = package
+    descr = spec.load_description(path)
+    with zipfile.ZipFile(path) as archive:
+        source = descr.weights.pytorch_state_dict.dependencies.source
+        environment = yaml.safe_load(archive.read(str(source.path)))
+        readme = archive.read("README.md").decode()
+    pip = next(d["pip"] for d in environment["dependencies"] if isinstance(d, dict))
+    assert pip == [f"napari-cvdm>={nc.__version__}"]
+    assert any(str(d).startswith("pytorch") for d in environment["dependencies"])
+    assert f"napari-cvdm {nc.__version__} or newer" in readme
+
+
 def test_the_described_network_reproduces_the_test_output(package, tmp_path):
     from napari_cvdm.bioimageio_model import CVDMSampler
 

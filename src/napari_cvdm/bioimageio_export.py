@@ -59,7 +59,7 @@ def std_description(metadata: dict[str, Any] | None) -> str:
 
 
 def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any],
-            metadata: dict[str, Any] | None = None) -> str:
+            metadata: dict[str, Any] | None, version: str) -> str:
     lines = [f"# {name}", "", card["description"], "",
              "## What one forward pass computes", "",
              f"The network runs the whole CVDM reverse diffusion: {sampling['samples']} "
@@ -69,8 +69,9 @@ def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any],
              f"{std_description(metadata)} (channel 1), in the input's intensity units, as "
              "napari-cvdm gives them with these settings. Normalisation (percentiles) is "
              "done inside. For other sample counts or steps, use "
-             "napari-cvdm itself (`pip install napari-cvdm`; `cvdm predict --model "
-             "this.zip`).", ""]
+             f"napari-cvdm itself (`pip install 'napari-cvdm>={version}'`; `cvdm predict "
+             "--model this.zip`). The network is imported from napari-cvdm: this package "
+             f"needs napari-cvdm {version} or newer (environment.yaml).", ""]
     for key in CARD_FIELDS:
         lines += [f"## {key.replace('_', ' ').capitalize()}", "", card[key], ""]
     lines += ["## Validation", "", "Measured quality of napari-cvdm models (PSNR, SSIM and "
@@ -78,6 +79,16 @@ def _readme(name: str, card: dict[str, str], config, sampling: dict[str, Any],
               "training history of the attached .cvdm.safetensors file (`cvdm info "
               "MODEL`) and in napari-cvdm's docs/benchmarks.md.", ""]
     return "\n".join(lines)
+
+
+def environment(version: str) -> str:
+    """The package's conda environment (its ``dependencies``): the architecture and its
+    sampling are imported from napari-cvdm, so the package needs napari-cvdm, at least the
+    version that wrote it (older versions may not know the sampler's arguments)."""
+    return "\n".join([
+        "name: napari-cvdm", "channels:", "  - conda-forge", "  - nodefaults",
+        "dependencies:", "  - python>=3.11", "  - pytorch>=2.1", "  - pip", "  - pip:",
+        f"      - napari-cvdm>={version}", ""])
 
 
 def attachment_stem(name: str) -> str:
@@ -130,7 +141,8 @@ def export_bioimageio(model, output: str | os.PathLike, sampling: dict[str, Any]
         upsampled = np.kron(test_input[0, 0], np.ones((net.config.scale,) * 2))
         _png(folder / "cover.png", np.concatenate([upsampled, test_output[0, 0]], axis=1))
         (folder / "README.md").write_text(_readme(name, card, net.config, sampling,
-                                                  wrapper.model.metadata))
+                                                  wrapper.model.metadata, __version__))
+        (folder / "environment.yaml").write_text(environment(__version__))
         descr = spec.describe(folder, name, card, net.config, sampling, __version__,
                               torch.__version__, wrapper.model.metadata)
         with atomic_write(output) as part:

@@ -56,7 +56,8 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
                 **({"metadata": metadata} if metadata else {})})
     weights = WeightsDescr(pytorch_state_dict=PytorchStateDictWeightsDescr(
         source=folder / "weights.pt", architecture=architecture,
-        pytorch_version=Version(torch_version.split("+")[0])))
+        pytorch_version=Version(torch_version.split("+")[0]),
+        dependencies=FileDescr(source=folder / "environment.yaml")))
     attachment = next(folder.glob("*.cvdm.safetensors"))
     title = "CVDM " + re.sub(r"[^A-Za-z0-9_\- ()]", "-", name)[:100]
     return ModelDescr(
