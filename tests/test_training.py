@@ -542,3 +542,18 @@ def test_cvdm_train_resumes_a_x4_fine_tune_without_being_told_the_scale(hq_dir, 
     assert main(["train", *common, "--init", str(first), "--steps", "1", "-o", str(out)]) == 0
     assert main(["train", *common, "--steps", "2", "--resume", "-o", str(out)]) == 0
     assert nc.load_model(out).config.scale == 4
+
+
+def test_blank_validation_patches_are_not_scored(nuclei_truth):
+    # a blank target fits any prediction to about 120 dB: it must not be averaged in
+    from napari_cvdm.training import evaluate
+
+    model = nc.CVDM(nc.CVDMConfig.preset("tiny"))
+    target = torch.from_numpy(np.ascontiguousarray(nuclei_truth[:32, :32], np.float32))
+    target = (target - target.min()) / (target.max() - target.min())
+    y = torch.stack([torch.zeros_like(target), target])[:, None]
+    x = torch.nn.functional.interpolate(
+        torch.nn.functional.avg_pool2d(y, 2), scale_factor=2, mode="bicubic")
+    scores = evaluate(model, x, y, steps=2)
+    assert np.isfinite(scores["psnr"]) and scores["bicubic_psnr"] < 60
+    assert evaluate(model, x[:1], y[:1], steps=2) == {}

@@ -18,6 +18,13 @@ def _to01(target: np.ndarray) -> tuple[np.ndarray, float, float]:
     return (target - low) / span, low, span
 
 
+def has_range(target: np.ndarray) -> bool:
+    """Whether ``target`` has an intensity range to score against: PSNR and SSIM of a flat
+    (blank) target say nothing (any prediction fits it to about 120 dB)."""
+    low, high = np.percentile(np.asarray(target, dtype=np.float64), (0.1, 99.9))
+    return bool(high > low)
+
+
 def affine_fit(prediction: np.ndarray, target: np.ndarray) -> np.ndarray:
     p = np.asarray(prediction, dtype=np.float64).ravel()
     t = np.asarray(target, dtype=np.float64).ravel()

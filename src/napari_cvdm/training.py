@@ -29,7 +29,7 @@ from .errors import Cancelled, TrainingDiverged
 from .errors import cancel_requested as _cancel_requested
 from .io import load_model
 from .model_files import training_output_problem
-from .metrics import psnr, ssim
+from .metrics import has_range, psnr, ssim
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM, conditioned_on_psf
 from .normalization import DEFAULT_PERCENTILES
@@ -64,7 +64,8 @@ def _config(settings: TrainingSettings, scale: int) -> CVDMConfig:
 
 def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
              seed: int = 0, psf_sigma=None) -> dict[str, float]:
-    """PSNR/SSIM of one deterministic CVDM sample (and of the bicubic input) per patch.
+    """PSNR/SSIM of one deterministic CVDM sample (and of the bicubic input), averaged
+    over the patches whose target is not blank (``metrics.has_range``); empty when all are.
 
     ``psf_sigma`` (B,): the patches' PSF widths, told to a PSF-conditioned model."""
     model.eval()
@@ -79,6 +80,8 @@ def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
         scores.update(mean_psnr=[], mean_ssim=[])
     for i in range(x.shape[0]):
         target = y[i, 0].cpu().numpy()
+        if not has_range(target):
+            continue
         scores["psnr"].append(psnr(out[i, 0].cpu().numpy(), target))
         scores["ssim"].append(ssim(out[i, 0].cpu().numpy(), target))
         scores["bicubic_psnr"].append(psnr(x[i, 0].cpu().numpy(), target))
@@ -86,6 +89,8 @@ def evaluate(model: CVDM, x: torch.Tensor, y: torch.Tensor, steps: int = 10,
         if "mu" in prep:
             scores["mean_psnr"].append(psnr(prep["mu"][i, 0].cpu().numpy(), target))
             scores["mean_ssim"].append(ssim(prep["mu"][i, 0].cpu().numpy(), target))
+    if not scores["psnr"]:
+        return {}
     return {k: float(np.mean(v)) for k, v in scores.items()}
 
 
@@ -319,15 +324,20 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
             if step % settings.validation_every == 0 or step == settings.steps:
                 scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed,
                                   psf_sigma=val_sigma)
-                scores.update(step=step, loss=last_loss["total"],
-                              gamma_start=last_loss["gamma_start"], gamma_end=last_loss["gamma_end"],
-                              seconds=round(time.perf_counter() - started, 1))
-                metadata["training"]["history"].append(scores)
-                say("step {step}: loss {loss:.4f}  val PSNR {psnr:.2f} dB (bicubic "
-                    "{bicubic_psnr:.2f})  SSIM {ssim:.3f}  gamma(0)={gamma_start:.5f} "
-                    "gamma(1)={gamma_end:.2e}".format(**scores))
-                if on_validation is not None:
-                    on_validation(step, scores, ema)
+                if not scores:
+                    say(f"step {step}: loss {last_loss['total']:.4f}  no validation score "
+                        "(the validation patches are blank)")
+                else:
+                    scores.update(step=step, loss=last_loss["total"],
+                                  gamma_start=last_loss["gamma_start"],
+                                  gamma_end=last_loss["gamma_end"],
+                                  seconds=round(time.perf_counter() - started, 1))
+                    metadata["training"]["history"].append(scores)
+                    say("step {step}: loss {loss:.4f}  val PSNR {psnr:.2f} dB (bicubic "
+                        "{bicubic_psnr:.2f})  SSIM {ssim:.3f}  gamma(0)={gamma_start:.5f} "
+                        "gamma(1)={gamma_end:.2e}".format(**scores))
+                    if on_validation is not None:
+                        on_validation(step, scores, ema)
             first_due = saved_step is None and (
                 step >= settings.first_checkpoint
                 or time.perf_counter() - started >= FIRST_CHECKPOINT_SECONDS)
