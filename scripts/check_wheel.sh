@@ -19,5 +19,6 @@ python3 -m venv "$work/venv"
 cd "$work"
 sample=$("$work/venv/bin/python" -c "import napari_cvdm.sample_data as s; print(s.path())")
 "$work/venv/bin/cvdm" predict "$sample" -o "$work/out" --samples 2 --steps 5 --seed 0 --quiet
-test -s "$work/out/nuclei_widefield_cvdm_mean.tif" && test -s "$work/out/nuclei_widefield_cvdm_var.tif"
+test -s "$work/out/nuclei_widefield_cvdm_mean.tif" && test -s "$work/out/nuclei_widefield_cvdm_std.tif" \
+    && test -s "$work/out/nuclei_widefield_cvdm_var.tif"
 echo "wheel OK: $(basename "$wheel")"

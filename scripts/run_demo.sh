@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: the bundled model on the bundled sample -> demo-output/*_cvdm_{mean,var}.tif
+# The main job: the bundled model on the bundled sample -> demo-output/*_cvdm_{mean,std,var}.tif
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh

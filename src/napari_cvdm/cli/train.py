@@ -10,7 +10,7 @@ from .progress import ProgressBar
 EPILOG = """examples:
   cvdm train --hq sharp_images/ --preset small --steps 20000 -o mine.cvdm.safetensors
   cvdm train --synthetic microtubules er --psf-sigma 2 4 --steps 20000 -o mine.cvdm.safetensors
-  cvdm train --init demo --hq my_sim_images/ --steps 300 -o tuned.cvdm.safetensors
+  cvdm train --init widefield-x2 --hq my_sim_images/ --steps 300 -o tuned.cvdm.safetensors
   cvdm train --pairs widefield/ sim/ --steps 20000 -o pairs.cvdm.safetensors
 """
 
