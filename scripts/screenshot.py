@@ -3,7 +3,10 @@
 Opens a viewer (needs a display: run under ``xvfb-run -a`` on a headless machine), loads
 the sample, runs the dock widget with the given model and saves the whole window:
 
-    xvfb-run -a python scripts/screenshot.py --model demo --output docs/images/widget.png
+    xvfb-run -a python scripts/screenshot.py --output docs/images/widget.png
+
+Samples and steps are the widget's defaults unless given, so the picture shows what a user
+sees.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="demo", help="'demo' or a .cvdm.safetensors file")
+    parser.add_argument("--model", default="widefield-x2",
+                        help="a bundled name or a .cvdm.safetensors file")
     parser.add_argument("--output", type=Path, default=Path("docs/images/widget.png"))
-    parser.add_argument("--samples", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=None, help="default: the widget's")
+    parser.add_argument("--steps", type=int, default=None, help="default: the widget's")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--size", default="1600x760", help="window size, WIDTHxHEIGHT")
     args = parser.parse_args(argv)
@@ -41,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     (layer,) = viewer.open_sample("napari-cvdm", "nuclei")
     _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
     widget.use_model(args.model)
-    widget.set_options(samples=args.samples, steps=args.steps, seed=args.seed)
+    given = {"samples": args.samples, "steps": args.steps}
+    widget.set_options(seed=args.seed, **{k: v for k, v in given.items() if v is not None})
     if widget.start() is None:
         return 1
     while widget.running:
