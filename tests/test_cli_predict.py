@@ -313,14 +313,16 @@ def test_an_output_folder_that_is_a_symbolic_link_loop_is_a_one_line_error(
     ((1 - np.eye(16)).astype(np.complex64), {}, "the image has complex values"),
 ])
 def test_files_predict_cannot_use_get_its_message_alone(tmp_path, tiny_model_file, capsys,
-                                                        data, kwargs, match):
+                                                        two_tiffs, data, kwargs, match):
     """Such files got a warning about their contents first, or the OME writer's message
-    about their axes instead of predict()'s."""
+    about their axes instead of predict()'s; in a batch, only when their turn came (after
+    the work on the files before them), and without naming the file."""
     path = tmp_path / "odd.tif"
     tifffile.imwrite(path, data, **kwargs)
-    assert _cli([path], tmp_path / "o", tiny_model_file, "--quiet") == 2
+    assert _cli([two_tiffs[0], path], tmp_path / "o", tiny_model_file, "--quiet") == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and match in err and "warning" not in err
+    assert f"{path}: " in err
     assert not (tmp_path / "o").exists()  # nothing written, not even the folder
 
 
@@ -387,3 +389,7 @@ def test_a_tiff_with_pixels_that_are_not_square_is_warned_about(tmp_path, tiny_m
     assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
                  str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]) == 0
     assert "not square (130 nm along Y, 65 nm along X)" in capsys.readouterr().err
+    # and the files keep it: a warning on the terminal scrolls away
+    with tifffile.TiffFile(tmp_path / "out" / "tall_cvdm_mean.tif") as tif:
+        assert "not square (130 nm along Y" in tif.ome_metadata
+        assert "input_warnings" in tif.ome_metadata

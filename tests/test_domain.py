@@ -7,8 +7,9 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_cvdm.domain import (input_warnings, looks_like_noise, looks_transmitted,
-                                neighbour_correlation, pixel_size_nm)
+from napari_cvdm.domain import (input_warnings, looks_like_labels, looks_like_noise,
+                                looks_transmitted, neighbour_correlation, pixel_size_nm,
+                                saturated_share)
 
 
 class _Model:
@@ -109,3 +110,58 @@ def test_one_sample_is_said_to_measure_no_uncertainty(nuclei_widefield):
     (message,) = input_warnings(nuclei_widefield, _Model(), samples=1)
     assert "one sample" in message and "at least 2 samples" in message
     assert input_warnings(nuclei_widefield, _Model(), samples=2) == []
+
+
+def test_a_hot_pixel_does_not_make_a_real_image_noise(nuclei_widefield):
+    # hot pixels and cosmic rays are routine on sCMOS/EMCCD cameras
+    image = nuclei_widefield.astype(np.float32)
+    for y, x in ((10, 10), (100, 200), (240, 30)):
+        image[y, x] = 50 * image.max()
+    assert neighbour_correlation(image) > 0.5
+    assert input_warnings(image, _Model()) == []
+
+
+def test_label_images_and_masks_are_flagged_and_integer_fluorescence_is_not(nuclei_widefield,
+                                                                           nuclei_truth):
+    labels = (nuclei_truth > np.percentile(nuclei_truth, 70)).astype(np.uint16)
+    labels[:, 256:] *= 2  # two "objects" of other labels
+    mask = (labels > 0).astype(np.uint8) * 255
+    for image in (labels, mask):
+        assert looks_like_labels(image)
+        (message,) = input_warnings(image, _Model())
+        assert "label image or a mask" in message
+    rng = np.random.default_rng(0)
+    clean = nuclei_widefield.astype(np.float64)
+    dim = rng.poisson(2 + 30 * (clean - clean.min()) / np.ptp(clean)).astype(np.uint16)
+    assert not looks_like_labels(dim) and not looks_like_labels(nuclei_widefield)
+    assert input_warnings(dim, _Model()) == []
+
+
+def test_a_saturated_image_is_flagged(nuclei_widefield):
+    image = nuclei_widefield.astype(np.float64)
+    clipped = np.minimum(image, np.percentile(image, 95)).astype(np.uint16)
+    (message,) = input_warnings(clipped, _Model())
+    assert "5% of the pixels" in message and "saturated" in message
+    assert saturated_share(nuclei_widefield) < 0.01
+    assert saturated_share(np.ones((8, 8))) == 0.0
+
+
+@pytest.mark.parametrize("nm,warned", [(35, True), (43, False), (120, False), (135, True)])
+def test_a_super_resolved_pixel_size_is_far_from_a_widefield_model(nuclei_widefield, nm,
+                                                                   warned):
+    # 35 nm: a SIM/STED/Airyscan image given as input; 43 nm: widefield at 150x
+    assert bool(input_warnings(nuclei_widefield, _Model(), nm, "nm")) == warned
+
+
+def test_every_part_of_a_stack_is_checked_and_the_planes_are_named(nuclei_widefield):
+    inverted = nuclei_widefield.max() - nuclei_widefield
+    stack = np.stack([inverted, nuclei_widefield, nuclei_widefield])  # a brightfield channel
+    (message,) = input_warnings(stack, _Model())
+    assert message.startswith("plane 0 (of 3, 3 checked): the image looks like transmitted")
+    (message,) = input_warnings(np.stack([inverted] * 3), _Model())
+    assert message.startswith("the image looks like transmitted")
+    long = np.stack([nuclei_widefield] * 20)
+    long[-1] = inverted  # the last frame is always among the checked ones
+    (message,) = input_warnings(long, _Model())
+    assert message.startswith("plane 19 (of 20, 8 checked)")
+    assert input_warnings(np.stack([nuclei_widefield] * 2)[None], _Model()) == []

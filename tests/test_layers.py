@@ -181,8 +181,10 @@ def test_an_inverted_image_gives_a_warning(make_napari_viewer, nuclei_widefield,
     viewer = make_napari_viewer()
     crop = nuclei_widefield[:48, :64]
     layer = viewer.add_image(crop.max() - crop, name="inverted")
-    with pytest.warns(UserWarning, match="transmitted light"):
-        run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
+    with pytest.warns(napari_cvdm.InputWarning, match="transmitted light"):
+        shown = run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
+    for out in shown:  # kept with the result (and saved with it): a warning goes away
+        assert "transmitted light" in out.metadata["cvdm"]["input_warnings"]
 
 
 def test_run_on_layer_leaves_the_input_untouched(make_napari_viewer, image, tiny_model):

@@ -1,6 +1,7 @@
 """predict(): shapes, units, tiling without seams, batching, progress, cancel, bad input."""
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -186,3 +187,21 @@ def test_input_array_is_not_modified(tiny_model):
 def test_model_can_be_given_as_a_file(tiny_model_file):
     result = nc.predict(np.random.rand(16, 16), str(tiny_model_file), **FAST)
     assert result.mean.shape == (32, 32)
+
+
+def test_python_users_are_told_why_a_result_may_not_be_trusted(tiny_model, nuclei_widefield):
+    # predict() itself warns (the command line and napari say it their own way)
+    import dask.array as da
+
+    inverted = nuclei_widefield.max() - nuclei_widefield
+    for image in (inverted, da.from_array(inverted, chunks=128)):
+        with pytest.warns(nc.InputWarning, match="transmitted light") as record:
+            result = nc.predict(image, tiny_model, samples=2, steps=2, seed=0)
+        assert record[0].filename == __file__  # at the caller's line
+        assert len(result.info["input_warnings"]) == 1
+        assert "transmitted light" in result.info["input_warnings"][0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nc.InputWarning)
+        quiet = nc.predict(inverted, tiny_model, samples=2, steps=2, seed=0, check_input=False)
+        fine = nc.predict(nuclei_widefield, tiny_model, samples=2, steps=2, seed=0)
+    assert quiet.info["input_warnings"] == [] and fine.info["input_warnings"] == []

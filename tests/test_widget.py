@@ -613,6 +613,8 @@ def test_a_dask_layer_is_warned_about_as_a_numpy_one_is(qtbot, viewer_and_widget
     wait_until_idle(qtbot, widget)
     assert notifications["error"] == [] and "noise CVDM mean" in viewer.layers
     assert len(warned) == 1 and "looks like noise" in warned[0]
+    assert "looks like noise" in viewer.layers["noise CVDM mean"].metadata["cvdm"][
+        "input_warnings"]
 
 
 def test_a_run_with_a_random_seed_can_be_repeated_from_its_recorded_seed(

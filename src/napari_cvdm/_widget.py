@@ -50,6 +50,7 @@ from .layers import (
     input_of,
     input_warnings,
     is_lazy,
+    keep_warnings,
     layer_image,
     model_scale,
     model_summary,
@@ -97,7 +98,9 @@ def _compute_and_check(out, checks) -> list[str]:
 
 def _predict_here(data, load_model, kwargs, progress, cancel):
     model, provenance = load_model()
-    return predict(data, model, progress=progress, cancel=cancel, **kwargs), provenance, model
+    # the widget says why a result may not be trusted itself, with the layer's pixel size
+    return (predict(data, model, progress=progress, cancel=cancel, check_input=False, **kwargs),
+            provenance, model)
 
 
 class _Signals(QObject):
@@ -397,8 +400,8 @@ class ReconstructionWidget(Container):
             self._start_lazy(layer, options, cancel, result, provenance, store, crop, model)
             return
         try:
-            show_result(self._viewer, layer, result, options.show, provenance, crop)
-            self._warn_about_input(layer, model, options, crop)
+            shown = show_result(self._viewer, layer, result, options.show, provenance, crop)
+            keep_warnings(shown, self._warn_about_input(layer, model, options, crop))
         except (ValueError, RuntimeError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
@@ -406,13 +409,16 @@ class ReconstructionWidget(Container):
         self._status.value = f"done in {result.seconds:.1f} s on {result.device}"
 
     @staticmethod
-    def _warn_about_input(layer, model, options, crop) -> None:
-        """Notify each reason why the result on ``layer`` may not be trustworthy."""
+    def _warn_about_input(layer, model, options, crop) -> list[str]:
+        """Notify each reason why the result on ``layer`` may not be trustworthy; return
+        them."""
         if model is None:
-            return
-        for message in input_warnings(layer, model, options.settings.psf_sigma, crop,
-                                      options.settings.samples):
+            return []
+        messages = input_warnings(layer, model, options.settings.psf_sigma, crop,
+                                  options.settings.samples)
+        for message in messages:
             show_warning(f"CVDM: {message}")
+        return messages
 
     def _start_lazy(self, layer, options, cancel, result, provenance, store,
                     crop=None, model=None) -> None:
@@ -449,13 +455,14 @@ class ReconstructionWidget(Container):
             out.abort()
             return
         try:
-            out.finish()
+            shown = out.finish()
         except (ValueError, RuntimeError, OSError) as exc:
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
             return
         for message in messages or ():
             show_warning(f"CVDM: {message}")
+        keep_warnings(shown, messages)
         elapsed = time.perf_counter() - self._started
         self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"
 

@@ -14,7 +14,9 @@ import numpy as np
 from .normalization import Normalization
 
 NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
-PIXEL_TOLERANCE = 1.6   # a pixel size this many times outside the model's range is "far"
+# A pixel size this many times outside the model's range is "far": finer by 1.3 (below 38 nm
+# for a 50-80 nm model: a SIM, STED or Airyscan image, not widefield), coarser by 1.6.
+PIXEL_TOLERANCE = (1.3, 1.6)
 PSF_TOLERANCE = 1.15    # a PSF width this much outside the trained range is "far"
 MAX_PIXELS = 2**20      # statistics on a subsample of large planes
 # Neighbouring pixels of a diffraction-limited image are correlated: 0.08-0.3 at the
@@ -22,6 +24,14 @@ MAX_PIXELS = 2**20      # statistics on a subsample of large planes
 # and super-resolution images; pure noise has about 0.
 NOISE_CORRELATION = 0.05
 NOISE_CROP = 1024       # the correlation is measured on a central crop (never subsampled)
+CLIP_PERCENTILES = (0.1, 99.9)  # the correlation ignores outliers (hot pixels, cosmic rays)
+# A label image or a mask is flat regions: most of its pixels off the background equal both
+# their right and lower neighbours; on fluorescence, noise makes that rare (about 0.2 even at
+# a few photons per pixel).
+FLAT_SHARE = 0.8
+SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
+SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
+CHECKED_PLANES = 8      # planes of a stack checked (evenly spread, first and last included)
 
 
 def _unit_image(plane: np.ndarray) -> np.ndarray | None:
@@ -51,6 +61,7 @@ def neighbour_correlation(plane: np.ndarray) -> float | None:
     crop = crop.astype(np.float64)
     if not np.isfinite(crop).all():
         return None
+    crop = np.clip(crop, *np.percentile(crop, CLIP_PERCENTILES))  # one hot pixel is no noise
     crop -= crop.mean()
     variance = float((crop * crop).mean())
     if variance <= 1e-12 * max(1.0, float(np.abs(crop).max()) ** 2):
@@ -82,6 +93,34 @@ def looks_transmitted(plane: np.ndarray) -> bool:
     return float(np.median(u)) > 0.5 and skew < 0.2
 
 
+def looks_like_labels(plane: np.ndarray) -> bool:
+    """A label image or a mask: integers in flat regions (most pixels off the most common
+    value equal both neighbours), not intensities through a microscope."""
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.integer) or min(plane.shape[-2:]) < 2:
+        return False
+    values, counts = np.unique(plane, return_counts=True)
+    if len(values) < 2:
+        return False
+    inner = plane[:-1, :-1]
+    off_background = inner != values[np.argmax(counts)]
+    if off_background.sum() < 16:
+        return False
+    flat = (inner == plane[1:, :-1]) & (inner == plane[:-1, 1:])
+    return float(flat[off_background].mean()) >= FLAT_SHARE
+
+
+def saturated_share(plane: np.ndarray) -> float:
+    """The share of the pixels at the plane's maximum (0 for a constant or non-real plane)."""
+    plane = np.asarray(plane)
+    if not np.issubdtype(plane.dtype, np.number) or np.iscomplexobj(plane) or plane.size == 0:
+        return 0.0
+    finite = plane[np.isfinite(plane)] if np.issubdtype(plane.dtype, np.floating) else plane
+    if finite.size == 0 or finite.max() == finite.min():
+        return 0.0
+    return float(np.mean(finite == finite.max()))
+
+
 def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     """A pixel size in nanometres, or None when the unit is not a length."""
     from .physical import NO_UNIT, normalise
@@ -94,29 +133,72 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     return checked.size * NM_PER_UNIT[checked.unit]
 
 
-def input_warnings(image, model, pixel_size=None, unit=None,
-                   psf_sigma: float | None = None, samples: int | None = None) -> list[str]:
-    """Why a result on ``image`` (Y, X or a stack, NumPy or lazy: the central crop of its
-    middle plane is checked, as the PSF width is estimated on, input units) may not be
-    trustworthy; ``pixel_size`` in ``unit`` where the file says it: one number
-    (X), or (Y, X) sizes with one unit or one per axis; ``psf_sigma`` the PSF width a
-    conditioned model is told (None: its default); ``samples`` the samples drawn."""
-    from .psf_width import central_plane
-
-    plane = central_plane(image)  # a large or lazy image: only this crop is read
-    out = []
+def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
+    """{kind: message} for what is off in one plane's pixels."""
+    if looks_like_labels(plane):
+        return {"labels": "the image looks like a label image or a mask (flat regions of whole "
+                          "numbers), not fluorescence intensities: the model invents "
+                          "intensities in and around them; do not trust the result"}
+    out = {}
     correlation = neighbour_correlation(plane)
     if _is_noise(correlation):
-        out.append(f"the image looks like noise without structure: neighbouring pixels are "
-                   f"uncorrelated (correlation {correlation:.2f}; a fluorescence image through "
-                   f"a microscope has well above {NOISE_CORRELATION:g}). The model turns noise "
-                   "into plausible-looking structures that are not in the sample; do not "
-                   "trust the result")
+        out["noise"] = (f"the image looks like noise without structure: neighbouring pixels "
+                        f"are uncorrelated (correlation {correlation:.2f}; a fluorescence image "
+                        f"through a microscope has well above {NOISE_CORRELATION:g}). The model "
+                        "turns noise into plausible-looking structures that are not in the "
+                        "sample; do not trust the result")
     elif looks_transmitted(plane):
-        out.append("the image looks like transmitted light (brightfield/DIC) or an inverted "
-                   "image: dark structures on a bright background. The model was trained on "
-                   "fluorescence, bright structures on a dark background; do not trust the "
-                   "result")
+        out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
+                              "inverted image: dark structures on a bright background. The "
+                              "model was trained on fluorescence, bright structures on a dark "
+                              "background; do not trust the result")
+    share = saturated_share(plane)
+    if share >= SATURATED_SHARE and share * plane.size >= SATURATED_PIXELS:
+        out["saturated"] = (f"{share:.0%} of the pixels are at the image's maximum value "
+                            "(saturated or clipped): the detector recorded no structure there, "
+                            "so the model invents it; lower the exposure or gain, or do not "
+                            "trust the result in those regions")
+    return out
+
+
+def _checked_planes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Up to :data:`CHECKED_PLANES` planes of a stack, evenly spread, first and last included."""
+    count = int(np.prod(shape[:-2], dtype=np.int64))
+    if count <= 1:
+        return [tuple(0 for _ in shape[:-2])]
+    flat = np.unique(np.linspace(0, count - 1, min(count, CHECKED_PLANES)).round().astype(int))
+    return [tuple(int(i) for i in np.unravel_index(f, shape[:-2])) for f in flat]
+
+
+def _image_warnings(image) -> list[str]:
+    """What is off in the pixels: the central crop of each checked plane (a large or lazy
+    image: only those crops are read), each message once, naming the planes where not all."""
+    from .psf_width import central_plane
+
+    planes = _checked_planes(tuple(image.shape))
+    found: dict[str, tuple[str, list[tuple[int, ...]]]] = {}
+    for index in planes:
+        for kind, message in _plane_warnings(central_plane(image, index)).items():
+            found.setdefault(kind, (message, []))[1].append(index)
+    out = []
+    count = int(np.prod(image.shape[:-2], dtype=np.int64))
+    for message, where in found.values():
+        if len(where) < len(planes):
+            names = ", ".join(str(i[0]) if len(i) == 1 else str(i) for i in where)
+            message = (f"plane{'s' if len(where) > 1 else ''} {names} (of {count}, "
+                       f"{len(planes)} checked): {message}")
+        out.append(message)
+    return out
+
+
+def input_warnings(image, model, pixel_size=None, unit=None,
+                   psf_sigma: float | None = None, samples: int | None = None) -> list[str]:
+    """Why a result on ``image`` (Y, X or a stack, NumPy or lazy: the central crops of up to
+    :data:`CHECKED_PLANES` planes are checked, input units) may not be trustworthy;
+    ``pixel_size`` in ``unit`` where the file says it: one number (X), or (Y, X) sizes with
+    one unit or one per axis; ``psf_sigma`` the PSF width a conditioned model is told (None:
+    its default); ``samples`` the samples drawn."""
+    out = _image_warnings(image)
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
     out.extend(_psf_warnings(model, psf_sigma))
     if samples == 1:
@@ -162,8 +244,8 @@ def _pixel_size_warnings(model, pixel_size, unit) -> list[str]:
     expected = intended.get("input_pixel_size_nm")
     if isinstance(expected, (list, tuple)) and len(expected) == 2:
         low, high = float(expected[0]), float(expected[1])
-        far = {axis: nm for axis, nm in sizes.items()
-               if not low / PIXEL_TOLERANCE <= nm <= high * PIXEL_TOLERANCE}
+        finer, coarser = PIXEL_TOLERANCE
+        far = {axis: nm for axis, nm in sizes.items() if not low / finer <= nm <= high * coarser}
         if far:
             which = (f"{_nm(next(iter(far.values())))} nm" if len(sizes) == 1 else
                      ", ".join(f"{_nm(nm)} nm along {axis}" for axis, nm in sizes.items()))

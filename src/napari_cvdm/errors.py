@@ -79,3 +79,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 _OUT_OF_MEMORY_MESSAGES = ("MPS backend out of memory", "can't allocate memory",
                            "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
                            "CUDNN_STATUS_ALLOC_FAILED")
+
+
+class InputWarning(UserWarning):
+    """The image is unlike what the model was trained on: the result may not be trustworthy
+    (``domain.input_warnings`` says why; ``predict()``'s ``result.info["input_warnings"]``
+    keeps it)."""

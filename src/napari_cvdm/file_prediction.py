@@ -108,13 +108,19 @@ def _resolved(settings, image):
     return (settings.replace(psf_sigma=sigma) if sigma is not None else settings), source
 
 
-def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None) -> dict:
+def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None,
+                    warned: list[str] = ()) -> dict:
+    """The outputs' provenance; ``warned``: why the result may not be trustworthy, kept in
+    the files (a warning on the terminal scrolls away)."""
     from .devices import resolve_device
     from .precision import resolve_precision
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device).name
-    return provenance(spec.summary, settings, spec.steps, str(device), precision, psf_from)
+    out = provenance(spec.summary, settings, spec.steps, str(device), precision, psf_from)
+    if warned:
+        out["input_warnings"] = " | ".join(warned)
+    return out
 
 
 def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> dict:
@@ -132,10 +138,12 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     check_image(image.data)
     check_output_size(image.data.shape, model.config.scale)
     settings, psf_from = _resolved(settings, image.data)
+    warned = _warn_about_input(task, image.data, model, image.physical, settings, warn)
     # The output metadata is checked before the work, not after it.
-    out_spec = spec_for(image, model.config.scale, _run_provenance(spec, settings, psf_from))
-    _warn_about_input(task, image.data, model, image.physical, settings, warn)
-    result = napari_cvdm.predict(image.data, settings=settings, progress=progress)
+    out_spec = spec_for(image, model.config.scale,
+                        _run_provenance(spec, settings, psf_from, warned))
+    result = napari_cvdm.predict(image.data, settings=settings, progress=progress,
+                                  check_input=False)  # said above, with the pixel size
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
     return _done(task, result)
@@ -164,18 +172,19 @@ def _reader_warnings(warn):
             warnings.warn(record.message, record.category, stacklevel=3)
 
 
-def _warn_about_input(task: FileTask, image, model, physical, settings, warn) -> None:
-    """``warn`` each reason why a result on this input may not be trustworthy; ``physical``
-    the file's sizes per axis ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
+def _warn_about_input(task: FileTask, image, model, physical, settings, warn) -> list[str]:
+    """Each reason why a result on this input may not be trustworthy, said to ``warn`` (if
+    any) and returned for the outputs' provenance; ``physical`` the file's sizes per axis
+    ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
     from .domain import input_warnings
 
-    if warn is None:
-        return  # the checks read the image: not for nobody
     sizes = [physical.get(axis) for axis in "YX"]
-    for message in input_warnings(image, model, [p.size if p else None for p in sizes],
-                                  [p.unit if p else None for p in sizes],
-                                  psf_sigma=settings.psf_sigma, samples=settings.samples):
+    messages = input_warnings(image, model, [p.size if p else None for p in sizes],
+                              [p.unit if p else None for p in sizes],
+                              psf_sigma=settings.psf_sigma, samples=settings.samples)
+    for message in messages if warn is not None else ():
         warn(f"{task.input.name}: {message}")
+    return messages
 
 
 def check_zarr_input(array, meta: dict[str, Any]) -> None:
@@ -206,9 +215,10 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
     check_disk_room(task.outputs[0], output_bytes(tuple(array.shape), model.config.scale),
                     f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
-    run_provenance = _run_provenance(spec, settings, psf_from)
-    _warn_about_input(task, array, model, meta["physical"], settings, warn)
-    result = napari_cvdm.predict(array, settings=settings, progress=progress)
+    warned = _warn_about_input(task, array, model, meta["physical"], settings, warn)
+    run_provenance = _run_provenance(spec, settings, psf_from, warned)
+    result = napari_cvdm.predict(array, settings=settings, progress=progress,
+                                  check_input=False)  # said above, with the pixel size
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,
                    provenance=run_provenance,
                    overwrite=spec.overwrite or task.replace)

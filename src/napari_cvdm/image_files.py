@@ -238,15 +238,25 @@ def _read_errors(path: Path) -> Iterator[None]:
 
 def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
     """The checks :func:`read_tiff` makes before it reads any pixels (not a TIFF, damaged
-    structure, several images, too large), from the file's headers alone: a batch finds a
-    bad file before its work starts, not midway. ValueError as read_tiff's."""
+    structure, several images, too large), and predict()'s checks of the pixel type and
+    layout (boolean, complex, RGB: ``validation.check_image``, naming the file), from the
+    file's headers alone: a batch finds a bad file before its work starts, not midway.
+    ValueError as read_tiff's."""
     import tifffile
+
+    from .validation import check_image
 
     path = Path(path)
     with _read_errors(path):
         count_pages(path)
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
+            shape, dtype = tuple(tif.series[0].shape), tif.series[0].dtype
+    stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
+    try:
+        check_image(stand_in)  # the header's shape and type, no pixels
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
 
 
 def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:

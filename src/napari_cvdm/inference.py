@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 
 from . import calibration  # noqa: I001
 from .devices import release_cpu_memory, resolve_device
-from .errors import CancelCheck, OutOfMemory, is_out_of_memory
+from .errors import CancelCheck, InputWarning, OutOfMemory, is_out_of_memory
 from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES, Normalization
 from .planning import TilePlan, plan, smaller_plan
@@ -113,11 +114,12 @@ class _CompiledDenoiser:
 
 
 def _prepare(image, model, settings, options, half, progress, cancel,
-             lazy: bool = False) -> tuple[Run, tuple]:
+             lazy: bool = False, check_input: bool = True) -> tuple[Run, tuple]:
     """Every check before any work, then the run's state: model, device, precision, plan.
 
     ``lazy``: the outputs are dask arrays (never held whole, so their size is not checked
-    against memory) and the tasks load the model where they run.
+    against memory) and the tasks load the model where they run. ``check_input``: warn
+    (:class:`InputWarning`) where the image is unlike what the model was trained on.
     """
     shape, _ = check_image(image)
     s = settings_from(settings, options if model is None else {**options, "model": model})
@@ -129,7 +131,8 @@ def _prepare(image, model, settings, options, half, progress, cancel,
                          "napari-cvdm predicts single-channel planes")
     # The width a conditioned model is told, from the caller's model (not a cached copy):
     # given, estimated from the image, or the model's default (psf_width.resolve)
-    psf_sigma, psf_from = resolve_psf_sigma(model, s.psf_sigma, image)
+    told = s.psf_sigma
+    psf_sigma, psf_from = resolve_psf_sigma(model, told, image)
     s = s.replace(psf_sigma=psf_sigma)
     scale = model.config.scale
     if not lazy:
@@ -142,6 +145,11 @@ def _prepare(image, model, settings, options, half, progress, cancel,
                  precision.low)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.psf_from = psf_from
+    if check_input:
+        from .domain import input_warnings
+
+        run.input_warnings = tuple(input_warnings(image, model, psf_sigma=told,
+                                                  samples=s.samples))
     run.percentiles = _percentiles(model)
     run.calibration = model.metadata.get("calibration")  # the caller's model, not the copy
     if run.calibration is not None:
@@ -158,6 +166,13 @@ def _prepare(image, model, settings, options, half, progress, cancel,
         _release_accelerator_memory(device)
         raise OutOfMemory(device, what="the model") from None
     return run, shape
+
+
+def _say_input_warnings(run: Run, stacklevel: int) -> None:
+    """Each of the run's input warnings as an :class:`InputWarning` at predict()'s caller
+    (a Python user or a notebook sees them)."""
+    for message in run.input_warnings:
+        warnings.warn(InputWarning(message), stacklevel=stacklevel + 1)
 
 
 def _percentiles(net: CVDM) -> tuple[float, float]:
@@ -239,7 +254,7 @@ def _to_input_units(norm: Normalization, mean_view: np.ndarray, var_view: np.nda
 
 def predict(image, model=None, *, settings: PredictSettings | None = None, progress=None,
             cancel: CancelCheck = None, half: bool | None = None, client=None,
-            **options) -> PredictionResult:
+            check_input: bool = True, **options) -> PredictionResult:
     """Reconstruct ``image`` with CVDM; return the per-pixel mean and variance.
 
     ``image``: 2D, or nD with the last two axes Y, X (leading axes plane by plane); any
@@ -263,6 +278,12 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     remote workers neither is called (dask's own dashboard shows their progress, and
     ``client.cancel`` stops them).
 
+    ``check_input``: an image unlike what the model was trained on (transmitted light, noise,
+    a label image, saturation, a PSF width outside the trained range, one sample; the pixel
+    size is not known here: the command line and napari check it from the file or layer)
+    gets an :class:`InputWarning` per reason before the work, kept in
+    ``result.info["input_warnings"]``; the front ends, which say it their own way, pass False.
+
     Errors: ValueError for bad input or options (checked before any work, including the
     size of the outputs), :class:`~napari_cvdm.errors.OutOfMemory` when even the smallest
     tiles and one sample per call do not fit (after retrying smaller plans). Thread-safe:
@@ -274,8 +295,10 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     image = as_array(image)  # nested lists: every step below indexes planes of an array
     if is_dask(image) or client is not None:
         return _predict_lazy(image, model, settings, options, half, progress, cancel, client,
-                             started)
-    run, shape = _prepare(image, model, settings, options, half, progress, cancel)
+                             started, check_input)
+    run, shape = _prepare(image, model, settings, options, half, progress, cancel,
+                          check_input=check_input)
+    _say_input_warnings(run, stacklevel=2)
     s, net, dev = run.settings, run.net, run.device
     planes = list(np.ndindex(*shape[:-2]))
     run.total = len(planes) * run.plane_evaluations()
@@ -323,18 +346,21 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
             "group": p.group, "overlap": p.overlap, "evaluations": evaluations,
             "precision": run.precision.name, "half": run.precision.name == "fp16",
             "calibrated": calibrated, "psf_sigma": run.psf_sigma,
-            "psf_sigma_from": run.psf_from, "augment": run.settings.augment}
+            "psf_sigma_from": run.psf_from, "augment": run.settings.augment,
+            "input_warnings": list(run.input_warnings)}
     if run.device.type == "cpu" and run.settings.precision == "auto":
         info["cpu_bf16"] = cpu_bf16_choice().as_info()  # why "auto" chose what it did
     return info
 
 
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,
-                  started) -> PredictionResult:
+                  started, check_input) -> PredictionResult:
     """A dask image to a lazy result; with a client, other images computed on its cluster."""
     from .lazy_prediction import forget, is_dask, lazy_predict
 
-    run, shape = _prepare(image, model, settings, options, half, progress, cancel, lazy=True)
+    run, shape = _prepare(image, model, settings, options, half, progress, cancel, lazy=True,
+                          check_input=check_input)
+    _say_input_warnings(run, stacklevel=3)
     source = image
     if not is_dask(image):
         import dask.array as da

@@ -406,6 +406,13 @@ def input_warnings(layer, model, psf_sigma: float | None = None,
     return warnings_for(image, model, sizes, units, psf_sigma, samples)
 
 
+def keep_warnings(shown, messages) -> None:
+    """Record why a result may not be trustworthy in its layers' provenance (``metadata
+    ["cvdm"]``, saved with them by the OME-TIFF writer): a notification goes away."""
+    for out in shown if messages else ():
+        out.metadata.setdefault("cvdm", {})["input_warnings"] = " | ".join(messages)
+
+
 def input_of(layer, crop: Crop | None = None) -> tuple[Any, tuple, list | None]:
     """(image, pixel sizes, units) of a layer (its ``crop``), as the input checks take
     them; read on the main thread, so that the checks may run in another."""
@@ -724,7 +731,8 @@ def predict_layer(layer, net, settings: PredictSettings, progress=None, cancel=N
     image = layer_image(layer, crop)
     if is_lazy(layer):
         image = _as_dask(image)
-    return predict(image, net, settings=settings, progress=progress, cancel=cancel)
+    return predict(image, net, settings=settings, progress=progress, cancel=cancel,
+                   check_input=False)  # the layer's checks say it, with its pixel size
 
 
 def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None = None,
@@ -764,9 +772,11 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     check_output_room(layer, net.config.scale, store, crop)
     if not is_lazy(layer):
         image = layer.data if crop is None else layer_image(layer, crop)
-        result = predict(image, net, settings=s, progress=progress, cancel=cancel)
-        _warn_about_input(layer, net, s, crop)
-        return show_result(viewer, layer, result, show, provenance, crop)
+        result = predict(image, net, settings=s, progress=progress, cancel=cancel,
+                         check_input=False)  # _warn_about_input says it
+        shown = show_result(viewer, layer, result, show, provenance, crop)
+        keep_warnings(shown, _warn_about_input(layer, net, s, crop))
+        return shown
     result = predict_layer(layer, net, s, progress=progress, cancel=cancel, crop=crop)
     out = start_lazy_output(viewer, layer, result, show, provenance, store, overwrite, crop)
     try:
@@ -776,13 +786,17 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
         out.abort()
         raise
     shown = out.finish()
-    _warn_about_input(layer, net, s, crop)  # after the layers are complete
+    keep_warnings(shown, _warn_about_input(layer, net, s, crop))  # the layers are complete
     return shown
 
 
-def _warn_about_input(layer, model, settings, crop) -> None:
-    """A Python warning for each reason why a result on ``layer`` may not be trustworthy
-    (reported as from run_on_layer's caller)."""
-    for message in input_warnings(layer, model, psf_sigma=settings.psf_sigma, crop=crop,
-                                  samples=settings.samples):
-        warnings.warn(f"CVDM: {message}", UserWarning, stacklevel=3)
+def _warn_about_input(layer, model, settings, crop) -> list[str]:
+    """An :class:`~napari_cvdm.errors.InputWarning` for each reason why a result on
+    ``layer`` may not be trustworthy (reported as from run_on_layer's caller); returned."""
+    from .errors import InputWarning
+
+    messages = input_warnings(layer, model, psf_sigma=settings.psf_sigma, crop=crop,
+                              samples=settings.samples)
+    for message in messages:
+        warnings.warn(InputWarning(f"CVDM: {message}"), stacklevel=3)
+    return messages

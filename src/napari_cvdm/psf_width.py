@@ -80,12 +80,14 @@ def resolve(model, requested: float | None, image=None) -> tuple[float | None, s
     return round(max(relative, low), 2), ESTIMATED
 
 
-def central_plane(image):
-    """The middle plane of a stack (its last two axes), cropped to at most
-    :data:`ESTIMATE_SIDE` pixels a side around its centre, as NumPy."""
+def central_plane(image, index: tuple[int, ...] | None = None):
+    """The middle plane of a stack (its last two axes; or the plane at ``index`` of the
+    leading axes), cropped to at most :data:`ESTIMATE_SIDE` pixels a side around its
+    centre, as NumPy."""
     import numpy as np
 
-    index = tuple(n // 2 for n in image.shape[:-2])
+    if index is None:
+        index = tuple(n // 2 for n in image.shape[:-2])
     h, w = image.shape[-2:]
     y0, x0 = max(0, (h - ESTIMATE_SIDE) // 2), max(0, (w - ESTIMATE_SIDE) // 2)
     return np.asarray(image[index + (slice(y0, y0 + ESTIMATE_SIDE),

@@ -47,6 +47,7 @@ class Run:
     calibration: dict | None = None  # the model's std -> error map (calibration.py)
     source: Any = None  # what the caller named the model by (a name, a file or the CVDM)
     psf_from: str | None = None  # where the told PSF width came from (psf_width.resolve)
+    input_warnings: tuple[str, ...] = ()  # why the result may not be trusted (domain.py)
     done: int = 0
     total: int = 0
     network_calls: int = 0
