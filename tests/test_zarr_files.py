@@ -556,3 +556,32 @@ def test_omero_channel_labels_are_kept_in_the_result(tmp_path):
     out = write_ome_zarr(tmp_path / "d_cvdm.ome.zarr", data, data,
                          {"axes": "CYX", "channels": ("only one",)})
     assert "omero" not in read_ome_zarr(out / "mean")[1]["attributes"]
+
+
+def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
+    """Found by a review: results were written with a scale only, so in an OME-Zarr viewer
+    they sat a quarter of an input pixel off (pixel centres), lost the input's translation
+    (a tile of a larger acquisition), and without units were twice the input's size."""
+    path = tmp_path / "tile.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(16, 16), chunks=(16, 16), dtype="f4")[:] = 1.0
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.1, 0.1]},
+            {"type": "translation", "translation": [5.0, 3.0]}]}]}]
+    _, meta = read_ome_zarr(path)
+    assert meta["origin"] == {"Y": pytest.approx(5.0), "X": pytest.approx(3.0)}
+    out = write_ome_zarr(tmp_path / "r.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
+                         meta, scale=2)
+    transforms = zarr.open_group(str(out / "mean"), mode="r").attrs["multiscales"][0][
+        "datasets"][0]["coordinateTransformations"]
+    assert transforms[0]["scale"] == pytest.approx([0.05, 0.05])
+    assert transforms[1]["translation"] == pytest.approx([4.975, 2.975])
+    bare = write_ome_zarr(tmp_path / "bare.ome.zarr", np.ones((8, 8)), np.zeros((8, 8)),
+                          scale=2)  # no sizes: in input pixels
+    transforms = zarr.open_group(str(bare / "std"), mode="r").attrs["multiscales"][0][
+        "datasets"][0]["coordinateTransformations"]
+    assert transforms == [{"type": "scale", "scale": [0.5, 0.5]},
+                          {"type": "translation", "translation": [-0.25, -0.25]}]

@@ -157,7 +157,9 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     Returns ``(array, metadata)``: a dask array (a zarr array where dask is missing) whose
     chunks are read only when used, and ``{"axes": "TZYX"-style letters, "physical":
     {axis: PhysicalSize}, "attributes": the image's attributes}``, with ``"channels"``
-    (the ``omero`` channel labels) where there is one per channel of the C axis. The
+    (the ``omero`` channel labels) where there is one per channel of the C axis, and
+    ``"origin"``: {axis: the image's translation, in its physical size's unit} for the axes
+    with a physical size whose translation is not 0. The
     physical sizes are the dataset's scale times the multiscale's own (NGFF 0.4 and 0.5
     apply it after the dataset's). ValueError for anything that is not an OME-Zarr image.
     ``check_chunks``: warn where chunks of the image are not stored (one listing of its
@@ -180,6 +182,11 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
         scale = [None if a is None or b is None else a * b
                  for a, b in zip(_scale(dataset, names, "the dataset's"),
                                  _scale(multiscale, names, "the multiscales'"))]
+        # world = multiscale scale x (dataset scale x index + dataset shift) + multiscale shift
+        shift = [(m or 0.0) * d + t for d, m, t in zip(
+            _shift(dataset, names, "the dataset's"),
+            _scale(multiscale, names, "the multiscales'"),
+            _shift(multiscale, names, "the multiscales'"))]
         channels = _channel_labels(ome)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
@@ -190,19 +197,22 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     if len(axes) != array.ndim:
         raise ValueError(f"{path}: the axes {names} do not fit an array of {array.ndim} "
                          "dimensions")
-    physical = {}
-    for axis, size, unit in zip(axes, scale, units):
+    physical, origin = {}, {}
+    for axis, size, unit, offset in zip(axes, scale, units, shift):
         if axis in "XYZT" and unit:
             checked = normalise(size, unit, time=axis == "T")
             if checked is not None:
                 physical[axis] = checked
+                if offset and size:  # in the unit the size was normalised to
+                    origin[axis] = offset * checked.size / size
     if check_chunks:
         _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):
         import dask.array as da
 
         array = da.from_array(_Chunks(array, path), chunks=array.chunks)
-    meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs)}
+    meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs),
+            "origin": origin}
     channels = fitting_channels(channels, axes, tuple(array.shape))
     if channels:
         meta["channels"] = channels
@@ -223,6 +233,38 @@ def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | N
             for v in scale]
 
 
+def _shift(node: dict[str, Any], names: list[str], whose: str) -> list[float]:
+    """The translation of ``node``'s ``coordinateTransformations`` (zeros where it has none
+    or a value is no number), one value per axis (ValueError otherwise)."""
+    transforms = node.get("coordinateTransformations") or []
+    shift = next((t.get("translation") for t in transforms if isinstance(t, dict)
+                  and t.get("type") == "translation"), [0.0] * len(names))
+    if not isinstance(shift, (list, tuple)) or len(shift) != len(names):
+        raise ValueError(f"{whose} translation {shift!r} does not give one value per axis "
+                         f"{names}")
+    return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
+            and np.isfinite(v) else 0.0 for v in shift]
+
+
+def output_grid(axes: str, sizes: dict[str, PhysicalSize], origin: dict[str, float],
+                scale: int) -> tuple[list[float], list[float]]:
+    """(scale, translation) per axis of a result written ``scale`` times finer, so that it
+    overlays its input: Y and X pixels ``scale`` times smaller and their centres shifted by
+    -(scale - 1) / (2 scale) input pixels (as napari places result layers; layers.py), in the
+    input's units where it has them, else in input pixels; other axes as the input's."""
+    sizes_out, shift_out = [], []
+    for axis in axes:
+        size = sizes.get(axis)
+        step = size.size if size is not None else 1.0
+        offset = origin.get(axis, 0.0) if size is not None else 0.0
+        if axis in "YX":
+            offset -= step * (scale - 1) / (2 * scale)
+            step /= scale
+        sizes_out.append(step)
+        shift_out.append(offset)
+    return sizes_out, shift_out
+
+
 def _channel_labels(ome: dict[str, Any]) -> tuple[str, ...]:
     """The ``omero.channels[].label`` entries (None where one is not a dict), unchecked:
     :func:`~napari_cvdm.physical.fitting_channels` keeps them only where all fit."""
@@ -234,19 +276,24 @@ def _channel_labels(ome: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
-                     provenance: dict[str, Any],
-                     channels: tuple[str, ...] = ()) -> dict[str, Any]:
-    axis_list, scale = [], []
+                     provenance: dict[str, Any], channels: tuple[str, ...] = (),
+                     grid: tuple[list[float], list[float]] | None = None) -> dict[str, Any]:
+    """NGFF attributes of one result image; ``sizes`` the input's, ``grid`` the output's
+    (scale, translation) per axis (:func:`output_grid`)."""
+    axis_list = []
     for axis in axes:
         entry = {"name": axis.lower(), "type": AXIS_TYPES[axis]}
         size = sizes.get(axis)
         if size is not None and size.unit in NAPARI_UNITS:
             entry["unit"] = NAPARI_UNITS[size.unit]
         axis_list.append(entry)
-        scale.append(size.size if size is not None else 1.0)
+    scale, shift = grid or ([1.0] * len(axes), [0.0] * len(axes))
+    transforms = [{"type": "scale", "scale": scale}]
+    if any(shift):
+        transforms.append({"type": "translation", "translation": shift})
     attributes = {"multiscales": [{"version": NGFF_VERSION, "name": name, "axes": axis_list,
-                                   "datasets": [{"path": "0", "coordinateTransformations": [
-                                       {"type": "scale", "scale": scale}]}]}],
+                                   "datasets": [{"path": "0",
+                                                 "coordinateTransformations": transforms}]}],
                   "napari_cvdm": {"output": name, **provenance}}
     if channels:
         attributes["omero"] = {"channels": [{"label": label} for label in channels]}
@@ -270,12 +317,13 @@ class ZarrResultWriter:
     def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
                  chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
-                 channels=()):
+                 channels=(), origin: dict[str, float] | None = None):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.axes = ome_axes(axes, len(self.shape))
-        self.sizes = output_sizes({a: s for a, s in (sizes or {}).items() if a in self.axes},
-                                  scale)
+        given = {a: s for a, s in (sizes or {}).items() if a in self.axes}
+        self.sizes = output_sizes(given, scale)
+        self.grid = output_grid(self.axes, given, origin or {}, scale)
         self.provenance = {str(k): v if isinstance(v, (int, float, bool)) or v is None
                            else str(v) for k, v in (provenance or {}).items()}
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
@@ -305,7 +353,7 @@ class ZarrResultWriter:
         for name in self.images:
             group = root.create_group(name)
             group.attrs.update(_ngff_attributes(self.axes, self.sizes, name,
-                                                self.provenance, self.channels))
+                                                self.provenance, self.channels, self.grid))
             self._arrays[name] = group.create_array("0", shape=self.shape, chunks=chunks,
                                                     dtype="float32", fill_value=0.0)
         return self
@@ -389,7 +437,8 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr.
 
     ``metadata`` is the input's, as :func:`read_ome_zarr` returns it (``axes``,
-    ``physical``, ``channels``); Y and X sizes are divided by ``scale``. NumPy results are written plane
+    ``physical``, ``channels``, ``origin``); Y and X sizes are divided by ``scale`` and the
+    result placed over its input (:func:`output_grid`). NumPy results are written plane
     by plane; dask results (a lazy prediction) chunk by chunk, mean and std in one pass so
     that every tile runs once, never holding a whole plane.
     """
@@ -400,7 +449,8 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
         raise ValueError(f"mean {mean.shape} and std {std.shape} differ in shape")
     with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
                           metadata.get("physical"), scale, provenance, overwrite,
-                          channels=metadata.get("channels", ())) as out:
+                          channels=metadata.get("channels", ()),
+                          origin=metadata.get("origin")) as out:
         if is_dask(mean) or is_dask(std):
             out.store(mean, std)
         else:
