@@ -142,8 +142,8 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
     out = {}
     correlation = neighbour_correlation(plane)
     if _is_noise(correlation):
-        out["noise"] = (f"the image looks like noise without structure: neighbouring pixels "
-                        f"are uncorrelated (correlation {correlation:.2f}; a fluorescence image "
+        out["noise"] = (f"the image looks like noise without structure (or is too dim to "
+                        f"show any): neighbouring pixels are uncorrelated (correlation {correlation:.2f}; a fluorescence image "
                         f"through a microscope has well above {NOISE_CORRELATION:g}). The model "
                         "turns noise into plausible-looking structures that are not in the "
                         "sample; do not trust the result")
