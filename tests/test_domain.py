@@ -165,3 +165,33 @@ def test_every_part_of_a_stack_is_checked_and_the_planes_are_named(nuclei_widefi
     (message,) = input_warnings(long, _Model())
     assert message.startswith("plane 19 (of 20, 8 checked)")
     assert input_warnings(np.stack([nuclei_widefield] * 2)[None], _Model()) == []
+
+
+def test_a_few_beads_are_not_noise():
+    # structure rarer than the clipped share (beads for a PSF check) must not be clipped away
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[:1024, :1024]
+    beads = np.zeros((1024, 1024))
+    for y, x in rng.integers(50, 974, (10, 2)):
+        beads += 2000 * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 1.5 ** 2))
+    image = rng.poisson(100 + beads).astype(np.float32)
+    assert neighbour_correlation(image) > 0.3
+    assert input_warnings(image, _Model()) == []
+
+
+def test_every_channel_of_a_hyperstack_is_checked(nuclei_widefield):
+    # (T, C, Y, X) with a brightfield channel: an even spread over the flattened planes can
+    # fall in step with the channel period and miss it
+    inverted = nuclei_widefield.max() - nuclei_widefield
+    for t, c in ((7, 3), (4, 2), (9, 5)):
+        stack = np.stack([np.stack([inverted if ch == 1 else nuclei_widefield
+                                    for ch in range(c)])] * t)
+        (message,) = input_warnings(stack[..., :64, :64], _Model())
+        assert "transmitted light" in message, (t, c)
+
+
+def test_a_float_mask_is_a_mask_and_empty_images_say_nothing(nuclei_truth):
+    mask = (nuclei_truth > np.percentile(nuclei_truth, 70)).astype(np.float32)
+    (message,) = input_warnings(mask, _Model())
+    assert "label image or a mask" in message
+    assert input_warnings(np.zeros((0, 10, 10)), _Model()) == []

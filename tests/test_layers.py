@@ -181,8 +181,9 @@ def test_an_inverted_image_gives_a_warning(make_napari_viewer, nuclei_widefield,
     viewer = make_napari_viewer()
     crop = nuclei_widefield[:48, :64]
     layer = viewer.add_image(crop.max() - crop, name="inverted")
-    with pytest.warns(napari_cvdm.InputWarning, match="transmitted light"):
-        shown = run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
+    with pytest.warns(napari_cvdm.InputWarning, match="transmitted light") as record:
+        shown = napari_cvdm.run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)
+    assert len(record) == 1 and record[0].filename == __file__  # once, at the caller's line
     for out in shown:  # kept with the result (and saved with it): a warning goes away
         assert "transmitted light" in out.metadata["cvdm"]["input_warnings"]
 

@@ -60,6 +60,19 @@ def test_default_store_is_a_temporary_folder_named_in_the_metadata(viewer, image
     assert zarr.open_group(store, mode="r")["mean"]["0"].shape == mean_layer.data.shape
 
 
+def test_a_result_store_is_placed_where_its_layers_are(viewer, image, tiny_model, tmp_path):
+    # opened later in an OME-Zarr viewer, the store overlays its input as the layers do
+    layer = viewer.add_image(da.from_array(image[0]), name="one", scale=(0.2, 0.1),
+                             translate=(5.0, 3.0))
+    mean_layer, _ = run_on_layer(viewer, layer, tiny_model, store=tmp_path / "r.ome.zarr",
+                                 **FAST)
+    group = zarr.open_group(str(tmp_path / "r.ome.zarr" / "mean"), mode="r")
+    transforms = group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+    np.testing.assert_allclose(transforms[0]["scale"], mean_layer.scale)
+    np.testing.assert_allclose(transforms[1]["translation"], mean_layer.translate)
+    np.testing.assert_allclose(mean_layer.translate, (5.0 - 0.05, 3.0 - 0.025))
+
+
 def test_multiscale_layer_uses_level_zero(viewer, image, tiny_model, tmp_path):
     pyramid = [da.from_array(image), da.from_array(image[:, ::2, ::2])]
     layer = viewer.add_image(pyramid, multiscale=True, name="pyr")

@@ -491,18 +491,22 @@ def test_a_link_to_a_result_is_replaced_and_a_foreign_output_folder_refused_up_f
     assert [p.name for p in (out / "in_cvdm.ome.zarr").iterdir()] == ["notes.txt"]
 
 
-def _two_level_scales(tmp_path, multiscale_scale):
-    """An NGFF 0.4 image whose dataset scale is 1 and whose multiscale scale is given."""
+def _two_level_scales(tmp_path, multiscale_scale, units=True, translation=None):
+    """An NGFF 0.4 image whose dataset scale is 1 and whose multiscale scale (and
+    translation) is given."""
     path = tmp_path / "ms.ome.zarr"
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.create_array("0", shape=(16, 16), chunks=(16, 16), dtype="u2")[:] = \
         np.arange(256, dtype=np.uint16).reshape(16, 16)
+    unit = {"unit": "micrometer"} if units else {}
+    outer = [{"type": "scale", "scale": multiscale_scale}]
+    if translation is not None:
+        outer.append({"type": "translation", "translation": translation})
     root.attrs["multiscales"] = [{"version": "0.4", "axes": [
-        {"name": "y", "type": "space", "unit": "micrometer"},
-        {"name": "x", "type": "space", "unit": "micrometer"}],
+        {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
         "datasets": [{"path": "0", "coordinateTransformations": [
             {"type": "scale", "scale": [1.0, 1.0]}]}],
-        "coordinateTransformations": [{"type": "scale", "scale": multiscale_scale}]}]
+        "coordinateTransformations": outer}]
     return path
 
 
@@ -572,7 +576,8 @@ def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
             {"type": "scale", "scale": [0.1, 0.1]},
             {"type": "translation", "translation": [5.0, 3.0]}]}]}]
     _, meta = read_ome_zarr(path)
-    assert meta["origin"] == {"Y": pytest.approx(5.0), "X": pytest.approx(3.0)}
+    assert meta["placement"] == {"Y": (pytest.approx(0.1), pytest.approx(5.0)),
+                                 "X": (pytest.approx(0.1), pytest.approx(3.0))}
     out = write_ome_zarr(tmp_path / "r.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
                          meta, scale=2)
     transforms = zarr.open_group(str(out / "mean"), mode="r").attrs["multiscales"][0][
@@ -585,3 +590,19 @@ def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
         "datasets"][0]["coordinateTransformations"]
     assert transforms == [{"type": "scale", "scale": [0.5, 0.5]},
                           {"type": "translation", "translation": [-0.25, -0.25]}]
+    # an image without units: its scale and translation as they are
+    _, meta = read_ome_zarr(_two_level_scales(tmp_path, [2.0, 2.0], units=False,
+                                              translation=[10.0, 10.0]))
+    out = write_ome_zarr(tmp_path / "u.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
+                         meta, scale=2)
+    transforms = zarr.open_group(str(out / "mean"), mode="r").attrs["multiscales"][0][
+        "datasets"][0]["coordinateTransformations"]
+    assert transforms[0]["scale"] == pytest.approx([1.0, 1.0])
+    assert transforms[1]["translation"] == pytest.approx([9.5, 9.5])
+    # a translation that cannot be read places nothing and refuses nothing
+    root = zarr.open_group(str(path), mode="r+")
+    attrs = root.attrs["multiscales"]
+    attrs[0]["datasets"][0]["coordinateTransformations"][1] = {"type": "translation",
+                                                               "path": "t.json"}
+    root.attrs["multiscales"] = attrs
+    assert read_ome_zarr(path)[1]["placement"]["Y"] == (pytest.approx(0.1), 0.0)

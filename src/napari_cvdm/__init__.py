@@ -17,7 +17,7 @@ _LAZY = {
     "CVDM": ".model", "CVDMConfig": ".model", "Cancelled": ".errors",
     "OutOfMemory": ".errors", "BadInput": ".errors", "InputWarning": ".errors", "PredictionResult": ".inference",
     "predict": ".inference", "load_model": ".model_files", "save_model": ".model_files",
-    "PredictSettings": ".settings",
+    "PredictSettings": ".settings", "run_on_layer": ".layers",
 }
 
 
@@ -27,17 +27,6 @@ def __getattr__(name: str):
         globals()[name] = value
         return value
     raise AttributeError(f"module 'napari_cvdm' has no attribute {name!r}")
-
-
-def run_on_layer(viewer, layer, model=None, **kwargs):
-    """Run CVDM on a napari image layer, blocking; add or update the mean/variance layers.
-
-    Options as :func:`predict` (``settings=`` and/or keywords). See
-    :func:`napari_cvdm.layers.run_on_layer`.
-    """
-    from .layers import run_on_layer as _run
-
-    return _run(viewer, layer, model=model, **kwargs)
 
 
 def train_on_layers(viewer, hq=None, pairs=None, **kwargs):

@@ -48,9 +48,11 @@ def _unit_image(plane: np.ndarray) -> np.ndarray | None:
 
 
 def neighbour_correlation(plane: np.ndarray) -> float | None:
-    """The lower of the horizontal and vertical lag-1 correlations of a central crop; None
-    where it says nothing (not finite real numbers, a constant image, fewer than 2 pixels
-    along an axis)."""
+    """The lower of the horizontal and vertical lag-1 correlations of a central crop, of its
+    values as they are or clipped to :data:`CLIP_PERCENTILES`, whichever is higher (hot
+    pixels lower the first, structure rarer than the clipped share, such as a few beads,
+    the second); None where it says nothing (not finite real numbers, a constant image,
+    fewer than 2 pixels along an axis)."""
     h, w = plane.shape[-2:]
     if h < 2 or w < 2:
         return None
@@ -61,8 +63,14 @@ def neighbour_correlation(plane: np.ndarray) -> float | None:
     crop = crop.astype(np.float64)
     if not np.isfinite(crop).all():
         return None
-    crop = np.clip(crop, *np.percentile(crop, CLIP_PERCENTILES))  # one hot pixel is no noise
-    crop -= crop.mean()
+    found = [c for c in (_lag_correlation(crop),
+                         _lag_correlation(np.clip(crop, *np.percentile(crop, CLIP_PERCENTILES))))
+             if c is not None]
+    return max(found) if found else None
+
+
+def _lag_correlation(crop: np.ndarray) -> float | None:
+    crop = crop - crop.mean()
     variance = float((crop * crop).mean())
     if variance <= 1e-12 * max(1.0, float(np.abs(crop).max()) ** 2):
         return None
@@ -94,20 +102,38 @@ def looks_transmitted(plane: np.ndarray) -> bool:
 
 
 def looks_like_labels(plane: np.ndarray) -> bool:
-    """A label image or a mask: integers in flat regions (most pixels off the most common
-    value equal both neighbours), not intensities through a microscope."""
+    """A label image or a mask: whole numbers (of an integer type, or floats such as a 0/1
+    mask) in flat regions (most pixels off the most common value equal both neighbours),
+    not intensities through a microscope."""
     plane = np.asarray(plane)
-    if not np.issubdtype(plane.dtype, np.integer) or min(plane.shape[-2:]) < 2:
+    if plane.ndim != 2 or min(plane.shape) < 2 or not _whole_numbers(plane):
         return False
-    values, counts = np.unique(plane, return_counts=True)
-    if len(values) < 2:
+    background = _most_common(plane)
+    if background is None:
         return False
     inner = plane[:-1, :-1]
-    off_background = inner != values[np.argmax(counts)]
+    off_background = inner != background
     if off_background.sum() < 16:
         return False
     flat = (inner == plane[1:, :-1]) & (inner == plane[:-1, 1:])
     return float(flat[off_background].mean()) >= FLAT_SHARE
+
+
+def _whole_numbers(plane: np.ndarray) -> bool:
+    if np.issubdtype(plane.dtype, np.integer):
+        return True
+    if not np.issubdtype(plane.dtype, np.floating) or not np.isfinite(plane).all():
+        return False
+    return bool(np.array_equal(plane, np.round(plane)))
+
+
+def _most_common(plane: np.ndarray):
+    """The most common value of a plane of whole numbers; None for a constant plane."""
+    if np.issubdtype(plane.dtype, np.integer) and plane.min() >= 0 and plane.max() < 2**16:
+        counts = np.bincount(plane.ravel().astype(np.intp))  # 20x np.unique on 16-bit images
+        return None if np.count_nonzero(counts) < 2 else counts.argmax()
+    values, counts = np.unique(plane, return_counts=True)
+    return None if len(values) < 2 else values[np.argmax(counts)]
 
 
 def saturated_share(plane: np.ndarray) -> float:
@@ -162,12 +188,15 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
 
 
 def _checked_planes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
-    """Up to :data:`CHECKED_PLANES` planes of a stack, evenly spread, first and last included."""
-    count = int(np.prod(shape[:-2], dtype=np.int64))
+    """Up to :data:`CHECKED_PLANES` planes of a stack, each leading axis run through from its
+    first to its last index (every channel of up to 8, and never in step with the channel
+    period, as an even spread over the flattened planes could be)."""
+    lead = shape[:-2]
+    count = min(CHECKED_PLANES, max(lead, default=1))
     if count <= 1:
-        return [tuple(0 for _ in shape[:-2])]
-    flat = np.unique(np.linspace(0, count - 1, min(count, CHECKED_PLANES)).round().astype(int))
-    return [tuple(int(i) for i in np.unravel_index(f, shape[:-2])) for f in flat]
+        return [tuple(0 for _ in lead)]
+    planes = [tuple(int(k * (n - 1) / (count - 1) + 0.5) for n in lead) for k in range(count)]
+    return list(dict.fromkeys(planes))
 
 
 def _image_warnings(image) -> list[str]:
@@ -175,6 +204,8 @@ def _image_warnings(image) -> list[str]:
     image: only those crops are read), each message once, naming the planes where not all."""
     from .psf_width import central_plane
 
+    if 0 in tuple(image.shape):
+        return []  # an empty image: the input checks say so
     planes = _checked_planes(tuple(image.shape))
     found: dict[str, tuple[str, list[tuple[int, ...]]]] = {}
     for index in planes:

@@ -219,6 +219,19 @@ def output_transform(layer, scale_factor: int, offset=(0, 0)) -> dict[str, Any]:
     }
 
 
+def _store_grid(layer, scale_factor: int, crop: Crop | None):
+    """Where a result store sits in an OME-Zarr viewer: its layers' scale and translate
+    (NGFF has no rotation or shear: None, placed in input pixels, for a layer with them)."""
+    offset = (0, 0) if crop is None else (crop[0][0], crop[1][0])
+    placed = output_transform(layer, scale_factor, offset)
+    identity = np.allclose(placed["rotate"], np.eye(len(placed["rotate"]))) and \
+        np.allclose(placed["shear"], 0) and \
+        np.allclose(placed["affine"], np.eye(len(placed["affine"])))
+    if not identity:
+        return None
+    return [float(v) for v in placed["scale"]], [float(v) for v in placed["translate"]]
+
+
 def output_names(layer, show: str = SHOW[0], crop: Crop | None = None) -> tuple[str, str]:
     """The output layers' names; a region's (``crop``, the input's Y and X bounds) are its
     own, so that a quick look at a detail never replaces the whole image's result (or, for
@@ -699,7 +712,8 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
     image_names = ("mean", "variance" if show == "variance" else "std")
     writer = ZarrResultWriter(path, tuple(result.mean.shape), scale=result.scale,
                               provenance={"source": layer.name, **(provenance or {})},
-                              overwrite=overwrite, in_place=True, images=image_names)
+                              overwrite=overwrite, in_place=True, images=image_names,
+                              grid=_store_grid(layer, result.scale, crop))
     writer.__enter__()
     replaced: tuple[_Shown, ...] = ()
     try:

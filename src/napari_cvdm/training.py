@@ -327,6 +327,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                 if not scores:
                     say(f"step {step}: loss {last_loss['total']:.4f}  no validation score "
                         "(the validation patches are blank)")
+                    if on_validation is not None:  # the preview still follows the model
+                        on_validation(step, {}, ema)
                 else:
                     scores.update(step=step, loss=last_loss["total"],
                                   gamma_start=last_loss["gamma_start"],

@@ -133,7 +133,7 @@ def preview_callback(lq: np.ndarray | None, device: str, emit):
         try:
             if lq is not None:
                 mean = predict(lq, model, samples=1, steps=PREVIEW_STEPS, eta=0.0, seed=0,
-                               device=device).mean
+                               device=device, check_input=False).mean  # a preview
         except Exception as exc:  # noqa: BLE001  (a failed preview must not stop training)
             mean = f"{type(exc).__name__}: {exc}"
         emit(step, dict(scores), mean)

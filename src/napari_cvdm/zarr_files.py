@@ -158,8 +158,8 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     chunks are read only when used, and ``{"axes": "TZYX"-style letters, "physical":
     {axis: PhysicalSize}, "attributes": the image's attributes}``, with ``"channels"``
     (the ``omero`` channel labels) where there is one per channel of the C axis, and
-    ``"origin"``: {axis: the image's translation, in its physical size's unit} for the axes
-    with a physical size whose translation is not 0. The
+    ``"placement"``: {axis: (pixel size, translation)}, in the physical size's unit where
+    the axis has one (else as the file gives them). The
     physical sizes are the dataset's scale times the multiscale's own (NGFF 0.4 and 0.5
     apply it after the dataset's). ValueError for anything that is not an OME-Zarr image.
     ``check_chunks``: warn where chunks of the image are not stored (one listing of its
@@ -184,9 +184,8 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
                                  _scale(multiscale, names, "the multiscales'"))]
         # world = multiscale scale x (dataset scale x index + dataset shift) + multiscale shift
         shift = [(m or 0.0) * d + t for d, m, t in zip(
-            _shift(dataset, names, "the dataset's"),
-            _scale(multiscale, names, "the multiscales'"),
-            _shift(multiscale, names, "the multiscales'"))]
+            _shift(dataset, names), _scale(multiscale, names, "the multiscales'"),
+            _shift(multiscale, names))]
         channels = _channel_labels(ome)
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
@@ -197,14 +196,15 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     if len(axes) != array.ndim:
         raise ValueError(f"{path}: the axes {names} do not fit an array of {array.ndim} "
                          "dimensions")
-    physical, origin = {}, {}
+    physical, placement = {}, {}
     for axis, size, unit, offset in zip(axes, scale, units, shift):
+        placement[axis] = (size if size else 1.0, offset)
         if axis in "XYZT" and unit:
             checked = normalise(size, unit, time=axis == "T")
             if checked is not None:
                 physical[axis] = checked
-                if offset and size:  # in the unit the size was normalised to
-                    origin[axis] = offset * checked.size / size
+                # in the unit the size was normalised to, as the result's sizes are written
+                placement[axis] = (checked.size, offset * checked.size / size if size else 0.0)
     if check_chunks:
         _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):
@@ -212,7 +212,7 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
 
         array = da.from_array(_Chunks(array, path), chunks=array.chunks)
     meta = {"axes": axes, "physical": physical, "attributes": dict(group.attrs),
-            "origin": origin}
+            "placement": placement}
     channels = fitting_channels(channels, axes, tuple(array.shape))
     if channels:
         meta["channels"] = channels
@@ -233,30 +233,31 @@ def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | N
             for v in scale]
 
 
-def _shift(node: dict[str, Any], names: list[str], whose: str) -> list[float]:
-    """The translation of ``node``'s ``coordinateTransformations`` (zeros where it has none
-    or a value is no number), one value per axis (ValueError otherwise)."""
-    transforms = node.get("coordinateTransformations") or []
+def _shift(node: dict[str, Any], names: list[str]) -> list[float]:
+    """The translation of ``node``'s ``coordinateTransformations``, one value per axis;
+    zeros where it has none or one that is not a list of numbers, one per axis (a
+    translation given by ``path``, say): it only places the result, so it never refuses
+    an image."""
+    transforms = node.get("coordinateTransformations")
     shift = next((t.get("translation") for t in transforms if isinstance(t, dict)
-                  and t.get("type") == "translation"), [0.0] * len(names))
+                  and t.get("type") == "translation"), None) \
+        if isinstance(transforms, list) else None
     if not isinstance(shift, (list, tuple)) or len(shift) != len(names):
-        raise ValueError(f"{whose} translation {shift!r} does not give one value per axis "
-                         f"{names}")
+        return [0.0] * len(names)
     return [float(v) if isinstance(v, (int, float)) and not isinstance(v, bool)
             and np.isfinite(v) else 0.0 for v in shift]
 
 
-def output_grid(axes: str, sizes: dict[str, PhysicalSize], origin: dict[str, float],
+def output_grid(axes: str, placement: dict[str, tuple[float, float]],
                 scale: int) -> tuple[list[float], list[float]]:
     """(scale, translation) per axis of a result written ``scale`` times finer, so that it
-    overlays its input: Y and X pixels ``scale`` times smaller and their centres shifted by
-    -(scale - 1) / (2 scale) input pixels (as napari places result layers; layers.py), in the
-    input's units where it has them, else in input pixels; other axes as the input's."""
+    overlays its input (``placement``: {axis: (pixel size, translation)}, as
+    :func:`read_ome_zarr` gives it; pixels of 1 at 0 for axes not in it): Y and X pixels
+    ``scale`` times smaller and their centres shifted by -(scale - 1) / (2 scale) input
+    pixels (as napari places result layers, layers.output_transform); other axes as given."""
     sizes_out, shift_out = [], []
     for axis in axes:
-        size = sizes.get(axis)
-        step = size.size if size is not None else 1.0
-        offset = origin.get(axis, 0.0) if size is not None else 0.0
+        step, offset = placement.get(axis, (1.0, 0.0))
         if axis in "YX":
             offset -= step * (scale - 1) / (2 * scale)
             step /= scale
@@ -317,13 +318,17 @@ class ZarrResultWriter:
     def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
                  chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
-                 channels=(), origin: dict[str, float] | None = None):
+                 channels=(), placement: dict[str, tuple[float, float]] | None = None,
+                 grid: tuple[list[float], list[float]] | None = None):
         self.path = Path(path)
         self.shape = tuple(int(n) for n in shape)
         self.axes = ome_axes(axes, len(self.shape))
         given = {a: s for a, s in (sizes or {}).items() if a in self.axes}
         self.sizes = output_sizes(given, scale)
-        self.grid = output_grid(self.axes, given, origin or {}, scale)
+        # where the result sits: given (a napari layer's placement), or from the input's
+        # (its sizes at 0 where no placement is given)
+        placement = {**{a: (s.size, 0.0) for a, s in given.items()}, **(placement or {})}
+        self.grid = grid or output_grid(self.axes, placement, scale)
         self.provenance = {str(k): v if isinstance(v, (int, float, bool)) or v is None
                            else str(v) for k, v in (provenance or {}).items()}
         self.overwrite, self.chunk, self.in_place = overwrite, chunk, in_place
@@ -437,7 +442,7 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     """Write a result (mean and standard deviation, numpy or dask) as OME-Zarr.
 
     ``metadata`` is the input's, as :func:`read_ome_zarr` returns it (``axes``,
-    ``physical``, ``channels``, ``origin``); Y and X sizes are divided by ``scale`` and the
+    ``physical``, ``channels``, ``placement``); Y and X sizes are divided by ``scale`` and the
     result placed over its input (:func:`output_grid`). NumPy results are written plane
     by plane; dask results (a lazy prediction) chunk by chunk, mean and std in one pass so
     that every tile runs once, never holding a whole plane.
@@ -450,7 +455,7 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
                           metadata.get("physical"), scale, provenance, overwrite,
                           channels=metadata.get("channels", ()),
-                          origin=metadata.get("origin")) as out:
+                          placement=metadata.get("placement")) as out:
         if is_dask(mean) or is_dask(std):
             out.store(mean, std)
         else:
