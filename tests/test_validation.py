@@ -211,9 +211,12 @@ class PlaneRecorder:
 def test_lazy_arrays_are_read_one_plane_at_a_time(tiny_model):
     data = _image((3, 2, 10, 12))
     lazy = PlaneRecorder(data)
-    result = nc.predict(lazy, tiny_model, **FAST)
+    result = nc.predict(lazy, tiny_model, check_input=False, **FAST)
     assert lazy.reads == [(10, 12)] * 6
     np.testing.assert_array_equal(result.mean, nc.predict(data, tiny_model, **FAST).mean)
+    checked = PlaneRecorder(data)
+    nc.predict(checked, tiny_model, **FAST)  # the input checks read planes (crops) too
+    assert 6 < len(checked.reads) <= 6 + 8 and set(checked.reads) == {(10, 12)}
 
 
 def test_dask_arrays_are_read_plane_by_plane_and_match_numpy(tiny_model):

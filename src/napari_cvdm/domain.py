@@ -70,9 +70,13 @@ def neighbour_correlation(plane: np.ndarray) -> float | None:
 
 
 def _lag_correlation(crop: np.ndarray) -> float | None:
+    peak = float(np.abs(crop).max())
+    if not 0 < peak < np.inf:
+        return None
+    crop = crop / peak  # values near the float64 limits square without overflowing
     crop = crop - crop.mean()
     variance = float((crop * crop).mean())
-    if variance <= 1e-12 * max(1.0, float(np.abs(crop).max()) ** 2):
+    if variance <= 1e-12:
         return None
     across = float((crop[:, 1:] * crop[:, :-1]).mean())
     down = float((crop[1:] * crop[:-1]).mean())
