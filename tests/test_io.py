@@ -257,6 +257,14 @@ def test_cvdm_info_prints_the_model_card_without_paths(tiny_model, tmp_path, cap
     assert out.startswith("tuned: x2 super-resolution, preset tiny, trained 7 steps from an "
                           "earlier model's weights (cvdm train --init)")
     assert "/data/private" not in out
+    # the widget's model line says so too: the steps are the last run's, not the model's
+    from napari_cvdm.layers import model_summary
+
+    tiny_model.metadata["training"]["averaged_with"] = {"model": "base", "weight": 0.5}
+    path = nc.save_model(tiny_model, tmp_path / "soup.cvdm.safetensors")
+    assert model_summary(path) == ("soup: x2 super-resolution, preset tiny, trained 7 steps "
+                                   "from an earlier model's weights, then averaged with "
+                                   "another model")
 
 
 def test_held_tifffile_logs_hold_only_their_own_thread(caplog):

@@ -451,13 +451,12 @@ def model_scale(source: str | os.PathLike) -> int:
 def model_summary(source: str | os.PathLike) -> str:
     """One line about a bundled model or model file, from its header (weights not loaded)."""
     path = _model_path(source)
+    from .model_card import summary_line
+
     header = read_model_header(path)
-    config, metadata = header["config"], header.get("metadata") or {}
+    metadata = header.get("metadata") or {}
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
-    training = metadata.get("training") or {}
-    trained = f"trained {training['step']:,} steps" if training.get("step") else "untrained"
-    return f"{name}: x{config.get('scale')} super-resolution, preset {config.get('preset')}, " \
-           f"{trained}"
+    return summary_line(name, header["config"], metadata)
 
 
 def _sample(array, pixels: int = 1 << 20) -> np.ndarray:

@@ -83,21 +83,31 @@ def card_of(metadata: dict[str, Any]) -> dict[str, str]:
     return clean_metadata(metadata)["card"]
 
 
-def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> str:
-    """The card as text for ``cvdm info MODEL``."""
-    card = card_of(metadata)
+def summary_line(name: str, config: dict[str, Any], metadata: dict[str, Any],
+                 detailed: bool = False) -> str:
+    """One line about a model: scale, preset and how it was trained (the widget's model line;
+    ``detailed``: ``cvdm info``'s first line, naming how and with what it was averaged). A
+    fine-tuned model's step count is its last run's, so the line says it continued."""
     training = metadata.get("training") or {}
     step = training.get("step")
     continued = (training.get("settings") or {}).get("init")  # a path: not printed
     trained = f"trained {step:,} steps" if step else "untrained"
     if step and continued:
-        trained += " from an earlier model's weights (cvdm train --init)"
+        trained += " from an earlier model's weights" + (" (cvdm train --init)" if detailed
+                                                          else "")
     averaged = training.get("averaged_with")
     if isinstance(averaged, dict) and isinstance(averaged.get("weight"), (int, float)):
         trained += (f", then averaged with {str(averaged.get('model') or 'another model')!r} "
-                    f"(weight {averaged['weight']:g}; scripts/average_models.py)")
-    lines = [f"{name}: x{config.get('scale')} super-resolution, preset "
-             f"{config.get('preset')}, {trained}"]
+                    f"(weight {averaged['weight']:g}; scripts/average_models.py)" if detailed
+                    else ", then averaged with another model")
+    return (f"{name}: x{config.get('scale')} super-resolution, preset {config.get('preset')}, "
+            f"{trained}")
+
+
+def card_text(name: str, config: dict[str, Any], metadata: dict[str, Any]) -> str:
+    """The card as text for ``cvdm info MODEL``."""
+    card = card_of(metadata)
+    lines = [summary_line(name, config, metadata, detailed=True)]
     for key in CARD_FIELDS:
         lines.append(f"{key.replace('_', ' ')}: {card[key]}")
     lines.append("PSF width: " + _psf_line(config, metadata))
