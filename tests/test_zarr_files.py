@@ -562,6 +562,11 @@ def test_omero_channel_labels_are_kept_in_the_result(tmp_path):
     assert "omero" not in read_ome_zarr(out / "mean")[1]["attributes"]
 
 
+def _transforms(image) -> list:
+    group = zarr.open_group(str(image), mode="r")
+    return group.attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"]
+
+
 def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
     """Found by a review: results were written with a scale only, so in an OME-Zarr viewer
     they sat a quarter of an input pixel off (pixel centres), lost the input's translation
@@ -580,14 +585,12 @@ def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
                                  "X": (pytest.approx(0.1), pytest.approx(3.0))}
     out = write_ome_zarr(tmp_path / "r.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
                          meta, scale=2)
-    transforms = zarr.open_group(str(out / "mean"), mode="r").attrs["multiscales"][0][
-        "datasets"][0]["coordinateTransformations"]
+    transforms = _transforms(out / "mean")
     assert transforms[0]["scale"] == pytest.approx([0.05, 0.05])
     assert transforms[1]["translation"] == pytest.approx([4.975, 2.975])
     bare = write_ome_zarr(tmp_path / "bare.ome.zarr", np.ones((8, 8)), np.zeros((8, 8)),
                           scale=2)  # no sizes: in input pixels
-    transforms = zarr.open_group(str(bare / "std"), mode="r").attrs["multiscales"][0][
-        "datasets"][0]["coordinateTransformations"]
+    transforms = _transforms(bare / "std")
     assert transforms == [{"type": "scale", "scale": [0.5, 0.5]},
                           {"type": "translation", "translation": [-0.25, -0.25]}]
     # an image without units: its scale and translation as they are
@@ -595,8 +598,7 @@ def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
                                               translation=[10.0, 10.0]))
     out = write_ome_zarr(tmp_path / "u.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
                          meta, scale=2)
-    transforms = zarr.open_group(str(out / "mean"), mode="r").attrs["multiscales"][0][
-        "datasets"][0]["coordinateTransformations"]
+    transforms = _transforms(out / "mean")
     assert transforms[0]["scale"] == pytest.approx([1.0, 1.0])
     assert transforms[1]["translation"] == pytest.approx([9.5, 9.5])
     # a translation that cannot be read places nothing and refuses nothing
