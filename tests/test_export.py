@@ -115,7 +115,8 @@ def test_a_model_trained_in_memory_exports(tmp_path, nuclei_truth):
     settings = TrainingSettings(preset="tiny", steps=2, batch_size=2, patch_size=32,
                                 validation_every=2, precision="fp32", psf_conditioned=True)
     model = train(output=tmp_path / "t.cvdm.safetensors",
-                  hq=[nuclei_truth[:128, :128], nuclei_truth[128:256, :128]], settings=settings, device="cpu", degradation=Degradation(psf_sigma=(1.0, 3.0)))
+                  hq=[nuclei_truth[:128, :128], nuclei_truth[128:256, :128]],
+                  settings=settings, device="cpu", degradation=Degradation(psf_sigma=(1.0, 3.0)))
     assert isinstance(model.metadata["training"]["data"]["degradation"]["psf_sigma"], tuple)
     assert export_bioimageio(model, tmp_path / "trained.zip", FAST).is_file()
 

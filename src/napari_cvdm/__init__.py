@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 # public name -> the module that defines it
 _LAZY = {
     "CVDM": ".model", "CVDMConfig": ".model", "Cancelled": ".errors",
-    "OutOfMemory": ".errors", "BadInput": ".errors", "InputWarning": ".errors", "PredictionResult": ".inference",
+    "OutOfMemory": ".errors", "BadInput": ".errors", "InputWarning": ".errors",
+    "PredictionResult": ".inference",
     "predict": ".inference", "load_model": ".model_files", "save_model": ".model_files",
     "PredictSettings": ".settings", "run_on_layer": ".layers",
 }

@@ -96,6 +96,12 @@ def _compute_and_check(out, checks) -> list[str]:
                 f"untrustworthy ({type(exc).__name__}: {exc})"]
 
 
+def _notify(messages) -> None:
+    """A napari warning notification for each reason a result may not be trustworthy."""
+    for message in messages or ():
+        show_warning(f"CVDM: {message}")
+
+
 def _predict_here(data, load_model, kwargs, progress, cancel):
     model, provenance = load_model()
     # the widget says why a result may not be trusted itself, with the layer's pixel size
@@ -416,8 +422,7 @@ class ReconstructionWidget(Container):
             return []
         messages = input_warnings(layer, model, options.settings.psf_sigma, crop,
                                   options.settings.samples)
-        for message in messages:
-            show_warning(f"CVDM: {message}")
+        _notify(messages)
         return messages
 
     def _start_lazy(self, layer, options, cancel, result, provenance, store,
@@ -460,8 +465,7 @@ class ReconstructionWidget(Container):
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
             return
-        for message in messages or ():
-            show_warning(f"CVDM: {message}")
+        _notify(messages)
         keep_warnings(shown, messages)
         elapsed = time.perf_counter() - self._started
         self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"

@@ -31,7 +31,7 @@ CLIP_PERCENTILES = (0.1, 99.9)  # the correlation ignores outliers (hot pixels, 
 FLAT_SHARE = 0.8
 SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
 SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
-CHECKED_PLANES = 8      # planes of a stack checked (evenly spread, first and last included)
+CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
 
 
 def _unit_image(plane: np.ndarray) -> np.ndarray | None:
@@ -76,7 +76,7 @@ def _lag_correlation(crop: np.ndarray) -> float | None:
     crop = crop / peak  # values near the float64 limits square without overflowing
     crop = crop - crop.mean()
     variance = float((crop * crop).mean())
-    if variance <= 1e-12:
+    if variance <= 1e-12 * max(1.0, 1.0 / peak) ** 2:  # constant: 1e-12 of max(1, peak)**2
         return None
     across = float((crop[:, 1:] * crop[:, :-1]).mean())
     down = float((crop[1:] * crop[:-1]).mean())
@@ -173,10 +173,11 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
     correlation = neighbour_correlation(plane)
     if _is_noise(correlation):
         out["noise"] = (f"the image looks like noise without structure (or is too dim to "
-                        f"show any): neighbouring pixels are uncorrelated (correlation {correlation:.2f}; a fluorescence image "
-                        f"through a microscope has well above {NOISE_CORRELATION:g}). The model "
-                        "turns noise into plausible-looking structures that are not in the "
-                        "sample; do not trust the result")
+                        f"show any): neighbouring pixels are uncorrelated (correlation "
+                        f"{correlation:.2f}; a fluorescence image through a microscope has "
+                        f"well above {NOISE_CORRELATION:g}). The model turns noise into "
+                        "plausible-looking structures that are not in the sample; do not "
+                        "trust the result")
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "
@@ -241,6 +242,12 @@ def input_warnings(image, model, pixel_size=None, unit=None,
                    "variance is 0; the std is 0, or the calibration's floor, not an error "
                    "bar). Draw at least 2 samples (8 by default) for an uncertainty")
     return out
+
+
+def as_provenance(messages) -> str:
+    """The input warnings as one provenance value (files and layers keep them: a warning on
+    the terminal or a notification goes away)."""
+    return " | ".join(messages)
 
 
 def axis_sizes_nm(pixel_size, unit) -> dict[str, float]:

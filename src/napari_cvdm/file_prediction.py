@@ -113,13 +113,14 @@ def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None,
     """The outputs' provenance; ``warned``: why the result may not be trustworthy, kept in
     the files (a warning on the terminal scrolls away)."""
     from .devices import resolve_device
+    from .domain import as_provenance
     from .precision import resolve_precision
 
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device).name
     out = provenance(spec.summary, settings, spec.steps, str(device), precision, psf_from)
     if warned:
-        out["input_warnings"] = " | ".join(warned)
+        out["input_warnings"] = as_provenance(warned)
     return out
 
 

@@ -422,8 +422,10 @@ def input_warnings(layer, model, psf_sigma: float | None = None,
 def keep_warnings(shown, messages) -> None:
     """Record why a result may not be trustworthy in its layers' provenance (``metadata
     ["cvdm"]``, saved with them by the OME-TIFF writer): a notification goes away."""
+    from .domain import as_provenance
+
     for out in shown if messages else ():
-        out.metadata.setdefault("cvdm", {})["input_warnings"] = " | ".join(messages)
+        out.metadata.setdefault("cvdm", {})["input_warnings"] = as_provenance(messages)
 
 
 def input_of(layer, crop: Crop | None = None) -> tuple[Any, tuple, list | None]:
@@ -450,9 +452,9 @@ def model_scale(source: str | os.PathLike) -> int:
 
 def model_summary(source: str | os.PathLike) -> str:
     """One line about a bundled model or model file, from its header (weights not loaded)."""
-    path = _model_path(source)
     from .model_card import summary_line
 
+    path = _model_path(source)
     header = read_model_header(path)
     metadata = header.get("metadata") or {}
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)

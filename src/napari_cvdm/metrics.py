@@ -12,8 +12,11 @@ import torch
 import torch.nn.functional as F
 
 
+SCORED_RANGE = (0.1, 99.9)  # the target's percentiles scored as its [0, 1] range
+
+
 def _to01(target: np.ndarray) -> tuple[np.ndarray, float, float]:
-    low, high = np.percentile(target, (0.1, 99.9))
+    low, high = np.percentile(target, SCORED_RANGE)
     span = high - low if high > low else 1.0
     return (target - low) / span, low, span
 
@@ -21,7 +24,7 @@ def _to01(target: np.ndarray) -> tuple[np.ndarray, float, float]:
 def has_range(target: np.ndarray) -> bool:
     """Whether ``target`` has an intensity range to score against: PSNR and SSIM of a flat
     (blank) target say nothing (any prediction fits it to about 120 dB)."""
-    low, high = np.percentile(np.asarray(target, dtype=np.float64), (0.1, 99.9))
+    low, high = np.percentile(np.asarray(target, dtype=np.float64), SCORED_RANGE)
     return bool(high > low)
 
 

@@ -277,8 +277,8 @@ def _channel_labels(ome: dict[str, Any]) -> tuple[str, ...]:
 
 
 def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
-                     provenance: dict[str, Any], channels: tuple[str, ...] = (),
-                     grid: tuple[list[float], list[float]] | None = None) -> dict[str, Any]:
+                     provenance: dict[str, Any], channels: tuple[str, ...],
+                     grid: tuple[list[float], list[float]]) -> dict[str, Any]:
     """NGFF attributes of one result image; ``sizes`` the input's, ``grid`` the output's
     (scale, translation) per axis (:func:`output_grid`)."""
     axis_list = []
@@ -288,7 +288,7 @@ def _ngff_attributes(axes: str, sizes: dict[str, PhysicalSize], name: str,
         if size is not None and size.unit in NAPARI_UNITS:
             entry["unit"] = NAPARI_UNITS[size.unit]
         axis_list.append(entry)
-    scale, shift = grid or ([1.0] * len(axes), [0.0] * len(axes))
+    scale, shift = grid
     transforms = [{"type": "scale", "scale": scale}]
     if any(shift):
         transforms.append({"type": "translation", "translation": shift})

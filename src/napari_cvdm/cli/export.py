@@ -10,8 +10,8 @@ def add_parser(sub) -> None:
 
     p = sub.add_parser(
         "export", help="write a model as a bioimage.io model package (.zip)",
-        epilog="example: cvdm export widefield-x2 --bioimageio widefield-x2.zip. The package runs the "
-               "whole sampling in one forward pass; its settings are fixed at export.")
+        epilog="example: cvdm export widefield-x2 --bioimageio widefield-x2.zip. The package "
+               "runs the whole sampling in one forward pass; its settings are fixed at export.")
     p.add_argument("model", metavar="MODEL",
                    help="a bundled model name ('widefield-x2') or a .cvdm.safetensors file")
     p.add_argument("--bioimageio", required=True, type=Path, metavar="OUT.zip",

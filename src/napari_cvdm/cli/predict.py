@@ -1,4 +1,5 @@
-"""``cvdm predict``: reconstruct image files; writes the mean, calibrated std and variance of each."""
+"""``cvdm predict``: reconstruct image files; writes the mean, calibrated std and variance
+of each."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def add_parser(sub) -> None:
     from ..settings import PredictSettings
     from .options import add_options, output_folder
 
-    p = sub.add_parser("predict", help="reconstruct TIFF images; writes mean, calibrated std and variance",
+    p = sub.add_parser("predict",
+                       help="reconstruct TIFF images; writes mean, calibrated std and variance",
                        description="Reconstruct TIFF images with CVDM.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
