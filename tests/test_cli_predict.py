@@ -311,6 +311,11 @@ def test_an_output_folder_that_is_a_symbolic_link_loop_is_a_one_line_error(
     (np.zeros((16, 16, 1), np.float32), {"metadata": {"axes": "YXC"}}, "last axis has size 1"),
     (~np.eye(16, dtype=bool), {}, "the image is boolean"),
     ((1 - np.eye(16)).astype(np.complex64), {}, "the image has complex values"),
+    # an RGB file stored plane by plane was predicted as three channels, silently
+    (np.zeros((3, 16, 16), np.uint8), {"photometric": "rgb", "planarconfig": "separate"},
+     "looks like RGB/RGBA"),
+    # axes no output can be written with: found after the files before it were done
+    (np.zeros((1, 2, 1, 1, 16, 16), np.float32), {}, "it needs at most T, Z, C"),
 ])
 def test_files_predict_cannot_use_get_its_message_alone(tmp_path, tiny_model_file, capsys,
                                                         two_tiffs, data, kwargs, match):
@@ -324,6 +329,38 @@ def test_files_predict_cannot_use_get_its_message_alone(tmp_path, tiny_model_fil
     assert len(err.splitlines()) == 1 and match in err and "warning" not in err
     assert f"{path}: " in err
     assert not (tmp_path / "o").exists()  # nothing written, not even the folder
+
+
+def test_a_problem_found_in_the_pixels_names_the_file_and_what_the_batch_kept(
+        tmp_path, tiny_model_file, capsys, two_tiffs):
+    """NaN pixels are only seen once a file is read: the message named no file, and did not
+    say that the inputs before it were complete."""
+    bad = tmp_path / "third.tif"
+    data = np.ones((24, 20), np.float32)
+    data[3, 4] = np.nan
+    tifffile.imwrite(bad, data)
+    assert _cli([*two_tiffs, bad], tmp_path / "o", tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"cvdm predict: error: {bad}: the image contains 1 NaN")
+    assert "the 2 input(s) before it are done" in err and "--resume" in err
+    assert len(list((tmp_path / "o").glob("*_cvdm_mean.tif"))) == 2
+    assert not list((tmp_path / "o").glob("third*"))
+
+
+def test_a_file_whose_outputs_cannot_fit_in_memory_is_refused_before_any_work(
+        tmp_path, tiny_model_file, capsys, two_tiffs, monkeypatch):
+    """The file's header says so: it was decoded whole after the files before it, then
+    refused without its name."""
+    import napari_cvdm.image_files as image_files
+
+    big = tmp_path / "big.tif"
+    tifffile.imwrite(big, np.zeros((400, 400), np.uint8))
+    # the input (160 kB) fits, with its outputs (3 x 4 x 800 x 800 = 7.7 MB) it does not
+    monkeypatch.setattr(image_files, "max_image_bytes", lambda: 2 * 10**6)
+    assert _cli([two_tiffs[0], big], tmp_path / "o", tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert f"{big} declares an image of shape (400, 400)" in err and "with its outputs" in err
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.parametrize("error", [

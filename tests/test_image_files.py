@@ -88,10 +88,22 @@ def test_tzyx_round_trip_reads_back_with_halved_xy_and_the_same_z_and_t(tmp_path
         assert denominator / numerator * 1e4 == pytest.approx(0.05)
 
 
-def test_the_samples_of_a_planar_rgb_file_are_written_as_channels(tmp_path):
-    """tifffile reads a planar RGB TIFF as SYX; its samples were written as Z slices."""
+def test_a_planar_rgb_file_is_read_as_the_rgb_image_it_is(tmp_path):
+    """tifffile reads an RGB TIFF stored plane by plane as SYX: it was predicted as three
+    channels, while the same image stored interleaved was refused as RGB."""
     path = tmp_path / "planar.tif"
-    tifffile.imwrite(path, np.zeros((3, 6, 5), np.uint8), photometric="rgb",
+    data = np.arange(3 * 6 * 5, dtype=np.uint8).reshape(3, 6, 5)
+    tifffile.imwrite(path, data, photometric="rgb", planarconfig="separate")
+    image = read_tiff(path)
+    assert image.axes == "YXS"
+    np.testing.assert_array_equal(image.data, np.moveaxis(data, 0, -1))
+
+
+def test_the_samples_of_a_planar_multi_sample_file_are_written_as_channels(tmp_path):
+    """A planar file of several grey samples reads as SYX; its samples were written as Z
+    slices."""
+    path = tmp_path / "planar.tif"
+    tifffile.imwrite(path, np.zeros((3, 6, 5), np.uint16), photometric="minisblack",
                      planarconfig="separate")
     image = read_tiff(path)
     assert image.axes == "SYX"
@@ -239,6 +251,27 @@ def test_a_full_disk_is_reported_as_such_and_leaves_nothing(tmp_path, monkeypatc
                                                             np.zeros((4, 4)))]
     with pytest.raises(OSError, match="No space left on device"):
         write_ome_tiffs(items, output_spec("YX", 2))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("free", [0, 10**12])
+def test_a_full_disk_reported_without_an_error_code_is_still_a_full_disk(tmp_path, monkeypatch,
+                                                                         free):
+    """numpy's tofile (under tifffile) reports a full disk as a bare OSError ("36864
+    requested and 13256 written", no errno): it was passed on as such, unexplained."""
+    import shutil
+
+    def short_write(path, data, **kwargs):
+        with open(path, "wb") as fh:
+            fh.write(b"II*\x00partial")
+        raise OSError("36864 requested and 13256 written")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(tifffile, "imwrite", short_write)
+    monkeypatch.setattr(shutil, "disk_usage", lambda folder: usage._replace(free=free))
+    message = "No space left on device" if free == 0 else "36864 requested and 13256 written"
+    with pytest.raises(OSError, match=message):
+        write_ome_tiffs([(tmp_path / "m.ome.tif", np.zeros((4, 4)))], output_spec("YX", 2))
     assert list(tmp_path.iterdir()) == []
 
 

@@ -47,6 +47,7 @@ def _finite(result) -> bool:
     (np.array([[1, 2], [3, 4]], dtype=object), "unsupported pixel type"),
     (np.array([["a", "b"], ["c", "d"]]), "unsupported pixel type"),
     (np.zeros((4, 4), "datetime64[s]"), "unsupported pixel type"),
+    (np.zeros((4, 4), "timedelta64[s]"), "unsupported pixel type"),  # numpy: an integer
     ([[1.0, 2.0], [3.0]], "could not be turned into an array"),
 ])
 def test_inputs_that_cannot_work_raise_a_clear_value_error(tiny_model, image, match):
@@ -153,6 +154,10 @@ def test_float32_inputs_with_a_large_offset_are_not_refused(tiny_model):
 def test_a_numerically_vanishing_range_is_refused_with_the_fix(tiny_model):
     with pytest.raises(ValueError, match=r"underflow float32.*Multiply the image"):
         nc.predict(_image((8, 8)) * 1e-20, tiny_model, **FAST)
+    # below float32's smallest number: was told to subtract an offset, which cannot help
+    with pytest.raises(ValueError, match=r"underflow float32.*Multiply the image"):
+        nc.predict(np.array([[0.0, 5e-324], [5e-324, 0.0]] * 4).reshape(8, 2).repeat(4, 1),
+                   tiny_model, **FAST)
     assert _finite(nc.predict(_image((8, 8)) * 1e-9, tiny_model, **FAST))
 
 
@@ -344,6 +349,6 @@ def test_sparse_bright_pixels_beyond_the_percentiles_are_not_clipped(tiny_model)
 def test_an_output_larger_than_memory_is_refused_before_predicting():
     from napari_cvdm.validation import check_output_size
 
-    assert check_output_size((16, 16), 2, limit=10**6) == 2 * 4 * 32 * 32
+    assert check_output_size((16, 16), 2, limit=10**6) == 3 * 4 * 32 * 32  # mean, variance, std
     with pytest.raises(ValueError, match=r"GiB.*crop or fewer planes"):
         check_output_size((10_000, 4096, 4096), 2, limit=2**34)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -608,3 +610,66 @@ def test_a_result_overlays_its_input_with_the_inputs_origin(tmp_path):
                                                                "path": "t.json"}
     root.attrs["multiscales"] = attrs
     assert read_ome_zarr(path)[1]["placement"]["Y"] == (pytest.approx(0.1), 0.0)
+
+
+@pytest.mark.parametrize("dataset,multiscale,units", [
+    ([float("nan")] * 2, [1.0, 1.0], True),  # warned "not kept", written as NaN all the same
+    ([-0.1, -0.1], [1.0, 1.0], True),  # a negative size: written through, its unit dropped
+    ([1e308, 1e308], [10.0, 10.0], False),  # sizes that overflow to Infinity
+])
+def test_a_result_is_placed_only_with_finite_positive_sizes_and_strict_json(
+        tmp_path, dataset, multiscale, units):
+    """Found by a review: an input's unusable pixel sizes and overflowing translations went
+    into the result's metadata as NaN or Infinity, which strict JSON readers refuse."""
+    import json
+
+    path = tmp_path / "odd.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(16, 16), chunks=(16, 16), dtype="f4")[:] = 1.0
+    unit = {"unit": "micrometer"} if units else {}
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", **unit}, {"name": "x", "type": "space", **unit}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": dataset},
+            {"type": "translation", "translation": [1e308, 1e308]}]}],
+        "coordinateTransformations": [{"type": "scale", "scale": multiscale}]}]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the implausible sizes are warned about
+        _, meta = read_ome_zarr(path)
+    assert meta["placement"] == {"Y": (1.0, 0.0), "X": (1.0, 0.0)}
+    out = write_ome_zarr(tmp_path / "r.ome.zarr", np.ones((32, 32)), np.zeros((32, 32)),
+                         meta, scale=2)
+    text = next(p for p in (out / "mean" / ".zattrs", out / "mean" / "zarr.json")
+                if p.exists()).read_text()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    json.loads(text, parse_constant=refuse)
+    assert _transforms(out / "mean") == [{"type": "scale", "scale": [0.5, 0.5]},
+                                         {"type": "translation", "translation": [-0.25, -0.25]}]
+
+
+def test_the_command_line_says_every_warning_on_one_line_naming_the_file(tmp_path,
+                                                                         tiny_model_file,
+                                                                         capsys):
+    """Found by a review: the rechunking warning came as Python shows warnings (a source
+    line and "UserWarning"), and a unit not understood once per axis, naming no file."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "small_chunks.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(48, 48), chunks=(8, 8), dtype="u2")[:] = \
+        np.arange(48 * 48, dtype=np.uint16).reshape(48, 48)
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "parsec"},
+        {"name": "x", "type": "space", "unit": "parsec"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.1, 0.1]}]}]}]
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "2", "--steps", "2", "--quiet"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert all(line.startswith("cvdm predict: warning: ") for line in err), err
+    units = [line for line in err if "unknown length unit 'parsec'" in line]
+    assert len(units) == 1 and "small_chunks.ome.zarr: " in units[0]
+    assert any("rechunked" in line for line in err)

@@ -48,6 +48,11 @@ def plain_os_error(exc: OSError, path: str | os.PathLike) -> OSError:
     return exc
 
 
+def _no_space(folder: Path) -> OSError:
+    return OSError(errno.ENOSPC, f"No space left on device while writing in {folder}; free "
+                   "some space or choose another output folder")
+
+
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
     try:
         return shutil.disk_usage(folder).free < margin
@@ -101,6 +106,9 @@ def atomic_group(paths: Sequence[str | os.PathLike],
     except FileExistsError:
         raise
     except OSError as exc:
+        if getattr(exc, "errno", None) is None and _disk_full(targets[0].parent):
+            # numpy's tofile (under tifffile) says "N requested and M written", no errno
+            raise _no_space(targets[0].parent) from exc
         where = Path(exc.filename) if getattr(exc, "filename", None) else targets[0].parent
         for tmp, path in zip(temps, targets):  # name the output, not its temporary twin
             if where == tmp:
@@ -108,9 +116,7 @@ def atomic_group(paths: Sequence[str | os.PathLike],
         raise plain_os_error(exc, where) from exc
     except Exception as exc:  # writers (tifffile) may report a full disk in their own words
         if _disk_full(targets[0].parent):
-            raise OSError(errno.ENOSPC, f"No space left on device while writing in "
-                          f"{targets[0].parent}; free some space or choose another output "
-                          "folder") from exc
+            raise _no_space(targets[0].parent) from exc
         raise
     finally:
         for tmp in temps:

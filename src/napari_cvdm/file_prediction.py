@@ -132,8 +132,8 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     from .validation import check_image, check_output_size
 
     model = settings.model
-    with _reader_warnings(warn):
-        image = read_tiff(task.input)
+    with _reader_warnings(warn, task.input):
+        image = read_tiff(task.input, model.config.scale)  # outputs too large: before reading
     # The pixels first: an RGB, boolean or complex file gets predict()'s message, not a
     # warning about its contents or the OME writer's complaint about its axes.
     check_image(image.data)
@@ -154,10 +154,11 @@ _READING = threading.Lock()
 
 
 @contextlib.contextmanager
-def _reader_warnings(warn):
-    """The readers' warnings about a file (damaged tiles, missing chunks, unreadable OME
-    metadata) go to ``warn`` with the other warnings about the input (one wording in the
-    command line, and back from dask workers); without ``warn`` they stay Python warnings."""
+def _reader_warnings(warn, path: Path):
+    """The readers' warnings about the file ``path`` (damaged tiles, missing chunks,
+    unreadable OME metadata, implausible pixel sizes) go to ``warn`` with the other warnings
+    about the input (one wording in the command line, and back from dask workers), each
+    once and naming the file as they do; without ``warn`` they stay Python warnings."""
     if warn is None:
         yield
         return
@@ -166,9 +167,15 @@ def _reader_warnings(warn):
     with _READING, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
+    said = set()
     for record in caught:
         if issubclass(record.category, UserWarning):
-            warn(str(record.message))
+            message = str(record.message)
+            if path.name not in message:
+                message = f"{path.name}: {message}"
+            if message not in said:  # a unit not understood is found once per axis
+                said.add(message)
+                warn(message)
         else:
             warnings.warn(record.message, record.category, stacklevel=3)
 
@@ -208,7 +215,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
     from .zarr_files import read_ome_zarr, write_ome_zarr
 
     model = settings.model
-    with _reader_warnings(warn):
+    with _reader_warnings(warn, task.input):
         array, meta = read_ome_zarr(task.input, check_chunks=True)
     check_zarr_input(array, meta)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk

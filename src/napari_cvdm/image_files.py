@@ -23,12 +23,13 @@ from typing import Any
 import numpy as np
 
 from .physical import PhysicalSize, fitting_channels, imagej_sizes, ome_sizes
-from .validation import output_bytes
+from .validation import IN_MEMORY_OUTPUTS, output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
 BYTES_PER_CHUNK = 64
 BYTES_PER_PAGE = 4096
 MAX_PAGES = 1_000_000
+RGB_PHOTOMETRIC = 2  # the TIFF PhotometricInterpretation of a colour (RGB) image
 
 
 @dataclass
@@ -135,7 +136,7 @@ def _check_declared(path: Path, tif, scale: int | None) -> None:
         raise _Refused(f"{path} declares an empty image (shape {shape})")
     declared = _declared_bytes(tif, series)
     if scale:
-        declared += output_bytes(shape, scale)
+        declared += output_bytes(shape, scale, IN_MEMORY_OUTPUTS)
     limit = max_image_bytes()
     if limit is not None and declared > limit:
         what = "with its outputs " if scale else ""
@@ -238,12 +239,14 @@ def _read_errors(path: Path) -> Iterator[None]:
 
 def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
     """The checks :func:`read_tiff` makes before it reads any pixels (not a TIFF, damaged
-    structure, several images, too large), and predict()'s checks of the pixel type and
-    layout (boolean, complex, RGB: ``validation.check_image``, naming the file), from the
+    structure, several images, too large), predict()'s checks of the pixel type and layout
+    (boolean, complex, RGB: ``validation.check_image``) and whether the outputs can be
+    written with the file's axes, naming the file, from the
     file's headers alone: a batch finds a bad file before its work starts, not midway.
     ValueError as read_tiff's."""
     import tifffile
 
+    from .tiff_writer import ome_axes
     from .validation import check_image
 
     path = Path(path)
@@ -251,10 +254,13 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
         count_pages(path)
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
-            shape, dtype = tuple(tif.series[0].shape), tif.series[0].dtype
+            series = tif.series[0]
+            shape, dtype = _colour_last(series, tuple(series.shape)), series.dtype
+            axes = series.axes
     stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
     try:
         check_image(stand_in)  # the header's shape and type, no pixels
+        ome_axes(axes, len(shape))  # axes the outputs can be written with
     except ValueError as exc:
         raise ValueError(f"{path}: {exc}") from None
 
@@ -278,6 +284,9 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             out = np.empty(series.shape, dtype=series.dtype)
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
             axes = series.axes
+            if _is_planar_rgb(series):  # as interleaved RGB is: refused as such downstream
+                data = np.moveaxis(data, axes.index("S"), -1)
+                axes = axes.replace("S", "") + "S"
             _warn_about_empty_segments(path, series)
             physical = _physical(path, tif, axes)
             channels = _channel_names(tif, axes, data.shape)
@@ -286,6 +295,22 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
         pixel_size = (physical["Y"].size, physical["X"].size)
         unit = physical["X"].unit
     return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels)
+
+
+def _is_planar_rgb(series) -> bool:
+    """An RGB image stored colour plane by colour plane (tifffile: an S axis before Y, X)."""
+    page = series.pages[0] if getattr(series, "pages", None) else None
+    axes = series.axes
+    return (page is not None and int(getattr(page, "photometric", 0)) == RGB_PHOTOMETRIC
+            and "S" in axes and not axes.endswith("S"))
+
+
+def _colour_last(series, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` with a planar RGB file's colour axis last, as :func:`read_tiff` gives it."""
+    if not _is_planar_rgb(series):
+        return shape
+    where = series.axes.index("S")
+    return shape[:where] + shape[where + 1:] + (shape[where],)
 
 
 def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:

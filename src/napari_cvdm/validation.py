@@ -37,7 +37,12 @@ MAX_OUTPUT_FRACTION = 0.5
 
 
 def _power_of_ten(value: float) -> str:
-    return f"1e{int(math.floor(math.log10(value)))}" if value > 0 else "1"
+    """``value`` rounded down to a power of ten, as text ("1e12"); the largest float64 power
+    of ten where ``value`` is beyond it (a range of a few subnormal numbers)."""
+    if not value > 0:
+        return "1"
+    return f"1e{min(int(math.floor(math.log10(value))), 308)}" if math.isfinite(value) \
+        else "1e308"
 
 
 def _as_dtype(image) -> np.dtype:
@@ -127,7 +132,8 @@ def check_image(image) -> tuple[tuple[int, ...], np.dtype]:
     if np.issubdtype(dtype, np.complexfloating):
         raise ValueError("the image has complex values; pass the magnitude (np.abs) or the "
                          "real part")
-    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+    if dtype.kind in "mM" or not (np.issubdtype(dtype, np.integer)
+                                  or np.issubdtype(dtype, np.floating)):  # timedelta: integer
         raise ValueError(f"unsupported pixel type {dtype}; use integer or float images")
     if len(shape) >= 3 and shape[-1] in (3, 4) and shape[-2] > 4:
         raise ValueError(f"the image looks like RGB/RGBA (shape {shape}, last axis "
@@ -172,7 +178,8 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
     where = f" in plane {index}" if index else ""
     if nonfinite:
         raise ValueError(f"the image contains {nonfinite} NaN or infinite value(s){where}; "
-                         "replace them first (e.g. np.nan_to_num) or crop them away")
+                         "replace them first (Python: np.nan_to_num; Fiji: Process > Math > Remove "
+                         "NaNs) or crop them away")
     largest = max(abs(low), abs(high))
     if largest > MAX_ABS_VALUE:
         raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "
@@ -186,6 +193,12 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
                 "variance, in squared intensity units, would overflow float32. Divide the "
                 f"image by a constant first (e.g. image / {_power_of_ten(span / 1e6)}), "
                 "or clip outlier pixels")
+        # a tiny range first: subtracting an offset cannot help values below float32's
+        if span < MIN_RANGE:
+            raise ValueError(
+                f"the intensity range{where} is only {span:.3g} ({low:.3g} to {high:.3g}): "
+                "the variance, in squared units, would underflow float32. Multiply the image "
+                f"by a constant first (e.g. image * {_power_of_ten(1e-3 / span)})")
         levels = span / float(np.spacing(np.float32(largest)))
         if _finer_than_float32(np.dtype(dtype)) and levels < MIN_LEVELS:
             raise ValueError(
@@ -193,11 +206,6 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
                 f"{span:.3g}: the float32 outputs would keep about {max(int(levels), 1)} grey "
                 "level(s) of it. Subtract the offset first, e.g. image - image.min() "
                 "(and add it back to the mean afterwards)")
-        if span < MIN_RANGE:
-            raise ValueError(
-                f"the intensity range{where} is only {span:.3g} ({low:.3g} to {high:.3g}): "
-                "the variance, in squared units, would underflow float32. Multiply the image "
-                f"by a constant first (e.g. image * {_power_of_ten(1e-3 / span)})")
 
 
 def memory_bytes() -> int | None:
@@ -217,21 +225,28 @@ def spare_memory(limit: int | None = None) -> int | None:
     return int(total * MAX_OUTPUT_FRACTION) if total else None
 
 
-def output_bytes(shape: tuple[int, ...], scale: int) -> int:
-    """Bytes of the float32 mean and variance of an image of ``shape`` at ``scale``."""
-    return 2 * 4 * int(np.prod(shape, dtype=np.float64)) * int(scale) ** 2
+# predict() holds three float32 outputs in memory: the mean, the variance and the calibrated
+# std (a model without calibration computes its std from the variance when it is asked for).
+IN_MEMORY_OUTPUTS = 3
+
+
+def output_bytes(shape: tuple[int, ...], scale: int, arrays: int = 2) -> int:
+    """Bytes of ``arrays`` float32 outputs (default two: the mean and the std or variance a
+    file or store holds) of an image of ``shape`` at ``scale``."""
+    return arrays * 4 * int(np.prod(shape, dtype=np.float64)) * int(scale) ** 2
 
 
 def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = None) -> int:
-    """Bytes of the mean and variance outputs (float32); ValueError if beyond ``limit``.
+    """Bytes of the outputs predict() holds in memory (float32 mean, variance and std);
+    ValueError if beyond ``limit``.
 
     ``limit`` defaults to half of this computer's memory. Call before allocating them.
     """
     planes = int(np.prod(shape[:-2], dtype=np.float64)) if len(shape) > 2 else 1
-    needed = output_bytes(shape, scale)
+    needed = output_bytes(shape, scale, IN_MEMORY_OUTPUTS)
     limit = spare_memory(limit)
     if limit is not None and needed > limit:
-        raise ValueError(f"the outputs (mean and variance, {planes} plane(s) of "
+        raise ValueError(f"the outputs (mean, variance and std, {planes} plane(s) of "
                          f"{shape[-2] * scale} x {shape[-1] * scale} float32) would need "
                          f"{needed / 2**30:.1f} GiB, more than this computer can spare "
                          f"({limit / 2**30:.1f} GiB); process a crop or fewer planes at a time")

@@ -198,13 +198,15 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
                          "dimensions")
     physical, placement = {}, {}
     for axis, size, unit, offset in zip(axes, scale, units, shift):
-        placement[axis] = (size if size else 1.0, offset)
+        placement[axis] = _placed(size, offset)
         if axis in "XYZT" and unit:
             checked = normalise(size, unit, time=axis == "T")
             if checked is not None:
                 physical[axis] = checked
                 # in the unit the size was normalised to, as the result's sizes are written
-                placement[axis] = (checked.size, offset * checked.size / size if size else 0.0)
+                placement[axis] = _placed(checked.size, offset * checked.size / size)
+            else:  # a size not kept (warned about) places nothing either
+                placement[axis] = (1.0, 0.0)
     if check_chunks:
         _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):
@@ -217,6 +219,16 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     if channels:
         meta["channels"] = channels
     return array, meta
+
+
+def _placed(size: float | None, offset: float) -> tuple[float, float]:
+    """(pixel size, translation) of one axis as a result may be written with them: finite,
+    the size positive (NaN or Infinity is not even valid JSON); else pixels of 1 at 0 (an
+    unusable size), or the size at 0 (an offset that overflowed)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        if size is None or not np.isfinite(size) or size <= 0:
+            return 1.0, 0.0
+        return float(size), float(offset) if np.isfinite(offset) else 0.0
 
 
 def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | None]:
@@ -261,6 +273,8 @@ def output_grid(axes: str, placement: dict[str, tuple[float, float]],
         if axis in "YX":
             offset -= step * (scale - 1) / (2 * scale)
             step /= scale
+            if not np.isfinite(offset):  # an input placed near the float limit
+                offset = -step * (scale - 1) / 2
         sizes_out.append(step)
         shift_out.append(offset)
     return sizes_out, shift_out

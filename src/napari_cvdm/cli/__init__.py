@@ -49,6 +49,26 @@ def _one_line(message: object) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))
 
 
+@contextlib.contextmanager
+def _warnings_on_one_line(command: str):
+    """Python warnings raised while a command runs are said as its own warnings are
+    ("cvdm predict: warning: ..."), not as "file.py:297: UserWarning: ..." and a line of
+    the package's source."""
+    import warnings
+
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cvdm {command}: warning: {_one_line(message)}",
+              file=sys.stderr if file is None else file)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM or SIGHUP (``kill``, ``timeout``, a batch scheduler, a closed terminal),
     handled as Ctrl-C is: no partial output is left, a training keeps its checkpoint."""
@@ -134,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _cancelled("")
     command = args.command
-    with _termination_as_cancel() as received:
+    with _termination_as_cancel() as received, _warnings_on_one_line(command):
         code = _run(command, args)
     return 128 + received[0] if received and code == EXIT_CANCELLED else code
 

@@ -158,8 +158,9 @@ def _check_cluster_args(args) -> bool:
     return True
 
 
-def _plan(args, seed: int | None, clustered: bool = False):
-    """Everything that can be checked before loading a model or an image.
+def _plan(args, seed: int | None, clustered: bool = False, scale: int | None = None):
+    """Everything that can be checked before reading an image's pixels (with the model's
+    ``scale``: whether each TIFF's outputs fit in memory, from its header).
 
     Returns ``(tasks, skipped)``: a FileTask per input to predict (outputs: (mean, std,
     var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), and with
@@ -225,7 +226,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
                               replace=state != ABSENT))
     for task in tasks:  # a TIFF that cannot be read stops the batch before its work (headers)
         if not is_zarr(task.input):
-            probe_tiff(task.input)
+            probe_tiff(task.input, scale)
     for folders in (False, True):
         for replace in (False, True):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
@@ -253,8 +254,8 @@ def run(args) -> int:
         from ..distributed import require_distributed
 
         require_distributed()  # before any work: say how to install it
-    tasks, skipped = _plan(args, settings.seed, clustered)
     model, summary = resolve_model(settings.model)
+    tasks, skipped = _plan(args, settings.seed, clustered, model.config.scale)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
         print(describe({"input": str(path), "skipped": why}))
@@ -286,10 +287,25 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
     def warn(message: str) -> None:
         print(f"cvdm predict: warning: {message}", file=sys.stderr)
 
-    for task in tasks:
+    for number, task in enumerate(tasks):
         bar = None if args.quiet else ProgressBar(task.input.name, unit="eval")
-        print(describe(predict_file(task, spec, model, progress=bar, warn=warn)))
+        try:
+            done = predict_file(task, spec, model, progress=bar, warn=warn)
+        except ValueError as exc:  # found in the pixels: say which file, and what is kept
+            raise ValueError(_in_batch(task, exc, number)) from exc
+        print(describe(done))
     return 0
+
+
+def _in_batch(task, error: ValueError, finished: int) -> str:
+    """``error`` naming the input it is about, and what a batch keeps of the inputs before it."""
+    message = str(error)
+    if str(task.input) not in message:
+        message = f"{task.input}: {message}"
+    if finished:
+        message += (f" (the {finished} input(s) before it are done and their outputs complete; "
+                    "fix or move this one and rerun with --resume to finish the batch)")
+    return message
 
 
 def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
