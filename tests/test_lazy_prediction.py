@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -149,3 +151,50 @@ def test_a_float_plane_too_large_to_read_whole_is_refused_before_any_work(tiny_m
     lazy = nc.predict(big.astype(np.uint16), tiny_model, samples=1, steps=1, tile_size=1024,
                       precision="fp32")  # integers: histograms, chunk by chunk
     assert lazy.mean.shape == (2, 24_000, 24_000)
+
+
+def test_the_windows_each_tile_group_feeds_are_those_it_overlaps():
+    """The groups feeding each output window are found from the tiles' own spans (was a
+    scan of every group for every window: minutes of graph building on large images)."""
+    import itertools
+
+    from napari_cvdm.lazy_prediction import _chunk_starts, _groups_by_window
+    from napari_cvdm.tiling import Tile, intersection
+
+    for height, width, tile, step, cy, cx, per_group in [(300, 200, 64, 48, 40, 56, 3),
+                                                         (96, 96, 96, 96, 96, 96, 1),
+                                                         (130, 70, 32, 20, 16, 128, 4)]:
+        tiles = [Tile(y, x, min(tile, height - y), min(tile, width - x))
+                 for y, x in itertools.product(range(0, height, step), range(0, width, step))]
+        groups = [(i, tiles[i:i + per_group]) for i in range(0, len(tiles), per_group)]
+        windows = [[Tile(y, x, h, w) for x, w in _chunk_starts(width, cx)]
+                   for y, h in _chunk_starts(height, cy)]
+        found = _groups_by_window(groups, windows, cy, cx)
+        for r, row in enumerate(windows):
+            for c, window in enumerate(row):
+                expected = [g for g, (_, group) in enumerate(groups)
+                            if any(intersection(t, window) is not None for t in group)]
+                assert sorted(found[r, c]) == expected
+
+
+def test_a_cancel_while_the_graph_of_a_large_image_is_built_stops_it(tiny_model, monkeypatch):
+    """Found by a review: building the graph of a 16000 x 16000 image took minutes in
+    which Cancel (and closing the viewer) did nothing."""
+    import napari_cvdm.lazy_prediction as lazy
+    from napari_cvdm.errors import Cancelled
+
+    cancel = threading.Event()
+    real = lazy._groups_by_window
+
+    def then_cancel(*args):
+        found = real(*args)
+        cancel.set()  # pressed once the building has begun
+        return found
+
+    monkeypatch.setattr(lazy, "_groups_by_window", then_cancel)
+    before = set(lazy._callbacks)
+    image = da.from_array(np.random.default_rng(0).random((96, 96)), chunks=48)
+    with pytest.raises(Cancelled):
+        nc.predict(image, tiny_model, samples=2, steps=2, seed=0, cancel=cancel,
+                   tile_size=32, check_input=False)
+    assert set(lazy._callbacks) == before  # nothing of the run is kept

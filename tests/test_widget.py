@@ -181,6 +181,37 @@ def test_cancel_button_stops_the_run_and_adds_no_layers(qtbot, viewer_and_widget
     assert widget._run.text == "Run" and widget._run.enabled
 
 
+def test_a_cancel_as_the_work_ends_says_so_and_adds_no_layers(qtbot, viewer_and_widget,
+                                                              model_file, notifications,
+                                                              monkeypatch):
+    """Found by a review: Cancel pressed during the last denoising step (after predict()
+    had its result) dropped the result silently; the status stayed "cancelling..." for good."""
+    viewer, widget = viewer_and_widget
+    real_predict = widget_module.predict
+
+    def cancelled_as_it_returns(*args, **kwargs):
+        result = real_predict(*args, **kwargs)
+        widget._cancel.set()  # what the Cancel button does, as the result comes back
+        return result
+
+    monkeypatch.setattr(widget_module, "predict", cancelled_as_it_returns)
+    viewer.add_image(image(), name="cells")
+    configure(widget, model_file)
+    widget.start()
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == ["cells"]
+    assert widget._status.value == "cancelled"
+    assert notifications == {"error": [], "info": ["CVDM reconstruction cancelled"]}
+    assert widget._run.text == "Run" and widget._run.enabled
+
+
+def test_an_rgb_layer_gets_no_output_size_but_what_to_do(viewer_and_widget):
+    """Its colour axis was taken for X: "output: 2 x 16 x 32 x 6"."""
+    viewer, widget = viewer_and_widget
+    widget._image.value = viewer.add_image(np.zeros((16, 16, 3), np.uint8), rgb=True)
+    assert widget._output.value.startswith("RGB: split it first")
+
+
 def test_every_run_predicts_in_the_one_compute_thread_and_cancel_still_works(
         qtbot, viewer_and_widget, model_file, notifications, monkeypatch):
     """The OpenMP team stays one per session (docs/performance.md, the worker-thread gap)."""

@@ -275,6 +275,9 @@ class ReconstructionWidget(Container):
         try:
             if layer is None:
                 raise ValueError("")
+            if getattr(layer, "rgb", False):
+                self._output.value = "RGB: split it first (right-click the layer > Split RGB)"
+                return
             crop = region_crop(layer, self.region())
             self._output.value = output_summary(layer, model_scale(self.model_source()),
                                                 self.store(), crop)
@@ -367,7 +370,7 @@ class ReconstructionWidget(Container):
         layer.events.data.connect(self._on_input_data_changed)
         self._run.text = "Cancel"
         self._progress.value = 0
-        self._status.value = "loading the model…"
+        self._status.value = "loading the model and planning the tiles…"
         self._started = time.perf_counter()
         worker.start()
         return worker
@@ -400,7 +403,12 @@ class ReconstructionWidget(Container):
 
     def _on_returned(self, layer, options, cancel, result, provenance, model=None,
                      store=None, crop=None) -> None:
-        if cancel.is_set() or self._closed.is_set() or layer not in self._viewer.layers:
+        if self._closed.is_set():
+            return
+        if cancel.is_set():  # pressed as the work ended: the result is dropped, and said so
+            self._on_errored(Cancelled("prediction cancelled"))
+            return
+        if layer not in self._viewer.layers:
             return
         if is_dask(result.mean):
             self._start_lazy(layer, options, cancel, result, provenance, store, crop, model)

@@ -34,7 +34,7 @@ import numpy as np
 from .normalization import Normalization
 from .planning import TilePlan
 from .settings import PredictSettings
-from .tiling import Tile, intersection
+from .tiling import Tile
 
 __all__ = ["LazySpec", "is_dask", "lazy_predict", "MAX_CHUNK"]
 
@@ -284,37 +284,60 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
     cy, cx = _output_chunk(image, -2, scale), _output_chunk(image, -1, scale)
     windows = [[Tile(y, x, h, w) for x, w in _chunk_starts(run.width, cx)]
                for y, h in _chunk_starts(run.height, cy)]
+    touching = _groups_by_window(groups, windows, cy, cx)
     in_h, in_w = shape[-2:]
     layers = 3 if run.calibration is not None else 2
     by_plane = {}
-    for p, index in enumerate(np.ndindex(*shape[:-2])):
-        plane = image[index] if index else image
-        summaries = [dask.delayed(_block_summary)(block) for block in plane.to_delayed().ravel()]
-        whole = plane if _histogram_offset(np.dtype(image.dtype)) is None else None
-        norm = dask.delayed(_plane_normalization)(summaries, whole, tuple(run.percentiles),
-                                                  np.dtype(image.dtype).str, index)
-        statistics = []
-        for first, group in groups:
-            regions = [input_region(t, scale, in_h, in_w) for t in group]
-            y0, x0 = min(r[0] for r in regions), min(r[2] for r in regions)
-            y1, x1 = max(r[1] for r in regions), max(r[3] for r in regions)
-            statistics.append(dask.delayed(_group_statistics, pure=True)(
-                spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
-        rows = []
-        for row in windows:
-            blocks = []
-            for window in row:
-                touching = [(group, stats) for (first, group), stats in zip(groups, statistics)
-                            if any(intersection(t, window) is not None for t in group)]
-                block = dask.delayed(_blend_chunk, pure=True)(spec_task, norm, window, touching)
-                blocks.append(da.from_delayed(block, (layers, window.height, window.width),
-                                              dtype=np.float32))
-            rows.append(blocks)
-        by_plane[index] = da.block(rows)
+    try:  # building the graph of a large image takes a while: a cancel stops it too
+        for p, index in enumerate(np.ndindex(*shape[:-2])):
+            plane = image[index] if index else image
+            summaries = [dask.delayed(_block_summary)(block)
+                         for block in plane.to_delayed().ravel()]
+            whole = plane if _histogram_offset(np.dtype(image.dtype)) is None else None
+            norm = dask.delayed(_plane_normalization)(summaries, whole, tuple(run.percentiles),
+                                                      np.dtype(image.dtype).str, index)
+            statistics = []
+            for first, group in groups:
+                run.check_cancel()
+                regions = [input_region(t, scale, in_h, in_w) for t in group]
+                y0, x0 = min(r[0] for r in regions), min(r[2] for r in regions)
+                y1, x1 = max(r[1] for r in regions), max(r[3] for r in regions)
+                statistics.append(dask.delayed(_group_statistics, pure=True)(
+                    spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
+            rows = []
+            for r, row in enumerate(windows):
+                run.check_cancel()
+                blocks = []
+                for c, window in enumerate(row):
+                    block = dask.delayed(_blend_chunk, pure=True)(
+                        spec_task, norm, window,
+                        [(groups[g][1], statistics[g]) for g in touching[r, c]])
+                    blocks.append(da.from_delayed(block, (layers, window.height, window.width),
+                                                  dtype=np.float32))
+                rows.append(blocks)
+            by_plane[index] = da.block(rows)
+    except BaseException:
+        forget(spec)
+        raise
     stacked = _stack(by_plane, shape[:-2])
     mean, variance = stacked[0], stacked[1]
     std = stacked[2] if layers == 3 else None
     return mean, variance, std, spec
+
+
+def _groups_by_window(groups, windows, cy: int, cx: int) -> dict[tuple[int, int], list[int]]:
+    """{(row, column) of an output window: the indices of the tile groups with a tile that
+    overlaps it, in order}; the windows are a grid of ``cy`` x ``cx`` (the last row and
+    column shorter). Each tile looks up the windows it spans, not every window each tile."""
+    touching = {(r, c): [] for r, row in enumerate(windows) for c in range(len(row))}
+    for g, (_, group) in enumerate(groups):
+        spanned = set()
+        for t in group:
+            spanned.update((r, c) for r in range(t.y // cy, (t.y + t.height - 1) // cy + 1)
+                           for c in range(t.x // cx, (t.x + t.width - 1) // cx + 1))
+        for key in spanned:  # groups in order: g grows
+            touching[key].append(g)
+    return touching
 
 
 def _stack(by_plane: dict, lead: tuple[int, ...]):

@@ -178,8 +178,8 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
     where = f" in plane {index}" if index else ""
     if nonfinite:
         raise ValueError(f"the image contains {nonfinite} NaN or infinite value(s){where}; "
-                         "replace them first (Python: np.nan_to_num; Fiji: Process > Math > Remove "
-                         "NaNs) or crop them away")
+                         "replace them first (Python: np.nan_to_num; Fiji: Process > Math > "
+                         "Remove NaNs) or crop them away")
     largest = max(abs(low), abs(high))
     if largest > MAX_ABS_VALUE:
         raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "
