@@ -249,3 +249,24 @@ def test_an_empty_or_folder_like_output_is_refused(tmp_path, monkeypatch, capsys
         assert exit_.value.code == 2
         assert "argument -o/--output" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_only_the_packages_own_warnings_are_reworded_on_one_line(capsys):
+    """Other libraries' warnings keep Python's form (it says where they come from); the
+    package's own lose their source line and come as the command's warnings, newlines and
+    all on one line."""
+    import os
+    import warnings
+
+    import napari_cvdm
+    from napari_cvdm.cli import _warnings_on_one_line
+
+    inside = os.path.join(os.path.dirname(napari_cvdm.__file__), "inference.py")
+    with warnings.catch_warnings(record=True) as passed_on, _warnings_on_one_line("predict"):
+        warnings.simplefilter("always")
+        warnings.warn_explicit("chunks rechunked\nfor the prediction", UserWarning, inside, 297)
+        warnings.warn_explicit("a library's own", FutureWarning, "/elsewhere/lib.py", 3)
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["cvdm predict: warning: chunks rechunked for the prediction"]
+    assert [(w.category, str(w.message), w.filename) for w in passed_on] == \
+        [(FutureWarning, "a library's own", "/elsewhere/lib.py")]  # to Python's display

@@ -466,6 +466,8 @@ class ReconstructionWidget(Container):
             return  # the store is complete; nothing is left to show it in
         if cancel.is_set() or self._closed.is_set():
             out.abort()
+            if not self._closed.is_set():  # pressed as the writing ended: said, not silent
+                self._on_errored(Cancelled("prediction cancelled"))
             return
         try:
             shown = out.finish()

@@ -241,9 +241,8 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
     """The checks :func:`read_tiff` makes before it reads any pixels (not a TIFF, damaged
     structure, several images, too large), predict()'s checks of the pixel type and layout
     (boolean, complex, RGB: ``validation.check_image``) and whether the outputs can be
-    written with the file's axes, naming the file, from the
-    file's headers alone: a batch finds a bad file before its work starts, not midway.
-    ValueError as read_tiff's."""
+    written with the file's axes, each naming the file, from its headers alone: a batch
+    finds a bad file before its work starts, not midway. ValueError as read_tiff's."""
     import tifffile
 
     from .tiff_writer import ome_axes
@@ -271,7 +270,9 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     Anything wrong with the file (damaged, truncated, not a TIFF, an image that with its
     outputs at ``scale`` would need more than half of this computer's memory) raises
     ValueError before the pixels are read; the file is only read. OME metadata that does
-    not parse gives the pixels, a warning and no physical sizes (never wrong ones).
+    not parse gives the pixels, a warning and no physical sizes (never wrong ones). An RGB
+    file stored plane by plane comes with its colour axis last (axes ``...YXS``), as one
+    stored interleaved does.
     """
     import tifffile
 

@@ -284,11 +284,11 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
     cy, cx = _output_chunk(image, -2, scale), _output_chunk(image, -1, scale)
     windows = [[Tile(y, x, h, w) for x, w in _chunk_starts(run.width, cx)]
                for y, h in _chunk_starts(run.height, cy)]
-    touching = _groups_by_window(groups, windows, cy, cx)
     in_h, in_w = shape[-2:]
     layers = 3 if run.calibration is not None else 2
     by_plane = {}
     try:  # building the graph of a large image takes a while: a cancel stops it too
+        touching = _groups_by_window(groups, windows, cy, cx)
         for p, index in enumerate(np.ndindex(*shape[:-2])):
             plane = image[index] if index else image
             summaries = [dask.delayed(_block_summary)(block)

@@ -41,8 +41,9 @@ def _power_of_ten(value: float) -> str:
     of ten where ``value`` is beyond it (a range of a few subnormal numbers)."""
     if not value > 0:
         return "1"
-    return f"1e{min(int(math.floor(math.log10(value))), 308)}" if math.isfinite(value) \
-        else "1e308"
+    if not math.isfinite(value):
+        return "1e308"
+    return f"1e{min(int(math.floor(math.log10(value))), 308)}"
 
 
 def _as_dtype(image) -> np.dtype:
@@ -225,8 +226,8 @@ def spare_memory(limit: int | None = None) -> int | None:
     return int(total * MAX_OUTPUT_FRACTION) if total else None
 
 
-# predict() holds three float32 outputs in memory: the mean, the variance and the calibrated
-# std (a model without calibration computes its std from the variance when it is asked for).
+# A run holds up to three float32 outputs in memory: the mean, the variance and the std (a
+# calibrated model's, or the one the front ends compute from the variance to show or save).
 IN_MEMORY_OUTPUTS = 3
 
 
@@ -237,7 +238,7 @@ def output_bytes(shape: tuple[int, ...], scale: int, arrays: int = 2) -> int:
 
 
 def check_output_size(shape: tuple[int, ...], scale: int, limit: int | None = None) -> int:
-    """Bytes of the outputs predict() holds in memory (float32 mean, variance and std);
+    """Bytes of the outputs a run holds in memory (float32 mean, variance and std);
     ValueError if beyond ``limit``.
 
     ``limit`` defaults to half of this computer's memory. Call before allocating them.

@@ -205,8 +205,6 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
                 physical[axis] = checked
                 # in the unit the size was normalised to, as the result's sizes are written
                 placement[axis] = _placed(checked.size, offset * checked.size / size)
-            else:  # a size not kept (warned about) places nothing either
-                placement[axis] = (1.0, 0.0)
     if check_chunks:
         _warn_about_missing_chunks(path, array)
     with contextlib.suppress(ImportError):

@@ -51,16 +51,26 @@ def _one_line(message: object) -> str:
 
 @contextlib.contextmanager
 def _warnings_on_one_line(command: str):
-    """Python warnings raised while a command runs are said as its own warnings are
-    ("cvdm predict: warning: ..."), not as "file.py:297: UserWarning: ..." and a line of
-    the package's source."""
+    """The package's own Python warnings raised while a command runs (in this process) are
+    said as the command's other warnings are ("cvdm predict: warning: ..."), not as
+    "file.py:297: UserWarning: ..." and a line of the package's source; other libraries'
+    warnings keep Python's form, which names where they come from."""
+    import os
     import warnings
 
     shown = warnings.showwarning
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
     def show(message, category, filename, lineno, file=None, line=None):
-        print(f"cvdm {command}: warning: {_one_line(message)}",
-              file=sys.stderr if file is None else file)
+        if not os.path.abspath(str(filename)).startswith(package):
+            shown(message, category, filename, lineno, file, line)
+            return
+        target = sys.stderr if file is None else file
+        if target is None:  # no stderr (pythonw): never onto stdout, the results' stream
+            return
+        text = " ".join(str(message).splitlines())
+        with contextlib.suppress(OSError):  # stderr closed by its reader
+            print(f"cvdm {command}: warning: {_one_line(text)}", file=target)
 
     warnings.showwarning = show
     try:

@@ -158,9 +158,8 @@ def _check_cluster_args(args) -> bool:
     return True
 
 
-def _plan(args, seed: int | None, clustered: bool = False, scale: int | None = None):
-    """Everything that can be checked before reading an image's pixels (with the model's
-    ``scale``: whether each TIFF's outputs fit in memory, from its header).
+def _plan(args, seed: int | None, clustered: bool = False):
+    """Everything that can be checked before loading a model or an image.
 
     Returns ``(tasks, skipped)``: a FileTask per input to predict (outputs: (mean, std,
     var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), and with
@@ -226,7 +225,7 @@ def _plan(args, seed: int | None, clustered: bool = False, scale: int | None = N
                               replace=state != ABSENT))
     for task in tasks:  # a TIFF that cannot be read stops the batch before its work (headers)
         if not is_zarr(task.input):
-            probe_tiff(task.input, scale)
+            probe_tiff(task.input)
     for folders in (False, True):
         for replace in (False, True):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
@@ -254,8 +253,10 @@ def run(args) -> int:
         from ..distributed import require_distributed
 
         require_distributed()  # before any work: say how to install it
+    tasks, skipped = _plan(args, settings.seed, clustered)
     model, summary = resolve_model(settings.model)
-    tasks, skipped = _plan(args, settings.seed, clustered, model.config.scale)
+    if not clustered:  # a cluster's workers check against their own memory
+        _check_memory(tasks, model.config.scale)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
         print(describe({"input": str(path), "skipped": why}))
@@ -269,6 +270,16 @@ def run(args) -> int:
         if created and not any(args.output.iterdir()):
             with contextlib.suppress(OSError):  # a run that wrote nothing leaves nothing
                 args.output.rmdir()
+
+
+def _check_memory(tasks, scale: int) -> None:
+    """Each TIFF whose outputs at ``scale`` would not fit in this computer's memory, refused
+    from its header before any work (found at its turn, it was decoded whole first)."""
+    from ..image_files import probe_tiff
+
+    for task in tasks:
+        if not is_zarr(task.input):
+            probe_tiff(task.input, scale)
 
 
 def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
