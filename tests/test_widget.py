@@ -520,6 +520,32 @@ def test_a_dask_layer_fills_zarr_backed_layers_equal_to_the_in_memory_run(
     assert mean_layer.metadata["cvdm"]["store"] == str(tmp_path / "big.ome.zarr")
 
 
+def test_a_cancel_as_a_lazy_store_is_finished_says_so_and_adds_no_layers(
+        qtbot, viewer_and_widget, model_file, tmp_path, notifications, monkeypatch):
+    """Found by a review: Cancel pressed after the store was written (during the input
+    checks) dropped the result silently; the status stayed "cancelling..."."""
+    import dask.array as da
+
+    viewer, widget = viewer_and_widget
+    real_job = widget_module._compute_and_check
+
+    def cancelled_as_it_ends(out, checks):
+        messages = real_job(out, checks)
+        widget._cancel.set()  # what the Cancel button does, as the job comes back
+        return messages
+
+    monkeypatch.setattr(widget_module, "_compute_and_check", cancelled_as_it_ends)
+    viewer.add_image(da.from_array(image(48, 40, seed=3)), name="big")
+    configure(widget, model_file)
+    widget._store.value = tmp_path / "big.ome.zarr"
+    assert widget.start() is not None
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers] == ["big"]
+    assert widget._status.value == "cancelled"
+    assert notifications["info"][-1] == "CVDM reconstruction cancelled"
+    assert notifications["error"] == []
+
+
 def test_the_store_field_never_replaces_a_folder_that_is_not_a_result(
         viewer_and_widget, model_file, tmp_path, monkeypatch):
     import dask.array as da
