@@ -254,8 +254,10 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
             _check_declared(path, tif, scale)
             series = tif.series[0]
-            shape, dtype = _colour_last(series, tuple(series.shape)), series.dtype
-            axes = series.axes
+            axes, colour = _colour_last(series)
+            shape, dtype = tuple(series.shape), series.dtype
+    if colour is not None:
+        shape = shape[:colour] + shape[colour + 1:] + (shape[colour],)
     stand_in = np.lib.stride_tricks.as_strided(np.zeros(1, dtype), shape, (0,) * len(shape))
     try:
         check_image(stand_in)  # the header's shape and type, no pixels
@@ -284,10 +286,9 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             series = tif.series[0]
             out = np.empty(series.shape, dtype=series.dtype)
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
-            axes = series.axes
-            if _is_planar_rgb(series):  # as interleaved RGB is: refused as such downstream
-                data = np.moveaxis(data, axes.index("S"), -1)
-                axes = axes.replace("S", "") + "S"
+            axes, colour = _colour_last(series)
+            if colour is not None:  # as interleaved RGB is: refused as such downstream
+                data = np.moveaxis(data, colour, -1)
             _warn_about_empty_segments(path, series)
             physical = _physical(path, tif, axes)
             channels = _channel_names(tif, axes, data.shape)
@@ -298,20 +299,16 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels)
 
 
-def _is_planar_rgb(series) -> bool:
-    """An RGB image stored colour plane by colour plane (tifffile: an S axis before Y, X)."""
+def _colour_last(series) -> tuple[str, int | None]:
+    """The axes :func:`read_tiff` gives ``series``, and the index of the colour axis it moves
+    last (None: the axes as stored): an RGB image stored colour plane by colour plane
+    (tifffile: an S axis before Y, X) comes as one stored interleaved does."""
     page = series.pages[0] if getattr(series, "pages", None) else None
     axes = series.axes
-    return (page is not None and int(getattr(page, "photometric", 0)) == RGB_PHOTOMETRIC
-            and "S" in axes and not axes.endswith("S"))
-
-
-def _colour_last(series, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """``shape`` with a planar RGB file's colour axis last, as :func:`read_tiff` gives it."""
-    if not _is_planar_rgb(series):
-        return shape
-    where = series.axes.index("S")
-    return shape[:where] + shape[where + 1:] + (shape[where],)
+    if (page is None or int(getattr(page, "photometric", 0)) != RGB_PHOTOMETRIC
+            or "S" not in axes or axes.endswith("S")):
+        return axes, None
+    return axes.replace("S", "") + "S", axes.index("S")
 
 
 def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:

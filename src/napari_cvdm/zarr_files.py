@@ -223,10 +223,9 @@ def _placed(size: float | None, offset: float) -> tuple[float, float]:
     """(pixel size, translation) of one axis as a result may be written with them: finite,
     the size positive (NaN or Infinity is not even valid JSON); else pixels of 1 at 0 (an
     unusable size), or the size at 0 (an offset that overflowed)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        if size is None or not np.isfinite(size) or size <= 0:
-            return 1.0, 0.0
-        return float(size), float(offset) if np.isfinite(offset) else 0.0
+    if size is None or not np.isfinite(size) or size <= 0:
+        return 1.0, 0.0
+    return float(size), float(offset) if np.isfinite(offset) else 0.0
 
 
 def _scale(node: dict[str, Any], names: list[str], whose: str) -> list[float | None]:

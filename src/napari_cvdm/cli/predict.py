@@ -168,7 +168,6 @@ def _plan(args, seed: int | None, clustered: bool = False):
     """
     from ..devices import resolve_device
     from ..file_prediction import FileTask, check_zarr_input
-    from ..image_files import probe_tiff
     from ..finished_outputs import ABSENT, COMPLETE, output_state
     from ..settings import draw_seed
     from ..tiff_writer import check_outputs
@@ -223,9 +222,6 @@ def _plan(args, seed: int | None, clustered: bool = False):
             continue
         tasks.append(FileTask(path, outputs, draw_seed() if seed is None else seed,
                               replace=state != ABSENT))
-    for task in tasks:  # a TIFF that cannot be read stops the batch before its work (headers)
-        if not is_zarr(task.input):
-            probe_tiff(task.input)
     for folders in (False, True):
         for replace in (False, True):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
@@ -255,8 +251,8 @@ def run(args) -> int:
         require_distributed()  # before any work: say how to install it
     tasks, skipped = _plan(args, settings.seed, clustered)
     model, summary = resolve_model(settings.model)
-    if not clustered:  # a cluster's workers check against their own memory
-        _check_memory(tasks, model.config.scale)
+    # a cluster's workers check the outputs against their own memory
+    _probe_tiffs(tasks, None if clustered else model.config.scale)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
         print(describe({"input": str(path), "skipped": why}))
@@ -272,9 +268,10 @@ def run(args) -> int:
                 args.output.rmdir()
 
 
-def _check_memory(tasks, scale: int) -> None:
-    """Each TIFF whose outputs at ``scale`` would not fit in this computer's memory, refused
-    from its header before any work (found at its turn, it was decoded whole first)."""
+def _probe_tiffs(tasks, scale: int | None) -> None:
+    """A TIFF that cannot be read, or (with ``scale``) whose outputs would not fit in this
+    computer's memory, stops the batch before its work, from its header alone (found at its
+    turn, it came after the files before it, and a large one was decoded whole first)."""
     from ..image_files import probe_tiff
 
     for task in tasks:
