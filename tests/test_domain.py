@@ -7,8 +7,10 @@ import warnings
 import numpy as np
 import pytest
 
-from napari_cvdm.domain import (input_warnings, looks_like_labels, looks_like_noise,
-                                looks_transmitted, neighbour_correlation, pixel_size_nm,
+from napari_cvdm.domain import (RELIEF_CORRELATION, RELIEF_MEDIAN, RELIEF_SKEW, _box_mean,
+                                _unit_image, input_warnings, looks_like_labels,
+                                looks_like_noise, looks_like_relief, looks_transmitted,
+                                neighbour_correlation, pixel_size_nm, relief_skew,
                                 saturated_share)
 
 
@@ -89,6 +91,68 @@ def test_a_dim_but_real_widefield_image_is_not_noise(nuclei_widefield):
     assert input_warnings(dim, _Model()) == []
     assert neighbour_correlation(np.ones((50, 50))) is None  # a constant image says nothing
     assert neighbour_correlation(np.ones((1, 50))) is None
+
+
+def _objects(nuclei_widefield) -> np.ndarray:
+    """The sample's nuclei as optical path (0-1.5), smoothed a little."""
+    x = nuclei_widefield.astype(np.float64)
+    low, high = np.percentile(x, (1, 99.9))
+    return _box_mean(np.clip((x - low) / (high - low), 0, 1.5), 2)
+
+
+def test_dic_on_a_mid_grey_background_is_flagged(nuclei_widefield):
+    # DIC shows an object's path difference along the shear, about as much darker as brighter
+    # than a mid-grey background (the bias adds a little of its square: both edges brighten,
+    # the median falls below 0.5). The dark-on-bright rule misses it; the relief rule does not.
+    rng = np.random.default_rng(1)
+    path = _objects(nuclei_widefield)
+    shear = np.roll(path, 1, 1) - np.roll(path, -1, 1)
+    shear /= np.abs(shear).max()
+    dic = rng.poisson(3000 * (0.5 + 0.4 * shear + 0.1 * shear**2)).astype(np.float32)
+    before = dic.copy()
+    assert not looks_transmitted(dic)
+    assert relief_skew(dic) < RELIEF_SKEW and looks_like_relief(dic)
+    (message,) = input_warnings(dic, _Model())
+    assert "DIC or phase contrast" in message and "fluorescence" in message
+    np.testing.assert_array_equal(dic, before)  # the checks never modify the input
+
+
+def test_hazy_fluorescence_with_a_mid_grey_median_is_not_taken_for_dic(nuclei_widefield):
+    # Out-of-focus light lifts the median of fluorescence to mid-grey and its neighbours are
+    # well correlated, but its structure is still brighter than its surroundings.
+    rng = np.random.default_rng(2)
+    path = _objects(nuclei_widefield)
+    haze = _box_mean(_box_mean(path, 80), 80)
+    hazy = rng.poisson(20 + 2000 * (path + 16 * haze / haze.max())).astype(np.float32)
+    assert RELIEF_MEDIAN[0] <= float(np.median(_unit_image(hazy))) <= RELIEF_MEDIAN[1]
+    assert neighbour_correlation(hazy) >= RELIEF_CORRELATION
+    assert relief_skew(hazy) > 2 * RELIEF_SKEW and not looks_like_relief(hazy)
+    assert input_warnings(hazy, _Model()) == []
+
+
+def test_a_dim_out_of_focus_plane_is_not_taken_for_dic(nuclei_widefield):
+    # The end planes of a confocal stack: a little out-of-focus light under shot noise. Its
+    # relief is symmetric noise about a mid-grey median, as DIC's is, but its neighbours are
+    # barely correlated: below RELIEF_CORRELATION the relief rule says nothing.
+    rng = np.random.default_rng(4)
+    haze = _box_mean(_box_mean(_objects(nuclei_widefield), 30), 30)
+    dim = rng.poisson(10 + 10 * haze / haze.max()).astype(np.float32)
+    assert RELIEF_MEDIAN[0] <= float(np.median(_unit_image(dim))) <= RELIEF_MEDIAN[1]
+    assert relief_skew(dim) < RELIEF_SKEW and not looks_like_noise(dim)
+    assert neighbour_correlation(dim) < RELIEF_CORRELATION
+    assert not looks_like_relief(dim) and input_warnings(dim, _Model()) == []
+
+
+def test_relief_skew_has_the_sign_of_the_structure_and_says_nothing_on_tiny_or_flat_planes():
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:96, :96]
+    spots = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)
+                for y, x in rng.integers(8, 88, (12, 2)))
+    assert relief_skew(100 + 50 * spots) > 0.3
+    assert relief_skew(100 - 50 * spots) < -0.3
+    assert relief_skew(np.ones((96, 96))) is None
+    assert relief_skew(rng.random((40, 96))) is None  # too small for a 12-pixel local mean
+    assert looks_like_relief(np.full((96, 96), np.nan)) is False
 
 
 @pytest.mark.parametrize("sizes,units,far,square", [
@@ -177,6 +241,9 @@ def test_a_few_beads_are_not_noise():
     image = rng.poisson(100 + beads).astype(np.float32)
     assert neighbour_correlation(image) > 0.3
     assert input_warnings(image, _Model()) == []
+    # too rare to move the relief's bulk, which is noise about a mid-grey median: the
+    # extremes say they are bright structures, not a DIC relief
+    assert relief_skew(image) < RELIEF_SKEW and not looks_like_relief(image)
 
 
 def test_every_channel_of_a_hyperstack_is_checked(nuclei_widefield):

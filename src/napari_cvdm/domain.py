@@ -29,6 +29,20 @@ CLIP_PERCENTILES = (0.1, 99.9)  # the correlation ignores outliers (hot pixels, 
 # their right and lower neighbours; on fluorescence, noise makes that rare (about 0.2 even at
 # a few photons per pixel).
 FLAT_SHARE = 0.8
+# DIC and phase contrast: structure both darker and brighter than a mid-grey background.
+# The relief skew (the image minus its local mean) is 0.15 or more on the real and simulated
+# fluorescence images the project was checked on (except two planes near the ends of a
+# confocal stack, mostly out-of-focus light: one has a dark median, the other uncorrelated
+# neighbours) and -0.06-0.05 on simulated DIC; the median and the neighbour correlation keep
+# those, hazy and dim fluorescence out
+# (python benchmarks/transmitted_light.py, docs/reliability.md).
+RELIEF_MEDIAN = (0.35, 0.65)
+RELIEF_SKEW = 0.08
+# ... and of its extremes (0.01 and 99.99 percentiles): a few beads or spots, too rare to move
+# the bulk's percentiles, make it 0.9; simulated DIC has -0.08-0.34
+RELIEF_EXTREME_SKEW = 0.5
+RELIEF_CORRELATION = 0.5
+RELIEF_SCALE = 12       # pixels: the radius of the local mean the relief is measured against
 SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
 SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
 CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
@@ -103,6 +117,65 @@ def looks_transmitted(plane: np.ndarray) -> bool:
         return False
     skew = float(((u - u.mean()) ** 3).mean() / u.std() ** 3)
     return float(np.median(u)) > 0.5 and skew < 0.2
+
+
+def relief_skew(plane: np.ndarray, tail: float = 1.0) -> float | None:
+    """The skew of a central crop's relief (lightly smoothed, minus its mean over
+    :data:`RELIEF_SCALE` pixels) from its ``tail``, 50th and 100 - ``tail`` percentiles
+    (Bowley's, -1..1):
+    clearly positive for bright structures on a dark background, about 0 for a relief with
+    both signs (DIC), negative for dark structures; None where it says nothing (not finite
+    real numbers, a flat crop, under 4 * RELIEF_SCALE pixels along an axis)."""
+    h, w = plane.shape[-2:]
+    if min(h, w) < 4 * RELIEF_SCALE:
+        return None
+    top, left = max(0, (h - NOISE_CROP) // 2), max(0, (w - NOISE_CROP) // 2)
+    crop = np.asarray(plane[top:top + NOISE_CROP, left:left + NOISE_CROP])
+    if not np.issubdtype(crop.dtype, np.number) or np.iscomplexobj(crop):
+        return None
+    crop = crop.astype(np.float64)
+    if not np.isfinite(crop).all():
+        return None
+    peak = float(np.abs(crop).max())
+    if not 0 < peak < np.inf:
+        return None
+    smooth = _box_mean(crop / peak, 1)  # 3 x 3: the pixel noise down by 3
+    local = _box_mean(_box_mean(smooth, RELIEF_SCALE), RELIEF_SCALE)  # about a Gaussian
+    relief = smooth - local
+    low, mid, high = np.percentile(relief, (tail, 50, 100 - tail))
+    if not high - low > 1e-9:
+        return None
+    return float((high + low - 2 * mid) / (high - low))
+
+
+def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
+    """The mean over a (2 radius + 1)-pixel square around each pixel, the borders mirrored
+    (summed-area table: the cost does not grow with the radius)."""
+    size = 2 * radius + 1
+    padded = np.pad(image, radius, mode="symmetric")
+    table = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    box = table[size:, size:] - table[:-size, size:] - table[size:, :-size] + table[:-size, :-size]
+    return box / (size * size)
+
+
+def looks_like_relief(plane: np.ndarray, correlation: float | None = None) -> bool:
+    """A relief on a mid-grey background, as DIC and phase contrast show cells: a median in
+    :data:`RELIEF_MEDIAN` after normalisation, neighbours correlated at least
+    :data:`RELIEF_CORRELATION` (``correlation``: the plane's :func:`neighbour_correlation`,
+    measured here when not given), and a relief skew below :data:`RELIEF_SKEW` in its bulk
+    and below :data:`RELIEF_EXTREME_SKEW` in its extremes."""
+    u = _unit_image(plane)
+    if u is None or not RELIEF_MEDIAN[0] <= float(np.median(u)) <= RELIEF_MEDIAN[1]:
+        return False
+    if correlation is None:
+        correlation = neighbour_correlation(plane)
+    if correlation is None or correlation < RELIEF_CORRELATION:
+        return False
+    skew = relief_skew(plane)
+    if skew is None or skew >= RELIEF_SKEW:
+        return False
+    extreme = relief_skew(plane, tail=0.01)
+    return extreme is not None and extreme < RELIEF_EXTREME_SKEW
 
 
 def looks_like_labels(plane: np.ndarray) -> bool:
@@ -182,6 +255,11 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "
                               "model was trained on fluorescence, bright structures on a dark "
+                              "background; do not trust the result")
+    elif looks_like_relief(plane, correlation):
+        out["transmitted"] = ("the image looks like DIC or phase contrast: structures both "
+                              "darker and brighter than a mid-grey background. The model was "
+                              "trained on fluorescence, bright structures on a dark "
                               "background; do not trust the result")
     share = saturated_share(plane)
     if share >= SATURATED_SHARE and share * plane.size >= SATURATED_PIXELS:
