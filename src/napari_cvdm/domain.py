@@ -67,20 +67,28 @@ def neighbour_correlation(plane: np.ndarray) -> float | None:
     pixels lower the first, structure rarer than the clipped share, such as a few beads,
     the second); None where it says nothing (not finite real numbers, a constant image,
     fewer than 2 pixels along an axis)."""
+    crop = _central_crop(plane, 2)
+    if crop is None:
+        return None
+    found = [c for c in (_lag_correlation(crop),
+                         _lag_correlation(np.clip(crop, *np.percentile(crop, CLIP_PERCENTILES))))
+             if c is not None]
+    return max(found) if found else None
+
+
+def _central_crop(plane: np.ndarray, smallest: int) -> np.ndarray | None:
+    """The central :data:`NOISE_CROP` square of a plane (never subsampled) as float64; None
+    for values that are not finite real numbers or a plane under ``smallest`` pixels along
+    an axis."""
     h, w = plane.shape[-2:]
-    if h < 2 or w < 2:
+    if min(h, w) < smallest:
         return None
     top, left = max(0, (h - NOISE_CROP) // 2), max(0, (w - NOISE_CROP) // 2)
     crop = np.asarray(plane[top:top + NOISE_CROP, left:left + NOISE_CROP])
     if not np.issubdtype(crop.dtype, np.number) or np.iscomplexobj(crop):
         return None
     crop = crop.astype(np.float64)
-    if not np.isfinite(crop).all():
-        return None
-    found = [c for c in (_lag_correlation(crop),
-                         _lag_correlation(np.clip(crop, *np.percentile(crop, CLIP_PERCENTILES))))
-             if c is not None]
-    return max(found) if found else None
+    return crop if np.isfinite(crop).all() else None
 
 
 def _lag_correlation(crop: np.ndarray) -> float | None:
@@ -120,21 +128,20 @@ def looks_transmitted(plane: np.ndarray) -> bool:
 
 
 def relief_skew(plane: np.ndarray, tail: float = 1.0) -> float | None:
-    """The skew of a central crop's relief (lightly smoothed, minus its mean over
-    :data:`RELIEF_SCALE` pixels) from its ``tail``, 50th and 100 - ``tail`` percentiles
-    (Bowley's, -1..1):
-    clearly positive for bright structures on a dark background, about 0 for a relief with
-    both signs (DIC), negative for dark structures; None where it says nothing (not finite
-    real numbers, a flat crop, under 4 * RELIEF_SCALE pixels along an axis)."""
-    h, w = plane.shape[-2:]
-    if min(h, w) < 4 * RELIEF_SCALE:
-        return None
-    top, left = max(0, (h - NOISE_CROP) // 2), max(0, (w - NOISE_CROP) // 2)
-    crop = np.asarray(plane[top:top + NOISE_CROP, left:left + NOISE_CROP])
-    if not np.issubdtype(crop.dtype, np.number) or np.iscomplexobj(crop):
-        return None
-    crop = crop.astype(np.float64)
-    if not np.isfinite(crop).all():
+    """The skew of a central crop's relief (smoothed over 3 x 3 pixels, minus its mean over
+    about :data:`RELIEF_SCALE` pixels) from its ``tail``, 50th and 100 - ``tail`` percentiles
+    (Bowley's, -1..1): clearly positive for bright structures on a dark background, about 0
+    for a relief with both signs (DIC), negative for dark structures; None where it says
+    nothing (not finite real numbers, a flat crop, under 4 * RELIEF_SCALE pixels along an
+    axis)."""
+    skews = _relief_skews(plane, (tail,))
+    return None if skews is None else skews[0]
+
+
+def _relief_skews(plane: np.ndarray, tails: tuple[float, ...]) -> tuple[float, ...] | None:
+    """:func:`relief_skew` for each of ``tails``, the relief computed once."""
+    crop = _central_crop(plane, 4 * RELIEF_SCALE)
+    if crop is None:
         return None
     peak = float(np.abs(crop).max())
     if not 0 < peak < np.inf:
@@ -142,10 +149,13 @@ def relief_skew(plane: np.ndarray, tail: float = 1.0) -> float | None:
     smooth = _box_mean(crop / peak, 1)  # 3 x 3: the pixel noise down by 3
     local = _box_mean(_box_mean(smooth, RELIEF_SCALE), RELIEF_SCALE)  # about a Gaussian
     relief = smooth - local
-    low, mid, high = np.percentile(relief, (tail, 50, 100 - tail))
-    if not high - low > 1e-9:
-        return None
-    return float((high + low - 2 * mid) / (high - low))
+    out = []
+    for tail in tails:
+        low, mid, high = np.percentile(relief, (tail, 50, 100 - tail))
+        if not high - low > 1e-9:
+            return None
+        out.append(float((high + low - 2 * mid) / (high - low)))
+    return tuple(out)
 
 
 def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
@@ -171,11 +181,8 @@ def looks_like_relief(plane: np.ndarray, correlation: float | None = None) -> bo
         correlation = neighbour_correlation(plane)
     if correlation is None or correlation < RELIEF_CORRELATION:
         return False
-    skew = relief_skew(plane)
-    if skew is None or skew >= RELIEF_SKEW:
-        return False
-    extreme = relief_skew(plane, tail=0.01)
-    return extreme is not None and extreme < RELIEF_EXTREME_SKEW
+    skews = _relief_skews(plane, (1.0, 0.01))
+    return skews is not None and skews[0] < RELIEF_SKEW and skews[1] < RELIEF_EXTREME_SKEW
 
 
 def looks_like_labels(plane: np.ndarray) -> bool:
