@@ -22,6 +22,7 @@ from napari_cvdm.normalization import Normalization
 
 OUT = Path(__file__).resolve().parents[1] / "src" / "napari_cvdm" / "sample_data"
 PHOTONS, BACKGROUND, READ_NOISE, SEED = 150.0, 5.0, 2.0, 2024
+PSF_SIGMA = 1.5  # the sample was made with this width (before the default became 3.0)
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
         truth = fetch(Path(cache))["dsb2018"]
     norm = Normalization.fit(truth)
     hq01 = np.clip((norm.apply(truth) + 1) / 2, 0, None)
-    clean = blur_and_downsample(torch.from_numpy(hq01)[None, None], Degradation())
+    clean = blur_and_downsample(torch.from_numpy(hq01)[None, None], Degradation(psf_sigma=PSF_SIGMA))
     one = torch.ones(1)
     noisy = add_camera_noise(clean, one * PHOTONS, one * BACKGROUND, one * READ_NOISE,
                              torch.Generator().manual_seed(SEED))[0, 0].numpy()

@@ -162,7 +162,10 @@ def test_train_with_pairs_refuses_simulation_options_it_would_ignore(tmp_path, n
         out = tmp_path / "refused.cvdm.safetensors"
         assert main([*common, *option, "-o", str(out)]) == 2, option
         assert not out.exists()
-    assert main([*common, "--psf-sigma", "1.5", "-o", str(tmp_path / "ok.cvdm.safetensors")]) == 0
+    # every simulation option given is refused, even at its default value (it would be
+    # ignored all the same); none given trains
+    assert main([*common, "--psf-sigma", "3", "-o", str(tmp_path / "no.cvdm.safetensors")]) == 2
+    assert main([*common, "-o", str(tmp_path / "ok.cvdm.safetensors")]) == 0
 
 
 def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_widefield,
@@ -270,3 +273,56 @@ def test_only_the_packages_own_warnings_are_reworded_on_one_line(capsys):
     assert err == ["cvdm predict: warning: chunks rechunked for the prediction"]
     assert [(w.category, str(w.message), w.filename) for w in passed_on] == \
         [(FutureWarning, "a library's own", "/elsewhere/lib.py")]  # to Python's display
+
+
+def test_a_fine_tune_and_a_resume_simulate_the_optics_their_model_was_trained_with(
+        tmp_path, nuclei_truth, capsys):
+    """`cvdm train --init widefield-x2 --hq ...` (the README's fine-tune) simulated the command
+    line's defaults (a 1.5-pixel blur, no out-of-focus light), not the bundled model's
+    1.5-4 pixels with 0-60 % haze; a resume without the optics flags was refused."""
+    from napari_cvdm.io import load_model
+    from napari_cvdm.simulation_defaults import SIMULATION_DEFAULTS
+
+    def optics(path):
+        return load_model(path).metadata["training"]["data"]["degradation"]
+
+    code, first = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--psf-sigma", "2", "3.5",
+                                 "--haze", "0.1", "0.4", "--photons", "40", "400")
+    assert code == 0
+    code, plain = _tiny_training(tmp_path, nuclei_truth, "--steps", "1")
+    assert code == 0 and optics(plain)["psf_sigma"] == SIMULATION_DEFAULTS["psf_sigma"] == 3.0
+    capsys.readouterr()
+    code, tuned = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--init", str(first),
+                                 "--photons", "100", "200")
+    assert code == 0
+    recorded = optics(tuned)
+    assert list(recorded["psf_sigma"]) == [2.0, 3.5] and list(recorded["haze"]) == [0.1, 0.4]
+    assert list(recorded["photons"]) == [100.0, 200.0]  # given: replaces the model's
+    assert f"simulating the optics {first} was trained with" in capsys.readouterr().err
+    # a resume without the optics flags continues with the run's own optics
+    code, resumed = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--init", str(first))
+    assert code == 0
+    assert main(["train", "--hq", str(tmp_path / "hq"), "--preset", "tiny", "-o", str(resumed),
+                 "--patch-size", "32", "--batch-size", "2", "--steps", "2", "--resume"]) == 0
+    assert load_model(resumed).metadata["training"]["step"] == 2
+    assert optics(resumed) == optics(first)
+
+
+def test_the_command_line_and_the_training_widget_simulate_the_same_defaults():
+    from napari_cvdm._training_options import OpticsOptions
+    from napari_cvdm.degradation import Degradation
+
+    assert OpticsOptions().degradation() == Degradation()
+    parser_defaults = {a.dest: a.default for a in _train_parser()._actions}
+    assert all(parser_defaults[name] is None for name in
+               ("psf", "psf_sigma", "photons", "background", "read_noise", "haze"))
+
+
+def _train_parser():
+    import argparse
+
+    from napari_cvdm.cli.train import add_parser
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    add_parser(sub)
+    return sub.choices["train"]

@@ -557,3 +557,22 @@ def test_blank_validation_patches_are_not_scored(nuclei_truth):
     scores = evaluate(model, x, y, steps=2)
     assert np.isfinite(scores["psnr"]) and scores["bicubic_psnr"] < 60
     assert evaluate(model, x[:1], y[:1], steps=2) == {}
+
+
+def test_train_with_init_simulates_the_optics_its_model_was_trained_with(hq_dir, tmp_path):
+    from napari_cvdm.degradation import Degradation, trained_optics
+
+    first = tmp_path / "first.cvdm.safetensors"
+    optics = Degradation(psf_sigma=(2.0, 3.0), photons=(50.0, 500.0), haze=(0.0, 0.3))
+    train(output=first, hq=hq_dir, settings=_settings(steps=1), degradation=optics,
+          device="cpu")
+    assert trained_optics(nc.load_model(first)) == optics
+    tuned = tmp_path / "tuned.cvdm.safetensors"
+    train(output=tuned, hq=hq_dir, settings=_settings(steps=1, init=str(first)), device="cpu")
+    assert trained_optics(nc.load_model(tuned)) == optics
+    plain = tmp_path / "plain.cvdm.safetensors"
+    train(output=plain, hq=hq_dir, settings=_settings(steps=1), device="cpu")
+    assert trained_optics(nc.load_model(plain)) == Degradation()
+    pairs_model = nc.load_model(first)
+    pairs_model.metadata["training"]["data"] = {"mode": "pairs"}
+    assert trained_optics(pairs_model) is None

@@ -13,20 +13,21 @@ from typing import Any
 from .degradation import LEVEL_LIMITS, Degradation
 from .devices import available_devices
 from .precision import PRECISIONS
+from .simulation_defaults import SIMULATION_DEFAULTS as _D
 
 
 @dataclass
 class OpticsOptions:
     """The simulated microscope that turns high-quality images into training inputs."""
 
-    psf: str = "gaussian"
-    psf_sigma: float = 3.0  # the real pairs here fit 2.75-3.75 high-quality pixels
+    psf: str = _D["psf"]
+    psf_sigma: float = _D["psf_sigma"]  # real pairs fit 2.75-3.75 high-quality pixels
     scale: int = 2
-    photons_min: float = 30.0
-    photons_max: float = 1000.0
-    background_max: float = 10.0
-    read_noise_max: float = 3.0
-    haze_max: float = 0.0  # share of out-of-focus light; real widefield pairs fit 0.35-0.65
+    photons_min: float = _D["photons"][0]
+    photons_max: float = _D["photons"][1]
+    background_max: float = _D["background"][1]
+    read_noise_max: float = _D["read_noise"][1]
+    haze_max: float = _D["haze"][1]  # share out of focus; real widefield pairs fit 0.35-0.65
 
     def degradation(self) -> Degradation:
         return Degradation(psf=self.psf, psf_sigma=self.psf_sigma, scale=self.scale,

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .simulation_defaults import SIMULATION_DEFAULTS
+
 # Gaussian approximation of a widefield PSF: sigma = 0.21 lambda / NA (Zhang et al., Appl.
 # Opt. 46:1819, 2007). Real widefield -> SIM pairs from three labs fit a relative blur of
 # 2.75-3.75 SIM pixels (shared/data/real-pairs), wider than the ideal optics give.
@@ -35,6 +37,8 @@ def _range(value, name: str, positive: bool = False) -> tuple[float, float]:
                          f"not {value}")
     return low, high
 
+
+_DEFAULTS = SIMULATION_DEFAULTS
 
 # Upper limits of the camera levels. Beyond 1e6 photons an image is already noiseless, and
 # PyTorch's Poisson sampler overflows near 1e19 (the inputs became -9.2e18 everywhere).
@@ -58,15 +62,16 @@ class Degradation:
     pair). 0, the default, tells the truth.
     """
 
-    psf: str = "gaussian"              # "gaussian" or "airy"
-    psf_sigma: float | tuple[float, float] = 1.5
+    # defaults: napari_cvdm.simulation_defaults (one place for every front end)
+    psf: str = _DEFAULTS["psf"]                                   # "gaussian" or "airy"
+    psf_sigma: float | tuple[float, float] = _DEFAULTS["psf_sigma"]
     scale: int = 2
-    photons: tuple[float, float] = (30.0, 1000.0)   # log-uniform signal level
-    background: tuple[float, float] = (0.0, 10.0)   # photons per pixel
-    read_noise: tuple[float, float] = (0.5, 3.0)    # electrons (standard deviation)
-    haze: tuple[float, float] = (0.0, 0.0)          # share of the light out of focus
-    haze_sigma: tuple[float, float] = (8.0, 32.0)   # its blur, high-quality pixels
-    told_error: float = 0.0                         # log-normal spread of the told width
+    photons: tuple[float, float] = _DEFAULTS["photons"]           # log-uniform signal level
+    background: tuple[float, float] = _DEFAULTS["background"]     # photons per pixel
+    read_noise: tuple[float, float] = _DEFAULTS["read_noise"]     # electrons (std)
+    haze: tuple[float, float] = _DEFAULTS["haze"]                 # share out of focus
+    haze_sigma: tuple[float, float] = _DEFAULTS["haze_sigma"]     # its blur, HQ pixels
+    told_error: float = _DEFAULTS["told_error"]                   # spread of the told width
 
     def __post_init__(self) -> None:
         if self.psf not in ("gaussian", "airy"):
@@ -130,6 +135,23 @@ class Degradation:
         if isinstance(data.get("psf_sigma"), list):
             data["psf_sigma"] = tuple(data["psf_sigma"])
         return cls(**data)
+
+
+def trained_optics(model) -> Degradation | None:
+    """The simulated optics ``model`` was last trained with (its file's training record),
+    or None: trained on measured pairs, a record without them, or one that does not read."""
+    training = (getattr(model, "metadata", None) or {}).get("training") or {}
+    data = training.get("data") if isinstance(training, dict) else None
+    if not isinstance(data, dict) or data.get("mode") != "simulated":
+        return None
+    recorded = data.get("degradation")
+    if not isinstance(recorded, dict):
+        return None
+    try:
+        return Degradation.from_dict(
+            {k: v for k, v in recorded.items() if k in Degradation.__dataclass_fields__})
+    except (TypeError, ValueError):
+        return None
 
 
 def psf_kernel(kind: str, sigma: float) -> torch.Tensor:

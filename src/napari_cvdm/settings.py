@@ -108,8 +108,8 @@ class PredictSettings:
     """How to run a prediction. Create with keywords; every value is checked on creation."""
 
     model: Any = option(DEFAULT_MODEL,  # noqa: RUF009
-                        "the bundled model's name, a .cvdm.safetensors file "
-                        "or a loaded model", cli="--model", metavar="MODEL")
+                        "a bundled model's name or a .cvdm.safetensors file (in Python "
+                        "also a loaded model)", cli="--model", metavar="MODEL")
     samples: int = option(8, "samples drawn per pixel; the mean and the uncertainty are "
                           "taken over them (at least 2 for an uncertainty)", min=1,
                           max=MAX_SAMPLES)

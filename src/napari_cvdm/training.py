@@ -23,7 +23,7 @@ import torch
 
 from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
                           run_record, save_checkpoint, state_path)
-from .degradation import Degradation, told_widths
+from .degradation import Degradation, told_widths, trained_optics
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
 from .errors import cancel_requested as _cancel_requested
@@ -148,6 +148,23 @@ def _kept(output: Path, saved_step: int | None) -> str:
             if saved_step is not None else "no checkpoint was written yet")
 
 
+def _run_optics(base, resumed: Path | None) -> Degradation:
+    """The optics a run given none simulates: its starting model's (a fine-tune), its own
+    model's (a resumed run), or the defaults."""
+    model = base
+    if model is None and resumed is not None:
+        from .io import load_model
+
+        try:
+            model = load_model(resumed)
+        except (OSError, ValueError):
+            model = None
+    optics = trained_optics(model) if model is not None else None
+    if optics is None:
+        return Degradation(scale=base.config.scale) if base is not None else Degradation()
+    return dataclasses.replace(optics, scale=base.config.scale) if base is not None else optics
+
+
 def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
           settings: TrainingSettings | None = None, degradation: Degradation | None = None,
           resume: bool = False, overwrite: bool = False, device: str = "auto",
@@ -181,8 +198,10 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     dev = resolve_device(device)
     precision = resolve_precision(settings.precision, dev, training=True)
     base, init_info = _initial_model(settings)
-    if base is not None and pairs is None and degradation is None:
-        degradation = Degradation(scale=base.config.scale)
+    if pairs is None and degradation is None:
+        # a fine-tune, or a resumed run, simulates what its model was trained with, where the
+        # file says it; else the defaults
+        degradation = _run_optics(base, output if resume else None)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     data = prepare_data(pairs=pairs, hq=hq, synthetic=synthetic, degradation=degradation,

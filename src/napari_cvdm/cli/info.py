@@ -57,6 +57,7 @@ def run(args) -> int:
     from .. import __version__
     from ..devices import available_devices
     from ..model import CVDM, PRESETS
+    from ..model_card import summary_line
     from ..model_files import BUNDLED, bundled_model_path
     from ..model_header import read_model_header
 
@@ -75,10 +76,8 @@ def run(args) -> int:
         path = bundled_model_path(name)
         if path.is_file():
             header = read_model_header(path)
-            cfg = header["config"]
-            training = header.get("metadata", {}).get("training", {})
-            print(f"  {name}: preset {cfg.get('preset')}, scale x{cfg.get('scale')}, "
-                  f"{training.get('step', '?')} training steps, {path}")
+            print(f"  {summary_line(name, header['config'], header.get('metadata') or {})}, "
+                  f"{path}")
         else:
             print(f"  {name}: not installed")
     return 0

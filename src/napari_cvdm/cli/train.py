@@ -14,18 +14,23 @@ EPILOG = """examples:
   cvdm train --pairs widefield/ sim/ --steps 20000 -o pairs.cvdm.safetensors
 """
 
-# The simulation options' defaults; with --pairs, any other value is refused (not ignored).
-SIMULATION_DEFAULTS = {
-    "psf": "gaussian", "psf_sigma": (1.5,), "photons": (30.0, 1000.0),
-    "background": (0.0, 10.0), "read_noise": (0.5, 3.0), "haze": (0.0, 0.0),
-    "haze_sigma": (8.0, 32.0), "told_error": 0.0,
-}
+# The simulation options (every default None: "not given"). Not given, they take the --init
+# model's training optics, or napari_cvdm.simulation_defaults; with --pairs, giving any is
+# refused (they would be ignored).
+SIMULATION_OPTIONS = ("psf", "psf_sigma", "photons", "background", "read_noise", "haze",
+                      "haze_sigma", "told_error")
+
+
+def _shown(value) -> str:
+    return " ".join(f"{v:g}" for v in value) if isinstance(value, tuple) else f"{value:g}" \
+        if isinstance(value, float) else str(value)
 
 
 def add_parser(sub) -> None:
     import argparse
 
     from ..settings import TrainSettings
+    from ..simulation_defaults import SIMULATION_DEFAULTS as D
     from .options import add_options, output_file
 
     t = sub.add_parser("train", help="train a model from image pairs, high-quality images or "
@@ -48,43 +53,65 @@ def add_parser(sub) -> None:
                    help="ZMD mean network (default: the preset's)")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps "
                    "(default: auto)")
-    sim = t.add_argument_group("simulation (with --hq or --synthetic)")
+    sim = t.add_argument_group(
+        "simulation (with --hq or --synthetic; with --init or --resume, options not given take "
+        "the optics the model was trained with)")
     sim.add_argument("--scale", type=int, default=None,
                      help="default: 2, or the scale of the --init model")
-    sim.add_argument("--psf", choices=("gaussian", "airy"), default=SIMULATION_DEFAULTS["psf"],
-                     help="point spread function (default: gaussian)")
-    sim.add_argument("--psf-sigma", type=float, nargs="+",
-                     default=SIMULATION_DEFAULTS["psf_sigma"], metavar="SIGMA",
+    sim.add_argument("--psf", choices=("gaussian", "airy"), default=None,
+                     help=f"point spread function (default: {D['psf']})")
+    sim.add_argument("--psf-sigma", type=float, nargs="+", default=None, metavar="SIGMA",
                      help="PSF width in high-quality pixels, or MIN MAX drawn per image "
-                     "(default: 1.5)")
-    sim.add_argument("--photons", type=float, nargs=2, default=SIMULATION_DEFAULTS["photons"],
+                     f"(default: {_shown(D['psf_sigma'])}, what real widefield -> SIM pairs "
+                     "measure)")
+    sim.add_argument("--photons", type=float, nargs=2, default=None,
                      metavar=("MIN", "MAX"), help="expected photon count at the bright end, drawn "
-                     "log-uniformly per image (default: 30 1000)")
-    sim.add_argument("--background", type=float, nargs=2,
-                     default=SIMULATION_DEFAULTS["background"],
+                     f"log-uniformly per image (default: {_shown(D['photons'])})")
+    sim.add_argument("--background", type=float, nargs=2, default=None,
                      metavar=("MIN", "MAX"), help="background photons per pixel "
-                     "(default: 0 10)")
-    sim.add_argument("--read-noise", type=float, nargs=2,
-                     default=SIMULATION_DEFAULTS["read_noise"],
-                     metavar=("MIN", "MAX"), help="camera read noise, electrons (standard deviation) "
-                     "(default: 0.5 3)")
-    sim.add_argument("--haze", type=float, nargs=2, default=SIMULATION_DEFAULTS["haze"],
+                     f"(default: {_shown(D['background'])})")
+    sim.add_argument("--read-noise", type=float, nargs=2, default=None,
+                     metavar=("MIN", "MAX"), help="camera read noise, electrons (standard "
+                     f"deviation) (default: {_shown(D['read_noise'])})")
+    sim.add_argument("--haze", type=float, nargs=2, default=None,
                      metavar=("MIN", "MAX"),
                      help="share of the light out of focus, below 1, drawn uniformly per image "
-                     "(default: 0 0, none)")
-    sim.add_argument("--haze-sigma", type=float, nargs=2,
-                     default=SIMULATION_DEFAULTS["haze_sigma"],
+                     f"(default: {_shown(D['haze'])}, none)")
+    sim.add_argument("--haze-sigma", type=float, nargs=2, default=None,
                      metavar=("MIN", "MAX"), help="width of the out-of-focus light, high-quality "
-                     "pixels, log-uniform (default: 8 32)")
-    sim.add_argument("--told-error", type=float, default=SIMULATION_DEFAULTS["told_error"],
-                     metavar="SD",
+                     f"pixels, log-uniform (default: {_shown(D['haze_sigma'])})")
+    sim.add_argument("--told-error", type=float, default=None, metavar="SD",
                      help="a PSF-conditioned model is told each patch's width times "
                      "exp(N(0, SD^2)), so that it hedges when a user's width is off "
-                     "(default: 0, the true width)")
+                     f"(default: {_shown(D['told_error'])}, the true width)")
 
 
-def _as_given(value):
-    return tuple(value) if isinstance(value, list) else value
+def _simulation(args) -> tuple[dict, str | None]:
+    """Every simulation option: as given, else the optics the --init model (or, with
+    --resume, the run's own model) was trained with, else the defaults; and the model whose
+    optics filled the gaps (None: the defaults did)."""
+    from ..simulation_defaults import SIMULATION_DEFAULTS
+
+    base, source = dict(SIMULATION_DEFAULTS), None
+    start = args.init if args.init is not None else args.output if args.resume else None
+    if start is not None and any(getattr(args, n) is None for n in SIMULATION_OPTIONS):
+        from ..degradation import trained_optics
+        from ..io import load_model
+
+        optics = trained_optics(load_model(start))
+        if optics is not None:
+            base = {name: getattr(optics, name) for name in SIMULATION_OPTIONS}
+            source = str(start)
+    out = {}
+    for name in SIMULATION_OPTIONS:
+        given = getattr(args, name)
+        value = base[name] if given is None else given
+        if name == "psf_sigma":
+            value = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+        elif isinstance(value, list):
+            value = tuple(value)
+        out[name] = value
+    return out, source
 
 
 def _check_train_args(args) -> None:
@@ -98,8 +125,7 @@ def _check_train_args(args) -> None:
     if sum(sources) != 1:
         raise ValueError("give --pairs LQ_DIR HQ_DIR, or --hq HQ_DIR and/or --synthetic KIND ...")
     if args.pairs is not None:
-        given = [name for name, default in SIMULATION_DEFAULTS.items()
-                 if _as_given(getattr(args, name)) != default]
+        given = [name for name in SIMULATION_OPTIONS if getattr(args, name) is not None]
         if args.scale is not None:
             raise ValueError("--scale: with --pairs the scale is measured, as the size ratio of "
                              "the two folders' images; leave --scale out")
@@ -110,10 +136,13 @@ def _check_train_args(args) -> None:
                              "would be ignored")
     if args.scale is not None and args.scale not in (1, 2, 3, 4):
         raise ValueError(f"--scale must be 1, 2, 3 or 4, not {args.scale}")
-    if len(args.psf_sigma) > 2 or not all(math.isfinite(s) and s > 0 for s in args.psf_sigma):
+    sigma = args.psf_sigma or ()
+    if len(sigma) > 2 or not all(math.isfinite(s) and s > 0 for s in sigma):
         raise ValueError(f"--psf-sigma must be one positive number or MIN MAX, not "
-                         f"{' '.join(map(str, args.psf_sigma))}")
+                         f"{' '.join(map(str, sigma))}")
     for name, limit in LEVEL_LIMITS.items():
+        if getattr(args, name) is None:
+            continue
         low, high = getattr(args, name)
         positive = name == "photons"
         if not (math.isfinite(low) and math.isfinite(high) and low <= high <= limit
@@ -131,6 +160,15 @@ def _check_train_args(args) -> None:
     if problem:
         raise ValueError(problem)
     resolve_precision(args.precision, resolve_device(args.device), training=True)
+
+
+def _describe(d) -> str:
+    low, high = d.sigma_range
+    sigma = f"{low:g}" if low == high else f"{low:g}-{high:g}"
+    return (f"{d.psf} PSF sigma {sigma} high-quality pixels, {d.photons[0]:g}-{d.photons[1]:g} "
+            f"photons, background {d.background[0]:g}-{d.background[1]:g}, read noise "
+            f"{d.read_noise[0]:g}-{d.read_noise[1]:g} e-, "
+            f"{d.haze[0]:.0%}-{d.haze[1]:.0%} of the light out of focus")
 
 
 def run(args) -> int:
@@ -155,12 +193,13 @@ def run(args) -> int:
             from ..checkpoints import state_scale
 
             scale = state_scale(args.output) or scale
-        sigma = args.psf_sigma[0] if len(args.psf_sigma) == 1 else tuple(args.psf_sigma)
-        degradation = Degradation(psf=args.psf, psf_sigma=sigma, scale=scale,
-                                  photons=tuple(args.photons), background=tuple(args.background),
-                                  read_noise=tuple(args.read_noise), haze=tuple(args.haze),
-                                  haze_sigma=tuple(args.haze_sigma),
-                                  told_error=args.told_error)
+        optics, source = _simulation(args)
+        sigma = optics.pop("psf_sigma")
+        degradation = Degradation(psf_sigma=sigma[0] if len(sigma) == 1 else sigma,
+                                  scale=scale, **optics)
+        if source is not None:
+            print(f"simulating the optics {source} was trained with, where not given: "
+                  f"{_describe(degradation)}", file=sys.stderr)
     bar = ProgressBar("training")
     try:
         train(output=args.output, pairs=tuple(args.pairs) if args.pairs else None, hq=args.hq,
