@@ -277,3 +277,23 @@ def test_blank_planes_of_a_stack_are_left_out_with_a_note(viewer, tmp_path):
     with pytest.raises(ValueError, match="'blank' is constant"):
         prepare_training(viewer, hq=[blank], output=tmp_path / "m.cvdm.safetensors",
                          preset="tiny")
+
+
+def test_a_fine_tune_from_layers_or_folders_simulates_its_models_optics(tmp_path):
+    """prepare_training / prepare_folder_training with init and no optics used the defaults
+    (train(init=) and cvdm train --init take the model's training optics)."""
+    from napari_cvdm.degradation import trained_optics
+    from napari_cvdm.training_layers import prepare_folder_training, prepare_training
+
+    folder = tmp_path / "hq"
+    folder.mkdir()
+    viewer = ViewerModel()
+    layer = viewer.add_image(np.random.default_rng(0).random((96, 96)).astype(np.float32))
+    bundled = trained_optics(load_model("widefield-x2"))
+    assert bundled is not None and bundled.haze[1] > 0 and bundled != Degradation()
+    out = tmp_path / "tuned.cvdm.safetensors"
+    folder_job = prepare_folder_training(folder, output=out, init="widefield-x2", steps=1)
+    layer_job = prepare_training(viewer, hq=[layer], output=out, init="widefield-x2", steps=1)
+    assert folder_job.degradation == bundled and layer_job.degradation == bundled
+    scratch = prepare_folder_training(folder, output=out, preset="tiny", steps=1)
+    assert scratch.degradation == Degradation()

@@ -12,7 +12,7 @@ background and read noise from the ranges, so one model sees the spread of real 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -138,9 +138,11 @@ class Degradation:
 
 
 def trained_optics(model) -> Degradation | None:
-    """The simulated optics ``model`` was last trained with (its file's training record),
-    or None: trained on measured pairs, a record without them, or one that does not read."""
-    training = (getattr(model, "metadata", None) or {}).get("training") or {}
+    """The simulated optics ``model`` (a model, or its file's metadata) was last trained
+    with, or None: trained on measured pairs, a record without them, or one that does not
+    read."""
+    metadata = model if isinstance(model, dict) else getattr(model, "metadata", None)
+    training = (metadata or {}).get("training") or {}
     data = training.get("data") if isinstance(training, dict) else None
     if not isinstance(data, dict) or data.get("mode") != "simulated":
         return None
@@ -152,6 +154,14 @@ def trained_optics(model) -> Degradation | None:
             {k: v for k, v in recorded.items() if k in Degradation.__dataclass_fields__})
     except (TypeError, ValueError):
         return None
+
+
+def run_optics(model=None, scale: int | None = None) -> Degradation:
+    """The optics a training run that is given none simulates: those ``model`` (the model a
+    fine-tune starts from or a resumed run's own; a model or its metadata) was trained with,
+    else the defaults; at ``scale`` where given (a fine-tune keeps its model's)."""
+    optics = (trained_optics(model) if model is not None else None) or Degradation()
+    return optics if scale is None else replace(optics, scale=scale)
 
 
 def psf_kernel(kind: str, sigma: float) -> torch.Tensor:

@@ -23,7 +23,7 @@ import torch
 
 from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
                           run_record, save_checkpoint, state_path)
-from .degradation import Degradation, told_widths, trained_optics
+from .degradation import Degradation, run_optics, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
 from .errors import cancel_requested as _cancel_requested
@@ -149,20 +149,16 @@ def _kept(output: Path, saved_step: int | None) -> str:
 
 
 def _run_optics(base, resumed: Path | None) -> Degradation:
-    """The optics a run given none simulates: its starting model's (a fine-tune), its own
-    model's (a resumed run), or the defaults."""
-    model = base
-    if model is None and resumed is not None:
+    """:func:`~napari_cvdm.degradation.run_optics` of a fine-tune's model, or of a resumed
+    run's own model file."""
+    if base is None and resumed is not None:
         from .io import load_model
 
         try:
-            model = load_model(resumed)
+            return run_optics(load_model(resumed))
         except (OSError, ValueError):
-            model = None
-    optics = trained_optics(model) if model is not None else None
-    if optics is None:
-        return Degradation(scale=base.config.scale) if base is not None else Degradation()
-    return dataclasses.replace(optics, scale=base.config.scale) if base is not None else optics
+            return run_optics()
+    return run_optics(base, base.config.scale if base is not None else None)
 
 
 def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import model_choices
 from .data import Pair, plane_problem, split_images, split_validation
-from .degradation import Degradation
+from .degradation import Degradation, run_optics
 from .layers import unwrap
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
@@ -97,6 +97,20 @@ def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
     summary = model_summary(init)  # ValueError: not found, not a model, pickle, ...
     return (CVDMConfig.from_dict(read_model_header(model_path(init))["config"]),
             f"fine-tune {summary}")
+
+
+def _run_optics(init, config: CVDMConfig | None) -> Degradation:
+    """The optics a run given none simulates: a fine-tune's, those its model was trained
+    with (:func:`~napari_cvdm.degradation.run_optics`); else the defaults."""
+    if init is None or config is None:
+        return run_optics()
+    from .model_files import model_path, read_model_header
+
+    try:
+        metadata = read_model_header(model_path(init)).get("metadata") or {}
+    except (OSError, ValueError):
+        metadata = {}
+    return run_optics(metadata, config.scale)
 
 
 def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: float,
@@ -213,7 +227,7 @@ def prepare_folder_training(hq_dir, lq_dir=None, *, output, init=None,
     if lq_dir is not None:
         job.pairs = (str(lq_dir), str(hq_dir))
     else:
-        job.degradation = degradation or Degradation(scale=config.scale if init else 2)
+        job.degradation = degradation or _run_optics(init, config)
         job.scale, job.hq = job.degradation.scale, str(hq_dir)
     return job
 
@@ -313,8 +327,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
             problems.append(f"the pairs have different scales: {sorted(set(scales))}")
         scale = scales[0] if scales else 0
     else:
-        degradation = degradation or Degradation(
-            scale=config.scale if init is not None and config else 2)
+        degradation = degradation or _run_optics(init, config)
         scale = degradation.scale
         notes.extend(_hq_pixel_size_notes(layers))
     if init is not None and config is not None and scale and scale != config.scale:
