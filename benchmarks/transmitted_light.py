@@ -136,6 +136,9 @@ def main(argv=None) -> int:
                "median": None if unit is None else round(float(np.median(unit)), 3),
                "correlation": domain.neighbour_correlation(image),
                "relief_skew": domain.relief_skew(image)}
+        stats = domain._relief_stats(image, (1.0, 0.01))
+        row["relief_extreme_skew"], row["relief_share"] = \
+            (None, None) if stats is None else (stats[0][1], round(stats[1], 3))
         bad = flagged != (truth == "transmitted")
         wrong += bad
         rows.append(row)

@@ -143,6 +143,23 @@ def test_a_dim_out_of_focus_plane_is_not_taken_for_dic(nuclei_widefield):
     assert not looks_like_relief(dim) and input_warnings(dim, _Model()) == []
 
 
+@pytest.mark.parametrize("kind", ["haze", "blob", "ramp"])
+def test_smooth_light_at_a_useful_signal_is_not_taken_for_dic(nuclei_widefield, kind):
+    # Out-of-focus haze at 100-1000 photons, a wide bright blob, a noisy ramp: a symmetric
+    # relief about a mid-grey median with correlated neighbours, as DIC has, but a small one
+    # beside the image's own variation (RELIEF_SHARE)
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:256, :256]
+    haze = _box_mean(_box_mean(_objects(nuclei_widefield), 30), 30)
+    image = {"haze": lambda: rng.poisson(100 + 100 * haze / haze.max()),
+             "blob": lambda: rng.poisson(100 + 5000 * np.exp(-((yy - 128) ** 2 + (xx - 128) ** 2)
+                                                             / (2 * 150.0**2))),
+             "ramp": lambda: rng.poisson(100 + 5 * (xx + yy))}[kind]().astype(np.float32)
+    assert relief_skew(image) < RELIEF_SKEW and neighbour_correlation(image) >= RELIEF_CORRELATION
+    assert not looks_like_relief(image)
+    assert not any("DIC or phase contrast" in m for m in input_warnings(image, _Model()))
+
+
 def test_relief_skew_has_the_sign_of_the_structure_and_says_nothing_on_tiny_or_flat_planes():
     rng = np.random.default_rng(3)
     yy, xx = np.mgrid[:96, :96]

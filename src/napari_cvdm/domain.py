@@ -42,6 +42,10 @@ RELIEF_SKEW = 0.08
 # the bulk's percentiles, make it 0.9; simulated DIC has -0.08-0.34
 RELIEF_EXTREME_SKEW = 0.5
 RELIEF_CORRELATION = 0.5
+# ... and the relief must be most of the image's variation (0.74-0.96 on simulated DIC): smooth
+# light (a wide blob, out-of-focus haze, a ramp) has a symmetric relief too, but a small one
+# (0.03-0.36)
+RELIEF_SHARE = 0.55
 RELIEF_SCALE = 12       # pixels: the radius of the local mean the relief is measured against
 SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
 SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
@@ -134,12 +138,15 @@ def relief_skew(plane: np.ndarray, tail: float = 1.0) -> float | None:
     for a relief with both signs (DIC), negative for dark structures; None where it says
     nothing (not finite real numbers, a flat crop, under 4 * RELIEF_SCALE pixels along an
     axis)."""
-    skews = _relief_skews(plane, (tail,))
-    return None if skews is None else skews[0]
+    stats = _relief_stats(plane, (tail,))
+    return None if stats is None else stats[0][0]
 
 
-def _relief_skews(plane: np.ndarray, tails: tuple[float, ...]) -> tuple[float, ...] | None:
-    """:func:`relief_skew` for each of ``tails``, the relief computed once."""
+def _relief_stats(plane: np.ndarray,
+                  tails: tuple[float, ...]) -> tuple[tuple[float, ...], float] | None:
+    """:func:`relief_skew` for each of ``tails`` (the relief computed once), and the relief's
+    share of the crop's variation (1st-99th percentile spans: about 1 where the structure
+    is all relief, as in DIC; under 0.4 for smooth light, a ramp or a wide blob)."""
     crop = _central_crop(plane, 4 * RELIEF_SCALE)
     if crop is None:
         return None
@@ -149,13 +156,15 @@ def _relief_skews(plane: np.ndarray, tails: tuple[float, ...]) -> tuple[float, .
     smooth = _box_mean(crop / peak, 1)  # 3 x 3: the pixel noise down by 3
     local = _box_mean(_box_mean(smooth, RELIEF_SCALE), RELIEF_SCALE)  # about a Gaussian
     relief = smooth - local
-    out = []
+    skews = []
     for tail in tails:
         low, mid, high = np.percentile(relief, (tail, 50, 100 - tail))
         if not high - low > 1e-9:
             return None
-        out.append(float((high + low - 2 * mid) / (high - low)))
-    return tuple(out)
+        skews.append(float((high + low - 2 * mid) / (high - low)))
+    low, high = np.percentile(relief, (1, 99))
+    span = float(np.subtract(*np.percentile(smooth, (99, 1))))
+    return tuple(skews), float(high - low) / span if span > 0 else 0.0
 
 
 def _box_mean(image: np.ndarray, radius: int) -> np.ndarray:
@@ -172,8 +181,9 @@ def looks_like_relief(plane: np.ndarray, correlation: float | None = None) -> bo
     """A relief on a mid-grey background, as DIC and phase contrast show cells: a median in
     :data:`RELIEF_MEDIAN` after normalisation, neighbours correlated at least
     :data:`RELIEF_CORRELATION` (``correlation``: the plane's :func:`neighbour_correlation`,
-    measured here when not given), and a relief skew below :data:`RELIEF_SKEW` in its bulk
-    and below :data:`RELIEF_EXTREME_SKEW` in its extremes."""
+    measured here when not given), a relief skew below :data:`RELIEF_SKEW` in its bulk and
+    below :data:`RELIEF_EXTREME_SKEW` in its extremes, and a relief that makes at least
+    :data:`RELIEF_SHARE` of the image's variation."""
     u = _unit_image(plane)
     if u is None or not RELIEF_MEDIAN[0] <= float(np.median(u)) <= RELIEF_MEDIAN[1]:
         return False
@@ -181,8 +191,11 @@ def looks_like_relief(plane: np.ndarray, correlation: float | None = None) -> bo
         correlation = neighbour_correlation(plane)
     if correlation is None or correlation < RELIEF_CORRELATION:
         return False
-    skews = _relief_skews(plane, (1.0, 0.01))
-    return skews is not None and skews[0] < RELIEF_SKEW and skews[1] < RELIEF_EXTREME_SKEW
+    stats = _relief_stats(plane, (1.0, 0.01))
+    if stats is None:
+        return False
+    (bulk, extreme), share = stats
+    return bulk < RELIEF_SKEW and extreme < RELIEF_EXTREME_SKEW and share >= RELIEF_SHARE
 
 
 def looks_like_labels(plane: np.ndarray) -> bool:
@@ -264,8 +277,8 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
                               "model was trained on fluorescence, bright structures on a dark "
                               "background; do not trust the result")
     elif looks_like_relief(plane, correlation):
-        out["transmitted"] = ("the image looks like DIC or phase contrast: structures both "
-                              "darker and brighter than a mid-grey background. The model was "
+        out["transmitted"] = ("the image looks like DIC or phase contrast: a relief of "
+                              "structures on a mid-grey background. The model was "
                               "trained on fluorescence, bright structures on a dark "
                               "background; do not trust the result")
     share = saturated_share(plane)
