@@ -326,3 +326,45 @@ def _train_parser():
     sub = argparse.ArgumentParser().add_subparsers()
     add_parser(sub)
     return sub.choices["train"]
+
+
+def test_a_resume_takes_its_optics_from_the_training_state_when_the_model_file_moved(
+        tmp_path, nuclei_truth, capsys):
+    """The optics of a resume were read from the model file beside the state: with that file
+    moved away, a resume without the optics flags failed ("model file not found"), and
+    train(resume=True) fell back to the defaults and was refused as another run."""
+    import shutil
+
+    from napari_cvdm.io import load_model
+
+    code, out = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--psf-sigma", "2",
+                               "--haze", "0", "0.2")
+    assert code == 0
+    shutil.move(out, tmp_path / "elsewhere.cvdm.safetensors")
+    capsys.readouterr()
+    assert main(["train", "--hq", str(tmp_path / "hq"), "--preset", "tiny", "-o", str(out),
+                 "--patch-size", "32", "--batch-size", "2", "--steps", "2", "--resume"]) == 0
+    assert "resumed from step 1" in capsys.readouterr().err
+    recorded = load_model(out).metadata["training"]["data"]["degradation"]
+    assert recorded["psf_sigma"] == 2.0 and list(recorded["haze"]) == [0.0, 0.2]
+    # no run there: the state's own message, not a missing model file
+    code = main(["train", "--hq", str(tmp_path / "hq"), "--preset", "tiny", "--steps", "2",
+                 "--patch-size", "32", "--batch-size", "2",
+                 "-o", str(tmp_path / "none.cvdm.safetensors"), "--resume"])
+    assert code == 2 and "training state" in capsys.readouterr().err
+
+
+def test_a_fine_tune_of_a_model_without_recorded_optics_says_it_takes_the_defaults(
+        tmp_path, nuclei_truth, nuclei_widefield, capsys):
+    lq, hq = tmp_path / "lq", tmp_path / "hqp"
+    lq.mkdir()
+    hq.mkdir()
+    tifffile.imwrite(lq / "one.tif", nuclei_widefield[:64, :64])
+    tifffile.imwrite(hq / "one.tif", nuclei_truth[:128, :128])
+    pairs_model = tmp_path / "pairs.cvdm.safetensors"
+    assert main(["train", "--pairs", str(lq), str(hq), "--preset", "tiny", "--patch-size", "32",
+                 "--batch-size", "2", "--steps", "1", "-o", str(pairs_model)]) == 0
+    capsys.readouterr()
+    code, _ = _tiny_training(tmp_path, nuclei_truth, "--steps", "1", "--init", str(pairs_model))
+    assert code == 0
+    assert f"none recorded in {pairs_model}; the defaults" in capsys.readouterr().err

@@ -94,6 +94,35 @@ def state_scale(output: Path) -> int | None:
         return None
 
 
+def recorded_optics(init=None, resumed: Path | None = None):
+    """The simulated optics a run given none takes (a ``Degradation``): those the model
+    ``init`` (a loaded model, a bundled name or a file) was trained with, or those of the
+    run a training state beside ``resumed`` continues (its header's record; else its model
+    file's). None where none is recorded (trained on pairs; an older or foreign file) or the
+    file cannot be read: the run's own checks then say why, with their message."""
+    from .degradation import trained_optics
+
+    try:
+        if init is not None and hasattr(init, "metadata"):
+            metadata = init.metadata
+        elif init is not None:
+            from .model_files import model_path
+            from .model_header import read_model_header
+
+            metadata = read_model_header(model_path(init)).get("metadata")
+        elif resumed is not None:
+            try:
+                data = (_header_entry(state_path(resumed), STATE_KEY).get("run") or {})["data"]
+            except Exception:  # no state, or one written before states kept the record
+                data = model_file_training(Path(resumed)).get("data")
+            metadata = {"training": {"data": data}}
+        else:
+            return None
+    except Exception:  # noqa: BLE001 - not found, damaged: the run's checks say so
+        return None
+    return trained_optics(metadata) if isinstance(metadata, dict) else None
+
+
 def is_fine_tune(header: dict, output: Path) -> bool:
     """Whether the run a state continues started from a model (``init``): the state says
     so; a state written before it did is asked of its model file (the same run's record)."""

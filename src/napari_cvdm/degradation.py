@@ -156,11 +156,11 @@ def trained_optics(model) -> Degradation | None:
         return None
 
 
-def run_optics(model=None, scale: int | None = None) -> Degradation:
-    """The optics a training run that is given none simulates: those ``model`` (the model a
-    fine-tune starts from or a resumed run's own; a model or its metadata) was trained with,
-    else the defaults; at ``scale`` where given (a fine-tune keeps its model's)."""
-    optics = (trained_optics(model) if model is not None else None) or Degradation()
+def run_optics(recorded: Degradation | None = None, scale: int | None = None) -> Degradation:
+    """The optics a training run simulates when it is given none: ``recorded``, those its
+    model was trained with (:func:`napari_cvdm.checkpoints.recorded_optics`), else the
+    defaults; at ``scale`` where given (a fine-tune keeps its model's)."""
+    optics = recorded or Degradation()
     return optics if scale is None else replace(optics, scale=scale)
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
-                          run_record, save_checkpoint, state_path)
+                          recorded_optics, run_record, save_checkpoint, state_path)
 from .degradation import Degradation, run_optics, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
@@ -148,19 +148,6 @@ def _kept(output: Path, saved_step: int | None) -> str:
             if saved_step is not None else "no checkpoint was written yet")
 
 
-def _run_optics(base, resumed: Path | None) -> Degradation:
-    """:func:`~napari_cvdm.degradation.run_optics` of a fine-tune's model, or of a resumed
-    run's own model file."""
-    if base is None and resumed is not None:
-        from .io import load_model
-
-        try:
-            return run_optics(load_model(resumed))
-        except (OSError, ValueError):
-            return run_optics()
-    return run_optics(base, base.config.scale if base is not None else None)
-
-
 def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
           settings: TrainingSettings | None = None, degradation: Degradation | None = None,
           resume: bool = False, overwrite: bool = False, device: str = "auto",
@@ -171,7 +158,9 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
 
     Data: ``pairs`` = (LQ_DIR, HQ_DIR) or a list of (low, high) arrays; or ``hq`` = a folder
     or a list of arrays, and/or ``synthetic`` = structure kinds (``structures.STRUCTURES``),
-    with simulated optics ``degradation``. An existing file at ``output`` is replaced only
+    with simulated optics ``degradation`` (None: those the ``init`` model, or on ``resume``
+    the run itself, was trained with where recorded, else the defaults of
+    ``napari_cvdm.simulation_defaults``). An existing file at ``output`` is replaced only
     when it is a napari-cvdm model and ``overwrite`` (or ``resume``) says so, never the
     ``init`` model (``model_files.training_output_problem``). ``progress(step, total,
     terms)`` after every step,
@@ -197,7 +186,8 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     if pairs is None and degradation is None:
         # a fine-tune, or a resumed run, simulates what its model was trained with, where the
         # file says it; else the defaults
-        degradation = _run_optics(base, output if resume else None)
+        degradation = run_optics(recorded_optics(base, output if resume else None),
+                                 base.config.scale if base is not None else None)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     data = prepare_data(pairs=pairs, hq=hq, synthetic=synthetic, degradation=degradation,

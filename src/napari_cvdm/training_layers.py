@@ -100,17 +100,13 @@ def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
 
 
 def _run_optics(init, config: CVDMConfig | None) -> Degradation:
-    """The optics a run given none simulates: a fine-tune's, those its model was trained
-    with (:func:`~napari_cvdm.degradation.run_optics`); else the defaults."""
+    """The optics a job given none simulates: a fine-tune's model's training optics, else
+    the defaults (:func:`~napari_cvdm.degradation.run_optics`)."""
     if init is None or config is None:
         return run_optics()
-    from .model_files import model_path, read_model_header
+    from .checkpoints import recorded_optics
 
-    try:
-        metadata = read_model_header(model_path(init)).get("metadata") or {}
-    except (OSError, ValueError):
-        metadata = {}
-    return run_optics(metadata, config.scale)
+    return run_optics(recorded_optics(init), config.scale)
 
 
 def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: float,

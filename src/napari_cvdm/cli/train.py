@@ -93,15 +93,16 @@ def _simulation(args) -> tuple[dict, str | None]:
     from ..simulation_defaults import SIMULATION_DEFAULTS
 
     base, source = dict(SIMULATION_DEFAULTS), None
-    start = args.init if args.init is not None else args.output if args.resume else None
-    if start is not None and any(getattr(args, n) is None for n in SIMULATION_OPTIONS):
-        from ..degradation import trained_optics
-        from ..io import load_model
+    if (args.init is not None or args.resume) and \
+            any(getattr(args, n) is None for n in SIMULATION_OPTIONS):
+        from ..checkpoints import recorded_optics
 
-        optics = trained_optics(load_model(start))
+        optics = recorded_optics(args.init, args.output if args.resume else None)
         if optics is not None:
             base = {name: getattr(optics, name) for name in SIMULATION_OPTIONS}
-            source = str(start)
+            source = str(args.init if args.init is not None else args.output)
+        elif args.init is not None:
+            source = f"none recorded in {args.init}; the defaults"
     out = {}
     for name in SIMULATION_OPTIONS:
         given = getattr(args, name)
@@ -197,7 +198,10 @@ def run(args) -> int:
         sigma = optics.pop("psf_sigma")
         degradation = Degradation(psf_sigma=sigma[0] if len(sigma) == 1 else sigma,
                                   scale=scale, **optics)
-        if source is not None:
+        if source is not None and source.startswith("none recorded"):
+            print(f"simulated optics ({source}, where not given): {_describe(degradation)}",
+                  file=sys.stderr)
+        elif source is not None:
             print(f"simulating the optics {source} was trained with, where not given: "
                   f"{_describe(degradation)}", file=sys.stderr)
     bar = ProgressBar("training")
