@@ -134,11 +134,10 @@ def main(argv=None) -> int:
                "dark_on_bright": domain.looks_transmitted(image),
                "warnings": sorted(found),
                "median": None if unit is None else round(float(np.median(unit)), 3),
-               "correlation": domain.neighbour_correlation(image),
-               "relief_skew": domain.relief_skew(image)}
-        stats = domain._relief_stats(image, (1.0, 0.01))
-        row["relief_extreme_skew"], row["relief_share"] = \
-            (None, None) if stats is None else (stats[0][1], round(stats[1], 3))
+               "correlation": domain.neighbour_correlation(image)}
+        stats = domain._relief_stats(image, (1.0, 0.01))  # the relief, computed once
+        row["relief_skew"], row["relief_extreme_skew"], row["relief_share"] = \
+            (None, None, None) if stats is None else (*stats[0], round(stats[1], 3))
         bad = flagged != (truth == "transmitted")
         wrong += bad
         rows.append(row)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .simulation_defaults import SIMULATION_DEFAULTS
+from .simulation_defaults import SIMULATION_DEFAULTS as _DEFAULTS
 
 # Gaussian approximation of a widefield PSF: sigma = 0.21 lambda / NA (Zhang et al., Appl.
 # Opt. 46:1819, 2007). Real widefield -> SIM pairs from three labs fit a relative blur of
@@ -37,8 +37,6 @@ def _range(value, name: str, positive: bool = False) -> tuple[float, float]:
                          f"not {value}")
     return low, high
 
-
-_DEFAULTS = SIMULATION_DEFAULTS
 
 # Upper limits of the camera levels. Beyond 1e6 photons an image is already noiseless, and
 # PyTorch's Poisson sampler overflows near 1e19 (the inputs became -9.2e18 everywhere).

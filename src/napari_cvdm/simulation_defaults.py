@@ -4,8 +4,8 @@ training widget (no torch here, so that ``cvdm --help`` stays fast).
 The PSF width is relative to the high-quality target, in its pixels: real widefield -> SIM
 pairs from three labs fit 2.75-3.75 (shared/data/real-pairs), so the default is 3.0; the
 first bundled model's 1.5 made it no better than bicubic on real widefield (issue 13).
-A fine-tune (``--init``, ``init=``) simulates, for every option not given, what its starting
-model was trained with (:func:`napari_cvdm.degradation.trained_optics`).
+A fine-tune (``--init``, ``init=``) or a resume simulates, for every option not given, what
+its model or run was trained with (:func:`napari_cvdm.checkpoints.recorded_optics`).
 """
 
 from __future__ import annotations

@@ -86,23 +86,21 @@ def add_parser(sub) -> None:
                      f"(default: {_shown(D['told_error'])}, the true width)")
 
 
-def _simulation(args) -> tuple[dict, str | None]:
+def _simulation(args) -> tuple[dict, bool | None]:
     """Every simulation option: as given, else the optics the --init model (or, with
-    --resume, the run's own model) was trained with, else the defaults; and the model whose
-    optics filled the gaps (None: the defaults did)."""
+    --resume, the run's own model) was trained with, else the defaults; and whether that
+    model's optics filled the gaps (None: no model was asked)."""
     from ..simulation_defaults import SIMULATION_DEFAULTS
 
-    base, source = dict(SIMULATION_DEFAULTS), None
+    base, recorded = dict(SIMULATION_DEFAULTS), None
     if (args.init is not None or args.resume) and \
             any(getattr(args, n) is None for n in SIMULATION_OPTIONS):
         from ..checkpoints import recorded_optics
 
         optics = recorded_optics(args.init, args.output if args.resume else None)
-        if optics is not None:
+        recorded = optics is not None
+        if recorded:
             base = {name: getattr(optics, name) for name in SIMULATION_OPTIONS}
-            source = str(args.init if args.init is not None else args.output)
-        elif args.init is not None:
-            source = f"none recorded in {args.init}; the defaults"
     out = {}
     for name in SIMULATION_OPTIONS:
         given = getattr(args, name)
@@ -112,7 +110,7 @@ def _simulation(args) -> tuple[dict, str | None]:
         elif isinstance(value, list):
             value = tuple(value)
         out[name] = value
-    return out, source
+    return out, recorded
 
 
 def _check_train_args(args) -> None:
@@ -194,16 +192,17 @@ def run(args) -> int:
             from ..checkpoints import state_scale
 
             scale = state_scale(args.output) or scale
-        optics, source = _simulation(args)
+        optics, recorded = _simulation(args)
         sigma = optics.pop("psf_sigma")
         degradation = Degradation(psf_sigma=sigma[0] if len(sigma) == 1 else sigma,
                                   scale=scale, **optics)
-        if source is not None and source.startswith("none recorded"):
-            print(f"simulated optics ({source}, where not given): {_describe(degradation)}",
-                  file=sys.stderr)
-        elif source is not None:
+        source = args.init if args.init is not None else args.output
+        if recorded:
             print(f"simulating the optics {source} was trained with, where not given: "
                   f"{_describe(degradation)}", file=sys.stderr)
+        elif recorded is not None and args.init is not None:
+            print(f"simulated optics (none recorded in {source}; the defaults, where not "
+                  f"given): {_describe(degradation)}", file=sys.stderr)
     bar = ProgressBar("training")
     try:
         train(output=args.output, pairs=tuple(args.pairs) if args.pairs else None, hq=args.hq,
