@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .normalization import Normalization
+from .spikes import without_spikes
 
 NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 # A pixel size this many times outside the model's range is "far": finer by 1.3 (below 38 nm
@@ -49,6 +50,9 @@ RELIEF_SHARE = 0.55
 RELIEF_SCALE = 12       # pixels: the radius of the local mean the relief is measured against
 SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
 SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
+HOT_PIXEL_SHARE = 5e-4   # isolated hot pixels in this share of the pixels move the 99.9th
+                         # percentile the image is normalised by (spikes.py) ...
+HOT_PIXEL_PERCENTILES = (0.1, 99.0)  # ... so they are found against the 99th
 CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
 
 
@@ -256,6 +260,30 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     return checked.size * NM_PER_UNIT[checked.unit]
 
 
+def _without_hot_pixels(plane: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The plane with its isolated hot pixels at their neighbours' median (the other checks
+    look at that), and a message where there are enough of them to spoil the result."""
+    if not np.isfinite(plane).all():  # refused by the input checks, with their own message
+        return plane, None
+    norm = Normalization.fit(plane, HOT_PIXEL_PERCENTILES)
+    if norm.is_constant:
+        return plane, None
+    cleaned, excess = without_spikes(norm.apply(plane))
+    if excess is None:
+        return plane, None
+    count = int(np.count_nonzero(excess))
+    share = count / plane.size
+    if share < HOT_PIXEL_SHARE:  # a few: taken out of the reconstruction, harmless
+        return norm.invert_mean(cleaned), None
+    return norm.invert_mean(cleaned), (
+        f"{count} isolated pixels ({share:.2%}) are far brighter than all their neighbours: "
+        "hot pixels or cosmic rays, not structure (a microscope blurs every point over "
+        "several pixels). This many set the image's contrast (its 99.9th percentile), so "
+        "the rest is reconstructed from too little of it: replace them by their neighbours' "
+        "median first (e.g. Fiji's Process > Noise > Remove Outliers), or do not trust the "
+        "result")
+
+
 def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
     """{kind: message} for what is off in one plane's pixels."""
     if looks_like_labels(plane):
@@ -263,6 +291,9 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
                           "numbers), not fluorescence intensities: the model invents "
                           "intensities in and around them; do not trust the result"}
     out = {}
+    plane, hot = _without_hot_pixels(plane)
+    if hot:
+        out["hot pixels"] = hot
     correlation = neighbour_correlation(plane)
     if _is_noise(correlation):
         out["noise"] = (f"the image looks like noise without structure (or is too dim to "

@@ -34,6 +34,7 @@ from .precision import cpu_bf16_choice, from_half_flag, resolve_precision
 from .psf_width import resolve as resolve_psf_sigma
 from .running_model import running_model
 from .settings import PredictSettings, draw_seed, settings_from
+from .spikes import without_spikes
 from .tile_sampling import Run, predict_plane
 from .validation import as_array, check_image, check_output_size, check_plane
 
@@ -191,11 +192,11 @@ def _percentiles(net: CVDM) -> tuple[float, float]:
 
 
 def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
-               planes_left: int) -> None:
+               planes_left: int, excess=None) -> None:
     """One plane, retried with smaller plans while the device runs out of memory."""
     while True:
         try:
-            return predict_plane(run, x_plane, plane, mean_view, var_view)
+            return predict_plane(run, x_plane, plane, mean_view, var_view, excess)
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
@@ -320,9 +321,11 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                         std_out[index] = 0.0
                     run.advance(run.plane_evaluations())
                     continue
-                x_plane = torch.from_numpy(norm.apply(plane))
+                x_plane, excess = without_spikes(norm.apply(plane))
+                x_plane = torch.from_numpy(x_plane)
                 del plane
-                _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p)
+                _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p,
+                           excess)
                 _calibrate(table, norm, mean_out[index], var_out[index],
                            None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])

@@ -172,6 +172,7 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
     from .model_cache import load_cached
     from .precision import resolve_precision
     from .running_model import running_model
+    from .spikes import without_spikes
     from .tile_sampling import Run, group_seed, tile_statistics
 
     callbacks = _callbacks.get(spec.token)
@@ -181,14 +182,15 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
     model = load_cached(spec.ref)
     device = resolve_device(spec.settings.device)
     precision = resolve_precision(spec.settings.precision, device)
-    x = torch.from_numpy(norm.apply(np.asarray(region)))
+    x, excess = without_spikes(norm.apply(np.asarray(region)))  # as the in-memory run
+    x = torch.from_numpy(x)
     with _compute_lock, torch.inference_mode():
         run = Run(running_model(model, device), device, precision, spec.settings, spec.seed,
                   spec.plan, spec.height, spec.width,
                   progress=callbacks.tick if callbacks is not None else None, cancel=cancel)
         generator = torch.Generator(device=device)
         generator.manual_seed(group_seed(spec.seed, plane, first))
-        means, variances = tile_statistics(run, x, tiles, plane, generator, origin)
+        means, variances = tile_statistics(run, x, tiles, plane, generator, origin, excess)
     # Held until every chunk they touch is blended: float32, as the blend uses them.
     return means.astype(np.float32), variances.astype(np.float32)
 

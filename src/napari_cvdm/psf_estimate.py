@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .spikes import spike_excess
+
 MIN_SIDE = 32                                   # input pixels a side (fewer: too few rings)
 SIGMA_GRID = np.linspace(0.2, 4.0, 39)          # input pixels, coarse: 0.1 steps
 SIGMA_STEP = 0.02                               # input pixels, fine
@@ -89,7 +91,9 @@ def _checked(image: np.ndarray) -> np.ndarray:
         high = plane.max()
         if not high > low:
             raise ValueError("the image is constant: it has no structure to measure a PSF on")
-    return (plane - low) / (high - low)
+    plane = (plane - low) / (high - low)
+    excess = spike_excess(2 * plane - 1)  # a hot pixel adds a white floor to the spectrum
+    return plane if excess is None else plane - excess / 2
 
 
 def radial_power_spectrum(image: np.ndarray, binned: bool = True):

@@ -25,6 +25,7 @@ from .precision import Precision
 from .resampling import upsample
 from .sampling import evaluations, sample
 from .settings import PredictSettings
+from .spikes import block_excess
 from .tiling import StatisticsBlender, Tile, round_up
 
 
@@ -133,8 +134,9 @@ def group_seed(seed: int, plane: int, first: int) -> int:
 
 
 def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.ndarray,
-                  var_view: np.ndarray) -> None:
-    """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised)."""
+                  var_view: np.ndarray, excess: np.ndarray | None = None) -> None:
+    """All tiles of one plane, blended into ``mean_view`` and ``var_view`` (normalised).
+    ``excess``: the plane's hot pixels, taken out of ``x_plane`` (see :func:`tile_statistics`)."""
     p = run.plan
     tiles = run.tiles()
     blender = StatisticsBlender(run.height, run.width, p.overlap, mean=mean_view,
@@ -143,19 +145,23 @@ def predict_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view: np.nda
     for first in range(0, len(tiles), p.group):
         group = tiles[first:first + p.group]
         generator.manual_seed(group_seed(run.seed, plane, first))
-        means, variances = tile_statistics(run, x_plane, group, plane, generator)
+        means, variances = tile_statistics(run, x_plane, group, plane, generator,
+                                           excess=excess)
         for i, t in enumerate(group):
             blender.add(t, means[i], variances[i])
     blender.result()
 
 
 def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], plane: int,
-                    generator: torch.Generator,
-                    origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray]:
+                    generator: torch.Generator, origin: tuple[int, int] = (0, 0),
+                    excess: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Mean and variance over all samples of equally sized tiles run together, (G, h, w).
 
     ``x_plane`` is the normalised input plane, or the part of it that starts at input
-    pixel ``origin`` (see :func:`conditioning`).
+    pixel ``origin`` (see :func:`conditioning`). ``excess`` (same grid as ``x_plane``):
+    hot pixels' excess over their neighbours, already taken out of ``x_plane``
+    (:func:`~napari_cvdm.spikes.without_spikes`); it is added back to each pixel's output
+    block, and its square to the variance.
     """
     net, device, s = run.net, run.device, run.settings
     stride = net.config.stride
@@ -203,4 +209,10 @@ def tile_statistics(run: Run, x_plane: torch.Tensor, tiles: list[Tile], plane: i
                 m2 = m2 + c_m2 + delta**2 * (count * n / total)
                 count = total
     variance = m2 / max(count - 1, 1)
-    return mean.cpu().numpy(), variance.cpu().numpy()
+    mean, variance = mean.cpu().numpy(), variance.cpu().numpy()
+    if excess is not None:
+        for i, t in enumerate(tiles):
+            block = block_excess(excess, t.y, t.x, th, tw, net.config.scale, origin)
+            mean[i] += block
+            variance[i] += block.astype(variance.dtype) ** 2
+    return mean, variance

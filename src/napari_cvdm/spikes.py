@@ -1,0 +1,93 @@
+"""Isolated hot pixels: single pixels far brighter than all eight of their neighbours.
+
+A widefield image is blurred by its PSF over several pixels, so nothing a microscope images
+is one pixel far above all its neighbours; a camera's hot pixels and cosmic rays are. The
+networks normalise their features over a whole tile (GroupNorm), so one such pixel changes
+the reconstruction everywhere: a single hot pixel at 60 times the BioSR pair's range took its
+PSNR from 27.1 to 22.1 dB, pixels 40 away included, with a ring of negative values around it
+(docs/reliability.md, "Hot pixels"). The network is therefore given the plane with each such
+pixel at its neighbours' median, and the pixel's excess above that median goes to the output
+unchanged (on its ``scale`` x ``scale`` block of the output grid) and into the variance: the
+input loses nothing, the rest of the image is unharmed, and the pixel is marked unsure.
+
+A pixel is a spike when it exceeds its brightest neighbour by more than :data:`SPIKE_MIN`
+normalised units (twice the image's 0.1-99.9 percentile range: only values far outside the
+range the networks were trained on disturb them; below that a pixel is bright structure or
+noise to them like any other) and by more than :data:`SPIKE_RATIO` times the spread of its
+neighbours (brightest minus darkest). A point source blurred by a PSF of sigma 0.75 input
+pixels (the narrowest the bundled model knows) exceeds its brightest neighbour by 0.59 of its
+peak while its neighbours spread over 0.24: a ratio of 2.4, below 3. Noise does not reach
+these margins: none of 4 million pixels of Gaussian or Poisson noise (0.5 to 20 photons) is
+a spike (tests/test_spikes.py). Two hot pixels side by side are not caught (each has the
+other as its brightest neighbour).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SPIKE_MIN = 4.0     # normalised units above the brightest neighbour
+SPIKE_RATIO = 3.0   # ... and this many times the neighbours' spread
+_ROWS = 256         # rows per strip: the eight neighbour views of a strip, not of the plane
+
+
+def _neighbours(padded: np.ndarray, r0: int, r1: int, width: int) -> np.ndarray:
+    """(8, r1 - r0, width): the eight neighbours of rows r0..r1 of the plane ``padded``
+    pads by one pixel on each side."""
+    return np.stack([padded[r0 + 1 + dy:r1 + 1 + dy, 1 + dx:width + 1 + dx]
+                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+
+
+def spike_excess(x: np.ndarray) -> np.ndarray | None:
+    """For a normalised (H, W) plane: the excess of each spike over its neighbours' median
+    (float32, zero elsewhere), or None where the plane has no spike.
+
+    Borders are reflected (a border pixel's neighbours are its inner neighbours), so a
+    pixel's verdict depends on its 3 x 3 neighbourhood only: a part of the plane gives the
+    same verdicts as the whole plane everywhere but on its own outer ring.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or min(x.shape) < 2:
+        return None
+    height, width = x.shape
+    padded = np.pad(x, 1, mode="reflect")
+    excess = None
+    for r0 in range(0, height, _ROWS):
+        r1 = min(r0 + _ROWS, height)
+        around = _neighbours(padded, r0, r1, width)
+        centre = x[r0:r1]
+        brightest = around.max(axis=0)
+        above = centre - brightest
+        spikes = (above > SPIKE_MIN) & (above > SPIKE_RATIO * (brightest - around.min(axis=0)))
+        if not spikes.any():
+            continue
+        if excess is None:
+            excess = np.zeros_like(x)
+        ys, xs = np.nonzero(spikes)
+        median = np.median(around[:, ys, xs], axis=0)
+        excess[r0 + ys, xs] = centre[ys, xs] - median
+    return excess
+
+
+def without_spikes(x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the plane with its spikes at their neighbours' median, their excess or None)."""
+    excess = spike_excess(x)
+    if excess is None:
+        return x, None
+    return (np.asarray(x, dtype=np.float32) - excess).astype(np.float32), excess
+
+
+def spike_count(x: np.ndarray) -> int:
+    """How many spikes a normalised plane holds."""
+    excess = spike_excess(x)
+    return 0 if excess is None else int(np.count_nonzero(excess))
+
+
+def block_excess(excess: np.ndarray, y: int, x: int, height: int, width: int,
+                 scale: int, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The excess on the output grid over the window (y, x, height, width): each input
+    pixel's value on its ``scale`` x ``scale`` block. ``excess`` may be a part of the plane
+    that starts at input pixel ``origin``."""
+    rows = np.arange(y, y + height) // scale - origin[0]
+    cols = np.arange(x, x + width) // scale - origin[1]
+    return excess[np.ix_(rows, cols)]
