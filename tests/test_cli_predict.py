@@ -430,3 +430,48 @@ def test_a_tiff_with_pixels_that_are_not_square_is_warned_about(tmp_path, tiny_m
     with tifffile.TiffFile(tmp_path / "out" / "tall_cvdm_mean.tif") as tif:
         assert "not square (130 nm along Y" in tif.ome_metadata
         assert "input_warnings" in tif.ome_metadata
+
+
+def test_tiff_outputs_larger_than_the_free_disk_are_refused_before_any_work(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch, capsys):
+    """Found by a review: OME-Zarr outputs were checked against the free disk, TIFF outputs
+    not (a large stack ran for hours, then failed writing)."""
+    import collections
+    import shutil
+
+    import napari_cvdm
+
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(2**20, 2**20 - 1000, 1000))
+    monkeypatch.setattr(napari_cvdm, "predict", lambda *a, **k: pytest.fail("predicted"))
+    assert _cli(two_tiffs[:1], tmp_path / "out", tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err
+    # 24 x 20 pixels, x2 in each direction, three float32 outputs: 23,040 bytes
+    assert "first.tif (mean, std and variance, float32) need 22.5 KiB but" in err
+    assert "has only 1000 bytes free" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_run_removes_every_output_folder_it_created_and_no_other(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch):
+    """Found by a review: ``-o new/sub/dir`` left new/sub behind when the run failed."""
+    import napari_cvdm
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(napari_cvdm, "predict", fails)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _cli(two_tiffs[:1], kept / "new" / "sub" / "dir", tiny_model_file, "--quiet")
+    assert kept.is_dir() and not list(kept.iterdir())
+    def others_write_then_it_fails(*args, **kwargs):
+        (kept / "new" / "theirs.txt").write_text("x")  # meanwhile, by someone else
+        fails()
+
+    # a created folder that is no longer empty is kept, and so are those above it
+    monkeypatch.setattr(napari_cvdm, "predict", others_write_then_it_fails)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        _cli(two_tiffs[:1], kept / "new" / "sub" / "dir", tiny_model_file, "--quiet")
+    assert sorted(p.name for p in (kept / "new").iterdir()) == ["theirs.txt"]

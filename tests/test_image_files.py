@@ -466,6 +466,17 @@ def test_image_names_know_each_extension_in_any_case():
         == ["x", "2024.01.05_cell", "y", ".tif"]
 
 
+def test_lsm_files_and_folders_inside_a_store_are_named_as_images():
+    from napari_cvdm.image_names import image_stem, is_tiff, is_zarr
+
+    assert is_tiff("a.LSM") and image_stem("a.LSM") == "a"
+    assert is_zarr("s.ome.zarr/1") and image_stem("s.ome.zarr/1/") == "s_1"
+    assert is_zarr("/d/plate.ome.zarr/A/1/0")
+    assert image_stem("/d/plate.ome.zarr/A/1/0") == "plate_A_1_0"
+    assert not is_zarr("/d/x.zarr/export/cell.tif")
+    assert image_stem("/d/x.zarr/export/cell.tif") == "cell"
+
+
 def _stack(seed=0, planes=3):
     return np.random.default_rng(seed).integers(0, 999, (planes, 32, 32), dtype=np.uint16)
 
@@ -502,3 +513,132 @@ def test_a_stack_cut_short_is_refused_not_read_as_its_first_plane(tmp_path, kind
     cut.write_bytes(raw[:int(len(raw) * 0.7)])
     with pytest.raises(ValueError, match="truncated"):
         read_tiff(cut)
+
+
+def _with_thumbnail(path, kind):
+    """A file as microscope and viewer software write them: the image, then a small 8-bit
+    thumbnail page marked reduced-resolution (NewSubfileType 1)."""
+    stack = _stack()
+    if kind == "plain":  # tifffile's own way: a page appended to a written image
+        tifffile.imwrite(path, stack[0])
+        tifffile.imwrite(path, stack[0, ::4, ::4].astype(np.uint8), append=True, subfiletype=1)
+        return stack[0]
+    with tifffile.TiffWriter(path, ome=kind == "ome") as tif:  # a stack, then its thumbnail
+        tif.write(stack, metadata={"axes": "ZYX"} if kind == "ome" else None,
+                  photometric="minisblack")
+        tif.write(stack[0, ::4, ::4].astype(np.uint8), subfiletype=1, metadata=None)
+    return stack
+
+
+@pytest.mark.parametrize("kind", ["plain", "stack", "ome"])
+def test_a_thumbnail_page_is_not_taken_for_a_second_image(tmp_path, kind):
+    """Found by a review: tifffile gives a thumbnail a series of its own, and any TIFF with
+    one (every Zeiss LSM file) was refused as holding 'several separate images'."""
+    from napari_cvdm.image_files import probe_tiff
+
+    path = tmp_path / f"thumb_{kind}.tif"
+    image = _with_thumbnail(path, kind)
+    with tifffile.TiffFile(path) as tif:
+        assert len(tif.series) == 2 and tif.series[1].pages[0].is_reduced
+    probe_tiff(path, 2)
+    np.testing.assert_array_equal(read_tiff(path).data, image)
+
+
+def _lsm(path, planes, voxel_size, interval=0.0):
+    """A minimal Zeiss LSM file: its CZ_LSMINFO tag (voxel sizes in metres) on the first
+    page, each plane followed by its thumbnail, as LSM files are laid out."""
+    info = np.zeros(1, np.dtype(tifffile.TIFF.CZ_LSMINFO))
+    info["MagicNumber"], info["StructureSize"] = 0x0400494C, info.itemsize
+    info["DimensionZ"], info["DimensionY"], info["DimensionX"] = planes.shape
+    info["DimensionChannels"] = info["DimensionTime"] = 1
+    info["ThumbnailX"] = info["ThumbnailY"] = 8
+    info["VoxelSizeX"], info["VoxelSizeY"], info["VoxelSizeZ"] = voxel_size
+    info["TimeIntervall"] = interval
+    raw = info.tobytes()
+    with tifffile.TiffWriter(path) as tif:
+        for i, plane in enumerate(planes):
+            tif.write(plane, metadata=None, contiguous=False,
+                      extratags=[(34412, 1, len(raw), raw, True)] if i == 0 else None)
+            tif.write(plane[::4, ::4].astype(np.uint8), metadata=None, contiguous=False,
+                      subfiletype=1)
+
+
+def test_a_zeiss_lsm_file_is_read_with_its_voxel_sizes(tmp_path):
+    path = tmp_path / "confocal.lsm"
+    _lsm(path, _stack(), (0.1e-6, 0.1e-6, 0.5e-6))
+    with tifffile.TiffFile(path) as tif:
+        assert tif.is_lsm and len(tif.series) == 2  # the thumbnails: a series of their own
+    image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, _stack())
+    assert image.axes == "ZYX"
+    assert image.physical == {"X": PhysicalSize(0.1, "µm"), "Y": PhysicalSize(0.1, "µm"),
+                              "Z": PhysicalSize(0.5, "µm")}
+    assert image.pixel_size == (0.1, 0.1) and image.unit == "µm"
+
+
+def test_cvdm_predict_takes_lsm_files_from_a_folder_and_writes_tiffs(tiny_model_file,
+                                                                     tmp_path, capsys):
+    from napari_cvdm.cli import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    _lsm(folder / "confocal.LSM", _stack()[:, :16, :16], (0.1e-6, 0.1e-6, 0.5e-6))
+    out = tmp_path / "out"
+    assert main(["predict", str(folder), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "1", "--steps", "1", "--quiet"]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [f"confocal_cvdm_{kind}.tif"
+                                                    for kind in ("mean", "std", "var")]
+    mean = read_tiff(out / "confocal_cvdm_mean.tif")
+    assert mean.data.shape == (3, 32, 32) and mean.axes == "ZYX"
+    assert mean.physical["X"] == PhysicalSize(0.05, "µm")
+    assert mean.physical["Z"] == PhysicalSize(0.5, "µm")
+
+
+def test_lsm_sizes_leave_out_what_was_not_recorded_and_keep_the_time_interval():
+    from napari_cvdm.physical import lsm_sizes
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sizes = lsm_sizes({"VoxelSizeX": 2e-7, "VoxelSizeY": 2e-7, "VoxelSizeZ": 0.0,
+                           "TimeIntervall": 1.5})
+    assert sizes == {"X": PhysicalSize(0.2, "µm"), "Y": PhysicalSize(0.2, "µm"),
+                     "T": PhysicalSize(1.5, "s")}
+    assert lsm_sizes(None) == {}
+
+
+@pytest.mark.parametrize("edits", [["SizeZ"], ["SizeZ", "PlaneCount"]])
+def test_pages_the_ome_metadata_does_not_declare_are_refused_not_dropped(tmp_path, edits):
+    """Found by a review: tifffile read only the declared planes (and logged 'OME series
+    expected 2 frames, got 3'), so the stack was cut without a word."""
+    whole = tmp_path / "three.ome.tif"
+    tifffile.imwrite(whole, _stack(), ome=True, metadata={"axes": "ZYX"})
+    raw = whole.read_bytes()
+    for name in edits:  # the plane count, and the pages the TiffData element points to
+        assert raw.count(f'{name}="3"'.encode()) == 1
+        raw = raw.replace(f'{name}="3"'.encode(), f'{name}="2"'.encode())
+    damaged = tmp_path / "declares2.ome.tif"
+    damaged.write_bytes(raw)
+    with pytest.raises(ValueError, match="OME metadata declares 2 planes but the file holds "
+                                         "3 pages"):
+        read_tiff(damaged)
+    assert read_tiff(whole).data.shape == (3, 32, 32)
+
+
+def test_an_ome_pyramid_in_subifds_is_read_as_its_full_resolution_image(tmp_path):
+    path = tmp_path / "pyramid.ome.tif"
+    image = np.random.default_rng(0).integers(0, 999, (64, 64), dtype=np.uint16)
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image, subifds=1, metadata={"axes": "YX"}, tile=(32, 32))
+        tif.write(image[::2, ::2], subfiletype=1, tile=(32, 32))
+    np.testing.assert_array_equal(read_tiff(path).data, image)
+
+
+def test_imagej_unit_pixel_means_no_size_and_is_not_warned_about(tmp_path):
+    """Found by a review: ImageJ's 'pixel' (an uncalibrated image) was an 'unknown unit'."""
+    path = tmp_path / "uncalibrated.tif"
+    tifffile.imwrite(path, _stack(), imagej=True, metadata={"axes": "ZYX", "unit": "pixel",
+                                                            "spacing": 1.0})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_tiff(path)
+    assert image.physical == {} and image.pixel_size is None

@@ -673,3 +673,93 @@ def test_the_command_line_says_every_warning_on_one_line_naming_the_file(tmp_pat
     units = [line for line in err if "unknown length unit 'parsec'" in line]
     assert len(units) == 1 and "small_chunks.ome.zarr: " in units[0]
     assert any("rechunked" in line for line in err)
+
+
+def _image_at(group, data):
+    """An NGFF 0.4 image of ``data`` (Y, X, 0.1 µm pixels) in the zarr group ``group``."""
+    group.create_array("0", shape=data.shape, chunks=data.shape, dtype=data.dtype)[:] = data
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}],
+        "datasets": [{"path": "0", "coordinateTransformations": [
+            {"type": "scale", "scale": [0.1, 0.1]}]}]}]
+
+
+def _bioformats2raw(tmp_path, series=3):
+    """A bioformats2raw store of ``series`` images (stage positions), each its own values."""
+    path = tmp_path / "positions.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs["bioformats2raw.layout"] = 3
+    planes = [np.full((16, 20), 100 * (i + 1), np.uint16) for i in range(series)]
+    for i, plane in enumerate(planes):
+        _image_at(root.create_group(str(i)), plane)
+    root.create_group("OME").attrs["series"] = [str(i) for i in range(series)]
+    return path, planes
+
+
+def _plate(tmp_path):
+    """An HCS plate (NGFF 0.4) with one well, A/1, of one field, 0."""
+    path = tmp_path / "plate.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs["plate"] = {"version": "0.4", "rows": [{"name": "A"}],
+                           "columns": [{"name": "1"}],
+                           "wells": [{"path": "A/1", "rowIndex": 0, "columnIndex": 0}]}
+    well = root.create_group("A").create_group("1")
+    well.attrs["well"] = {"version": "0.4", "images": [{"path": "0"}]}
+    field = np.arange(16 * 20, dtype=np.uint16).reshape(16, 20)
+    _image_at(well.create_group("0"), field)
+    return path, field
+
+
+def test_a_store_of_several_series_says_only_series_0_is_read_and_how_to_read_another(
+        tmp_path):
+    """Found by a review: of a bioformats2raw store of several positions, only the first
+    was read, without a word."""
+    path, planes = _bioformats2raw(tmp_path)
+    with pytest.warns(UserWarning, match=r"holds 3 series .* only series 0 is read; give "
+                                         r"another's folder to read it, e.g. .*ome.zarr/1"):
+        array, _ = read_ome_zarr(path)
+    np.testing.assert_array_equal(np.asarray(array), planes[0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        array, meta = read_ome_zarr(path / "2")
+        single, _ = _bioformats2raw(tmp_path / "one", series=1)
+        read_ome_zarr(single)  # one series: nothing to say
+    np.testing.assert_array_equal(np.asarray(array), planes[2])
+    assert meta["physical"]["X"] == PhysicalSize(0.1, "µm")
+
+
+def test_a_plate_or_well_is_refused_with_the_field_to_give(tmp_path):
+    path, _ = _plate(tmp_path)
+    with pytest.raises(ValueError, match=r"an HCS plate \(1 well\(s\)\), not one image; give "
+                                         r"one field of it as the input, e.g. .*plate.ome.zarr"
+                                         r"/A/1/0$"):
+        read_ome_zarr(path)
+    with pytest.raises(ValueError, match=r"a well of an HCS plate.*plate.ome.zarr/A/1/0$"):
+        read_ome_zarr(path / "A" / "1")
+
+
+def test_cvdm_predict_takes_a_series_or_a_field_inside_a_store(tmp_path, tiny_model_file,
+                                                               capsys):
+    from napari_cvdm.cli import main
+    from napari_cvdm.cli.predict import expand_inputs
+
+    store, planes = _bioformats2raw(tmp_path)
+    plate, field = _plate(tmp_path)
+    args = ["--model", str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]
+    out = tmp_path / "out"
+    assert main(["predict", str(store / "1"), str(plate / "A" / "1" / "0"), "-o", str(out),
+                 *args]) == 0, capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == ["plate_A_1_0_cvdm.ome.zarr",
+                                                     "positions_1_cvdm.ome.zarr"]
+    mean, _ = read_ome_zarr(out / "positions_1_cvdm.ome.zarr" / "mean")
+    assert mean.shape == (32, 40)
+    assert abs(float(np.asarray(mean).mean()) - planes[1].mean()) < 50  # series 1's values
+    # a pattern over a store's folders finds its series, not its OME folder
+    assert expand_inputs([str(store / "*")]) == [store / str(i) for i in range(3)]
+    # a plate as a whole: the field to give, before any work; nothing written into a store
+    assert main(["predict", str(plate), "-o", str(tmp_path / "o2"), *args]) == 2
+    assert "give one field of it as the input, e.g." in capsys.readouterr().err
+    assert main(["predict", str(store / "1"), "-o", str(store / "results"), *args]) == 2
+    assert "inside an input OME-Zarr" in capsys.readouterr().err
+    assert not (store / "results").exists()

@@ -129,7 +129,8 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
 
     from .image_files import read_tiff
     from .tiff_writer import spec_for, write_ome_tiffs
-    from .validation import check_image, check_output_size
+    from .validation import (IN_MEMORY_OUTPUTS, check_disk_room, check_image,
+                             check_output_size, output_bytes)
 
     model = settings.model
     with _reader_warnings(warn, task.input):
@@ -138,6 +139,9 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     # warning about its contents or the OME writer's complaint about its axes.
     check_image(image.data)
     check_output_size(image.data.shape, model.config.scale)
+    check_disk_room(task.outputs[0], output_bytes(image.data.shape, model.config.scale,
+                                                  IN_MEMORY_OUTPUTS),
+                    f"the outputs of {task.input.name} (mean, std and variance, float32)")
     settings, psf_from = _resolved(settings, image.data)
     warned = _warn_about_input(task, image.data, model, image.physical, settings, warn)
     # The output metadata is checked before the work, not after it.

@@ -1,4 +1,5 @@
-"""Reading TIFF and OME-TIFF images with their axes and physical sizes, memory bounded.
+"""Reading TIFF, OME-TIFF and Zeiss LSM images with their axes and physical sizes, memory
+bounded.
 
 A hostile file (a few bytes declaring a huge image, tiles or strips pointing anywhere) is
 refused from its header, before anything large is allocated: the declared image, the
@@ -22,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .physical import PhysicalSize, fitting_channels, imagej_sizes, ome_sizes
+from .physical import PhysicalSize, fitting_channels, imagej_sizes, lsm_sizes, ome_sizes
 from .validation import IN_MEMORY_OUTPUTS, output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
@@ -115,22 +116,64 @@ def count_pages(path: Path, limit: int = MAX_PAGES) -> int:
     return len(seen)
 
 
-def _check_declared(path: Path, tif, scale: int | None) -> None:
+def _is_reduced(page) -> bool:
+    """Whether ``page`` (a TiffPage, or a TiffFrame: its keyframe's tags) is a
+    reduced-resolution image of another (NewSubfileType bit 0: a thumbnail or preview)."""
+    page = page if hasattr(page, "is_reduced") else page.keyframe
+    return bool(page.is_reduced)
+
+
+def _images(tif) -> list:
+    """The file's series less those made only of reduced-resolution pages (the thumbnails
+    a Zeiss LSM file keeps beside each plane, a preview image): not images of their own."""
+    images = []
+    for series in tif.series:
+        pages = [page for page in getattr(series, "pages", ()) if page is not None]
+        if not pages or not all(_is_reduced(page) for page in pages):
+            images.append(series)
+    return images or list(tif.series)
+
+
+def _check_ome_pages(path: Path, tif) -> None:
+    """Pages of the file that no OME image declares (thumbnails aside) are refused: tifffile
+    reads only the declared planes, so a file whose metadata counts too few would be cut
+    without a word."""
+    declared = {page.index for series in tif.series for page in series.pages
+                if page is not None and page.parent is tif}
+    extra = [i for i in range(len(tif.pages)) if i not in declared]
+    extra = [i for i in extra if not _is_reduced(_as_page(tif.pages[i]))]
+    if extra:
+        raise _Refused(f"{path}: its OME metadata declares {len(declared)} planes but the "
+                       f"file holds {len(declared) + len(extra)} pages (damaged or edited "
+                       "metadata, or pages added after it was written); tifffile would read "
+                       "only the declared planes and drop the others")
+
+
+def _as_page(page):
+    """A TiffFrame as the TiffPage it is (its own tags, read from the file)."""
+    return page.aspage() if hasattr(page, "aspage") else page
+
+
+def _check_declared(path: Path, tif, scale: int | None):
+    """The series :func:`read_tiff` reads, after the checks made from the file's headers."""
     if not tif.series:
         raise _Refused(f"{path} could not be read as a TIFF image (it contains no image "
                        "data)")
-    if len(tif.series) > 1:
-        shapes = ", ".join(str(tuple(s.shape)) for s in tif.series[:4])
-        more = ", ..." if len(tif.series) > 4 else ""
-        raise _Refused(f"{path} holds {len(tif.series)} separate images (series such as "
+    images = _images(tif)
+    if len(images) > 1:
+        shapes = ", ".join(str(tuple(s.shape)) for s in images[:4])
+        more = ", ..." if len(images) > 4 else ""
+        raise _Refused(f"{path} holds {len(images)} separate images (series such as "
                        f"stage positions: {shapes}{more}) and one file is one image here; "
                        "save each as its own TIFF (Python: tifffile.imread(path, series=i))")
-    series = tif.series[0]
+    series = images[0]
     missing = sum(page is None for page in getattr(series, "pages", ()))
     if missing:
         raise _Refused(f"{path} is missing {missing} of the {len(series.pages)} planes its "
                        "metadata declares (a file of a multi-file OME-TIFF not copied, or "
                        "damaged metadata); tifffile would fill them with zeros")
+    if getattr(series, "kind", "") == "ome":
+        _check_ome_pages(path, tif)
     shape = tuple(int(n) for n in series.shape)
     if len(shape) < 2 or any(n <= 0 for n in shape):
         raise _Refused(f"{path} declares an empty image (shape {shape})")
@@ -145,6 +188,7 @@ def _check_declared(path: Path, tif, scale: int | None) -> None:
                        "computer's memory; crop it or process it in parts")
     for page in series.pages[:1]:
         _check_page(path, page)
+    return series
 
 
 def _check_page(path: Path, page) -> None:
@@ -252,8 +296,7 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
     with _read_errors(path):
         count_pages(path)
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
-            _check_declared(path, tif, scale)
-            series = tif.series[0]
+            series = _check_declared(path, tif, scale)
             axes, colour = _colour_last(series)
             shape, dtype = tuple(series.shape), series.dtype
     if colour is not None:
@@ -274,7 +317,8 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     ValueError before the pixels are read; the file is only read. OME metadata that does
     not parse gives the pixels, a warning and no physical sizes (never wrong ones). An RGB
     file stored plane by plane comes with its colour axis last (axes ``...YXS``), as one
-    stored interleaved does.
+    stored interleaved does. Thumbnails (reduced-resolution pages, as a Zeiss LSM file
+    keeps) are passed over; an OME-TIFF with pages its metadata does not declare is refused.
     """
     import tifffile
 
@@ -282,8 +326,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     with _read_errors(path):
         count_pages(path)
         with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
-            _check_declared(path, tif, scale)
-            series = tif.series[0]
+            series = _check_declared(path, tif, scale)
             out = np.empty(series.shape, dtype=series.dtype)
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
             axes, colour = _colour_last(series)
@@ -338,4 +381,6 @@ def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:
             warnings.warn(f"{path}: the OME metadata could not be read ({exc}); the pixels "
                           "are read without physical sizes", stacklevel=3)
             return {}
+    if tif.is_lsm:
+        return lsm_sizes(tif.lsm_metadata)
     return imagej_sizes(tif.pages[0].tags, tif.imagej_metadata)

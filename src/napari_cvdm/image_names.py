@@ -1,36 +1,58 @@
 """What a path's name says about the image it holds: the one place for file extensions.
 
-TIFF files end in .tif or .tiff (any case); an OME-Zarr image is a folder ending in .zarr
-(usually .ome.zarr). Outputs are named after the input's :func:`image_stem`
-(:func:`output_name`), and folders and patterns of inputs leave them out
-(:func:`is_cvdm_output`), so a run whose outputs went beside its inputs can run again.
+TIFF files end in .tif or .tiff, Zeiss LSM files (TIFFs) in .lsm (any case); an OME-Zarr
+image is a folder ending in .zarr (usually .ome.zarr), or a folder inside one (a series of
+a bioformats2raw store, 'store.ome.zarr/1'; a field of a plate, 'plate.ome.zarr/A/1/0').
+Outputs are named after the input's :func:`image_stem` (:func:`output_name`; always .tif
+or .ome.zarr), and folders and patterns of inputs leave them out (:func:`is_cvdm_output`),
+so a run whose outputs went beside its inputs can run again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-TIFF_SUFFIXES = (".tif", ".tiff")
+TIFF_SUFFIXES = (".tif", ".tiff", ".lsm")
 ZARR_SUFFIX = ".zarr"
 # Longest first, so 'a.ome.tif' loses '.ome.tif', not only '.tif'.
-IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr")
+IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".lsm", ".ome.zarr", ".zarr")
 TIFF_OUTPUTS = ("mean", "std", "var")  # the three TIFFs of one input
 
 
 def is_tiff(path: str | Path) -> bool:
-    """Whether the name ends in .tif or .tiff (any case)."""
+    """Whether the name ends in .tif, .tiff or .lsm (any case)."""
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
+def zarr_store(path: str | Path) -> Path | None:
+    """The OME-Zarr store ``path`` names or lies in, as given: its first part ending in
+    .zarr (any case); None where there is none."""
+    path = Path(path)
+    for part in (*reversed(path.parents), path):
+        if part.name.lower().endswith(ZARR_SUFFIX):
+            return part
+    return None
+
+
 def is_zarr(path: str | Path) -> bool:
-    """Whether the name ends in .zarr (any case): an OME-Zarr image folder."""
-    return Path(path).name.lower().endswith(ZARR_SUFFIX)
+    """Whether the name ends in .zarr (any case): an OME-Zarr image folder; or names a
+    folder inside one (a bioformats2raw series, a plate's field), a TIFF name aside."""
+    path = Path(path)
+    return path.name.lower().endswith(ZARR_SUFFIX) or \
+        (not is_tiff(path) and zarr_store(path) is not None)
 
 
 def image_stem(path: str | Path) -> str:
     """A file's name without its image extension (.tif, .ome.tif, .zarr, ... in any case):
-    other dots are kept, so 'cell_0.5um.tif' and 'cell_1.5um.tif' stay apart."""
-    name = Path(path).name
+    other dots are kept, so 'cell_0.5um.tif' and 'cell_1.5um.tif' stay apart. A folder
+    inside an OME-Zarr store is named by the store and its place in it, joined by '_'
+    ('plate.ome.zarr/A/1/0': 'plate_A_1_0'), so the series and fields of a store stay
+    apart."""
+    path = Path(path)
+    store = zarr_store(path)
+    if store is not None and store != path and not is_tiff(path):
+        return "_".join(image_stem(part) for part in (store, *path.relative_to(store).parts))
+    name = path.name
     for extension in IMAGE_EXTENSIONS:
         if name.lower().endswith(extension) and len(name) > len(extension):
             return name[:-len(extension)]

@@ -1,8 +1,10 @@
-"""Physical pixel sizes and time steps of image files: read, normalise units, scale.
+"""Physical pixel sizes and time steps of image files (OME, ImageJ, Zeiss LSM): read,
+normalise units, scale.
 
 Sizes are kept per axis letter ("X", "Y", "Z", "T") with a unit from a short list that
 OME, ImageJ and napari all understand; anything else is converted (Å to nm, inch to µm)
-or dropped with a warning, so a file is never written with a unit it cannot hold.
+or dropped with a warning (silently where the unit says there is no size: ImageJ's
+'pixel'), so a file is never written with a unit it cannot hold.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ class PhysicalSize:
 
 
 def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
-    """A checked size in a known unit, or None (with a warning) when it cannot be kept."""
+    """A checked size in a known unit, or None (with a warning) when it cannot be kept;
+    None without one for a unit that means "no physical size" (NO_UNIT: 'pixel', ...)."""
     try:
         size = float(size)
     except (TypeError, ValueError):
@@ -54,6 +57,8 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
                       stacklevel=2)
         return None
     unit = (unit or "").strip()
+    if unit and unit.lower() in NO_UNIT:
+        return None  # said on purpose (ImageJ's 'pixel'): no size, nothing to warn about
     default = "s" if time else "µm"
     factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit or default)))
     size *= factor
@@ -145,6 +150,31 @@ def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]
     if "finterval" in imagej and (size := normalise(imagej["finterval"],
                                                     imagej.get("tunit", "s"), time=True)):
         sizes["T"] = size
+    return sizes
+
+
+# Axis -> (CZ_LSMINFO field in tifffile's lsm_metadata, factor to the unit, unit): voxel
+# sizes are in metres, the time interval in seconds.
+LSM_FIELDS = {"X": ("VoxelSizeX", 1e6, "µm"), "Y": ("VoxelSizeY", 1e6, "µm"),
+              "Z": ("VoxelSizeZ", 1e6, "µm"), "T": ("TimeIntervall", 1.0, "s")}
+
+
+def lsm_sizes(lsm: dict[str, Any] | None) -> dict[str, PhysicalSize]:
+    """Sizes from a Zeiss LSM file's CZ_LSMINFO (tifffile's ``lsm_metadata``); a size of 0
+    (not recorded: the Z step of a single plane, the interval of no time series) is left
+    out."""
+    sizes: dict[str, PhysicalSize] = {}
+    for axis, (key, factor, unit) in LSM_FIELDS.items():
+        try:
+            value = float((lsm or {}).get(key)) * factor
+        except (TypeError, ValueError):
+            continue
+        if value == 0:
+            continue
+        # 12 significant digits: 1e-07 m is 0.1 µm, not 0.09999999999999999
+        size = normalise(float(f"{value:.12g}"), unit, time=axis == "T")
+        if size is not None:
+            sizes[axis] = size
     return sizes
 
 

@@ -287,7 +287,15 @@ def check_disk_room(path, needed: int, what: str) -> None:
     folder = free_space_folder(path)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise ValueError(f"{what} need {needed / 2**30:.1f} GiB but {folder} has only "
-                         f"{free / 2**30:.1f} GiB free; write to a larger disk, or process a "
+        raise ValueError(f"{what} need {format_bytes(needed)} but {folder} has only "
+                         f"{format_bytes(free)} free; write to a larger disk, or process a "
                          "crop or fewer planes")
+
+
+def format_bytes(count: float) -> str:
+    """``count`` bytes as a person reads them: '2.5 GiB', '40.0 MiB', '3.2 KiB', '12 bytes'."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{int(count)} bytes"
 

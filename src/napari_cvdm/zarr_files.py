@@ -46,15 +46,47 @@ def _ome(group) -> dict[str, Any]:
     return nested if isinstance(nested, dict) else attrs
 
 
-def _image_group(group):
-    """(group, its OME metadata) of the image: the root, or series 0 of a bioformats2raw
-    file; NGFF 0.4 and 0.5."""
+def _image_group(group, path: Path):
+    """(group, its OME metadata, the store's series) of the image: the root (series ()),
+    or series 0 of a bioformats2raw store; NGFF 0.4 and 0.5. ValueError for anything else,
+    saying which part to give for an HCS plate or well."""
     ome = _ome(group)  # read once: the attributes are a file of the store
     if "multiscales" in ome:
-        return group, ome
+        return group, ome, ()
     if "bioformats2raw.layout" in ome and "0" in group:
-        return group["0"], _ome(group["0"])
+        return group["0"], _ome(group["0"]), _series(group)
+    plate, well = ome.get("plate"), ome.get("well")
+    if isinstance(plate, dict) or isinstance(well, dict):
+        where = _first_field(group, plate, well)
+        what = (f"an HCS plate ({len(plate.get('wells') or [])} well(s))" if
+                isinstance(plate, dict) else "a well of an HCS plate")
+        raise ValueError(f"{what}, not one image; give one field of it as the input, e.g. "
+                         f"{path / where}")
     raise ValueError("not an OME-Zarr image (no multiscales metadata)")
+
+
+def _first_field(group, plate, well) -> str:
+    """The path of a plate's or well's first field ('A/1/0', '0'), as its metadata gives
+    it; the usual layout's where the metadata does not say."""
+    try:
+        if isinstance(plate, dict):
+            row_column = str(plate["wells"][0]["path"])
+            well = _ome(group[row_column])["well"]
+            return f"{row_column}/{well['images'][0]['path']}"
+        return str(well["images"][0]["path"])
+    except Exception:  # metadata that does not say: a plate's fields are row/column/field
+        return "A/1/0" if isinstance(plate, dict) else "0"
+
+
+def _series(group) -> list[str]:
+    """The series of a bioformats2raw store: as its OME group lists them, else its groups
+    named 0, 1, 2, ..."""
+    with contextlib.suppress(Exception):
+        listed = _ome(group["OME"]).get("series")
+        if isinstance(listed, list) and listed:
+            return [str(name) for name in listed]
+    names = set(group.group_keys())
+    return [str(i) for i in range(len(names)) if str(i) in names]
 
 
 def _result_mark(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -68,6 +100,16 @@ def _result_mark(path: str | os.PathLike) -> dict[str, Any] | None:
         return None
     mark = attrs.get("napari_cvdm")
     return mark if isinstance(mark, dict) and "images" in mark else None
+
+
+def holds_image(path: str | os.PathLike) -> bool:
+    """Whether the folder ``path`` is a zarr group with multiscales metadata (an OME-Zarr
+    image: a bioformats2raw series or a plate's field inside a store), not another part of
+    a store (its OME folder, a plate's row)."""
+    try:
+        return "multiscales" in _ome(_zarr().open_group(str(path), mode="r"))
+    except Exception:  # not a zarr group, damaged, or no zarr installed
+        return False
 
 
 def is_result_store(path: str | os.PathLike) -> bool:
@@ -163,14 +205,16 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     physical sizes are the dataset's scale times the multiscale's own (NGFF 0.4 and 0.5
     apply it after the dataset's). ValueError for anything that is not an OME-Zarr image.
     ``check_chunks``: warn where chunks of the image are not stored (one listing of its
-    folder: done once, by the run that reads the pixels).
+    folder: done once, by the run that reads the pixels). A bioformats2raw store of several
+    series gives series 0 with a warning naming another's folder (``store.ome.zarr/1``,
+    which reads that series); an HCS plate or well is refused naming a field to give.
     """
     zarr = _zarr()
     path = Path(path)
     if not path.exists():
         raise ValueError(f"input not found: {path}")
     try:
-        group, ome = _image_group(zarr.open_group(str(path), mode="r"))
+        group, ome, series = _image_group(zarr.open_group(str(path), mode="r"), path)
         multiscale = ome["multiscales"][0]
         dataset = multiscale["datasets"][0]
         array = group[dataset["path"]]
@@ -192,6 +236,10 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     except Exception as exc:  # zarr and JSON errors of damaged stores
         raise ValueError(f"{path} could not be read as OME-Zarr ({type(exc).__name__}: "
                          f"{exc})") from None
+    if len(series) > 1:  # a microscope's several positions or wells, of which one is read
+        warnings.warn(f"{path} holds {len(series)} series (a bioformats2raw store) and only "
+                      f"series 0 is read; give another's folder to read it, e.g. "
+                      f"{path / series[1]}", stacklevel=2)
     axes = "".join(n.upper()[:1] for n in names)
     if len(axes) != array.ndim:
         raise ValueError(f"{path}: the axes {names} do not fit an array of {array.ndim} "

@@ -8,8 +8,8 @@ import glob
 import warnings
 from pathlib import Path
 
-from ..image_names import (TIFF_OUTPUTS, TIFF_SUFFIXES, image_stem, is_cvdm_output, is_hidden,
-                           is_tiff, is_zarr, output_name)
+from ..image_names import (TIFF_OUTPUTS, TIFF_SUFFIXES, ZARR_SUFFIX, image_stem, is_cvdm_output,
+                           is_hidden, is_tiff, is_zarr, output_name, zarr_store)
 from .progress import ProgressBar
 
 EPILOG = """examples:
@@ -48,8 +48,9 @@ def add_parser(sub) -> None:
                        description="Reconstruct TIFF images with CVDM.", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="TIFF files or OME-Zarr images, folders of them, or patterns such "
-                   "as 'data/*.tif'")
+                   help="TIFF (or Zeiss LSM) files or OME-Zarr images (or a series or "
+                   "field inside a store: 'store.ome.zarr/1', 'plate.ome.zarr/A/1/0'), "
+                   "folders of them, or patterns such as 'data/*.tif'")
     p.add_argument("-o", "--output", required=True, type=output_folder, metavar="OUTDIR",
                    help="folder for the outputs (created if missing)")
     add_options(p, PredictSettings)
@@ -78,32 +79,31 @@ def add_parser(sub) -> None:
 
 
 def expand_inputs(inputs: list[str]) -> list[Path]:
-    """Files as given, folders as their TIFF files and OME-Zarr images, patterns as their
-    TIFF and OME-Zarr matches (sorted); a file named twice (also as a relative and an absolute path, or
-    through a link) once.
+    """Files as given, folders as their TIFF (and LSM) files and OME-Zarr images, patterns
+    as their TIFF and OME-Zarr matches (sorted); a file named twice (also as a relative and
+    an absolute path, or through a link) once. A folder inside an OME-Zarr store (a series
+    of a bioformats2raw store, a plate's field) is an OME-Zarr image.
 
     Folders and patterns leave out hidden files and napari-cvdm's own outputs, so outputs
-    written beside their inputs are not taken for new inputs by the next run."""
+    written beside their inputs are not taken for new inputs by the next run; of the folders
+    inside a store, they take only those holding an image (not its OME folder)."""
     found: list[Path] = []
     resolved: set[Path] = set()
     for text in inputs:
         path = Path(text)
         if path.is_dir() and is_zarr(path):
-            files = [path]  # an OME-Zarr image
+            files = [path]  # an OME-Zarr image (its reader says what is wrong if it is not)
         elif path.is_dir():
-            files = sorted(p for p in path.iterdir()
-                           if (p.is_file() and is_tiff(p) or p.is_dir() and is_zarr(p))
-                           and not _skipped(p))
+            files = sorted(p for p in path.iterdir() if _is_image(p) and not _skipped(p))
             if not files:
-                raise ValueError(f"the folder {path} has no .tif, .tiff or OME-Zarr images "
-                                 "(other than hidden files and napari-cvdm outputs)")
+                raise ValueError(f"the folder {path} has no .tif, .tiff, .lsm or OME-Zarr "
+                                 "images (other than hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
             files = sorted(p for p in map(Path, glob.glob(text))
-                           if (p.is_file() and is_tiff(p) or p.is_dir() and is_zarr(p))
-                           and not _skipped(p))
+                           if _is_image(p) and not _skipped(p))
             if not files:
-                raise ValueError(f"no .tif, .tiff or OME-Zarr images match {text} (other "
-                                 "than hidden files and napari-cvdm outputs)")
+                raise ValueError(f"no .tif, .tiff, .lsm or OME-Zarr images match {text} "
+                                 "(other than hidden files and napari-cvdm outputs)")
         elif not path.exists():
             raise ValueError(f"input file not found: {path}")
         elif not path.is_file():
@@ -116,6 +116,19 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 resolved.add(real)
                 found.append(file)
     return found
+
+
+def _is_image(path: Path) -> bool:
+    """A TIFF file, a folder named .zarr, or a folder inside one that holds an image."""
+    if path.is_file():
+        return is_tiff(path)
+    if not path.is_dir() or not is_zarr(path):
+        return False
+    if path.name.lower().endswith(ZARR_SUFFIX):
+        return True
+    from ..zarr_files import holds_image
+
+    return holds_image(path)
 
 
 def _skipped(path: Path) -> bool:
@@ -192,7 +205,8 @@ def _plan(args, seed: int | None, clustered: bool = False):
                 raise ValueError(f"{path}: {exc}") from None
     plan, seen = [], {}
     inputs = {p.resolve() for p in paths}
-    zarr_inputs = [p.resolve() for p in paths if is_zarr(p)]
+    # the whole store of an input given as a folder inside it (its series, a plate's field)
+    zarr_inputs = [zarr_store(p).resolve() for p in paths if is_zarr(p)]
     for path in paths:
         stem = image_stem(path)
         if stem in seen and seen[stem] != path.resolve():
@@ -258,14 +272,26 @@ def run(args) -> int:
         print(describe({"input": str(path), "skipped": why}))
     if not tasks:
         return 0
-    created = not args.output.exists()
+    created = _missing_folders(args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         return _run(args, tasks, settings, model, summary, steps, clustered)
     finally:
-        if created and not any(args.output.iterdir()):
-            with contextlib.suppress(OSError):  # a run that wrote nothing leaves nothing
-                args.output.rmdir()
+        for folder in created:  # deepest first: a run that wrote nothing leaves nothing
+            with contextlib.suppress(OSError):
+                if any(folder.iterdir()):
+                    break  # written to (or by someone else): kept, with the ones above
+                folder.rmdir()
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist (that mkdir(parents=True) creates),
+    deepest first."""
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
 
 
 def _probe_tiffs(tasks, scale: int | None) -> None:
