@@ -279,3 +279,36 @@ def test_a_float_mask_is_a_mask_and_empty_images_say_nothing(nuclei_truth):
     (message,) = input_warnings(mask, _Model())
     assert "label image or a mask" in message
     assert input_warnings(np.zeros((0, 10, 10)), _Model()) == []
+
+
+def _spots(shape, seed=0, background=10.0, photons=300.0):
+    """Widefield-like: points blurred over a few pixels, with shot noise."""
+    rng = np.random.default_rng(seed)
+    points = np.zeros(shape)
+    points[rng.integers(0, shape[0], shape[0] // 2), rng.integers(0, shape[1], shape[1] // 2)] = 1
+    clean = _box_mean(_box_mean(points, 2), 2)
+    clean = np.clip(clean / clean.max(), 0, None)  # the box means' rounding: no -1e-17
+    return rng.poisson(clean * photons + background).astype(np.float64)
+
+
+def test_a_small_far_brighter_object_that_sets_the_contrast_is_named(nuclei_widefield):
+    image = _spots((128, 128))
+    assert input_warnings(image, _Model()) == []
+    low, high = np.percentile(image, (0.1, 99.9))
+    bead = np.zeros_like(image)
+    bead[40:42, 80:82] = 1.0
+    bead = _box_mean(_box_mean(bead, 1), 1)
+    beaded = image + bead / bead.max() * 100 * (high - low)
+    (message,) = input_warnings(beaded, _Model())
+    assert "brightest 1% of the pixels" in message and "crop the bright object" in message
+    assert input_warnings(nuclei_widefield, _Model()) == []  # sparse nuclei: not one
+
+
+def test_a_large_field_empty_in_its_centre_is_not_called_noise():
+    """The checks read the central 1024 x 1024: a large field with cells away from its
+    centre was called noise, 'do not trust the result'."""
+    rng = np.random.default_rng(1)
+    field = rng.poisson(100, (2048, 2048)).astype(np.float64)
+    assert any("looks like noise" in m for m in input_warnings(field, _Model()))
+    field[1600:2000, 1600:2000] += _spots((400, 400), seed=2, background=0)  # off the centre
+    assert input_warnings(field, _Model()) == []
