@@ -352,3 +352,20 @@ def test_an_output_larger_than_memory_is_refused_before_predicting():
     assert check_output_size((16, 16), 2, limit=10**6) == 3 * 4 * 32 * 32  # mean, variance, std
     with pytest.raises(ValueError, match=r"GiB.*crop or fewer planes"):
         check_output_size((10_000, 4096, 4096), 2, limit=2**34)
+
+
+def test_a_file_name_is_refused_with_how_to_read_it_and_an_image_file_gives_its_pixels(
+        tiny_model, tmp_path):
+    """Both gave 'got shape (); a single value is not an image'."""
+    import tifffile
+
+    from napari_cvdm.image_files import read_tiff
+
+    path = tmp_path / "cell.tif"
+    tifffile.imwrite(path, _image((16, 16), dtype=np.float32))
+    for name in (str(path), path):
+        with pytest.raises(ValueError, match=r"file name .*cell\.tif.*read_tiff"):
+            nc.predict(name, tiny_model, **FAST)
+    result = nc.predict(read_tiff(path), tiny_model, **FAST)
+    np.testing.assert_array_equal(result.mean, nc.predict(tifffile.imread(path), tiny_model,
+                                                          **FAST).mean)

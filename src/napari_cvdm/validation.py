@@ -92,8 +92,8 @@ def _unmasked(image):
 def as_array(image):
     """``image`` itself where it is an array (NumPy, dask, zarr: it has a shape and a pixel
     type), else as a NumPy array (nested lists, a list of planes, torch tensors, also ones
-    that require grad or live on a GPU); ValueError where it cannot be one, or where it is
-    a masked array with masked pixels. None is returned as it is (:func:`check_image`
+    that require grad or live on a GPU; the pixels of an ``ImageFile``); ValueError where it
+    cannot be one (a file name among them), or where it is a masked array with masked pixels. None is returned as it is (:func:`check_image`
     refuses it)."""
     torch = sys.modules.get("torch")  # a tensor exists only where torch is imported
     if torch is not None and isinstance(image, torch.Tensor):
@@ -102,6 +102,13 @@ def as_array(image):
         return _unmasked(image)
     if image is None or (hasattr(image, "shape") and hasattr(image, "dtype")):
         return image
+    if isinstance(image, (str, bytes, os.PathLike)):
+        raise ValueError(f"the image is a file name ({os.fsdecode(image)!r}), not pixels: read "
+                         "it first (napari_cvdm.image_files.read_tiff(path).data, or "
+                         "tifffile.imread), or use 'cvdm predict' for files")
+    pixels = getattr(image, "data", None)  # an ImageFile (read_tiff): its pixels
+    if pixels is not None and hasattr(pixels, "shape") and hasattr(pixels, "dtype"):
+        return as_array(pixels)
     try:
         return np.asarray(image)
     except (ValueError, TypeError) as exc:
