@@ -189,7 +189,7 @@ def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_wi
     assert "(seed 3," in capsys.readouterr().out
     assert main(["predict", str(tmp_path / "none*.tif"), "-o", str(tmp_path / "o3"),
                  *common]) == 2
-    assert "no .tif, .tiff or OME-Zarr images match" in capsys.readouterr().err
+    assert "no .tif, .tiff, .lsm or OME-Zarr images match" in capsys.readouterr().err
     # a pattern takes images only, as a folder does (it took notes.txt and failed midway)
     assert main(["predict", str(data / "*"), "-o", str(tmp_path / "o4"), *common]) == 0
     assert len(list((tmp_path / "o4").iterdir())) == 6

@@ -312,3 +312,19 @@ def test_a_large_field_empty_in_its_centre_is_not_called_noise():
     assert any("looks like noise" in m for m in input_warnings(field, _Model()))
     field[1600:2000, 1600:2000] += _spots((400, 400), seed=2, background=0)  # off the centre
     assert input_warnings(field, _Model()) == []
+
+
+def test_sparse_puncta_all_alike_are_structure_not_a_bright_object():
+    """A bead slide or vesicles: the brightest 1% of the pixels are the structure itself."""
+    rng = np.random.default_rng(1)
+    points = np.zeros((512, 512))
+    points[rng.integers(8, 504, 40), rng.integers(8, 504, 40)] = 1.0
+    clean = np.clip(_box_mean(_box_mean(points, 1), 1), 0, None)
+    image = rng.poisson(clean / clean.max() * 500 + 5).astype(np.uint16)
+    assert input_warnings(image, _Model()) == []
+
+
+def test_an_object_array_gets_no_crash_from_the_checks():
+    from napari_cvdm.domain import _image_warnings
+
+    assert _image_warnings(np.array([[1, 2], [3, 4]], dtype=object)) == []

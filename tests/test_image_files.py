@@ -642,3 +642,22 @@ def test_imagej_unit_pixel_means_no_size_and_is_not_warned_about(tmp_path):
         warnings.simplefilter("error")
         image = read_tiff(path)
     assert image.physical == {} and image.pixel_size is None
+
+
+def test_a_store_kept_in_a_folder_named_zarr_is_still_itself():
+    from pathlib import Path
+
+    from napari_cvdm.image_names import image_stem, zarr_store
+
+    path = Path("/data/archive.zarr/run.ome.zarr/1")
+    assert zarr_store(path) == Path("/data/archive.zarr/run.ome.zarr")
+    assert image_stem(path) == "run_1"
+
+
+def test_training_folders_leave_lsm_files_to_cvdm_predict(tmp_path):
+    """An LSM file beside its TIFF export would be trained on twice."""
+    from napari_cvdm.data import _tiffs
+
+    tifffile.imwrite(tmp_path / "cell.tif", np.zeros((8, 8), np.uint8))
+    (tmp_path / "cell.lsm").write_bytes((tmp_path / "cell.tif").read_bytes())
+    assert _tiffs(tmp_path, "high-quality") == [tmp_path / "cell.tif"]

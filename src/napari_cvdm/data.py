@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .degradation import Degradation, simulate
-from .image_names import is_hidden, is_tiff
+from .image_names import is_hidden, is_lsm, is_tiff
 from .io import read_tiff
 from .normalization import Normalization
 from .resampling import upsample
@@ -27,8 +27,10 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
             raise ValueError(f"the {role} folder {folder} is a file; give the folder that "
                              "holds the images")
         raise ValueError(f"{role} folder not found: {folder}")
-    files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_hidden(p)
-                   and p.is_file())  # a folder named x.tif, a link loop: not images
+    # a folder named x.tif, a link loop: not images; LSM files (often beside their TIFF
+    # export, and multichannel) are left to cvdm predict
+    files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_lsm(p)
+                   and not is_hidden(p) and p.is_file())
     if not files:
         raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
     return files

@@ -50,7 +50,7 @@ RELIEF_SHARE = 0.55
 RELIEF_SCALE = 12       # pixels: the radius of the local mean the relief is measured against
 SATURATED_SHARE = 0.01  # this share of the pixels at the image's maximum: clipped
 SATURATED_PIXELS = 16   # ... and at least this many (one brightest pixel of a tiny image is not)
-HOT_PIXEL_SHARE = 5e-4   # isolated hot pixels in this share of the pixels move the 99.9th
+HOT_PIXEL_SHARE = 1e-3   # isolated hot pixels in this share of the pixels set the 99.9th
                          # percentile the image is normalised by (spikes.py) ...
 HOT_PIXEL_PERCENTILES = (0.1, 99.0)  # ... so they are found against the 99th
 # The brightest 1% of the pixels spanning more of the range than this: a small, far brighter
@@ -58,6 +58,7 @@ HOT_PIXEL_PERCENTILES = (0.1, 99.0)  # ... so they are found against the 99th
 # most 74%; a bead 30 (100) times the image's range: at least 86% (96%); 10 times: 62-87%,
 # not told apart from fluorescence
 BRIGHT_OBJECT_SPAN = 0.84
+BRIGHT_OBJECTS = 3      # ... when that bright part is this many objects at most (not puncta)
 CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
 
 
@@ -249,6 +250,45 @@ def bright_object_share(plane: np.ndarray) -> float | None:
     return None if unit is None else float(1 - np.percentile(unit, 99))
 
 
+def _blob_count(mask: np.ndarray, limit: int) -> int:
+    """Connected regions (8-neighbours) of ``mask``; counting stops above ``limit``."""
+    ys, xs = np.nonzero(mask)
+    where = {(y, x): i for i, (y, x) in enumerate(zip(ys.tolist(), xs.tolist()))}
+    parent = list(range(len(where)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for (y, x), i in where.items():
+        for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+            j = where.get((y + dy, x + dx))
+            if j is not None and root(i) != root(j):
+                parent[root(i)] = root(j)
+    roots: set[int] = set()
+    for i in range(len(parent)):
+        roots.add(root(i))
+        if len(roots) > limit:
+            break
+    return len(roots)
+
+
+def bright_object(plane: np.ndarray) -> float | None:
+    """The share of :func:`bright_object_share` where a few objects (at most
+    :data:`BRIGHT_OBJECTS` regions above half the range) far brighter than the rest set the
+    contrast; None otherwise (sparse puncta or beads all alike are the structure itself)."""
+    share = bright_object_share(plane)
+    if share is None or share <= BRIGHT_OBJECT_SPAN:
+        return None
+    unit = _unit_image(plane)
+    top = unit > 0.5  # under 1% of the pixels here
+    if _blob_count(top, BRIGHT_OBJECTS) > BRIGHT_OBJECTS:
+        return None
+    return share
+
+
 def saturated_share(plane: np.ndarray) -> float:
     """The share of the pixels at the plane's maximum (0 for a constant or non-real plane)."""
     plane = np.asarray(plane)
@@ -275,7 +315,9 @@ def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
 def _without_hot_pixels(plane: np.ndarray) -> tuple[np.ndarray, str | None]:
     """The plane with its isolated hot pixels at their neighbours' median (the other checks
     look at that), and a message where there are enough of them to spoil the result."""
-    if not np.isfinite(plane).all():  # refused by the input checks, with their own message
+    # values the input checks refuse, with their own message
+    if not np.issubdtype(plane.dtype, np.number) or np.iscomplexobj(plane) \
+            or not np.isfinite(plane).all():
         return plane, None
     norm = Normalization.fit(plane, HOT_PIXEL_PERCENTILES)
     if norm.is_constant:
@@ -324,8 +366,8 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
                               "structures on a mid-grey background. The model was "
                               "trained on fluorescence, bright structures on a dark "
                               "background; do not trust the result")
-    brightest = bright_object_share(plane)
-    if brightest is not None and brightest > BRIGHT_OBJECT_SPAN:
+    brightest = bright_object(plane)
+    if brightest is not None:
         out["bright object"] = (
             f"the brightest 1% of the pixels span {brightest:.0%} of the image's range: a "
             "small object far brighter than the rest (a bead, a dead cell, debris) sets the "

@@ -24,11 +24,17 @@ def is_tiff(path: str | Path) -> bool:
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
+def is_lsm(path: str | Path) -> bool:
+    """Whether the name ends in .lsm (any case): a Zeiss LSM file."""
+    return Path(path).suffix.lower() == ".lsm"
+
+
 def zarr_store(path: str | Path) -> Path | None:
-    """The OME-Zarr store ``path`` names or lies in, as given: its first part ending in
-    .zarr (any case); None where there is none."""
+    """The OME-Zarr store ``path`` names or lies in, as given: its innermost part ending
+    in .zarr (any case: a store kept in a folder named .zarr is still itself); None where
+    there is none."""
     path = Path(path)
-    for part in (*reversed(path.parents), path):
+    for part in (path, *path.parents):
         if part.name.lower().endswith(ZARR_SUFFIX):
             return part
     return None

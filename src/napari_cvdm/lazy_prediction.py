@@ -302,8 +302,11 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
             for first, group in groups:
                 run.check_cancel()
                 regions = [input_region(t, scale, in_h, in_w) for t in group]
-                y0, x0 = min(r[0] for r in regions), min(r[2] for r in regions)
-                y1, x1 = max(r[1] for r in regions), max(r[3] for r in regions)
+                # one pixel more: the hot-pixel check judges each pixel by its neighbours
+                y0 = max(min(r[0] for r in regions) - 1, 0)
+                x0 = max(min(r[2] for r in regions) - 1, 0)
+                y1 = min(max(r[1] for r in regions) + 1, in_h)
+                x1 = min(max(r[3] for r in regions) + 1, in_w)
                 statistics.append(dask.delayed(_group_statistics, pure=True)(
                     spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
             rows = []
