@@ -28,14 +28,10 @@ import numpy as np
 
 SPIKE_MIN = 4.0     # normalised units above the brightest neighbour
 SPIKE_RATIO = 3.0   # ... and this many times the neighbours' spread
-_ROWS = 256         # rows per strip: the eight neighbour views of a strip, not of the plane
+_ROWS = 64          # rows per strip: temporaries of a strip, not of the plane
 
 
-def _neighbours(padded: np.ndarray, r0: int, r1: int, width: int) -> np.ndarray:
-    """(8, r1 - r0, width): the eight neighbours of rows r0..r1 of the plane ``padded``
-    pads by one pixel on each side."""
-    return np.stack([padded[r0 + 1 + dy:r1 + 1 + dy, 1 + dx:width + 1 + dx]
-                     for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx])
+_OFFSETS = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
 
 
 def spike_excess(x: np.ndarray) -> np.ndarray | None:
@@ -44,7 +40,8 @@ def spike_excess(x: np.ndarray) -> np.ndarray | None:
 
     Borders are reflected (a border pixel's neighbours are its inner neighbours), so a
     pixel's verdict depends on its 3 x 3 neighbourhood only: a part of the plane gives the
-    same verdicts as the whole plane everywhere but on its own outer ring.
+    same verdicts as the whole plane everywhere but on its own outer ring. Strips of rows
+    keep the temporaries small (a few strip-sized buffers beside a padded copy).
     """
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or min(x.shape) < 2:
@@ -54,18 +51,21 @@ def spike_excess(x: np.ndarray) -> np.ndarray | None:
     excess = None
     for r0 in range(0, height, _ROWS):
         r1 = min(r0 + _ROWS, height)
-        around = _neighbours(padded, r0, r1, width)
-        centre = x[r0:r1]
-        brightest = around.max(axis=0)
-        above = centre - brightest
-        spikes = (above > SPIKE_MIN) & (above > SPIKE_RATIO * (brightest - around.min(axis=0)))
+        views = [padded[r0 + 1 + dy:r1 + 1 + dy, 1 + dx:width + 1 + dx] for dy, dx in _OFFSETS]
+        brightest, lowest = views[0].copy(), views[0].copy()
+        for view in views[1:]:
+            np.maximum(brightest, view, out=brightest)
+            np.minimum(lowest, view, out=lowest)
+        above = x[r0:r1] - brightest
+        np.subtract(brightest, lowest, out=lowest)  # the neighbours' spread
+        spikes = (above > SPIKE_MIN) & (above > SPIKE_RATIO * lowest)
         if not spikes.any():
             continue
         if excess is None:
             excess = np.zeros_like(x)
         ys, xs = np.nonzero(spikes)
-        median = np.median(around[:, ys, xs], axis=0)
-        excess[r0 + ys, xs] = centre[ys, xs] - median
+        median = np.median(np.stack([view[ys, xs] for view in views]), axis=0)
+        excess[r0 + ys, xs] = x[r0 + ys, xs] - median
     return excess
 
 
