@@ -544,6 +544,24 @@ def test_cvdm_train_resumes_a_x4_fine_tune_without_being_told_the_scale(hq_dir, 
     assert nc.load_model(out).config.scale == 4
 
 
+def test_cvdm_train_refuses_another_scale_for_a_fine_tune_before_saying_its_optics(
+        hq_dir, tmp_path, capsys):
+    """It printed 'simulating the optics ... was trained with' before the scale error."""
+    from napari_cvdm.cli import main
+
+    common = ["--hq", str(hq_dir), "--preset", "tiny", "--batch-size", "2", "--patch-size",
+              "32", "--validation-patches", "2", "--validation-steps", "2", "--device", "cpu"]
+    first = tmp_path / "x4.cvdm.safetensors"
+    assert main(["train", *common, "--scale", "4", "--steps", "1", "-o", str(first)]) == 0
+    capsys.readouterr()
+    out = tmp_path / "tuned.cvdm.safetensors"
+    assert main(["train", *common, "--init", str(first), "--scale", "2", "--steps", "1",
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "is x4, and a fine-tune keeps its model's scale" in err and "simulating" not in err
+    assert not out.exists()
+
+
 def test_blank_validation_patches_are_not_scored(nuclei_truth):
     # a blank target fits any prediction to about 120 dB: it must not be averaged in
     from napari_cvdm.training import evaluate

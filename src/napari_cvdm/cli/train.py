@@ -184,10 +184,14 @@ def run(args) -> int:
     degradation = None
     if args.pairs is None:
         scale = args.scale or 2
-        if args.init is not None and args.scale is None:
+        if args.init is not None:
             from ..io import load_model
 
             scale = load_model(args.init).config.scale
+            if args.scale is not None and args.scale != scale:  # before any word on optics
+                raise ValueError(f"--scale {args.scale}: the model to fine-tune ({args.init}) "
+                                 f"is x{scale}, and a fine-tune keeps its model's scale; "
+                                 "leave --scale out")
         elif args.resume and args.scale is None:  # the run's own scale (a x4 fine-tune, say)
             from ..checkpoints import state_scale
 
