@@ -139,3 +139,17 @@ def test_a_store_whose_writing_did_not_finish_is_partial(tmp_path):
     assert output_state([out])[0] == PARTIAL  # every chunk written, the mark not yet
     writer.__exit__(None, None, None)
     assert output_state([out])[0] == COMPLETE
+
+
+def test_outputs_older_than_their_input_are_not_complete(tmp_path):
+    """An input replaced after its run (a re-exported file of the same shape) was skipped by
+    --resume, its stale outputs kept."""
+    import os
+
+    source, paths = _outputs(tmp_path)
+    written = paths[0].stat().st_mtime
+    os.utime(source, (written - 60, written - 60))
+    assert output_state(paths, source)[0] == COMPLETE
+    os.utime(source, (written + 60, written + 60))
+    state, why = output_state(paths, source)
+    assert state == PARTIAL and "modified after its outputs" in why

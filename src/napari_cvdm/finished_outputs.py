@@ -18,7 +18,8 @@ COMPLETE, ABSENT, PARTIAL = "complete", "absent", "partial"
 
 def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
     """``(state, why)``: COMPLETE (all exist and open), ABSENT (none exists) or PARTIAL
-    (some exist, or one does not open, or its shape does not fit the input's)."""
+    (some exist, or one does not open, or its shape does not fit the input's, or the input
+    file was modified after them)."""
     outputs = [Path(p) for p in outputs]
     present = [p for p in outputs if p.exists() or p.is_symlink()]
     if not present:
@@ -45,7 +46,21 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
         return PARTIAL, f"the outputs differ in shape {sorted(set(shapes))}"
     if input_path is not None and not _fits(shapes[0], input_path):
         return PARTIAL, f"the outputs' shape {shapes[0]} does not fit the input's"
+    if input_path is not None and _changed_since(Path(input_path), outputs):
+        return PARTIAL, "the input was modified after its outputs were written"
     return COMPLETE, "all outputs exist and open"
+
+
+def _changed_since(input_path: Path, outputs: list[Path]) -> bool:
+    """Whether an input file was modified after the oldest of its output files (as make
+    decides; a folder's time says nothing of the files inside it, so a store is not
+    judged)."""
+    if not input_path.is_file() or not all(p.is_file() for p in outputs):
+        return False
+    try:
+        return input_path.stat().st_mtime > min(p.stat().st_mtime for p in outputs)
+    except OSError:
+        return False
 
 
 def _tiff_shape(path: Path) -> tuple[int, ...]:
