@@ -246,7 +246,10 @@ def _most_common(plane: np.ndarray):
 def bright_object_share(plane: np.ndarray) -> float | None:
     """How much of the image's 0.1-99.9 percentile range lies above its 99th percentile
     (None for values the input checks refuse)."""
-    unit = _unit_image(plane)
+    return _span_above_99(_unit_image(plane))
+
+
+def _span_above_99(unit: np.ndarray | None) -> float | None:
     return None if unit is None else float(1 - np.percentile(unit, 99))
 
 
@@ -279,10 +282,10 @@ def bright_object(plane: np.ndarray) -> float | None:
     """The share of :func:`bright_object_share` where a few objects (at most
     :data:`BRIGHT_OBJECTS` regions above half the range) far brighter than the rest set the
     contrast; None otherwise (sparse puncta or beads all alike are the structure itself)."""
-    share = bright_object_share(plane)
+    unit = _unit_image(plane)
+    share = _span_above_99(unit)
     if share is None or share <= BRIGHT_OBJECT_SPAN:
         return None
-    unit = _unit_image(plane)
     top = unit > 0.5  # under 1% of the pixels here
     if _blob_count(top, BRIGHT_OBJECTS) > BRIGHT_OBJECTS:
         return None

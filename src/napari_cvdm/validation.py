@@ -93,8 +93,8 @@ def as_array(image):
     """``image`` itself where it is an array (NumPy, dask, zarr: it has a shape and a pixel
     type), else as a NumPy array (nested lists, a list of planes, torch tensors, also ones
     that require grad or live on a GPU; the pixels of an ``ImageFile``); ValueError where it
-    cannot be one (a file name among them), or where it is a masked array with masked pixels. None is returned as it is (:func:`check_image`
-    refuses it)."""
+    cannot be one (a file name among them), or where it is a masked array with masked
+    pixels. None is returned as it is (:func:`check_image` refuses it)."""
     torch = sys.modules.get("torch")  # a tensor exists only where torch is imported
     if torch is not None and isinstance(image, torch.Tensor):
         return _from_torch(image)
