@@ -430,6 +430,9 @@ def test_a_tiff_with_pixels_that_are_not_square_is_warned_about(tmp_path, tiny_m
     with tifffile.TiffFile(tmp_path / "out" / "tall_cvdm_mean.tif") as tif:
         assert "not square (130 nm along Y" in tif.ome_metadata
         assert "input_warnings" in tif.ome_metadata
+        # and which file they came from: its name, size and modification time
+        assert '<M K="input">tall.ome.tif</M>' in tif.ome_metadata
+        assert f'<M K="input_bytes">{path.stat().st_size}</M>' in tif.ome_metadata
 
 
 def test_tiff_outputs_larger_than_the_free_disk_are_refused_before_any_work(

@@ -214,6 +214,23 @@ def test_run_on_layer_processes_a_stack_plane_by_plane(make_napari_viewer, image
     np.testing.assert_allclose(mean.data, eager.mean, rtol=1e-5, atol=1e-4)
 
 
+def test_a_layer_opened_from_a_file_records_the_files_name(make_napari_viewer, image,
+                                                            tiny_model, tmp_path):
+    import tifffile
+
+    path = tmp_path / "cells 1.tif"
+    tifffile.imwrite(path, image)
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(path), plugin="napari")
+    mean, std = run_on_layer(viewer, layer, model=tiny_model, **FAST)
+    assert mean.metadata["cvdm"]["source_file"] == "cells 1.tif"
+    assert std.metadata["cvdm"]["source_file"] == "cells 1.tif"
+    # a layer made in the session has no file to name
+    other = viewer.add_image(image, name="made here")
+    mean, _ = run_on_layer(viewer, other, model=tiny_model, **FAST)
+    assert "source_file" not in mean.metadata["cvdm"]
+
+
 def test_run_on_layer_loads_a_model_file_and_records_its_name(make_napari_viewer, image,
                                                               tiny_model, tmp_path):
     path = save_model(tiny_model, tmp_path / "nuclei-tiny.cvdm.safetensors")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 
 import numpy as np
@@ -282,6 +283,11 @@ def test_cvdm_predict_reconstructs_an_ome_zarr_into_an_ome_zarr(tmp_path, tiny_m
     assert meta["physical"]["X"] == PhysicalSize(0.05, "µm")
     assert meta["physical"]["T"] == PhysicalSize(2.0, "s")
     assert float(np.asarray(std).min()) >= 0
+    # the provenance names the input it was made from, and when that was last modified
+    recorded = zarr.open_group(str(result), mode="r").attrs["napari_cvdm"]
+    assert recorded["input"] == "in.ome.zarr" and "input_bytes" not in recorded
+    assert recorded["input_modified"].startswith(time.strftime(
+        "%Y-%m-%dT%H:%M", time.gmtime(path.stat().st_mtime)))
     # An existing result is refused unless --overwrite.
     assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
                  "--samples", "2", "--steps", "1", "--quiet"]) == 2

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .image_names import is_zarr
+from .image_names import is_zarr, zarr_store
 
 
 @dataclass(frozen=True)
@@ -108,10 +108,30 @@ def _resolved(settings, image):
     return (settings.replace(psf_sigma=sigma) if sigma is not None else settings), source
 
 
+def input_identity(path: Path) -> dict[str, Any]:
+    """What the outputs record of the input they were made from: its name, and for a file
+    its size in bytes, with the time it was last modified (UTC) for files and stores alike.
+    Cheap for any size (no hash): with the name it tells a re-exported or replaced input
+    from the one the outputs came from, as ``--resume`` does by the time."""
+    import datetime
+
+    stat = path.stat()
+    store = zarr_store(path) if is_zarr(path) else None
+    # a series or field inside a store: named with its place in the store
+    name = path.relative_to(store.parent).as_posix() if store not in (None, path) else path.name
+    out: dict[str, Any] = {"input": name}
+    if path.is_file():
+        out["input_bytes"] = stat.st_size
+    out["input_modified"] = datetime.datetime.fromtimestamp(
+        stat.st_mtime, datetime.UTC).isoformat(timespec="seconds")
+    return out
+
+
 def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None,
-                    warned: list[str] = ()) -> dict:
+                    warned: list[str] = (), source: Path | None = None) -> dict:
     """The outputs' provenance; ``warned``: why the result may not be trustworthy, kept in
-    the files (a warning on the terminal scrolls away)."""
+    the files (a warning on the terminal scrolls away); ``source``: the input file or store
+    (:func:`input_identity`)."""
     from .devices import resolve_device
     from .domain import as_provenance
     from .precision import resolve_precision
@@ -119,6 +139,8 @@ def _run_provenance(spec: RunSpec, settings, psf_from: str | None = None,
     device = resolve_device(settings.device)
     precision = resolve_precision(settings.precision, device).name
     out = provenance(spec.summary, settings, spec.steps, str(device), precision, psf_from)
+    if source is not None:
+        out.update(input_identity(source))
     if warned:
         out["input_warnings"] = as_provenance(warned)
     return out
@@ -146,7 +168,7 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
     warned = _warn_about_input(task, image.data, model, image.physical, settings, warn)
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale,
-                        _run_provenance(spec, settings, psf_from, warned))
+                        _run_provenance(spec, settings, psf_from, warned, task.input))
     result = napari_cvdm.predict(image.data, settings=settings, progress=progress,
                                   check_input=False)  # said above, with the pixel size
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
@@ -228,7 +250,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
                     f"the outputs of {task.input.name} (mean and std, float32)")
     settings, psf_from = _resolved(settings, array)
     warned = _warn_about_input(task, array, model, meta["physical"], settings, warn)
-    run_provenance = _run_provenance(spec, settings, psf_from, warned)
+    run_provenance = _run_provenance(spec, settings, psf_from, warned, task.input)
     result = napari_cvdm.predict(array, settings=settings, progress=progress,
                                   check_input=False)  # said above, with the pixel size
     write_ome_zarr(task.outputs[0], result.mean, result.std, meta, scale=model.config.scale,

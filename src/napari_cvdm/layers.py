@@ -254,6 +254,13 @@ def _robust_limits(data: np.ndarray, low: float, high: float) -> tuple[float, fl
     return lo, hi
 
 
+def _source_file(layer) -> dict[str, str]:
+    """The file (or store) the input layer was opened from, by name, where napari knows it:
+    saved results say which file they came from, as the command line's do."""
+    path = getattr(getattr(layer, "source", None), "path", None)
+    return {"source_file": Path(str(path)).name} if path else {}
+
+
 def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
                       provenance: dict[str, Any] | None = None,
                       data: tuple[Any, Any] | None = None,
@@ -281,6 +288,7 @@ def result_layer_data(layer, result: PredictionResult, show: str = SHOW[0],
             "augment": result.info.get("augment"),
             "seconds": round(result.seconds, 3),
             "tile_size": result.tile_size, "scale": result.scale,
+            **_source_file(layer),
             "napari_cvdm": __version__, **(provenance or {}), **(extra or {})}
     mean_name, spread_name = output_names(layer, show, crop)
     if data is None:
