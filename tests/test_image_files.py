@@ -456,6 +456,44 @@ def test_ome_channel_names_are_kept_in_the_outputs(tiny_model_file, tmp_path, ca
     assert _channel_names(written) == [None, None]
 
 
+def _positions(path):
+    planes = [el for el in _pixels(path)[2].iter() if el.tag.endswith("}Plane")]
+    return [{k: v for k, v in el.attrib.items() if k.startswith("Position")} for el in planes]
+
+
+def test_the_stage_position_is_kept_in_the_outputs(tiny_model_file, tmp_path, capsys):
+    """Found by a review: a result lost its input's stage position, so tiles of a mosaic
+    could no longer be placed. The result covers the same field: the same position."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "tile.ome.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (2, 16, 16)).astype(np.uint16)
+    tifffile.imwrite(path, data, ome=True, metadata={
+        "axes": "TYX", "PhysicalSizeX": 0.1, "PhysicalSizeY": 0.1,
+        "Plane": {"PositionX": [-1250.5] * 2, "PositionY": [0.0] * 2,
+                  "PositionXUnit": ["nm"] * 2, "PositionYUnit": ["um"] * 2,
+                  "PositionZ": [3.0, 3.5]}})  # focus drifts: no one value for Z
+    assert read_tiff(path).position == {"X": PhysicalSize(-1250.5, "nm"),
+                                        "Y": PhysicalSize(0.0, "µm")}
+    out = tmp_path / "out"
+    assert main(["predict", str(path), "-o", str(out), "--model", str(tiny_model_file),
+                 "--samples", "2", "--steps", "1", "--quiet"]) == 0, capsys.readouterr().err
+    for kind in ("mean", "std", "var"):
+        assert _positions(out / f"tile_cvdm_{kind}.tif") == [
+            {"PositionX": "-1250.5", "PositionXUnit": "nm", "PositionY": "0.0",
+             "PositionYUnit": "µm"}] * 2
+        assert read_tiff(out / f"tile_cvdm_{kind}.tif").position["X"].size == -1250.5
+    # planes at different places, a position that is no number or in no length unit: none
+    raw = path.read_bytes()
+    for old, new in ((b'PositionX="-1250.5"', b'PositionX="-1250.6"'),
+                     (b'PositionY="0.0"', b'PositionY="abc"'),
+                     (b'PositionYUnit="um"', b'PositionYUnit="ms"')):  # lengths kept
+        path.write_bytes(raw.replace(old, new, 1))
+        assert set(read_tiff(path).position) == {"X", "Y"} - {"X" if b"X" in old else "Y"}
+    assert _positions(write_ome_tiff(tmp_path / "none.ome.tif", np.zeros((8, 8), np.float32),
+                                     output_spec("YX", 2))) in ([], [{}])
+
+
 def test_image_names_know_each_extension_in_any_case():
     from napari_cvdm.image_names import image_stem, is_tiff, is_zarr
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .physical import PhysicalSize, fitting_channels, imagej_sizes, lsm_sizes, ome_sizes
+from .physical import (PhysicalSize, fitting_channels, imagej_sizes, lsm_sizes, ome_position,
+                       ome_sizes)
 from .validation import IN_MEMORY_OUTPUTS, output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
@@ -44,6 +45,7 @@ class ImageFile:
     extra: dict[str, Any] = field(default_factory=dict)
     physical: dict[str, PhysicalSize] = field(default_factory=dict)  # "X", "Y", "Z", "T"
     channels: tuple[str, ...] = ()  # the OME channel names, one per channel of the C axis
+    position: dict[str, PhysicalSize] = field(default_factory=dict)  # OME stage position
 
 
 class _Refused(Exception):
@@ -335,11 +337,14 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             _warn_about_empty_segments(path, series)
             physical = _physical(path, tif, axes)
             channels = _channel_names(tif, axes, data.shape)
+            position = ome_position(tif.ome_metadata) if tif.is_ome and tif.ome_metadata \
+                else {}
     pixel_size, unit = None, ""
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
         pixel_size = (physical["Y"].size, physical["X"].size)
         unit = physical["X"].unit
-    return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels)
+    return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels,
+                     position=position)
 
 
 def _colour_last(series) -> tuple[str, int | None]:

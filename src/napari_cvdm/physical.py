@@ -103,6 +103,41 @@ def ome_sizes(xml: str) -> dict[str, PhysicalSize]:
     return sizes
 
 
+def ome_position(xml: str) -> dict[str, PhysicalSize]:
+    """The stage position (OME ``Plane`` PositionX/Y/Z) of the first image, per axis, where
+    every plane has the same one: {} for none, for XML that does not parse (``ome_sizes``
+    says so), and for an axis whose position changes from plane to plane (a Z stack's
+    PositionZ, a drifting time series), which one value cannot describe. Unlike a size, a
+    position may be zero or negative; it must be finite and in a length unit."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(xml)
+    except ET.ParseError:
+        return {}
+    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
+                   or el.tag == "Pixels"), None)
+    planes = [] if pixels is None else \
+        [el for el in pixels if el.tag.endswith("}Plane") or el.tag == "Plane"]
+    out = {}
+    for axis in "XYZ":
+        given = {(el.get(f"Position{axis}"), el.get(f"Position{axis}Unit", "µm"))
+                 for el in planes}
+        if len(given) != 1 or None in next(iter(given)):
+            continue
+        value, unit = next(iter(given))
+        try:
+            value = float(value)
+        except ValueError:
+            continue
+        factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
+        if unit not in LENGTH_UNITS and unit.lower() in LENGTH_UNITS:
+            unit = unit.lower()
+        if unit in LENGTH_UNITS and math.isfinite(value * factor):
+            out[axis] = PhysicalSize(value * factor, unit)
+    return out
+
+
 # Pixels of 20 µm or more given in inches or centimetres (1,270 dpi or less) are the
 # display resolution a graphics program writes (72, 96, 300 dpi), not a microscope's pixel:
 # a camera pixel at the sample is far smaller, and microscope software writes micrometres.

@@ -37,10 +37,18 @@ class OutputSpec:
     sizes: dict[str, PhysicalSize] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     channels: tuple[str, ...] = ()
+    # the input's stage position (OME Plane PositionX/Y/Z), the same on every plane: the
+    # result covers the same field, so it has the same position
+    position: dict[str, PhysicalSize] = field(default_factory=dict)
 
-    def tifffile_metadata(self, name: str = "") -> dict[str, Any]:
-        """The ``metadata`` argument of ``tifffile.imwrite(..., ome=True)``."""
+    def tifffile_metadata(self, name: str = "", planes: int = 1) -> dict[str, Any]:
+        """The ``metadata`` argument of ``tifffile.imwrite(..., ome=True)`` for an image of
+        ``planes`` planes (the product of its leading axes)."""
         meta: dict[str, Any] = {"axes": self.axes}
+        if self.position:
+            meta["Plane"] = {key: [value] * planes for axis, p in self.position.items()
+                             for key, value in ((f"Position{axis}", p.size),
+                                                (f"Position{axis}Unit", p.unit))}
         if self.channels:
             meta["Channel"] = {"Name": list(self.channels)}
         for axis in "XYZ":
@@ -101,7 +109,7 @@ def _text(value: Any) -> str:
 
 def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = None,
                 scale: int = 1, provenance: dict[str, Any] | None = None,
-                channels=()) -> OutputSpec:
+                channels=(), position: dict[str, PhysicalSize] | None = None) -> OutputSpec:
     """The checked description of an output; raises ValueError if it cannot be written.
 
     ``sizes`` are the input's; X and Y are divided by ``scale``. Provenance values are
@@ -121,12 +129,14 @@ def output_spec(axes: str, ndim: int, sizes: dict[str, PhysicalSize] | None = No
     sizes = checked
     channels = tuple(_text(c) for c in channels or ()) if "C" in axes else ()
     spec = OutputSpec(axes, output_sizes(sizes, scale),
-                      {str(k): _text(v) for k, v in (provenance or {}).items()}, channels)
+                      {str(k): _text(v) for k, v in (provenance or {}).items()}, channels,
+                      dict(position or {}))
     shape = tuple(len(channels) if a == "C" and channels else 1 for a in axes[:-2]) + (8, 8)
+    planes = int(np.prod(shape[:-2]))
     try:
         ome = tifffile.OmeXml()
-        ome.addimage(np.float32, shape, (int(np.prod(shape[:-2])), 1, 1, 8, 8, 1),
-                     **spec.tifffile_metadata("check"))
+        ome.addimage(np.float32, shape, (planes, 1, 1, 8, 8, 1),
+                     **spec.tifffile_metadata("check", planes))
         ome.tostring()
     except Exception as exc:  # tifffile raises OmeXmlError, ValueError, TypeError
         raise ValueError(f"the output metadata cannot be written as OME-TIFF ({exc})") from None
@@ -160,7 +170,7 @@ def _write_to(path: Path, data: np.ndarray, spec: OutputSpec, name: str) -> None
         # OME has float and double: half floats widen to float32 (exactly), long double
         # narrows to double; either byte order keeps its width
         data = data.astype(np.float32 if data.dtype.itemsize <= 4 else np.float64, copy=False)
-    metadata = spec.tifffile_metadata(name)
+    metadata = spec.tifffile_metadata(name, int(np.prod(data.shape[:-2])))
     if spec.channels and not fitting_channels(spec.channels, spec.axes, data.shape):
         metadata.pop("Channel")  # names for another number of channels: none
     tifffile.imwrite(path, data, ome=True, photometric="minisblack", metadata=metadata,
@@ -288,7 +298,7 @@ def spec_for(image, scale: int, provenance: dict[str, Any] | None = None) -> Out
     channels = fitting_channels(getattr(image, "channels", ()),
                                 ome_axes(image.axes, image.data.ndim), image.data.shape)
     return output_spec(image.axes, image.data.ndim, image.physical, scale, provenance,
-                       channels)
+                       channels, getattr(image, "position", None))
 
 
 def result_provenance(model_summary: dict[str, Any], result, **extra: Any) -> dict[str, Any]:
