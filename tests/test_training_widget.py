@@ -263,6 +263,45 @@ def test_closing_the_viewer_during_training_stops_it_cleanly(qtbot, make_napari_
                    for m in notifications["info"]), notifications["info"]
 
 
+def test_a_fine_tune_simulates_its_models_optics_as_the_command_line_does(
+        viewer_and_widget, tiny_model, tmp_path):
+    """Found in review: the widget fine-tuned the bundled model with its own defaults (one
+    PSF width, no out-of-focus light), where `cvdm train --init` and the library use the
+    optics the model was trained with; a fine-tune in napari then lost what the model had
+    learned about hazy, wider or narrower widefield images."""
+    from napari_cvdm import save_model
+    from napari_cvdm.checkpoints import recorded_optics
+    from napari_cvdm.degradation import Degradation, run_optics
+    from napari_cvdm.training_layers import _run_optics
+
+    viewer, widget = viewer_and_widget
+    cells = viewer.add_image(structure(96, 96), name="cells")
+    bundled = recorded_optics(DEFAULT_MODEL)
+    assert widget.optics() == OpticsOptions.of(bundled)
+    assert widget._degradation_for_preview() == run_optics(bundled, 2) == \
+        _run_optics(DEFAULT_MODEL, load_model(DEFAULT_MODEL).config)
+    # a model file trained with other optics: its own, the hidden ones included
+    own = Degradation(psf="airy", psf_sigma=(2.0, 2.5), photons=(50.0, 500.0),
+                      background=(1.0, 4.0), haze=(0.1, 0.3), haze_sigma=(4.0, 6.0),
+                      told_error=0.1)
+    tiny_model.metadata["training"] = {"data": {"mode": "simulated",
+                                                "degradation": own.to_dict()}}
+    path = save_model(tiny_model, tmp_path / "own.cvdm.safetensors")
+    widget.set_start(str(path))
+    assert widget._optics["haze_max"].value == 0.3 and widget._optics["psf"].value == "airy"
+    assert widget._degradation_for_preview() == own
+    widget.set_data(hq=[cells])
+    widget._output.value = tmp_path / "tuned.cvdm.safetensors"
+    assert widget.prepare().degradation == own  # what the job trains with
+    # a changed value is the user's; the rest stays the model's
+    widget.set_options(psf_sigma_max=3.5)
+    assert widget._degradation_for_preview().psf_sigma == (2.0, 3.5)
+    assert widget._degradation_for_preview().told_error == 0.1
+    # a new model starts from the defaults
+    widget.set_start("preset:tiny")
+    assert widget._degradation_for_preview() == Degradation()
+
+
 def test_the_simulation_follows_the_scale_of_the_starting_point(viewer_and_widget):
     viewer, widget = viewer_and_widget
     cells = viewer.add_image(structure(96, 120), name="cells")

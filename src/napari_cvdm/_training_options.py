@@ -7,7 +7,7 @@ arguments for the library (a :class:`~napari_cvdm.degradation.Degradation`, or t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from .degradation import LEVEL_LIMITS, Degradation
@@ -22,6 +22,7 @@ class OpticsOptions:
 
     psf: str = _D["psf"]
     psf_sigma: float = _D["psf_sigma"]  # real pairs fit 2.75-3.75 high-quality pixels
+    psf_sigma_max: float = _D["psf_sigma"]  # above psf_sigma: a range; else one width
     scale: int = 2
     photons_min: float = _D["photons"][0]
     photons_max: float = _D["photons"][1]
@@ -29,18 +30,41 @@ class OpticsOptions:
     read_noise_max: float = _D["read_noise"][1]
     haze_max: float = _D["haze"][1]  # share out of focus; real widefield pairs fit 0.35-0.65
 
-    def degradation(self) -> Degradation:
-        return Degradation(psf=self.psf, psf_sigma=self.psf_sigma, scale=self.scale,
-                           photons=(self.photons_min, self.photons_max),
-                           background=(0.0, self.background_max),
-                           read_noise=(min(0.5, self.read_noise_max), self.read_noise_max),
-                           haze=(0.0, self.haze_max))
+    def degradation(self, base: Degradation | None = None) -> Degradation:
+        """These optics; what the widget does not show (the out-of-focus light's width, the
+        spread of the told width, the lower ends of background and read noise) from
+        ``base`` (a fine-tune's recorded optics), else the defaults."""
+        sigma = self.psf_sigma if self.psf_sigma_max <= self.psf_sigma else \
+            (self.psf_sigma, self.psf_sigma_max)
+        base = base or Degradation()
+        return replace(base, psf=self.psf, psf_sigma=sigma,
+                       scale=self.scale, photons=(self.photons_min, self.photons_max),
+                       background=(min(base.background[0], self.background_max),
+                                   self.background_max),
+                       read_noise=(min(base.read_noise[0], self.read_noise_max),
+                                   self.read_noise_max),
+                       haze=(min(base.haze[0], self.haze_max), self.haze_max))
+
+    @classmethod
+    def of(cls, optics: Degradation) -> OpticsOptions:
+        """The widget's values for ``optics`` (a model's recorded training optics)."""
+        sigma = optics.psf_sigma if isinstance(optics.psf_sigma, tuple) else \
+            (optics.psf_sigma, optics.psf_sigma)
+        return cls(psf=optics.psf, psf_sigma=float(sigma[0]), psf_sigma_max=float(sigma[1]),
+                   scale=int(optics.scale), photons_min=float(optics.photons[0]),
+                   photons_max=float(optics.photons[1]),
+                   background_max=float(optics.background[1]),
+                   read_noise_max=float(optics.read_noise[1]), haze_max=float(optics.haze[1]))
 
     @staticmethod
     def widget_options() -> dict[str, dict[str, Any]]:
         return {
             "psf": {"label": "PSF", "widget_type": "ComboBox", "choices": ["gaussian", "airy"]},
-            "psf_sigma": {"label": "PSF sigma (HQ px)", "min": 0.1, "max": 20.0, "step": 0.25},
+            "psf_sigma": {"label": "PSF sigma from (HQ px)", "min": 0.1, "max": 20.0,
+                          "step": 0.25},
+            "psf_sigma_max": {"label": "PSF sigma to", "min": 0.1, "max": 20.0, "step": 0.25,
+                              "tooltip": "widths drawn log-uniformly from the range; at or "
+                              "below 'from': that one width"},
             "scale": {"label": "scale (from scratch)", "min": 1, "max": 4},
             "photons_min": {"label": "photons from", "min": 1.0, "max": LEVEL_LIMITS["photons"]},
             "photons_max": {"label": "photons to", "min": 1.0, "max": LEVEL_LIMITS["photons"]},

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 HQ, PAIRS, FOLDERS = "hq", "pairs", "folders"
 CENTRE = "centre"
+NO_MODEL_FILE = "no model file chosen"  # what a fine-tune of an unchosen file names
 
 
 class _Signals(QObject):
@@ -56,6 +57,8 @@ class TrainingWidget(Container):
         super().__init__(labels=True)
         self._viewer = viewer = napari_viewer
         self._worker = self._job = self._cancel = self._preview_target = None
+        self._recorded = None   # the optics the model to fine-tune was trained with
+        self._filling = False   # the optics widgets are being set together
         self._started = 0.0
         self._signals = _Signals()
         self._signals.progressed.connect(self._on_progress)
@@ -98,7 +101,7 @@ class TrainingWidget(Container):
 
         self._source.changed.connect(self._on_source_changed)
         self._start.changed.connect(self._on_start_changed)
-        self._init_file.changed.connect(self.update_simulation)
+        self._init_file.changed.connect(self._on_start_changed)
         for widget in (self._hq, self._lq):
             widget.changed.connect(self._on_data_changed)
         for widget in (*self._optics.values(), self._show_simulation):
@@ -147,7 +150,34 @@ class TrainingWidget(Container):
     def _on_start_changed(self) -> None:
         self._init_file.visible = self._start.value == "file"
         self._optics["scale"].enabled = str(self._start.value).startswith("preset:")
+        self._follow_recorded_optics()
         self.update_simulation()  # the scale follows the model to fine-tune
+
+    def _follow_recorded_optics(self) -> None:
+        """A fine-tune simulates what its model was trained with, as ``cvdm train --init``
+        and ``prepare_training(init=...)`` do when given no optics: choosing the model fills
+        in its recorded optics (which the user may then change); a new model, the defaults.
+        A model with no record (trained on pairs, a foreign file) leaves the values as they
+        are."""
+        from .checkpoints import recorded_optics
+
+        start = str(self._start.value)
+        if start.startswith("preset:"):
+            self._recorded = None
+            values = OpticsOptions(scale=self._optics["scale"].value)
+        else:
+            source = self._init_source()
+            self._recorded = recorded_optics(source) if source != NO_MODEL_FILE else None
+            if self._recorded is None:
+                return
+            values = OpticsOptions.of(self._recorded)
+        self._filling = True  # one simulation update for all of them, not one per value
+        try:
+            for name, widget in self._optics.items():
+                if name != "scale":  # the scale follows the starting point (below)
+                    widget.value = getattr(values, name)
+        finally:
+            self._filling = False
 
     def _on_data_changed(self) -> None:
         if self._source.value == PAIRS:
@@ -192,7 +222,7 @@ class TrainingWidget(Container):
 
     def update_simulation(self) -> None:
         """Show (or update) the simulated low-quality version of the first HQ layer."""
-        if not self._show_simulation.value or self._source.value != HQ or not self._hq.value:
+        if self._filling or not self._show_simulation.value or self._source.value != HQ or not self._hq.value:
             return
         layer = self._hq.value[0]
         try:
@@ -210,13 +240,13 @@ class TrainingWidget(Container):
                 optics.scale = start_model(self._init_source())[0].scale
             except ValueError:
                 pass
-        return optics.degradation()
+        return optics.degradation(self._recorded)
 
     def _init_source(self):
         start = str(self._start.value)
         if start == "file":
             value = str(self._init_file.value).strip()
-            return self._init_file.value if value and value != "." else "no model file chosen"
+            return self._init_file.value if value and value != "." else NO_MODEL_FILE
         return None if start.startswith("preset:") else start
 
     # -- running ---------------------------------------------------------------------------
