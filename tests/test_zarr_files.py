@@ -769,3 +769,43 @@ def test_cvdm_predict_takes_a_series_or_a_field_inside_a_store(tmp_path, tiny_mo
     assert main(["predict", str(store / "1"), "-o", str(store / "results"), *args]) == 2
     assert "inside an input OME-Zarr" in capsys.readouterr().err
     assert not (store / "results").exists()
+
+
+def test_a_large_result_gets_coarser_levels_placed_over_the_finest(tmp_path, monkeypatch):
+    """A viewer shows a large result zoomed out from coarser levels instead of reading all of
+    it: 2 x 2 averages (root mean square for the std) until a plane fits PYRAMID_TOP, each
+    level's pixel centres on the centres of the blocks it averages."""
+    import napari_cvdm.zarr_files as zf
+
+    monkeypatch.setattr(zf, "PYRAMID_TOP", 16)  # the rule on small arrays
+    rng = np.random.default_rng(0)
+    mean = rng.random((2, 70, 45)).astype(np.float32)
+    std = rng.random((2, 70, 45)).astype(np.float32)
+    meta = {"axes": "TYX", "physical": {a: PhysicalSize(0.1, "µm") for a in "YX"}}
+    out = write_ome_zarr(tmp_path / "r_cvdm.ome.zarr", mean, std, meta, scale=2)
+    group = zarr.open_group(str(out / "mean"), mode="r")
+    datasets = group.attrs["multiscales"][0]["datasets"]
+    assert [d["path"] for d in datasets] == ["0", "1", "2", "3"]
+    assert [group[d["path"]].shape for d in datasets] == [(2, 70, 45), (2, 35, 22),
+                                                           (2, 17, 11), (2, 8, 5)]
+    np.testing.assert_allclose(group["1"][:], mean[:, :70, :44].reshape(2, 35, 2, 22, 2)
+                               .mean(axis=(2, 4)), rtol=1e-6)
+    std_levels = zarr.open_group(str(out / "std"), mode="r")
+    np.testing.assert_allclose(std_levels["1"][:], np.sqrt(
+        (std[:, :70, :44] ** 2).reshape(2, 35, 2, 22, 2).mean(axis=(2, 4))), rtol=1e-6)
+
+    def placement(d):
+        t = {x["type"]: x[x["type"]] for x in d["coordinateTransformations"]}
+        return t["scale"], t.get("translation", [0.0, 0.0, 0.0])
+
+    for k, d in enumerate(datasets):  # pixel 0 of level k: the centre of 2^k x 2^k finest
+        scale, shift = placement(d)
+        assert scale == pytest.approx([1.0, 0.05 * 2**k, 0.05 * 2**k])
+        assert shift[1:] == pytest.approx([-0.025 + 0.05 * (2**k - 1) / 2] * 2)
+    # the finest level is what a reader of the result gets, as before
+    again, read_meta = read_ome_zarr(out / "mean")
+    np.testing.assert_array_equal(np.asarray(again), mean)
+    # a result that fits gets none
+    small = write_ome_zarr(tmp_path / "s_cvdm.ome.zarr", mean[:, :16, :16], std[:, :16, :16],
+                           meta, scale=2)
+    assert list(zarr.open_group(str(small / "mean"), mode="r").array_keys()) == ["0"]

@@ -722,7 +722,8 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
     writer = ZarrResultWriter(path, tuple(result.mean.shape), scale=result.scale,
                               provenance={"source": layer.name, **(provenance or {})},
                               overwrite=overwrite, in_place=True, images=image_names,
-                              grid=_store_grid(layer, result.scale, crop))
+                              grid=_store_grid(layer, result.scale, crop),
+                              levels=not temporary)  # a kept store gets coarser levels
     writer.__enter__()
     replaced: tuple[_Shown, ...] = ()
     try:

@@ -28,6 +28,9 @@ NGFF_VERSION = "0.4"
 AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
 IMAGES = ("mean", "std")
 COMPLETE_MARK = "complete"  # in the root's napari_cvdm attributes, written last
+# Coarser levels (2 x 2 averages) are added until a plane fits in this many pixels per side:
+# a viewer shows a large result zoomed out from them instead of reading every pixel.
+PYRAMID_TOP = 512
 
 
 def _zarr():
@@ -371,15 +374,17 @@ class ZarrResultWriter:
     so readers (napari layers on :attr:`arrays`) see chunks as they are written; on failure
     ``path`` is removed. ``images`` names the two images (``("mean", "variance")`` for a
     variance output). ``channels``: the input's channel names, kept where there is one per
-    channel of the C axis.
+    channel of the C axis. ``levels``: add coarser levels when complete (:meth:`_add_levels`;
+    a store only shown in this session needs none).
     """
 
     def __init__(self, path, shape, axes: str = "", sizes=None, scale: int = 1,
                  provenance: dict[str, Any] | None = None, overwrite: bool = False,
                  chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
                  channels=(), placement: dict[str, tuple[float, float]] | None = None,
-                 grid: tuple[list[float], list[float]] | None = None):
+                 grid: tuple[list[float], list[float]] | None = None, levels: bool = True):
         self.path = Path(path)
+        self.levels = levels
         self.shape = tuple(int(n) for n in shape)
         self.axes = ome_axes(axes, len(self.shape))
         given = {a: s for a, s in (sizes or {}).items() if a in self.axes}
@@ -450,6 +455,50 @@ class ZarrResultWriter:
                                     else Callback(posttask=callback))
             da.store(sources, targets, lock=False)
 
+    def _add_levels(self) -> None:
+        """Coarser levels of each image (napari and other viewers show a large result zoomed
+        out from them), each 2 x 2 times coarser in Y and X than the one before, until a
+        plane fits in :data:`PYRAMID_TOP` pixels per side; read back from the finished
+        level 0, a chunk at a time. The mean's blocks are averaged; a spread's (std or
+        variance) too, as the root mean square for a std (the typical uncertainty of the
+        block's pixels, not the uncertainty of their average). Odd last rows and columns
+        are left out of a coarser level, as most pyramid writers do; their pixels'
+        centres stay where the finer pixels they average lie."""
+        import dask.array as da
+
+        root = _zarr().open_group(str(self._tmp), mode="r+")
+        for name in self.images:
+            group = root[name]
+            level = da.from_zarr(group["0"])
+            scale, shift = (list(v) for v in self.grid)
+            datasets = list(group.attrs["multiscales"][0]["datasets"])
+            k = 0
+            while max(level.shape[-2:]) > PYRAMID_TOP and min(level.shape[-2:]) >= 2:
+                k += 1
+                factors = {level.ndim - 2: 2, level.ndim - 1: 2}
+                if name == "std":
+                    level = da.sqrt(da.coarsen(np.mean, level ** 2, factors, trim_excess=True))
+                else:
+                    level = da.coarsen(np.mean, level, factors, trim_excess=True)
+                level = level.astype(np.float32)
+                for axis in (-2, -1):  # centres of the 2 x 2 blocks of the level before
+                    shift[axis] += scale[axis] / 2
+                    scale[axis] *= 2
+                chunks = (1,) * (level.ndim - 2) + tuple(min(n, self.chunk)
+                                                         for n in level.shape[-2:])
+                target = group.create_array(str(k), shape=level.shape, chunks=chunks,
+                                            dtype="float32", fill_value=0.0)
+                level = level.rechunk(chunks)
+                da.store(level, target, lock=False)
+                level = da.from_zarr(target)
+                transforms = [{"type": "scale", "scale": list(scale)}]
+                if any(shift):
+                    transforms.append({"type": "translation", "translation": list(shift)})
+                datasets.append({"path": str(k), "coordinateTransformations": transforms})
+            if k:
+                multiscales = [dict(group.attrs["multiscales"][0], datasets=datasets)]
+                group.attrs["multiscales"] = multiscales
+
     def _mark_complete(self) -> None:
         """The last write: a store without this mark (a killed run, a partial copy) is not a
         finished result (``is_complete_result``), whatever its arrays hold."""
@@ -464,6 +513,8 @@ class ZarrResultWriter:
                 raise plain from value
             return False
         try:
+            if self.levels:
+                self._add_levels()
             self._mark_complete()
         except BaseException:  # an interrupt (Ctrl-C, SIGTERM) too: no temporary store left
             if not self.in_place:
