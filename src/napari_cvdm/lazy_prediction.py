@@ -34,6 +34,7 @@ import numpy as np
 from .normalization import Normalization
 from .planning import TilePlan
 from .settings import PredictSettings
+from .spikes import HALO
 from .tiling import Tile
 
 __all__ = ["LazySpec", "is_dask", "lazy_predict", "MAX_CHUNK"]
@@ -302,11 +303,11 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
             for first, group in groups:
                 run.check_cancel()
                 regions = [input_region(t, scale, in_h, in_w) for t in group]
-                # one pixel more: the hot-pixel check judges each pixel by its neighbours
-                y0 = max(min(r[0] for r in regions) - 1, 0)
-                x0 = max(min(r[2] for r in regions) - 1, 0)
-                y1 = min(max(r[1] for r in regions) + 1, in_h)
-                x1 = min(max(r[3] for r in regions) + 1, in_w)
+                # a rim more: the hot-pixel check judges each pixel by its neighbours
+                y0 = max(min(r[0] for r in regions) - HALO, 0)
+                x0 = max(min(r[2] for r in regions) - HALO, 0)
+                y1 = min(max(r[1] for r in regions) + HALO, in_h)
+                x1 = min(max(r[3] for r in regions) + HALO, in_w)
                 statistics.append(dask.delayed(_group_statistics, pure=True)(
                     spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
             rows = []
