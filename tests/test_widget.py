@@ -1,6 +1,7 @@
 """The napari plugin: manifest, "CVDM reconstruction" dock widget and sample data."""
 
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -691,3 +692,44 @@ def test_a_run_with_a_random_seed_can_be_repeated_from_its_recorded_seed(
         widget.set_options(seed=recorded[0][0])  # the first run's seed, typed back in
     assert notifications["error"] == []
     np.testing.assert_array_equal(recorded[1][1], recorded[0][1])
+
+
+def test_a_script_taking_over_a_lazy_runs_layers_never_removes_the_store_being_written(
+        qtbot, viewer_and_widget, model_file, notifications, monkeypatch):
+    """Found by a review: a scripted run_on_layer on the same layer while the widget's
+    lazy run was writing took over the layers and removed the widget's store as an
+    earlier result no layer showed; the widget then said "written to" a folder that was
+    gone."""
+    import threading
+
+    import dask.array as da
+
+    import napari_cvdm as nc
+
+    viewer, widget = viewer_and_widget
+    release = threading.Event()
+    real_job = widget_module._compute_and_check
+
+    def held(out, checks):  # the widget's run is still writing while the script runs
+        assert release.wait(TIMEOUT_MS / 1000)
+        return real_job(out, checks)
+
+    monkeypatch.setattr(widget_module, "_compute_and_check", held)
+    layer = viewer.add_image(da.from_array(image(48, 40, seed=3)), name="big")
+    configure(widget, model_file)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget._lazy is not None, timeout=TIMEOUT_MS)
+    widget_store = widget._lazy.path
+    mean, _ = nc.run_on_layer(viewer, layer, model=model_file, samples=2, steps=2, seed=1,
+                              device="cpu")
+    script_store = Path(mean.metadata["cvdm"]["store"])
+    assert widget_store.exists() and script_store.exists()
+    release.set()
+    wait_until_idle(qtbot, widget)
+    # the layers show the script's result, as it left them; the widget says so
+    assert Path(viewer.layers["big CVDM mean"].metadata["cvdm"]["store"]) == script_store
+    assert np.asarray(viewer.layers["big CVDM mean"].data).shape == (96, 80)
+    assert "later run's result" in widget._status.value
+    assert "written to" not in widget._status.value
+    assert not widget_store.exists()  # its temporary store, shown nowhere: removed
+    assert script_store.exists()

@@ -475,9 +475,16 @@ class ReconstructionWidget(Container):
             show_error(f"CVDM: could not show the result: {exc}")
             self._status.value = "failed: could not show the result"
             return
+        elapsed = time.perf_counter() - self._started
+        if out.superseded:  # a later run (a script's) took its layers over meanwhile
+            kept = "its temporary store was removed" if out.temporary else \
+                f"it stays in {out.path}"
+            self._status.value = (f"done in {elapsed:.1f} s, but the layers show a later "
+                                  f"run's result; {kept}")
+            show_info(f"CVDM: {self._status.value}")
+            return
         _notify(messages)
         keep_warnings(shown, messages)
-        elapsed = time.perf_counter() - self._started
         self._status.value = f"done in {elapsed:.1f} s, written to {out.path}"
 
     def _on_lazy_failed(self, out, exc: Exception) -> None:

@@ -17,6 +17,7 @@ import functools
 import os
 import shutil
 import tempfile
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -523,6 +524,25 @@ def _read_by_a_layer(viewer, folder: Path) -> bool:
     return False
 
 
+_WRITING: set[Path] = set()  # stores of lazy runs not yet finished (resolved paths)
+_WRITING_LOCK = threading.Lock()
+
+
+def _writing(path: Path, now: bool) -> None:
+    """Record that a lazy run writes the store ``path`` (``now``), or has finished or been
+    undone: from its start until the main thread shows (or removes) its result, so that
+    another run that takes over its layers meanwhile does not remove its store."""
+    with _WRITING_LOCK:
+        (_WRITING.add if now else _WRITING.discard)(Path(path).expanduser().resolve())
+
+
+def _being_written(folder: Path) -> bool:
+    """Whether an unfinished lazy run writes a store in (or at) ``folder``."""
+    folder = Path(folder).expanduser().resolve()
+    with _WRITING_LOCK:
+        return any(_overlap(folder, store) for store in _WRITING)
+
+
 class LazyOutput:
     """The output layers of a lazy prediction, written chunk by chunk into a zarr store.
 
@@ -539,6 +559,7 @@ class LazyOutput:
         self.writer, self.layers, self.path = writer, layers, path
         self.temporary, self.interval = temporary, interval
         self.replaced = replaced  # the earlier results these layers showed
+        self.superseded = False  # finished after another run took its layers over
         self._refreshed = self._started = time.monotonic()
         # the run's time: the graph's set-up (the result's own time) and, once computed,
         # the compute into the store
@@ -563,7 +584,13 @@ class LazyOutput:
             if out in self.viewer.layers:
                 out.refresh()
 
+    def _shows_this_run(self, out) -> bool:
+        """Whether the output layer ``out`` still shows this run's store (another run may
+        have taken it over since, a scripted one while the widget's ran)."""
+        return out in self.viewer.layers and _same_path(_store_of(out), self.path)
+
     def finish(self) -> tuple[Any, Any]:
+        _writing(self.path, False)  # written; until now another run must not remove it
         mean_layer, spread_layer = self.layers
         mean_sample, spread_sample = (_sample(a) for a in self.writer.arrays)
         limits = tuple(float(v) for v in self.layer.contrast_limits)
@@ -572,15 +599,24 @@ class LazyOutput:
         spread_hi = _robust_limits(spread_sample, 0.0, 99.8)[1]
         for out, (lo, hi), sample in ((mean_layer, limits, mean_sample),
                                       (spread_layer, (0.0, spread_hi), spread_sample)):
+            if not self._shows_this_run(out):
+                continue
             out.contrast_limits_range = (min(lo, float(sample.min())),
                                          max(hi, float(sample.max())))
             out.contrast_limits = (lo, hi)
             out.metadata["cvdm"]["seconds"] = round(self.seconds, 3)
         self.refresh(force=True)
-        # an earlier result's temporary store that no layer shows any more: remove it
+        # taken over by another run before it finished (a script's, while the widget's ran)
+        self.superseded = not any(self._shows_this_run(out) for out in self.layers)
+        if self.superseded and self.temporary and \
+                not _read_by_a_layer(self.viewer, self.path.parent):
+            self.discard_store()  # shown nowhere, kept nowhere
+        # an earlier result's temporary store that no layer shows any more, and no run
+        # still writes (a run whose layers this one took over): remove it
         for earlier in self.replaced:
             where, temporary = earlier.store()
-            if temporary and where and not _read_by_a_layer(self.viewer, Path(where).parent):
+            if temporary and where and not _being_written(Path(where).parent) \
+                    and not _read_by_a_layer(self.viewer, Path(where).parent):
                 shutil.rmtree(Path(where).parent, ignore_errors=True)
         return self.layers
 
@@ -600,6 +636,7 @@ class LazyOutput:
 
     def discard_store(self) -> None:
         """Remove the store (and its temporary folder) only: the viewer may be gone."""
+        _writing(self.path, False)
         shutil.rmtree(self.path, ignore_errors=True)
         if self.temporary:
             shutil.rmtree(self.path.parent, ignore_errors=True)
@@ -725,6 +762,7 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
                               grid=_store_grid(layer, result.scale, crop),
                               levels=not temporary)  # a kept store gets coarser levels
     writer.__enter__()
+    _writing(path, True)
     replaced: tuple[_Shown, ...] = ()
     try:
         extra = {"store": str(path), "temporary_store": temporary, "lazy": True}
@@ -741,6 +779,7 @@ def start_lazy_output(viewer, layer, result: PredictionResult, show: str = SHOW[
             if earlier.layer in viewer.layers:
                 earlier.restore()
         writer.__exit__(type(exc), exc, exc.__traceback__)
+        _writing(path, False)
         if temporary:
             shutil.rmtree(path.parent, ignore_errors=True)
         raise
