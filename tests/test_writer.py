@@ -50,12 +50,57 @@ def test_saving_as_ome_tif_picks_this_writer_without_naming_it(make_napari_viewe
 
 
 def test_a_multiscale_layer_is_refused_with_a_clear_message(tmp_path):
-    from napari_cvdm._writer import write_ome_tiff
+    from napari_cvdm._writer import SaveRefused, write_ome_tiff
 
     levels = [np.zeros((8, 8), np.float32), np.zeros((4, 4), np.float32)]
-    with pytest.raises(ValueError, match="multiscale"):
+    with pytest.raises(SaveRefused, match="multiscale"):
         write_ome_tiff(str(tmp_path / "m.ome.tif"), levels, {"multiscale": True})
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("case", ["multiscale", "rgb", "6-D"])
+def test_napari_shows_why_a_layer_cannot_be_saved(make_napari_viewer, tmp_path, case):
+    """Found by a review: napari takes a writer's ValueError for "not my format" and said
+    only "No data written! A plugin could not be found"; a 6-D layer got tifffile's "axes
+    do not match shape"."""
+    from napari_cvdm._writer import SaveRefused
+
+    viewer = make_napari_viewer()
+    if case == "multiscale":
+        viewer.add_image([np.zeros((8, 8), np.float32), np.zeros((4, 4), np.float32)],
+                         multiscale=True)
+    elif case == "rgb":
+        viewer.add_image(np.zeros((8, 8, 3), np.uint8), rgb=True)
+    else:
+        viewer.add_image(np.zeros((2, 2, 2, 2, 8, 8), np.float32))
+    message = {"multiscale": "multiscale", "rgb": "not RGB", "6-D": "6-D image.*at most"}[case]
+    with pytest.raises(SaveRefused, match=message):
+        viewer.layers.save(str(tmp_path / "x.ome.tif"), selected=True, plugin="napari-cvdm")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_region_results_bounds_and_a_time_series_step_are_saved(make_napari_viewer,
+                                                                  tmp_path):
+    """Found by a review: the writer dropped list values (a region result's bounds, so a
+    saved region could not be placed) and took a time axis with napari's default labels
+    for Z, dropping its step."""
+    import json
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 10), np.float32), name="r",
+                     metadata={"cvdm": {"region": [[4, 12], [0, 10]], "seed": 2}})
+    viewer.add_image(np.zeros((3, 8, 10), np.float32), name="t", scale=(2.0, 0.1, 0.1),
+                     units=("second", "micrometer", "micrometer"))
+    for name in ("r", "t"):
+        viewer.layers.selection.active = viewer.layers[name]
+        viewer.layers.save(str(tmp_path / f"{name}.ome.tif"), selected=True,
+                           plugin="napari-cvdm")
+    pairs = {m.get("K"): m.text for m in _ome(tmp_path / "r.ome.tif")[2].iter()
+             if m.tag.endswith("}M")}
+    assert json.loads(pairs["region"]) == [[4, 12], [0, 10]] and pairs["seed"] == "2"
+    axes, _, root = _ome(tmp_path / "t.ome.tif")
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert axes == "TYX" and float(pixels.get("TimeIncrement")) == 2.0
 
 
 def test_a_plain_layer_in_pixels_is_saved_without_physical_sizes(make_napari_viewer, tmp_path):
@@ -87,7 +132,7 @@ def test_time_series_keep_their_time_step(make_napari_viewer, tmp_path):
 def test_64_bit_integers_are_narrowed_only_when_they_fit_and_complex_is_refused(tmp_path):
     """Found by an audit: complex data lost their imaginary part silently, int64 failed inside
     tifffile with OmeXmlError."""
-    from napari_cvdm._writer import write_ome_tiff
+    from napari_cvdm._writer import SaveRefused, write_ome_tiff
 
     for data, dtype in ((np.arange(-5, 15, dtype=np.int64).reshape(4, 5), np.int32),
                         (np.arange(20, dtype=np.uint64).reshape(4, 5) * 2**27, np.uint32)):
@@ -98,7 +143,7 @@ def test_64_bit_integers_are_narrowed_only_when_they_fit_and_complex_is_refused(
         np.testing.assert_array_equal(read, data)
     for data, message in ((np.array([[0, 2**40]], np.int64), "do not fit"),
                           (np.ones((4, 5), np.complex64), "complex64 data cannot be saved")):
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(SaveRefused, match=message):
             write_ome_tiff(str(tmp_path / "x.ome.tif"), data, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["int64.ome.tif", "uint64.ome.tif"]
 

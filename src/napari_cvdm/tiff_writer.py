@@ -86,6 +86,9 @@ def ome_axes(axes: str, ndim: int) -> str:
     C is unused; without axes the leading axes are Z, then T.
     """
     axes = (axes or "")[-ndim:] if len(axes or "") >= ndim else ""
+    if not axes and not 2 <= ndim <= 5:
+        raise ValueError(f"cannot write a {ndim}-D image as OME-TIFF or OME-Zarr; it needs "
+                         "at most T, Z, C before Y, X")
     if not axes:
         axes = ("CTZ"[-(ndim - 2):] if ndim > 2 else "") + "YX"
     known = [a for a in axes if a in OME_AXES or a == "S"]  # unknown letters may repeat
