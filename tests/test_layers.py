@@ -78,6 +78,10 @@ def test_run_on_layer_adds_mean_and_variance_on_the_finer_grid(make_napari_viewe
     assert info["output"] == "variance" and mean.metadata["cvdm"]["output"] == "mean"
     assert var.colormap.name == "magma" and mean.colormap.name == layer.colormap.name
     assert var.contrast_limits[0] == 0 and var.contrast_limits[1] > 0
+    # the contrast slider reaches every value (napari made its range the limits given)
+    for out in (mean, var):
+        lo, hi = out.contrast_limits_range
+        assert lo <= out.data.min() and hi >= out.data.max()
 
 
 def test_run_on_layer_again_updates_the_same_layers(make_napari_viewer, image, tiny_model):
@@ -229,6 +233,16 @@ def test_a_layer_opened_from_a_file_records_the_files_name(make_napari_viewer, i
     other = viewer.add_image(image, name="made here")
     mean, _ = run_on_layer(viewer, other, model=tiny_model, **FAST)
     assert "source_file" not in mean.metadata["cvdm"]
+
+
+def test_run_on_layer_takes_layers_by_name_as_train_on_layers_does(make_napari_viewer, image,
+                                                                   tiny_model):
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="cells")
+    mean, _ = run_on_layer(viewer, "cells", model=tiny_model, **FAST)
+    assert mean.name == "cells CVDM mean" and mean.data.shape == (48, 64)
+    with pytest.raises(ValueError, match="no layer called 'cels'"):
+        run_on_layer(viewer, "cels", model=tiny_model, **FAST)
 
 
 def test_run_on_layer_loads_a_model_file_and_records_its_name(make_napari_viewer, image,

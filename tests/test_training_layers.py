@@ -142,6 +142,12 @@ def test_the_preview_region_is_the_centre_or_the_drawn_rectangle(viewer):
     shapes = viewer.add_shapes([[[20, 30], [20, 50], [40, 50], [40, 30]]],
                                shape_type="rectangle")  # world units: hq pixels 20..60, 20..60
     assert preview_region(hq, 2, shapes) == (20, 20, 40, 40)
+    # the first rectangle, as the reconstruction's region: an ellipse before it is not one
+    mixed = viewer.add_shapes([[[0, 0], [0, 80], [80, 80], [80, 0]]], shape_type="ellipse")
+    with pytest.raises(ValueError, match="no rectangle"):
+        preview_region(hq, 2, mixed)
+    mixed.add_rectangles([[[20, 30], [20, 50], [40, 50], [40, 30]]])
+    assert preview_region(hq, 2, mixed) == (20, 20, 40, 40)
     kwargs = preview_layer_kwargs(hq, (20, 20, 40, 40))
     assert kwargs["name"] == PREVIEW_NAME
     np.testing.assert_allclose(kwargs["translate"], [20.0, 30.0])

@@ -58,6 +58,15 @@ def check_layer(layer) -> None:
                          "time. Right-click the layer > Split RGB, then run on one channel")
 
 
+def _named(viewer, layer):
+    """The layer called ``layer`` where it is a name; ValueError where there is none."""
+    if not isinstance(layer, str):
+        return layer
+    if viewer is None or layer not in viewer.layers:
+        raise ValueError(f"there is no layer called {layer!r}")
+    return unwrap(viewer.layers[layer])
+
+
 Crop = tuple[tuple[int, int], tuple[int, int]]  # ((y0, y1), (x0, x1)) in input pixels
 
 
@@ -371,9 +380,15 @@ class _Shown:
 def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     """Update the output layer called ``kwargs["name"]`` in place, or add a new one."""
     existing = own_layer(viewer, kwargs["name"], data.ndim)
-    if existing is None:
-        return viewer.add_image(data, **kwargs)
     lo, hi = kwargs["contrast_limits"]
+    if existing is None:
+        added = viewer.add_image(data, **kwargs)
+        if isinstance(data, np.ndarray):  # napari makes the slider's range the limits given:
+            sample = _sample(data)        # widen it to the data, as an update does
+            added.contrast_limits_range = (min(lo, float(sample.min())),
+                                           max(hi, float(sample.max())))
+            added.contrast_limits = (lo, hi)
+        return added
     existing.data = data
     for key in _PLACEMENT:
         if key in kwargs:
@@ -825,7 +840,9 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
 
     ``region``: a Shapes layer; only the input pixels under its first rectangle are
     reconstructed, and the outputs are placed exactly over that region of the input.
+    ``layer`` and ``region`` may be given by name, as for ``train_on_layers``.
     """
+    layer, region = (_named(viewer, v) for v in (layer, region))
     check_layer(layer)
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")

@@ -27,11 +27,17 @@ def simulated_name(layer) -> str:
 def preview_region(hq_layer, scale: int, shapes_layer=None,
                    size: int = PREVIEW_SIZE) -> tuple[int, int, int, int]:
     """(y, x, height, width) in the high-quality layer's pixels, multiples of ``scale``:
-    the bounding box of the first shape of ``shapes_layer``, else the centre
-    ``size`` x ``size`` low-quality pixels; clipped to the image."""
+    the bounding box of the first rectangle of ``shapes_layer`` (as the reconstruction's
+    region; a layer with none is refused), else the centre ``size`` x ``size`` low-quality
+    pixels; clipped to the image."""
     height, width = hq_layer.data.shape[-2:]
-    if shapes_layer is not None and len(shapes_layer.data):
-        corners = np.asarray(shapes_layer.data[0], dtype=float)
+    if shapes_layer is not None:
+        rectangles = [d for d, kind in zip(shapes_layer.data, shapes_layer.shape_type)
+                      if kind == "rectangle"]
+        if not rectangles:
+            raise ValueError(f"the shapes layer {shapes_layer.name!r} has no rectangle: draw "
+                             "one around the preview region, or choose the centre")
+        corners = np.asarray(rectangles[0], dtype=float)
         world = np.array([shapes_layer.data_to_world(c) for c in corners])
         data = np.array([hq_layer.world_to_data(w) for w in world])[:, -2:]
         y0, x0 = np.floor(data.min(axis=0)).astype(int)
