@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM training")
     widget.set_data(hq=[layer])
     widget.set_start(args.init)
-    widget.set_options(psf_sigma=args.psf_sigma, steps=args.steps, batch_size=4,
+    widget.set_options(psf_sigma=args.psf_sigma, psf_sigma_max=args.psf_sigma,  # one width
+                       steps=args.steps, batch_size=4,
                        validation_every=max(1, args.steps // 4),
                        checkpoint_every=max(1, args.steps // 2))
     widget._show_simulation.value = True
