@@ -324,6 +324,21 @@ def test_sparse_puncta_all_alike_are_structure_not_a_bright_object():
     assert input_warnings(image, _Model()) == []
 
 
+@pytest.mark.parametrize("image", [np.full((64, 64), 7, np.uint16), np.zeros((32, 32)),
+                                   np.ones((1, 1), np.float32)])
+def test_a_constant_image_has_no_brighter_object(image):
+    """Found by a review: a constant image (no range) was said to have a small, far brighter
+    object (all its brightest 1% "span 100% of the range" in zero objects)."""
+    import napari_cvdm
+
+    assert not any("brighter" in m for m in input_warnings(image, _Model()))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = napari_cvdm.predict(image, "demo", samples=2, steps=1)
+    assert not any("brighter" in str(w.message) for w in caught)
+    np.testing.assert_array_equal(result.variance, 0)
+
+
 def test_an_object_array_gets_no_crash_from_the_checks():
     from napari_cvdm.domain import _image_warnings
 

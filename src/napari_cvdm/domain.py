@@ -287,8 +287,8 @@ def bright_object(plane: np.ndarray) -> float | None:
     if share is None or share <= BRIGHT_OBJECT_SPAN:
         return None
     top = unit > 0.5  # under 1% of the pixels here
-    if _blob_count(top, BRIGHT_OBJECTS) > BRIGHT_OBJECTS:
-        return None
+    if not 0 < _blob_count(top, BRIGHT_OBJECTS) <= BRIGHT_OBJECTS:
+        return None  # none: a constant image (no range) has no brighter object
     return share
 
 
