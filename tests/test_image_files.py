@@ -699,3 +699,31 @@ def test_training_folders_leave_lsm_files_to_cvdm_predict(tmp_path):
     tifffile.imwrite(tmp_path / "cell.tif", np.zeros((8, 8), np.uint8))
     (tmp_path / "cell.lsm").write_bytes((tmp_path / "cell.tif").read_bytes())
     assert _tiffs(tmp_path, "high-quality") == [tmp_path / "cell.tif"]
+
+
+def test_imagej_yunit_plane_times_and_slice_labels_are_read(tmp_path):
+    """Found by a review: ImageJ's yunit was ignored (a Y size 1000 times wrong and two
+    false warnings), a time step given per plane (OME DeltaT, as Bio-Formats writes) and
+    ImageJ's channel labels were dropped."""
+    data = np.zeros((2, 16, 16), np.uint16)
+    tifffile.imwrite(tmp_path / "y.tif", data, imagej=True, resolution=(1 / 0.065, 1 / 65),
+                     metadata={"axes": "CYX", "unit": "micron", "yunit": "nm",
+                               "Labels": ["DAPI", "GFP"]})
+    image = read_tiff(tmp_path / "y.tif")
+    assert image.physical["Y"].unit == image.physical["X"].unit == "µm"
+    assert image.physical["Y"].size == pytest.approx(0.065)
+    assert image.pixel_size == pytest.approx((0.065, 0.065))
+    assert image.channels == ("DAPI", "GFP")
+    # labels per plane of a hyperstack: the channel's label where it is the same throughout
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((3, 2, 8, 8), np.uint16), imagej=True,
+                     metadata={"axes": "ZCYX", "Labels": ["a", "b"] * 3})
+    assert read_tiff(tmp_path / "z.tif").channels == ("a", "b")
+    tifffile.imwrite(tmp_path / "w.tif", np.zeros((3, 2, 8, 8), np.uint16), imagej=True,
+                     metadata={"axes": "ZCYX", "Labels": ["a", "b", "c", "d", "e", "f"]})
+    assert read_tiff(tmp_path / "w.tif").channels == ()
+    # evenly timed planes give the step; uneven ones none (never a wrong one)
+    for deltas, step in (([0.0, 2.0, 4.0], 2.0), ([0.0, 2.0, 5.0], None)):
+        tifffile.imwrite(tmp_path / "t.ome.tif", np.zeros((3, 8, 8), np.uint16), metadata={
+            "axes": "TYX", "Plane": {"DeltaT": deltas, "DeltaTUnit": ["ms"] * 3}})
+        found = read_tiff(tmp_path / "t.ome.tif").physical.get("T")
+        assert found == (None if step is None else PhysicalSize(step, "ms"))

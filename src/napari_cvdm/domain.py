@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 
 from .normalization import Normalization
+from .physical import NM_PER_UNIT
 from .spikes import without_spikes
 
-NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 # A pixel size this many times outside the model's range is "far": finer by 1.3 (below 38 nm
 # for a 50-80 nm model: a SIM, STED or Airyscan image, not widefield), coarser by 1.6.
 PIXEL_TOLERANCE = (1.3, 1.6)

@@ -364,7 +364,11 @@ def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
     OME-XML that does not parse, a name missing, a count that does not fit)."""
     import xml.etree.ElementTree as ET
 
-    if "C" not in axes or not tif.is_ome or not tif.ome_metadata:
+    if "C" not in axes:
+        return ()
+    if not tif.is_ome and tif.is_imagej:
+        return _imagej_channel_names(tif.imagej_metadata or {}, axes, shape)
+    if not tif.is_ome or not tif.ome_metadata:
         return ()
     try:
         root = ET.fromstring(tif.ome_metadata)
@@ -376,6 +380,20 @@ def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
         return ()
     return fitting_channels([el.get("Name") for el in pixels if el.tag.endswith("}Channel")
                              or el.tag == "Channel"], axes, shape)
+
+
+def _imagej_channel_names(imagej: dict, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+    """An ImageJ hyperstack's slice labels as channel names: one per channel, or one per
+    plane where every channel has the same label in all its planes (ImageJ orders planes
+    C, then Z, then T); else ()."""
+    labels = imagej.get("Labels")
+    channels = shape[axes.index("C")]
+    if not isinstance(labels, (list, tuple)) or not labels or len(labels) % channels:
+        return ()
+    names = [labels[c::channels] for c in range(channels)]
+    if any(len(set(map(str, name))) != 1 for name in names):
+        return ()
+    return fitting_channels([str(name[0]) for name in names], axes, shape)
 
 
 def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 LENGTH_UNITS = ("pm", "nm", "µm", "mm", "cm", "m")
+NM_PER_UNIT = {"pm": 1e-3, "nm": 1.0, "µm": 1e3, "mm": 1e6, "cm": 1e7, "m": 1e9}
 TIME_UNITS = ("ns", "µs", "ms", "s", "min", "h")
 # Other spellings -> (factor, unit): value * factor in unit.
 ALIASES = {
@@ -100,7 +101,32 @@ def ome_sizes(xml: str) -> dict[str, PhysicalSize]:
                          time=True)
         if size is not None:
             sizes["T"] = size
+    elif (step := _plane_time_step(pixels)) is not None:
+        sizes["T"] = step
     return sizes
+
+
+def _plane_time_step(pixels) -> PhysicalSize | None:
+    """The time step of planes timed one by one (``Plane`` DeltaT, as Bio-Formats writes
+    instead of TimeIncrement), where they are evenly spaced; else None."""
+    times: dict[int, tuple[float, str]] = {}
+    for plane in pixels:
+        if not (plane.tag.endswith("}Plane") or plane.tag == "Plane"):
+            continue
+        try:
+            t, delta = int(plane.get("TheT", 0)), float(plane.get("DeltaT"))
+        except (TypeError, ValueError):
+            continue
+        times.setdefault(t, (delta, plane.get("DeltaTUnit", "s")))
+    if len(times) < 2 or len({unit for _, unit in times.values()}) != 1:
+        return None
+    values = [times[t][0] for t in sorted(times)]
+    steps = [b - a for a, b in zip(values, values[1:])]
+    step = sorted(steps)[len(steps) // 2]
+    if not (math.isfinite(step) and step > 0
+            and all(abs(s - step) <= 1e-3 * step + 1e-9 for s in steps)):
+        return None  # uneven: no one step describes them
+    return normalise(step, next(iter(times.values()))[1], time=True)
 
 
 def ome_position(xml: str) -> dict[str, PhysicalSize]:
@@ -157,7 +183,8 @@ def _rational(tag) -> float | None:
 
 
 def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]:
-    """Sizes from the resolution tags and ImageJ metadata (unit, spacing, finterval)."""
+    """Sizes from the resolution tags and ImageJ metadata (unit, yunit, spacing, zunit,
+    finterval, tunit)."""
     imagej = imagej or {}
     sizes: dict[str, PhysicalSize] = {}
     if "XResolution" in tags and "YResolution" in tags:
@@ -172,8 +199,15 @@ def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]
             x = y = None  # 72 or 300 dpi from a graphics program (or Fiji's "inch"): no size
         if x is not None and y is not None and not (x == y == 1.0 and not unit):
             if unit:
+                # ImageJ writes yunit where Y's unit differs from X's
+                y_unit = imagej.get("yunit")
                 sizes_x = normalise(x, unit)
-                sizes_y = normalise(y, unit)
+                sizes_y = normalise(y, y_unit if isinstance(y_unit, str) and y_unit.strip()
+                                    else unit)
+                if sizes_x is not None and sizes_y is not None and \
+                        sizes_y.unit != sizes_x.unit:  # both in X's unit
+                    sizes_y = PhysicalSize(sizes_y.size * NM_PER_UNIT[sizes_y.unit]
+                                           / NM_PER_UNIT[sizes_x.unit], sizes_x.unit)
                 if sizes_x is not None and sizes_y is not None:
                     sizes["X"], sizes["Y"] = sizes_x, sizes_y
             elif MIN_SIZE <= x <= MAX_SIZE and MIN_SIZE <= y <= MAX_SIZE:

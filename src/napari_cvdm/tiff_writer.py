@@ -18,14 +18,14 @@ import numpy as np
 
 from .atomic import atomic_group, output_exists, plain_os_error
 from .image_names import image_stem
-from .physical import (LENGTH_UNITS, TIME_UNITS, PhysicalSize, fitting_channels, normalise,
-                       output_sizes)
+from .physical import (LENGTH_UNITS, NM_PER_UNIT, TIME_UNITS, PhysicalSize, fitting_channels,
+                       normalise, output_sizes)
 
 OME_AXES = "TZCYX"
 NAME_MAX = 255
 # Pixels per centimetre that fit a TIFF rational (numerator and denominator below 2**32).
 RESOLUTION_RANGE = (1e-3, 1e9)
-TO_CENTIMETRE = {"pm": 1e-10, "nm": 1e-7, "µm": 1e-4, "mm": 0.1, "cm": 1.0, "m": 100.0}
+TO_CENTIMETRE = {unit: nm * 1e-7 for unit, nm in NM_PER_UNIT.items()}
 
 
 @dataclass(frozen=True)
