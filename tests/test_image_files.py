@@ -727,3 +727,28 @@ def test_imagej_yunit_plane_times_and_slice_labels_are_read(tmp_path):
             "axes": "TYX", "Plane": {"DeltaT": deltas, "DeltaTUnit": ["ms"] * 3}})
         found = read_tiff(tmp_path / "t.ome.tif").physical.get("T")
         assert found == (None if step is None else PhysicalSize(step, "ms"))
+
+
+def test_ome_metadata_that_contradicts_the_pages_is_not_used(tmp_path, tiny_model_file, capsys):
+    """Found by a review: OME-XML declaring 100 x 100 over 48 x 48 pages was read with the
+    XML's pixel sizes (describing another image) and tifffile's log lines twice, one saying
+    "Missing data are zeroed"."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "liar.ome.tif"
+    data = np.random.default_rng(0).integers(0, 1000, (48, 48)).astype(np.uint16)
+    tifffile.imwrite(path, data, ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.07,
+                                                     "PhysicalSizeY": 0.07})
+    raw = path.read_bytes()
+    path.write_bytes(raw.replace(b'SizeX="48" SizeY="48"', b'SizeX="99" SizeY="99"', 1))
+    with pytest.warns(UserWarning, match="OME metadata does not describe the file's pages"):
+        image = read_tiff(path)
+    np.testing.assert_array_equal(image.data, data)
+    assert image.physical == {} and image.channels == () and image.position == {}
+    assert main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "2", "--steps", "1", "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("does not describe the file's pages") == 1
+    assert "tifffile" not in err and "zeroed" not in err
+    with tifffile.TiffFile(tmp_path / "out" / "liar_cvdm_mean.tif") as tif:
+        assert "PhysicalSizeX" not in tif.ome_metadata

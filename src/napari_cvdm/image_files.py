@@ -258,7 +258,7 @@ def held_tifffile_logs(pass_on: bool = True):
     held = _HeldLogs()
     logger.addFilter(held)
     try:
-        yield
+        yield held  # its ``records`` may be cleared: said another way by the caller
     finally:
         logger.removeFilter(held)
     if pass_on:  # only reached when the block did not raise
@@ -297,7 +297,8 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
     path = Path(path)
     with _read_errors(path):
         count_pages(path)
-        with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
+        # what tifffile logs is said once, when the file is read
+        with held_tifffile_logs(pass_on=False), tifffile.TiffFile(path) as tif:
             series = _check_declared(path, tif, scale)
             axes, colour = _colour_last(series)
             shape, dtype = tuple(series.shape), series.dtype
@@ -327,7 +328,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     path = Path(path)
     with _read_errors(path):
         count_pages(path)
-        with held_tifffile_logs(), tifffile.TiffFile(path) as tif:
+        with held_tifffile_logs() as logs, tifffile.TiffFile(path) as tif:
             series = _check_declared(path, tif, scale)
             out = np.empty(series.shape, dtype=series.dtype)
             data = np.asarray(series.asarray(out=out, maxworkers=1)).reshape(series.shape)
@@ -335,16 +336,55 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             if colour is not None:  # as interleaved RGB is: refused as such downstream
                 data = np.moveaxis(data, colour, -1)
             _warn_about_empty_segments(path, series)
-            physical = _physical(path, tif, axes)
-            channels = _channel_names(tif, axes, data.shape)
-            position = ome_position(tif.ome_metadata) if tif.is_ome and tif.ome_metadata \
-                else {}
+            if _ome_rejected(tif, series):
+                _warn_metadata_ignored(path, tif, series, logs)
+                physical, channels, position = {}, (), {}
+            else:
+                physical = _physical(path, tif, axes)
+                channels = _channel_names(tif, axes, data.shape)
+                position = ome_position(tif.ome_metadata) if tif.is_ome and \
+                    tif.ome_metadata else {}
     pixel_size, unit = None, ""
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
         pixel_size = (physical["Y"].size, physical["X"].size)
         unit = physical["X"].unit
     return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels,
                      position=position)
+
+
+def _ome_rejected(tif, series) -> bool:
+    """Whether tifffile found the file's OME metadata not to describe its pages (a shape,
+    type or plane count that the pages contradict) and read the pages as stored instead.
+    (Metadata that does not parse at all is said so by :func:`_physical`.)"""
+    import xml.etree.ElementTree as ET
+
+    if not tif.is_ome or getattr(series, "kind", "") == "ome" or not tif.ome_metadata:
+        return False
+    try:
+        ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return False
+    return True
+
+
+def _warn_metadata_ignored(path: Path, tif, series, logs) -> None:
+    """One warning for OME metadata tifffile passed over, in place of its log lines (one of
+    which says missing data are zeroed, which is not what is read)."""
+    import xml.etree.ElementTree as ET
+
+    logs.records.clear()
+    why = ""
+    try:
+        pixels = next(el for el in ET.fromstring(tif.ome_metadata).iter()
+                      if el.tag.endswith("}Pixels") or el.tag == "Pixels")
+        declared = " x ".join(pixels.get(f"Size{a}", "?") for a in "TZCYX")
+        why = f" (it declares T x Z x C x Y x X = {declared}; the pages hold " \
+              f"{' x '.join(map(str, series.shape))})"
+    except (ET.ParseError, StopIteration, TypeError):
+        pass
+    warnings.warn(f"{path}: its OME metadata does not describe the file's pages{why}; the "
+                  "pixels are read as stored, without the metadata's pixel sizes, channel "
+                  "names or position", stacklevel=4)
 
 
 def _colour_last(series) -> tuple[str, int | None]:
