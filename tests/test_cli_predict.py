@@ -478,3 +478,14 @@ def test_a_failed_run_removes_every_output_folder_it_created_and_no_other(
     with pytest.raises(RuntimeError, match="simulated failure"):
         _cli(two_tiffs[:1], kept / "new" / "sub" / "dir", tiny_model_file, "--quiet")
     assert sorted(p.name for p in (kept / "new").iterdir()) == ["theirs.txt"]
+
+
+def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path, tiny_model_file,
+                                                       nuclei_widefield, capsys):
+    """Found by a review: the success line of a file named with a newline was split over
+    several lines (error lines were already escaped)."""
+    path = tmp_path / "two\nlines.tif"
+    tifffile.imwrite(path, nuclei_widefield[:24, :24])
+    assert _cli([path], tmp_path / "out", tiny_model_file) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "two\\nlines.tif ->" in out[0]

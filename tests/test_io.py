@@ -297,6 +297,16 @@ def test_cvdm_info_shows_only_loadable_models_and_prints_their_text_plainly(tiny
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and "evil\\x1b[31mred" in out
     assert max(len(line) for line in out.splitlines()) < 2100
+    # a line break in a field stays in its line (it could pass for another field)
+    _tamper(path, lambda m: m["metadata"].update(name="n\nlicense: MIT"))
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(line.startswith("license: MIT") for line in out.splitlines())
     _tamper(path, lambda m: m["config"].update(scale=0))
     assert main(["info", str(path)]) == 2
     assert "configuration is invalid" in capsys.readouterr().err
+    # a configuration its weights do not fit (found by a review: a card, then predict
+    # refused the file)
+    _tamper(path, lambda m: m["config"].update(scale=2, channels=2))
+    assert main(["info", str(path)]) == 2
+    assert "the configuration needs" in capsys.readouterr().err

@@ -210,22 +210,54 @@ def _config_from_header(path: Path, header: dict[str, Any]):
     return config
 
 
+def expected_shapes(config) -> dict[str, tuple]:
+    """Each weight's name and shape for ``config``, from PyTorch's meta device (nothing
+    allocated)."""
+    import torch
+
+    from .model.cvdm import CVDM
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in CVDM(config).state_dict().items()}
+
+
+def _check_index(path: Path, fh, expected: dict[str, tuple]) -> None:
+    """The stored tensors' names and shapes (the safetensors index) against ``expected``."""
+    names = set(fh.keys())
+    missing = sorted(set(expected) - names)
+    unexpected = sorted(names - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{path}: the weights do not match the configuration "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for name in sorted(names):
+        shape = tuple(fh.get_slice(name).get_shape())
+        if shape != expected[name]:
+            raise ValueError(f"{path}: weight {name} has shape {shape}, the "
+                             f"configuration needs {expected[name]}")
+
+
+def check_weight_index(path: Path, config) -> None:
+    """ValueError unless the file's stored tensors are those ``config`` needs (names and
+    shapes, read from the index: no weights loaded). What ``cvdm info`` checks beyond the
+    header, so that it shows a card only for a file ``load_model`` takes."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            _check_index(path, fh, expected_shapes(config))
+    except ValueError:
+        raise
+    except Exception as exc:  # safetensors' own errors, OSError, truncated data
+        raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
+
+
 def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
     import torch
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as fh:
+        _check_index(path, fh, expected)
         names = set(fh.keys())
-        missing = sorted(set(expected) - names)
-        unexpected = sorted(names - set(expected))
-        if missing or unexpected:
-            raise ValueError(f"{path}: the weights do not match the configuration "
-                             f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        for name in sorted(names):
-            shape = tuple(fh.get_slice(name).get_shape())
-            if shape != expected[name]:
-                raise ValueError(f"{path}: weight {name} has shape {shape}, the "
-                                 f"configuration needs {expected[name]}")
         state = model.state_dict()
         for name in sorted(names):
             value = fh.get_tensor(name)
@@ -249,8 +281,6 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
     compared with that configuration from the safetensors index; only then are weights
     read. A damaged, truncated or tampered file raises ValueError.
     """
-    import torch
-
     from .model.cvdm import CVDM
 
     if name_or_path is None:
@@ -268,8 +298,7 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
     header = read_model_header(path)
     config = _config_from_header(path, header)
     metadata = header["metadata"]
-    with torch.device("meta"):
-        expected = {k: tuple(v.shape) for k, v in CVDM(config).state_dict().items()}
+    expected = expected_shapes(config)
     model = CVDM(config, metadata=metadata)
     try:
         _read_weights(path, model, expected)

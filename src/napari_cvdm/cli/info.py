@@ -22,7 +22,8 @@ MAX_LINE = 2000  # characters of one card line printed (a name may be megabytes)
 def model_card(model: str) -> str:
     """The card of a bundled model or model file, from its header (weights not loaded)."""
     from ..model_card import card_text
-    from ..model_files import _config_from_header, model_path, weights_sha256
+    from ..model_files import _config_from_header, check_weight_index, model_path, \
+        weights_sha256
     from ..model_header import MODEL_SUFFIX, read_model_header
     from . import _one_line
 
@@ -38,14 +39,28 @@ def model_card(model: str) -> str:
         return "\n".join(f"package: {_one_line(path)}" if line.startswith("file: ") else line
                          for line in card.splitlines())
     header = read_model_header(path)
-    _config_from_header(path, header)  # a card only for a file load_model would take
-    metadata = header["metadata"]
-    name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
+    # a card only for a file load_model would take: its configuration, and the weights'
+    # names and shapes (the safetensors index; no weights read)
+    check_weight_index(path, _config_from_header(path, header))
+    metadata = _no_line_breaks(header["metadata"])  # one card line per field, whatever
+    name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)  # the file says
     text = (f"{card_text(name, header['config'], metadata)}\n"
             f"file: {path}\nsha256: {weights_sha256(path)}\n"
             f"written by: napari-cvdm {header.get('version', '?')}")
     # the file's text may hold terminal escapes: each line is printed as plain text
     return "\n".join(_one_line(line[:MAX_LINE]) for line in text.splitlines())
+
+
+def _no_line_breaks(value):
+    """``value`` with the line breaks in its text escaped (a name holding "\n" would start
+    a line of its own on the card, looking like another field)."""
+    if isinstance(value, str):
+        return value.replace("\r", "\\r").replace("\n", "\\n")
+    if isinstance(value, dict):
+        return {k: _no_line_breaks(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_line_breaks(v) for v in value]
+    return value
 
 
 def run(args) -> int:

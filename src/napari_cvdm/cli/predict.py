@@ -255,6 +255,7 @@ def run(args) -> int:
     from ..file_prediction import describe
     from ..model_files import resolve_model
     from ..settings import PredictSettings
+    from . import _one_line
     from .options import settings_from_args
 
     settings = settings_from_args(PredictSettings, args)
@@ -269,7 +270,7 @@ def run(args) -> int:
     _probe_tiffs(tasks, None if clustered else model.config.scale)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
-        print(describe({"input": str(path), "skipped": why}))
+        print(_one_line(describe({"input": str(path), "skipped": why})))
     if not tasks:
         return 0
     created = _missing_folders(args.output)
@@ -311,6 +312,7 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
     from ..devices import resolve_device
     from ..file_prediction import RunSpec, describe, predict_file
     from ..precision import resolve_precision
+    from . import _one_line
 
     if clustered:
         return _run_on_cluster(args, tasks, settings, summary, steps)
@@ -327,7 +329,7 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
             done = predict_file(task, spec, model, progress=bar, warn=warn)
         except ValueError as exc:  # found in the pixels: say which file, and what is kept
             raise ValueError(_in_batch(task, exc, number)) from exc
-        print(describe(done))
+        print(_one_line(describe(done)))  # a newline in a file name: escaped
     return 0
 
 
@@ -366,7 +368,7 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
                 "outputs": [str(p) for p in task.outputs]}
         for message in done.get("warnings", ()):
             tqdm.write(f"cvdm predict: warning: {message}", file=sys.stderr)
-        tqdm.write(describe(done), file=sys.stdout)  # above the bar of finished files
+        tqdm.write(_one_line(describe(done)), file=sys.stdout)  # above the finished files' bar
 
     with connect(args.workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
         outcomes = run_batch(client, tasks, spec, progress=not args.quiet, on_outcome=report)
