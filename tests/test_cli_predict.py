@@ -489,3 +489,30 @@ def test_a_line_break_in_a_file_name_stays_on_its_line(tmp_path, tiny_model_file
     assert _cli([path], tmp_path / "out", tiny_model_file) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1 and "two\\nlines.tif ->" in out[0]
+
+
+def test_resume_redoes_outputs_made_with_another_model_or_sampling(two_tiffs, tiny_model,
+                                                                  tiny_model_file, tmp_path,
+                                                                  capsys):
+    """Found by a review: --resume with another --model (or samples) kept the outputs of
+    the first run as complete, so a batch silently mixed two models."""
+    import napari_cvdm as nc
+
+    out = tmp_path / "out"
+    assert _cli(two_tiffs, out, tiny_model_file, "--quiet") == 0
+    capsys.readouterr()
+    assert _cli(two_tiffs, out, tiny_model_file, "--resume") == 0
+    assert capsys.readouterr().out.count("skipped, its outputs are complete") == 2
+    with torch.no_grad():
+        for p in tiny_model.parameters():
+            p.mul_(0.5)
+    other = nc.save_model(tiny_model, tmp_path / "other.cvdm.safetensors")
+    before = (out / "first_cvdm_mean.tif").read_bytes()
+    assert _cli(two_tiffs, out, other, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "skipped" not in printed and printed.count(" -> ") == 2
+    assert (out / "first_cvdm_mean.tif").read_bytes() != before
+    assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3") == 0
+    assert "skipped" not in capsys.readouterr().out
+    assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3") == 0
+    assert "skipped" in capsys.readouterr().out

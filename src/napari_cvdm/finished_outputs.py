@@ -16,10 +16,13 @@ from .image_files import held_tifffile_logs
 COMPLETE, ABSENT, PARTIAL = "complete", "absent", "partial"
 
 
-def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
+def output_state(outputs, input_path: Path | None = None,
+                 made_with: dict | None = None) -> tuple[str, str]:
     """``(state, why)``: COMPLETE (all exist and open), ABSENT (none exists) or PARTIAL
     (some exist, or one does not open, or its shape does not fit the input's, or the input
-    file was modified after them)."""
+    file was modified after them, or their provenance records other values of
+    ``made_with``: a run resumed with another model or sampling settings must not keep
+    results of the first, a batch of mixed models)."""
     outputs = [Path(p) for p in outputs]
     present = [p for p in outputs if p.exists() or p.is_symlink()]
     if not present:
@@ -48,7 +51,40 @@ def output_state(outputs, input_path: Path | None = None) -> tuple[str, str]:
         return PARTIAL, f"the outputs' shape {shapes[0]} does not fit the input's"
     if input_path is not None and _changed_since(Path(input_path), outputs):
         return PARTIAL, "the input was modified after its outputs were written"
+    differs = _made_otherwise(outputs, made_with or {})
+    if differs:
+        return PARTIAL, f"the outputs were made with {differs}"
     return COMPLETE, "all outputs exist and open"
+
+
+def _made_otherwise(outputs: list[Path], made_with: dict) -> str:
+    """What the outputs' provenance records otherwise than ``made_with`` ("" where all
+    agree; a key they do not record, as older outputs, is not judged)."""
+    if not made_with:
+        return ""
+    try:
+        recorded = _provenance(outputs)
+    except Exception:  # noqa: BLE001 - unreadable provenance: judged by the checks above
+        return ""
+    differ = [f"{key} {recorded[key]} (this run: {value})" for key, value in made_with.items()
+              if key in recorded and str(recorded[key]) != str(value)]
+    return ", ".join(differ)
+
+
+def _provenance(outputs: list[Path]) -> dict:
+    """The provenance an output records: an OME-Zarr result's ``napari_cvdm`` attributes,
+    or the first TIFF's OME map annotation."""
+    if len(outputs) == 1 and outputs[0].is_dir():
+        from .zarr_files import _zarr
+
+        return dict(_zarr().open_group(str(outputs[0]), mode="r").attrs["napari_cvdm"])
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    with tifffile.TiffFile(outputs[0]) as tif:
+        root = ET.fromstring(tif.ome_metadata)
+    return {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
 
 
 def _changed_since(input_path: Path, outputs: list[Path]) -> bool:

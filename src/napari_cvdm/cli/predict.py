@@ -229,8 +229,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
             check_replaceable(outputs[0])
         plan.append((path, outputs))
     tasks, skipped = [], []
+    made_with = _made_with(args) if args.resume else None
     for path, outputs in plan:
-        state, why = output_state(outputs, path) if args.resume else (ABSENT, "")
+        state, why = output_state(outputs, path, made_with) if args.resume else (ABSENT, "")
         if state == COMPLETE:
             skipped.append((path, why))
             continue
@@ -242,6 +243,24 @@ def _plan(args, seed: int | None, clustered: bool = False):
                            and t.replace == replace for p in t.outputs],
                           overwrite=args.overwrite or replace, folders=folders)
     return tasks, skipped
+
+
+def _made_with(args) -> dict:
+    """What outputs kept by --resume must have been made with: this run's model (by its
+    weights' hash) and sampling settings, as their provenance records them."""
+    from ..model_files import model_path, weights_sha256
+    from ..settings import PredictSettings
+    from .options import settings_from_args
+
+    settings = settings_from_args(PredictSettings, args)
+    made = {"samples": settings.samples, "sampler": settings.sampler, "eta": settings.eta}
+    if settings.sampler == "ddim":  # the others run the model's own number of steps
+        made["steps"] = settings.steps
+    try:
+        made["weights_sha256"] = weights_sha256(model_path(settings.model))
+    except (ValueError, OSError):
+        pass  # said when the model is loaded
+    return made
 
 
 def run(args) -> int:
