@@ -129,6 +129,34 @@ def test_load_model_reads_a_package_without_unpickling(package):
         assert torch.equal(loaded.state_dict()[name], value), name
 
 
+def test_a_damaged_or_doubled_attachment_names_the_package(package, tmp_path):
+    """Found by a review: a damaged attachment's error named its temporary copy, and a zip
+    of two model files was said to hold none."""
+    import zipfile
+
+    from napari_cvdm.cli import main
+
+    _, path = package
+    damaged, doubled = tmp_path / "damaged.zip", tmp_path / "doubled.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(damaged, "w") as a, \
+            zipfile.ZipFile(doubled, "w") as b:
+        for item in src.infolist():
+            data = src.read(item)
+            if item.filename.endswith(".cvdm.safetensors"):
+                a.writestr(item.filename, data[: len(data) // 2])
+                b.writestr("second.cvdm.safetensors", data)
+            else:
+                a.writestr(item, data)
+            b.writestr(item, data)
+    with pytest.raises(ValueError) as caught:
+        nc.load_model(damaged)
+    assert f"{damaged} (its model attachment)" in str(caught.value)
+    assert "cvdm-package-" not in str(caught.value)
+    assert main(["info", str(damaged)]) == 2
+    with pytest.raises(ValueError, match="holds 2 .cvdm.safetensors attachments"):
+        nc.load_model(doubled)
+
+
 def test_export_refuses_an_existing_file_and_a_wrong_name(package, tmp_path):
     model, path = package
     with pytest.raises(ValueError, match="exists"):

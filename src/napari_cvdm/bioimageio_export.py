@@ -197,8 +197,10 @@ def model_file_in_package(package: str | os.PathLike, folder: str | os.PathLike)
             members = [m for m in archive.infolist() if m.filename.endswith(MODEL_SUFFIX)
                        and "/" not in m.filename and not m.is_dir()]
             if len(members) != 1:
+                held = "no" if not members else f"{len(members)}"
                 raise ValueError(f"{package} is a zip file but not a napari-cvdm model "
-                                 "package (it holds no .cvdm.safetensors attachment)")
+                                 f"package (it holds {held} .cvdm.safetensors attachments, "
+                                 "not one)")
             if members[0].file_size > 4 * 2**30:
                 raise ValueError(f"{package}: the model attachment is too large")
             target = Path(folder) / members[0].filename

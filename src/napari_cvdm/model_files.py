@@ -294,7 +294,12 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
         from .bioimageio_export import model_file_in_package
 
         with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
-            return load_model(model_file_in_package(path, folder), device)
+            inner = model_file_in_package(path, folder)
+            try:
+                return load_model(inner, device)
+            except ValueError as exc:  # name the package, not the temporary copy
+                raise ValueError(str(exc).replace(str(inner), f"{path} (its model "
+                                                  "attachment)")) from None
     header = read_model_header(path)
     config = _config_from_header(path, header)
     metadata = header["metadata"]

@@ -34,7 +34,12 @@ def model_card(model: str) -> str:
         from ..bioimageio_export import model_file_in_package
 
         with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
-            card = model_card(str(model_file_in_package(path, folder)))
+            inner = model_file_in_package(path, folder)
+            try:
+                card = model_card(str(inner))
+            except ValueError as exc:  # name the package, not the temporary copy
+                raise ValueError(str(exc).replace(str(inner), f"{path} (its model "
+                                                  "attachment)")) from None
         # the attachment's place was temporary: name the package instead
         return "\n".join(f"package: {_one_line(path)}" if line.startswith("file: ") else line
                          for line in card.splitlines())
