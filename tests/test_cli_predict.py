@@ -516,3 +516,27 @@ def test_resume_redoes_outputs_made_with_another_model_or_sampling(two_tiffs, ti
     assert "skipped" not in capsys.readouterr().out
     assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3") == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_two_resumes_on_one_folder_share_the_batch(two_tiffs, tiny_model_file, tmp_path,
+                                                    capsys, monkeypatch):
+    """Found by a review: of two `--resume` runs on one folder, the second to write an
+    input's outputs stopped its whole batch with advice (--overwrite) that does not go with
+    --resume. Now it says another run completed them, and goes on."""
+    import napari_cvdm.file_prediction as fp
+
+    real = fp.predict_file
+    out = tmp_path / "out"
+
+    def raced(task, spec, model, **kwargs):
+        if task.input == two_tiffs[0]:  # the other run writes this input's outputs first
+            real(task, spec, model)
+        return real(task, spec, model, **kwargs)
+
+    monkeypatch.setattr(fp, "predict_file", raced)
+    assert _cli(two_tiffs, out, tiny_model_file, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert "first.tif: skipped, its outputs are complete (another run completed them " \
+           "meanwhile)" in printed
+    assert f"{two_tiffs[1]} -> " in printed
+    assert len(list(out.iterdir())) == 6

@@ -347,9 +347,24 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
         try:
             done = predict_file(task, spec, model, progress=bar, warn=warn)
         except ValueError as exc:  # found in the pixels: say which file, and what is kept
+            if args.resume and _finished_meanwhile(args, task):
+                print(_one_line(describe({"input": str(task.input), "skipped":
+                                          "another run completed them meanwhile"})))
+                continue
             raise ValueError(_in_batch(task, exc, number)) from exc
         print(_one_line(describe(done)))  # a newline in a file name: escaped
     return 0
+
+
+def _finished_meanwhile(args, task) -> bool:
+    """Whether ``task``'s outputs, absent when the run was planned, are now complete and
+    made as this run would make them: another ``--resume`` run on the same folder wrote them
+    first (this run's own are not written: the outputs are never replaced then)."""
+    from ..finished_outputs import COMPLETE, output_state
+
+    if task.replace:
+        return False
+    return output_state(task.outputs, task.input, _made_with(args))[0] == COMPLETE
 
 
 def _in_batch(task, error: ValueError, finished: int) -> str:
