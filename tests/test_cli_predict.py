@@ -540,3 +540,12 @@ def test_two_resumes_on_one_folder_share_the_batch(two_tiffs, tiny_model_file, t
            "meanwhile)" in printed
     assert f"{two_tiffs[1]} -> " in printed
     assert len(list(out.iterdir())) == 6
+
+
+def test_steps_given_to_a_sampler_that_runs_its_own_number_are_warned_about(
+        two_tiffs, tiny_model_file, tmp_path, capsys):
+    """Found by a review: --sampler reference --steps 2 ran the model's own number of steps
+    (81 s instead of 1 s) without a word."""
+    assert _cli(two_tiffs[:1], tmp_path / "out", tiny_model_file, "--quiet",
+                "--sampler", "reference") == 0
+    assert "--steps 2 is for the ddim sampler" in capsys.readouterr().err

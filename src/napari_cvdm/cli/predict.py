@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import sys
 import warnings
 from pathlib import Path
 
@@ -278,6 +279,10 @@ def run(args) -> int:
     from .options import settings_from_args
 
     settings = settings_from_args(PredictSettings, args)
+    if settings.sampler != "ddim" and settings.steps != PredictSettings().steps:
+        print(f"cvdm predict: warning: --steps {settings.steps} is for the ddim sampler; "
+              f"--sampler {settings.sampler} runs the model's own number of steps",
+              file=sys.stderr)
     clustered = _check_cluster_args(args)
     if clustered:
         from ..distributed import require_distributed
@@ -326,7 +331,6 @@ def _probe_tiffs(tasks, scale: int | None) -> None:
 
 
 def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
-    import sys
 
     from ..devices import resolve_device
     from ..file_prediction import RunSpec, describe, predict_file
@@ -380,7 +384,6 @@ def _in_batch(task, error: ValueError, finished: int) -> str:
 
 def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
     """The tasks on a local cluster (--workers) or an existing one (--scheduler)."""
-    import sys
 
     from tqdm import tqdm
 
