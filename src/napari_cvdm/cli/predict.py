@@ -331,7 +331,6 @@ def _probe_tiffs(tasks, scale: int | None) -> None:
 
 
 def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
-
     from ..devices import resolve_device
     from ..file_prediction import RunSpec, describe, predict_file
     from ..precision import resolve_precision
