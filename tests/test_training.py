@@ -1,5 +1,7 @@
 """Training: both data paths on real images, learning, validation, resume, bad folders."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -272,6 +274,15 @@ def test_resume_refuses_other_data_or_settings_a_damaged_state_and_a_finished_ru
     tifffile.imwrite(other / "x.tif", nuclei_truth[:100, :100])
     with pytest.raises(ValueError, match="other data or settings.*hq: 'hq' there, 'other'"):
         train(output=out, hq=other, settings=_settings(steps=6), resume=True, device="cpu")
+    # A folder of the same name with other images of the same names and number (found by a
+    # review: accepted, and the validation PSNR fell by half)
+    elsewhere = tmp_path / "elsewhere" / Path(hq_dir).name
+    elsewhere.mkdir(parents=True)
+    for path in sorted(Path(hq_dir).iterdir()):
+        tifffile.imwrite(elsewhere / path.name, np.flip(tifffile.imread(path), axis=-1))
+    with pytest.raises(ValueError, match="training images differ from those of the run"):
+        train(output=out, hq=elsewhere, settings=_settings(steps=6), resume=True,
+              device="cpu")
     with pytest.raises(ValueError, match="already at step 3"):
         train(output=out, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
     # The length, how often to validate or checkpoint, and the recovery settings (a lower

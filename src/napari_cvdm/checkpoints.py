@@ -208,6 +208,12 @@ def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list
         for key in sorted(set(there) | set(now)):
             if there.get(key) == now.get(key):
                 continue
+            if part == "data" and key == "fingerprint" and key not in there:
+                continue  # a state written before the images' digest was recorded
+            if part == "data" and key == "fingerprint":
+                changed.append("the training images differ from those of the run it "
+                               "continues (other pixels or names)")
+                continue
             if part == "settings" and key in RECOVERY_CHANGES:
                 recovery.append(f"{key}: {there.get(key)!r} -> {now.get(key)!r}")
             else:

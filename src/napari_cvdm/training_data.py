@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from .data import (PatchSampler, SyntheticPool, check_patch_fits, hq_from_arrays, load_hq,
@@ -76,6 +77,21 @@ def _folder_name(folder) -> str:
     return os.path.basename(os.path.normpath(os.fspath(folder)))
 
 
+def fingerprint(items) -> str:
+    """A digest of the training images (each ``(name, array, ...)``: names, shapes and
+    pixels, as loaded): a resumed run with other images of the same names and number is
+    told apart from the run it would continue (``checkpoints.check_same_run``)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, *arrays in items:
+        digest.update(str(name).encode("utf-8", "backslashreplace") + b"\0")
+        for array in arrays:
+            array = np.ascontiguousarray(np.asarray(array, dtype=np.float32))
+            digest.update(str(array.shape).encode() + array.tobytes())
+    return digest.hexdigest()[:16]
+
+
 def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation | None,
                  patch_size: int, validation_fraction: float, validation_patches: int,
                  seed: int, generator: torch.Generator) -> TrainingData:
@@ -104,6 +120,7 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
             all_pairs, scale = pairs_from_arrays(pairs)
             info = {"mode": "pairs", "source": "arrays"}
         info["images"] = len(all_pairs)
+        info["fingerprint"] = fingerprint((p.name, p.lq, p.hq) for p in all_pairs)
         train, val = split_validation(all_pairs, validation_fraction, patch_size)
         check_patch_fits([(p.name, p.hq.shape) for p in all_pairs],
                          [(p.name, p.hq.shape) for p in train], patch_size)
@@ -122,6 +139,8 @@ def prepare_data(*, pairs=None, hq=None, synthetic=(), degradation: Degradation 
         else:
             real = hq_from_arrays(hq)
             info["hq"] = "arrays"
+    if real:
+        info["fingerprint"] = fingerprint((name, image) for image, name in real)
     train_real, val_real = split_images(real, validation_fraction, patch_size) if real else ([], [])
     check_patch_fits([(name, image.shape) for image, name in real],
                      [(name, image.shape) for image, name in train_real], patch_size)
