@@ -605,3 +605,38 @@ def test_train_with_init_simulates_the_optics_its_model_was_trained_with(hq_dir,
     pairs_model = nc.load_model(first)
     pairs_model.metadata["training"]["data"] = {"mode": "pairs"}
     assert trained_optics(pairs_model) is None
+
+
+def test_a_non_finite_gradient_never_reaches_a_checkpoint(hq_dir, tmp_path, monkeypatch):
+    """Found by a review: one gradient overflowing to inf (the loss finite) made the weights
+    NaN, the checkpoint of that step replaced the last good one, and nothing could be loaded
+    or resumed. Now such an update is skipped; five in a row stop the run as diverged with
+    the last good checkpoint kept."""
+    from napari_cvdm.training import MAX_SKIPPED_UPDATES, TrainingDiverged
+
+    real = torch.nn.utils.clip_grad_norm_
+    calls = {"n": 0, "from": 4, "to": 4}
+
+    def overflowing(params, max_norm, *args, **kwargs):
+        params = list(params)
+        calls["n"] += 1
+        if calls["from"] <= calls["n"] <= calls["to"]:
+            params[0].grad.view(-1)[0] = float("inf")
+        return real(params, max_norm, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", overflowing)
+    out = tmp_path / "m.cvdm.safetensors"
+    said = []
+    train(output=out, hq=hq_dir, settings=_settings(steps=6, checkpoint_every=1,
+                                                    first_checkpoint=1),
+          device="cpu", log=said.append)
+    assert any("step 4: a non-finite gradient; the update is skipped" in m for m in said)
+    model = nc.load_model(out)  # finite, complete
+    assert model.metadata["training"]["step"] == 6
+    # overflowing every step from the 3rd: diverged, the checkpoint of step 2 kept
+    calls.update(n=0, **{"from": 3, "to": 10**6})
+    out2 = tmp_path / "m2.cvdm.safetensors"
+    with pytest.raises(TrainingDiverged, match=f"{MAX_SKIPPED_UPDATES} non-finite"):
+        train(output=out2, hq=hq_dir, settings=_settings(steps=20, checkpoint_every=1,
+                                                         first_checkpoint=1), device="cpu")
+    assert nc.load_model(out2).metadata["training"]["step"] == 2 + MAX_SKIPPED_UPDATES - 1

@@ -41,6 +41,7 @@ from .training_data import prepare_data
 
 SIMULATION_REFRESH = 100  # steps between fresh simulated optics of the training set
 FIRST_CHECKPOINT_SECONDS = 300  # the first checkpoint comes after this long at the latest
+MAX_SKIPPED_UPDATES = 5  # non-finite gradients in a row (finite loss) before giving up
 
 
 TrainingSettings = TrainSettings  # the old name; the class lives in settings.py
@@ -141,6 +142,13 @@ def _prepare_model(model: CVDM, dev: torch.device, low_precision: bool) -> CVDM:
         # NHWC GroupNorm backward is 3x slower under autocast; docs/performance.md).
         model = model.to(memory_format=torch.channels_last)
     return model
+
+
+def _finite(model) -> bool:
+    """Whether every weight and buffer of ``model`` is finite (checked before a checkpoint
+    replaces the last one)."""
+    return all(bool(torch.isfinite(t).all()) for t in (*model.parameters(), *model.buffers())
+               if t.is_floating_point())
 
 
 def _kept(output: Path, saved_step: int | None) -> str:
@@ -283,6 +291,7 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
 
     started = time.perf_counter()
     saved_step = start if resume else None
+    skipped = 0  # updates left out in a row for a non-finite gradient
     step = start
     try:
         for step in range(start + 1, settings.steps + 1):
@@ -309,9 +318,21 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(terms["total"]).backward()
             scaler.unscale_(optimizer)
-            if settings.grad_clip > 0:  # 0 turns clipping off (a norm of 0 would zero every step)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            scaler.step(optimizer)
+            # 0 turns clipping off (a norm of 0 would zero every step); the norm is taken
+            # either way, to see a non-finite gradient
+            norm = torch.nn.utils.clip_grad_norm_(
+                model.parameters(), settings.grad_clip if settings.grad_clip > 0 else math.inf)
+            if scaler.is_enabled() or bool(torch.isfinite(norm)):
+                scaler.step(optimizer)  # fp16's scaler skips non-finite steps by itself
+                skipped = 0
+            else:  # a gradient overflowed with a finite loss: this update is left out
+                skipped += 1
+                say(f"step {step}: a non-finite gradient; the update is skipped")
+                if skipped >= MAX_SKIPPED_UPDATES:
+                    raise TrainingDiverged(
+                        f"training diverged at step {step} ({skipped} non-finite gradients "
+                        f"in a row); {_kept(output, saved_step)}; lower the learning rate "
+                        "and resume")
             scaler.update()
             decay = min(settings.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -349,6 +370,10 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
                 step >= settings.first_checkpoint
                 or time.perf_counter() - started >= FIRST_CHECKPOINT_SECONDS)
             if first_due or step % settings.checkpoint_every == 0 or step == settings.steps:
+                if not (_finite(ema) and _finite(model)):  # never over the last good one
+                    raise TrainingDiverged(f"training diverged at step {step} (weights not "
+                                           f"finite); {_kept(output, saved_step)}; lower the "
+                                           "learning rate and resume")
                 save_checkpoint(output, ema, model, optimizer, step, metadata)
                 saved_step = step
     except KeyboardInterrupt:  # Ctrl-C: say what is kept, like a cancel
