@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tifffile
 
 import napari_cvdm as nc
 from napari_cvdm import training_data
@@ -194,3 +195,17 @@ def test_blank_planes_leave_out_the_pair_not_shift_the_stack(nuclei_truth, nucle
     with pytest.raises(ValueError, match=r"pair 0 must be \(low-quality image, high-quality "
                                          r"image\), not tuple of 3"):
         pairs_from_arrays([(lq, hq, hq)])
+
+
+def test_napari_cvdm_outputs_beside_the_images_are_not_training_targets(tmp_path,
+                                                                         nuclei_truth):
+    """Found by a review: `cvdm train --hq` on a folder where `cvdm predict` had written
+    its outputs trained on the reconstructions and their std and variance maps too."""
+    from napari_cvdm.data import load_hq
+
+    folder = tmp_path / "hq"
+    folder.mkdir()
+    tifffile.imwrite(folder / "cell.tif", nuclei_truth[:96, :96])
+    for kind in ("mean", "std", "var"):
+        tifffile.imwrite(folder / f"cell_cvdm_{kind}.tif", nuclei_truth[:96, :96] * 1.0)
+    assert [name for _, name in load_hq(folder)] == ["cell[0]"]

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .degradation import Degradation, simulate
-from .image_names import is_hidden, is_lsm, is_tiff
+from .image_names import is_cvdm_output, is_hidden, is_lsm, is_tiff
 from .io import read_tiff
 from .normalization import Normalization
 from .resampling import upsample
@@ -28,11 +28,13 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
                              "holds the images")
         raise ValueError(f"{role} folder not found: {folder}")
     # a folder named x.tif, a link loop: not images; LSM files (often beside their TIFF
-    # export, and multichannel) are left to cvdm predict
+    # export, and multichannel) are left to cvdm predict; napari-cvdm's own outputs (a
+    # reconstruction, its std and variance written beside the images) are no targets
     files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_lsm(p)
-                   and not is_hidden(p) and p.is_file())
+                   and not is_hidden(p) and not is_cvdm_output(p) and p.is_file())
     if not files:
-        raise ValueError(f"no .tif/.tiff files in the {role} folder {folder}")
+        raise ValueError(f"no .tif/.tiff files in the {role} folder {folder} (other than "
+                         "hidden files and napari-cvdm outputs)")
     return files
 
 
