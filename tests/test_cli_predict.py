@@ -549,3 +549,20 @@ def test_steps_given_to_a_sampler_that_runs_its_own_number_are_warned_about(
     assert _cli(two_tiffs[:1], tmp_path / "out", tiny_model_file, "--quiet",
                 "--sampler", "reference") == 0
     assert "--steps 2 is for the ddim sampler" in capsys.readouterr().err
+
+
+def test_a_file_name_that_is_no_utf8_is_predicted_and_written(tmp_path, tiny_model_file,
+                                                               nuclei_widefield, capsys):
+    """Found by a review: a name with a byte that is no UTF-8 (a Latin-1 file system's
+    name) failed after the prediction, writing the OME-XML ("surrogates not allowed")."""
+    import os
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    path = folder / os.fsdecode(b"b\xffd.tif")
+    tifffile.imwrite(path, nuclei_widefield[:24, :24])
+    assert _cli([folder], tmp_path / "out", tiny_model_file, "--quiet") == 0, \
+        capsys.readouterr().err
+    mean = tmp_path / "out" / os.fsdecode(b"b\xffd_cvdm_mean.tif")
+    with tifffile.TiffFile(mean) as tif:
+        assert 'Name="b\\udcffd_cvdm_mean"' in tif.ome_metadata

@@ -120,7 +120,7 @@ def input_identity(path: Path) -> dict[str, Any]:
     store = zarr_store(path) if is_zarr(path) else None
     # a series or field inside a store: named with its place in the store
     name = path.relative_to(store.parent).as_posix() if store not in (None, path) else path.name
-    out: dict[str, Any] = {"input": name}
+    out: dict[str, Any] = {"input": name.encode("utf-8", "backslashreplace").decode("utf-8")}
     if path.is_file():
         out["input_bytes"] = stat.st_size
     out["input_modified"] = datetime.datetime.fromtimestamp(

@@ -58,8 +58,8 @@ class OutputSpec:
         if "T" in self.sizes and self.sizes["T"].unit in TIME_UNITS:
             meta["TimeIncrement"] = self.sizes["T"].size
             meta["TimeIncrementUnit"] = self.sizes["T"].unit
-        if name:
-            meta["Name"] = name
+        if name:  # a file name may hold bytes that are no UTF-8 (escaped: OME-XML is UTF-8)
+            meta["Name"] = name.encode("utf-8", "backslashreplace").decode("utf-8")
         if self.provenance:
             meta["Description"] = "napari-cvdm result"
             meta["MapAnnotation"] = dict(self.provenance)
