@@ -73,3 +73,23 @@ def test_new_files_are_removed_again_and_a_backup_that_cannot_be_restored_is_kep
     backups = list(tmp_path.glob(".a_std.tif.*.bak"))
     assert len(backups) == 1 and backups[0].read_text() == "old"
     assert not list(tmp_path.glob("*.part"))
+
+
+def test_a_writer_that_says_the_disk_is_full_in_its_own_words_gets_the_plain_error(tmp_path):
+    """Found by a review: safetensors reports a full disk as SafetensorError "... No space
+    left on device (os error 28)" and empties its temporary file, so the disk did not look
+    full any more and a training checkpoint ended in a traceback."""
+    from napari_cvdm.atomic import atomic_group
+
+    class WritersOwnError(Exception):
+        pass
+
+    target = tmp_path / "m.cvdm.safetensors"
+    with pytest.raises(OSError, match="No space left on device while writing"):
+        with atomic_group([target]):
+            raise WritersOwnError("Error while serializing: IoError(Os { code: 28, kind: "
+                                  "StorageFull, message: \"No space left on device\" })")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(WritersOwnError):  # other errors stay what they are
+        with atomic_group([target]):
+            raise WritersOwnError("something else")

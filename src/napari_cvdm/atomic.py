@@ -53,6 +53,12 @@ def _no_space(folder: Path) -> OSError:
                    "some space or choose another output folder")
 
 
+def _says_no_space(exc: BaseException) -> bool:
+    """Whether a writer's own error says the disk is full (in the words of the OS)."""
+    text = str(exc)
+    return os.strerror(errno.ENOSPC) in text or f"os error {errno.ENOSPC})" in text
+
+
 def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
     try:
         return shutil.disk_usage(folder).free < margin
@@ -115,7 +121,9 @@ def atomic_group(paths: Sequence[str | os.PathLike],
                 where = path
         raise plain_os_error(exc, where) from exc
     except Exception as exc:  # writers (tifffile) may report a full disk in their own words
-        if _disk_full(targets[0].parent):
+        # safetensors says "No space left on device (os error 28)", and its temporary file
+        # is then empty again, so the disk no longer looks full
+        if _disk_full(targets[0].parent) or _says_no_space(exc):
             raise _no_space(targets[0].parent) from exc
         raise
     finally:
