@@ -114,6 +114,37 @@ def test_an_unreachable_scheduler_is_a_quick_clear_error(three_tiffs, tiny_model
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("listener", ["silent", "http"])
+def test_a_port_that_is_no_dask_scheduler_is_a_clear_error_not_a_hang(
+        three_tiffs, tiny_model_file, tmp_path, capsys, listener):
+    """Found by a review: a port that accepts connections but is no dask scheduler (a web
+    server, a listener that never answers) made `--scheduler` wait for ever, whatever
+    --scheduler-timeout said."""
+    import http.server
+    import socket
+    import threading
+
+    if listener == "silent":
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(5)
+        port = server.getsockname()[1]
+    else:
+        server = http.server.HTTPServer(("127.0.0.1", 0),
+                                        http.server.BaseHTTPRequestHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+    try:
+        start = time.monotonic()
+        code = _cli(three_tiffs, tmp_path / "out", tiny_model_file, "--scheduler",
+                    f"tcp://127.0.0.1:{port}", "--scheduler-timeout", "2")
+        err = capsys.readouterr().err
+        assert code == 2 and time.monotonic() - start < 20
+        assert f"no dask scheduler answered at tcp://127.0.0.1:{port} within 2 s" in err
+    finally:
+        (server.server_close if listener == "http" else server.close)()
+
+
 def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_model_file,
                                                              tmp_path, capsys, monkeypatch):
     assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--workers", "0") == 2

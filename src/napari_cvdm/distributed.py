@@ -60,6 +60,7 @@ def connect(workers: int | None = None, threads_per_worker: int = 1,
             raise ValueError(f"the scheduler timeout must be more than 0 and at most "
                              f"{MAX_SCHEDULER_TIMEOUT} seconds, not {timeout}")
         try:
+            _check_scheduler(scheduler, timeout)
             client = distributed.Client(scheduler, timeout=timeout)
         except (OSError, TimeoutError, ValueError) as exc:
             detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -79,6 +80,42 @@ def connect(workers: int | None = None, threads_per_worker: int = 1,
                                        silence_logs=logging.ERROR)
     with cluster, distributed.Client(cluster) as client:
         yield client
+
+
+def _check_scheduler(address: str, timeout: float) -> None:
+    """Ask ``address`` who it is, all within ``timeout`` seconds: a port that accepts the
+    connection but is no dask scheduler (a web server, a listener that never answers) made
+    ``Client`` wait for ever, whatever its timeout (it bounds the connection, not the
+    registration after it). TimeoutError, OSError or ValueError where it is not one.
+    Skipped inside a running event loop (``Client`` itself then says what is wrong)."""
+    import asyncio
+
+    from distributed.comm import connect as comm_connect
+
+    try:
+        asyncio.get_running_loop()
+        return
+    except RuntimeError:
+        pass
+
+    async def identity():
+        comm = await comm_connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity"})
+            return await comm.read()
+        finally:
+            comm.abort()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identity(), timeout))
+    except (OSError, TimeoutError, ValueError):
+        raise
+    except asyncio.TimeoutError:
+        raise TimeoutError("it did not answer as a dask scheduler") from None
+    except Exception as exc:  # noqa: BLE001 - the comm's own errors (a garbled reply)
+        raise ValueError(f"it did not answer as a dask scheduler: {exc}") from None
+    if not (isinstance(reply, dict) and reply.get("type") == "Scheduler"):
+        raise ValueError("it answered, but not as a dask scheduler")
 
 
 def _worker_index(worker) -> int:
