@@ -407,7 +407,7 @@ def test_cvdm_predict_refuses_an_ome_zarr_whose_outputs_exceed_the_free_disk(
     monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(2**20, 2**20 - 1000, 1000))
     code = main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
                  str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"])
-    assert code == 2
+    assert code == 1  # the machine's state, not bad input (as when the disk fills later)
     assert "in.ome.zarr (mean and std, float32) need" in capsys.readouterr().err
     assert not (tmp_path / "out" / "in_cvdm.ome.zarr").exists()
 

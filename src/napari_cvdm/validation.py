@@ -287,16 +287,20 @@ def free_space_folder(path) -> Path:
 
 
 def check_disk_room(path, needed: int, what: str) -> None:
-    """ValueError when the disk that ``path`` would be written to has less than ``needed``
-    bytes free; ``what`` names the output in the message."""
+    """OSError (ENOSPC) when the disk that ``path`` would be written to has less than
+    ``needed`` bytes free; ``what`` names the output in the message. A full disk is the
+    machine's state, not bad input: the command line exits 1 for it as for a disk that
+    fills during the writing, and a cluster tries the file again (on another worker's
+    disk, perhaps) instead of reporting bad input."""
+    import errno
     import shutil
 
     folder = free_space_folder(path)
     free = shutil.disk_usage(folder).free
     if needed > free:
-        raise ValueError(f"{what} need {format_bytes(needed)} but {folder} has only "
-                         f"{format_bytes(free)} free; write to a larger disk, or process a "
-                         "crop or fewer planes")
+        raise OSError(errno.ENOSPC, f"{what} need {format_bytes(needed)} but {folder} has "
+                      f"only {format_bytes(free)} free; write to a larger disk, or process "
+                      "a crop or fewer planes")
 
 
 def format_bytes(count: float) -> str:
