@@ -640,3 +640,30 @@ def test_a_non_finite_gradient_never_reaches_a_checkpoint(hq_dir, tmp_path, monk
         train(output=out2, hq=hq_dir, settings=_settings(steps=20, checkpoint_every=1,
                                                          first_checkpoint=1), device="cpu")
     assert nc.load_model(out2).metadata["training"]["step"] == 2 + MAX_SKIPPED_UPDATES - 1
+
+
+def test_two_trainings_never_write_one_model_file_at_once(hq_dir, tmp_path):
+    """Found by a review: two runs with the same output both said "model written"; one
+    run's work was gone. The second is refused while the first runs; a lock left by a
+    process that no longer runs (killed outright) is taken over."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from napari_cvdm.output_lock import lock_path, output_lock
+
+    out = tmp_path / "m.cvdm.safetensors"
+    with output_lock(out):  # a run in progress (this process)
+        with pytest.raises(ValueError, match=f"another training .process {os.getpid()}"):
+            train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    assert not lock_path(out).exists() and not out.exists()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    lock_path(out).write_text(f"{socket.gethostname()} {gone}")
+    train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    assert nc.load_model(out).metadata["training"]["step"] == 2
+    assert not lock_path(out).exists()
+    lock_path(out).write_text("another-host 1")  # cannot be checked from here
+    with pytest.raises(ValueError, match="process 1 on another-host.*remove"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=4), resume=True, device="cpu")

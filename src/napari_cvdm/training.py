@@ -33,6 +33,7 @@ from .metrics import has_range, psnr, ssim
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM, conditioned_on_psf
 from .normalization import DEFAULT_PERCENTILES
+from .output_lock import output_lock
 from .precision import grad_scaler, resolve_precision
 from .psf_width import psf_sigma_for
 from .sampling import sample
@@ -187,6 +188,15 @@ def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
     if problem:
         raise ValueError(problem)
     output = Path(output).expanduser()
+    with output_lock(output):  # one run per model file (output_lock.py)
+        return _train(output, pairs, hq, synthetic, settings, degradation, resume, device,
+                      progress, log, cancel, on_validation)
+
+
+def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
+           degradation: Degradation | None, resume: bool, device: str, progress, log, cancel,
+           on_validation) -> CVDM:
+    """:func:`train` once its settings and output are checked and its output is locked."""
     say = log or (lambda message: None)
     dev = resolve_device(device)
     precision = resolve_precision(settings.precision, dev, training=True)
