@@ -209,3 +209,31 @@ def test_napari_cvdm_outputs_beside_the_images_are_not_training_targets(tmp_path
     for kind in ("mean", "std", "var"):
         tifffile.imwrite(folder / f"cell_cvdm_{kind}.tif", nuclei_truth[:96, :96] * 1.0)
     assert [name for _, name in load_hq(folder)] == ["cell[0]"]
+
+
+def test_images_a_folder_holds_but_training_leaves_out_are_said(tmp_path, nuclei_truth,
+                                                                nuclei_widefield):
+    """Found by a review: a file with a NaN pixel, blank planes and files without a
+    partner of the same name were left out without a word."""
+    from napari_cvdm.data import load_hq, load_pairs
+
+    hq = tmp_path / "hq"
+    hq.mkdir()
+    tifffile.imwrite(hq / "good.tif", nuclei_truth[:96, :96])
+    bad = nuclei_truth[:96, :96].astype(np.float32)
+    bad[5, 5] = np.nan
+    tifffile.imwrite(hq / "nan.tif", bad)
+    tifffile.imwrite(hq / "stack.tif", np.stack([nuclei_truth[:96, :96],
+                                                 np.zeros((96, 96), np.uint16)]))
+    with pytest.warns(UserWarning) as caught:
+        assert [n for _, n in load_hq(hq)] == ["good[0]", "stack[0]"]
+    said = " | ".join(str(w.message) for w in caught)
+    assert "nan.tif" in said and "NaN or infinite" in said
+    assert "stack.tif: 1 of its 2 plane(s)" in said
+    lq = tmp_path / "lq"
+    lq.mkdir()
+    tifffile.imwrite(lq / "good.tif", nuclei_widefield[:48, :48])
+    tifffile.imwrite(lq / "x.tif", nuclei_widefield[:48, :48])
+    with pytest.warns(UserWarning, match="no partner of the same name.*nan, stack, x"):
+        pairs, scale = load_pairs(lq, hq)
+    assert [p.name for p in pairs] == ["good[0]"] and scale == 2

@@ -7,6 +7,7 @@ model sees training patches exactly as it will see a user's image.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,14 @@ def _make_pairs(planes: list[tuple[np.ndarray, np.ndarray, str]]) -> tuple[list[
     return pairs, scales.pop()
 
 
+def _left_out(what: str, names) -> None:
+    """A warning for training images a folder holds but the run leaves out (the command
+    line says it as "cvdm train: warning: ..."; before, they were dropped without a word)."""
+    names = list(names)
+    listed = f": {', '.join(names[:5])}{', ...' if len(names) > 5 else ''}" if names else ""
+    warnings.warn(f"left out of training: {what}{listed}", stacklevel=3)
+
+
 def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]:
     """Pairs matched by file name; returns them and the (checked) integer scale factor."""
     lq_files = {p.stem: p for p in _tiffs(lq_dir, "low-quality")}
@@ -87,10 +96,18 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     if not common:
         raise ValueError(f"no file names in common between {lq_dir} and {hq_dir}; pairs are "
                          "matched by name (e.g. LQ/cell01.tif with HQ/cell01.tif)")
+    alone = sorted(set(lq_files) ^ set(hq_files))
+    if alone:
+        _left_out(f"{len(alone)} file(s) with no partner of the same name in the other "
+                  "folder", alone)
     planes = []
     for stem in common:
         lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
-        planes += usable_pairs(lq_planes, hq_planes, stem, required=False)
+        found = usable_pairs(lq_planes, hq_planes, stem, required=False)
+        if len(found) < len(lq_planes):
+            _left_out(f"{stem}: {len(lq_planes) - len(found)} of its {len(lq_planes)} "
+                      "plane(s), empty, constant or not finite in either image", ())
+        planes += found
     if not planes:
         raise ValueError(f"no pair in {lq_dir} and {hq_dir} has a plane with structure in "
                          "both images (each is empty, constant or not finite)")
@@ -185,9 +202,16 @@ def _nothing_to_learn(what: str, reasons: list[str | None]) -> str:
 def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
     """High-quality planes of a folder's TIFFs, scaled to [0, 1] by percentiles."""
     out, reasons = [], []
-    for path in _tiffs(hq_dir, "high-quality"):
+    files = _tiffs(hq_dir, "high-quality")
+    for path in files:
         planes = read_planes(path)
-        out += [(unit_range(p), f"{path.stem}[{i}]") for i, p in usable_planes(planes, path.name)]
+        usable = usable_planes(planes, path.name)
+        if usable and len(usable) < len(planes):
+            _left_out(f"{path.name}: {len(planes) - len(usable)} of its {len(planes)} "
+                      "plane(s), empty, constant or not finite", ())
+        elif not usable and len(files) > 1:  # alone, it is refused (below) with why
+            _left_out(f"{path.name}: {plane_problem(planes[0], path.name)}", ())
+        out += [(unit_range(p), f"{path.stem}[{i}]") for i, p in usable]
         reasons += [plane_problem(p, path.name) for p in planes[:1]]
     if not out:
         raise ValueError(_nothing_to_learn(f"the images in {hq_dir}", reasons))
