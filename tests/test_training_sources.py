@@ -237,3 +237,23 @@ def test_images_a_folder_holds_but_training_leaves_out_are_said(tmp_path, nuclei
     with pytest.warns(UserWarning, match="no partner of the same name.*nan, stack, x"):
         pairs, scale = load_pairs(lq, hq)
     assert [p.name for p in pairs] == ["good[0]"] and scale == 2
+
+
+def test_masks_complex_images_and_one_folder_as_both_pair_folders_are_refused(tmp_path,
+                                                                              nuclei_truth):
+    """Found by a review: a boolean mask and a complex image were trained on (predict and
+    napari refuse them), and `--pairs hq hq` trained each image to itself."""
+    from napari_cvdm.data import load_hq, load_pairs
+
+    for name, data in (("mask", nuclei_truth[:64, :64] > 100),
+                       ("complex", nuclei_truth[:64, :64].astype(np.complex64))):
+        folder = tmp_path / name
+        folder.mkdir()
+        tifffile.imwrite(folder / "a.tif", data)
+        with pytest.raises(ValueError, match="not intensities"):
+            load_hq(folder)
+    same = tmp_path / "same"
+    same.mkdir()
+    tifffile.imwrite(same / "a.tif", nuclei_truth[:64, :64])
+    with pytest.raises(ValueError, match="are one folder"):
+        load_pairs(same, f"{same}/")

@@ -45,6 +45,9 @@ def read_planes(path: Path) -> list[np.ndarray]:
     image = read_tiff(path).data
     if image.ndim < 2:
         raise ValueError(f"{path} is not an image (shape {image.shape})")
+    if image.dtype == np.bool_ or np.iscomplexobj(image):  # as predict() refuses them
+        what = "boolean (a mask or labels)" if image.dtype == np.bool_ else "complex"
+        raise ValueError(f"{path} is {what}, not intensities; save the image to train on")
     if image.ndim >= 3 and image.shape[-1] in (3, 4):
         raise ValueError(f"{path} looks like an RGB image (shape {image.shape}); "
                          "save the channel to train on as a single-channel TIFF")
@@ -90,6 +93,9 @@ def _left_out(what: str, names) -> None:
 
 def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]:
     """Pairs matched by file name; returns them and the (checked) integer scale factor."""
+    if Path(lq_dir).resolve() == Path(hq_dir).resolve():
+        raise ValueError(f"the low- and high-quality folders are one folder ({lq_dir}): each "
+                         "image would be its own target")
     lq_files = {p.stem: p for p in _tiffs(lq_dir, "low-quality")}
     hq_files = {p.stem: p for p in _tiffs(hq_dir, "high-quality")}
     common = sorted(set(lq_files) & set(hq_files))
