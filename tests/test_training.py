@@ -667,3 +667,15 @@ def test_two_trainings_never_write_one_model_file_at_once(hq_dir, tmp_path):
     lock_path(out).write_text("another-host 1")  # cannot be checked from here
     with pytest.raises(ValueError, match="process 1 on another-host.*remove"):
         train(output=out, hq=hq_dir, settings=_settings(steps=4), resume=True, device="cpu")
+
+
+def test_a_resumed_run_draws_new_timesteps_and_noise(hq_dir, tmp_path):
+    """Found by a review: a resumed run reseeded the global generator (the loss's timesteps
+    and noise) with the run's seed, so every resumed part repeated the first part's draws."""
+    out = tmp_path / "m.cvdm.safetensors"
+    seeds = []
+    train(output=out, hq=hq_dir, settings=_settings(steps=2, seed=7), device="cpu",
+          progress=lambda *_: seeds.append(torch.initial_seed()))
+    train(output=out, hq=hq_dir, settings=_settings(steps=4, seed=7), resume=True,
+          device="cpu", progress=lambda *_: seeds.append(torch.initial_seed()))
+    assert seeds == [7, 7, 9, 9]

@@ -294,6 +294,9 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
             if state[0]["fine_tune"] and state[0].get("init"):  # for the next resume
                 metadata["training"]["init"] = state[0]["init"]
         generator.manual_seed(settings.seed + start)
+        # the timesteps and noise of the loss too: reseeded as at the start, every resumed
+        # part of a run drew the first part's sequence again
+        torch.manual_seed(settings.seed + start)
         if changes:  # recorded: the model card describes both parts of the run
             metadata["training"].setdefault("resumed_with", []).append(
                 {"step": start, "changes": changes})
