@@ -679,3 +679,23 @@ def test_a_resumed_run_draws_new_timesteps_and_noise(hq_dir, tmp_path):
     train(output=out, hq=hq_dir, settings=_settings(steps=4, seed=7), resume=True,
           device="cpu", progress=lambda *_: seeds.append(torch.initial_seed()))
     assert seeds == [7, 7, 9, 9]
+
+
+def test_a_stop_just_after_a_checkpoint_names_the_step_on_disk(hq_dir, tmp_path,
+                                                                monkeypatch):
+    """Found by a review: Ctrl-C just after a checkpoint was put in place, before the run
+    noted it, said the checkpoint before it was kept (step 3 for the step 5 on disk)."""
+    import napari_cvdm.training as training
+
+    real = training.save_checkpoint
+
+    def interrupted_after(output, ema, model, optimizer, step, metadata):
+        real(output, ema, model, optimizer, step, metadata)
+        if step == 4:
+            raise KeyboardInterrupt  # as if Ctrl-C came in the writer's last lines
+
+    monkeypatch.setattr(training, "save_checkpoint", interrupted_after)
+    out = tmp_path / "m.cvdm.safetensors"
+    with pytest.raises(nc.Cancelled, match=r"kept: .* \(step 4\)"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=6, checkpoint_every=2,
+                                                        first_checkpoint=2), device="cpu")

@@ -152,7 +152,19 @@ def _finite(model) -> bool:
                if t.is_floating_point())
 
 
-def _kept(output: Path, saved_step: int | None) -> str:
+def _kept(output: Path, saved_step: int | None, since: float | None = None) -> str:
+    """What a stopped run keeps: ``saved_step``; or, where its checkpoint on disk was
+    written after ``since`` (the run's start, ``time.time()``), the step that checkpoint
+    records (an interrupt just after a checkpoint was put in place, before the run noted
+    it, kept a later one than the run knew of)."""
+    from .checkpoints import STATE_KEY, _header_entry
+
+    try:
+        state = state_path(output)
+        if since is not None and state.stat().st_mtime >= since:
+            saved_step = int(_header_entry(state, STATE_KEY)["step"])
+    except Exception:  # noqa: BLE001 - none yet, or unreadable: what the run noted
+        pass
     return (f"the last checkpoint is kept: {output} (step {saved_step})"
             if saved_step is not None else "no checkpoint was written yet")
 
@@ -303,6 +315,7 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
         say(f"resumed from step {start}" + (f" with {'; '.join(changes)}" if changes else ""))
 
     started = time.perf_counter()
+    began = time.time()  # the checkpoints of this run are newer (_kept)
     saved_step = start if resume else None
     skipped = 0  # updates left out in a row for a non-finite gradient
     step = start
@@ -310,7 +323,7 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
         for step in range(start + 1, settings.steps + 1):
             if _cancel_requested(cancel):
                 raise Cancelled(f"training cancelled at step {step - 1}; "
-                                f"{_kept(output, saved_step)}")
+                                f"{_kept(output, saved_step, began)}")
             if data.simulated and step % SIMULATION_REFRESH == 0:
                 data.refresh()
             model.train()
@@ -344,8 +357,8 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
                 if skipped >= MAX_SKIPPED_UPDATES:
                     raise TrainingDiverged(
                         f"training diverged at step {step} ({skipped} non-finite gradients "
-                        f"in a row); {_kept(output, saved_step)}; lower the learning rate "
-                        "and resume")
+                        f"in a row); {_kept(output, saved_step, began)}; lower the learning "
+                        "rate and resume")
             scaler.update()
             decay = min(settings.ema_decay, (1 + step) / (10 + step))
             with torch.no_grad():
@@ -356,8 +369,9 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
             last_loss = {k: float(v.detach()) for k, v in terms.items()}
             if not all(math.isfinite(v) for v in last_loss.values()):
                 raise TrainingDiverged(f"training diverged at step {step} (loss "
-                                       f"{last_loss['total']}); {_kept(output, saved_step)}; "
-                                       "lower the learning rate and resume")
+                                       f"{last_loss['total']}); "
+                                       f"{_kept(output, saved_step, began)}; lower the "
+                                       "learning rate and resume")
             if progress is not None:
                 progress(step, settings.steps, last_loss)
             if step % settings.validation_every == 0 or step == settings.steps:
@@ -385,13 +399,13 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
             if first_due or step % settings.checkpoint_every == 0 or step == settings.steps:
                 if not (_finite(ema) and _finite(model)):  # never over the last good one
                     raise TrainingDiverged(f"training diverged at step {step} (weights not "
-                                           f"finite); {_kept(output, saved_step)}; lower the "
-                                           "learning rate and resume")
+                                           f"finite); {_kept(output, saved_step, began)}; "
+                                           "lower the learning rate and resume")
                 save_checkpoint(output, ema, model, optimizer, step, metadata)
                 saved_step = step
     except KeyboardInterrupt:  # Ctrl-C: say what is kept, like a cancel
         raise Cancelled(f"training cancelled at step {max(start, step - 1)}; "
-                        f"{_kept(output, saved_step)}") from None
+                        f"{_kept(output, saved_step, began)}") from None
     ema.metadata = copy.deepcopy(metadata)
     ema.metadata["training"]["step"] = step
     return ema
