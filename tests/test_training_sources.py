@@ -257,3 +257,15 @@ def test_masks_complex_images_and_one_folder_as_both_pair_folders_are_refused(tm
     tifffile.imwrite(same / "a.tif", nuclei_truth[:64, :64])
     with pytest.raises(ValueError, match="are one folder"):
         load_pairs(same, f"{same}/")
+
+
+def test_wide_integers_far_from_zero_keep_their_structure(tmp_path, nuclei_truth):
+    """Found by a review: an int64 image with a large offset became float32 and was called
+    constant ("4.6e18 everywhere")."""
+    from napari_cvdm.data import load_hq
+
+    folder = tmp_path / "hq"
+    folder.mkdir()
+    tifffile.imwrite(folder / "a.tif", nuclei_truth[:64, :64].astype(np.int64) + 2**62)
+    ((image, _),) = load_hq(folder)
+    assert np.ptp(image) > 0.5

@@ -51,7 +51,24 @@ def read_planes(path: Path) -> list[np.ndarray]:
     if image.ndim >= 3 and image.shape[-1] in (3, 4):
         raise ValueError(f"{path} looks like an RGB image (shape {image.shape}); "
                          "save the channel to train on as a single-channel TIFF")
-    return list(image.reshape(-1, *image.shape[-2:]).astype(np.float32))
+    planes = image.reshape(-1, *image.shape[-2:])
+    if planes.dtype.kind in "iu" and planes.dtype.itemsize > 2:
+        # 32- and 64-bit values far from 0 (an offset of 4.6e18) lose their differences in
+        # float32: each plane is taken relative to its minimum (training normalises each
+        # image by percentiles, so an offset changes nothing else)
+        return [_from_minimum(p) for p in planes]
+    return list(planes.astype(np.float32))
+
+
+def _from_minimum(plane: np.ndarray) -> np.ndarray:
+    """An integer plane less its minimum, as float32: subtracted as integers where the range
+    fits (float64 keeps only 53 bits: an offset of 2**62 rounds to steps of 1024)."""
+    low, high = int(plane.min()), int(plane.max())
+    if plane.dtype == np.uint64:
+        return (plane - np.uint64(low)).astype(np.float32)
+    if high - low <= np.iinfo(np.int64).max:
+        return (plane.astype(np.int64) - low).astype(np.float32)
+    return (plane.astype(np.float64) - float(low)).astype(np.float32)
 
 
 @dataclass
