@@ -269,3 +269,18 @@ def test_wide_integers_far_from_zero_keep_their_structure(tmp_path, nuclei_truth
     tifffile.imwrite(folder / "a.tif", nuclei_truth[:64, :64].astype(np.int64) + 2**62)
     ((image, _),) = load_hq(folder)
     assert np.ptp(image) > 0.5
+
+
+def test_a_folder_of_images_at_different_pixel_sizes_is_noted(tmp_path, nuclei_truth):
+    """Found by a review: 30 nm and 200 nm images were mixed without a word (napari notes
+    it for layers)."""
+    from napari_cvdm.data import load_hq
+
+    folder = tmp_path / "hq"
+    folder.mkdir()
+    for name, size in (("fine", 0.03), ("coarse", 0.2)):
+        tifffile.imwrite(folder / f"{name}.ome.tif", nuclei_truth[:64, :64], metadata={
+            "axes": "YX", "PhysicalSizeX": size, "PhysicalSizeY": size})
+    with pytest.warns(UserWarning, match=r"different pixel sizes \(fine.ome.tif: 30 nm, "
+                                         r"coarse.ome.tif: 200 nm\)"):
+        load_hq(folder)

@@ -39,10 +39,17 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
     return files
 
 
-def read_planes(path: Path) -> list[np.ndarray]:
+def read_planes(path: Path, sizes: dict | None = None) -> list[np.ndarray]:
     """All Y, X planes of a TIFF as float32 (stacks are split into planes), blank ones too:
-    a pair's planes must keep their indices (see `usable_pairs`)."""
-    image = read_tiff(path).data
+    a pair's planes must keep their indices (see `usable_pairs`). ``sizes``: where given,
+    the file's X pixel size in nm (or None) is recorded under its name."""
+    file = read_tiff(path)
+    image = file.data
+    if sizes is not None:
+        from .domain import pixel_size_nm
+
+        x = file.physical.get("X")
+        sizes[path.name] = pixel_size_nm(x.size, x.unit) if x else None
     if image.ndim < 2:
         raise ValueError(f"{path} is not an image (shape {image.shape})")
     if image.dtype == np.bool_ or np.iscomplexobj(image):  # as predict() refuses them
@@ -226,8 +233,9 @@ def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
     """High-quality planes of a folder's TIFFs, scaled to [0, 1] by percentiles."""
     out, reasons = [], []
     files = _tiffs(hq_dir, "high-quality")
+    sizes: dict[str, float | None] = {}
     for path in files:
-        planes = read_planes(path)
+        planes = read_planes(path, sizes)
         usable = usable_planes(planes, path.name)
         if usable and len(usable) < len(planes):
             _left_out(f"{path.name}: {len(planes) - len(usable)} of its {len(planes)} "
@@ -238,7 +246,22 @@ def load_hq(hq_dir: str | Path) -> list[tuple[np.ndarray, str]]:
         reasons += [plane_problem(p, path.name) for p in planes[:1]]
     if not out:
         raise ValueError(_nothing_to_learn(f"the images in {hq_dir}", reasons))
+    _note_pixel_sizes(sizes)
     return out
+
+
+def _note_pixel_sizes(sizes: dict[str, float | None], spread: float = 1.25) -> None:
+    """A warning where a folder's images have pixel sizes more than ``spread`` apart: the
+    simulated blur is in pixels, so one PSF width means different optics on each (napari's
+    training says the same of layers)."""
+    known = {name: nm for name, nm in sizes.items() if nm}
+    if len(known) > 1 and max(known.values()) > spread * min(known.values()):
+        small = min(known, key=known.get)
+        large = max(known, key=known.get)
+        warnings.warn(f"the training images have different pixel sizes ({small}: "
+                      f"{known[small]:g} nm, {large}: {known[large]:g} nm); the simulated "
+                      "blur is in pixels, so one PSF width means different optics on each: "
+                      "resample them to one pixel size", stacklevel=3)
 
 
 def simulate_pairs(images: list[tuple[np.ndarray, str]], degradation: Degradation,
