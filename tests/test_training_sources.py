@@ -284,3 +284,16 @@ def test_a_folder_of_images_at_different_pixel_sizes_is_noted(tmp_path, nuclei_t
     with pytest.warns(UserWarning, match=r"different pixel sizes \(fine.ome.tif: 30 nm, "
                                          r"coarse.ome.tif: 200 nm\)"):
         load_hq(folder)
+
+
+def test_the_channels_of_a_multichannel_stack_are_said_to_be_separate_images(tmp_path,
+                                                                             nuclei_truth):
+    from napari_cvdm.data import load_hq
+
+    folder = tmp_path / "hq"
+    folder.mkdir()
+    tifffile.imwrite(folder / "two.ome.tif", np.stack([nuclei_truth[:64, :64]] * 2),
+                     metadata={"axes": "CYX"})
+    with pytest.warns(UserWarning, match="two.ome.tif: its 2 channels are trained on as "
+                                         "separate images"):
+        assert len(load_hq(folder)) == 2

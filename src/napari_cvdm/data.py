@@ -45,6 +45,11 @@ def read_planes(path: Path, sizes: dict | None = None) -> list[np.ndarray]:
     the file's X pixel size in nm (or None) is recorded under its name."""
     file = read_tiff(path)
     image = file.data
+    axes = file.axes[-image.ndim:] if len(file.axes) >= image.ndim else ""
+    if "C" in axes and image.shape[axes.index("C")] > 1:
+        warnings.warn(f"{path.name}: its {image.shape[axes.index('C')]} channels are trained "
+                      "on as separate images (save one channel per file to choose)",
+                      stacklevel=3)
     if sizes is not None:
         from .domain import pixel_size_nm
 
