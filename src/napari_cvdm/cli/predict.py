@@ -279,10 +279,6 @@ def run(args) -> int:
     from .options import settings_from_args
 
     settings = settings_from_args(PredictSettings, args)
-    if settings.sampler != "ddim" and settings.steps != PredictSettings().steps:
-        print(f"cvdm predict: warning: --steps {settings.steps} is for the ddim sampler; "
-              f"--sampler {settings.sampler} runs the model's own number of steps",
-              file=sys.stderr)
     clustered = _check_cluster_args(args)
     if clustered:
         from ..distributed import require_distributed
@@ -337,9 +333,11 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
     from . import _one_line
 
     if clustered:
+        _say_if_steps_unused(settings)
         return _run_on_cluster(args, tasks, settings, summary, steps)
     # The precision is checked before the work (the provenance of each file records it).
     resolve_precision(settings.precision, resolve_device(settings.device))
+    _say_if_steps_unused(settings)
     spec = RunSpec(settings.replace(model=model), summary, steps, args.overwrite)
 
     def warn(message: str) -> None:
@@ -357,6 +355,17 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
             raise ValueError(_in_batch(task, exc, number)) from exc
         print(_one_line(describe(done)))  # a newline in a file name: escaped
     return 0
+
+
+def _say_if_steps_unused(settings) -> None:
+    """A warning where --steps was given to a sampler that runs the model's own number of
+    steps; said once every check has passed (a refused run says one line: its error)."""
+    from ..settings import PredictSettings
+
+    if settings.sampler != "ddim" and settings.steps != PredictSettings().steps:
+        print(f"cvdm predict: warning: --steps {settings.steps} is for the ddim sampler; "
+              f"--sampler {settings.sampler} runs the model's own number of steps",
+              file=sys.stderr)
 
 
 def _finished_meanwhile(args, task) -> bool:
