@@ -518,6 +518,8 @@ def test_resume_redoes_outputs_made_with_another_model_or_sampling(two_tiffs, ti
     assert "skipped" not in capsys.readouterr().out
     assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3") == 0
     assert "skipped" in capsys.readouterr().out
+    assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3", "--no-augment") == 0
+    assert "skipped" not in capsys.readouterr().out
 
 
 def test_two_resumes_on_one_folder_share_the_batch(two_tiffs, tiny_model_file, tmp_path,

@@ -644,30 +644,35 @@ def test_a_non_finite_gradient_never_reaches_a_checkpoint(hq_dir, tmp_path, monk
 
 def test_two_trainings_never_write_one_model_file_at_once(hq_dir, tmp_path):
     """Found by a review: two runs with the same output both said "model written"; one
-    run's work was gone. The second is refused while the first runs; a lock left by a
-    process that no longer runs (killed outright) is taken over."""
+    run's work was gone. The second is refused while the first runs (in this process or
+    another, into an existing folder or a new one); the lock ends with its process."""
     import os
-    import socket
     import subprocess
     import sys
 
     from napari_cvdm.output_lock import lock_path, output_lock
 
-    out = tmp_path / "m.cvdm.safetensors"
-    with output_lock(out):  # a run in progress (this process)
+    out = tmp_path / "new" / "sub" / "m.cvdm.safetensors"
+    with output_lock(out):  # a run in progress (this process), its folders just made
         with pytest.raises(ValueError, match=f"another training .process {os.getpid()}"):
             train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
-    assert not lock_path(out).exists() and not out.exists()
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    lock_path(out).write_text(f"{socket.gethostname()} {gone}")
+    assert not (tmp_path / "new").exists()  # nothing written: no folder left behind
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\n"
+         "from napari_cvdm.output_lock import output_lock\n"
+         f"with output_lock({str(out)!r}):\n"
+         "    print('held', flush=True)\n"
+         "    time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(ValueError, match=f"process {holder.pid} on"):
+            train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    finally:
+        holder.kill()  # killed outright: its lock ends with it
+        holder.wait()
     train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
     assert nc.load_model(out).metadata["training"]["step"] == 2
     assert not lock_path(out).exists()
-    lock_path(out).write_text("another-host 1")  # cannot be checked from here
-    with pytest.raises(ValueError, match="process 1 on another-host.*remove"):
-        train(output=out, hq=hq_dir, settings=_settings(steps=4), resume=True, device="cpu")
-
 
 def test_a_resumed_run_draws_new_timesteps_and_noise(hq_dir, tmp_path):
     """Found by a review: a resumed run reseeded the global generator (the loss's timesteps

@@ -300,6 +300,14 @@ def test_a_fine_tune_simulates_its_models_optics_as_the_command_line_does(
     # a new model starts from the defaults
     widget.set_start("preset:tiny")
     assert widget._degradation_for_preview() == Degradation()
+    # optics beyond the widget's ranges (trained from Python) are brought within them
+    wide = Degradation(psf_sigma=(0.05, 2.0), photons=(0.5, 50.0), haze=(0.0, 0.95))
+    tiny_model.metadata["training"]["data"]["degradation"] = wide.to_dict()
+    path = save_model(tiny_model, tmp_path / "wide.cvdm.safetensors")
+    widget.set_start(str(path))
+    assert widget._optics["haze_max"].value == 0.9
+    assert widget._optics["psf_sigma"].value == 0.1
+    assert widget._optics["photons_min"].value == 1.0
 
 
 def test_the_simulation_follows_the_scale_of_the_starting_point(viewer_and_widget):

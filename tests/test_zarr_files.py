@@ -408,7 +408,8 @@ def test_cvdm_predict_refuses_an_ome_zarr_whose_outputs_exceed_the_free_disk(
     code = main(["predict", str(path), "-o", str(tmp_path / "out"), "--model",
                  str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"])
     assert code == 1  # the machine's state, not bad input (as when the disk fills later)
-    assert "in.ome.zarr (mean and std, float32) need" in capsys.readouterr().err
+    assert "in.ome.zarr (mean and std, float32, with coarser levels) need" in \
+        capsys.readouterr().err
     assert not (tmp_path / "out" / "in_cvdm.ome.zarr").exists()
 
 
@@ -832,3 +833,28 @@ def test_cvdm_predict_reports_the_time_an_ome_zarr_took(tmp_path, tiny_model_fil
                  str(tiny_model_file), "--samples", "2", "--steps", "1"]) == 0
     seconds = float(re.search(r", ([0-9.]+) s on ", capsys.readouterr().out).group(1))
     assert seconds >= 1.5
+
+
+def test_a_result_whose_coarser_levels_cannot_be_written_is_kept_at_full_resolution(
+        tmp_path, monkeypatch):
+    """Found by a review: a disk that filled while the coarser levels were written threw the
+    finished full-resolution result away."""
+    import napari_cvdm.zarr_files as zf
+
+    monkeypatch.setattr(zf, "PYRAMID_TOP", 16)
+    real = zf.ZarrResultWriter._add_levels
+
+    def fills_the_disk(self):
+        real(self)  # levels written, then the disk is full before the mark
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(zf.ZarrResultWriter, "_add_levels", fills_the_disk)
+    mean = np.random.default_rng(0).random((64, 40)).astype(np.float32)
+    with pytest.warns(UserWarning, match="coarser levels could not be written"):
+        out = write_ome_zarr(tmp_path / "r_cvdm.ome.zarr", mean, mean, {"axes": "YX"})
+    group = zarr.open_group(str(out / "mean"), mode="r")
+    assert list(group.array_keys()) == ["0"]
+    assert [d["path"] for d in group.attrs["multiscales"][0]["datasets"]] == ["0"]
+    np.testing.assert_array_equal(np.asarray(read_ome_zarr(out / "mean")[0]), mean)
+    from napari_cvdm.zarr_files import is_complete_result
+    assert is_complete_result(out)

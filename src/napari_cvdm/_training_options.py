@@ -50,11 +50,21 @@ class OpticsOptions:
         """The widget's values for ``optics`` (a model's recorded training optics)."""
         sigma = optics.psf_sigma if isinstance(optics.psf_sigma, tuple) else \
             (optics.psf_sigma, optics.psf_sigma)
-        return cls(psf=optics.psf, psf_sigma=float(sigma[0]), psf_sigma_max=float(sigma[1]),
-                   scale=int(optics.scale), photons_min=float(optics.photons[0]),
-                   photons_max=float(optics.photons[1]),
-                   background_max=float(optics.background[1]),
-                   read_noise_max=float(optics.read_noise[1]), haze_max=float(optics.haze[1]))
+        values = cls(psf=optics.psf, psf_sigma=float(sigma[0]),
+                     psf_sigma_max=float(sigma[1]), scale=int(optics.scale),
+                     photons_min=float(optics.photons[0]),
+                     photons_max=float(optics.photons[1]),
+                     background_max=float(optics.background[1]),
+                     read_noise_max=float(optics.read_noise[1]),
+                     haze_max=float(optics.haze[1]))
+        # within the widgets' ranges (a model trained from Python may have gone beyond
+        # them, and a spin box refuses a value outside its range)
+        for name, limits in cls.widget_options().items():
+            value = getattr(values, name)
+            if isinstance(value, float):
+                low, high = limits.get("min", value), limits.get("max", value)
+                setattr(values, name, min(max(value, low), high))
+        return values
 
     @staticmethod
     def widget_options() -> dict[str, dict[str, Any]]:

@@ -477,7 +477,7 @@ class ReconstructionWidget(Container):
             return
         elapsed = time.perf_counter() - self._started
         if out.superseded:  # a later run (a script's) took its layers over meanwhile
-            kept = "its temporary store was removed" if out.temporary else \
+            kept = "its temporary store was removed" if out.discarded else \
                 f"it stays in {out.path}"
             self._status.value = (f"done in {elapsed:.1f} s, but the layers show a later "
                                   f"run's result; {kept}")

@@ -33,7 +33,7 @@ def _axes(attributes: dict[str, Any], ndim: int) -> str:
         return "".join(labels)
     units = [str(u) for u in attributes.get("units") or ()]
     timed = [len(units) == ndim and _time_unit(u) for u in units[:-2]]
-    if ndim > 2 and sum(timed) == 1:
+    if 2 < ndim <= 5 and sum(timed) == 1:
         return "".join("T" if t else "Q" for t in timed) + "YX"
     return ""
 
@@ -60,7 +60,7 @@ def _provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(cvdm, dict):
         return {}
     # lists and dicts (a region's bounds, say) as JSON: the file says where it belongs
-    return {str(k): json.dumps(v) if isinstance(v, (dict, list, tuple)) else v
+    return {str(k): json.dumps(v, default=str) if isinstance(v, (dict, list, tuple)) else v
             for k, v in cvdm.items()}
 
 

@@ -212,7 +212,8 @@ def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list
                 continue  # a state written before the images' digest was recorded
             if part == "data" and key == "fingerprint":
                 changed.append("the training images differ from those of the run it "
-                               "continues (other pixels or names)")
+                               "continues (other pixels or names, or read differently by "
+                               "another napari-cvdm version)")
                 continue
             if part == "settings" and key in RECOVERY_CHANGES:
                 recovery.append(f"{key}: {there.get(key)!r} -> {now.get(key)!r}")

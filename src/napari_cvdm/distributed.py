@@ -92,6 +92,8 @@ def _check_scheduler(address: str, timeout: float) -> None:
 
     from distributed.comm import connect as comm_connect
 
+    if "://" in address and not address.startswith("tcp://"):
+        return  # TLS and other transports need the security settings Client reads
     try:
         asyncio.get_running_loop()
         return

@@ -247,8 +247,11 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
     check_zarr_input(array, meta)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
         check_output_size(tuple(array.shape), model.config.scale)
-    check_disk_room(task.outputs[0], output_bytes(tuple(array.shape), model.config.scale),
-                    f"the outputs of {task.input.name} (mean and std, float32)")
+    # coarser levels add up to a third (zarr_files._add_levels)
+    check_disk_room(task.outputs[0],
+                    output_bytes(tuple(array.shape), model.config.scale) * 4 // 3,
+                    f"the outputs of {task.input.name} (mean and std, float32, with coarser "
+                    "levels)")
     settings, psf_from = _resolved(settings, array)
     warned = _warn_about_input(task, array, model, meta["physical"], settings, warn)
     run_provenance = _run_provenance(spec, settings, psf_from, warned, task.input)

@@ -67,7 +67,7 @@ def _made_otherwise(outputs: list[Path], made_with: dict) -> str:
     except Exception:  # noqa: BLE001 - unreadable provenance: judged by the checks above
         return ""
     differ = [f"{key} {recorded[key]} (this run: {value})" for key, value in made_with.items()
-              if key in recorded and str(recorded[key]) != str(value)]
+              if recorded.get(key) not in (None, "None") and str(recorded[key]) != str(value)]
     return ", ".join(differ)
 
 

@@ -575,6 +575,7 @@ class LazyOutput:
         self.temporary, self.interval = temporary, interval
         self.replaced = replaced  # the earlier results these layers showed
         self.superseded = False  # finished after another run took its layers over
+        self.discarded = False   # ... and its temporary store was removed then
         self._refreshed = self._started = time.monotonic()
         # the run's time: the graph's set-up (the result's own time) and, once computed,
         # the compute into the store
@@ -626,6 +627,7 @@ class LazyOutput:
         if self.superseded and self.temporary and \
                 not _read_by_a_layer(self.viewer, self.path.parent):
             self.discard_store()  # shown nowhere, kept nowhere
+            self.discarded = True
         # an earlier result's temporary store that no layer shows any more, and no run
         # still writes (a run whose layers this one took over): remove it
         for earlier in self.replaced:

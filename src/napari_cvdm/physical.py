@@ -201,9 +201,11 @@ def imagej_sizes(tags, imagej: dict[str, Any] | None) -> dict[str, PhysicalSize]
             if unit:
                 # ImageJ writes yunit where Y's unit differs from X's
                 y_unit = imagej.get("yunit")
+                if not isinstance(y_unit, str) or not y_unit.strip() or \
+                        y_unit.strip().lower() in NO_UNIT:
+                    y_unit = unit  # none, or one that says no size: X's
                 sizes_x = normalise(x, unit)
-                sizes_y = normalise(y, y_unit if isinstance(y_unit, str) and y_unit.strip()
-                                    else unit)
+                sizes_y = normalise(y, y_unit)
                 if sizes_x is not None and sizes_y is not None and \
                         sizes_y.unit != sizes_x.unit:  # both in X's unit
                     sizes_y = PhysicalSize(sizes_y.size * NM_PER_UNIT[sizes_y.unit]

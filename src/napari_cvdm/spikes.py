@@ -21,7 +21,8 @@ peak while its neighbours spread over 0.24: a ratio of 2.4, below 3. Noise does 
 these margins: none of 4 million pixels of Gaussian or Poisson noise (0.5 to 20 photons) is
 a spike (tests/test_spikes.py). Two such pixels side by side (a cosmic ray's hit, two hot
 pixels) are caught as a pair by the same margins over their other neighbours; three or more
-in a row or a cluster are not.
+in a row or a cluster are not, nor a pair across the image's edge row or column (the reflected
+border shows a pixel its partner twice).
 """
 
 from __future__ import annotations

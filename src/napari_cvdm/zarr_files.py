@@ -499,6 +499,23 @@ class ZarrResultWriter:
                 multiscales = [dict(group.attrs["multiscales"][0], datasets=datasets)]
                 group.attrs["multiscales"] = multiscales
 
+    def _add_levels_or_none(self) -> None:
+        """:meth:`_add_levels`; where they cannot be written (a disk that fills), the result
+        stays complete at full resolution, with a warning, instead of being thrown away."""
+        try:
+            self._add_levels()
+        except Exception as exc:  # noqa: BLE001 - an interrupt still ends the run
+            root = _zarr().open_group(str(self._tmp), mode="r+")
+            for name in self.images:
+                group = root[name]
+                for key in [k for k in group.array_keys() if k != "0"]:
+                    del group[key]
+                multiscales = dict(group.attrs["multiscales"][0])
+                multiscales["datasets"] = multiscales["datasets"][:1]
+                group.attrs["multiscales"] = [multiscales]
+            warnings.warn(f"{self.path}: its coarser levels could not be written ({exc}); "
+                          "the result is complete at full resolution", stacklevel=3)
+
     def _mark_complete(self) -> None:
         """The last write: a store without this mark (a killed run, a partial copy) is not a
         finished result (``is_complete_result``), whatever its arrays hold."""
@@ -514,7 +531,7 @@ class ZarrResultWriter:
             return False
         try:
             if self.levels:
-                self._add_levels()
+                self._add_levels_or_none()
             self._mark_complete()
         except BaseException:  # an interrupt (Ctrl-C, SIGTERM) too: no temporary store left
             if not self.in_place:

@@ -254,9 +254,12 @@ def _made_with(args) -> dict:
     from .options import settings_from_args
 
     settings = settings_from_args(PredictSettings, args)
-    made = {"samples": settings.samples, "sampler": settings.sampler, "eta": settings.eta}
+    made = {"samples": settings.samples, "sampler": settings.sampler, "eta": settings.eta,
+            "augment": settings.augment}
     if settings.sampler == "ddim":  # the others run the model's own number of steps
         made["steps"] = settings.steps
+    if settings.psf_sigma is not None:  # given (else estimated per image: not compared)
+        made["psf_sigma"] = settings.psf_sigma
     try:
         made["weights_sha256"] = weights_sha256(model_path(settings.model))
     except (ValueError, OSError):
