@@ -570,3 +570,25 @@ def test_a_file_name_that_is_no_utf8_is_predicted_and_written(tmp_path, tiny_mod
     mean = tmp_path / "out" / os.fsdecode(b"b\xffd_cvdm_mean.tif")
     with tifffile.TiffFile(mean) as tif:
         assert 'Name="b\\udcffd_cvdm_mean"' in tif.ome_metadata
+
+
+def test_a_full_disk_midway_says_what_the_batch_keeps(two_tiffs, tiny_model_file, tmp_path,
+                                                       monkeypatch, capsys):
+    """Found by a review: a full disk became an OSError (exit 1) without the batch's context
+    that bad input gets (which inputs are done, how to finish)."""
+    import errno
+
+    import napari_cvdm.validation as validation
+
+    real = validation.check_disk_room
+
+    def second_full(path, needed, what):
+        if "second" in what:
+            raise OSError(errno.ENOSPC, f"{what} need more than the disk has")
+        return real(path, needed, what)
+
+    monkeypatch.setattr(validation, "check_disk_room", second_full)
+    assert _cli(two_tiffs, tmp_path / "out", tiny_model_file, "--quiet") == 1
+    err = capsys.readouterr().err
+    assert "the 1 input(s) before it are done" in err and "--resume" in err
+    assert len(err.strip().splitlines()) == 1

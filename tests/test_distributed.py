@@ -262,3 +262,28 @@ def test_worker_i_uses_gpu_i_mod_count_when_there_are_several(monkeypatch):
     assert _worker_index(Worker(2)) == 2
     assert _worker_index(Worker("SLURMCluster-7")) == 7
     assert _worker_index(Worker("gpu-node")) == _worker_index(Worker("gpu-node"))
+
+
+def test_two_resumes_on_one_folder_share_the_batch_on_a_cluster(three_tiffs, tiny_model_file,
+                                                                 tmp_path, capsys, cluster,
+                                                                 monkeypatch):
+    """As in one process: outputs another `--resume` run completed while this one ran are
+    said to be done, not failures of the batch (checked by the worker before it starts, and
+    by the client where they appear while the worker writes)."""
+    import napari_cvdm.distributed as nd
+
+    out = tmp_path / "out"
+    real = nd.run_batch
+
+    def raced(client, tasks, spec, **kwargs):  # the other run writes the first input's
+        assert _cli(three_tiffs[:1], out, tiny_model_file) == 0
+        return real(client, tasks, spec, **kwargs)
+
+    monkeypatch.setattr(nd, "run_batch", raced)
+    assert _cli(three_tiffs, out, tiny_model_file, "--resume", "--scheduler",
+                cluster.scheduler_address) == 0
+    printed = capsys.readouterr()
+    # the worker finds them complete before it starts (or, at the writing, the client does)
+    assert f"{three_tiffs[0]}: skipped, its outputs are complete" in printed.out
+    assert "failed" not in printed.err
+    assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)

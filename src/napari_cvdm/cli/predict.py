@@ -356,6 +356,11 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
                                           "another run completed them meanwhile"})))
                 continue
             raise ValueError(_in_batch(task, exc, number)) from exc
+        except OSError as exc:  # a full disk, say: which input, and what the batch keeps
+            if not number or exc.errno is None:
+                raise
+            raise OSError(exc.errno, _in_batch(task, exc.strerror or str(exc), number)) \
+                from exc
         print(_one_line(describe(done)))  # a newline in a file name: escaped
     return 0
 
@@ -382,7 +387,7 @@ def _finished_meanwhile(args, task) -> bool:
     return output_state(task.outputs, task.input, _made_with(args))[0] == COMPLETE
 
 
-def _in_batch(task, error: ValueError, finished: int) -> str:
+def _in_batch(task, error, finished: int) -> str:
     """``error`` naming the input it is about, and what a batch keeps of the inputs before it."""
     message = str(error)
     if str(task.input) not in message:
@@ -395,7 +400,6 @@ def _in_batch(task, error: ValueError, finished: int) -> str:
 
 def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
     """The tasks on a local cluster (--workers) or an existing one (--scheduler)."""
-
     from tqdm import tqdm
 
     from ..distributed import connect, run_batch
@@ -420,7 +424,15 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
 
     with connect(args.workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
         outcomes = run_batch(client, tasks, spec, progress=not args.quiet, on_outcome=report)
-    failed = [o for o in outcomes if o.error is not None]
+    failed = []
+    for outcome in outcomes:
+        if outcome.error is None:
+            continue
+        if args.resume and _finished_meanwhile(args, outcome.task):  # as in one process
+            print(_one_line(describe({"input": str(outcome.task.input), "skipped":
+                                      "another run completed them meanwhile"})))
+        else:
+            failed.append(outcome)
     for outcome in failed:
         error = outcome.error
         what = _one_line(error) or type(error).__name__
