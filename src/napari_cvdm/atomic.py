@@ -53,6 +53,17 @@ def _no_space(folder: Path) -> OSError:
                    "some space or choose another output folder")
 
 
+def missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and those above it that do not exist (that mkdir(parents=True) creates),
+    deepest first: what a run that made them removes again when it leaves them empty."""
+    folder = Path(folder)
+    missing = []
+    while not folder.exists() and folder.parent != folder:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def _says_no_space(exc: BaseException) -> bool:
     """Whether a writer's own error says the disk is full (in the words of the OS)."""
     text = str(exc)

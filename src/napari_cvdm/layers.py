@@ -58,10 +58,11 @@ def check_layer(layer) -> None:
                          "time. Right-click the layer > Split RGB, then run on one channel")
 
 
-def _named(viewer, layer):
-    """The layer called ``layer`` where it is a name; ValueError where there is none."""
+def named_layer(viewer, layer):
+    """The layer called ``layer`` where it is a name (else ``layer``, unwrapped); ValueError
+    where there is none."""
     if not isinstance(layer, str):
-        return layer
+        return unwrap(layer)
     if viewer is None or layer not in viewer.layers:
         raise ValueError(f"there is no layer called {layer!r}")
     return unwrap(viewer.layers[layer])
@@ -844,7 +845,7 @@ def run_on_layer(viewer, layer, model=None, *, settings: PredictSettings | None 
     reconstructed, and the outputs are placed exactly over that region of the input.
     ``layer`` and ``region`` may be given by name, as for ``train_on_layers``.
     """
-    layer, region = (_named(viewer, v) for v in (layer, region))
+    layer, region = (named_layer(viewer, v) for v in (layer, region))
     check_layer(layer)
     if show not in SHOW:
         raise ValueError(f"show must be one of {SHOW}, not {show!r}")

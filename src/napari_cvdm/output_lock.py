@@ -18,6 +18,8 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+from .atomic import missing_folders
+
 try:
     import fcntl
 except ImportError:  # Windows
@@ -57,25 +59,15 @@ def _refusal(output, path: Path) -> ValueError:
                       "to end, or train to another file")
 
 
-def _make_folders(folder: Path) -> list[Path]:
-    """Create ``folder`` and its missing parents; the ones created, deepest first."""
-    missing = []
-    while not folder.exists() and folder.parent != folder:
-        missing.append(folder)
-        folder = folder.parent
-    for made in reversed(missing):
-        made.mkdir()
-    return missing
-
-
 @contextlib.contextmanager
 def output_lock(output: str | os.PathLike) -> Iterator[None]:
     """Hold the lock of the model file ``output`` for the block; ValueError where another
     run holds it. The output's folder is made first where it is missing (a lock there is
     what two runs into a new folder need), and removed again if the run leaves it empty."""
     path = lock_path(output)
+    created = missing_folders(path.parent)
     try:
-        created = _make_folders(path.parent)
+        path.parent.mkdir(parents=True, exist_ok=True)
     except OSError:  # the run's own checks say what is wrong with the folder
         yield
         return

@@ -19,7 +19,7 @@ import numpy as np
 from . import model_choices
 from .data import Pair, plane_problem, split_images, split_validation
 from .degradation import Degradation, run_optics
-from .layers import unwrap
+from .layers import named_layer
 from .model.config import CVDMConfig
 from .model.cvdm import CVDM
 from .model_files import training_output_problem as output_problem
@@ -133,14 +133,6 @@ def largest_patch(hq_shapes, scale: int, multiple: int, validation_fraction: flo
 
 
 # -- layers to arrays -----------------------------------------------------------------------
-def _resolve(viewer, layer):
-    if isinstance(layer, str):
-        if viewer is None or layer not in viewer.layers:
-            raise ValueError(f"there is no layer called {layer!r}")
-        return unwrap(viewer.layers[layer])
-    return unwrap(layer)
-
-
 def _planes(layer) -> list[np.ndarray]:
     data = np.asarray(layer.data)
     return list(data.reshape(-1, *data.shape[-2:]))
@@ -293,7 +285,7 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
         problems.append("choose at least one training image")
     if any(len(g) != 2 for g in groups) and pairs is not None:
         raise ValueError("each pair must be (low-quality layer, high-quality layer)")
-    groups = [tuple(_resolve(viewer, layer) for layer in group) for group in groups]
+    groups = [tuple(named_layer(viewer, layer) for layer in group) for group in groups]
     layers = [layer for group in groups for layer in group]
     roles = ["low-quality", "high-quality"] if pairs is not None else ["high-quality"]
     for i, layer in enumerate(layers):

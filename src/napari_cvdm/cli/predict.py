@@ -275,6 +275,7 @@ def run(args) -> int:
     not stop the others; the failed ones are listed at the end (exit 2 if every failure
     was bad input, 1 otherwise) and --resume finishes the batch.
     """
+    from ..atomic import missing_folders
     from ..file_prediction import describe
     from ..model_files import resolve_model
     from ..settings import PredictSettings
@@ -296,7 +297,7 @@ def run(args) -> int:
         print(_one_line(describe({"input": str(path), "skipped": why})))
     if not tasks:
         return 0
-    created = _missing_folders(args.output)
+    created = missing_folders(args.output)
     args.output.mkdir(parents=True, exist_ok=True)
     try:
         return _run(args, tasks, settings, model, summary, steps, clustered)
@@ -306,16 +307,6 @@ def run(args) -> int:
                 if any(folder.iterdir()):
                     break  # written to (or by someone else): kept, with the ones above
                 folder.rmdir()
-
-
-def _missing_folders(folder: Path) -> list[Path]:
-    """``folder`` and those above it that do not exist (that mkdir(parents=True) creates),
-    deepest first."""
-    missing = []
-    while not folder.exists() and folder.parent != folder:
-        missing.append(folder)
-        folder = folder.parent
-    return missing
 
 
 def _probe_tiffs(tasks, scale: int | None) -> None:
@@ -351,9 +342,7 @@ def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
         try:
             done = predict_file(task, spec, model, progress=bar, warn=warn)
         except ValueError as exc:  # found in the pixels: say which file, and what is kept
-            if args.resume and _finished_meanwhile(args, task):
-                print(_one_line(describe({"input": str(task.input), "skipped":
-                                          "another run completed them meanwhile"})))
+            if _said_finished_meanwhile(args, task):
                 continue
             raise ValueError(_in_batch(task, exc, number)) from exc
         except OSError as exc:  # a full disk, say: which input, and what the batch keeps
@@ -376,15 +365,21 @@ def _say_if_steps_unused(settings) -> None:
               file=sys.stderr)
 
 
-def _finished_meanwhile(args, task) -> bool:
+def _said_finished_meanwhile(args, task) -> bool:
     """Whether ``task``'s outputs, absent when the run was planned, are now complete and
-    made as this run would make them: another ``--resume`` run on the same folder wrote them
-    first (this run's own are not written: the outputs are never replaced then)."""
+    made as this run would make them (another ``--resume`` run on the same folder wrote them
+    first; this run's own are not written: the outputs are never replaced then); if so, it
+    says so as a skipped input."""
+    from ..file_prediction import describe
     from ..finished_outputs import COMPLETE, output_state
+    from . import _one_line
 
-    if task.replace:
+    if not args.resume or task.replace or \
+            output_state(task.outputs, task.input, _made_with(args))[0] != COMPLETE:
         return False
-    return output_state(task.outputs, task.input, _made_with(args))[0] == COMPLETE
+    print(_one_line(describe({"input": str(task.input),
+                              "skipped": "another run completed them meanwhile"})))
+    return True
 
 
 def _in_batch(task, error, finished: int) -> str:
@@ -428,10 +423,7 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
     for outcome in outcomes:
         if outcome.error is None:
             continue
-        if args.resume and _finished_meanwhile(args, outcome.task):  # as in one process
-            print(_one_line(describe({"input": str(outcome.task.input), "skipped":
-                                      "another run completed them meanwhile"})))
-        else:
+        if not _said_finished_meanwhile(args, outcome.task):  # as in one process
             failed.append(outcome)
     for outcome in failed:
         error = outcome.error
