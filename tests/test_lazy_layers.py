@@ -103,6 +103,24 @@ def test_size_guard_refuses_a_store_on_a_too_small_disk(viewer, image, tiny_mode
     assert len(viewer.layers) == 1
 
 
+def test_size_guard_counts_the_coarser_levels_a_kept_store_gets(viewer, image, tmp_path,
+                                                                 monkeypatch):
+    """Found by reading: the command line counted a kept store's coarser levels (a third
+    more) before writing, the napari path only its full-resolution level; a disk between
+    the two then filled while the levels were written."""
+    layer = viewer.add_image(da.from_array(image), name="big")
+    full = check_output_room(layer, 2)
+    usage = layers_module.shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(layers_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=full + full // 6))
+    assert check_output_room(layer, 2) == full  # a temporary store has no levels
+    with pytest.raises(ValueError, match="with coarser levels"):
+        check_output_room(layer, 2, tmp_path / "o.ome.zarr")
+    monkeypatch.setattr(layers_module.shutil, "disk_usage",
+                        lambda path: usage._replace(free=full * 4 // 3))
+    assert check_output_room(layer, 2, tmp_path / "o.ome.zarr") == full
+
+
 def test_size_guard_refuses_an_oversized_in_memory_output(viewer, image, tiny_model,
                                                           monkeypatch):
     from napari_cvdm import validation

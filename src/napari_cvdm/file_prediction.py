@@ -239,7 +239,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
 
     from .lazy_prediction import is_dask
     from .validation import check_disk_room, check_output_size, output_bytes
-    from .zarr_files import read_ome_zarr, write_ome_zarr
+    from .zarr_files import read_ome_zarr, with_levels, write_ome_zarr
 
     model = settings.model
     with _reader_warnings(warn, task.input):
@@ -247,9 +247,8 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
     check_zarr_input(array, meta)
     if not is_dask(array):  # a dask array gives a lazy result, streamed chunk by chunk
         check_output_size(tuple(array.shape), model.config.scale)
-    # coarser levels add up to a third (zarr_files._add_levels)
     check_disk_room(task.outputs[0],
-                    output_bytes(tuple(array.shape), model.config.scale) * 4 // 3,
+                    with_levels(output_bytes(tuple(array.shape), model.config.scale)),
                     f"the outputs of {task.input.name} (mean and std, float32, with coarser "
                     "levels)")
     settings, psf_from = _resolved(settings, array)

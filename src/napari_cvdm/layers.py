@@ -31,6 +31,7 @@ from .inference import PredictionResult, predict
 from .model_files import BUNDLED, bundled_model_path, resolve_model
 from .model_header import MODEL_SUFFIX, read_model_header
 from .settings import PredictSettings, settings_from
+from .validation import format_bytes
 
 SHOW = ("std", "variance")  # the first is the default: the calibrated std, in input units
 UNCERTAINTY_COLORMAP = "magma"
@@ -155,16 +156,13 @@ def output_bytes(layer, scale: int, crop: Crop | None = None) -> int:
     return bytes_of(tuple(layer_image(layer, crop).shape), scale)
 
 
-def _gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def output_summary(layer, scale: int, store=None, crop: Crop | None = None) -> str:
     """One line: the output's shape and size, and where it goes (memory or a store)."""
     shape = output_shape(layer, scale, crop)
     where = ("a zarr store in " + str(store if store is not None else tempfile.gettempdir())
              if is_lazy(layer) else "memory")
-    return f"output: 2 x {' x '.join(map(str, shape))}, {_gib(output_bytes(layer, scale, crop))} " \
+    size = format_bytes(output_bytes(layer, scale, crop))
+    return f"output: 2 x {' x '.join(map(str, shape))}, {size} " \
            f"to {where}"
 
 
@@ -176,6 +174,7 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
     :func:`check_store` allows.
     """
     from . import validation
+    from .zarr_files import with_levels
 
     needed = output_bytes(layer, scale, crop)
     if not is_lazy(layer):
@@ -189,14 +188,18 @@ def check_output_room(layer, scale: int, store=None, crop: Crop | None = None) -
         return needed
     if store is not None:
         check_store(layer, store)
-    folder = validation.free_space_folder(Path(store).expanduser() if store is not None
-                                else Path(tempfile.gettempdir()))
-    free = shutil.disk_usage(folder).free
-    if needed > free:
+    # a kept store gets coarser levels; a temporary one (no store given) does not
+    on_disk = with_levels(needed) if store is not None else needed
+    short = validation.disk_shortfall(Path(store).expanduser() if store is not None
+                                      else Path(tempfile.gettempdir()), on_disk)
+    if short is not None:
+        folder, free = short
+        levels = ", with coarser levels" if store is not None else ""
         raise ValueError(f"layer {layer.name!r}: the outputs (mean and std, "
-                         f"{' x '.join(map(str, output_shape(layer, scale, crop)))} float32) need "
-                         f"{_gib(needed)} but {folder} has only {_gib(free)} free; choose a "
-                         "store on a larger disk (store=...), or a region or fewer planes")
+                         f"{' x '.join(map(str, output_shape(layer, scale, crop)))} float32"
+                         f"{levels}) need {format_bytes(on_disk)} but {folder} has only "
+                         f"{format_bytes(free)} free; choose a store on a larger disk "
+                         "(store=...), or a region or fewer planes")
     return needed
 
 

@@ -286,6 +286,18 @@ def free_space_folder(path) -> Path:
     return path
 
 
+def disk_shortfall(path, needed: int) -> tuple[Path, int] | None:
+    """(folder, free bytes) when the disk that ``path`` would be written to has less than
+    ``needed`` bytes free; None when they fit. The one free-space test of the command line
+    (:func:`check_disk_room`) and the napari large-image path (``layers.check_output_room``),
+    each of which words its own refusal."""
+    import shutil
+
+    folder = free_space_folder(path)
+    free = shutil.disk_usage(folder).free
+    return (folder, free) if needed > free else None
+
+
 def check_disk_room(path, needed: int, what: str) -> None:
     """OSError (ENOSPC) when the disk that ``path`` would be written to has less than
     ``needed`` bytes free; ``what`` names the output in the message. A full disk is the
@@ -293,11 +305,10 @@ def check_disk_room(path, needed: int, what: str) -> None:
     fills during the writing, and a cluster tries the file again (on another worker's
     disk, perhaps) instead of reporting bad input."""
     import errno
-    import shutil
 
-    folder = free_space_folder(path)
-    free = shutil.disk_usage(folder).free
-    if needed > free:
+    short = disk_shortfall(path, needed)
+    if short is not None:
+        folder, free = short
         raise OSError(errno.ENOSPC, f"{what} need {format_bytes(needed)} but {folder} has "
                       f"only {format_bytes(free)} free; write to a larger disk, or process "
                       "a crop or fewer planes")

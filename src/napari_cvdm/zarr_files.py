@@ -33,6 +33,12 @@ COMPLETE_MARK = "complete"  # in the root's napari_cvdm attributes, written last
 PYRAMID_TOP = 512
 
 
+def with_levels(full_resolution: int) -> int:
+    """Bytes of a result store with its coarser levels, from the bytes of its full-resolution
+    level: each level is a quarter of the one before, so together at most a third more."""
+    return full_resolution * 4 // 3
+
+
 def _zarr():
     try:
         import zarr
