@@ -11,7 +11,7 @@ from napari_cvdm.domain import (RELIEF_CORRELATION, RELIEF_MEDIAN, RELIEF_SKEW, 
                                 _unit_image, input_warnings, looks_like_labels,
                                 looks_like_noise, looks_like_relief, looks_transmitted,
                                 neighbour_correlation, pixel_size_nm, relief_skew,
-                                saturated_share)
+                                repeated_pixels, saturated_share)
 
 
 class _Model:
@@ -343,3 +343,18 @@ def test_an_object_array_gets_no_crash_from_the_checks():
     from napari_cvdm.domain import _image_warnings
 
     assert _image_warnings(np.array([[1, 2], [3, 4]], dtype=object)) == []
+
+
+def test_an_image_enlarged_without_interpolation_is_named(nuclei_widefield):
+    """Found by reading: an image enlarged for display (each camera pixel repeated) was
+    reconstructed without a word, as if its structures were that many times larger."""
+    crop = nuclei_widefield[:96, :96]
+    (message,) = input_warnings(np.kron(crop, np.ones((2, 2), crop.dtype)), _Model())
+    assert "repeat in blocks of 2 x 2 (Y x X)" in message
+    (message,) = input_warnings(np.repeat(crop, 3, axis=1)[:, 1:], _Model())  # any phase
+    assert "runs of 3 along X" in message
+    assert repeated_pixels(np.kron(crop, np.ones((4, 4), crop.dtype))) == {"Y": 4, "X": 4}
+    # flat regions repeat across blocks as well: a mostly dark, dim image is not enlarged
+    rng = np.random.default_rng(1)
+    sparse = rng.poisson(0.05, (128, 128)).astype(np.uint16)
+    assert repeated_pixels(sparse) == {} and repeated_pixels(nuclei_widefield) == {}

@@ -60,6 +60,16 @@ HOT_PIXEL_PERCENTILES = (0.1, 99.0)  # ... so they are found against the 99th
 BRIGHT_OBJECT_SPAN = 0.84
 BRIGHT_OBJECTS = 3      # ... when that bright part is this many objects at most (not puncta)
 CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
+# An image enlarged without interpolation (nearest neighbour, e.g. for display or a figure)
+# repeats each camera pixel in blocks: within a block of this factor at least REPEATED_SHARE
+# of the neighbouring pairs are equal, across blocks at most BLOCK_EDGE_SHARE (a camera's
+# noise makes exact repeats rare; flat zeros or saturation repeat across blocks as well, so
+# they are not mistaken for it)
+REPEAT_FACTORS = (4, 3, 2)  # largest first: blocks of 4 are blocks of 2 too
+REPEATED_SHARE = 0.99
+BLOCK_EDGE_SHARE = 0.8
+REPEAT_BLOCKS = 16      # at least this many blocks along the axis
+REPEAT_LINES = 128      # lines (rows for X, columns for Y) looked at, spread over the plane
 
 
 def _unit_image(plane: np.ndarray) -> np.ndarray | None:
@@ -303,6 +313,34 @@ def saturated_share(plane: np.ndarray) -> float:
     return float(np.mean(finite == finite.max()))
 
 
+def _repeats_along(plane: np.ndarray, axis: int, factor: int) -> bool:
+    """Whether the pixels along ``axis`` repeat in blocks of ``factor`` (at any phase)."""
+    lines = np.moveaxis(plane, axis, -1)
+    lines = lines[::max(1, lines.shape[0] // REPEAT_LINES)]  # a block repeats on every line
+    for phase in range(factor):
+        n = (lines.shape[-1] - phase) // factor
+        if n < REPEAT_BLOCKS:
+            return False
+        blocks = lines[:, phase:phase + n * factor].reshape(lines.shape[0], n, factor)
+        within = np.mean(blocks[:, :, 1:] == blocks[:, :, :1])
+        if within >= REPEATED_SHARE:
+            across = np.mean(blocks[:, 1:, 0] == blocks[:, :-1, -1])
+            return bool(across <= BLOCK_EDGE_SHARE)
+    return False
+
+
+def repeated_pixels(plane: np.ndarray) -> dict[str, int]:
+    """{axis: factor} for the axes ('Y', 'X') along which the plane's pixels repeat in
+    blocks: an image enlarged by that factor without interpolation."""
+    out = {}
+    for axis, name in ((0, "Y"), (1, "X")):
+        for factor in REPEAT_FACTORS:
+            if _repeats_along(plane, axis, factor):
+                out[name] = factor
+                break
+    return out
+
+
 def pixel_size_nm(size: float | None, unit: str | None) -> float | None:
     """A pixel size in nanometres, or None when the unit is not a length."""
     from .physical import NO_UNIT, normalise
@@ -348,6 +386,17 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
                           "numbers), not fluorescence intensities: the model invents "
                           "intensities in and around them; do not trust the result"}
     out = {}
+    repeats = repeated_pixels(plane)
+    if repeats:
+        (axis, factor), = repeats.items() if len(repeats) == 1 else ((None, None),)
+        what = (f"runs of {factor} along {axis}" if axis else
+                f"blocks of {repeats['Y']} x {repeats['X']} (Y x X)")
+        out["upsampled"] = (f"the image's pixels repeat in {what}: it was enlarged without "
+                            "interpolation (for display or a figure), so each camera pixel "
+                            "is several pixels here. The model expects the camera's own "
+                            "pixels: it sees every structure that many times larger and "
+                            "blurrier than it is; use the original image (or bin these "
+                            "blocks back to one pixel), or do not trust the result")
     plane, hot = _without_hot_pixels(plane)
     if hot:
         out["hot pixels"] = hot
