@@ -92,7 +92,7 @@ def test_the_package_gives_what_predict_gives_with_the_same_settings(package, tm
         test_input = np.load(archive.open("test_input.npy"))
         expected = np.load(archive.open("test_output.npy"))
     result = nc.predict(test_input[0, 0], model, **FAST, eta=0.0, seed=0, sampler="ddim",
-                        device="cpu")
+                        device="cpu", precision="fp32", tile_size=256)
     np.testing.assert_allclose(expected[0, 0], result.mean, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(expected[0, 1], result.std, rtol=1e-5, atol=1e-4)
     assert not np.allclose(result.std, result.sample_std)  # the calibration does something
@@ -104,6 +104,30 @@ def test_the_package_gives_what_predict_gives_with_the_same_settings(package, tm
     with zipfile.ZipFile(uncalibrated) as archive:
         assert "no calibration" in archive.read("README.md").decode()
         assert "calibrated" not in archive.read("rdf.yaml").decode()
+
+
+@pytest.mark.parametrize("machine_bf16", ["1", "0"])
+def test_the_package_gives_its_test_output_whatever_the_machine_prefers(package, tmp_path,
+                                                                        monkeypatch,
+                                                                        machine_bf16):
+    """Found by a review: the sampler ran at predict()'s "auto" precision, bfloat16 on a CPU
+    fast at it (as where the package was written), so a consumer computing in float32
+    missed the test output (half the pixels off by more than bioimage.io's 1e-3). The
+    precision, tile size and augmentation are fixed and written into the description."""
+    from napari_cvdm import precision
+    from napari_cvdm.bioimageio_model import REPRODUCIBLE, CVDMSampler
+
+    monkeypatch.setenv(precision.BF16_ENV, machine_bf16)
+    _, path = package
+    weights = spec.load_description(path).weights.pytorch_state_dict
+    assert {k: weights.architecture.kwargs[k] for k in REPRODUCIBLE} == REPRODUCIBLE
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(tmp_path)
+    network = CVDMSampler(**weights.architecture.kwargs)
+    network.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    out = network(torch.from_numpy(np.load(tmp_path / "test_input.npy"))).numpy()
+    np.testing.assert_allclose(out, np.load(tmp_path / "test_output.npy"), rtol=1e-5,
+                               atol=1e-5)
 
 
 def test_a_model_trained_in_memory_exports(tmp_path, nuclei_truth):
@@ -265,3 +289,29 @@ def test_cvdm_info_shows_the_card_of_a_package(package, capsys):
     out = capsys.readouterr().out
     assert out.startswith("tiny-test: x2 super-resolution") and f"package: {path}" in out
     assert "file: " not in out and "sha256: " in out
+
+
+def test_a_package_whose_attachment_was_swapped_is_refused(package, tmp_path):
+    """Found by a review: another model file put in a package under the attachment's name
+    loaded without a word (bioimage.io's own check calls the package invalid)."""
+    model, path = package
+    other = nc.save_model(nc.CVDM(nc.CVDMConfig.preset("tiny")),
+                          tmp_path / "other.cvdm.safetensors")
+    swapped = tmp_path / "swapped.zip"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(swapped, "w") as dst:
+        for name in src.namelist():
+            data = other.read_bytes() if name.endswith(".cvdm.safetensors") else src.read(name)
+            dst.writestr(name, data)
+    with pytest.raises(ValueError, match="not the file the package's rdf.yaml describes"):
+        nc.load_model(swapped)
+    assert nc.load_model(path).config == model.config  # the package as written loads
+
+
+def test_the_widget_reads_a_packages_scale_and_summary(package):
+    """A package is a model the command line and predict() take: the widget's file dialog
+    offers it, and the widget reads its scale and card line from the attachment."""
+    from napari_cvdm.layers import model_scale, model_summary
+
+    model, path = package
+    assert model_scale(path) == model.config.scale
+    assert "tiny-test" in model_summary(path)

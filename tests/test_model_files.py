@@ -376,3 +376,77 @@ def test_a_model_path_with_a_tilde_is_the_home_folder(tmp_path, tiny_model, monk
     monkeypatch.setenv("HOME", str(tmp_path))
     nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
     assert load_model("~/m.cvdm.safetensors").config == tiny_model.config
+
+
+# -- messages that say what to do (session 23 review) -----------------------------------
+def test_a_model_file_renamed_to_a_pickle_suffix_loads_and_is_not_converted(tmp_path,
+                                                                            tiny_model):
+    """Found by a review: the pickle refusal went by the name, so a real model file saved
+    as .bin was called a pickle, and the conversion it pointed to failed on it."""
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    renamed = path.rename(tmp_path / "renamed.bin")
+    assert load_model(renamed).config == tiny_model.config
+    with pytest.raises(ValueError, match="is a safetensors file, not a pickle"):
+        convert_module.convert(renamed, tmp_path / "o.cvdm.safetensors", "tiny", 2)
+    missing = tmp_path / "absent.pt"
+    with pytest.raises(ValueError, match="model file not found"):
+        load_model(missing)
+
+
+def test_the_pieces_of_an_unpacked_package_point_at_the_package(tmp_path, tiny_model):
+    """Found by a review: an unpacked bioimage.io package's weights.pt was sent to the
+    conversion, which then failed on its names; its folder and rdf.yaml gave no hint."""
+    from napari_cvdm.bioimageio_model import CVDMSampler
+
+    folder = tmp_path / "unpacked"
+    folder.mkdir()
+    sampler = CVDMSampler(tiny_model.config.to_dict())
+    torch.save(sampler.state_dict(), folder / "weights.pt")
+    (folder / "rdf.yaml").write_text("type: model\n")
+    with pytest.raises(ValueError, match="unpacked bioimage.io package.*zip"):
+        load_model(folder / "weights.pt")
+    with pytest.raises(ValueError, match="bioimage.io package.*zip"):
+        convert_module.convert(folder / "weights.pt", tmp_path / "o.cvdm.safetensors",
+                               "tiny", 2)
+    with pytest.raises(ValueError, match="a description, not a model file"):
+        load_model(folder / "rdf.yaml")
+    with pytest.raises(ValueError, match="folder.*unpacked bioimage.io package"):
+        load_model(folder)
+    inner = nc.save_model(tiny_model, folder / "tiny.cvdm.safetensors")
+    with pytest.raises(ValueError, match=f"the model file in it is {inner}"):
+        load_model(folder)
+
+
+def test_a_cut_short_model_file_says_so(tiny_model, tmp_path):
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    path.write_bytes(raw[:8 + n // 2])  # the header itself cut
+    with pytest.raises(ValueError, match="cut short"):
+        load_model(path)
+
+
+@pytest.mark.parametrize("change,match", [
+    (lambda m: m.update(format="napari-cvdm/2"), "unsupported model header"),
+    (lambda m: m["config"].update(attention_heads=4), "unknown model settings"),
+    (lambda m: m["config"]["denoiser"].update(norm="rms"), "unknown model setting 'norm'"),
+])
+def test_a_file_from_a_newer_napari_cvdm_says_to_update(tiny_model, tmp_path, change,
+                                                         match, capsys):
+    """Found by a review: files a newer version wrote were called invalid (one in Python's
+    words: "UNetConfig.__init__() got an unexpected keyword argument"), never "update"."""
+    from napari_cvdm.cli import main
+
+    path = nc.save_model(tiny_model, tmp_path / "m.cvdm.safetensors")
+    _rewrite(path, lambda m: (change(m), m.update(version="99.0.0")))
+    with pytest.raises(ValueError, match=match) as caught:
+        load_model(path)
+    assert "written by napari-cvdm 99.0.0, newer than this one" in str(caught.value)
+    assert "pip install -U napari-cvdm" in str(caught.value)
+    assert "__init__" not in str(caught.value)
+    assert main(["info", str(path)]) == 2
+    assert "newer than this one" in capsys.readouterr().err
+    _rewrite(path, lambda m: m.update(version=nc.__version__))  # same version: no hint
+    with pytest.raises(ValueError) as caught:
+        load_model(path)
+    assert "newer than this one" not in str(caught.value)

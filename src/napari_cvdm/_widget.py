@@ -139,7 +139,7 @@ class ReconstructionWidget(Container):
                                 "rectangle of a shapes layer")
         self._model = ComboBox(label="model", value=DEMO, choices=self._model_choices)
         self._model_file = FileEdit(label="model file", mode="r",
-                                    filter="CVDM models (*.cvdm.safetensors *.safetensors)")
+                                    filter="CVDM models (*.cvdm.safetensors *.safetensors *.zip)")
         self._model_info = Label(label="")
         self._options = {f.name: control(f) for f in fields(PredictSettings)
                          if f.name != "model"}

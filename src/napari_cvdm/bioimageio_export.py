@@ -9,6 +9,7 @@ that napari-cvdm loads a package without unpickling anything. Needs the ``export
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import struct
@@ -204,9 +205,31 @@ def model_file_in_package(package: str | os.PathLike, folder: str | os.PathLike)
             if members[0].file_size > 4 * 2**30:
                 raise ValueError(f"{package}: the model attachment is too large")
             target = Path(folder) / members[0].filename
+            digest = hashlib.sha256()
             with archive.open(members[0]) as src, open(target, "wb") as dst:
                 while block := src.read(1 << 20):
+                    digest.update(block)
                     dst.write(block)
+            recorded = _recorded_sha256(archive, members[0].filename)
     except (zipfile.BadZipFile, OSError) as exc:
         raise ValueError(f"{package} could not be read as a model package ({exc})") from None
+    if recorded is not None and recorded != digest.hexdigest():
+        raise ValueError(f"{package}: its model attachment {members[0].filename} is not the "
+                         "file the package's rdf.yaml describes (another sha256): the package "
+                         "was altered or damaged; export it again, or use the "
+                         ".cvdm.safetensors file it was made from")
     return target
+
+
+def _recorded_sha256(archive: zipfile.ZipFile, name: str) -> str | None:
+    """The sha256 the package's rdf.yaml records for the file ``name`` (None where it has
+    no readable rdf.yaml or it records none; read as text: the description is written as
+    ``- source: NAME`` followed by ``sha256: HEX``)."""
+    try:
+        text = archive.read("rdf.yaml").decode("utf-8", "replace")
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError):  # none, or unreadable: the
+        return None                                             # attachment's checks decide
+    pattern = (r"source:\s*['\"]?" + re.escape(name) +
+               r"['\"]?\s*\n\s*sha256:\s*['\"]?([0-9a-fA-F]{64})")
+    found = re.search(pattern, text)
+    return found.group(1).lower() if found else None

@@ -9,6 +9,14 @@ calibrated where the model has a calibration, as napari-cvdm returns it). ``meta
 holds what ``predict`` reads from a model file besides the weights (the uncertainty's
 calibration, the normalisation, a conditioned model's PSF widths), so that the package gives
 what napari-cvdm gives with the same settings.
+
+Everything else that shapes the numbers is fixed here, not left to ``predict``'s defaults or
+to the machine, so that a package gives its test output wherever it runs: float32 arithmetic
+(``precision="auto"`` picks bfloat16 on CPUs fast at it, float16 on older GPUs, which a
+consumer's machine may not; on CUDA, TF32 convolutions and cuDNN's autotuned algorithms are
+turned off during the call), a fixed tile size (the automatic one follows free memory) and
+the samples on the input's flips and rotations. The export writes them into the package's
+description, so a later napari-cvdm whose defaults change runs an older package as written.
 """
 
 from __future__ import annotations
@@ -24,11 +32,18 @@ from .model.config import CVDMConfig
 from .model.cvdm import CVDM
 
 
+#: What the sampler fixes beyond the sampling settings (see the module's docstring).
+REPRODUCIBLE = {"precision": "fp32", "tile_size": 256, "augment": True}
+
+
 class CVDMSampler(nn.Module):
     """``forward(x)``: x (batch, 1, Y, X) -> (batch, 2, scale*Y, scale*X): mean, std."""
 
     def __init__(self, config: dict[str, Any], samples: int = 8, steps: int = 10,
-                 eta: float = 0.0, seed: int = 0, metadata: dict[str, Any] | None = None):
+                 eta: float = 0.0, seed: int = 0, metadata: dict[str, Any] | None = None,
+                 precision: str = REPRODUCIBLE["precision"],
+                 tile_size: int = REPRODUCIBLE["tile_size"],
+                 augment: bool = REPRODUCIBLE["augment"]):
         from .model_header import check_metadata
 
         super().__init__()
@@ -37,6 +52,7 @@ class CVDMSampler(nn.Module):
         check_metadata(metadata, "the package's model metadata")
         self.model.metadata = metadata
         self.samples, self.steps, self.eta, self.seed = samples, steps, eta, seed
+        self.precision, self.tile_size, self.augment = precision, tile_size, augment
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -49,11 +65,25 @@ class CVDMSampler(nn.Module):
         device = str(x.device) if x.device.type in ("cuda", "mps") else "cpu"
         self.model.eval()
         outputs = []
-        for image in x[:, 0].detach().float().cpu().numpy():
-            result = predict(image, self.model, samples=self.samples, steps=self.steps,
-                             eta=self.eta, seed=self.seed, device=device, sampler="ddim")
-            outputs.append(np.stack([result.mean, result.std]))
+        with _exact_cuda(device):
+            for image in x[:, 0].detach().float().cpu().numpy():
+                result = predict(image, self.model, samples=self.samples, steps=self.steps,
+                                 eta=self.eta, seed=self.seed, device=device,
+                                 sampler="ddim", precision=self.precision,
+                                 tile_size=self.tile_size, augment=self.augment)
+                outputs.append(np.stack([result.mean, result.std]))
         return torch.from_numpy(np.stack(outputs)).to(x.device)
+
+
+def _exact_cuda(device: str):
+    """On CUDA: no TF32 convolutions (10-bit mantissas, on by default in PyTorch) and no
+    autotuned or nondeterministic cuDNN algorithms, for the duration of the call."""
+    import contextlib
+
+    if not device.startswith("cuda"):
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                      deterministic=True, allow_tf32=False)
 
 
 def prediction_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

@@ -15,6 +15,8 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
              version: str, torch_version: str, metadata: dict[str, Any] | None = None):
     """A validated ``ModelDescr`` for the files prepared in ``folder``; ``metadata``: what
     the sampler needs of the model's metadata (``bioimageio_model.prediction_metadata``)."""
+    from .bioimageio_model import REPRODUCIBLE
+
     from bioimageio.spec.model.v0_5 import (ArchitectureFromLibraryDescr, Author, AxisId,
                                             BatchAxis, ChannelAxis, CiteEntry, Doi,
                                             FileDescr, Identifier, InputTensorDescr,
@@ -52,7 +54,7 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         callable=Identifier("CVDMSampler"), import_from="napari_cvdm.bioimageio_model",
         # metadata only where there is some: a package without it loads in napari-cvdm
         # versions before the sampler took it
-        kwargs={"config": config.to_dict(), **sampling,
+        kwargs={"config": config.to_dict(), **sampling, **REPRODUCIBLE,
                 **({"metadata": metadata} if metadata else {})})
     weights = WeightsDescr(pytorch_state_dict=PytorchStateDictWeightsDescr(
         source=folder / "weights.pt", architecture=architecture,

@@ -92,6 +92,21 @@ def _mismatch(expected: dict, found: dict) -> str:
     return "; ".join(parts)
 
 
+def _why(exc: Exception) -> str:
+    """torch.load's reason in a line. Its weights-only refusal explains at length and
+    suggests loading with ``weights_only=False`` (running the file's code), which is what
+    napari-cvdm will not do: only the line naming what it refused is kept (the line with
+    "unsupported GLOBAL" or "WeightsUnpickler", depending on the torch version)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    named = [line for line in lines
+             if "unsupported global" in line.lower() or "WeightsUnpickler" in line]
+    if named:
+        return named[0][:300]
+    if lines and lines[0].startswith("Weights only load failed"):
+        return "it holds Python objects beyond plain tensors"
+    return (lines[0] if lines else "")[:300]
+
+
 def convert(input_path, output_path, preset: str, scale: int, half: bool = False,
             overwrite: bool = False) -> Path:
     """Convert ``input_path`` (trusted .pt) into ``output_path``; return the output path.
@@ -116,17 +131,29 @@ def convert(input_path, output_path, preset: str, scale: int, half: bool = False
                          "new file name")
     if holds is not None and not overwrite:
         raise ValueError(f"{output_path} exists; pass --overwrite to replace it")
+    with open(input_path, "rb") as fh:
+        magic = fh.read(9)
+    if len(magic) == 9 and magic[8:9] == b"{":  # safetensors: nothing to convert
+        raise ValueError(f"{input_path} is a safetensors file, not a pickle: napari-cvdm "
+                         "reads a napari-cvdm model file directly, whatever its name ends "
+                         f"with (rename it to *{MODEL_SUFFIX} to make that clear)")
     try:
         obj = torch.load(input_path, map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError, EOFError, zip errors
-        raise ValueError(f"{input_path} could not be loaded as plain weights "
-                         f"(torch.load(weights_only=True): {type(exc).__name__}: {exc}). "
-                         "napari-cvdm does not unpickle arbitrary objects; save the "
-                         "model's state_dict() from the code that trained it") from None
+        raise ValueError(f"{input_path} could not be loaded as plain weights (torch.load "
+                         f"with weights_only=True: {type(exc).__name__}: {_why(exc)}). "
+                         "napari-cvdm does not unpickle "
+                         "arbitrary objects; save the model's state_dict() from the code "
+                         "that trained it") from None
     state = extract_state_dict(obj)
     config = CVDMConfig.preset(preset, scale=scale)
     model = CVDM(config)
     mismatch = _mismatch(model.state_dict(), state)
+    if mismatch and state and all(k.startswith("model.") for k in state):
+        raise ValueError(f"{input_path} holds the network of a napari-cvdm bioimage.io package "
+                         "(its weights.pt); give napari-cvdm the package's .zip, or the "
+                         f"*{MODEL_SUFFIX} file in it, which also keeps the model's "
+                         "calibration") from None
     if mismatch:
         raise ValueError(f"the weights in {input_path} do not fit the {preset!r} preset: "
                          f"{mismatch}") from None

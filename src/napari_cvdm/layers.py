@@ -28,8 +28,8 @@ import numpy as np
 from . import __version__
 from .image_names import output_name
 from .inference import PredictionResult, predict
-from .model_files import BUNDLED, bundled_model_path, resolve_model
-from .model_header import MODEL_SUFFIX, read_model_header
+from .model_files import BUNDLED, bundled_model_path, header_of, resolve_model
+from .model_header import MODEL_SUFFIX
 from .settings import PredictSettings, settings_from
 from .validation import format_bytes
 
@@ -475,7 +475,7 @@ def _model_path(source: str | os.PathLike) -> Path:
 
 def model_scale(source: str | os.PathLike) -> int:
     """The super-resolution factor of a bundled model or model file (header only)."""
-    return int(read_model_header(_model_path(source))["config"].get("scale") or 1)
+    return int(header_of(_model_path(source))["config"].get("scale") or 1)
 
 
 def model_summary(source: str | os.PathLike) -> str:
@@ -483,7 +483,7 @@ def model_summary(source: str | os.PathLike) -> str:
     from .model_card import summary_line
 
     path = _model_path(source)
-    header = read_model_header(path)
+    header = header_of(path)
     metadata = header.get("metadata") or {}
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)
     return summary_line(name, header["config"], metadata)

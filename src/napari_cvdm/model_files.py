@@ -6,8 +6,10 @@ object into a model plus its provenance and summary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,7 @@ from typing import Any
 from .atomic import atomic_write
 from .model_card import clean_metadata
 from .model_header import (FORMAT, MODEL_SUFFIX, PICKLE_HINT, check_config_types,
-                           check_metadata, read_model_header)
+                           check_metadata, newer_writer_explains, read_model_header)
 
 BUNDLED = {"widefield-x2": "widefield-x2.cvdm.safetensors", "demo": "demo.cvdm.safetensors"}
 # The largest model file we accept: the paper preset in float32 is about 0.6 GB.
@@ -170,7 +172,11 @@ def model_path(name_or_path: str | os.PathLike) -> Path:
                         f"{type(name_or_path).__name__}")
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a model file (*{MODEL_SUFFIX})")
+        inside = sorted(path.glob(f"*{MODEL_SUFFIX}"))
+        hint = (f"; the model file in it is {inside[0]}" if len(inside) == 1 else
+                " (an unpacked bioimage.io package? give its .zip)"
+                if (path / "rdf.yaml").is_file() else "")
+        raise ValueError(f"{path} is a folder, not a model file (*{MODEL_SUFFIX}){hint}")
     if path.exists() and not path.is_file():
         raise ValueError(f"{path} is not a regular file (a pipe or a device?); give a model "
                          f"file (*{MODEL_SUFFIX})")
@@ -198,7 +204,10 @@ def _config_from_header(path: Path, header: dict[str, Any]):
         config = CVDMConfig.from_dict(header["config"])
         check_config_types(config)
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise ValueError(f"{path}: the model configuration is invalid: {exc}") from None
+        # a nested part's dataclass names an unknown setting in Python's words
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(exc))
+        detail = f"unknown model setting {unknown.group(1)!r}" if unknown else str(exc)
+        raise ValueError(f"{path}: the model configuration is invalid: {detail}") from None
     try:
         count = estimate_parameters(config)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -270,6 +279,33 @@ def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
                 state[name].copy_(value)
 
 
+@contextlib.contextmanager
+def model_file_of(path: Path):
+    """The model file itself for ``path``; for a bioimage.io package exported by napari-cvdm
+    (``.zip``), its ``.cvdm.safetensors`` attachment, extracted to a temporary folder for
+    the duration, with errors about it naming the package, not the temporary copy."""
+    if path.suffix.lower() != ".zip":
+        yield path
+        return
+    import tempfile
+
+    from .bioimageio_export import model_file_in_package
+
+    with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
+        inner = model_file_in_package(path, folder)
+        try:
+            yield inner
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(str(inner), f"{path} (its model "
+                                              "attachment)")) from None
+
+
+def header_of(path: Path) -> dict[str, Any]:
+    """The checked header of a model file or of a package's model attachment."""
+    with model_file_of(path) as file:
+        return read_model_header(file)
+
+
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu"):
     """Load a bundled model by name (default ``settings.DEFAULT_MODEL``, ``"widefield-x2"``;
     also ``"demo"``), a ``.cvdm.safetensors`` file, or a
@@ -281,36 +317,29 @@ def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu
     compared with that configuration from the safetensors index; only then are weights
     read. A damaged, truncated or tampered file raises ValueError.
     """
-    from .model.cvdm import CVDM
-
     if name_or_path is None:
         from .settings import DEFAULT_MODEL
 
         name_or_path = DEFAULT_MODEL
-    path = model_path(name_or_path)
-    if path.suffix.lower() == ".zip":  # a bioimage.io package exported by napari-cvdm
-        import tempfile
+    with model_file_of(model_path(name_or_path)) as path:
+        return _load_file(path, device)
 
-        from .bioimageio_export import model_file_in_package
 
-        with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
-            inner = model_file_in_package(path, folder)
-            try:
-                return load_model(inner, device)
-            except ValueError as exc:  # name the package, not the temporary copy
-                raise ValueError(str(exc).replace(str(inner), f"{path} (its model "
-                                                  "attachment)")) from None
+def _load_file(path: Path, device: str):
+    from .model.cvdm import CVDM
+
     header = read_model_header(path)
-    config = _config_from_header(path, header)
-    metadata = header["metadata"]
-    expected = expected_shapes(config)
-    model = CVDM(config, metadata=metadata)
-    try:
-        _read_weights(path, model, expected)
-    except ValueError:
-        raise
-    except Exception as exc:  # safetensors' own errors, OSError, truncated data
-        raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
+    with newer_writer_explains(header):
+        config = _config_from_header(path, header)
+        metadata = header["metadata"]
+        expected = expected_shapes(config)
+        model = CVDM(config, metadata=metadata)
+        try:
+            _read_weights(path, model, expected)
+        except ValueError:
+            raise
+        except Exception as exc:  # safetensors' own errors, OSError, truncated data
+            raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
     model.metadata.setdefault("name", path.name.removesuffix(MODEL_SUFFIX))
     return model.to(device).eval()
 

@@ -8,7 +8,9 @@ deep nesting, oversized text.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -80,17 +82,74 @@ def parse_json(text: str, what: str) -> Any:
         raise ValueError(f"{what} is damaged (not valid JSON)") from None
 
 
-def _refuse_pickle(path: Path) -> None:
+def _leading_bytes(path: Path) -> bytes:
     try:
         with open(path, "rb") as fh:
-            magic = fh.read(9)
+            return fh.read(9)
     except OSError as exc:
         raise ValueError(f"{path} could not be read ({exc})") from None
-    # A safetensors file starts with its header length (8 bytes) and then "{"; a header
-    # length can begin with the same two bytes as a pickle, the "{" tells them apart.
-    if magic.startswith(PICKLE_MAGIC) and magic[8:9] != b"{":
-        raise ValueError(PICKLE_HINT.format(path=path, suffix="a PyTorch pickle/zip file "
-                                            "despite its name"))
+
+
+def _looks_like_safetensors(magic: bytes) -> bool:
+    # A safetensors file starts with its header's length (8 bytes, little-endian; a few MB
+    # at most) and then the header's "{"; a length can begin with the same two bytes as a
+    # pickle, the "{" tells them apart.
+    return len(magic) == 9 and magic[8:9] == b"{"
+
+
+def _refuse_pickle(path: Path, magic: bytes) -> None:
+    suffix = "".join(path.suffixes[-1:]).lower()
+    if magic.startswith(PICKLE_MAGIC) and not _looks_like_safetensors(magic):
+        if path.name == "weights.pt" and (path.parent / "rdf.yaml").is_file():
+            raise ValueError(f"{path} is the network of an unpacked bioimage.io package; give "
+                             "napari-cvdm the package's .zip, or the .cvdm.safetensors file "
+                             "beside it (which keeps the model's calibration)")
+        raise ValueError(PICKLE_HINT.format(
+            path=path, suffix=suffix if suffix in PICKLE_SUFFIXES else
+            "a PyTorch pickle/zip file despite its name"))
+    if suffix in PICKLE_SUFFIXES and not _looks_like_safetensors(magic):
+        raise ValueError(PICKLE_HINT.format(path=path, suffix=suffix))
+
+
+def _version_numbers(version: Any) -> tuple[int, ...]:
+    """(0, 5, 0) for '0.5.0', '0.5.0rc1', '0.5.0.dev3+g1234'; () for anything else."""
+    numbers = []
+    for part in str(version).split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        numbers.append(int(digits))
+        if digits != part:
+            break
+    return tuple(numbers)
+
+
+def newer_writer_hint(header: Any) -> str:
+    """'; it was written by napari-cvdm X, newer than this one (Y): ...' where the file says
+    a newer napari-cvdm wrote it (whose model files this one may not know), else ''."""
+    from . import __version__
+
+    written = header.get("version") if isinstance(header, dict) else None
+    if not isinstance(written, str):
+        return ""
+    theirs, ours = _version_numbers(written), _version_numbers(__version__)
+    if not theirs or not ours or theirs <= ours:
+        return ""
+    return (f"; it was written by napari-cvdm {written[:40]}, newer than this one "
+            f"({__version__}): update napari-cvdm (pip install -U napari-cvdm) to read it")
+
+
+@contextlib.contextmanager
+def newer_writer_explains(header: Any):
+    """A ValueError raised inside says, where the file was written by a newer napari-cvdm,
+    that updating may be the cure (a newer version's settings are unknown here)."""
+    try:
+        yield
+    except ValueError as exc:
+        hint = newer_writer_hint(header)
+        if not hint:
+            raise
+        raise ValueError(f"{exc}{hint}") from None
 
 
 def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
@@ -98,32 +157,41 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
     from safetensors import safe_open
 
     path = Path(path)
-    suffix = "".join(path.suffixes[-1:]).lower()
-    if suffix in PICKLE_SUFFIXES:
-        raise ValueError(PICKLE_HINT.format(path=path, suffix=suffix))
     if not path.is_file():
         raise ValueError(f"model file not found: {path}")
-    _refuse_pickle(path)
+    if path.suffix.lower() in (".yaml", ".yml", ".json"):
+        raise ValueError(f"{path} is a description, not a model file; give the model file "
+                         f"(*{MODEL_SUFFIX}), or a bioimage.io package's .zip")
+    magic = _leading_bytes(path)
+    _refuse_pickle(path, magic)
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("napari_cvdm")
     except Exception as exc:  # safetensors raises its own error types for bad headers
+        said = int.from_bytes(magic[:8], "little") if len(magic) >= 8 else None
+        incomplete = ("not fully covered" in str(exc) or said is None
+                      or 8 + said > path.stat().st_size)
         raise ValueError(f"{path} is not a napari-cvdm model file (it could not be read as "
-                         f"safetensors: {exc})") from None
+                         f"safetensors: {exc})" + ("; the file looks cut short (an interrupted "
+                                                   "download or copy?)" if incomplete else "")
+                         ) from None
     if raw is None:
         raise ValueError(f"{path} is a safetensors file but not a napari-cvdm model "
                          "(it has no napari_cvdm header)")
     header = parse_json(raw, f"{path}: the model header")
-    if not isinstance(header, dict) or header.get("format") != FORMAT or "config" not in header:
-        raise ValueError(f"{path}: unsupported model header (expected format {FORMAT})")
-    if not isinstance(header["config"], dict):
-        raise ValueError(f"{path}: the model configuration is invalid (not a JSON object)")
-    metadata = header.get("metadata")
-    if metadata is None:
-        header["metadata"] = {}
-    elif not isinstance(metadata, dict):
-        raise ValueError(f"{path}: the model metadata is damaged (not a JSON object)")
-    check_metadata(header["metadata"], path)
+    with newer_writer_explains(header):
+        if not isinstance(header, dict) or header.get("format") != FORMAT \
+                or "config" not in header:
+            raise ValueError(f"{path}: unsupported model header (expected format {FORMAT})")
+        if not isinstance(header["config"], dict):
+            raise ValueError(f"{path}: the model configuration is invalid (not a JSON "
+                             "object)")
+        metadata = header.get("metadata")
+        if metadata is None:
+            header["metadata"] = {}
+        elif not isinstance(metadata, dict):
+            raise ValueError(f"{path}: the model metadata is damaged (not a JSON object)")
+        check_metadata(header["metadata"], path)
     return header
 
 

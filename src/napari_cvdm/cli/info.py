@@ -22,31 +22,23 @@ MAX_LINE = 2000  # characters of one card line printed (a name may be megabytes)
 def model_card(model: str) -> str:
     """The card of a bundled model or model file, from its header (weights not loaded)."""
     from ..model_card import card_text
-    from ..model_files import _config_from_header, check_weight_index, model_path, \
-        weights_sha256
-    from ..model_header import MODEL_SUFFIX, read_model_header
+    from ..model_files import _config_from_header, check_weight_index, model_file_of, \
+        model_path, weights_sha256
+    from ..model_header import MODEL_SUFFIX, newer_writer_explains, read_model_header
     from . import _one_line
 
     path = model_path(model)
     if path.suffix.lower() == ".zip":  # a bioimage.io package: the card of its model file
-        import tempfile
-
-        from ..bioimageio_export import model_file_in_package
-
-        with tempfile.TemporaryDirectory(prefix="cvdm-package-") as folder:
-            inner = model_file_in_package(path, folder)
-            try:
-                card = model_card(str(inner))
-            except ValueError as exc:  # name the package, not the temporary copy
-                raise ValueError(str(exc).replace(str(inner), f"{path} (its model "
-                                                  "attachment)")) from None
+        with model_file_of(path) as inner:
+            card = model_card(str(inner))
         # the attachment's place was temporary: name the package instead
         return "\n".join(f"package: {_one_line(path)}" if line.startswith("file: ") else line
                          for line in card.splitlines())
     header = read_model_header(path)
     # a card only for a file load_model would take: its configuration, and the weights'
     # names and shapes (the safetensors index; no weights read)
-    check_weight_index(path, _config_from_header(path, header))
+    with newer_writer_explains(header):
+        check_weight_index(path, _config_from_header(path, header))
     metadata = _no_line_breaks(header["metadata"])  # one card line per field, whatever
     name = metadata.get("name") or path.name.removesuffix(MODEL_SUFFIX)  # the file says
     text = (f"{card_text(name, header['config'], metadata)}\n"
