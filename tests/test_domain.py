@@ -11,7 +11,7 @@ from napari_cvdm.domain import (RELIEF_CORRELATION, RELIEF_MEDIAN, RELIEF_SKEW, 
                                 _unit_image, input_warnings, looks_like_labels,
                                 looks_like_noise, looks_like_relief, looks_transmitted,
                                 neighbour_correlation, pixel_size_nm, relief_skew,
-                                repeated_pixels, saturated_share)
+                                padding, repeated_pixels, saturated_share)
 
 
 class _Model:
@@ -358,3 +358,33 @@ def test_an_image_enlarged_without_interpolation_is_named(nuclei_widefield):
     rng = np.random.default_rng(1)
     sparse = rng.poisson(0.05, (128, 128)).astype(np.uint16)
     assert repeated_pixels(sparse) == {} and repeated_pixels(nuclei_widefield) == {}
+
+
+def test_saturation_anywhere_in_a_camera_frame_is_flagged():
+    """Found by a review: saturation was judged on the central crop the checks read, so a
+    clipped cell in a corner of a camera frame (larger than the crop) said nothing."""
+    frame = _spots((2200, 2200), photons=2000.0, background=100.0)
+    frame[:300, :300] = 2500.0  # an over-exposed cell in a corner, outside the central crop
+    frame = np.minimum(frame, 2500.0)
+    (message,) = input_warnings(frame, _Model())
+    assert "saturated" in message and "2% of the pixels" in message
+    from napari_cvdm.psf_width import central_plane
+
+    assert saturated_share(central_plane(frame)) < 0.01  # the crop alone: below the bar
+
+
+def test_padding_from_registration_or_stitching_is_named(nuclei_widefield):
+    """Found by a review: a flat border (registration, stitching; NaNs filled with a value)
+    sets the contrast the real pixels are reconstructed with (their result changed by 16 %,
+    against 3 % between seeds) and was not warned about."""
+    real = nuclei_widefield[:100, :96]
+    for fill in (0, int(np.median(real))):
+        canvas = np.full((128, 128), fill, real.dtype)
+        canvas[10:110, 20:116] = real
+        (message,) = input_warnings(canvas, _Model())
+        assert f"is exactly {fill}" in message and "padding" in message
+        value, share = padding(canvas)  # (real pixels may hold the value too)
+        assert value == fill and share >= 1 - 100 * 96 / 128**2
+    rng = np.random.default_rng(3)
+    dim = rng.poisson(0.76, (256, 256)).astype(np.uint16)  # photon counts: zeros, not flat
+    assert padding(dim) is None and padding(nuclei_widefield) is None

@@ -189,6 +189,29 @@ def test_model_can_be_given_as_a_file(tiny_model_file):
     assert result.mean.shape == (32, 32)
 
 
+def test_predict_on_a_read_file_checks_the_files_pixel_size(tiny_model, nuclei_widefield,
+                                                          tmp_path):
+    """Found by a review: ``predict(read_tiff(path))`` dropped the file's pixel size, so a
+    30 nm (already super-resolved) image was not warned about as ``cvdm predict`` warns."""
+    import copy
+
+    import tifffile
+
+    from napari_cvdm.image_files import read_tiff
+
+    model = copy.deepcopy(tiny_model)
+    model.metadata = {**(model.metadata or {}), "intended": {"input_pixel_size_nm": [50, 80]}}
+    path = tmp_path / "fine.tif"
+    tifffile.imwrite(path, nuclei_widefield[:48, :48], imagej=True,
+                     resolution=(1 / 0.03, 1 / 0.03), metadata={"unit": "um"})
+    with pytest.warns(nc.InputWarning, match="pixel size is 30 nm"):
+        result = nc.predict(read_tiff(path), model, samples=2, steps=1, seed=0)
+    assert any("30 nm" in m for m in result.info["input_warnings"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", nc.InputWarning)  # the pixels alone: nothing to say
+        nc.predict(read_tiff(path).data, model, samples=2, steps=1, seed=0)
+
+
 def test_python_users_are_told_why_a_result_may_not_be_trusted(tiny_model, nuclei_widefield):
     # predict() itself warns (the command line and napari say it their own way)
     import dask.array as da

@@ -65,6 +65,15 @@ CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to 
 # of the neighbouring pairs are equal, across blocks at most BLOCK_EDGE_SHARE (a camera's
 # noise makes exact repeats rare; flat zeros or saturation repeat across blocks as well, so
 # they are not mistaken for it)
+# Padding (registration, stitching, a rotated canvas) or a background clipped at zero: one
+# exact value in flat regions that reach the image's edge. It sets the low percentile the
+# rest is normalised by (measured by a review: 16 % change in the reconstruction of the real
+# pixels, against 3 % between two seeds). A camera's noise is never flat: dim photon counts
+# have many zeros, but a zero's right and lower neighbours are both zero far less often.
+PADDING_SHARE = 0.05    # of the plane at the one value ...
+PADDING_EDGE = 0.25     # ... which holds this share of the pixels along the edges ...
+PADDING_FLAT = 0.9      # ... and whose pixels have this share of right and lower neighbours
+                        # at the same value
 REPEAT_FACTORS = (4, 3, 2)  # largest first: blocks of 4 are blocks of 2 too
 REPEATED_SHARE = 0.99
 BLOCK_EDGE_SHARE = 0.8
@@ -329,6 +338,25 @@ def _repeats_along(plane: np.ndarray, axis: int, factor: int) -> bool:
     return False
 
 
+def padding(plane: np.ndarray) -> tuple[float, float] | None:
+    """(value, share of the plane) where one exact value fills flat regions reaching the
+    plane's edge (padding, or a background clipped there); None otherwise."""
+    if plane.ndim != 2 or min(plane.shape) < 3:
+        return None
+    edges = np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
+    values, counts = np.unique(edges, return_counts=True)
+    if counts.size == 0 or counts.max() < PADDING_EDGE * edges.size:
+        return None
+    value = values[np.argmax(counts)]
+    at = plane == value
+    share = float(at.mean())
+    if not PADDING_SHARE <= share < 1.0:
+        return None
+    inner = at[:-1, :-1]
+    flat = np.count_nonzero(inner & at[:-1, 1:] & at[1:, :-1]) / max(1, np.count_nonzero(inner))
+    return (float(value), share) if flat >= PADDING_FLAT else None
+
+
 def repeated_pixels(plane: np.ndarray) -> dict[str, int]:
     """{axis: factor} for the axes ('Y', 'X') along which the plane's pixels repeat in
     blocks: an image enlarged by that factor without interpolation."""
@@ -379,13 +407,26 @@ def _without_hot_pixels(plane: np.ndarray) -> tuple[np.ndarray, str | None]:
         "result")
 
 
-def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
-    """{kind: message} for what is off in one plane's pixels."""
+def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[str, str]:
+    """{kind: message} for what is off in one plane's pixels: ``plane`` the central crop the
+    checks look at, ``whole`` the whole plane where it is in memory (saturation anywhere in
+    the field counts: a clipped cell in a corner of a camera frame)."""
     if looks_like_labels(plane):
         return {"labels": "the image looks like a label image or a mask (flat regions of whole "
                           "numbers), not fluorescence intensities: the model invents "
                           "intensities in and around them; do not trust the result"}
     out = {}
+    padded = padding(plane)
+    if padded is not None:
+        value, share = padded
+        out["padding"] = (f"{share:.0%} of the image is exactly {value:g}, in flat regions "
+                          "that reach its edge: padding (from registration, stitching or a "
+                          "rotation) or a background subtracted and clipped. It sets the "
+                          "contrast the rest is reconstructed with, and the model never saw "
+                          "such flat regions (a camera's noise is never flat), so the "
+                          "intensities of the whole result shift: crop it away (or select "
+                          "the region with structure), or use the image before the "
+                          "background was subtracted")
     repeats = repeated_pixels(plane)
     if repeats:
         (axis, factor), = repeats.items() if len(repeats) == 1 else ((None, None),)
@@ -404,10 +445,11 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
     if _is_noise(correlation):
         out["noise"] = (f"the image looks like noise without structure (or is too dim to "
                         f"show any): neighbouring pixels are uncorrelated (correlation "
-                        f"{correlation:.2f}; a fluorescence image through a microscope has "
+                        f"{correlation:.3g}; a fluorescence image through a microscope has "
                         f"well above {NOISE_CORRELATION:g}). The model turns noise into "
                         "plausible-looking structures that are not in the sample; do not "
                         "trust the result")
+        out.pop("padding", None)  # nearly empty photon counts: many flat zeros, said above
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "
@@ -425,8 +467,9 @@ def _plane_warnings(plane: np.ndarray) -> dict[str, str]:
             "small object far brighter than the rest (a bead, a dead cell, debris) sets the "
             "contrast, so the rest is reconstructed from a small part of it and comes out "
             "poorer; crop the bright object away, or run the regions apart")
-    share = saturated_share(plane)
-    if share >= SATURATED_SHARE and share * plane.size >= SATURATED_PIXELS:
+    share, pixels = max((saturated_share(p), p.size) for p in
+                        ([plane] if whole is None else [plane, whole]))
+    if share >= SATURATED_SHARE and share * pixels >= SATURATED_PIXELS:
         out["saturated"] = (f"{share:.0%} of the pixels are at the image's maximum value "
                             "(saturated or clipped): the detector recorded no structure there, "
                             "so the model invents it; lower the exposure or gain, or do not "
@@ -475,7 +518,8 @@ def _image_warnings(image) -> list[str]:
     planes = _checked_planes(tuple(image.shape))
     found: dict[str, tuple[str, list[tuple[int, ...]]]] = {}
     for index in planes:
-        said = _plane_warnings(central_plane(image, index))
+        whole = image[index] if isinstance(image, np.ndarray) else None  # a view
+        said = _plane_warnings(central_plane(image, index), whole)
         if "noise" in said and _structure_elsewhere(image, index):
             del said["noise"]  # a large field, empty in its centre
         for kind, message in said.items():

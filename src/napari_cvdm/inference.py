@@ -115,12 +115,14 @@ class _CompiledDenoiser:
 
 
 def _prepare(image, model, settings, options, half, progress, cancel,
-             lazy: bool = False, check_input: bool = True) -> tuple[Run, tuple]:
+             lazy: bool = False, check_input: bool = True,
+             file_sizes: tuple = (None, None)) -> tuple[Run, tuple]:
     """Every check before any work, then the run's state: model, device, precision, plan.
 
     ``lazy``: the outputs are dask arrays (never held whole, so their size is not checked
     against memory) and the tasks load the model where they run. ``check_input``: warn
-    (:class:`InputWarning`) where the image is unlike what the model was trained on.
+    (:class:`InputWarning`) where the image is unlike what the model was trained on;
+    ``file_sizes``: the (Y, X) pixel sizes and units of the file it was read from, if any.
     """
     shape, _ = check_image(image)
     s = settings_from(settings, options if model is None else {**options, "model": model})
@@ -149,7 +151,7 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     if check_input:
         from .domain import input_warnings
 
-        run.input_warnings = tuple(input_warnings(image, model, psf_sigma=told,
+        run.input_warnings = tuple(input_warnings(image, model, *file_sizes, psf_sigma=told,
                                                   samples=s.samples))
     run.percentiles = _percentiles(model)
     run.calibration = model.metadata.get("calibration")  # the caller's model, not the copy
@@ -281,8 +283,8 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
 
     ``check_input``: an image unlike what the model was trained on (transmitted light, noise,
     a label image, saturation, many hot pixels, a small far brighter object, a PSF width
-    outside the trained range, one sample; the pixel size is not known here: the command
-    line and napari check it from the file or layer) gets an :class:`InputWarning` per
+    outside the trained range, one sample; the pixel size where ``image`` is an ``ImageFile``
+    from ``read_tiff``, as the command line and napari check it from the file or layer) gets an :class:`InputWarning` per
     reason before the work, kept in ``result.info["input_warnings"]``; the front ends, which
     say it their own way, pass False.
     Isolated hot pixels are kept out of the networks and passed through to the mean, their
@@ -296,12 +298,13 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     started = time.perf_counter()
     from .lazy_prediction import is_dask
 
+    file_sizes = _file_pixel_sizes(image)  # an ImageFile (read_tiff) says its pixel size
     image = as_array(image)  # nested lists: every step below indexes planes of an array
     if is_dask(image) or client is not None:
         return _predict_lazy(image, model, settings, options, half, progress, cancel, client,
-                             started, check_input)
+                             started, check_input, file_sizes)
     run, shape = _prepare(image, model, settings, options, half, progress, cancel,
-                          check_input=check_input)
+                          check_input=check_input, file_sizes=file_sizes)
     _say_input_warnings(run, stacklevel=2)
     s, net, dev = run.settings, run.net, run.device
     planes = list(np.ndindex(*shape[:-2]))
@@ -359,13 +362,25 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
     return info
 
 
+def _file_pixel_sizes(image) -> tuple:
+    """([Y, X] sizes, [Y, X] units) of an ``ImageFile`` (``read_tiff``), for the pixel-size
+    checks the command line makes; (None, None) for anything else."""
+    physical = getattr(image, "physical", None)
+    if not isinstance(physical, dict) or not hasattr(image, "data"):
+        return None, None
+    sizes = [physical.get(axis) for axis in "YX"]
+    if not any(sizes):
+        return None, None
+    return ([p.size if p else None for p in sizes], [p.unit if p else None for p in sizes])
+
+
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,
-                  started, check_input) -> PredictionResult:
+                  started, check_input, file_sizes=(None, None)) -> PredictionResult:
     """A dask image to a lazy result; with a client, other images computed on its cluster."""
     from .lazy_prediction import forget, is_dask, lazy_predict
 
     run, shape = _prepare(image, model, settings, options, half, progress, cancel, lazy=True,
-                          check_input=check_input)
+                          check_input=check_input, file_sizes=file_sizes)
     _say_input_warnings(run, stacklevel=3)
     source = image
     if not is_dask(image):

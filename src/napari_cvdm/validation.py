@@ -186,8 +186,10 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
     where = f" in plane {index}" if index else ""
     if nonfinite:
         raise ValueError(f"the image contains {nonfinite} NaN or infinite value(s){where}; "
-                         "replace them first (Python: np.nan_to_num; Fiji: Process > Math > "
-                         "Remove NaNs) or crop them away")
+                         "crop them away (registration and stitching leave NaN borders: "
+                         "filled with a constant, they change the reconstruction of the rest), "
+                         "or replace scattered ones by their neighbours' mean (Fiji: Process > "
+                         "Math > Remove NaNs)")
     largest = max(abs(low), abs(high))
     if largest > MAX_ABS_VALUE:
         raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "
