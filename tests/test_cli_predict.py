@@ -592,3 +592,61 @@ def test_a_full_disk_midway_says_what_the_batch_keeps(two_tiffs, tiny_model_file
     err = capsys.readouterr().err
     assert "the 1 input(s) before it are done" in err and "--resume" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _multifile_ome(folder: Path, planes) -> list[Path]:
+    """A Micro-Manager-like dataset: each file's OME-XML declares every time point, the
+    second stored in the second file (as Micro-Manager writes past 4 GB)."""
+    uuids = [f"urn:uuid:{i:08d}-0000-0000-0000-000000000000" for i in range(len(planes))]
+    names = [f"mm_{i}.ome.tif" for i in range(len(planes))]
+    data = "".join(f'<TiffData FirstT="{i}" FirstZ="0" FirstC="0" IFD="0" PlaneCount="1">'
+                   f'<UUID FileName="{names[i]}">{uuids[i]}</UUID></TiffData>'
+                   for i in range(len(planes)))
+    h, w = planes[0].shape
+    paths = []
+    for i, plane in enumerate(planes):
+        xml = ('<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.'
+               f'org/Schemas/OME/2016-06" UUID="{uuids[i]}"><Image ID="Image:0"><Pixels '
+               f'ID="Pixels:0" DimensionOrder="XYZCT" Type="uint16" SizeX="{w}" SizeY="{h}" '
+               f'SizeZ="1" SizeC="1" SizeT="{len(planes)}"><Channel ID="Channel:0:0" '
+               f'SamplesPerPixel="1"/>{data}</Pixels></Image></OME>')
+        paths.append(folder / names[i])
+        tifffile.imwrite(paths[-1], plane, description=xml.encode(), metadata=None)
+    return paths
+
+
+def test_a_multi_file_ome_dataset_is_predicted_once(tmp_path, nuclei_widefield,
+                                                    tiny_model_file, capsys):
+    """Found by a review: each file of a multi-file OME-TIFF reads the whole dataset, so a
+    folder of them was predicted once per file (the same result under each name)."""
+    folder = tmp_path / "mm"
+    folder.mkdir()
+    planes = [nuclei_widefield[:24, :20], nuclei_widefield[30:54, 30:50]]
+    first, second = _multifile_ome(folder, planes)
+    assert read_tiff(second).data.shape == (2, 24, 20)  # either file reads the whole
+    out = tmp_path / "out"
+    assert _cli([folder], out, tiny_model_file) == 0
+    printed = capsys.readouterr().out
+    assert f"{second}: skipped, part of the 2-file OME-TIFF dataset that {first.name}" \
+        in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "mm_0_cvdm_mean.tif", "mm_0_cvdm_std.tif", "mm_0_cvdm_var.tif"]
+    assert read_tiff(out / "mm_0_cvdm_mean.tif").data.shape == (2, 48, 40)
+    assert _cli([second], tmp_path / "alone", tiny_model_file) == 0  # given alone: predicted
+    assert (tmp_path / "alone" / "mm_1_cvdm_mean.tif").is_file()
+
+
+def test_every_unreadable_file_of_a_batch_is_named_at_once(tmp_path, tiny_model_file, capsys,
+                                                           two_tiffs):
+    """Found by a review: a batch stopped at its first bad file, so four bad files took four
+    round trips."""
+    bad = []
+    for name in ("a.tif", "b.tif"):
+        bad.append(tmp_path / name)
+        bad[-1].write_bytes(b"not a tiff at all")
+    assert _cli([two_tiffs[0], *bad], tmp_path / "o", tiny_model_file, "--quiet") == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1
+    assert "2 of the 3 inputs cannot be predicted (nothing was done)" in err
+    assert str(bad[0]) in err and str(bad[1]) in err
+    assert not (tmp_path / "o").exists()

@@ -73,6 +73,8 @@ def provenance(summary: dict, settings, steps: int, device: str, precision: str,
 
 def describe(done: dict[str, Any]) -> str:
     """The line the command line prints for a finished input."""
+    if done.get("repeats"):
+        return f"{done['input']}: skipped, {done['repeats']}"
     if done.get("skipped"):
         return f"{done['input']}: skipped, its outputs are complete ({done['skipped']})"
     outputs = ", ".join(done["outputs"])

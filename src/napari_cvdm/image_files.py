@@ -312,6 +312,25 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
         raise ValueError(f"{path}: {exc}") from None
 
 
+def dataset_files(path: str | os.PathLike) -> tuple[Path, ...]:
+    """The files a TIFF's image spans, sorted: several for a multi-file OME-TIFF dataset
+    (Micro-Manager's, say), any of whose files reads the whole of it; ``(path,)`` for an
+    image in one file, or where the file cannot tell (its reading says why)."""
+    import tifffile
+
+    path = Path(path)
+    try:
+        with held_tifffile_logs(pass_on=False), tifffile.TiffFile(path) as tif:
+            series = tif.series[0] if tif.series else None
+            if series is None or not getattr(series, "is_multifile", False):
+                return (path,)
+            files = {Path(page.parent.filehandle.path).resolve()
+                     for page in series.pages if page is not None}
+    except Exception:  # noqa: BLE001 - read_tiff says what is wrong with the file
+        return (path,)
+    return tuple(sorted(files)) if len(files) > 1 else (path,)
+
+
 def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
     """Read a TIFF or OME-TIFF with its axes and physical sizes; clear errors for bad files.
 

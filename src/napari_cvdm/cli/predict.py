@@ -292,9 +292,12 @@ def run(args) -> int:
     model, summary = resolve_model(settings.model)
     # a cluster's workers check the outputs against their own memory
     _probe_tiffs(tasks, None if clustered else model.config.scale)
+    tasks, repeated = _one_per_dataset(tasks)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
         print(_one_line(describe({"input": str(path), "skipped": why})))
+    for path, why in repeated:
+        print(_one_line(describe({"input": str(path), "repeats": why})))
     if not tasks:
         return 0
     created = missing_folders(args.output)
@@ -312,12 +315,43 @@ def run(args) -> int:
 def _probe_tiffs(tasks, scale: int | None) -> None:
     """A TIFF that cannot be read, or (with ``scale``) whose outputs would not fit in this
     computer's memory, stops the batch before its work, from its header alone (found at its
-    turn, it came after the files before it, and a large one was decoded whole first)."""
+    turn, it came after the files before it, and a large one was decoded whole first); every
+    such file is named, in one message."""
     from ..image_files import probe_tiff
 
+    refused = []
     for task in tasks:
         if not is_zarr(task.input):
-            probe_tiff(task.input, scale)
+            try:
+                probe_tiff(task.input, scale)
+            except ValueError as exc:  # every bad file at once: one round trip, not one each
+                refused.append(str(exc))
+    if len(refused) == 1:
+        raise ValueError(refused[0])
+    if refused:
+        raise ValueError(f"{len(refused)} of the {len(tasks)} inputs cannot be predicted "
+                         f"(nothing was done): {'; '.join(refused)}")
+
+
+def _one_per_dataset(tasks) -> tuple[list, list]:
+    """(tasks, skipped): of the files of one multi-file OME-TIFF dataset (each reads the
+    whole of it), only the first in the batch is predicted; the others would repeat its
+    work and write the same result under their own names."""
+    from ..image_files import dataset_files
+
+    kept, skipped, first_of = [], [], {}
+    for task in tasks:
+        files = () if is_zarr(task.input) else dataset_files(task.input)
+        if len(files) > 1 and files in first_of:
+            first = first_of[files]
+            skipped.append((task.input, f"part of the {len(files)}-file OME-TIFF dataset that "
+                                        f"{first.name} reads whole: predicted once, from "
+                                        f"{first.name}"))
+            continue
+        if len(files) > 1:
+            first_of[files] = task.input
+        kept.append(task)
+    return kept, skipped
 
 
 def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
