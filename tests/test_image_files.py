@@ -752,3 +752,19 @@ def test_ome_metadata_that_contradicts_the_pages_is_not_used(tmp_path, tiny_mode
     assert "tifffile" not in err and "zeroed" not in err
     with tifffile.TiffFile(tmp_path / "out" / "liar_cvdm_mean.tif") as tif:
         assert "PhysicalSizeX" not in tif.ome_metadata
+
+
+def test_three_16_bit_planes_saved_as_rgb_say_how_to_save_them(tmp_path):
+    """Found by a review: tifffile.imwrite stores a (3, Y, X) array as RGB unless told
+    otherwise; the refusal spoke of colours only."""
+    from napari_cvdm.image_files import probe_tiff
+
+    path = tmp_path / "three_planes.tif"
+    tifffile.imwrite(path, np.zeros((3, 32, 32), np.uint16))
+    with pytest.raises(ValueError, match="RGB.*photometric='minisblack'"):
+        probe_tiff(path, 2)
+    colour = tmp_path / "photo.tif"
+    tifffile.imwrite(colour, np.zeros((3, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match="RGB") as caught:
+        probe_tiff(colour, 2)
+    assert "minisblack" not in str(caught.value)  # 8-bit RGB: most likely a colour image

@@ -309,7 +309,7 @@ def probe_tiff(path: str | os.PathLike, scale: int | None = None) -> None:
         check_image(stand_in)  # the header's shape and type, no pixels
         ome_axes(axes, len(shape))  # axes the outputs can be written with
     except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+        raise ValueError(f"{path}: {exc}{planes_as_colours_hint(colour, dtype)}") from None
 
 
 def dataset_files(path: str | os.PathLike) -> tuple[Path, ...]:
@@ -404,6 +404,17 @@ def _warn_metadata_ignored(path: Path, tif, series, logs) -> None:
     warnings.warn(f"{path}: its OME metadata does not describe the file's pages{why}; the "
                   "pixels are read as stored, without the metadata's pixel sizes, channel "
                   "names or position", stacklevel=4)
+
+
+def planes_as_colours_hint(colour: int | None, dtype) -> str:
+    """For a file stored as RGB plane by plane whose pixels are not 8-bit: a hint that these
+    may be planes or channels that were never colours (``tifffile.imwrite`` stores a 3- or
+    4-plane array as RGB unless told otherwise)."""
+    if colour is None or np.dtype(dtype) == np.uint8:
+        return ""
+    return ("; a 16-bit or float file stored as RGB is often 3 or 4 planes or channels "
+            "saved by tifffile.imwrite, which stores such an array as RGB unless told "
+            "photometric='minisblack': save it again that way to predict each plane")
 
 
 def _colour_last(series) -> tuple[str, int | None]:
