@@ -632,6 +632,12 @@ def test_a_multi_file_ome_dataset_is_predicted_once(tmp_path, nuclei_widefield,
     assert sorted(p.name for p in out.iterdir()) == [
         "mm_0_cvdm_mean.tif", "mm_0_cvdm_std.tif", "mm_0_cvdm_var.tif"]
     assert read_tiff(out / "mm_0_cvdm_mean.tif").data.shape == (2, 48, 40)
+    capsys.readouterr()
+    assert _cli([folder], out, tiny_model_file, "--resume") == 0  # the dataset stays done
+    printed = capsys.readouterr().out
+    assert f"{first}: skipped, its outputs are complete" in printed
+    assert f"{second}: skipped, part of the 2-file" in printed
+    assert not (out / "mm_1_cvdm_mean.tif").exists()
     assert _cli([second], tmp_path / "alone", tiny_model_file) == 0  # given alone: predicted
     assert (tmp_path / "alone" / "mm_1_cvdm_mean.tif").is_file()
 

@@ -11,7 +11,7 @@ from napari_cvdm.domain import (RELIEF_CORRELATION, RELIEF_MEDIAN, RELIEF_SKEW, 
                                 _unit_image, input_warnings, looks_like_labels,
                                 looks_like_noise, looks_like_relief, looks_transmitted,
                                 neighbour_correlation, pixel_size_nm, relief_skew,
-                                padding, repeated_pixels, saturated_share)
+                                flat_value, repeated_pixels, saturated_share)
 
 
 class _Model:
@@ -382,9 +382,31 @@ def test_padding_from_registration_or_stitching_is_named(nuclei_widefield):
         canvas = np.full((128, 128), fill, real.dtype)
         canvas[10:110, 20:116] = real
         (message,) = input_warnings(canvas, _Model())
-        assert f"is exactly {fill}" in message and "padding" in message
-        value, share = padding(canvas)  # (real pixels may hold the value too)
-        assert value == fill and share >= 1 - 100 * 96 / 128**2
+        assert f"is exactly {fill}, in flat regions along its edges: padding" in message
+        kind, value, share = flat_value(canvas)  # (real pixels may hold the value too)
+        assert (kind, value) == ("padding", fill) and share >= 1 - 100 * 96 / 128**2
+    for band in (4, 8, 16):  # bands along two edges: 3-12 % of the plane
+        banded = nuclei_widefield.copy()
+        banded[:band] = 0
+        banded[:, :band] = 0
+        assert flat_value(banded)[0] == "padding", band
     rng = np.random.default_rng(3)
-    dim = rng.poisson(0.76, (256, 256)).astype(np.uint16)  # photon counts: zeros, not flat
-    assert padding(dim) is None and padding(nuclei_widefield) is None
+    for photons in (0.3, 0.76):  # photon counts: zeros, but scattered everywhere
+        assert flat_value(rng.poisson(photons, (256, 256)).astype(np.uint16)) is None
+    assert flat_value(nuclei_widefield) is None
+
+
+def test_a_border_outside_the_checked_crop_of_a_large_plane_is_named(nuclei_widefield):
+    frame = np.tile(nuclei_widefield, (8, 8)).astype(np.float32) + 1000  # a camera offset
+    frame[:200] = 0
+    frame[-200:] = 0
+    (message,) = input_warnings(frame, _Model())
+    assert "20% of the image is exactly 0" in message and "padding" in message
+
+
+def test_a_background_clipped_at_zero_is_named_as_such(nuclei_widefield):
+    offset = int(np.percentile(nuclei_widefield, 85))  # an offset set too low
+    clipped = np.clip(nuclei_widefield.astype(np.int32) - offset, 0, None)
+    (message,) = input_warnings(clipped.astype(np.uint16), _Model())
+    assert "its lowest value, in flat regions: the background is clipped" in message
+    assert "padding" not in message

@@ -315,3 +315,41 @@ def test_the_widget_reads_a_packages_scale_and_summary(package):
     model, path = package
     assert model_scale(path) == model.config.scale
     assert "tiny-test" in model_summary(path)
+
+
+def test_exact_cuda_turns_tf32_off_for_the_call_and_restores_it():
+    from napari_cvdm.bioimageio_model import _exact_cuda
+
+    before = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.backends.cuda.matmul.allow_tf32 = True  # as a host process may have asked
+    try:
+        with _exact_cuda("cuda:0"):
+            assert torch.backends.cudnn.allow_tf32 is False
+            assert torch.backends.cuda.matmul.allow_tf32 is False
+            assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert torch.backends.cudnn.allow_tf32 == before[0]
+        with _exact_cuda("cpu"):  # nothing changes off CUDA
+            assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[1]
+
+
+def test_a_package_starts_a_fine_tune_with_its_recorded_optics(package, tmp_path):
+    """Found by a review: --init with a package took the default optics, silently (its
+    header was read as a file of its own), and the training widget called it a pickle."""
+    from napari_cvdm import checkpoints, training_layers
+    from napari_cvdm.model_files import bundled_model_path, header_of
+
+    model, _ = package
+    training = header_of(bundled_model_path("widefield-x2"))["metadata"]["training"]
+    recorded = nc.CVDM(model.config, metadata={**model.metadata, "training": training})
+    recorded.load_state_dict(model.state_dict())
+    zipped = export_bioimageio(recorded, tmp_path / "recorded.zip", FAST)
+    plain = nc.save_model(recorded, tmp_path / "recorded.cvdm.safetensors")
+    assert checkpoints.recorded_optics(init=str(zipped)) == \
+        checkpoints.recorded_optics(init=str(plain))
+    assert checkpoints.recorded_optics(init=str(zipped)) is not None
+    config, text = training_layers.start_model(str(zipped), None)
+    assert config == model.config and "fine-tune" in text

@@ -450,3 +450,22 @@ def test_a_file_from_a_newer_napari_cvdm_says_to_update(tiny_model, tmp_path, ch
     with pytest.raises(ValueError) as caught:
         load_model(path)
     assert "newer than this one" not in str(caught.value)
+
+
+def test_a_lightning_checkpoint_converts_and_text_files_say_what_they_are(tmp_path,
+                                                                          tiny_model):
+    """Found by a review: keys prefixed "model." (a LightningModule's) were taken for a
+    bioimage.io package's network; a Git LFS pointer or a saved web page "looked cut short"."""
+    checkpoint = tmp_path / "lightning.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in tiny_model.state_dict().items()}},
+               checkpoint)
+    out = convert_module.convert(checkpoint, tmp_path / "l.cvdm.safetensors", "tiny", 2)
+    for name, value in load_model(out).state_dict().items():
+        assert torch.equal(value, tiny_model.state_dict()[name]), name
+    for text in (b"version https://git-lfs.github.com/spec/v1\noid sha256:ab\nsize 9\n",
+                 b"<!DOCTYPE html><html><body>Not found</body></html>"):
+        path = tmp_path / "pointer.cvdm.safetensors"
+        path.write_bytes(text)
+        with pytest.raises(ValueError, match="is a text file") as caught:
+            load_model(path)
+        assert "cut short" not in str(caught.value)

@@ -21,6 +21,7 @@ description, so a later napari-cvdm whose defaults change runs an older package 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -75,15 +76,22 @@ class CVDMSampler(nn.Module):
         return torch.from_numpy(np.stack(outputs)).to(x.device)
 
 
+@contextlib.contextmanager
 def _exact_cuda(device: str):
-    """On CUDA: no TF32 convolutions (10-bit mantissas, on by default in PyTorch) and no
-    autotuned or nondeterministic cuDNN algorithms, for the duration of the call."""
-    import contextlib
-
+    """On CUDA, for the duration of the call: no TF32 convolutions (10-bit mantissas, on by
+    default in PyTorch) or matrix products (off by default, on where the host process asked
+    for it), and no autotuned or nondeterministic cuDNN algorithms. Restored afterwards."""
     if not device.startswith("cuda"):
-        return contextlib.nullcontext()
-    return torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
-                                      deterministic=True, allow_tf32=False)
+        yield
+        return
+    matmul = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False,
+                                        deterministic=True, allow_tf32=False):
+            yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = matmul
 
 
 def prediction_metadata(metadata: dict[str, Any] | None) -> dict[str, Any]:

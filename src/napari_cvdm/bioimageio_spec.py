@@ -52,8 +52,9 @@ def describe(folder: Path, name: str, card: dict[str, str], config, sampling: di
         data=IntervalOrRatioDataDescr(type="float32"))]
     architecture = ArchitectureFromLibraryDescr(
         callable=Identifier("CVDMSampler"), import_from="napari_cvdm.bioimageio_model",
-        # metadata only where there is some: a package without it loads in napari-cvdm
-        # versions before the sampler took it
+        # the sampling and what the sampler fixes (bioimageio_model.REPRODUCIBLE, which
+        # needs napari-cvdm 0.2 or newer: environment.yaml says so); metadata only where
+        # there is some
         kwargs={"config": config.to_dict(), **sampling, **REPRODUCIBLE,
                 **({"metadata": metadata} if metadata else {})})
     weights = WeightsDescr(pytorch_state_dict=PytorchStateDictWeightsDescr(

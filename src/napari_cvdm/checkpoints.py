@@ -106,10 +106,9 @@ def recorded_optics(init=None, resumed: Path | None = None):
         if init is not None and hasattr(init, "metadata"):
             metadata = init.metadata
         elif init is not None:
-            from .model_files import model_path
-            from .model_header import read_model_header
+            from .model_files import header_of, model_path
 
-            metadata = read_model_header(model_path(init)).get("metadata")
+            metadata = header_of(model_path(init)).get("metadata")  # a package's too
         elif resumed is not None:
             try:
                 data = (_header_entry(state_path(resumed), STATE_KEY).get("run") or {})["data"]

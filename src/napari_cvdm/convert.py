@@ -63,11 +63,13 @@ def extract_state_dict(obj) -> dict:
     else:
         raise ValueError(f"the checkpoint holds a {type(obj).__name__}, not a weights "
                          "dictionary")
-    # nn.DataParallel / DistributedDataParallel prefix every name with "module.", and
+    # nn.DataParallel / DistributedDataParallel prefix every name with "module." (a
+    # LightningModule with "model."), and
     # torch.optim.swa_utils.AveragedModel keeps its count beside them.
     state = {k: v for k, v in state.items() if k != "n_averaged"}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    for prefix in ("module.", "model."):  # a LightningModule keeps the network as .model
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
     return state
 
 
@@ -145,15 +147,16 @@ def convert(input_path, output_path, preset: str, scale: int, half: bool = False
                          "napari-cvdm does not unpickle "
                          "arbitrary objects; save the model's state_dict() from the code "
                          "that trained it") from None
-    state = extract_state_dict(obj)
-    config = CVDMConfig.preset(preset, scale=scale)
-    model = CVDM(config)
-    mismatch = _mismatch(model.state_dict(), state)
-    if mismatch and state and all(k.startswith("model.") for k in state):
+    if (input_path.parent / "rdf.yaml").is_file() and isinstance(obj, dict) and obj \
+            and all(str(k).startswith("model.") for k in obj):
         raise ValueError(f"{input_path} holds the network of a napari-cvdm bioimage.io package "
                          "(its weights.pt); give napari-cvdm the package's .zip, or the "
                          f"*{MODEL_SUFFIX} file in it, which also keeps the model's "
                          "calibration") from None
+    state = extract_state_dict(obj)
+    config = CVDMConfig.preset(preset, scale=scale)
+    model = CVDM(config)
+    mismatch = _mismatch(model.state_dict(), state)
     if mismatch:
         raise ValueError(f"the weights in {input_path} do not fit the {preset!r} preset: "
                          f"{mismatch}") from None

@@ -65,16 +65,25 @@ CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to 
 # of the neighbouring pairs are equal, across blocks at most BLOCK_EDGE_SHARE (a camera's
 # noise makes exact repeats rare; flat zeros or saturation repeat across blocks as well, so
 # they are not mistaken for it)
-# Padding (registration, stitching, a rotated canvas) or a background clipped at zero: one
-# exact value in flat regions that reach the image's edge. It sets the low percentile the
-# rest is normalised by (measured by a review: 16 % change in the reconstruction of the real
-# pixels, against 3 % between two seeds). A camera's noise is never flat: dim photon counts
-# have many zeros, but a zero's right and lower neighbours are both zero far less often.
-PADDING_SHARE = 0.05    # of the plane at the one value ...
+# Padding (registration, stitching, a rotated canvas): one exact value in flat regions along
+# the image's edges, rare in its centre. It sets the low percentile the rest is normalised by
+# (measured by a review: 16 % change in the reconstruction of the real pixels, against 3 %
+# between two seeds); any share above the 0.1st percentile moves it.
+PADDING_SHARE = 0.02    # of the plane at the one value ...
 PADDING_EDGE = 0.25     # ... which holds this share of the pixels along the edges ...
-PADDING_FLAT = 0.9      # ... and whose pixels have this share of right and lower neighbours
-                        # at the same value
-REPEAT_FACTORS = (4, 3, 2)  # largest first: blocks of 4 are blocks of 2 too
+PADDING_CENTRE = 0.01   # ... and at most this share of the central half, or a quarter of its
+                        # share of the plane (a fill value the data hold too), so not the
+                        # background itself
+PADDING_FLAT = 0.9      # ... and whose pixels have a right or lower neighbour at the value
+                        # this often (a band one pixel wide too; photon counts' zeros are
+                        # scattered over the whole image, centre included)
+# A background clipped at the image's lowest value (a detector offset set too low, or a
+# background subtracted and cut at zero): at least CLIPPED_SHARE of the plane at its minimum,
+# in regions whose pixels have both right and lower neighbours there this often (dim photon
+# counts have many zeros, but scattered: 0.55 at 0.3 photons per pixel).
+CLIPPED_SHARE = 0.05
+CLIPPED_FLAT = 0.9
+REPEAT_FACTORS = (8, 6, 5, 4, 3, 2)  # largest first: blocks of 4 are blocks of 2 too
 REPEATED_SHARE = 0.99
 BLOCK_EDGE_SHARE = 0.8
 REPEAT_BLOCKS = 16      # at least this many blocks along the axis
@@ -338,23 +347,38 @@ def _repeats_along(plane: np.ndarray, axis: int, factor: int) -> bool:
     return False
 
 
-def padding(plane: np.ndarray) -> tuple[float, float] | None:
-    """(value, share of the plane) where one exact value fills flat regions reaching the
-    plane's edge (padding, or a background clipped there); None otherwise."""
-    if plane.ndim != 2 or min(plane.shape) < 3:
+def _flat_share(at: np.ndarray, both: bool) -> float:
+    """Of the pixels in ``at`` (a mask), the share whose right and/or lower neighbours are
+    in it too (the last row and column left out)."""
+    inner = at[:-1, :-1]
+    right, down = at[:-1, 1:], at[1:, :-1]
+    beside = (right & down) if both else (right | down)
+    return np.count_nonzero(inner & beside) / max(1, np.count_nonzero(inner))
+
+
+def flat_value(plane: np.ndarray) -> tuple[str, float, float] | None:
+    """("padding" or "clipped", value, share of the plane) where one exact value fills flat
+    regions along the plane's edges (padding) or is its lowest value in flat regions
+    anywhere (a clipped background); None otherwise."""
+    if plane.ndim != 2 or min(plane.shape) < 4:
         return None
+    h, w = plane.shape
     edges = np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
     values, counts = np.unique(edges, return_counts=True)
-    if counts.size == 0 or counts.max() < PADDING_EDGE * edges.size:
-        return None
-    value = values[np.argmax(counts)]
-    at = plane == value
+    if counts.size and counts.max() >= PADDING_EDGE * edges.size:
+        value = values[np.argmax(counts)]
+        at = plane == value
+        share = float(at.mean())
+        centre = float(at[h // 4: h - h // 4, w // 4: w - w // 4].mean())
+        if PADDING_SHARE <= share < 1.0 and centre <= max(PADDING_CENTRE, share / 4) \
+                and _flat_share(at, both=False) >= PADDING_FLAT:
+            return "padding", float(value), share
+    lowest = plane.min()
+    at = plane == lowest
     share = float(at.mean())
-    if not PADDING_SHARE <= share < 1.0:
-        return None
-    inner = at[:-1, :-1]
-    flat = np.count_nonzero(inner & at[:-1, 1:] & at[1:, :-1]) / max(1, np.count_nonzero(inner))
-    return (float(value), share) if flat >= PADDING_FLAT else None
+    if CLIPPED_SHARE <= share < 1.0 and _flat_share(at, both=True) >= CLIPPED_FLAT:
+        return "clipped", float(lowest), share
+    return None
 
 
 def repeated_pixels(plane: np.ndarray) -> dict[str, int]:
@@ -416,17 +440,21 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                           "numbers), not fluorescence intensities: the model invents "
                           "intensities in and around them; do not trust the result"}
     out = {}
-    padded = padding(plane)
-    if padded is not None:
-        value, share = padded
-        out["padding"] = (f"{share:.0%} of the image is exactly {value:g}, in flat regions "
-                          "that reach its edge: padding (from registration, stitching or a "
-                          "rotation) or a background subtracted and clipped. It sets the "
-                          "contrast the rest is reconstructed with, and the model never saw "
-                          "such flat regions (a camera's noise is never flat), so the "
-                          "intensities of the whole result shift: crop it away (or select "
-                          "the region with structure), or use the image before the "
-                          "background was subtracted")
+    flat = flat_value(whole if whole is not None else plane)
+    if flat is not None and flat[0] == "padding":
+        out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, in flat regions "
+                       "along its edges: padding (from registration, stitching or a "
+                       "rotation). It sets the contrast the rest is reconstructed with, so "
+                       "the intensities of the whole result shift, and the model never saw "
+                       "such flat regions: crop it away (or select the region with "
+                       "structure)")
+    elif flat is not None:
+        out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value, "
+                       "in flat regions: the background is clipped (a detector offset set "
+                       "too low, or a background subtracted and cut at zero). The model "
+                       "learned a camera's noise on a background level: it invents structure "
+                       "in flat background, and the contrast shifts; raise the detector "
+                       "offset, or use the image before the subtraction")
     repeats = repeated_pixels(plane)
     if repeats:
         (axis, factor), = repeats.items() if len(repeats) == 1 else ((None, None),)
@@ -449,7 +477,7 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                         f"well above {NOISE_CORRELATION:g}). The model turns noise into "
                         "plausible-looking structures that are not in the sample; do not "
                         "trust the result")
-        out.pop("padding", None)  # nearly empty photon counts: many flat zeros, said above
+        out.pop("flat", None)  # nearly empty photon counts: many flat zeros, said above
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "

@@ -215,9 +215,9 @@ def _warn_about_input(task: FileTask, image, model, physical, settings, warn) ->
     ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
     from .domain import input_warnings
 
-    sizes = [physical.get(axis) for axis in "YX"]
-    messages = input_warnings(image, model, [p.size if p else None for p in sizes],
-                              [p.unit if p else None for p in sizes],
+    from .physical import yx_sizes
+
+    messages = input_warnings(image, model, *yx_sizes(physical),
                               psf_sigma=settings.psf_sigma, samples=settings.samples)
     for message in messages if warn is not None else ():
         warn(f"{task.input.name}: {message}")

@@ -365,13 +365,10 @@ def _plan_info(run: Run, evaluations: int, calibrated: bool) -> dict[str, Any]:
 def _file_pixel_sizes(image) -> tuple:
     """([Y, X] sizes, [Y, X] units) of an ``ImageFile`` (``read_tiff``), for the pixel-size
     checks the command line makes; (None, None) for anything else."""
-    physical = getattr(image, "physical", None)
-    if not isinstance(physical, dict) or not hasattr(image, "data"):
-        return None, None
-    sizes = [physical.get(axis) for axis in "YX"]
-    if not any(sizes):
-        return None, None
-    return ([p.size if p else None for p in sizes], [p.unit if p else None for p in sizes])
+    from .image_files import ImageFile
+    from .physical import yx_sizes
+
+    return yx_sizes(image.physical) if isinstance(image, ImageFile) else (None, None)
 
 
 def _predict_lazy(image, model, settings, options, half, progress, cancel, client,

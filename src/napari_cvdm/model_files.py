@@ -300,10 +300,25 @@ def model_file_of(path: Path):
                                               "attachment)")) from None
 
 
+_PACKAGE_HEADERS: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
 def header_of(path: Path) -> dict[str, Any]:
-    """The checked header of a model file or of a package's model attachment."""
-    with model_file_of(path) as file:
-        return read_model_header(file)
+    """The checked header of a model file or of a package's model attachment (a package's
+    is kept by path, size and modification time: the widget asks on every change of its
+    options, and reading it means extracting the attachment)."""
+    import copy
+
+    path = Path(path)
+    if path.suffix.lower() != ".zip" or not path.is_file():
+        with model_file_of(path) as file:
+            return read_model_header(file)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _PACKAGE_HEADERS:
+        with model_file_of(path) as file:
+            _PACKAGE_HEADERS[key] = read_model_header(file)
+    return copy.deepcopy(_PACKAGE_HEADERS[key])
 
 
 def load_model(name_or_path: str | os.PathLike | None = None, device: str = "cpu"):

@@ -159,10 +159,19 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"model file not found: {path}")
+    if path.suffix.lower() == ".zip":
+        raise ValueError(f"{path} is a bioimage.io package, not a model file: give it where a "
+                         "model is asked for (--model, --init, load_model), which reads its "
+                         f"model file (*{MODEL_SUFFIX})")
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         raise ValueError(f"{path} is a description, not a model file; give the model file "
                          f"(*{MODEL_SUFFIX}), or a bioimage.io package's .zip")
     magic = _leading_bytes(path)
+    # a safetensors file starts with its header's length, whose high bytes are zero
+    if len(magic) == 9 and all(32 <= b < 127 or b in (9, 10, 13) for b in magic):
+        raise ValueError(f"{path} is a text file (a web page, or a Git LFS pointer saved in "
+                         "place of the file?), not a napari-cvdm model file; download the "
+                         "model file itself")
     _refuse_pickle(path, magic)
     try:
         with safe_open(str(path), framework="pt") as fh:

@@ -129,6 +129,16 @@ def _plane_time_step(pixels) -> PhysicalSize | None:
     return normalise(step, next(iter(times.values()))[1], time=True)
 
 
+def yx_sizes(physical: dict[str, PhysicalSize] | None) -> tuple[list | None, list | None]:
+    """([Y, X] sizes, [Y, X] units) of a file's physical sizes per axis, as the input checks
+    take them; (None, None) where neither axis has one."""
+    sizes = [(physical or {}).get(axis) for axis in "YX"]
+    sizes = [p if isinstance(p, PhysicalSize) else None for p in sizes]
+    if not any(sizes):
+        return None, None
+    return [p.size if p else None for p in sizes], [p.unit if p else None for p in sizes]
+
+
 def ome_position(xml: str) -> dict[str, PhysicalSize]:
     """The stage position (OME ``Plane`` PositionX/Y/Z) of the first image, per axis, where
     every plane has the same one: {} for none, for XML that does not parse (``ome_sizes``

@@ -92,10 +92,10 @@ def start_model(init=None, preset: str | None = None) -> tuple[CVDMConfig, str]:
         config = CVDMConfig.preset(preset or "small")
         return config, f"preset {config.preset} from scratch"
     from .layers import model_summary
-    from .model_files import model_path, read_model_header
+    from .model_files import header_of, model_path
 
     summary = model_summary(init)  # ValueError: not found, not a model, pickle, ...
-    return (CVDMConfig.from_dict(read_model_header(model_path(init))["config"]),
+    return (CVDMConfig.from_dict(header_of(model_path(init))["config"]),
             f"fine-tune {summary}")
 
 

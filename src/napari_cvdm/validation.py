@@ -188,8 +188,9 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
         raise ValueError(f"the image contains {nonfinite} NaN or infinite value(s){where}; "
                          "crop them away (registration and stitching leave NaN borders: "
                          "filled with a constant, they change the reconstruction of the rest), "
-                         "or replace scattered ones by their neighbours' mean (Fiji: Process > "
-                         "Math > Remove NaNs)")
+                         "or replace scattered ones by their neighbours' median (Fiji: Process "
+                         "> Math > Remove NaNs; Python: scipy.ndimage.generic_filter(image, "
+                         "np.nanmedian, 3) where np.isnan(image))")
     largest = max(abs(low), abs(high))
     if largest > MAX_ABS_VALUE:
         raise ValueError(f"the image has values up to {largest:.3g}{where}, beyond what the "

@@ -175,9 +175,10 @@ def _check_cluster_args(args) -> bool:
 def _plan(args, seed: int | None, clustered: bool = False):
     """Everything that can be checked before loading a model or an image.
 
-    Returns ``(tasks, skipped)``: a FileTask per input to predict (outputs: (mean, std,
-    var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), and with
-    --resume the inputs whose outputs are complete, as ``(input, why)``. The device is
+    Returns ``(tasks, skipped, repeated)``: a FileTask per input to predict (outputs: (mean,
+    std, var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), with
+    --resume the inputs whose outputs are complete, as ``(input, why)``, and the files of a
+    multi-file OME-TIFF dataset after its first (each reads the whole), as ``(input, why)``. The device is
     checked here only for a run in this process (a cluster's workers have their own).
     """
     from ..devices import resolve_device
@@ -229,6 +230,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
         if is_zarr(path):
             check_replaceable(outputs[0])
         plan.append((path, outputs))
+    plan, repeated = _one_per_dataset(plan)  # before --resume: a finished dataset stays done
     tasks, skipped = [], []
     made_with = _made_with(args) if args.resume else None
     for path, outputs in plan:
@@ -243,7 +245,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
                            and t.replace == replace for p in t.outputs],
                           overwrite=args.overwrite or replace, folders=folders)
-    return tasks, skipped
+    return tasks, skipped, repeated
 
 
 def _made_with(args) -> dict:
@@ -288,11 +290,10 @@ def run(args) -> int:
         from ..distributed import require_distributed
 
         require_distributed()  # before any work: say how to install it
-    tasks, skipped = _plan(args, settings.seed, clustered)
+    tasks, skipped, repeated = _plan(args, settings.seed, clustered)
     model, summary = resolve_model(settings.model)
     # a cluster's workers check the outputs against their own memory
     _probe_tiffs(tasks, None if clustered else model.config.scale)
-    tasks, repeated = _one_per_dataset(tasks)
     steps = settings.steps if settings.sampler == "ddim" else model.config.timesteps
     for path, why in skipped:
         print(_one_line(describe({"input": str(path), "skipped": why})))
@@ -333,25 +334,25 @@ def _probe_tiffs(tasks, scale: int | None) -> None:
                          f"(nothing was done): {'; '.join(refused)}")
 
 
-def _one_per_dataset(tasks) -> tuple[list, list]:
-    """(tasks, skipped): of the files of one multi-file OME-TIFF dataset (each reads the
-    whole of it), only the first in the batch is predicted; the others would repeat its
-    work and write the same result under their own names."""
+def _one_per_dataset(plan) -> tuple[list, list]:
+    """(plan, repeated) for ``plan``'s (input, outputs): of the files of one multi-file
+    OME-TIFF dataset (each reads the whole of it), only the first in the batch is kept; the
+    others would repeat its work and write the same result under their own names."""
     from ..image_files import dataset_files
 
-    kept, skipped, first_of = [], [], {}
-    for task in tasks:
-        files = () if is_zarr(task.input) else dataset_files(task.input)
+    kept, repeated, first_of = [], [], {}
+    for path, outputs in plan:
+        files = () if is_zarr(path) else dataset_files(path)
         if len(files) > 1 and files in first_of:
             first = first_of[files]
-            skipped.append((task.input, f"part of the {len(files)}-file OME-TIFF dataset that "
-                                        f"{first.name} reads whole: predicted once, from "
-                                        f"{first.name}"))
+            repeated.append((path, f"part of the {len(files)}-file OME-TIFF dataset that "
+                                   f"{first.name} reads whole: predicted once, from "
+                                   f"{first.name}"))
             continue
         if len(files) > 1:
-            first_of[files] = task.input
-        kept.append(task)
-    return kept, skipped
+            first_of[files] = path
+        kept.append((path, outputs))
+    return kept, repeated
 
 
 def _run(args, tasks, settings, model, summary, steps, clustered) -> int:
