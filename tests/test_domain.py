@@ -410,3 +410,22 @@ def test_a_background_clipped_at_zero_is_named_as_such(nuclei_widefield):
     (message,) = input_warnings(clipped.astype(np.uint16), _Model())
     assert "its lowest value, in flat regions: the background is clipped" in message
     assert "padding" not in message
+
+
+def test_counts_far_below_the_trained_signal_are_named(nuclei_truth):
+    """Found by a review: a photon-counting image of 0.8 counts per pixel (most pixels 0 or
+    1, 8 at most) passed without a word; the model was trained from 20 photons."""
+    class Trained(_Model):
+        metadata = {"training": {"data": {"mode": "simulated",
+                                          "degradation": {"photons": [20.0, 10000.0]}}}}
+
+    rng = np.random.default_rng(0)
+    truth = nuclei_truth[:128, :128].astype(np.float64)
+    dim = rng.poisson(3 * truth / truth.max()).astype(np.uint16)  # 0 to about 9 counts
+    messages = input_warnings(dim, Trained())
+    assert any("far fewer photons than the model was trained with (20 or more" in m
+               for m in messages)
+    brighter = rng.poisson(30 * truth / truth.max() + 5).astype(np.uint16)
+    assert not any("far fewer photons" in m for m in input_warnings(brighter, Trained()))
+    assert not any("far fewer photons" in m for m in input_warnings(dim.astype(np.float32),
+                                                                   Trained()))

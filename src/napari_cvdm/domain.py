@@ -571,6 +571,7 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     one unit or one per axis; ``psf_sigma`` the PSF width a conditioned model is told (None:
     its default); ``samples`` the samples drawn."""
     out = _image_warnings(image)
+    out.extend(_photon_warnings(image, model))
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
     out.extend(_psf_warnings(model, psf_sigma))
     if samples == 1:
@@ -578,6 +579,35 @@ def input_warnings(image, model, pixel_size=None, unit=None,
                    "variance is 0; the std is 0, or the calibration's floor, not an error "
                    "bar). Draw at least 2 samples (8 by default) for an uncertainty")
     return out
+
+
+DIM_SHARE = 0.5  # integer counts spanning less than this share of the lowest trained signal
+
+
+def _photon_warnings(image, model) -> list[str]:
+    """Integer counts (a camera's or a photon counter's) whose whole span, in every checked
+    plane, is below half the lowest signal the model was trained with: far fewer photons
+    than it ever saw (it was told nothing about them, and turns their noise into
+    structure)."""
+    from .degradation import trained_optics
+    from .psf_width import central_plane
+
+    optics = trained_optics(model)
+    if optics is None or 0 in tuple(image.shape) or \
+            not np.issubdtype(np.dtype(image.dtype), np.integer):
+        return []
+    lowest = float(optics.photons[0])
+    spans = []
+    for index in _checked_planes(tuple(image.shape)):
+        plane = central_plane(image, index)
+        spans.append(int(plane.max()) - int(plane.min()))
+    if max(spans) == 0 or max(spans) >= DIM_SHARE * lowest:
+        return []
+    return [f"the image spans at most {max(spans)} counts (its darkest to its brightest "
+            f"pixel): far fewer photons than the model was trained with ({lowest:g} or "
+            "more at the brightest structure), so most of what it shows is its guess, not "
+            "the sample; collect more light (longer exposure, binning, more frames "
+            "averaged), or do not trust the result"]
 
 
 def as_provenance(messages) -> str:
