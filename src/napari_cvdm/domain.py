@@ -478,6 +478,8 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                         "plausible-looking structures that are not in the sample; do not "
                         "trust the result")
         out.pop("flat", None)  # nearly empty photon counts: many flat zeros, said above
+    elif flat is not None and flat[0] == "padding":
+        pass  # the padding's flat grey or black skews the transmitted-light statistics
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "
