@@ -538,18 +538,30 @@ def _structure_elsewhere(image, index: tuple[int, ...]) -> bool:
     return False
 
 
-def _image_warnings(image) -> list[str]:
-    """What is off in the pixels: the central crop of each checked plane (a large or lazy
-    image: only those crops are read), each message once, naming the planes where not all."""
+def _checked_crops(image) -> dict[tuple[int, ...], np.ndarray]:
+    """{plane index: its central crop} for the checked planes (a large or lazy image: only
+    those crops are read, once for every check); empty for an empty image."""
     from .psf_width import central_plane
 
     if 0 in tuple(image.shape):
+        return {}
+    return {index: central_plane(image, index)
+            for index in _checked_planes(tuple(image.shape))}
+
+
+def _image_warnings(image, crops: dict[tuple[int, ...], np.ndarray] | None = None
+                    ) -> list[str]:
+    """What is off in the pixels: the central crop of each checked plane (``crops``, read
+    here where not given), each message once, naming the planes where not all."""
+    if crops is None:
+        crops = _checked_crops(image)
+    if not crops:
         return []  # an empty image: the input checks say so
-    planes = _checked_planes(tuple(image.shape))
+    planes = list(crops)
     found: dict[str, tuple[str, list[tuple[int, ...]]]] = {}
-    for index in planes:
+    for index, crop in crops.items():
         whole = image[index] if isinstance(image, np.ndarray) else None  # a view
-        said = _plane_warnings(central_plane(image, index), whole)
+        said = _plane_warnings(crop, whole)
         if "noise" in said and _structure_elsewhere(image, index):
             del said["noise"]  # a large field, empty in its centre
         for kind, message in said.items():
@@ -572,8 +584,9 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     ``pixel_size`` in ``unit`` where the file says it: one number (X), or (Y, X) sizes with
     one unit or one per axis; ``psf_sigma`` the PSF width a conditioned model is told (None:
     its default); ``samples`` the samples drawn."""
-    out = _image_warnings(image)
-    out.extend(_photon_warnings(image, model))
+    crops = _checked_crops(image)
+    out = _image_warnings(image, crops)
+    out.extend(_photon_warnings(image, model, crops))
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
     out.extend(_psf_warnings(model, psf_sigma))
     if samples == 1:
@@ -586,23 +599,18 @@ def input_warnings(image, model, pixel_size=None, unit=None,
 DIM_SHARE = 0.5  # integer counts spanning less than this share of the lowest trained signal
 
 
-def _photon_warnings(image, model) -> list[str]:
+def _photon_warnings(image, model, crops: dict[tuple[int, ...], np.ndarray]) -> list[str]:
     """Integer counts (a camera's or a photon counter's) whose whole span, in every checked
     plane, is below half the lowest signal the model was trained with: far fewer photons
     than it ever saw (it was told nothing about them, and turns their noise into
-    structure)."""
+    structure); ``crops`` the checked planes' central crops."""
     from .degradation import trained_optics
-    from .psf_width import central_plane
 
     optics = trained_optics(model)
-    if optics is None or 0 in tuple(image.shape) or \
-            not np.issubdtype(np.dtype(image.dtype), np.integer):
+    if optics is None or not crops or not np.issubdtype(np.dtype(image.dtype), np.integer):
         return []
     lowest = float(optics.photons[0])
-    spans = []
-    for index in _checked_planes(tuple(image.shape)):
-        plane = central_plane(image, index)
-        spans.append(int(plane.max()) - int(plane.min()))
+    spans = [int(crop.max()) - int(crop.min()) for crop in crops.values()]
     if max(spans) == 0 or max(spans) >= DIM_SHARE * lowest:
         return []
     return [f"the image spans at most {max(spans)} counts (its darkest to its brightest "
