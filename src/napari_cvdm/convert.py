@@ -116,6 +116,7 @@ def convert(input_path, output_path, preset: str, scale: int, half: bool = False
     import torch
 
     from .model_files import MODEL_SUFFIX, existing_output, load_model, save_model
+    from .model_header import leading_bytes, looks_like_safetensors
     from .model.config import CVDMConfig
     from .model.cvdm import CVDM
 
@@ -133,9 +134,7 @@ def convert(input_path, output_path, preset: str, scale: int, half: bool = False
                          "new file name")
     if holds is not None and not overwrite:
         raise ValueError(f"{output_path} exists; pass --overwrite to replace it")
-    with open(input_path, "rb") as fh:
-        magic = fh.read(9)
-    if len(magic) == 9 and magic[8:9] == b"{":  # safetensors: nothing to convert
+    if looks_like_safetensors(leading_bytes(input_path)):  # nothing to convert
         raise ValueError(f"{input_path} is a safetensors file, not a pickle: napari-cvdm "
                          "reads a napari-cvdm model file directly, whatever its name ends "
                          f"with (rename it to *{MODEL_SUFFIX} to make that clear)")

@@ -245,19 +245,26 @@ def _check_index(path: Path, fh, expected: dict[str, tuple]) -> None:
                              f"configuration needs {expected[name]}")
 
 
+@contextlib.contextmanager
+def _weight_errors(path: Path):
+    """Reading the weights: safetensors' own errors, OSError and truncated data become one
+    ValueError naming the file (a ValueError of the checks passes as it is)."""
+    try:
+        yield
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
+
+
 def check_weight_index(path: Path, config) -> None:
     """ValueError unless the file's stored tensors are those ``config`` needs (names and
     shapes, read from the index: no weights loaded). What ``cvdm info`` checks beyond the
     header, so that it shows a card only for a file ``load_model`` takes."""
     from safetensors import safe_open
 
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            _check_index(path, fh, expected_shapes(config))
-    except ValueError:
-        raise
-    except Exception as exc:  # safetensors' own errors, OSError, truncated data
-        raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
+    with _weight_errors(path), safe_open(str(path), framework="pt") as fh:
+        _check_index(path, fh, expected_shapes(config))
 
 
 def _read_weights(path: Path, model, expected: dict[str, tuple]) -> None:
@@ -349,12 +356,8 @@ def _load_file(path: Path, device: str):
         metadata = header["metadata"]
         expected = expected_shapes(config)
         model = CVDM(config, metadata=metadata)
-        try:
+        with _weight_errors(path):
             _read_weights(path, model, expected)
-        except ValueError:
-            raise
-        except Exception as exc:  # safetensors' own errors, OSError, truncated data
-            raise ValueError(f"{path}: the weights are damaged or truncated ({exc})") from None
     model.metadata.setdefault("name", path.name.removesuffix(MODEL_SUFFIX))
     return model.to(device).eval()
 

@@ -82,7 +82,8 @@ def parse_json(text: str, what: str) -> Any:
         raise ValueError(f"{what} is damaged (not valid JSON)") from None
 
 
-def _leading_bytes(path: Path) -> bytes:
+def leading_bytes(path: Path) -> bytes:
+    """The first bytes of a file, enough to tell safetensors, pickle and text apart."""
     try:
         with open(path, "rb") as fh:
             return fh.read(9)
@@ -90,7 +91,7 @@ def _leading_bytes(path: Path) -> bytes:
         raise ValueError(f"{path} could not be read ({exc})") from None
 
 
-def _looks_like_safetensors(magic: bytes) -> bool:
+def looks_like_safetensors(magic: bytes) -> bool:
     # A safetensors file starts with its header's length (8 bytes, little-endian; a few MB
     # at most) and then the header's "{"; a length can begin with the same two bytes as a
     # pickle, the "{" tells them apart.
@@ -99,7 +100,7 @@ def _looks_like_safetensors(magic: bytes) -> bool:
 
 def _refuse_pickle(path: Path, magic: bytes) -> None:
     suffix = "".join(path.suffixes[-1:]).lower()
-    if magic.startswith(PICKLE_MAGIC) and not _looks_like_safetensors(magic):
+    if magic.startswith(PICKLE_MAGIC) and not looks_like_safetensors(magic):
         if path.name == "weights.pt" and (path.parent / "rdf.yaml").is_file():
             raise ValueError(f"{path} is the network of an unpacked bioimage.io package; give "
                              "napari-cvdm the package's .zip, or the .cvdm.safetensors file "
@@ -107,7 +108,7 @@ def _refuse_pickle(path: Path, magic: bytes) -> None:
         raise ValueError(PICKLE_HINT.format(
             path=path, suffix=suffix if suffix in PICKLE_SUFFIXES else
             "a PyTorch pickle/zip file despite its name"))
-    if suffix in PICKLE_SUFFIXES and not _looks_like_safetensors(magic):
+    if suffix in PICKLE_SUFFIXES and not looks_like_safetensors(magic):
         raise ValueError(PICKLE_HINT.format(path=path, suffix=suffix))
 
 
@@ -166,7 +167,7 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
     if path.suffix.lower() in (".yaml", ".yml", ".json"):
         raise ValueError(f"{path} is a description, not a model file; give the model file "
                          f"(*{MODEL_SUFFIX}), or a bioimage.io package's .zip")
-    magic = _leading_bytes(path)
+    magic = leading_bytes(path)
     # a safetensors file starts with its header's length, whose high bytes are zero
     if len(magic) == 9 and all(32 <= b < 127 or b in (9, 10, 13) for b in magic):
         raise ValueError(f"{path} is a text file (a web page, or a Git LFS pointer saved in "
