@@ -178,8 +178,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
     Returns ``(tasks, skipped, repeated)``: a FileTask per input to predict (outputs: (mean,
     std, var) TIFFs, or one OME-Zarr folder; the seed drawn now when none was given), with
     --resume the inputs whose outputs are complete, as ``(input, why)``, and the files of a
-    multi-file OME-TIFF dataset after its first (each reads the whole), as ``(input, why)``. The device is
-    checked here only for a run in this process (a cluster's workers have their own).
+    multi-file OME-TIFF dataset after its first (each reads the whole), as ``(input, why)``.
+    The device is checked here only for a run in this process (a cluster's workers have
+    their own).
     """
     from ..devices import resolve_device
     from ..file_prediction import FileTask, check_zarr_input
