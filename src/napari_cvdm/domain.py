@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from .normalization import Normalization
+from .padding import looks_padded, padding_value
 from .physical import NM_PER_UNIT
 from .spikes import without_spikes
 
@@ -65,18 +66,6 @@ CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to 
 # of the neighbouring pairs are equal, across blocks at most BLOCK_EDGE_SHARE (a camera's
 # noise makes exact repeats rare; flat zeros or saturation repeat across blocks as well, so
 # they are not mistaken for it)
-# Padding (registration, stitching, a rotated canvas): one exact value in flat regions along
-# the image's edges, rare in its centre. It sets the low percentile the rest is normalised by
-# (measured by a review: 16 % change in the reconstruction of the real pixels, against 3 %
-# between two seeds); any share above the 0.1st percentile moves it.
-PADDING_SHARE = 0.02    # of the plane at the one value ...
-PADDING_EDGE = 0.25     # ... which holds this share of the pixels along the edges ...
-PADDING_CENTRE = 0.01   # ... and at most this share of the central half, or a quarter of its
-                        # share of the plane (a fill value the data hold too), so not the
-                        # background itself
-PADDING_FLAT = 0.9      # ... and whose pixels have a right or lower neighbour at the value
-                        # this often (a band one pixel wide too; photon counts' zeros are
-                        # scattered over the whole image, centre included)
 # A background clipped at the image's lowest value (a detector offset set too low, or a
 # background subtracted and cut at zero): at least CLIPPED_SHARE of the plane at its minimum,
 # in regions whose pixels have both right and lower neighbours there this often (dim photon
@@ -358,21 +347,13 @@ def _flat_share(at: np.ndarray, both: bool) -> float:
 
 def flat_value(plane: np.ndarray) -> tuple[str, float, float] | None:
     """("padding" or "clipped", value, share of the plane) where one exact value fills flat
-    regions along the plane's edges (padding) or is its lowest value in flat regions
-    anywhere (a clipped background); None otherwise."""
+    regions along the plane's edges (padding, :mod:`napari_cvdm.padding`) or is its lowest
+    value in flat regions anywhere (a clipped background); None otherwise."""
     if plane.ndim != 2 or min(plane.shape) < 4:
         return None
-    h, w = plane.shape
-    edges = np.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
-    values, counts = np.unique(edges, return_counts=True)
-    if counts.size and counts.max() >= PADDING_EDGE * edges.size:
-        value = values[np.argmax(counts)]
-        at = plane == value
-        share = float(at.mean())
-        centre = float(at[h // 4: h - h // 4, w // 4: w - w // 4].mean())
-        if PADDING_SHARE <= share < 1.0 and centre <= max(PADDING_CENTRE, share / 4) \
-                and _flat_share(at, both=False) >= PADDING_FLAT:
-            return "padding", float(value), share
+    padded = looks_padded(plane)
+    if padded is not None:
+        return ("padding",) + padded
     lowest = plane.min()
     at = plane == lowest
     share = float(at.mean())
@@ -442,12 +423,18 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
     out = {}
     flat = flat_value(whole if whole is not None else plane)
     if flat is not None and flat[0] == "padding":
+        left_out = padding_value(whole if whole is not None else plane) is not None
         out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, in flat regions "
                        "along its edges: padding (from registration, stitching or a "
-                       "rotation). It sets the contrast the rest is reconstructed with, so "
-                       "the intensities of the whole result shift, and the model never saw "
-                       "such flat regions: crop it away (or select the region with "
-                       "structure)")
+                       "rotation). " + (
+                           "It lies outside the image's own range: it is left out of the "
+                           "contrast, shown to the model at the other pixels' median and "
+                           "kept as it is in the result (with no uncertainty), but the "
+                           "model never saw such flat regions: the real pixels' result "
+                           "still shifts by a few percent" if left_out else
+                           "The model never saw such flat regions: the result there is "
+                           "invented, and the real pixels' result shifts") +
+                       "; crop it away (or select the region with structure)")
     elif flat is not None:
         out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value, "
                        "in flat regions: the background is clipped (a detector offset set "

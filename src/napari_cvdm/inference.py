@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import calibration  # noqa: I001
+from . import calibration, padding  # noqa: I001
 from .devices import release_cpu_memory, resolve_device
 from .errors import CancelCheck, InputWarning, OutOfMemory, is_out_of_memory
 from .model.cvdm import CVDM
@@ -319,7 +319,7 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
         with autotune, torch.inference_mode():  # autotune: every tile has the same shape
             for p, index in enumerate(planes):
                 plane = check_plane(image[index] if index else image, index)
-                norm = Normalization.fit(plane, run.percentiles)
+                norm = Normalization.fit(plane, run.percentiles, padding=True)
                 if norm.is_constant:
                     # Nothing to resolve: the reconstruction is the constant, with certainty.
                     mean_out[index], var_out[index] = plane.flat[0], 0.0
@@ -329,12 +329,17 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
                     continue
                 x_plane, excess = without_spikes(norm.apply(plane))
                 x_plane = torch.from_numpy(x_plane)
+                padded = None if norm.padding is None else plane == norm.padding
                 del plane
                 _run_plane(run, x_plane, p, mean_out[index], var_out[index], len(planes) - p,
                            excess)
                 _calibrate(table, norm, mean_out[index], var_out[index],
                            None if std_out is None else std_out[index])
                 _to_input_units(norm, mean_out[index], var_out[index])
+                if padded is not None:
+                    padding.write_back(padded, norm.padding, net.config.scale, (0, 0), [
+                        mean_out[index], var_out[index],
+                        None if std_out is None else std_out[index]])
     finally:
         if dev.type == "cpu":
             release_cpu_memory()

@@ -4,9 +4,9 @@ Given a dask array, :func:`napari_cvdm.predict` returns the mean, variance and c
 standard deviation as dask arrays. The graph, per plane:
 
 - one summary task per input block (smallest and largest value, NaN count and, for 8- and
-  16-bit images, a histogram), reduced to the plane's normalisation: the same percentiles
-  ``np.percentile`` gives on the whole plane, without ever holding it (float images are
-  read whole for that one step);
+  16-bit images, a histogram and the counts that tell padding along the edges from data),
+  reduced to the plane's normalisation: the same percentiles ``Normalization.fit`` gives on
+  the whole plane, without ever holding it (float images are read whole for that one step);
 - one task per tile group of the plan, reading only the input pixels its tiles need, and
   running them exactly as the in-memory run does (same tiles, same groups, the same
   position-dependent noise and generator seeds);
@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from . import padding
 from .normalization import Normalization
 from .planning import TilePlan
 from .settings import PredictSettings
@@ -95,22 +96,37 @@ def _histogram_offset(dtype: np.dtype) -> int | None:
     return None
 
 
-def _block_summary(block: np.ndarray) -> dict[str, Any]:
-    block = np.asarray(block)
+def _block_summary(block: np.ndarray, own: tuple[slice, slice] | None = None,
+                   origin: tuple[int, int] = (0, 0),
+                   plane_shape: tuple[int, int] | None = None,
+                   fill: float | None = None) -> dict[str, Any]:
+    """A block's summary; ``block`` may hold a rim of its neighbours (``own``: the block
+    within it), and ``fill``, the plane's edge value, adds the counts that decide whether it
+    is padding (:func:`napari_cvdm.padding.block_counts`) and the histogram of the pixels
+    that would be left out."""
+    whole = np.asarray(block)
+    block = whole if own is None else whole[own]
     offset = _histogram_offset(block.dtype)
     if block.size == 0:  # a zero-length chunk (dask allows them): neither low nor high
         hist = None if offset is None else np.zeros(2 ** (block.dtype.itemsize * 8), np.int64)
-        return {"low": np.inf, "high": -np.inf, "bad": 0, "size": 0, "hist": hist}
+        return {"low": np.inf, "high": -np.inf, "bad": 0, "size": 0, "hist": hist,
+                "padding": None, "left_out": None}
     if offset is None:
         data = block.astype(np.float64)
         finite = np.isfinite(data)
         bad = int(data.size - finite.sum())
         low, high = (float(data.min()), float(data.max())) if not bad else (0.0, 0.0)
-        return {"low": low, "high": high, "bad": bad, "size": int(data.size), "hist": None}
-    values = block.ravel().astype(np.int64) + offset
-    hist = np.bincount(values, minlength=2 ** (block.dtype.itemsize * 8))
+        return {"low": low, "high": high, "bad": bad, "size": int(data.size), "hist": None,
+                "padding": None, "left_out": None}
+    bins = 2 ** (block.dtype.itemsize * 8)
+    hist = np.bincount(block.ravel().astype(np.int64) + offset, minlength=bins)
+    own = own or (slice(0, block.shape[0]), slice(0, block.shape[1]))
+    counts = padding.block_counts(whole, own, origin, plane_shape or block.shape, fill)
+    rim = counts.pop("rim")
+    left_out = None if rim is None or not rim.any() else \
+        np.bincount(block[rim].astype(np.int64) + offset, minlength=bins)
     return {"low": float(block.min()), "high": float(block.max()), "bad": 0,
-            "size": int(block.size), "hist": hist}
+            "size": int(block.size), "hist": hist, "padding": counts, "left_out": left_out}
 
 
 def _order_statistic(cumulative: np.ndarray, k: int, offset: int) -> float:
@@ -142,8 +158,10 @@ def histogram_percentiles(hist: np.ndarray, offset: int, percentiles) -> list[fl
 
 
 def _plane_normalization(summaries: list[dict], whole_plane, percentiles, dtype: str,
-                         index: tuple[int, ...]) -> Normalization:
-    """The plane's checks and normalisation, equal to ``Normalization.fit`` on the plane."""
+                         index: tuple[int, ...], fill: float | None = None,
+                         shape: tuple[int, int] | None = None) -> Normalization:
+    """The plane's checks and normalisation, equal to ``Normalization.fit`` on the plane
+    (``fill``: its edge value, padding if the blocks' counts say so)."""
     from .validation import check_plane_values
 
     bad = sum(s["bad"] for s in summaries)
@@ -151,12 +169,56 @@ def _plane_normalization(summaries: list[dict], whole_plane, percentiles, dtype:
     high = max(s["high"] for s in summaries)
     check_plane_values(low, high, bad, np.dtype(dtype), index)
     if whole_plane is not None:
-        return Normalization.fit(np.asarray(whole_plane, dtype=np.float64), percentiles)
+        return Normalization.fit(np.asarray(whole_plane, dtype=np.float64), percentiles,
+                                 padding=True)
+    offset = _histogram_offset(np.dtype(dtype))
     hist = sum(s["hist"] for s in summaries)
-    p_low, p_high = histogram_percentiles(hist, _histogram_offset(np.dtype(dtype)), percentiles)
+    counts = [s["padding"] for s in summaries if s["padding"] is not None]
+    if fill is not None and shape is not None and counts:
+        total = {k: sum(c[k] for c in counts) for k in counts[0]}
+        left_out = [s["left_out"] for s in summaries if s["left_out"] is not None]
+        if left_out and padding.is_flat_border(
+                total["at"], int(np.prod(shape)), total["centre"], padding.central_size(shape),
+                total["flat"], total["inner"]):
+            counted = hist - sum(left_out)
+            if counted.any():
+                p_low, p_high, median = histogram_percentiles(counted, offset,
+                                                              tuple(percentiles) + (50,))
+                if padding.outside(fill, p_low, p_high):  # as Normalization.fit
+                    return Normalization(float(p_low), float(p_high), float(fill),
+                                         float(median))
+    p_low, p_high = histogram_percentiles(hist, offset, percentiles)
     if not p_high > p_low:
         p_low, p_high = low, high  # as Normalization.fit: the full range for sparse structure
     return Normalization(float(p_low), float(p_high))
+
+
+def _edge_value(plane):
+    """A delayed :func:`napari_cvdm.padding.edge_candidate` of a dask plane (reads its
+    edges only)."""
+    import dask
+    import dask.array as da
+
+    if min(plane.shape) < 4:
+        return None
+    edges = da.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
+    return dask.delayed(padding.edge_candidate)(edges)
+
+
+def _blocks_with_rim(chunks):
+    """(rows, columns, the block within them, its corner) of each block of a 2D dask array
+    with :data:`napari_cvdm.padding.RIM` pixels of its neighbours on each side."""
+    h, w = sum(chunks[0]), sum(chunks[1])
+    ys = np.cumsum((0,) + tuple(chunks[0]))
+    xs = np.cumsum((0,) + tuple(chunks[1]))
+    out = []
+    for y0, y1 in zip(ys[:-1], ys[1:]):
+        for x0, x1 in zip(xs[:-1], xs[1:]):
+            a, b = max(int(y0) - padding.RIM, 0), min(int(y1) + padding.RIM, h)
+            c, d = max(int(x0) - padding.RIM, 0), min(int(x1) + padding.RIM, w)
+            own = (slice(int(y0) - a, int(y1) - a), slice(int(x0) - c, int(x1) - c))
+            out.append((slice(a, b), slice(c, d), own, (int(y0), int(x0))))
+    return out
 
 
 # -- tile groups and chunks ---------------------------------------------------------------
@@ -197,8 +259,9 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
 
 
 def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
-                 contributions: list[tuple[list[Tile], Any]]) -> np.ndarray:
-    """(mean, variance[, calibrated std]) of one output window, in input units, float32."""
+                 contributions: list[tuple[list[Tile], Any]], source=None) -> np.ndarray:
+    """(mean, variance[, calibrated std]) of one output window, in input units, float32;
+    ``source``: the input pixels the window covers (padding is written back there)."""
     from . import calibration
     from .tiling import StatisticsBlender
 
@@ -219,6 +282,11 @@ def _blend_chunk(spec: LazySpec, norm: Normalization, window: Tile,
             np.float32(norm.half_range)
     out[0] = norm.invert_mean(mean)
     out[1] = norm.invert_variance(variance)
+    if norm.padding is not None and source is not None:
+        s = spec.scale
+        padding.write_back(np.asarray(source) == norm.padding, norm.padding, s,
+                           (window.y - (window.y // s) * s, window.x - (window.x // s) * s),
+                           list(out))
     return out
 
 
@@ -294,11 +362,19 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
         touching = _groups_by_window(groups, windows, cy, cx)
         for p, index in enumerate(np.ndindex(*shape[:-2])):
             plane = image[index] if index else image
-            summaries = [dask.delayed(_block_summary)(block)
-                         for block in plane.to_delayed().ravel()]
             whole = plane if _histogram_offset(np.dtype(image.dtype)) is None else None
+            if whole is not None:
+                summaries = [dask.delayed(_block_summary)(block)
+                             for block in plane.to_delayed().ravel()]
+                fill = None
+            else:
+                fill = _edge_value(plane)
+                summaries = [dask.delayed(_block_summary)(plane[ys, xs], own, origin,
+                                                          (in_h, in_w), fill)
+                             for ys, xs, own, origin in _blocks_with_rim(plane.chunks)]
             norm = dask.delayed(_plane_normalization)(summaries, whole, tuple(run.percentiles),
-                                                      np.dtype(image.dtype).str, index)
+                                                      np.dtype(image.dtype).str, index, fill,
+                                                      (in_h, in_w))
             statistics = []
             for first, group in groups:
                 run.check_cancel()
@@ -317,7 +393,9 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
                 for c, window in enumerate(row):
                     block = dask.delayed(_blend_chunk, pure=True)(
                         spec_task, norm, window,
-                        [(groups[g][1], statistics[g]) for g in touching[r, c]])
+                        [(groups[g][1], statistics[g]) for g in touching[r, c]],
+                        plane[window.y // scale:-(-(window.y + window.height) // scale),
+                              window.x // scale:-(-(window.x + window.width) // scale)])
                     blocks.append(da.from_delayed(block, (layers, window.height, window.width),
                                                   dtype=np.float32))
                 rows.append(blocks)

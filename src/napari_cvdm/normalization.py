@@ -1,10 +1,18 @@
-"""Percentile normalisation to [-1, 1] and its inverse for means and variances (SPEC 4)."""
+"""Percentile normalisation to [-1, 1] and its inverse for means and variances (SPEC 4).
+
+An input to be reconstructed (``fit(..., padding=True)``, as every prediction path does) has
+its padding (one exact value in flat regions along a plane's edges, :mod:`napari_cvdm.padding`)
+left out of the percentiles: it is not part of the image, and counted it would set the
+contrast the real pixels are reconstructed with. Training targets keep every value.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+from . import padding as _padding
 
 DEFAULT_PERCENTILES = (0.1, 99.9)
 
@@ -15,16 +23,26 @@ class Normalization:
 
     low: float
     high: float
+    padding: float | None = None  # the value left out of the percentiles, if any ...
+    shown_as: float | None = None  # ... and the level it is shown to the model at (input units)
 
     @classmethod
-    def fit(cls, image: np.ndarray, percentiles=DEFAULT_PERCENTILES) -> Normalization:
+    def fit(cls, image: np.ndarray, percentiles=DEFAULT_PERCENTILES,
+            padding: bool = False) -> Normalization:
+        """The normalisation of ``image``; ``padding``: leave padding out (a prediction's
+        input; :attr:`padding` and :attr:`shown_as` say what was left out and how
+        :meth:`apply` shows it)."""
         data = np.asarray(image, dtype=np.float64)
-        low, high = np.percentile(data, percentiles)
+        found = _padding.find(data, percentiles) if padding and data.ndim == 2 else None
+        fill = None if found is None else found[0]
+        counted = data if found is None else data[~found[1]]
+        low, high, median = np.percentile(counted, tuple(percentiles) + (50,))
         if not high > low:
             # Sparse structure on a flat background (e.g. one bright spot) has equal
             # percentiles; the full range keeps it instead of treating the image as constant.
+            # (Padding is only left out where the others' percentiles differ.)
             low, high = data.min(), data.max()
-        return cls(float(low), float(high))
+        return cls(float(low), float(high), fill, None if fill is None else float(median))
 
     @property
     def is_constant(self) -> bool:
@@ -36,8 +54,17 @@ class Normalization:
         return (self.high - self.low) / 2 if not self.is_constant else 1.0
 
     def apply(self, image: np.ndarray) -> np.ndarray:
+        """The image in normalised units; padding (the pixels at :attr:`padding` and their
+        neighbours) at :attr:`shown_as`, the other pixels' median: the network's
+        normalisation layers see a whole tile, so a flat block far from the image's level
+        (zeros below a camera offset, a saturated fill) shifts the real pixels' result too;
+        at the median it shifts it least (benchmarks/padding.py)."""
         center = (self.high + self.low) / 2 if not self.is_constant else self.low + 1.0
-        return ((np.asarray(image, dtype=np.float64) - center) / self.half_range).astype(np.float32)
+        out = ((np.asarray(image, dtype=np.float64) - center) / self.half_range).astype(np.float32)
+        if self.padding is not None and out.ndim == 2:
+            level = self.padding if self.shown_as is None else self.shown_as
+            out[_padding.padding_mask(image, self.padding)] = (level - center) / self.half_range
+        return out
 
     def invert_mean(self, values: np.ndarray) -> np.ndarray:
         center = (self.high + self.low) / 2 if not self.is_constant else self.low + 1.0
