@@ -423,25 +423,25 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
     out = {}
     flat = flat_value(whole if whole is not None else plane)
     if flat is not None and flat[0] == "padding":
+        # (a kind each: a stack's planes may differ, and each says what was done with it)
         left_out = padding_value(whole if whole is not None else plane) is not None
-        out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, in flat regions "
-                       "along its edges: padding (from registration, stitching or a "
-                       "rotation). " + (
-                           "It lies outside the image's own range: it is left out of the "
-                           "contrast, shown to the model at the other pixels' median and "
-                           "kept as it is in the result (with no uncertainty), but the "
-                           "model never saw such flat regions: the real pixels' result "
-                           "still shifts by a few percent" if left_out else
-                           "The model never saw such flat regions: the result there is "
-                           "invented, and the real pixels' result shifts") +
-                       "; crop it away (or select the region with structure)")
+        done = ("It lies outside the image's own range: it is left out of the contrast, "
+                "shown to the model at the other pixels' median and kept as it is in the "
+                "result (with no uncertainty), but the model never saw such flat regions: "
+                "the real pixels' result still shifts by a few percent" if left_out else
+                "The model never saw such flat regions: the result there is invented, and "
+                "the real pixels' result shifts")
+        out["padding" if left_out else "padding kept"] = (
+            f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, in flat regions along its "
+            f"edges: padding (from registration, stitching or a rotation). {done}; crop it "
+            "away (or select the region with structure)")
     elif flat is not None:
-        out["flat"] = (f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value, "
-                       "in flat regions: the background is clipped (a detector offset set "
-                       "too low, or a background subtracted and cut at zero). The model "
-                       "learned a camera's noise on a background level: it invents structure "
-                       "in flat background, and the contrast shifts; raise the detector "
-                       "offset, or use the image before the subtraction")
+        out["clipped"] = (
+            f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value, in flat "
+            "regions: the background is clipped (a detector offset set too low, or a "
+            "background subtracted and cut at zero). The model learned a camera's noise on a "
+            "background level: it invents structure in flat background, and the contrast "
+            "shifts; raise the detector offset, or use the image before the subtraction")
     repeats = repeated_pixels(plane)
     if repeats:
         (axis, factor), = repeats.items() if len(repeats) == 1 else ((None, None),)
@@ -464,7 +464,8 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                         f"well above {NOISE_CORRELATION:g}). The model turns noise into "
                         "plausible-looking structures that are not in the sample; do not "
                         "trust the result")
-        out.pop("flat", None)  # nearly empty photon counts: many flat zeros, said above
+        for kind in ("padding", "padding kept", "clipped"):
+            out.pop(kind, None)  # nearly empty photon counts: many flat zeros, said above
     elif flat is not None and flat[0] == "padding":
         pass  # the padding's flat grey or black skews the transmitted-light statistics
     elif looks_transmitted(plane):

@@ -123,8 +123,9 @@ def _block_summary(block: np.ndarray, own: tuple[slice, slice] | None = None,
     own = own or (slice(0, block.shape[0]), slice(0, block.shape[1]))
     counts = padding.block_counts(whole, own, origin, plane_shape or block.shape, fill)
     rim = counts.pop("rim")
+    # (sparse: almost all of them hold the fill value)
     left_out = None if rim is None or not rim.any() else \
-        np.bincount(block[rim].astype(np.int64) + offset, minlength=bins)
+        np.unique(block[rim].astype(np.int64) + offset, return_counts=True)
     return {"low": float(block.min()), "high": float(block.max()), "bad": 0,
             "size": int(block.size), "hist": hist, "padding": counts, "left_out": left_out}
 
@@ -180,7 +181,9 @@ def _plane_normalization(summaries: list[dict], whole_plane, percentiles, dtype:
         if left_out and padding.is_flat_border(
                 total["at"], int(np.prod(shape)), total["centre"], padding.central_size(shape),
                 total["flat"], total["inner"]):
-            counted = hist - sum(left_out)
+            counted = hist.copy()
+            for values, numbers in left_out:
+                counted[values] -= numbers
             if counted.any():
                 p_low, p_high, median = histogram_percentiles(counted, offset,
                                                               tuple(percentiles) + (50,))
@@ -379,11 +382,13 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
             for first, group in groups:
                 run.check_cancel()
                 regions = [input_region(t, scale, in_h, in_w) for t in group]
-                # a rim more: the hot-pixel check judges each pixel by its neighbours
-                y0 = max(min(r[0] for r in regions) - HALO, 0)
-                x0 = max(min(r[2] for r in regions) - HALO, 0)
-                y1 = min(max(r[1] for r in regions) + HALO, in_h)
-                x1 = min(max(r[3] for r in regions) + HALO, in_w)
+                # a rim more: the hot-pixel check judges each pixel by its neighbours, and
+                # padding's rim is told by the pixels beside it
+                rim = HALO + padding.RIM
+                y0 = max(min(r[0] for r in regions) - rim, 0)
+                x0 = max(min(r[2] for r in regions) - rim, 0)
+                y1 = min(max(r[1] for r in regions) + rim, in_h)
+                x1 = min(max(r[3] for r in regions) + rim, in_w)
                 statistics.append(dask.delayed(_group_statistics, pure=True)(
                     spec_task, norm, plane[y0:y1, x0:x1], (y0, x0), group, p, first))
             rows = []

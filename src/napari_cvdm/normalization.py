@@ -3,7 +3,8 @@
 An input to be reconstructed (``fit(..., padding=True)``, as every prediction path does) has
 its padding (one exact value in flat regions along a plane's edges, :mod:`napari_cvdm.padding`)
 left out of the percentiles: it is not part of the image, and counted it would set the
-contrast the real pixels are reconstructed with. Training targets keep every value.
+contrast the real pixels are reconstructed with. Training pairs (inputs and targets, made
+from the same target by simulation) keep every value.
 """
 
 from __future__ import annotations
@@ -54,16 +55,17 @@ class Normalization:
         return (self.high - self.low) / 2 if not self.is_constant else 1.0
 
     def apply(self, image: np.ndarray) -> np.ndarray:
-        """The image in normalised units; padding (the pixels at :attr:`padding` and their
-        neighbours) at :attr:`shown_as`, the other pixels' median: the network's
-        normalisation layers see a whole tile, so a flat block far from the image's level
-        (zeros below a camera offset, a saturated fill) shifts the real pixels' result too;
-        at the median it shifts it least (benchmarks/padding.py)."""
+        """The image in normalised units; padding (the pixels at :attr:`padding`) at
+        :attr:`shown_as`, the other pixels' median, and its one-pixel rim clipped to [-1, 1]
+        (:func:`napari_cvdm.padding.shown`): the network's normalisation layers see a whole
+        tile, so a flat block far from the image's level (zeros below a camera offset, a
+        saturated fill) shifts the real pixels' result too; at the median it shifts it
+        least (benchmarks/padding.py)."""
         center = (self.high + self.low) / 2 if not self.is_constant else self.low + 1.0
         out = ((np.asarray(image, dtype=np.float64) - center) / self.half_range).astype(np.float32)
         if self.padding is not None and out.ndim == 2:
             level = self.padding if self.shown_as is None else self.shown_as
-            out[_padding.padding_mask(image, self.padding)] = (level - center) / self.half_range
+            _padding.shown(out, image, self.padding, (level - center) / self.half_range)
         return out
 
     def invert_mean(self, values: np.ndarray) -> np.ndarray:

@@ -74,13 +74,27 @@ def _dilated(at: np.ndarray) -> np.ndarray:
 
 
 def padding_mask(image: np.ndarray, value: float) -> np.ndarray:
-    """The pixels of a 2D ``image`` left out as padding at ``value``: those at the value and
-    their neighbours (:data:`RIM`). A part of a plane with a rim of :data:`RIM` pixels more
-    on each side (the image's edge excepted) gives the plane's own answer inside the rim."""
+    """The pixels of a 2D ``image`` left out of the percentiles as padding at ``value``:
+    those at the value and their neighbours (:data:`RIM`). A part of a plane with a rim of
+    :data:`RIM` pixels more on each side (the image's edge excepted) gives the plane's own
+    answer inside the rim."""
     at = np.asarray(image) == value
     if at.ndim != 2 or not at.any():
         return at
     return _dilated(at)
+
+
+def shown(normalised: np.ndarray, image: np.ndarray, value: float, level: float) -> None:
+    """What the network sees of padding, in place on the ``normalised`` image: the pixels at
+    ``value`` at ``level`` (the other pixels' median, normalised), their rim (real pixels
+    beside a shifted border, or a rotation's interpolation between the fill and the image)
+    clipped to the normalised range [-1, 1], so kept where it is data."""
+    at = np.asarray(image) == value
+    if at.ndim != 2 or not at.any():
+        return
+    rim = _dilated(at) & ~at
+    normalised[rim] = np.clip(normalised[rim], -1.0, 1.0)
+    normalised[at] = level
 
 
 def block_counts(block: np.ndarray, own: tuple[slice, slice], origin: tuple[int, int],
