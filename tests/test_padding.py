@@ -10,7 +10,7 @@ import pytest
 import napari_cvdm as nc
 from napari_cvdm.normalization import Normalization
 from napari_cvdm.domain import flat_value
-from napari_cvdm.padding import padding_mask, padding_value
+from napari_cvdm.padding import find, padding_mask
 
 OPTIONS = dict(samples=2, steps=2, seed=5, tile_size=64, precision="fp32", check_input=False)
 
@@ -58,7 +58,7 @@ def test_a_fill_inside_the_images_range_is_data(real, nuclei_widefield):
     image's own values: they stay in the normalisation, as they are."""
     median = _canvas(real, int(np.median(real)))
     assert Normalization.fit(median, padding=True).padding is None
-    assert flat_value(median)[0] == "padding"  # still named: crop it away
+    assert flat_value(median)[0] == "padding kept"  # still named: crop it away
     yy, xx = np.mgrid[:128, :128]
     blob = 1000 * np.exp(-((yy - 64) ** 2 + (xx - 64) ** 2) / (2 * 20**2))
     cell = np.clip(np.random.default_rng(1).poisson(blob + 50) - 80, 0, None).astype(np.uint16)
@@ -81,12 +81,12 @@ def test_no_padding_in_photon_counts_a_clipped_background_or_a_sparse_image(nucl
     rng = np.random.default_rng(3)
     for photons in (0.3, 0.76):  # zeros, but scattered everywhere
         counts = rng.poisson(photons, (128, 128)).astype(np.uint16)
-        assert padding_value(counts) is None
+        assert find(counts) is None
         assert Normalization.fit(counts, padding=True).padding is None
     spot = np.zeros((64, 64), np.float32)
     spot[30:33, 30:33] = 5.0  # one bright spot on a flat background: the background is data
     assert Normalization.fit(spot, padding=True) == Normalization(0.0, 5.0)
-    assert padding_value(nuclei_widefield) is None
+    assert find(nuclei_widefield) is None
 
 
 def test_padding_around_a_constant_region_keeps_the_full_range():

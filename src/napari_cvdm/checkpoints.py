@@ -2,8 +2,8 @@
 
 Both are put in place together (``atomic.atomic_group``): all or none, also when the run is
 interrupted between the two renames; only SIGKILL or a power loss in that instant can leave
-a model file one checkpoint behind its state, and resume trusts only the state's step. The state holds
-the raw weights and Adam's moments, never pickle.
+a model file one checkpoint behind its state, and resume trusts only the state's step. The
+state holds the raw weights and Adam's moments, never pickle.
 """
 
 from __future__ import annotations

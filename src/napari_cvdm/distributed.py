@@ -7,8 +7,8 @@ what the single-process run writes. The model travels as a
 :class:`~napari_cvdm.model_cache.ModelRef` and is loaded once per worker process. A task
 whose worker dies is run again by dask on another worker (and one that raises, up to
 ``retries`` times); its seed was drawn before submission, so the retry repeats it exactly,
-and outputs that an earlier attempt completed are kept, not written twice. No Qt or napari here; dask.distributed is imported only when a
-cluster is used (the ``cluster`` extra).
+and outputs that an earlier attempt completed are kept, not written twice. No Qt or napari
+here; dask.distributed is imported only when a cluster is used (the ``cluster`` extra).
 """
 
 from __future__ import annotations

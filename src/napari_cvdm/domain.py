@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .normalization import Normalization
-from .padding import looks_padded, padding_value
+from .padding import find as find_padding
 from .physical import NM_PER_UNIT
 from .spikes import without_spikes
 
@@ -346,14 +346,16 @@ def _flat_share(at: np.ndarray, both: bool) -> float:
 
 
 def flat_value(plane: np.ndarray) -> tuple[str, float, float] | None:
-    """("padding" or "clipped", value, share of the plane) where one exact value fills flat
-    regions along the plane's edges (padding, :mod:`napari_cvdm.padding`) or is its lowest
-    value in flat regions anywhere (a clipped background); None otherwise."""
+    """(kind, value, share of the plane) where one exact value fills flat regions along the
+    plane's edges (padding, :mod:`napari_cvdm.padding`: kind "padding" where it lies outside
+    the image's range and a prediction leaves it out, "padding kept" where it is inside and
+    stays data) or is its lowest value in flat regions anywhere (kind "clipped", a clipped
+    background); None otherwise."""
     if plane.ndim != 2 or min(plane.shape) < 4:
         return None
-    padded = looks_padded(plane)
+    padded = find_padding(plane)
     if padded is not None:
-        return ("padding",) + padded
+        return ("padding" if padded.left_out else "padding kept", padded.value, padded.share)
     lowest = plane.min()
     at = plane == lowest
     share = float(at.mean())
@@ -422,16 +424,16 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                           "intensities in and around them; do not trust the result"}
     out = {}
     flat = flat_value(whole if whole is not None else plane)
-    if flat is not None and flat[0] == "padding":
+    if flat is not None and flat[0] in ("padding", "padding kept"):
         # (a kind each: a stack's planes may differ, and each says what was done with it)
-        left_out = padding_value(whole if whole is not None else plane) is not None
+        left_out = flat[0] == "padding"
         done = ("It lies outside the image's own range: it is left out of the contrast, "
                 "shown to the model at the other pixels' median and kept as it is in the "
                 "result (with no uncertainty), but the model never saw such flat regions: "
                 "the real pixels' result still shifts by a few percent" if left_out else
                 "The model never saw such flat regions: the result there is invented, and "
                 "the real pixels' result shifts")
-        out["padding" if left_out else "padding kept"] = (
+        out[flat[0]] = (
             f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, in flat regions along its "
             f"edges: padding (from registration, stitching or a rotation). {done}; crop it "
             "away (or select the region with structure)")

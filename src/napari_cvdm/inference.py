@@ -285,8 +285,8 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
     a label image, saturation, many hot pixels, a small far brighter object, a PSF width
     outside the trained range, one sample; the pixel size where ``image`` is an ``ImageFile``
     from ``read_tiff``, as the command line and napari check it from the file or layer)
-    gets an :class:`InputWarning` per reason before the work, kept in ``result.info["input_warnings"]``; the front ends, which
-    say it their own way, pass False.
+    gets an :class:`InputWarning` per reason before the work, kept in
+    ``result.info["input_warnings"]``; the front ends, which say it their own way, pass False.
     Isolated hot pixels are kept out of the networks and passed through to the mean, their
     square excess in the variance (:mod:`~napari_cvdm.spikes`).
 

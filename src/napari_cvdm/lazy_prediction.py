@@ -204,7 +204,7 @@ def _edge_value(plane):
 
     if min(plane.shape) < 4:
         return None
-    edges = da.concatenate([plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]])
+    edges = da.concatenate(padding.edges(plane))
     return dask.delayed(padding.edge_candidate)(edges)
 
 

@@ -35,8 +35,10 @@ class Normalization:
         :meth:`apply` shows it)."""
         data = np.asarray(image, dtype=np.float64)
         found = _padding.find(data, percentiles) if padding and data.ndim == 2 else None
-        fill = None if found is None else found[0]
-        counted = data if found is None else data[~found[1]]
+        if found is not None and not found.left_out:
+            found = None  # inside the image's range: data
+        fill = None if found is None else found.value
+        counted = data if found is None else data[~found.mask]
         low, high, median = np.percentile(counted, tuple(percentiles) + (50,))
         if not high > low:
             # Sparse structure on a flat background (e.g. one bright spot) has equal

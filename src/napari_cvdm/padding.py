@@ -16,6 +16,8 @@ plane's.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 SHARE = 0.02    # of the plane at the one value ...
@@ -32,11 +34,15 @@ RIM = 1         # pixels next to padding are left out too: a rotation interpolat
                 # between the fill and the image
 
 
+def edges(plane) -> list:
+    """The four edges of a 2D plane, each pixel once, as slices of the plane's own type (a
+    dask plane's are read lazily)."""
+    return [plane[0], plane[-1], plane[1:-1, 0], plane[1:-1, -1]]
+
+
 def edge_pixels(plane) -> np.ndarray:
-    """The pixels along the four edges of a 2D plane (each once)."""
-    return np.concatenate([np.asarray(plane[0]).ravel(), np.asarray(plane[-1]).ravel(),
-                           np.asarray(plane[1:-1, 0]).ravel(),
-                           np.asarray(plane[1:-1, -1]).ravel()])
+    """The pixels along the four edges of a 2D plane (each once), in one NumPy array."""
+    return np.concatenate([np.asarray(edge).ravel() for edge in edges(plane)])
 
 
 def edge_candidate(edges: np.ndarray) -> float | None:
@@ -58,8 +64,9 @@ def central_half(shape: tuple[int, int]) -> tuple[slice, slice]:
 
 
 def central_size(shape: tuple[int, int]) -> int:
-    h, w = shape
-    return (h - 2 * (h // 4)) * (w - 2 * (w // 4))
+    """The number of pixels in :func:`central_half`."""
+    ys, xs = central_half(shape)
+    return (ys.stop - ys.start) * (xs.stop - xs.start)
 
 
 def _dilated(at: np.ndarray) -> np.ndarray:
@@ -146,16 +153,6 @@ def outside(value: float, low: float, high: float) -> bool:
     return high > low and max(low - value, value - high) >= GAP * (high - low)
 
 
-def looks_padded(plane: np.ndarray) -> tuple[float, float] | None:
-    """(value, share of the plane) where one exact value fills flat regions along a 2D
-    plane's edges, inside the image's range or not (what the input checks name); None
-    otherwise."""
-    found = _candidate(plane)
-    if found is None or not is_flat_border(*found[2]):
-        return None
-    return found[0], float(np.mean(found[1]))
-
-
 def _candidate(plane: np.ndarray):
     """(value, mask at it, the counts :func:`is_flat_border` takes) for the edges'
     candidate value of a 2D plane, or None."""
@@ -173,9 +170,21 @@ def _candidate(plane: np.ndarray):
                        centre.size, flat, int(np.count_nonzero(inner)))
 
 
-def find(plane: np.ndarray, percentiles) -> tuple[float, np.ndarray] | None:
-    """(value, mask of the pixels to leave out) where a 2D plane's padding lies outside the
-    range (``percentiles``) of its other pixels; None otherwise."""
+class Padding(NamedTuple):
+    """Padding found in a 2D plane (:func:`find`)."""
+
+    value: float
+    share: float        # of the plane at the value
+    mask: np.ndarray    # the pixels at the value and their rim (:func:`padding_mask`)
+    left_out: bool      # outside the other pixels' range: left out of the percentiles
+
+
+def find(plane: np.ndarray, percentiles=(0.1, 99.9)) -> Padding | None:
+    """Where one exact value fills flat regions along a 2D plane's edges: the padding, and
+    whether it lies outside the range (``percentiles``) of the other pixels, to be left out
+    of the normalisation (:attr:`Padding.left_out`); inside it, it is data or as good as
+    data. None where there is none. The input checks name both
+    (:func:`napari_cvdm.domain.flat_value`); computed once for them and the prediction."""
     found = _candidate(plane)
     if found is None:
         return None
@@ -184,16 +193,8 @@ def find(plane: np.ndarray, percentiles) -> tuple[float, np.ndarray] | None:
         return None
     mask = _dilated(at)
     rest = np.asarray(plane, dtype=np.float64)[~mask]
-    if rest.size == 0:
-        return None
-    low, high = np.percentile(rest, percentiles)
-    return (value, mask) if outside(value, low, high) else None
-
-
-def padding_value(plane: np.ndarray, percentiles=(0.1, 99.9)) -> float | None:
-    """The value of a 2D plane's padding to leave out, or None."""
-    found = find(plane, percentiles)
-    return None if found is None else found[0]
+    left_out = rest.size > 0 and outside(value, *np.percentile(rest, percentiles))
+    return Padding(value, counts[0] / counts[1], mask, bool(left_out))
 
 
 def write_back(at: np.ndarray, value: float, scale: int, origin: tuple[int, int],
