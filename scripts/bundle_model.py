@@ -30,7 +30,8 @@ CARDS = {
                 "Gaussian PSF of 1.5-4 target pixels with 0-60 % of the light out of focus "
                 "(a Gaussian of 8-32 target pixels), 20-10,000 photons, background and read "
                 "noise. The weights are averages of that model and its continuations on the "
-                "real images alone, the last two on 96- and 128-pixel patches "
+                "real images alone, the last two on 96- and 128-pixel patches, then one "
+                "more 128-pixel stage with the actin images counted twice "
                 "(docs/training.md)."),
             "intended_use": (
                 "Widefield (or similar diffraction-limited) fluorescence images sampled at "
