@@ -93,6 +93,19 @@ def test_a_dim_but_real_widefield_image_is_not_noise(nuclei_widefield):
     assert neighbour_correlation(np.ones((1, 50))) is None
 
 
+def test_tiny_and_subnormal_values_are_constant_not_an_overflow():
+    """Found by the property test in CI: a plane of zeros with one subnormal value (5e-324)
+    raised OverflowError in the noise check (its inverse squared); values of at most 1e-6
+    vary by under 1e-12 in the plane's units, which the check calls constant."""
+    for tiny in (5e-324, 1e-200, 1e-7):
+        plane = np.zeros((64, 64))
+        plane[::3, ::5] = tiny
+        assert neighbour_correlation(plane) is None, tiny
+        assert not looks_like_noise(plane)
+    scaled = np.random.default_rng(0).random((64, 64)) * 1e-3  # variance 8e-8: not constant
+    assert neighbour_correlation(scaled) is not None
+
+
 def _objects(nuclei_widefield) -> np.ndarray:
     """The sample's nuclei as optical path (0-1.5), smoothed a little."""
     x = nuclei_widefield.astype(np.float64)

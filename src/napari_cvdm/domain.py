@@ -129,7 +129,11 @@ def _lag_correlation(crop: np.ndarray) -> float | None:
     crop = crop / peak  # values near the float64 limits square without overflowing
     crop = crop - crop.mean()
     variance = float((crop * crop).mean())
-    if variance <= 1e-12 * max(1.0, 1.0 / peak) ** 2:  # constant: 1e-12 of max(1, peak)**2
+    # constant: a variance of at most 1e-12 of max(1, peak)**2 in the plane's units; here
+    # (divided by the peak, a variance <= 1) always so for a peak under 1e-6, whose inverse
+    # squared would overflow for tiny or subnormal values
+    scale = max(1.0, 1.0 / peak)
+    if scale >= 1e6 or variance <= 1e-12 * scale * scale:
         return None
     across = float((crop[:, 1:] * crop[:, :-1]).mean())
     down = float((crop[1:] * crop[:-1]).mean())
