@@ -93,6 +93,18 @@ def test_a_dim_but_real_widefield_image_is_not_noise(nuclei_widefield):
     assert neighbour_correlation(np.ones((1, 50))) is None
 
 
+def test_padding_inside_the_images_range_is_not_taken_for_relief(nuclei_widefield):
+    """Found reading session 25's change: padding kept as data (a fill inside the image's
+    range) fell through to the transmitted-light and relief checks, which the padding's
+    flat grey skews; a bright fill along two edges was named DIC or phase contrast."""
+    padded = nuclei_widefield.copy()
+    padded[:64] = padded[:, :64] = np.percentile(nuclei_widefield, 99).astype(padded.dtype)
+    assert flat_value(padded)[0] == "padding kept"
+    assert looks_like_relief(padded, neighbour_correlation(padded))  # what the skip is for
+    messages = [str(w) for w in input_warnings(padded, _Model())]
+    assert len(messages) == 1 and "padding" in messages[0], messages
+
+
 def test_tiny_and_subnormal_values_are_constant_not_an_overflow():
     """Found by the property test in CI: a plane of zeros with one subnormal value (5e-324)
     raised OverflowError in the noise check (its inverse squared); values of at most 1e-6

@@ -349,6 +349,9 @@ def _flat_share(at: np.ndarray, both: bool) -> float:
     return np.count_nonzero(inner & beside) / max(1, np.count_nonzero(inner))
 
 
+PADDING_KINDS = ("padding", "padding kept")  # flat_value's kinds for padding: left out, kept
+
+
 def flat_value(plane: np.ndarray) -> tuple[str, float, float] | None:
     """(kind, value, share of the plane) where one exact value fills flat regions along the
     plane's edges (padding, :mod:`napari_cvdm.padding`: kind "padding" where it lies outside
@@ -428,7 +431,7 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                           "intensities in and around them; do not trust the result"}
     out = {}
     flat = flat_value(whole if whole is not None else plane)
-    if flat is not None and flat[0] in ("padding", "padding kept"):
+    if flat is not None and flat[0] in PADDING_KINDS:
         # (a kind each: a stack's planes may differ, and each says what was done with it)
         left_out = flat[0] == "padding"
         done = ("It lies outside the image's own range: it is left out of the contrast, "
@@ -470,9 +473,9 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                         f"well above {NOISE_CORRELATION:g}). The model turns noise into "
                         "plausible-looking structures that are not in the sample; do not "
                         "trust the result")
-        for kind in ("padding", "padding kept", "clipped"):
+        for kind in (*PADDING_KINDS, "clipped"):
             out.pop(kind, None)  # nearly empty photon counts: many flat zeros, said above
-    elif flat is not None and flat[0] == "padding":
+    elif flat is not None and flat[0] in PADDING_KINDS:
         pass  # the padding's flat grey or black skews the transmitted-light statistics
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
