@@ -162,21 +162,26 @@ def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_m
     assert not (tmp_path / "o").exists()
 
 
-def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_model_file,
-                                                           tmp_path, capsys, cluster):
-    from distributed import Client
-
-    from napari_cvdm.model_cache import cache_info
-
-    # intact headers (a file that is no TIFF at all is refused before the work), damaged
-    # compressed pixels: it fails when its task reads it
-    bad = three_tiffs[0].parent / "broken.tif"
+def _damaged_tiff(folder):
+    """A TIFF with intact headers (a file that is no TIFF at all is refused before the work)
+    and damaged compressed pixels: it fails when its task reads it."""
+    bad = folder / "broken.tif"
     tifffile.imwrite(bad, np.arange(256, dtype=np.uint16).reshape(16, 16), compression="zlib")
     with tifffile.TiffFile(bad) as tif:
         start, length = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
     raw = bytearray(bad.read_bytes())
     raw[start:start + length] = b"\xff" * length
     bad.write_bytes(bytes(raw))
+    return bad
+
+
+def test_a_bad_file_fails_alone_and_the_others_are_written(three_tiffs, tiny_model_file,
+                                                           tmp_path, capsys, cluster):
+    from distributed import Client
+
+    from napari_cvdm.model_cache import cache_info
+
+    bad = _damaged_tiff(three_tiffs[0].parent)
     out = tmp_path / "out"
     with Client(cluster) as client:
         before = client.run(cache_info)
@@ -287,3 +292,28 @@ def test_two_resumes_on_one_folder_share_the_batch_on_a_cluster(three_tiffs, tin
     assert f"{three_tiffs[0]}: skipped, its outputs are complete" in printed.out
     assert "failed" not in printed.err
     assert sorted(p.name for p in out.iterdir()) == _names(three_tiffs)
+
+
+def test_local_workers_log_nothing_and_a_failure_still_reaches_the_user(three_tiffs,
+                                                                        tiny_model_file,
+                                                                        tmp_path, capfd):
+    """--workers: the workers' own log is silenced (slow workers at shutdown logged heartbeat
+    errors with two tracebacks after a run that had succeeded); a file that fails is still
+    said, by the command line, with its reason."""
+    import logging
+
+    from napari_cvdm.distributed import connect
+
+    def log_an_error():
+        logging.getLogger("distributed.worker").error("a worker's own error log")
+
+    with connect(workers=1) as client:
+        client.run(log_an_error)
+    assert "a worker's own error log" not in capfd.readouterr().err
+    bad = _damaged_tiff(three_tiffs[0].parent)
+    code = _cli([three_tiffs[0], bad], tmp_path / "out", tiny_model_file, "--workers", "1")
+    err = capfd.readouterr().err
+    assert code == 2, err
+    assert f"cvdm predict: error: {bad}: " in err and "1 of 2 inputs failed" in err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == _names(three_tiffs[:1])
