@@ -11,10 +11,14 @@ affine intensity fit, under two models of the optics:
   target is). The two images enter the least-squares fit as separate terms, so the share is
   measured, not assumed.
 
-Widths are on grids, in target pixels. The residual is the share of the widefield image's
-variance that the fit leaves. Writes JSON (default docs/benchmarks/optics_fit.json).
+``--psf airy`` makes the in-focus core an Airy pattern with the same central lobe (the
+package's ``airy`` PSF) instead of a Gaussian; the out-of-focus light stays Gaussian.
 
-Usage: python benchmarks/optics_fit.py [DATA] [--out FILE]
+Widths are on grids, in target pixels. The residual is the share of the widefield image's
+variance that the fit leaves. Writes JSON (default docs/benchmarks/optics_fit.json, or
+optics_fit_airy.json with ``--psf airy``).
+
+Usage: python benchmarks/optics_fit.py [DATA] [--psf {gaussian,airy}] [--out FILE]
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ CORE = np.arange(1.5, 6.01, 0.25)
 HAZE = (6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)
 
 
-def _blurred(hr: np.ndarray, sigma: float) -> np.ndarray:
+def _blurred(hr: np.ndarray, sigma: float, psf: str = "gaussian") -> np.ndarray:
     image = torch.from_numpy(hr.astype(np.float32))[None, None]
-    return F.avg_pool2d(blur(image, "gaussian", sigma), 2)[0, 0].double().numpy()
+    return F.avg_pool2d(blur(image, psf, sigma), 2)[0, 0].double().numpy()
 
 
 def _fit(lr: np.ndarray, terms: list[np.ndarray]) -> tuple[float, np.ndarray]:
@@ -47,12 +51,13 @@ def _fit(lr: np.ndarray, terms: list[np.ndarray]) -> tuple[float, np.ndarray]:
     return residual, coef
 
 
-def fit_pair(lr: np.ndarray, hr: np.ndarray) -> dict:
-    """Best single-Gaussian and core+haze fits of ``lr`` by ``hr`` (twice its sampling)."""
+def fit_pair(lr: np.ndarray, hr: np.ndarray, psf: str = "gaussian") -> dict:
+    """Best single-PSF and core+haze fits of ``lr`` by ``hr`` (twice its sampling); ``psf``
+    is the in-focus core's shape (the out-of-focus light is always Gaussian)."""
     lr = lr.astype(np.float64)
     hr = hr[:2 * lr.shape[0], :2 * lr.shape[1]].astype(np.float64)
     hr = (hr - hr.min()) / max(float(np.ptp(hr)), 1e-12)
-    cores = {float(s): _blurred(hr, float(s)) for s in CORE}
+    cores = {float(s): _blurred(hr, float(s), psf) for s in CORE}
     hazes = {h: _blurred(hr, h) for h in HAZE}
     single = min((_fit(lr, [img])[0], s) for s, img in cores.items())
     best = None
@@ -71,22 +76,25 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", nargs="?", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared/data/real-pairs")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "docs/benchmarks/optics_fit.json")
+    parser.add_argument("--psf", choices=("gaussian", "airy"), default="gaussian",
+                        help="the in-focus core's shape (default: gaussian)")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    name = "optics_fit.json" if args.psf == "gaussian" else f"optics_fit_{args.psf}.json"
+    out = args.out or Path(__file__).resolve().parents[1] / "docs/benchmarks" / name
     results = {}
     for folder in sorted(p for p in args.data.iterdir() if (p / "hr.tif").is_file()):
         hr = tifffile.imread(folder / "hr.tif")
         for lr_path in sorted(folder.glob("lr*.tif")):
-            fit = fit_pair(tifffile.imread(lr_path), hr)
+            fit = fit_pair(tifffile.imread(lr_path), hr, args.psf)
             results[f"{folder.name}/{lr_path.name}"] = fit
             one, two = fit["single"], fit["core+haze"]
             print(f"{folder.name}/{lr_path.name}: single sigma {one['sigma']:.2f} residual "
                   f"{one['residual']:.3f} | core {two['core_sigma']:.2f} + {two['haze_share']:.0%}"
                   f" out of focus (sigma {two['haze_sigma']:.0f}) residual {two['residual']:.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": "python benchmarks/optics_fit.py",
-                                    "pairs": results}, indent=2))
+    command = "python benchmarks/optics_fit.py" + (f" --psf {args.psf}" if args.psf != "gaussian" else "")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "pairs": results}, indent=2))
     return results
 
 
