@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from napari_cvdm.degradation import blur
+from optics_fit import _fit
 
 COARSE = np.arange(-1.5, 1.5001, 0.25)  # target pixels, each axis
 FINE_STEP = 0.0625
@@ -43,12 +44,10 @@ def fourier_shift(image: np.ndarray, dy: float, dx: float) -> np.ndarray:
 
 
 def _residual(lr: np.ndarray, core: np.ndarray, haze: np.ndarray) -> float:
-    """Share of the input's variance left by the least-squares fit a core + b haze + c."""
+    """Share of the input's variance (inside the margin) left by the least-squares fit
+    a core + b haze + c (``optics_fit``'s fit)."""
     inner = (slice(MARGIN, -MARGIN), slice(MARGIN, -MARGIN))
-    y = lr[inner].ravel()
-    design = np.stack([core[inner].ravel(), haze[inner].ravel(), np.ones(y.size)], 1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(((design @ coef - y) ** 2).mean() / y.var())
+    return _fit(lr[inner], [core[inner], haze[inner]])[0]
 
 
 def input_offset(lr: np.ndarray, target: np.ndarray, sigma: float, scale: int = 2) -> dict:
