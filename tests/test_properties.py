@@ -399,3 +399,11 @@ def test_the_unmutated_fuzz_seeds_are_read_with_their_pixel_size(tmp_path):
         assert image.data.shape == (2, 6, 5)
         if i < 2:
             assert image.pixel_size == pytest.approx((0.2, 0.2) if i == 0 else (0.1, 0.1))
+
+
+def test_a_range_whose_half_rounds_to_zero_is_constant_not_inf():
+    image = np.array([[5e-324, 0.0]])        # the example hypothesis found (session 27)
+    norm = Normalization.fit(image, padding=True)
+    assert norm.is_constant and norm.half_range == 1.0
+    normalised = norm.apply(image)
+    assert np.isfinite(normalised).all() and np.abs(normalised).max() <= 1

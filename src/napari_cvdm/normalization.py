@@ -49,7 +49,9 @@ class Normalization:
 
     @property
     def is_constant(self) -> bool:
-        return not self.high > self.low
+        # a range whose half rounds to zero (e.g. 0 and 5e-324) is constant too: dividing by
+        # it gave inf and NaN (found by the property tests, session 27)
+        return not (self.high - self.low) / 2 > 0
 
     @property
     def half_range(self) -> float:
