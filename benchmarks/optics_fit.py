@@ -39,9 +39,21 @@ CORE = np.arange(1.5, 6.01, 0.25)
 HAZE = (6.0, 8.0, 12.0, 16.0, 24.0, 32.0, 48.0)
 
 
+def blurred(hr: np.ndarray, sigma: float, psf: str = "gaussian") -> np.ndarray:
+    """``hr`` blurred by a PSF of ``sigma`` pixels (float64, same shape)."""
+    image = torch.from_numpy(np.ascontiguousarray(hr, dtype=np.float32))[None, None]
+    return blur(image, psf, sigma)[0, 0].double().numpy()
+
+
+def binned(image: np.ndarray, scale: int = 2) -> np.ndarray:
+    """Each ``scale`` x ``scale`` block averaged (the model's downsampling; a remainder
+    row or column is dropped)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float64))[None, None]
+    return F.avg_pool2d(tensor, scale)[0, 0].numpy()
+
+
 def _blurred(hr: np.ndarray, sigma: float, psf: str = "gaussian") -> np.ndarray:
-    image = torch.from_numpy(hr.astype(np.float32))[None, None]
-    return F.avg_pool2d(blur(image, psf, sigma), 2)[0, 0].double().numpy()
+    return binned(blurred(hr, sigma, psf))
 
 
 def _fit(lr: np.ndarray, terms: list[np.ndarray]) -> tuple[float, np.ndarray]:

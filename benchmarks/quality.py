@@ -91,6 +91,21 @@ def spearman_context(std: np.ndarray, error: np.ndarray) -> dict[str, float]:
             "spearman_oracle_local": spearman(local, error)}
 
 
+def scored(pred: np.ndarray, target: np.ndarray, std: np.ndarray | None = None) -> dict:
+    """One output's row: PSNR and SSIM after the least-squares affine fit to ``target``;
+    with a ``std``, Spearman(std, |fitted - target|) with its context and the 1- and
+    2-sigma coverage of the std scaled by the fit's gain."""
+    fitted = affine_fit(pred, target)
+    row = {"psnr": psnr(pred, target), "ssim": ssim(pred, target)}
+    if std is not None:
+        gain = np.polyfit(np.ravel(pred), np.ravel(target), 1)[0]
+        error = np.abs(fitted - target)
+        row["spearman"] = spearman(std, error)
+        row.update(spearman_context(std, error))
+        row.update(calibration.coverage(fitted, np.abs(gain) * std, target))
+    return row
+
+
 def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict[str, dict]:
     """Every method's PSNR/SSIM (and CVDM's uncertainty scores) on one input."""
     norm = Normalization.fit(lq)
@@ -100,15 +115,7 @@ def score(model, lq: np.ndarray, target: np.ndarray, sigma: float, args) -> dict
     out: dict[str, dict] = {}
 
     def add(name, pred, std=None):
-        fitted = affine_fit(pred, target)
-        row = {"psnr": psnr(pred, target), "ssim": ssim(pred, target)}
-        if std is not None:
-            gain = np.polyfit(np.ravel(pred), np.ravel(target), 1)[0]
-            error = np.abs(fitted - target)
-            row["spearman"] = spearman(std, error)
-            row.update(spearman_context(std, error))
-            row.update(calibration.coverage(fitted, np.abs(gain) * std, target))
-        out[name] = row
+        out[name] = scored(pred, target, std)
 
     add("bicubic", x[0, 0, :h, :w].numpy())
     add("Richardson-Lucy", richardson_lucy((x[0, 0, :h, :w].numpy() + 1) / 2,
@@ -164,14 +171,14 @@ def sources(args, rng, notes: dict | None = None):
         for lr_name in ("lr.tif", "lr_lowsnr.tif"):
             if (folder / lr_name).is_file():
                 lr = tifffile.imread(folder / lr_name).astype(np.float32)
-                name, scored = f"{folder.name}/{lr_name}", target
+                name, compared = f"{folder.name}/{lr_name}", target
                 if getattr(args, "register", False):
                     from registration import registered
 
-                    scored, offset = registered(lr, target, args.pair_sigma)
+                    compared, offset = registered(lr, target, args.pair_sigma)
                     if notes is not None:
                         notes[name] = {"_registration": offset}
-                yield "real pairs", name, lr, scored, args.pair_sigma
+                yield "real pairs", name, lr, compared, args.pair_sigma
 
 
 def main(argv=None) -> None:

@@ -20,10 +20,8 @@ best. :func:`registered` moves the target by that offset into the input's geomet
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from napari_cvdm.degradation import blur
-from optics_fit import _fit
+from optics_fit import _fit, binned, blurred
 
 COARSE = np.arange(-1.5, 1.5001, 0.25)  # target pixels, each axis
 FINE_STEP = 0.0625
@@ -56,29 +54,20 @@ def input_offset(lr: np.ndarray, target: np.ndarray, sigma: float, scale: int = 
     lr = np.asarray(lr, np.float64)
     target = np.asarray(target, np.float64)[:lr.shape[0] * scale, :lr.shape[1] * scale]
     # blurring and shifting commute: blur once, shift the blurred images
-    blurred = {name: _blurred(target, width) for name, width in
-               (("core", sigma), ("haze", HAZE_SIGMA))}
+    terms = {name: blurred(target, width) for name, width in
+             (("core", sigma), ("haze", HAZE_SIGMA))}
 
     def residual(dy: float, dx: float) -> float:
-        core, haze = (_pool(fourier_shift(blurred[k], dy, dx), scale) for k in ("core", "haze"))
+        core, haze = (binned(fourier_shift(terms[k], dy, dx), scale) for k in ("core", "haze"))
         return _residual(lr, core, haze)
 
-    best = min((residual(dy, dx), dy, dx) for dy in COARSE for dx in COARSE)
+    coarse = {(dy, dx): residual(dy, dx) for dy in COARSE for dx in COARSE}  # holds (0, 0)
+    best = min((r, dy, dx) for (dy, dx), r in coarse.items())
     fine = np.arange(-0.25, 0.2501, FINE_STEP)
     best = min((residual(best[1] + a, best[2] + b), best[1] + a, best[2] + b)
                for a in fine for b in fine)
     return {"dy": round(float(best[1]), 4), "dx": round(float(best[2]), 4),
-            "residual": best[0], "residual_unshifted": residual(0.0, 0.0)}
-
-
-def _blurred(image: np.ndarray, sigma: float) -> np.ndarray:
-    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
-    return blur(tensor, "gaussian", sigma)[0, 0].double().numpy()
-
-
-def _pool(image: np.ndarray, scale: int) -> np.ndarray:
-    h, w = image.shape[0] // scale * scale, image.shape[1] // scale * scale
-    return image[:h, :w].reshape(h // scale, scale, w // scale, scale).mean((1, 3))
+            "residual": best[0], "residual_unshifted": coarse[(0.0, 0.0)]}
 
 
 def registered(lr: np.ndarray, target: np.ndarray, sigma: float,

@@ -5,9 +5,9 @@ A PSF-conditioned model is told one width; the width the image gives is uncertai
 factor in ``--factors`` (each told the resolved width times the factor, ``--samples`` samples,
 seeds 0, 1, ...), pools the runs (mean of the means; variance = mean of the variances plus the
 variance of the means, the width's share), calibrates the pooled std with the model's map and
-scores it on the real pairs as ``benchmarks/quality.py`` does (PSNR, Spearman(std, |error|),
-1/2-sigma coverage after the least-squares fit). ``--factors 1,1,1`` is the same number of
-samples at one width (the baseline).
+scores it on the real pairs with ``benchmarks/quality.py``'s ``scored`` (PSNR, SSIM,
+Spearman(std, |error|), 1/2-sigma coverage after the least-squares fit). ``--factors 1,1,1``
+is the same number of samples at one width (the baseline).
 
 Usage: python benchmarks/told_spread.py --factors 0.85,1,1.18 [--model M] [PAIR_FOLDER ...]
 """
@@ -23,9 +23,9 @@ import tifffile
 
 import napari_cvdm as nc
 from napari_cvdm import calibration
-from napari_cvdm.metrics import affine_fit, psnr, spearman
 from napari_cvdm.normalization import Normalization
 from napari_cvdm.psf_width import resolve
+from quality import scored
 
 PAIRS = Path(__file__).resolve().parents[2] / "shared/data/real-pairs"
 
@@ -68,11 +68,7 @@ def main(argv=None) -> dict:
             mean, std, width = pooled(lr, model, factors, args.samples, args.steps)
             h, w = target.shape
             mean, std = mean[:h, :w], std[:h, :w]
-            fitted = affine_fit(mean, target)
-            gain = np.polyfit(mean.ravel(), target.ravel(), 1)[0]
-            row = {"told": width, "psnr": psnr(mean, target),
-                   "spearman": spearman(std, np.abs(fitted - target)),
-                   **calibration.coverage(fitted, abs(gain) * std, target)}
+            row = {"told": width, **scored(mean, target, std)}
             scores[f"{folder.name}/{lr_path.name}"] = row
             print(f"{folder.name}/{lr_path.name} (told {width:.2f} x {factors}): PSNR "
                   f"{row['psnr']:.2f}  Spearman {row['spearman']:.3f}  coverage "
