@@ -43,6 +43,17 @@ def nuclei_widefield() -> np.ndarray:
         return tifffile.imread(path)
 
 
+def structure(height, width, seed=0):
+    """A bright, sparse pattern (blurred random points) in camera-like units."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((height, width), np.float32)
+    image[rng.integers(0, height, 60), rng.integers(0, width, 60)] = 1.0
+    kernel = np.exp(-0.5 * (np.arange(-4, 5) / 1.5) ** 2)
+    for axis in (0, 1):
+        image = np.apply_along_axis(np.convolve, axis, image, kernel, mode="same")
+    return (100 + 2000 * image).astype(np.uint16)
+
+
 def randomized(model: CVDM, seed: int = 0, scale: float = 0.05) -> CVDM:
     """Perturb every weight so that zero-initialised output layers do something."""
     generator = torch.Generator().manual_seed(seed)

@@ -4,6 +4,7 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import structure
 
 import napari_cvdm._training_widget as widget_module
 from napari_cvdm.settings import DEFAULT_MODEL  # noqa: E402
@@ -15,17 +16,6 @@ from napari_cvdm.training_preview import PREVIEW_NAME
 TIMEOUT_MS = 90_000
 QUICK = {"steps": 8, "patch_size": 32, "batch_size": 2, "validation_every": 4,
          "checkpoint_every": 4, "precision": "fp32", "device": "cpu"}
-
-
-def structure(height, width, seed=0):
-    """A bright, sparse pattern (blurred random points) in camera-like units."""
-    rng = np.random.default_rng(seed)
-    image = np.zeros((height, width), np.float32)
-    image[rng.integers(0, height, 60), rng.integers(0, width, 60)] = 1.0
-    kernel = np.exp(-0.5 * (np.arange(-4, 5) / 1.5) ** 2)
-    for axis in (0, 1):
-        image = np.apply_along_axis(np.convolve, axis, image, kernel, mode="same")
-    return (100 + 2000 * image).astype(np.uint16)
 
 
 @pytest.fixture
