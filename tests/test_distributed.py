@@ -317,3 +317,51 @@ def test_local_workers_log_nothing_and_a_failure_still_reaches_the_user(three_ti
     assert f"cvdm predict: error: {bad}: " in err and "1 of 2 inputs failed" in err
     assert "Traceback" not in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == _names(three_tiffs[:1])
+
+
+def test_more_workers_than_files_start_one_per_file(three_tiffs, tiny_model_file, tmp_path,
+                                                    monkeypatch):
+    """A worker runs one file at a time: --workers 40 for three files starts three."""
+    import napari_cvdm.distributed as distributed_module
+
+    started = []
+    real_connect = distributed_module.connect
+
+    def recording_connect(workers=None, *args, **kwargs):
+        started.append(workers)
+        return real_connect(workers, *args, **kwargs)
+
+    monkeypatch.setattr(distributed_module, "connect", recording_connect)
+    assert _cli(three_tiffs, tmp_path / "out", tiny_model_file, "--workers", "40") == 0
+    assert started == [3]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == _names(three_tiffs)
+
+
+def test_workers_beyond_the_free_memory_are_refused_before_any_starts(three_tiffs,
+                                                                      tiny_model_file,
+                                                                      tmp_path, monkeypatch,
+                                                                      capsys):
+    """A mistyped count (--workers 1000) would start a process per worker and exhaust the
+    machine: refused at once, saying how many fit; nothing is written."""
+    import psutil
+
+    from napari_cvdm.distributed import WORKER_BYTES, connect
+
+    free = 5 * WORKER_BYTES + WORKER_BYTES // 2
+
+    class Memory:
+        available = free
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Memory())
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match="use at most 5 "):
+        with connect(workers=6):
+            pass
+    assert time.perf_counter() - started < 5
+    inputs = [*three_tiffs] + [three_tiffs[0].with_name(f"{n}.tif") for n in "defg"]
+    for path in inputs[3:]:
+        path.write_bytes(three_tiffs[0].read_bytes())
+    code = _cli(inputs, tmp_path / "out", tiny_model_file, "--workers", "1000")
+    err = capsys.readouterr().err
+    assert code == 2 and "7 local workers need about" in err and "use at most 5" in err, err
+    assert "Traceback" not in err and not (tmp_path / "out").exists()

@@ -453,7 +453,9 @@ def _run_on_cluster(args, tasks, settings, summary, steps) -> int:
             tqdm.write(f"cvdm predict: warning: {message}", file=sys.stderr)
         tqdm.write(_one_line(describe(done)), file=sys.stdout)  # above the finished files' bar
 
-    with connect(args.workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
+    # a worker runs one file at a time: more workers than files would only start idle ones
+    workers = None if args.workers is None else min(args.workers, len(tasks))
+    with connect(workers, threads or 1, args.scheduler, args.scheduler_timeout) as client:
         outcomes = run_batch(client, tasks, spec, progress=not args.quiet, on_outcome=report)
     failed = []
     for outcome in outcomes:
