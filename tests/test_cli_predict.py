@@ -656,3 +656,25 @@ def test_every_unreadable_file_of_a_batch_is_named_at_once(tmp_path, tiny_model_
     assert "2 of the 3 inputs cannot be predicted (nothing was done)" in err
     assert str(bad[0]) in err and str(bad[1]) in err
     assert not (tmp_path / "o").exists()
+
+
+def test_a_file_name_stdout_cannot_encode_is_escaped_and_the_batch_goes_on(
+        two_tiffs, tiny_model_file, tmp_path, monkeypatch):
+    """Found by a review: under a Latin-1 (or Windows code page) standard output, an emoji in
+    a file name raised UnicodeEncodeError while the finished file's line was printed, a
+    ValueError, so the batch stopped as bad input (exit 2) after that file."""
+    import io
+
+    emoji = two_tiffs[0].with_name("é ü \U0001f600.tif")
+    two_tiffs[0].rename(emoji)
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="latin-1", write_through=True)
+    monkeypatch.setattr("sys.stdout", stdout)
+    code = _cli([emoji, two_tiffs[1]], tmp_path / "out", tiny_model_file, "--quiet")
+    printed = raw.getvalue().decode("latin-1")
+    assert code == 0, printed
+    assert "é ü \\U0001f600.tif -> " in printed and f"{two_tiffs[1]} -> " in printed
+    assert stdout.errors == "strict"  # the caller's stream is given back as it was
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        f"{stem}_cvdm_{kind}.tif" for stem in ("é ü \U0001f600", "second")
+        for kind in ("mean", "std", "var"))

@@ -132,6 +132,26 @@ def _cancelled(command: str, exc: BaseException | None = None) -> int:
     return EXIT_CANCELLED
 
 
+@contextlib.contextmanager
+def _unencodable_escaped():
+    """Text that standard output's encoding cannot show (an emoji or CJK file name under a
+    Windows code page or a C locale, output redirected) is written escaped (``\\U0001f600``),
+    as stderr does, instead of raising UnicodeEncodeError: that is a ValueError, and it
+    stopped a batch as bad input after the file's outputs were written."""
+    stream = sys.stdout
+    before = getattr(stream, "errors", None)
+    try:
+        stream.reconfigure(errors="backslashreplace")
+    except (AttributeError, ValueError, OSError):  # not a text wrapper, or closed
+        before = None
+    try:
+        yield
+    finally:
+        if before is not None:
+            with contextlib.suppress(AttributeError, ValueError, OSError):
+                stream.reconfigure(errors=before)
+
+
 def _stdout_closed() -> bool:
     """Whether standard output's reader has gone (``cvdm info MODEL | head -1``); if so,
     stdout is pointed at the null device so that Python's exit does not complain again."""
@@ -164,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return _cancelled("")
     command = args.command
-    with _termination_as_cancel() as received, _warnings_on_one_line(command):
+    with _termination_as_cancel() as received, _warnings_on_one_line(command), \
+            _unencodable_escaped():
         code = _run(command, args)
     return 128 + received[0] if received and code == EXIT_CANCELLED else code
 
