@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -678,3 +679,31 @@ def test_a_file_name_stdout_cannot_encode_is_escaped_and_the_batch_goes_on(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
         f"{stem}_cvdm_{kind}.tif" for stem in ("é ü \U0001f600", "second")
         for kind in ("mean", "std", "var"))
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this system")
+def test_resume_redoes_an_output_that_is_a_named_pipe_instead_of_waiting_on_it(
+        two_tiffs, tiny_model_file, tmp_path, capsys):
+    """Found by a review: --resume opened a FIFO named like an output to read its header
+    and waited for ever for a writer."""
+    import threading
+
+    out = tmp_path / "out"
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet") == 0
+    fifo = out / "first_cvdm_var.tif"
+    fifo.unlink()
+    os.mkfifo(fifo)
+    capsys.readouterr()
+    codes = []
+    run = threading.Thread(target=lambda: codes.append(
+        _cli(two_tiffs[:1], out, tiny_model_file, "--resume", "--quiet")), daemon=True)
+    run.start()
+    run.join(60)
+    if run.is_alive():  # let the waiting open return, so the thread can end
+        with open(fifo, "wb"):
+            pass
+        run.join(10)
+        pytest.fail("--resume waited on the named pipe")
+    assert codes == [0]
+    assert "skipped" not in capsys.readouterr().out
+    assert fifo.is_file() and read_tiff(fifo).data.shape == (48, 40)

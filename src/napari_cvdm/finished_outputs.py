@@ -42,6 +42,10 @@ def output_state(outputs, input_path: Path | None = None,
                                      else "the folder is not a napari-cvdm result")
                 shapes = [_zarr_shape(outputs[0] / name) for name in ("mean", "std")]
             else:
+                # a FIFO or device named like an output: opening it blocked for ever
+                odd = [p.name for p in outputs if not p.is_file()]
+                if odd:
+                    return PARTIAL, f"{', '.join(odd)} is not a regular file"
                 shapes = [_tiff_shape(p) for p in outputs]
     except Exception as exc:  # damaged files raise many types
         return PARTIAL, f"an output does not open ({type(exc).__name__}: {exc})"
