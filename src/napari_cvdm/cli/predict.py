@@ -214,7 +214,9 @@ def _plan(args, seed: int | None, clustered: bool = False):
         stem = image_stem(path)
         if stem in seen and seen[stem] != path.resolve():
             raise ValueError(f"{seen[stem]} and {path} would both be written as "
-                             f"{stem}_cvdm_*.tif; rename one or run them separately")
+                             f"{stem}_cvdm (one output name per input in a batch: "
+                             f"{output_name(stem, 'mean')}, ... or {output_name(stem)}); "
+                             "rename one or run them separately")
         seen[stem] = path.resolve()
         if is_zarr(path):
             outputs = (args.output / output_name(stem),)
