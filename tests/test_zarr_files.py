@@ -118,6 +118,24 @@ def test_an_existing_result_is_refused_unless_overwrite_and_a_failure_leaves_not
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.ome.zarr"]
 
 
+@pytest.mark.parametrize("scale", [0, -1, True, 1.5, "2"])
+def test_a_scale_that_is_no_enlargement_is_refused_and_nothing_is_written(tmp_path, scale):
+    """Found by a review: scale 0 divided by zero, -1 wrote a result with no placement,
+    True was taken as 1."""
+    with pytest.raises(ValueError, match="whole number of at least 1"):
+        write_ome_zarr(tmp_path / "o.ome.zarr", np.ones((4, 4)), np.ones((4, 4)), scale=scale)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_complex_result_is_refused_not_cut_to_its_real_part(tmp_path):
+    mean = np.ones((4, 4), np.complex64) * (1 + 2j)
+    with pytest.raises(ValueError, match="the mean must be real numbers, not complex64"):
+        write_ome_zarr(tmp_path / "o.ome.zarr", mean, np.ones((4, 4)))
+    with pytest.raises(ValueError, match="the std must be real numbers"):
+        write_ome_zarr(tmp_path / "o.ome.zarr", np.ones((4, 4)), da.from_array(mean))
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_full_disk_while_writing_names_the_output_and_leaves_nothing(tmp_path):
     class Full:
         shape = (2, 4, 4)

@@ -389,6 +389,9 @@ class ZarrResultWriter:
                  chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
                  channels=(), placement: dict[str, tuple[float, float]] | None = None,
                  grid: tuple[list[float], list[float]] | None = None, levels: bool = True):
+        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+            raise ValueError(f"scale is the model's enlargement, a whole number of at least 1, "
+                             f"not {scale!r}")
         self.path = Path(path)
         self.levels = levels
         self.shape = tuple(int(n) for n in shape)
@@ -585,6 +588,10 @@ def write_ome_zarr(path, mean, std, metadata: dict[str, Any] | None = None, scal
     metadata = metadata or {}
     if tuple(mean.shape) != tuple(std.shape):
         raise ValueError(f"mean {mean.shape} and std {std.shape} differ in shape")
+    for name, array in (("mean", mean), ("std", std)):
+        kind = np.dtype(getattr(array, "dtype", np.float32)).kind
+        if kind not in "biuf":  # complex would lose its imaginary part in float32
+            raise ValueError(f"the {name} must be real numbers, not {np.dtype(array.dtype)}")
     with ZarrResultWriter(path, mean.shape, metadata.get("axes", ""),
                           metadata.get("physical"), scale, provenance, overwrite,
                           channels=metadata.get("channels", ()),
