@@ -147,7 +147,8 @@ class PredictSettings:
     tile_size: int | None = option(None, "output pixels per tile side; lower it if memory "
                                    "runs out", min=8, max=MAX_TILE_SIZE, step=8,
                                    auto="from the device's free memory", advanced=True)
-    overlap: int | None = option(None, "output pixels shared by neighbouring tiles",
+    overlap: int | None = option(None, "output pixels shared by neighbouring tiles (at "
+                                 "most half a tile: more is reduced to that)",
                                  min=0, max=MAX_TILE_SIZE, auto="an eighth of the tile",
                                  advanced=True)
     batch_size: int | None = option(None, "samples per network call", min=1,

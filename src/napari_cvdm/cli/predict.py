@@ -24,8 +24,9 @@ Each input gives INPUT_cvdm_mean.tif, INPUT_cvdm_std.tif (the calibrated standar
 the expected error of the mean) and INPUT_cvdm_var.tif (the samples' raw variance): OME-TIFF,
 float32, in the input's units, pixel size divided by the model's scale, written together or
 not at all. Existing outputs are refused unless --overwrite is given; --resume skips inputs
-whose outputs are complete and redoes incomplete ones. The seed used is printed and stored
-in the files, so any run can be repeated.
+whose outputs are complete and redoes incomplete ones. The seed and precision used are
+printed and stored in the files: a run repeats with both given (--seed, --precision) on the
+same device (--precision auto is chosen by a speed test on each run).
 
 With --workers or --scheduler each file is a task on a dask cluster (pip install
 'napari-cvdm[cluster]'); every worker loads the model once and predicts one file at a time.
