@@ -469,3 +469,28 @@ def test_a_lightning_checkpoint_converts_and_text_files_say_what_they_are(tmp_pa
         with pytest.raises(ValueError, match="is a text file") as caught:
             load_model(path)
         assert "cut short" not in str(caught.value)
+
+
+@pytest.mark.parametrize("start,kind", [(b"II*\x00\x08\x00\x00\x00", "TIFF"),
+                                        (b"\x89PNG\r\n\x1a\n", "PNG"),
+                                        (b"\x93NUMPY\x01\x00", "NumPy .npy")])
+def test_an_image_given_as_the_model_says_it_is_an_image(tmp_path, start, kind, capsys):
+    """Found by a review: `cvdm info cell.tif` (or --model cell.tif) said the file "looks
+    cut short (an interrupted download or copy?)"."""
+    from napari_cvdm.cli import main
+
+    path = tmp_path / "cell.tif"
+    path.write_bytes(start + bytes(range(256)) * 8)
+    with pytest.raises(ValueError, match=f"is an image \\({kind}\\), not a napari-cvdm model"):
+        load_model(path)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "cvdm predict IMAGE" in err and "cut short" not in err
+
+
+def test_other_binary_data_is_not_said_to_be_cut_short(tmp_path):
+    path = tmp_path / "noise.cvdm.safetensors"
+    path.write_bytes(bytes([0x5A, 0xF3, 0x11, 0x9C, 0x42, 0x07, 0xE8, 0x31]) * 64)
+    with pytest.raises(ValueError, match="not a napari-cvdm model file") as caught:
+        load_model(path)
+    assert "cut short" not in str(caught.value)

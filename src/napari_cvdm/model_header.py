@@ -82,6 +82,12 @@ def parse_json(text: str, what: str) -> Any:
         raise ValueError(f"{what} is damaged (not valid JSON)") from None
 
 
+# The first bytes of the image files most often given where a model is asked for
+IMAGE_MAGIC = ((b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "BigTIFF"),
+               (b"MM\x00+", "BigTIFF"), (b"\x89PNG", "PNG"), (b"\xff\xd8\xff", "JPEG"),
+               (b"\x93NUMPY", "NumPy .npy"))
+
+
 def leading_bytes(path: Path) -> bytes:
     """The first bytes of a file, enough to tell safetensors, pickle and text apart."""
     try:
@@ -174,13 +180,20 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
                          "place of the file?), not a napari-cvdm model file; download the "
                          "model file itself")
     _refuse_pickle(path, magic)
+    image = next((kind for start, kind in IMAGE_MAGIC if magic.startswith(start)), None)
+    if image:
+        raise ValueError(f"{path} is an image ({image}), not a napari-cvdm model file: give "
+                         "it as an input (cvdm predict IMAGE -o OUTDIR) and a model with "
+                         "--model (a bundled model's name or a *.cvdm.safetensors file)")
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("napari_cvdm")
     except Exception as exc:  # safetensors raises its own error types for bad headers
         said = int.from_bytes(magic[:8], "little") if len(magic) >= 8 else None
+        # a length beyond safetensors' own limit on headers (100 MB) says the file is
+        # something else, not that it was cut
         incomplete = ("not fully covered" in str(exc) or said is None
-                      or 8 + said > path.stat().st_size)
+                      or path.stat().st_size < 8 + said <= 8 + 100_000_000)
         raise ValueError(f"{path} is not a napari-cvdm model file (it could not be read as "
                          f"safetensors: {exc})" + ("; the file looks cut short (an interrupted "
                                                    "download or copy?)" if incomplete else "")
