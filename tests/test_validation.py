@@ -250,6 +250,12 @@ def test_cpu_torch_tensors_are_accepted(tiny_model):
     np.testing.assert_array_equal(result.mean, nc.predict(data, tiny_model, **FAST).mean)
 
 
+def test_a_tensor_on_the_meta_device_is_a_clear_error(tiny_model):
+    """Found by a review: a shape without data raised torch's NotImplementedError."""
+    with pytest.raises(ValueError, match="'meta' device, which holds a shape but no pixels"):
+        nc.predict(torch.empty((16, 16), device="meta"), tiny_model, **FAST)
+
+
 def test_torch_tensors_that_require_grad_are_predicted_and_left_untouched(tiny_model):
     """Found by an audit: a tensor with requires_grad raised torch's "Can't call numpy() on
     Tensor that requires grad" (from the PSF-width estimate, or the first plane)."""

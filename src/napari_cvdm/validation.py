@@ -69,6 +69,9 @@ def _from_torch(tensor):
     detached from autograd, copied off the GPU. A pixel type NumPy lacks (bfloat16) stays
     a CPU tensor, which :func:`check_image` refuses with its message."""
     tensor = tensor.detach()
+    if tensor.is_meta:
+        raise ValueError("the image is a torch tensor on the 'meta' device, which holds a "
+                         "shape but no pixels; give a tensor with its data")
     if tensor.layout != sys.modules["torch"].strided:
         tensor = tensor.to_dense()  # sparse tensors
     tensor = tensor.cpu().resolve_conj().resolve_neg()
