@@ -200,6 +200,26 @@ def test_folders_and_patterns_as_inputs_and_the_seed_printed(tmp_path, nuclei_wi
     assert not (tmp_path / "o5").exists()
 
 
+def test_links_to_missing_files_in_a_folder_or_pattern_are_said_not_silently_left_out(
+        tmp_path, nuclei_widefield, tiny_model_file, capsys):
+    """Found by a review: a folder's link to a moved or unmounted image was left out
+    without a word."""
+    data = tmp_path / "data"
+    data.mkdir()
+    tifffile.imwrite(data / "a.tif", nuclei_widefield[:16, :16])
+    (data / "moved.tif").symlink_to(tmp_path / "elsewhere" / "moved.tif")
+    (data / ".hidden.tif").symlink_to(tmp_path / "elsewhere" / "hidden.tif")
+    common = ["--model", str(tiny_model_file), "--samples", "1", "--steps", "1", "--quiet"]
+    for given in (data, data / "*.tif"):
+        out = tmp_path / f"o{len(list(tmp_path.iterdir()))}"
+        assert main(["predict", str(given), "-o", str(out), *common]) == 0
+        err = capsys.readouterr().err
+        assert "warning: left out 1 link(s) to missing files: moved.tif" in err, err
+        assert "hidden" not in err
+        assert sorted(p.name for p in out.iterdir()) == [
+            "a_cvdm_mean.tif", "a_cvdm_std.tif", "a_cvdm_var.tif"]
+
+
 def test_version_is_printed(capsys):
     from napari_cvdm import __version__
 

@@ -96,13 +96,16 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
         if path.is_dir() and is_zarr(path):
             files = [path]  # an OME-Zarr image (its reader says what is wrong if it is not)
         elif path.is_dir():
-            files = sorted(p for p in path.iterdir() if _is_image(p) and not _skipped(p))
+            entries = list(path.iterdir())
+            _warn_about_broken_links(entries)
+            files = sorted(p for p in entries if _is_image(p) and not _skipped(p))
             if not files:
                 raise ValueError(f"the folder {path} has no .tif, .tiff, .lsm or OME-Zarr "
                                  "images (other than hidden files and napari-cvdm outputs)")
         elif not path.exists() and glob.has_magic(text):
-            files = sorted(p for p in map(Path, glob.glob(text))
-                           if _is_image(p) and not _skipped(p))
+            entries = [Path(p) for p in glob.glob(text)]
+            _warn_about_broken_links(entries)
+            files = sorted(p for p in entries if _is_image(p) and not _skipped(p))
             if not files:
                 raise ValueError(f"no .tif, .tiff, .lsm or OME-Zarr images match {text} "
                                  "(other than hidden files and napari-cvdm outputs)")
@@ -118,6 +121,17 @@ def expand_inputs(inputs: list[str]) -> list[Path]:
                 resolved.add(real)
                 found.append(file)
     return found
+
+
+def _warn_about_broken_links(entries: list[Path]) -> None:
+    """Say which image names in a folder or pattern are links to nothing (a moved or
+    unmounted original): they are left out, and were left out without a word."""
+    broken = sorted(p.name for p in entries
+                    if is_tiff(p) and p.is_symlink() and not p.exists() and not _skipped(p))
+    if broken:
+        warnings.warn(f"left out {len(broken)} link(s) to missing files: "
+                      f"{', '.join(broken[:5])}{', ...' if len(broken) > 5 else ''}",
+                      stacklevel=2)
 
 
 def _is_image(path: Path) -> bool:
