@@ -156,6 +156,10 @@ def test_cluster_options_that_do_not_go_together_are_refused(three_tiffs, tiny_m
                     "tcp://127.0.0.1:1", "--scheduler-timeout", timeout) == 2
         assert "--scheduler-timeout must be more than 0 and at most 3600" in \
             capsys.readouterr().err
+    for extra in ((), ("--workers", "2")):  # a review: accepted, even nan, and not used
+        assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, *extra,
+                    "--scheduler-timeout", "nan") == 2
+        assert "--scheduler-timeout needs --scheduler" in capsys.readouterr().err
     monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # not installed
     assert _cli(three_tiffs, tmp_path / "o", tiny_model_file, "--workers", "2") == 2
     assert "pip install 'napari-cvdm[cluster]'" in capsys.readouterr().err

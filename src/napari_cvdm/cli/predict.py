@@ -76,7 +76,7 @@ def add_parser(sub) -> None:
     cluster.add_argument("--threads-per-worker", type=int, metavar="T",
                          help="torch threads of each worker (default: 1 with --workers, the "
                               "worker's own thread count with --scheduler)")
-    cluster.add_argument("--scheduler-timeout", type=float, default=15.0, metavar="S",
+    cluster.add_argument("--scheduler-timeout", type=float, metavar="S",
                          help="seconds to wait for --scheduler to answer (default: 15)")
 
 
@@ -169,6 +169,9 @@ def _check_cluster_args(args) -> bool:
     if args.resume and args.overwrite:
         raise ValueError("--resume keeps complete outputs and --overwrite replaces them; "
                          "give one of them")
+    if args.scheduler_timeout is not None and args.scheduler is None:
+        raise ValueError("--scheduler-timeout needs --scheduler (a local cluster's workers "
+                         "start in this process)")
     clustered = args.workers is not None or args.scheduler is not None
     if not clustered:
         if args.threads_per_worker is not None:
@@ -179,8 +182,10 @@ def _check_cluster_args(args) -> bool:
     if args.threads_per_worker is not None and args.threads_per_worker < 1:
         raise ValueError(f"--threads-per-worker must be at least 1, not "
                          f"{args.threads_per_worker}")
-    from ..distributed import MAX_SCHEDULER_TIMEOUT
+    from ..distributed import DEFAULT_TIMEOUT, MAX_SCHEDULER_TIMEOUT
 
+    if args.scheduler_timeout is None:
+        args.scheduler_timeout = DEFAULT_TIMEOUT  # not given: only a --scheduler reads it
     if not 0 < args.scheduler_timeout <= MAX_SCHEDULER_TIMEOUT:
         raise ValueError(f"--scheduler-timeout must be more than 0 and at most "
                          f"{MAX_SCHEDULER_TIMEOUT:g} seconds, not {args.scheduler_timeout}")
