@@ -210,6 +210,40 @@ def test_preview_and_simulated_layers_overlay_a_rotated_sheared_affine_image(vie
                                    hq_world(2 * i + 0.5, 2 * j + 0.5), atol=1e-9)
 
 
+@pytest.mark.parametrize("planes", [None, 2])
+def test_preview_and_simulated_layers_keep_the_layers_units(viewer, planes):
+    """Found by a review: both were placed without units, and napari then dropped every
+    layer's units ("Inconsistent units across layers")."""
+    from napari_cvdm.degradation import Degradation
+    from napari_cvdm.training_preview import simulated_layer_data, update_image
+
+    data = structure(64, 80) if planes is None else np.stack([structure(64, 80)] * planes)
+    units = ("s",) * (data.ndim - 2) + ("µm", "nm")
+    hq = viewer.add_image(data, name="hq", scale=(1.0,) * (data.ndim - 2) + (0.05, 40.0),
+                          units=units)
+    bare = viewer.add_image(data, name="bare")  # no units: the preview first shows it
+    preview = update_image(viewer, np.zeros((16, 16)), preview_layer_kwargs(bare, (0, 0, 8, 8)))
+    assert tuple(str(u) for u in preview.units) == ("pixel", "pixel")
+    viewer.layers.remove(bare)
+    lq, kwargs, _ = simulated_layer_data(hq, Degradation(scale=2))
+    simulated = viewer.add_image(lq, **kwargs)
+    again = update_image(viewer, np.zeros((16, 16)), preview_layer_kwargs(hq, (8, 12, 16, 16)))
+    assert again is preview  # updated in place, units too
+    for layer in (simulated, preview):
+        assert tuple(str(u) for u in layer.units) == ("micrometer", "nanometer"), layer.name
+
+
+def test_integer_layers_far_from_zero_train_on_their_differences(viewer, tmp_path):
+    """Found by a review: an int64 layer at 2**60 plus a structure passed the checks, then
+    training called it constant (float32 keeps none of its differences) as 'image 0'."""
+    data = structure(96, 96, seed=3).astype(np.int64) + 2**60
+    layer = viewer.add_image(data, name="offset")
+    model = train_on_layers(viewer, hq=["offset"], preset="tiny",
+                            output=tmp_path / "offset.cvdm.safetensors", **QUICK)
+    assert isinstance(model, CVDM)
+    np.testing.assert_array_equal(layer.data, data)
+
+
 def test_the_simulation_preview_reads_only_the_first_plane(viewer):
     import dask.array as da
 

@@ -63,11 +63,15 @@ def read_planes(path: Path, sizes: dict | None = None) -> list[np.ndarray]:
     if image.ndim >= 3 and image.shape[-1] in (3, 4):
         raise ValueError(f"{path} looks like an RGB image (shape {image.shape}); "
                          "save the channel to train on as a single-channel TIFF")
-    planes = image.reshape(-1, *image.shape[-2:])
+    return float32_planes(image.reshape(-1, *image.shape[-2:]))
+
+
+def float32_planes(planes: np.ndarray) -> list[np.ndarray]:
+    """(N, Y, X) planes as float32 to train on. 32- and 64-bit integers far from 0 (an
+    offset of 4.6e18) lose their differences in float32: each such plane is taken relative
+    to its minimum (training normalises each image by percentiles, so an offset changes
+    nothing else)."""
     if planes.dtype.kind in "iu" and planes.dtype.itemsize > 2:
-        # 32- and 64-bit values far from 0 (an offset of 4.6e18) lose their differences in
-        # float32: each plane is taken relative to its minimum (training normalises each
-        # image by percentiles, so an offset changes nothing else)
         return [_from_minimum(p) for p in planes]
     return list(planes.astype(np.float32))
 
@@ -169,7 +173,7 @@ def _array_planes(image, name: str) -> list[np.ndarray]:
     if array.ndim >= 3 and array.shape[-1] in (3, 4) and array.shape[-2] > 4:
         raise ValueError(f"{name} looks like an RGB image (shape {array.shape}); give the "
                          "channel to train on as a single-channel image")
-    return list(array.reshape(-1, *array.shape[-2:]).astype(np.float32))
+    return float32_planes(array.reshape(-1, *array.shape[-2:]))
 
 
 def usable_planes(planes: list[np.ndarray], name: str) -> list[tuple[int, np.ndarray]]:

@@ -75,8 +75,11 @@ def plane_overlay(layer, scale_factor: float = 1.0, offset=(0, 0)) -> dict[str, 
 
     placed = output_transform(layer, scale_factor, offset)
     keys = ("scale", "translate", "rotate", "shear", "affine")
+    # the layer's Y, X units and labels: a layer without them made napari drop every
+    # layer's units ("Inconsistent units across layers")
+    named = {"units": placed["units"][-2:], "axis_labels": placed["axis_labels"][-2:]}
     if layer.ndim == 2:
-        return {k: placed[k] for k in keys}
+        return {**{k: placed[k] for k in keys}, **named}
     n = layer.ndim  # the placed image's whole data-to-world map, restricted to Y, X
     whole = np.asarray(placed["affine"], dtype=float) @ Affine(
         scale=placed["scale"], translate=placed["translate"], rotate=placed["rotate"],
@@ -85,7 +88,7 @@ def plane_overlay(layer, scale_factor: float = 1.0, offset=(0, 0)) -> dict[str, 
     plane = whole[np.ix_(yx, yx)]
     plane[2] = (0.0, 0.0, 1.0)
     return {"scale": np.ones(2), "translate": np.zeros(2), "rotate": np.eye(2),
-            "shear": np.zeros(1), "affine": plane}
+            "shear": np.zeros(1), "affine": plane, **named}
 
 
 def preview_layer_kwargs(hq_layer, region) -> dict[str, Any]:
@@ -121,7 +124,8 @@ def update_image(viewer, data: np.ndarray, kwargs: dict[str, Any]):
     if layer is None:
         return viewer.add_image(data, **kwargs)
     layer.data = data
-    for key in ("scale", "translate", "rotate", "shear", "affine", "metadata"):
+    for key in ("scale", "translate", "rotate", "shear", "affine", "units", "axis_labels",
+                "metadata"):
         if key in kwargs:
             setattr(layer, key, kwargs[key])
     layer.reset_contrast_limits()
