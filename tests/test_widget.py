@@ -733,3 +733,47 @@ def test_a_script_taking_over_a_lazy_runs_layers_never_removes_the_store_being_w
     assert "written to" not in widget._status.value
     assert not widget_store.exists()  # its temporary store, shown nowhere: removed
     assert script_store.exists()
+
+
+def test_a_lazy_run_whose_layers_are_deleted_or_moved_says_so_and_orders_them(
+        qtbot, viewer_and_widget, model_file, notifications, monkeypatch):
+    """Found by a review: deleting a lazy run's layers while it wrote said "the layers show
+    a later run's result" (there was none); an uncertainty layer moved above its mean
+    during the run stayed there, hiding the reconstruction (a NumPy run reorders them)."""
+    import threading
+
+    import dask.array as da
+
+    viewer, widget = viewer_and_widget
+    release = threading.Event()
+    real_job = widget_module._compute_and_check
+
+    def held(out, checks):  # still writing while the user acts
+        assert release.wait(TIMEOUT_MS / 1000)
+        return real_job(out, checks)
+
+    monkeypatch.setattr(widget_module, "_compute_and_check", held)
+    viewer.add_image(da.from_array(image(48, 40, seed=3)), name="big")
+    configure(widget, model_file)
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget._lazy is not None, timeout=TIMEOUT_MS)
+    store = widget._lazy.path
+    viewer.layers.remove("big CVDM mean")
+    viewer.layers.remove("big CVDM std")
+    release.set()
+    wait_until_idle(qtbot, widget)
+    assert "its layers were deleted" in widget._status.value, widget._status.value
+    assert "later run" not in widget._status.value and not store.exists()
+    assert [layer.name for layer in viewer.layers] == ["big"]
+
+    release.clear()
+    assert widget.start() is not None
+    qtbot.waitUntil(lambda: widget._lazy is not None, timeout=TIMEOUT_MS)
+    viewer.add_image(np.zeros((8, 8)), name="other")
+    names = [layer.name for layer in viewer.layers]
+    viewer.layers.move(names.index("big CVDM std"), len(names))  # the uncertainty on top
+    release.set()
+    wait_until_idle(qtbot, widget)
+    names = [layer.name for layer in viewer.layers]
+    assert names.index("big CVDM std") == names.index("big CVDM mean") - 1, names
+    assert "written to" in widget._status.value and notifications["error"] == []

@@ -476,11 +476,12 @@ class ReconstructionWidget(Container):
             self._status.value = "failed: could not show the result"
             return
         elapsed = time.perf_counter() - self._started
-        if out.superseded:  # a later run (a script's) took its layers over meanwhile
+        if out.superseded:  # its layers deleted, or a later run's (a script's) meanwhile
             kept = "its temporary store was removed" if out.discarded else \
                 f"it stays in {out.path}"
-            self._status.value = (f"done in {elapsed:.1f} s, but the layers show a later "
-                                  f"run's result; {kept}")
+            where = "its layers were deleted" if out.removed else \
+                "the layers show a later run's result"
+            self._status.value = f"done in {elapsed:.1f} s, but {where}; {kept}"
             show_info(f"CVDM: {self._status.value}")
             return
         _notify(messages)

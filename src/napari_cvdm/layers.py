@@ -579,6 +579,7 @@ class LazyOutput:
         self.temporary, self.interval = temporary, interval
         self.replaced = replaced  # the earlier results these layers showed
         self.superseded = False  # finished after another run took its layers over
+        self.removed = False     # ... because they were deleted
         self.discarded = False   # ... and its temporary store was removed then
         self._refreshed = self._started = time.monotonic()
         # the run's time: the graph's set-up (the result's own time) and, once computed,
@@ -625,9 +626,13 @@ class LazyOutput:
                                          max(hi, float(sample.max())))
             out.contrast_limits = (lo, hi)
             out.metadata["cvdm"]["seconds"] = round(self.seconds, 3)
+        if all(self._shows_this_run(out) for out in self.layers):
+            _put_below(self.viewer, spread_layer, mean_layer)  # moved by the user meanwhile
         self.refresh(force=True)
-        # taken over by another run before it finished (a script's, while the widget's ran)
+        # taken over by another run before it finished (a script's, while the widget's
+        # ran), or its layers deleted by the user
         self.superseded = not any(self._shows_this_run(out) for out in self.layers)
+        self.removed = not any(out in self.viewer.layers for out in self.layers)
         if self.superseded and self.temporary and \
                 not _read_by_a_layer(self.viewer, self.path.parent):
             self.discard_store()  # shown nowhere, kept nowhere
