@@ -195,6 +195,23 @@ def test_a_rerun_keeps_the_earlier_store_while_a_layer_still_shows_it(viewer, im
     assert not second.exists() and first.is_dir()  # only the std layer still shows `first`
 
 
+def test_an_in_memory_rerun_removes_the_lazy_results_temporary_store(viewer, image,
+                                                                      tiny_model):
+    """Found by a review: a NumPy re-run that replaced a lazy result in its layers left the
+    earlier temporary store on disk, shown by nothing (a lazy re-run removed it)."""
+    from pathlib import Path
+
+    layer = viewer.add_image(da.from_array(image), name="big")
+    mean_layer, std_layer = run_on_layer(viewer, layer, tiny_model, **FAST)
+    store = Path(mean_layer.metadata["cvdm"]["store"])
+    assert store.is_dir()
+    layer.data = np.asarray(image).copy()  # now in memory
+    again, std_again = run_on_layer(viewer, layer, tiny_model, **FAST)
+    assert again is mean_layer and std_again is std_layer
+    assert isinstance(mean_layer.data, np.ndarray) and "store" not in mean_layer.metadata["cvdm"]
+    assert not store.exists() and not store.parent.exists()
+
+
 # -- region: the rectangle of a shapes layer ------------------------------------------------
 @pytest.mark.parametrize("lazy", [False, True])
 def test_a_shapes_rectangle_region_is_reconstructed_and_placed_over_it(

@@ -368,8 +368,7 @@ class _Shown:
 
     def store(self) -> tuple[str | None, bool]:
         """The zarr store the earlier result is in, and whether it is a temporary one."""
-        info = self.metadata.get("cvdm") or {}
-        return info.get("store"), bool(info.get("temporary_store"))
+        return _store_info(self.metadata)
 
     def restore(self) -> None:
         layer = self.layer
@@ -379,6 +378,21 @@ class _Shown:
         layer.contrast_limits_range = self.limits_range
         layer.contrast_limits = self.limits
         layer.metadata = self.metadata
+
+
+def _store_info(metadata) -> tuple[str | None, bool]:
+    """A result layer's zarr store (from its metadata) and whether it is a temporary one."""
+    info = (metadata or {}).get("cvdm") or {}
+    return info.get("store"), bool(info.get("temporary_store"))
+
+
+def _drop_unshown_stores(viewer, stores) -> None:
+    """Remove earlier results' temporary stores (``(store, temporary)`` pairs) that no layer
+    shows any more and no run still writes (a run whose layers another took over)."""
+    for where, temporary in stores:
+        if temporary and where and not _being_written(Path(where).parent) \
+                and not _read_by_a_layer(viewer, Path(where).parent):
+            shutil.rmtree(Path(where).parent, ignore_errors=True)
 
 
 def _add_or_update(viewer, data: np.ndarray, kwargs: dict[str, Any]):
@@ -418,9 +432,15 @@ def show_result(viewer, layer, result: PredictionResult, show: str = SHOW[0],
     """
     (mean, mean_kwargs, _), (spread, spread_kwargs, _) = result_layer_data(
         layer, result, show, provenance, crop=crop)
+    # an earlier lazy result these layers showed: its temporary store, once shown nowhere
+    earlier = [_store_info(out.metadata) for out in
+               (own_layer(viewer, kwargs["name"], data.ndim)
+                for data, kwargs in ((spread, spread_kwargs), (mean, mean_kwargs)))
+               if out is not None]
     spread_layer = _add_or_update(viewer, spread, spread_kwargs)
     mean_layer = _add_or_update(viewer, mean, mean_kwargs)
     _put_below(viewer, spread_layer, mean_layer)
+    _drop_unshown_stores(viewer, earlier)
     return mean_layer, spread_layer
 
 
@@ -637,13 +657,7 @@ class LazyOutput:
                 not _read_by_a_layer(self.viewer, self.path.parent):
             self.discard_store()  # shown nowhere, kept nowhere
             self.discarded = True
-        # an earlier result's temporary store that no layer shows any more, and no run
-        # still writes (a run whose layers this one took over): remove it
-        for earlier in self.replaced:
-            where, temporary = earlier.store()
-            if temporary and where and not _being_written(Path(where).parent) \
-                    and not _read_by_a_layer(self.viewer, Path(where).parent):
-                shutil.rmtree(Path(where).parent, ignore_errors=True)
+        _drop_unshown_stores(self.viewer, [earlier.store() for earlier in self.replaced])
         return self.layers
 
     def abort(self) -> None:
