@@ -115,6 +115,25 @@ def test_a_plain_layer_in_pixels_is_saved_without_physical_sizes(make_napari_vie
     assert pixels.get("PhysicalSizeX") is None
 
 
+def test_a_flipped_layer_keeps_its_pixel_size(tmp_path):
+    """Found by a review: a negative scale (an axis flipped in napari) lost the pixel size
+    of that axis, with a warning napari does not show."""
+    import warnings
+
+    from napari_cvdm._writer import write_ome_tiff
+
+    path = tmp_path / "flipped.ome.tif"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_ome_tiff(str(path), np.ones((4, 6), np.float32),
+                       {"name": "flipped", "scale": (-0.05, 0.05),
+                        "units": ("micrometer", "micrometer"), "metadata": {}})
+    _, _, root = _ome(path)
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert float(pixels.get("PhysicalSizeY")) == pytest.approx(0.05)
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.05)
+
+
 def test_time_series_keep_their_time_step(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.zeros((2, 4, 4), np.float32), scale=(2.0, 0.1, 0.1),

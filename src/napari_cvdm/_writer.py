@@ -51,7 +51,8 @@ def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
     for axis, size, unit in zip(axes, scale, units):
         if axis in "XYZT" and unit.lower() not in NO_UNIT:
             factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
-            sizes[axis] = PhysicalSize(float(size) * factor, unit)
+            # a flipped axis (negative scale) still has its pixel size; OME holds no flip
+            sizes[axis] = PhysicalSize(abs(float(size)) * factor, unit)
     return sizes
 
 
