@@ -352,6 +352,7 @@ def test_out_of_memory_suggests_a_smaller_tile(qtbot, viewer_and_widget, model_f
 
 def test_sample_data_opens_and_the_ground_truth_overlays_it(make_napari_viewer):
     viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-cvdm", "CVDM reconstruction")
     (widefield,) = viewer.open_sample("napari-cvdm", "nuclei")
     assert widefield.name == "nuclei widefield (CVDM sample)"
     assert widefield.data.shape == (256, 256) and widefield.data.dtype == np.uint16
@@ -361,6 +362,8 @@ def test_sample_data_opens_and_the_ground_truth_overlays_it(make_napari_viewer):
     np.testing.assert_allclose(truth.translate, [-0.25, -0.25])
     # the two share their world extent: pixel (0, 0) of the input is pixels 0-1 of the truth
     np.testing.assert_allclose(truth.data_to_world([0.5, 0.5]), widefield.data_to_world([0, 0]))
+    # a review: opening the truth second made it the widget's input (docs/napari.md's steps)
+    assert widget._image.value is widefield
 
 
 @pytest.mark.parametrize("closing", ["viewer", "dock"])

@@ -30,6 +30,9 @@ def nuclei() -> list[tuple]:
 
 def nuclei_ground_truth() -> list[tuple]:
     """The 512 x 512 real image the sample was simulated from, on the CVDM output grid."""
+    # marked as napari-cvdm's, as its outputs are: the reconstruction widget keeps the
+    # widefield input chosen when this (the target, not an input) is opened after it
     kwargs = {"name": GROUND_TRUTH, "colormap": "gray", "scale": (0.5, 0.5),
-              "translate": (-0.25, -0.25)}
+              "translate": (-0.25, -0.25),
+              "metadata": {"cvdm": {"output": "ground truth of the nuclei sample"}}}
     return [(_read("nuclei_groundtruth.tif"), kwargs, "image")]
