@@ -74,6 +74,16 @@ def test_every_problem_is_reported_before_training_and_nothing_is_written(viewer
     with pytest.raises(ValueError, match="is x2 but the data is x3"):
         prepare_training(viewer, hq=["hq"], output=output, init="demo",
                          degradation=Degradation(scale=3))
+    # a review: a layer where a pair belongs was a TypeError ("'Image' object is not
+    # iterable"); a pair given as a name string was split into its letters
+    for pairs in ([lq], lq, [("lq", "hq", "hq")], ["lqhq"], [("lq",)]):
+        with pytest.raises(ValueError, match="pairs must be a list of"):
+            prepare_training(viewer, pairs=pairs, output=output, preset="tiny")
+    assert list(tmp_path.iterdir()) == []
+    # one layer, or its name, is taken as a list of one
+    for hq_given in ("hq", hq):
+        job = prepare_training(viewer, hq=hq_given, output=output, preset="tiny")
+        assert job.layers == [hq] and len(job.hq) == 1 and job.hq[0].shape == (48, 60)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -280,11 +280,17 @@ def prepare_training(viewer=None, hq=None, pairs=None, *, output, init=None,
     config, start = _start_and_output(init, preset, output, overwrite, settings,
                                       problems)
 
-    groups = [tuple(p) for p in pairs] if pairs is not None else [(h,) for h in hq]
+    if pairs is not None:
+        if not isinstance(pairs, (list, tuple)) or \
+                any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in pairs):
+            raise ValueError("pairs must be a list of (low-quality layer, high-quality "
+                             "layer) tuples, e.g. pairs=[('widefield', 'sim')]")
+        groups = [tuple(p) for p in pairs]
+    else:  # one layer (or its name) is a list of one
+        groups = [(h,) for h in ([hq] if isinstance(hq, str) or not isinstance(
+            hq, (list, tuple)) else hq)]
     if not groups:
         problems.append("choose at least one training image")
-    if any(len(g) != 2 for g in groups) and pairs is not None:
-        raise ValueError("each pair must be (low-quality layer, high-quality layer)")
     groups = [tuple(named_layer(viewer, layer) for layer in group) for group in groups]
     layers = [layer for group in groups for layer in group]
     roles = ["low-quality", "high-quality"] if pairs is not None else ["high-quality"]
