@@ -319,6 +319,8 @@ def test_bad_inputs_are_reported_without_starting(viewer_and_widget, model_file,
     assert "choose a model file" in notifications["error"][-1]
     assert len(notifications["error"]) == 3 and not widget.running
     assert len(viewer.layers) == 2
+    # a review: the status line kept the last run's "done in ..." after a refusal
+    assert widget._status.value.startswith("not started")
 
 
 def test_errors_inside_predict_become_notifications(qtbot, viewer_and_widget, model_file,

@@ -350,6 +350,7 @@ class ReconstructionWidget(Container):
             crop = region_crop(layer, self.region())
             check_output_room(layer, model_scale(source), store, crop)
         except ValueError as exc:
+            self._status.value = "not started: see the message"  # not the last run's "done"
             show_error(str(exc))
             return None
         data = layer_image(layer, crop) if crop is not None else layer.data
