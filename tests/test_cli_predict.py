@@ -521,6 +521,21 @@ def test_resume_redoes_outputs_made_with_another_model_or_sampling(two_tiffs, ti
     assert "skipped" in capsys.readouterr().out
     assert _cli(two_tiffs[:1], out, other, "--resume", "--samples", "3", "--no-augment") == 0
     assert "skipped" not in capsys.readouterr().out
+    # a precision given is compared too (a review: fp32 asked for, bf16 outputs kept);
+    # auto is chosen per run and not compared
+    from napari_cvdm.precision import supported_precisions
+
+    common = ("--resume", "--samples", "3", "--no-augment")
+    assert _cli(two_tiffs[:1], out, other, *common[1:], "--overwrite", "--precision",
+                "fp32") == 0
+    capsys.readouterr()
+    assert _cli(two_tiffs[:1], out, other, *common, "--precision", "fp32") == 0
+    assert "skipped" in capsys.readouterr().out
+    if "bf16" in supported_precisions(torch.device("cpu")):
+        assert _cli(two_tiffs[:1], out, other, *common, "--precision", "bf16") == 0
+        assert "skipped" not in capsys.readouterr().out
+    assert _cli(two_tiffs[:1], out, other, *common) == 0
+    assert "skipped" in capsys.readouterr().out
 
 
 def test_two_resumes_on_one_folder_share_the_batch(two_tiffs, tiny_model_file, tmp_path,

@@ -273,7 +273,8 @@ def _plan(args, seed: int | None, clustered: bool = False):
 
 def _made_with(args) -> dict:
     """What outputs kept by --resume must have been made with: this run's model (by its
-    weights' hash) and sampling settings, as their provenance records them."""
+    weights' hash), sampling settings and precision where given, as their provenance
+    records them."""
     from ..model_files import model_path, weights_sha256
     from ..settings import PredictSettings
     from .options import settings_from_args
@@ -285,6 +286,8 @@ def _made_with(args) -> dict:
         made["steps"] = settings.steps
     if settings.psf_sigma is not None:  # given (else estimated per image: not compared)
         made["psf_sigma"] = settings.psf_sigma
+    if settings.precision != "auto":  # given (auto is chosen per run: not compared)
+        made["precision"] = settings.precision
     try:
         made["weights_sha256"] = weights_sha256(model_path(settings.model))
     except (ValueError, OSError):
