@@ -307,6 +307,54 @@ def test_a_package_whose_attachment_was_swapped_is_refused(package, tmp_path):
     assert nc.load_model(path).config == model.config  # the package as written loads
 
 
+def _rewritten(path, target, changes):
+    """A copy of the package ``path`` as ``target`` with the members in ``changes``
+    (name -> bytes, or a function writing the member itself) replaced."""
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as dst:
+        for name in src.namelist():
+            change = changes.get(name)
+            if callable(change):
+                change(dst, name)
+            else:
+                dst.writestr(name, src.read(name) if change is None else change)
+    return target
+
+
+def test_a_package_whose_network_weights_were_replaced_is_refused_unread(package, tmp_path):
+    """Found by a review: only the napari-cvdm attachment was checked against rdf.yaml, so
+    a package whose weights.pt (what bioimage.io consumers run) was replaced, by a pickle
+    that runs code when loaded, got a clean `cvdm info`."""
+    _, path = package
+    ran = tmp_path / "ran"
+    evil = _rewritten(path, tmp_path / "evil.zip",
+                      {"weights.pt": f"import os; os.system('touch {ran}')".encode()})
+    with pytest.raises(ValueError, match="its weights.pt is not the file the package's rdf"):
+        nc.load_model(evil)
+    assert not ran.exists()
+
+
+def test_a_huge_description_in_a_small_package_is_refused_without_reading_it(package,
+                                                                             tmp_path):
+    """Found by a review: rdf.yaml was read whole; a 6 MB package declaring a 1 GiB
+    description took 2.3 GB of memory to open."""
+    import resource
+
+    _, path = package
+
+    def huge(dst, name):
+        with dst.open(name, "w", force_zip64=True) as out:
+            for _ in range(64):
+                out.write(b" " * (1 << 24))
+
+    bomb = _rewritten(path, tmp_path / "bomb.zip", {"rdf.yaml": huge})
+    assert bomb.stat().st_size < 20 * 2**20
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(ValueError, match="its rdf.yaml is larger than 1 MiB"):
+        nc.load_model(bomb)
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 200 * 1024, grown_kib
+
+
 def test_the_widget_reads_a_packages_scale_and_summary(package):
     """A package is a model the command line and predict() take: the widget's file dialog
     offers it, and the widget reads its scale and card line from the attachment."""

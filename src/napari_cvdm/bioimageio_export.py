@@ -204,32 +204,65 @@ def model_file_in_package(package: str | os.PathLike, folder: str | os.PathLike)
                                  "not one)")
             if members[0].file_size > 4 * 2**30:
                 raise ValueError(f"{package}: the model attachment is too large")
+            recorded = _recorded_sha256s(package, archive)
             target = Path(folder) / members[0].filename
             digest = hashlib.sha256()
             with archive.open(members[0]) as src, open(target, "wb") as dst:
                 while block := src.read(1 << 20):
                     digest.update(block)
                     dst.write(block)
-            recorded = _recorded_sha256(archive, members[0].filename)
-    except (zipfile.BadZipFile, OSError) as exc:
+            name = members[0].filename
+            found = {name: digest.hexdigest()}
+            # the other files it describes: weights.pt is what bioimage.io consumers run
+            for other in recorded.keys() - {name}:
+                found[other] = _member_sha256(archive, other)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise ValueError(f"{package} could not be read as a model package ({exc})") from None
-    if recorded is not None and recorded != digest.hexdigest():
-        raise ValueError(f"{package}: its model attachment {members[0].filename} is not the "
-                         "file the package's rdf.yaml describes (another sha256): the package "
-                         "was altered or damaged; export it again, or use the "
-                         ".cvdm.safetensors file it was made from")
+    altered = sorted(n for n, sha in found.items()
+                     if sha is not None and n in recorded and sha != recorded[n])
+    if altered:
+        what = (f"its model attachment {name}" if altered == [name]
+                else f"its {', '.join(altered)}")
+        raise ValueError(f"{package}: {what} is not the file the package's rdf.yaml "
+                         "describes (another sha256): the package was altered or damaged; "
+                         "export it again, or use the .cvdm.safetensors file it was made "
+                         "from")
     return target
 
 
-def _recorded_sha256(archive: zipfile.ZipFile, name: str) -> str | None:
-    """The sha256 the package's rdf.yaml records for the file ``name`` (None where it has
-    no readable rdf.yaml or it records none; read as text: the description is written as
-    ``- source: NAME`` followed by ``sha256: HEX``)."""
+MAX_RDF_BYTES = 1 << 20  # a model description is a few kB
+
+
+def _member_sha256(archive: zipfile.ZipFile, name: str) -> str | None:
+    """The sha256 of the package member ``name`` (streamed), or None where it is absent
+    (a description may name files elsewhere)."""
     try:
-        text = archive.read("rdf.yaml").decode("utf-8", "replace")
-    except (KeyError, zipfile.BadZipFile, OSError, EOFError):  # none, or unreadable: the
-        return None                                             # attachment's checks decide
-    pattern = (r"source:\s*['\"]?" + re.escape(name) +
-               r"['\"]?\s*\n\s*sha256:\s*['\"]?([0-9a-fA-F]{64})")
-    found = re.search(pattern, text)
-    return found.group(1).lower() if found else None
+        info = archive.getinfo(name)
+    except KeyError:
+        return None
+    if info.file_size > 4 * 2**30:
+        raise ValueError(f"{name} in the package is too large ({info.file_size} bytes)")
+    digest = hashlib.sha256()
+    with archive.open(info) as src:
+        while block := src.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _recorded_sha256s(package: Path, archive: zipfile.ZipFile) -> dict[str, str]:
+    """The sha256 the package's rdf.yaml records for each file it names ({} where it has
+    no readable rdf.yaml: the attachment's own checks decide). Read as text, at most
+    MAX_RDF_BYTES (a small zip can declare gigabytes): the description is written as
+    ``source: NAME`` followed by ``sha256: HEX``."""
+    try:
+        with archive.open("rdf.yaml") as src:
+            raw = src.read(MAX_RDF_BYTES + 1)
+    except (KeyError, zipfile.BadZipFile, OSError, EOFError):
+        return {}
+    if len(raw) > MAX_RDF_BYTES:
+        raise ValueError(f"{package}: its rdf.yaml is larger than {MAX_RDF_BYTES // 2**20} MiB,"
+                         " far beyond a model description: the package is damaged or not "
+                         "a napari-cvdm model package")
+    text = raw.decode("utf-8", "replace")
+    pattern = r"source:\s*['\"]?([^'\"\s]+)['\"]?\s*\n\s*sha256:\s*['\"]?([0-9a-fA-F]{64})"
+    return {name: sha.lower() for name, sha in re.findall(pattern, text)}
