@@ -271,6 +271,12 @@ def test_an_empty_or_folder_like_output_is_refused(tmp_path, monkeypatch, capsys
             main(argv)
         assert exit_.value.code == 2
         assert "argument -o/--output" in capsys.readouterr().err
+    # a review: an empty image folder (an unset variable) was the current folder
+    for given in (["--hq", ""], ["--pairs", "", "hq"], ["--pairs", "lq", " "]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["train", *given, "--preset", "tiny", "--steps", "1", "-o", "m.cvdm.safetensors"])
+        assert exit_.value.code == 2
+        assert "empty; give the folder of images" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
 
 

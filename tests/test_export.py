@@ -355,6 +355,16 @@ def test_a_huge_description_in_a_small_package_is_refused_without_reading_it(pac
     assert grown_kib < 200 * 1024, grown_kib
 
 
+def test_a_package_renamed_without_zip_is_named_as_a_package(package, tmp_path):
+    """Found by a review: it was called a pickle-based PyTorch file to convert (which then
+    failed in torch's words)."""
+    _, path = package
+    renamed = tmp_path / "downloaded_model"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match="is a bioimage.io model package without its .zip"):
+        nc.load_model(renamed)
+
+
 def test_the_widget_reads_a_packages_scale_and_summary(package):
     """A package is a model the command line and predict() take: the widget's file dialog
     offers it, and the widget reads its scale and card line from the attachment."""

@@ -91,7 +91,7 @@ def summary_line(name: str, config: dict[str, Any], metadata: dict[str, Any],
     training = metadata.get("training") or {}
     step = training.get("step")
     continued = (training.get("settings") or {}).get("init")  # a path: not printed
-    trained = f"trained {step:,} steps" if step else "untrained"
+    trained = f"trained {step:,} step{'s' if step != 1 else ''}" if step else "untrained"
     if step and continued:
         trained += " from an earlier model's weights" + (" (cvdm train --init)" if detailed
                                                           else "")

@@ -107,6 +107,9 @@ def looks_like_safetensors(magic: bytes) -> bool:
 def _refuse_pickle(path: Path, magic: bytes) -> None:
     suffix = "".join(path.suffixes[-1:]).lower()
     if magic.startswith(PICKLE_MAGIC) and not looks_like_safetensors(magic):
+        if _is_package(path):  # a zip as PyTorch's files are, but with a description
+            raise ValueError(f"{path} is a bioimage.io model package without its .zip name; "
+                             "rename it to end in .zip and give that")
         if path.name == "weights.pt" and (path.parent / "rdf.yaml").is_file():
             raise ValueError(f"{path} is the network of an unpacked bioimage.io package; give "
                              "napari-cvdm the package's .zip, or the .cvdm.safetensors file "
@@ -116,6 +119,18 @@ def _refuse_pickle(path: Path, magic: bytes) -> None:
             "a PyTorch pickle/zip file despite its name"))
     if suffix in PICKLE_SUFFIXES and not looks_like_safetensors(magic):
         raise ValueError(PICKLE_HINT.format(path=path, suffix=suffix))
+
+
+def _is_package(path: Path) -> bool:
+    """Whether ``path`` is a zip archive with an rdf.yaml at its top (a bioimage.io
+    package), whatever its name."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return "rdf.yaml" in archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return False
 
 
 def _version_numbers(version: Any) -> tuple[int, ...]:

@@ -75,6 +75,16 @@ def output_folder(text: str):
     return Path(text)
 
 
+def input_folder(text: str):
+    """A folder of images to read; an empty argument (an unset shell variable) is refused,
+    not taken as the current folder."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give the folder of images")
+    return Path(text)
+
+
 def output_file(text: str):
     """An -o file; refused when empty or when it ends with a path separator (a folder meant,
     which Path would silently turn into a file of that name)."""

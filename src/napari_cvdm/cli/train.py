@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from .progress import ProgressBar
 
@@ -31,14 +30,14 @@ def add_parser(sub) -> None:
 
     from ..settings import TrainSettings
     from ..simulation_defaults import SIMULATION_DEFAULTS as D
-    from .options import add_options, output_file
+    from .options import add_options, input_folder, output_file
 
     t = sub.add_parser("train", help="train a model from image pairs, high-quality images or "
                        "generated structures", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--pairs", nargs=2, type=Path, metavar=("LQ_DIR", "HQ_DIR"),
+    t.add_argument("--pairs", nargs=2, type=input_folder, metavar=("LQ_DIR", "HQ_DIR"),
                    help="low/high-quality image folders, matched by file name")
-    t.add_argument("--hq", type=Path, metavar="HQ_DIR",
+    t.add_argument("--hq", type=input_folder, metavar="HQ_DIR",
                    help="high-quality images; the inputs are simulated (see 'simulation')")
     t.add_argument("--synthetic", nargs="+", metavar="KIND", default=(),
                    help="generated structures (microtubules actin er ccp mitochondria), alone "
