@@ -257,6 +257,12 @@ def test_masks_complex_images_and_one_folder_as_both_pair_folders_are_refused(tm
     tifffile.imwrite(same / "a.tif", nuclei_truth[:64, :64])
     with pytest.raises(ValueError, match="are one folder"):
         load_pairs(same, f"{same}/")
+    # a review: a copy of the folder trained an x1 model of each image to itself
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    (copy / "a.tif").write_bytes((same / "a.tif").read_bytes())
+    with pytest.raises(ValueError, match="is the same as its partner .* its own target"):
+        load_pairs(same, copy)
 
 
 def test_wide_integers_far_from_zero_keep_their_structure(tmp_path, nuclei_truth):

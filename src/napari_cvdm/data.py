@@ -150,6 +150,9 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     if not planes:
         raise ValueError(f"no pair in {lq_dir} and {hq_dir} has a plane with structure in "
                          "both images (each is empty, constant or not finite)")
+    if all(lq.shape == hq.shape and np.array_equal(lq, hq) for lq, hq, _ in planes):
+        raise ValueError(f"every image in {lq_dir} is the same as its partner in {hq_dir} (a "
+                         "copy of one folder?): each image would be its own target")
     return _make_pairs(planes)
 
 
