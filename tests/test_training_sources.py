@@ -265,6 +265,30 @@ def test_masks_complex_images_and_one_folder_as_both_pair_folders_are_refused(tm
         load_pairs(same, copy)
 
 
+def test_pairs_whose_pixel_sizes_contradict_their_scale_are_warned_about(tmp_path,
+                                                                         nuclei_truth):
+    """Found by a review: low-quality images cropped from their targets (both files 100 nm
+    per pixel) trained as x2 without a word; --hq warns about mixed sizes."""
+    import warnings
+
+    from napari_cvdm.data import load_pairs
+
+    hq = nuclei_truth[:64, :64].astype(np.float32)
+    binned = hq.reshape(32, 2, 32, 2).mean((1, 3))
+    for name, lq, lq_nm in (("right", binned, 200.0), ("cropped", hq[:32, :32], 100.0)):
+        for folder, image, nm in (("LQ", lq, lq_nm), ("HQ", hq, 100.0)):
+            (tmp_path / name / folder).mkdir(parents=True, exist_ok=True)
+            tifffile.imwrite(tmp_path / name / folder / "a.tif", image, imagej=True,
+                             resolution=(1000 / nm, 1000 / nm), metadata={"unit": "um"})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_pairs(tmp_path / "right" / "LQ", tmp_path / "right" / "HQ")[1] == 2
+    assert not [w for w in caught if "pixel sizes" in str(w.message)]
+    with pytest.warns(UserWarning, match=r"pixel sizes of 1 pair\(s\) do not differ by the x2"
+                                         r".*a \(100 / 100 nm\)"):
+        load_pairs(tmp_path / "cropped" / "LQ", tmp_path / "cropped" / "HQ")
+
+
 def test_wide_integers_far_from_zero_keep_their_structure(tmp_path, nuclei_truth):
     """Found by a review: an int64 image with a large offset became float32 and was called
     constant ("4.6e18 everywhere")."""

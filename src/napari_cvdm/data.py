@@ -139,9 +139,10 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     if alone:
         _left_out(f"{len(alone)} file(s) with no partner of the same name in the other "
                   "folder", alone)
-    planes = []
+    planes, lq_sizes, hq_sizes = [], {}, {}
     for stem in common:
-        lq_planes, hq_planes = read_planes(lq_files[stem]), read_planes(hq_files[stem])
+        lq_planes = read_planes(lq_files[stem], lq_sizes)
+        hq_planes = read_planes(hq_files[stem], hq_sizes)
         found = usable_pairs(lq_planes, hq_planes, stem, required=False)
         if len(found) < len(lq_planes):
             _left_out(f"{stem}: {len(lq_planes) - len(found)} of its {len(lq_planes)} "
@@ -153,7 +154,25 @@ def load_pairs(lq_dir: str | Path, hq_dir: str | Path) -> tuple[list[Pair], int]
     if all(lq.shape == hq.shape and np.array_equal(lq, hq) for lq, hq, _ in planes):
         raise ValueError(f"every image in {lq_dir} is the same as its partner in {hq_dir} (a "
                          "copy of one folder?): each image would be its own target")
-    return _make_pairs(planes)
+    pairs, scale = _make_pairs(planes)
+    _warn_about_pixel_sizes(common, lq_files, hq_files, lq_sizes, hq_sizes, scale)
+    return pairs, scale
+
+
+def _warn_about_pixel_sizes(stems, lq_files, hq_files, lq_sizes, hq_sizes, scale) -> None:
+    """Say which pairs' recorded pixel sizes (both known) do not differ by the scale their
+    shapes give: a low-quality image cropped from its target, not the same field sampled
+    more coarsely, trains the model to enlarge what it should not."""
+    odd = []
+    for stem in stems:
+        lq, hq = lq_sizes.get(lq_files[stem].name), hq_sizes.get(hq_files[stem].name)
+        if lq and hq and abs(lq / hq / scale - 1) > 0.1:
+            odd.append(f"{stem} ({lq:g} / {hq:g} nm)")
+    if odd:
+        warnings.warn(f"the pixel sizes of {len(odd)} pair(s) do not differ by the x{scale} "
+                      f"their shapes give: {', '.join(odd[:5])}{', ...' if len(odd) > 5 else ''}"
+                      f"; a low-quality image should show the same field as its target, "
+                      f"sampled {scale} times more coarsely (not a crop of it)", stacklevel=3)
 
 
 def plane_problem(plane: np.ndarray, name: str) -> str | None:
