@@ -494,3 +494,19 @@ def test_other_binary_data_is_not_said_to_be_cut_short(tmp_path):
     with pytest.raises(ValueError, match="not a napari-cvdm model file") as caught:
         load_model(path)
     assert "cut short" not in str(caught.value)
+
+
+def test_a_training_state_or_a_broken_link_given_as_the_model_says_what_it_is(tmp_path):
+    """Found by a review: a training state was "not a napari-cvdm model (it has no
+    napari_cvdm header)", a link loop "model file not found"."""
+    from safetensors.torch import save_file
+
+    state = tmp_path / "m.train-state.safetensors"
+    save_file({"step": torch.zeros(1)}, str(state), metadata={"napari_cvdm_state": "{}"})
+    with pytest.raises(ValueError, match="is a training state .* not a model"):
+        load_model(state)
+    loop = tmp_path / "a.cvdm.safetensors"
+    loop.symlink_to(tmp_path / "b.cvdm.safetensors")
+    (tmp_path / "b.cvdm.safetensors").symlink_to(loop)
+    with pytest.raises(ValueError, match="symbolic link to a missing file"):
+        load_model(loop)

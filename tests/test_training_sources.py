@@ -289,6 +289,16 @@ def test_pairs_whose_pixel_sizes_contradict_their_scale_are_warned_about(tmp_pat
         load_pairs(tmp_path / "cropped" / "LQ", tmp_path / "cropped" / "HQ")
 
 
+def test_a_folder_whose_images_are_in_subfolders_says_they_are_not_searched(tmp_path,
+                                                                             nuclei_truth):
+    from napari_cvdm.data import load_hq
+
+    (tmp_path / "cell1").mkdir()
+    tifffile.imwrite(tmp_path / "cell1" / "a.tif", nuclei_truth[:64, :64])
+    with pytest.raises(ValueError, match="subfolders are not searched, and cell1 hold"):
+        load_hq(tmp_path)
+
+
 def test_wide_integers_far_from_zero_keep_their_structure(tmp_path, nuclei_truth):
     """Found by a review: an int64 image with a large offset became float32 and was called
     constant ("4.6e18 everywhere")."""

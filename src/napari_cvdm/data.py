@@ -34,9 +34,20 @@ def _tiffs(folder: str | Path, role: str) -> list[Path]:
     files = sorted(p for p in folder.iterdir() if is_tiff(p) and not is_lsm(p)
                    and not is_hidden(p) and not is_cvdm_output(p) and p.is_file())
     if not files:
+        nested = [p.name for p in folder.iterdir() if p.is_dir() and not is_hidden(p)
+                  and _holds_tiffs(p)]
+        where = (f"; subfolders are not searched, and {', '.join(sorted(nested)[:3])} "
+                 "hold(s) TIFFs: give that folder" if nested else "")
         raise ValueError(f"no .tif/.tiff files in the {role} folder {folder} (other than "
-                         "hidden files and napari-cvdm outputs)")
+                         f"hidden files and napari-cvdm outputs){where}")
     return files
+
+
+def _holds_tiffs(folder: Path) -> bool:
+    try:
+        return any(is_tiff(p) for p in folder.iterdir())
+    except OSError:  # unreadable: not said
+        return False
 
 
 def read_planes(path: Path, sizes: dict | None = None) -> list[np.ndarray]:

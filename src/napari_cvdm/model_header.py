@@ -180,6 +180,9 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
+        if path.is_symlink() and not path.exists():
+            raise ValueError(f"model file {path} is a symbolic link to a missing file (or a "
+                             "loop of links)")
         raise ValueError(f"model file not found: {path}")
     if path.suffix.lower() == ".zip":
         raise ValueError(f"{path} is a bioimage.io package, not a model file: give it where a "
@@ -202,7 +205,9 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
                          "--model (a bundled model's name or a *.cvdm.safetensors file)")
     try:
         with safe_open(str(path), framework="pt") as fh:
-            raw = (fh.metadata() or {}).get("napari_cvdm")
+            header = fh.metadata() or {}
+            raw = header.get("napari_cvdm")
+            state = "napari_cvdm_state" in header
     except Exception as exc:  # safetensors raises its own error types for bad headers
         said = int.from_bytes(magic[:8], "little") if len(magic) >= 8 else None
         # a length beyond safetensors' own limit on headers (100 MB) says the file is
@@ -213,6 +218,9 @@ def read_model_header(path: str | os.PathLike) -> dict[str, Any]:
                          f"safetensors: {exc})" + ("; the file looks cut short (an interrupted "
                                                    "download or copy?)" if incomplete else "")
                          ) from None
+    if raw is None and state:
+        raise ValueError(f"{path} is a training state (what --resume continues from), not a "
+                         "model: give the model file written beside it (*.cvdm.safetensors)")
     if raw is None:
         raise ValueError(f"{path} is a safetensors file but not a napari-cvdm model "
                          "(it has no napari_cvdm header)")
