@@ -40,6 +40,7 @@ from __future__ import annotations
 import numpy as np
 
 from .spikes import spike_excess
+from .validation import check_scale
 
 MIN_SIDE = 32                                   # input pixels a side (fewer: too few rings)
 SIGMA_GRID = np.linspace(0.2, 4.0, 39)          # input pixels, coarse: 0.1 steps
@@ -66,8 +67,7 @@ def estimate_psf_sigma(image: np.ndarray, scale: int = 2) -> float:
     ValueError: not 2-D, smaller than :data:`MIN_SIDE` a side, NaN or infinite values, a
     constant image, or no structure above the noise (nothing to measure the blur on).
     """
-    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-        raise ValueError(f"scale must be a positive integer, not {scale!r}")
+    check_scale(scale)
     rings = radial_power_spectrum(image, binned=scale > 1)
     sigma_in = fit_gaussian_rolloff(*rings)[0]
     return float(sigma_in * scale)

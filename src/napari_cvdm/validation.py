@@ -222,6 +222,14 @@ def check_plane_values(low: float, high: float, nonfinite: int, dtype,
                 "(and add it back to the mean afterwards)")
 
 
+def check_scale(scale) -> None:
+    """ValueError unless ``scale`` (a model's enlargement) is a whole number of at least 1:
+    0 divides by zero, a negative one places nothing, True is no number of pixels."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
+        raise ValueError(f"scale must be a positive integer (the model's enlargement: a whole "
+                         f"number of at least 1), not {scale!r}")
+
+
 def memory_bytes() -> int | None:
     """This computer's physical memory, or None where it cannot be told (Windows)."""
     try:

@@ -23,6 +23,7 @@ import numpy as np
 from .atomic import output_exists, plain_os_error
 from .physical import NAPARI_UNITS, PhysicalSize, fitting_channels, normalise, output_sizes
 from .tiff_writer import check_outputs, ome_axes
+from .validation import check_scale
 
 NGFF_VERSION = "0.4"
 AXIS_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
@@ -389,9 +390,7 @@ class ZarrResultWriter:
                  chunk: int = 512, in_place: bool = False, images: tuple[str, str] = IMAGES,
                  channels=(), placement: dict[str, tuple[float, float]] | None = None,
                  grid: tuple[list[float], list[float]] | None = None, levels: bool = True):
-        if isinstance(scale, bool) or not isinstance(scale, (int, np.integer)) or scale < 1:
-            raise ValueError(f"scale is the model's enlargement, a whole number of at least 1, "
-                             f"not {scale!r}")
+        check_scale(scale)
         self.path = Path(path)
         self.levels = levels
         self.shape = tuple(int(n) for n in shape)
