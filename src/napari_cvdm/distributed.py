@@ -28,9 +28,10 @@ INSTALL_HINT = "pip install 'napari-cvdm[cluster]'"
 DEFAULT_TIMEOUT = 15.0  # seconds to wait for an existing scheduler to answer
 MAX_SCHEDULER_TIMEOUT = 3600.0  # dask takes no infinite timeout (inf raised a KeyError)
 RETRIES = 2  # extra attempts of a file whose task raised (a dead worker is retried anyway)
-# What one local worker process holds before its first image: Python, torch and dask
-# (measured 223 MB idle on the CPU build) plus the model and its sampling buffers (the
-# single-process CLI holds 350 MB with the bundled model loaded).
+# What one local worker process holds once it has the model: Python, torch, dask, the
+# model and its sampling buffers (benchmarks/worker_memory.py: 363 MiB after a first
+# 128 x 128 image with the bundled model on the CPU build, 62 MiB idle; the one-process
+# command line 346 MiB with the model loaded).
 WORKER_BYTES = 350 * 2**20
 
 _predicting = threading.Lock()  # one prediction at a time per worker process
@@ -93,7 +94,7 @@ def connect(workers: int | None = None, threads_per_worker: int = 1,
 
 def _check_local_memory(workers: int) -> None:
     """ValueError before any process starts where ``workers`` local workers would not fit
-    in the memory free now (each needs about WORKER_BYTES before its first image): a
+    in the memory free now (each needs about WORKER_BYTES once it has the model): a
     mistyped count (``--workers 1000``) would start a process per worker and exhaust the
     machine."""
     import psutil  # a dependency of dask.distributed
@@ -102,7 +103,7 @@ def _check_local_memory(workers: int) -> None:
     fits = max(1, free // WORKER_BYTES)
     if workers > fits:
         raise ValueError(f"{workers} local workers need about {workers * WORKER_BYTES / 2**30:.1f}"
-                         f" GiB before their first image and {free / 2**30:.1f} GiB is free; "
+                         f" GiB with the model loaded and {free / 2**30:.1f} GiB is free; "
                          f"use at most {fits} (each worker runs one file at a time)")
 
 
