@@ -182,3 +182,58 @@ def test_floating_point_images_are_saved_without_losing_precision(tmp_path):
         _, read, _ = _ome(path)
         assert read.dtype == dtype
         np.testing.assert_array_equal(read, data.astype(dtype))
+
+
+def test_two_result_layers_are_saved_as_the_channels_of_one_file(make_napari_viewer, tmp_path):
+    """Saving a result's mean and std together wrote nothing ("No data written! A plugin
+    could not be found"): the multi-layer writer saves them as named channels."""
+    import json
+
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(1)
+    place = {"scale": (0.5, 0.03, 0.03), "translate": (0.0, -0.0075, -0.0075),
+             "units": ("micrometer",) * 3}
+    mean = viewer.add_image(rng.random((2, 8, 10)).astype(np.float32), name="cells CVDM mean",
+                            metadata={"cvdm": {"model": "m", "seed": 4, "output": "mean"}},
+                            **place)
+    std = viewer.add_image(rng.random((2, 8, 10)).astype(np.float32), name="cells CVDM std",
+                           metadata={"cvdm": {"model": "m", "seed": 4, "output": "std"}},
+                           **place)
+    before = mean.data.copy()
+    viewer.layers.selection = {mean, std}
+    path = tmp_path / "both.ome.tif"
+    assert viewer.layers.save(str(path), selected=True) == [str(path)]
+    axes, read, root = _ome(path)
+    assert axes == "CZYX" and read.shape == (2, 2, 8, 10)
+    np.testing.assert_array_equal(read[0], mean.data)
+    np.testing.assert_array_equal(read[1], std.data)
+    np.testing.assert_array_equal(mean.data, before)
+    names = [c.get("Name") for c in root.iter() if c.tag.endswith("}Channel")]
+    assert names == ["cells CVDM mean", "cells CVDM std"]
+    pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
+    assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.03)
+    assert float(pixels.get("PhysicalSizeZ")) == pytest.approx(0.5)
+    pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
+    assert pairs["model"] == "m" and pairs["seed"] == "4"
+    assert json.loads(pairs["output"]) == {"cells CVDM mean": "mean", "cells CVDM std": "std"}
+
+
+@pytest.mark.parametrize("case", ["shape", "scale", "translate", "5-D"])
+def test_layers_that_do_not_overlay_are_not_saved_as_channels(make_napari_viewer, tmp_path,
+                                                              case):
+    from napari_cvdm._writer import SaveRefused
+
+    viewer = make_napari_viewer()
+    shape = (2, 2, 3, 8, 8) if case == "5-D" else (8, 8)
+    first = viewer.add_image(np.zeros(shape, np.float32), name="a")
+    other = {"shape": {"data": np.zeros((8, 9), np.float32)},
+             "scale": {"data": np.zeros(shape, np.float32), "scale": (2, 2)},
+             "translate": {"data": np.zeros(shape, np.float32), "translate": (0.5, 0)},
+             "5-D": {"data": np.zeros(shape, np.float32)}}[case]
+    second = viewer.add_image(name="b", **other)
+    viewer.layers.selection = {first, second}
+    message = {"shape": r"one shape: 'a' is \(8, 8\), 'b' \(8, 9\)", "scale": "differ in scale",
+               "translate": "differ in translate", "5-D": "no room for a channel"}[case]
+    with pytest.raises(SaveRefused, match=message):
+        viewer.layers.save(str(tmp_path / "x.ome.tif"), selected=True)
+    assert not list(tmp_path.iterdir())

@@ -1,7 +1,8 @@
 """The napari writer: an image layer as OME-TIFF with its scale, units and CVDM provenance.
 
 napari calls :func:`write_ome_tiff` for File > Save Selected Layer(s) with a ``.ome.tif``
-name. Axis labels that are OME letters (T, Z, C, Y, X) are kept; physical sizes come from
+name (:func:`write_ome_tiff_layers`: several layers as the channels of one file). Axis
+labels that are OME letters (T, Z, C, Y, X) are kept; physical sizes come from
 the layer's scale and units (napari's default unit "pixel" writes none); the
 ``metadata["cvdm"]`` dict of result layers becomes the OME provenance annotation.
 """
@@ -75,14 +76,81 @@ def write_ome_tiff(path: str, data: Any, attributes: dict[str, Any]) -> list[str
 
 
 def _save(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
+    data = _plane_data(data, attributes)
+    axes = ome_axes(_axes(attributes, data.ndim), data.ndim)
+    spec = output_spec(axes, data.ndim, _sizes(attributes, axes), 1,
+                       _provenance(attributes.get("metadata")))
+    return [str(_write(path, data, spec, overwrite=True))]
+
+
+def _plane_data(data: Any, attributes: dict[str, Any]) -> np.ndarray:
+    """The layer's pixels, or ValueError for a layer this writer cannot save."""
     if attributes.get("rgb"):
         raise ValueError("the CVDM OME-TIFF writer saves single-channel images, not RGB")
     if attributes.get("multiscale") or isinstance(data, (list, tuple)):
         raise ValueError("the CVDM OME-TIFF writer saves one resolution: a multiscale layer "
                          "is saved as OME-Zarr (napari_cvdm.zarr_files.write_ome_zarr) or "
                          "one level at a time")
-    data = np.asarray(data)
-    axes = ome_axes(_axes(attributes, data.ndim), data.ndim)
-    spec = output_spec(axes, data.ndim, _sizes(attributes, axes), 1,
-                       _provenance(attributes.get("metadata")))
+    return np.asarray(data)
+
+
+def write_ome_tiff_layers(path: str, layer_data: list[tuple[Any, dict[str, Any], str]]
+                          ) -> list[str]:
+    """npe2 multi-layer writer: two or more image layers of one shape and placement (a
+    result's mean and std, say) as the channels of one OME-TIFF, each named after its
+    layer. Layers that do not overlay are refused (:class:`SaveRefused`) with why."""
+    try:
+        return _save_channels(path, layer_data)
+    except ValueError as exc:
+        raise SaveRefused(str(exc)) from None
+
+
+_PLACEMENT = ("scale", "translate", "units")
+
+
+def _save_channels(path: str, layer_data: list[tuple[Any, dict[str, Any], str]]) -> list[str]:
+    attributes = [a for _, a, _ in layer_data]
+    names = [str(a.get("name") or f"layer {i + 1}") for i, a in enumerate(attributes)]
+    arrays = [_plane_data(d, a) for d, a, _ in layer_data]
+    first, ndim = attributes[0], arrays[0].ndim
+    one_at_a_time = "save them one at a time (one layer selected) instead"
+    for name, data, a in zip(names[1:], arrays[1:], attributes[1:]):
+        if data.shape != arrays[0].shape:
+            raise ValueError(f"layers saved together become the channels of one image and "
+                             f"need one shape: {names[0]!r} is {arrays[0].shape}, {name!r} "
+                             f"{data.shape}; {one_at_a_time}")
+        for key in _PLACEMENT:
+            if not _same(first.get(key), a.get(key)):
+                raise ValueError(f"layers saved together become the channels of one image "
+                                 f"and must overlay: {names[0]!r} and {name!r} differ in "
+                                 f"{key}; {one_at_a_time}")
+    axes = ome_axes(_axes(first, ndim), ndim)
+    if "C" in axes or ndim > 4:
+        raise ValueError(f"layers saved together become the channels of one image, and "
+                         f"{names[0]!r} ({ndim}-D, axes {axes}) leaves no room for a channel "
+                         f"axis; {one_at_a_time}")
+    data = np.stack([np.asarray(d, dtype=np.result_type(*arrays)) for d in arrays])
+    spec = output_spec("C" + axes, ndim + 1, _sizes(first, axes), 1,
+                       _merged_provenance(names, attributes), channels=names)
     return [str(_write(path, data, spec, overwrite=True))]
+
+
+def _same(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    try:
+        return bool(np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
+    except (TypeError, ValueError):
+        return [str(v) for v in a] == [str(v) for v in b]
+
+
+def _merged_provenance(names: list[str], attributes: list[dict[str, Any]]) -> dict[str, Any]:
+    """One provenance for the channels: a value they share as it is, one that differs
+    (each result layer's ``output``, say) as JSON of layer name -> value."""
+    each = [_provenance(a.get("metadata")) for a in attributes]
+    merged: dict[str, Any] = {}
+    for key in dict.fromkeys(k for p in each for k in p):
+        values = [p.get(key) for p in each]
+        merged[key] = values[0] if all(v == values[0] for v in values) else \
+            json.dumps(dict(zip(names, values)), default=str)
+    return merged
