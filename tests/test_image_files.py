@@ -161,6 +161,41 @@ def test_angstrom_becomes_nanometres_and_unknown_units_are_dropped(tmp_path):
     assert "PhysicalSizeX" not in spec.tifffile_metadata()
 
 
+def test_a_decimal_comma_is_read_and_a_size_that_is_no_number_is_said(tmp_path):
+    """Found by a review: "0,065" (a locale-bound writer's decimal comma) was dropped
+    without a word, and so was any other size that is not a number."""
+    image = np.zeros((6, 5), np.uint16)
+    path = tmp_path / "comma.ome.tif"
+    tifffile.imwrite(path, image, ome=True, metadata={"PhysicalSizeX": "0,065",
+                                                      "PhysicalSizeY": "0,065"})
+    assert read_tiff(path).pixel_size == pytest.approx((0.065, 0.065))
+    tifffile.imwrite(path, image, ome=True, metadata={"PhysicalSizeX": "1,000.5",
+                                                      "PhysicalSizeY": "n/a"})
+    with pytest.warns(UserWarning, match="pixel size 'n/a' is not a number"):
+        assert read_tiff(path).physical == {}
+
+
+def test_an_imagej_stack_whose_pages_end_early_is_refused_with_both_counts(tmp_path):
+    """Found by a review: tifffile lists the planes the metadata declares and ran out with
+    "IndexError: index out of range" where the file's chain of pages ends early."""
+    import struct
+
+    from napari_cvdm.image_files import probe_tiff
+
+    path = tmp_path / "stopped.tif"
+    tifffile.imwrite(path, np.ones((5, 16, 16), np.uint16), imagej=True,
+                     metadata={"axes": "TYX"})
+    with tifffile.TiffFile(path) as tif:
+        offset = tif.pages[2].offset
+    raw = bytearray(path.read_bytes())
+    entries = struct.unpack("<H", raw[offset:offset + 2])[0]
+    raw[offset + 2 + 12 * entries:offset + 6 + 12 * entries] = b"\0\0\0\0"  # chain ends
+    path.write_bytes(bytes(raw))
+    for read in (read_tiff, probe_tiff):
+        with pytest.raises(ValueError, match="holds only 3 of the 5 planes"):
+            read(path)
+
+
 def test_an_extreme_resolution_tag_is_not_taken_as_a_pixel_size(tmp_path):
     path = tmp_path / "r.tif"
     tifffile.imwrite(path, np.zeros((6, 5), np.uint16), resolution=((1, 4294967295),
@@ -580,6 +615,26 @@ def test_a_thumbnail_page_is_not_taken_for_a_second_image(tmp_path, kind):
         assert len(tif.series) == 2 and tif.series[1].pages[0].is_reduced
     probe_tiff(path, 2)
     np.testing.assert_array_equal(read_tiff(path).data, image)
+
+
+def test_a_preview_before_the_image_does_not_lend_it_its_metadata(tmp_path):
+    """Found by a review: sizes, channel names and position came from the first OME image,
+    a preview stored before the main one: the result got the preview's pixel size (4x)."""
+    image = np.random.default_rng(0).integers(0, 4000, (2, 64, 64), dtype=np.uint16)
+    path = tmp_path / "preview_first.ome.tif"
+    with tifffile.TiffWriter(path, ome=True) as tif:
+        tif.write(image[0, ::4, ::4], subfiletype=1, photometric="minisblack",
+                  metadata={"axes": "YX", "PhysicalSizeX": 0.26, "PhysicalSizeY": 0.26,
+                            "Name": "preview"})
+        tif.write(image, photometric="minisblack",
+                  metadata={"axes": "CYX", "PhysicalSizeX": 0.065, "PhysicalSizeY": 0.065,
+                            "Name": "main", "Channel": {"Name": ["GFP", "RFP"]},
+                            "Plane": {"PositionX": [100.0] * 2, "PositionY": [200.0] * 2}})
+    read = read_tiff(path)
+    np.testing.assert_array_equal(read.data, image)
+    assert read.pixel_size == pytest.approx((0.065, 0.065)) and read.unit == "µm"
+    assert read.channels == ("GFP", "RFP")
+    assert read.position["X"].size == 100.0 and read.position["Y"].size == 200.0
 
 
 def _lsm(path, planes, voxel_size, interval=0.0):

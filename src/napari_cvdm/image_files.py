@@ -23,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from .physical import (PhysicalSize, fitting_channels, imagej_sizes, lsm_sizes, ome_position,
-                       ome_sizes)
+from .physical import (PhysicalSize, fitting_channels, imagej_sizes, lsm_sizes, ome_pixels,
+                       ome_position, ome_sizes)
 from .validation import IN_MEMORY_OUTPUTS, output_bytes
 
 # Bookkeeping tifffile keeps per page and per tile/strip (offsets, byte counts, objects).
@@ -130,7 +130,7 @@ def _images(tif) -> list:
     a Zeiss LSM file keeps beside each plane, a preview image): not images of their own."""
     images = []
     for series in tif.series:
-        pages = [page for page in getattr(series, "pages", ()) if page is not None]
+        pages = [page for page in _listed_pages(series) if page is not None]
         if not pages or not all(_is_reduced(page) for page in pages):
             images.append(series)
     return images or list(tif.series)
@@ -169,7 +169,12 @@ def _check_declared(path: Path, tif, scale: int | None):
                        f"stage positions: {shapes}{more}) and one file is one image here; "
                        "save each as its own TIFF (Python: tifffile.imread(path, series=i))")
     series = images[0]
-    missing = sum(page is None for page in getattr(series, "pages", ()))
+    listed, declared = _listed_pages(series), len(getattr(series, "pages", ()))
+    present = sum(page is not None for page in listed)
+    if len(listed) < declared:
+        raise _Refused(f"{path} holds only {present} of the {declared} planes its metadata "
+                       "declares (an acquisition or a copy that stopped early?)")
+    missing = declared - present
     if missing:
         raise _Refused(f"{path} is missing {missing} of the {len(series.pages)} planes its "
                        "metadata declares (a file of a multi-file OME-TIFF not copied, or "
@@ -191,6 +196,19 @@ def _check_declared(path: Path, tif, scale: int | None):
     for page in series.pages[:1]:
         _check_page(path, page)
     return series
+
+
+def _listed_pages(series) -> list:
+    """The pages of ``series`` the file holds: tifffile lists the pages its metadata
+    declares and runs out (IndexError) where the file's chain of pages ends early; a page
+    it cannot find in a multi-file dataset is None."""
+    listed = []
+    try:
+        for page in getattr(series, "pages", ()):
+            listed.append(page)
+    except IndexError:
+        pass
+    return listed
 
 
 def _check_page(path: Path, page) -> None:
@@ -355,13 +373,19 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
             if colour is not None:  # as interleaved RGB is: refused as such downstream
                 data = np.moveaxis(data, colour, -1)
             _warn_about_empty_segments(path, series)
+            image = _ome_image(tif, series)
             if _ome_rejected(tif, series):
                 _warn_metadata_ignored(path, tif, series, logs)
                 physical, channels, position = {}, (), {}
+            elif image is None:
+                warnings.warn(f"{path}: which of its OME images the pixels read are is not "
+                              "clear from its metadata; they are read without the metadata's "
+                              "pixel sizes, channel names or position", stacklevel=2)
+                physical, channels, position = {}, (), {}
             else:
-                physical = _physical(path, tif, axes)
-                channels = _channel_names(tif, axes, data.shape)
-                position = ome_position(tif.ome_metadata) if tif.is_ome and \
+                physical = _physical(path, tif, axes, image)
+                channels = _channel_names(tif, axes, data.shape, image)
+                position = ome_position(tif.ome_metadata, image) if tif.is_ome and \
                     tif.ome_metadata else {}
     pixel_size, unit = None, ""
     if "X" in physical and "Y" in physical and physical["X"].unit == physical["Y"].unit:
@@ -369,6 +393,29 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
         unit = physical["X"].unit
     return ImageFile(data, axes, pixel_size, unit, physical=physical, channels=channels,
                      position=position)
+
+
+def _ome_image(tif, series) -> int | None:
+    """Which OME ``Image`` of the file's metadata describes ``series`` (0 for a file without
+    OME metadata; None where it cannot be told). A file may hold a preview or thumbnail image
+    before the main one, whose metadata (another pixel size) is not the main image's."""
+    import xml.etree.ElementTree as ET
+
+    if not tif.is_ome or not tif.ome_metadata or getattr(series, "kind", "") != "ome":
+        return 0
+    read = [s for s in tif.series if getattr(s, "kind", "") == "ome"]
+    try:
+        root = ET.fromstring(tif.ome_metadata)
+    except ET.ParseError:
+        return 0  # _physical says the metadata cannot be read
+    images = [el for el in root if el.tag == "Image" or el.tag.endswith("}Image")]
+    index = next(i for i, s in enumerate(read) if s is series)
+    if len(images) == len(read):  # tifffile made one series per Image, in order
+        return index
+    if len(images) <= 1:
+        return 0
+    named = [i for i, el in enumerate(images) if el.get("Name") == series.name]
+    return named[0] if len(named) == 1 else None
 
 
 def _ome_rejected(tif, series) -> bool:
@@ -429,7 +476,7 @@ def _colour_last(series) -> tuple[str, int | None]:
     return axes.replace("S", "") + "S", axes.index("S")
 
 
-def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
+def _channel_names(tif, axes: str, shape: tuple[int, ...], image: int = 0) -> tuple[str, ...]:
     """The OME channel names, where every channel of the C axis has one; else () (no OME,
     OME-XML that does not parse, a name missing, a count that does not fit)."""
     import xml.etree.ElementTree as ET
@@ -444,8 +491,7 @@ def _channel_names(tif, axes: str, shape: tuple[int, ...]) -> tuple[str, ...]:
         root = ET.fromstring(tif.ome_metadata)
     except ET.ParseError:
         return ()  # _physical warns about it
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
-                   or el.tag == "Pixels"), None)
+    pixels = ome_pixels(root, image)
     if pixels is None:
         return ()
     return fitting_channels([el.get("Name") for el in pixels if el.tag.endswith("}Channel")
@@ -466,10 +512,10 @@ def _imagej_channel_names(imagej: dict, axes: str, shape: tuple[int, ...]) -> tu
     return fitting_channels([str(name[0]) for name in names], axes, shape)
 
 
-def _physical(path: Path, tif, axes: str) -> dict[str, PhysicalSize]:
+def _physical(path: Path, tif, axes: str, image: int = 0) -> dict[str, PhysicalSize]:
     if tif.is_ome and tif.ome_metadata:
         try:
-            return ome_sizes(tif.ome_metadata)
+            return ome_sizes(tif.ome_metadata, image)
         except ValueError as exc:
             warnings.warn(f"{path}: the OME metadata could not be read ({exc}); the pixels "
                           "are read without physical sizes", stacklevel=3)

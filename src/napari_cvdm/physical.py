@@ -49,9 +49,14 @@ class PhysicalSize:
 def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
     """A checked size in a known unit, or None (with a warning) when it cannot be kept;
     None without one for a unit that means "no physical size" (NO_UNIT: 'pixel', ...)."""
+    if isinstance(size, str) and size.count(",") == 1 and "." not in size:
+        size = size.replace(",", ".")  # a decimal comma, as locale-bound writers put it
     try:
         size = float(size)
     except (TypeError, ValueError):
+        if isinstance(size, str):
+            warnings.warn(f"the {'time step' if time else 'pixel size'} {size!r} is not a "
+                          "number; it is not kept", stacklevel=2)
         return None
     if unit is not None and not isinstance(unit, str):
         warnings.warn(f"the unit {unit!r} is not a unit name; the size is not kept",
@@ -77,16 +82,30 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
     return PhysicalSize(size, unit)
 
 
-def ome_sizes(xml: str) -> dict[str, PhysicalSize]:
-    """Sizes from OME-XML (first image); ValueError if the XML does not parse."""
+def _is(element, tag: str) -> bool:
+    return element.tag == tag or element.tag.endswith("}" + tag)
+
+
+def ome_pixels(root, image: int = 0):
+    """The ``Pixels`` element of the ``image``-th OME ``Image`` (None if there is none; for
+    image 0 of XML without Image elements, the first Pixels anywhere)."""
+    images = [el for el in root if _is(el, "Image")]
+    if image < len(images):
+        return next((el for el in images[image] if _is(el, "Pixels")), None)
+    if image == 0 and not images:
+        return next((el for el in root.iter() if _is(el, "Pixels")), None)
+    return None
+
+
+def ome_sizes(xml: str, image: int = 0) -> dict[str, PhysicalSize]:
+    """Sizes from OME-XML (of its ``image``-th image); ValueError if the XML does not parse."""
     import xml.etree.ElementTree as ET
 
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as exc:
         raise ValueError(f"invalid OME-XML: {exc}") from None
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
-                   or el.tag == "Pixels"), None)
+    pixels = ome_pixels(root, image)
     if pixels is None:
         raise ValueError("no Pixels element in the OME-XML")
     sizes = {}
@@ -139,8 +158,8 @@ def yx_sizes(physical: dict[str, PhysicalSize] | None) -> tuple[list | None, lis
     return [p.size if p else None for p in sizes], [p.unit if p else None for p in sizes]
 
 
-def ome_position(xml: str) -> dict[str, PhysicalSize]:
-    """The stage position (OME ``Plane`` PositionX/Y/Z) of the first image, per axis, where
+def ome_position(xml: str, image: int = 0) -> dict[str, PhysicalSize]:
+    """The stage position (OME ``Plane`` PositionX/Y/Z) of the ``image``-th image, per axis, where
     every plane has the same one: {} for none, for XML that does not parse (``ome_sizes``
     says so), and for an axis whose position changes from plane to plane (a Z stack's
     PositionZ, a drifting time series), which one value cannot describe. Unlike a size, a
@@ -151,8 +170,7 @@ def ome_position(xml: str) -> dict[str, PhysicalSize]:
         root = ET.fromstring(xml)
     except ET.ParseError:
         return {}
-    pixels = next((el for el in root.iter() if el.tag.endswith("}Pixels")
-                   or el.tag == "Pixels"), None)
+    pixels = ome_pixels(root, image)
     planes = [] if pixels is None else \
         [el for el in pixels if el.tag.endswith("}Plane") or el.tag == "Plane"]
     out = {}
