@@ -876,3 +876,27 @@ def test_a_result_whose_coarser_levels_cannot_be_written_is_kept_at_full_resolut
     np.testing.assert_array_equal(np.asarray(read_ome_zarr(out / "mean")[0]), mean)
     from napari_cvdm.zarr_files import is_complete_result
     assert is_complete_result(out)
+
+
+def test_channel_and_time_axes_are_known_by_their_type_and_custom_ones_are_said(tmp_path):
+    """Found by a review: axes were named by the first letter of their name, so a channel
+    axis named "wavelength" became a spatial axis (W, written as z) and lost its labels."""
+    path = tmp_path / "w.ome.zarr"
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.create_array("0", shape=(3, 2, 8, 8), chunks=(1, 1, 8, 8), dtype="u2")[:] = 1
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "frame", "type": "time", "unit": "second"},
+        {"name": "wavelength", "type": "channel"}, {"name": "y", "type": "space"},
+        {"name": "x", "type": "space"}], "datasets": [{"path": "0", "coordinateTransformations":
+                                                       [{"type": "scale",
+                                                         "scale": [5.0, 1, 1, 1]}]}]}]
+    root.attrs["omero"] = {"channels": [{"label": "GFP"}, {"label": "RFP"}]}
+    _, meta = read_ome_zarr(path)
+    assert meta["axes"] == "TCYX" and meta["channels"] == ("GFP", "RFP")
+    assert meta["physical"]["T"] == PhysicalSize(5.0, "s")
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [
+        {"name": "angle", "type": "angle", "unit": "degree"}, {"name": "t", "type": "time"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0"}]}]
+    with pytest.warns(UserWarning, match=r"axis 'angle' \(angle\) has no OME equivalent"):
+        assert read_ome_zarr(path)[1]["axes"] == "ATYX"

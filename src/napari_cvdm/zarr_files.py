@@ -250,7 +250,14 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
         warnings.warn(f"{path} holds {len(series)} series (a bioformats2raw store) and only "
                       f"series 0 is read; give another's folder to read it, e.g. "
                       f"{path / series[1]}", stacklevel=2)
-    axes = "".join(n.upper()[:1] for n in names)
+    axes = "".join(_axis_letter(a, n) for a, n in zip(multiscale["axes"], names))
+    custom = [f"{n!r} ({a.get('type')})" for a, n, letter in
+              zip(multiscale["axes"], names, axes) if isinstance(a, dict) and letter not in
+              "TCZYX" and a.get("type") not in (None, "space", "time", "channel")]
+    if custom:
+        warnings.warn(f"{path}: the axis {', '.join(custom)} has no OME equivalent (T, C, Z, "
+                      "Y, X); results name it as one (Z, T or C), without its unit",
+                      stacklevel=2)
     if len(axes) != array.ndim:
         raise ValueError(f"{path}: the axes {names} do not fit an array of {array.ndim} "
                          "dimensions")
@@ -275,6 +282,17 @@ def read_ome_zarr(path: str | os.PathLike, check_chunks: bool = False
     if channels:
         meta["channels"] = channels
     return array, meta
+
+
+def _axis_letter(axis: Any, name: str) -> str:
+    """One letter for an NGFF axis: by its type where that says channel or time (a channel
+    axis named "wavelength" is C), else the first of its name (x, y, z; t, c)."""
+    kind = axis.get("type") if isinstance(axis, dict) else None
+    if kind == "channel":
+        return "C"
+    if kind == "time":
+        return "T"
+    return name.upper()[:1]
 
 
 def _placed(size: float | None, offset: float) -> tuple[float, float]:
