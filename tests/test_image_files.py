@@ -196,6 +196,22 @@ def test_an_imagej_stack_whose_pages_end_early_is_refused_with_both_counts(tmp_p
             read(path)
 
 
+def test_a_plain_tiff_of_pages_of_different_shapes_is_refused_not_cut(tmp_path):
+    """Found by an audit: tifffile reads a plain TIFF's pages like the first as its image;
+    a second page of another shape was dropped without a word (exit 0)."""
+    from napari_cvdm.image_files import probe_tiff
+
+    path = tmp_path / "two.tif"
+    tifffile.imwrite(path, np.ones((32, 32), np.uint16), metadata=None)
+    tifffile.imwrite(path, np.ones((16, 16), np.uint16), metadata=None, append=True)
+    for read in (read_tiff, probe_tiff):
+        with pytest.raises(ValueError, match="holds 2 pages of different shapes"):
+            read(path)
+    tifffile.imwrite(path, np.ones((32, 32), np.uint16), metadata=None, append=True)
+    with pytest.raises(ValueError, match="separate images"):  # tifffile: two series
+        read_tiff(path)
+
+
 def test_an_extreme_resolution_tag_is_not_taken_as_a_pixel_size(tmp_path):
     path = tmp_path / "r.tif"
     tifffile.imwrite(path, np.zeros((6, 5), np.uint16), resolution=((1, 4294967295),

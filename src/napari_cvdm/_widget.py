@@ -266,7 +266,7 @@ class ReconstructionWidget(Container):
         return None if value in ("", ".") else Path(value)
 
     def _update_output_info(self, _event=None) -> None:
-        """The output's size and destination, e.g. "output: 2 x 8192 x 8192, 1.0 GiB to
+        """The output's size and destination, e.g. "output: 2 x 8192 x 8192, 512.0 MiB to
         memory"; the store field only for lazy (dask, zarr, multiscale) layers."""
         if not hasattr(self, "_output"):
             return

@@ -136,19 +136,25 @@ def _images(tif) -> list:
     return images or list(tif.series)
 
 
-def _check_ome_pages(path: Path, tif) -> None:
-    """Pages of the file that no OME image declares (thumbnails aside) are refused: tifffile
-    reads only the declared planes, so a file whose metadata counts too few would be cut
-    without a word."""
+def _check_all_pages_read(path: Path, tif, kind: str) -> None:
+    """Pages of the file that no series holds (thumbnails aside) are refused: tifffile
+    reads only an OME file's declared planes, so a file whose metadata counts too few would
+    be cut without a word, and of a plain TIFF whose pages differ in shape or type only the
+    pages like the first."""
     declared = {page.index for series in tif.series for page in series.pages
                 if page is not None and page.parent is tif}
     extra = [i for i in range(len(tif.pages)) if i not in declared]
     extra = [i for i in extra if not _is_reduced(_as_page(tif.pages[i]))]
-    if extra:
+    if not extra:
+        return
+    if kind == "ome":
         raise _Refused(f"{path}: its OME metadata declares {len(declared)} planes but the "
                        f"file holds {len(declared) + len(extra)} pages (damaged or edited "
                        "metadata, or pages added after it was written); tifffile would read "
                        "only the declared planes and drop the others")
+    raise _Refused(f"{path} holds {len(declared) + len(extra)} pages of different shapes or "
+                   f"pixel types (separate images; the first {len(declared)} alike) and one "
+                   "file is one image here; save each as its own TIFF")
 
 
 def _as_page(page):
@@ -179,8 +185,8 @@ def _check_declared(path: Path, tif, scale: int | None):
         raise _Refused(f"{path} is missing {missing} of the {len(series.pages)} planes its "
                        "metadata declares (a file of a multi-file OME-TIFF not copied, or "
                        "damaged metadata); tifffile would fill them with zeros")
-    if getattr(series, "kind", "") == "ome":
-        _check_ome_pages(path, tif)
+    if getattr(series, "kind", "") in ("ome", "generic"):
+        _check_all_pages_read(path, tif, series.kind)
     shape = tuple(int(n) for n in series.shape)
     if len(shape) < 2 or any(n <= 0 for n in shape):
         raise _Refused(f"{path} declares an empty image (shape {shape})")

@@ -141,9 +141,9 @@ class PredictSettings:
                               auto="a new one each run, recorded")
     device: str = option("auto", "where to compute: auto, cpu, cuda, cuda:N or mps",
                          auto="auto")
-    precision: str = option("auto", "the networks' arithmetic: auto is bf16 on CPUs and "
-                            "GPUs built for it, fp16 on older GPUs, fp32 elsewhere", choices=PRECISIONS,
-                            advanced=True)
+    precision: str = option("auto", "the networks' arithmetic: auto is bf16 on GPUs built "
+                            "for it and on CPUs where a short probe finds it faster, fp16 on "
+                            "older GPUs, fp32 elsewhere", choices=PRECISIONS, advanced=True)
     tile_size: int | None = option(None, "output pixels per tile side; lower it if memory "
                                    "runs out", min=8, max=MAX_TILE_SIZE, step=8,
                                    auto="from the device's free memory", advanced=True)
@@ -234,8 +234,9 @@ class TrainSettings:
                                        auto="the preset's", cli=False)
     grad_clip: float = option(1.0, "gradient norm clip (0: no clipping)", min=0.0,
                                max=1e6)
-    precision: str = option("auto", "the networks' arithmetic (auto: bf16 on CPUs built "
-                            "for it)", choices=PRECISIONS)
+    precision: str = option("auto", "the networks' arithmetic (auto: bf16 on GPUs built for "
+                            "it and on CPUs where a short probe finds it faster)",
+                            choices=PRECISIONS)
     init: str | None = option(None, "fine-tune a bundled model or a model file (fresh "
                               "optimizer; its scale and preset are used)",
                               auto="a new model", metavar="MODEL")
