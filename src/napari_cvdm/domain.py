@@ -582,7 +582,8 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     one unit or one per axis; ``psf_sigma`` the PSF width a conditioned model is told (None:
     its default); ``samples`` the samples drawn."""
     crops = _checked_crops(image)
-    out = _image_warnings(image, crops)
+    out = _narrow_warnings(image, model)
+    out.extend(_image_warnings(image, crops))
     out.extend(_photon_warnings(image, model, crops))
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
     out.extend(_psf_warnings(model, psf_sigma))
@@ -591,6 +592,21 @@ def input_warnings(image, model, pixel_size=None, unit=None,
                    "variance is 0; the std is 0, or the calibration's floor, not an error "
                    "bar). Draw at least 2 samples (8 by default) for an uncertainty")
     return out
+
+
+NARROW_PIXELS = 8  # input pixels across: a plane narrower than this is mostly the model's edge
+
+
+def _narrow_warnings(image, model) -> list[str]:
+    """A plane only a few pixels across in Y or X: the network sees its padding more than
+    the image (a 5000 x 1 input gave means far below its darkest pixel)."""
+    height, width = (int(n) for n in image.shape[-2:])
+    if min(height, width) >= NARROW_PIXELS:
+        return []
+    return [f"the image is only {min(height, width)} pixel(s) across ({height} x {width}); the "
+            "model reconstructs structures from their surroundings (it was trained on patches "
+            "tens of pixels a side), so the result is mostly its guess at the image's edge: "
+            "do not trust it"]
 
 
 DIM_SHARE = 0.5  # integer counts spanning less than this share of the lowest trained signal

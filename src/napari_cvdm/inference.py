@@ -146,6 +146,11 @@ def _prepare(image, model, settings, options, half, progress, cancel,
     height, width = shape[-2] * scale, shape[-1] * scale
     first = plan(model, height, width, s.samples, device, s.tile_size, s.overlap, s.batch_size,
                  precision.low)
+    if precision.low and device.type == "cpu" and min(first.tile) <= model.config.stride:
+        # A tile this narrow is one pixel across at the network's lowest level, where
+        # oneDNN's bfloat16 convolutions gave wrong values that changed from run to run
+        # (a 64 x 4 input: up to 200 off its float32 result, at times NaN): float32.
+        precision = resolve_precision("fp32", device)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.psf_from = psf_from
     if check_input:
