@@ -65,6 +65,22 @@ def test_changed_weights_are_used_by_the_next_call(tiny_model):
     assert not np.array_equal(first.mean, second.mean)  # no stale cached copy
 
 
+def test_a_model_turned_to_another_float_type_runs_as_a_float32_copy(tiny_model):
+    """Found by a review: model.to(torch.bfloat16) or .double() stopped predict() with
+    torch's "Input type (float) and bias type (c10::BFloat16) should be the same"."""
+    import copy
+
+    image = np.random.default_rng(4).random((16, 16))
+    exact = nc.predict(image, tiny_model, samples=2, steps=2, seed=0, precision="fp32")
+    double = copy.deepcopy(tiny_model).double()
+    same = nc.predict(image, double, samples=2, steps=2, seed=0, precision="fp32")
+    np.testing.assert_allclose(same.mean, exact.mean, rtol=1e-5, atol=1e-5)
+    assert all(p.dtype == torch.float64 for p in double.parameters())  # the caller's, as given
+    low = copy.deepcopy(tiny_model).to(torch.bfloat16)
+    rounded = nc.predict(image, low, samples=2, steps=2, seed=0, precision="fp32")
+    assert np.isfinite(rounded.mean).all() and rounded.mean.shape == exact.mean.shape
+
+
 def test_overlapping_cuda_runs_leave_the_autotuner_flag_as_the_caller_set_it():
     """Found by an audit (read, not run: no GPU here): run B starting after run A turned the
     flag on and ending after A restored it restored "on" and left it on."""

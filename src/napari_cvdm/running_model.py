@@ -36,7 +36,7 @@ def _ready(model: CVDM, device: torch.device, channels_last: bool) -> bool:
     if model.training:
         return False
     for t in _tensors(model):
-        if t.device != device:
+        if t.device != device or (t.is_floating_point() and t.dtype != torch.float32):
             return False
         if channels_last and t.dim() == 4 and \
                 not t.is_contiguous(memory_format=torch.channels_last):
@@ -50,7 +50,10 @@ def _copy(model: CVDM, device: torch.device, channels_last: bool) -> CVDM:
         for t in _tensors(model):
             fmt = torch.channels_last if channels_last and t.dim() == 4 \
                 else torch.preserve_format
-            new = t.detach().to(device, memory_format=fmt, copy=True)
+            # float32 weights whatever the caller's copy holds (model.bfloat16(), .double()):
+            # the arithmetic is chosen by precision=, not by the weights' type
+            dtype = torch.float32 if t.is_floating_point() else t.dtype
+            new = t.detach().to(device, dtype=dtype, memory_format=fmt, copy=True)
             memo[id(t)] = nn.Parameter(new, requires_grad=False) \
                 if isinstance(t, nn.Parameter) else new
         net = copy.deepcopy(model, memo)
@@ -61,7 +64,8 @@ def running_model(model: CVDM, device: torch.device) -> CVDM:
     """``model`` ready to run on ``device``: itself if it already is, else a cached copy.
 
     On the CPU the weights are channels-last (NHWC): with NHWC activations oneDNN's fast
-    convolutions run without reorders.
+    convolutions run without reorders. Weights of another floating type (a model the
+    caller turned to bfloat16 or float64) run as a float32 copy.
     """
     channels_last = device.type == "cpu"
     if _ready(model, device, channels_last):
