@@ -134,7 +134,8 @@ def test_provenance_is_stored_as_an_ome_map_annotation(tmp_path):
     assert pairs == {k: str(v) for k, v in provenance.items()}
 
 
-def test_ome_metadata_that_does_not_parse_gives_pixels_a_warning_and_no_sizes(tmp_path):
+def test_ome_metadata_that_does_not_parse_gives_pixels_a_warning_and_no_sizes(tmp_path,
+                                                                             caplog):
     path = tmp_path / "bad.ome.tif"
     data = np.arange(30, dtype=np.uint16).reshape(6, 5)
     tifffile.imwrite(path, data, ome=True, metadata={"PhysicalSizeX": 0.1,
@@ -143,6 +144,8 @@ def test_ome_metadata_that_does_not_parse_gives_pixels_a_warning_and_no_sizes(tm
     path.write_bytes(raw.replace(b"<Pixels ", b"<Pixels<", 1))  # same length, broken XML
     with pytest.warns(UserWarning, match="OME metadata could not be read"):
         image = read_tiff(path)
+    # said once, by the warning: not also by tifffile's "OME series raised ParseError" line
+    assert not [r for r in caplog.records if r.name == "tifffile"]
     np.testing.assert_array_equal(image.data, data)
     assert image.physical == {} and image.pixel_size is None
     out = write_ome_tiff(tmp_path / "o.ome.tif", np.zeros((12, 10), np.float32),
@@ -210,6 +213,19 @@ def test_a_plain_tiff_of_pages_of_different_shapes_is_refused_not_cut(tmp_path):
     tifffile.imwrite(path, np.ones((32, 32), np.uint16), metadata=None, append=True)
     with pytest.raises(ValueError, match="separate images"):  # tifffile: two series
         read_tiff(path)
+
+
+def test_a_time_step_of_zero_means_none_recorded_and_is_not_warned_about(tmp_path):
+    import warnings
+
+    path = tmp_path / "t0.ome.tif"
+    tifffile.imwrite(path, np.zeros((3, 6, 5), np.uint16), ome=True,
+                     metadata={"axes": "TYX", "TimeIncrement": 0.0, "PhysicalSizeX": 0.1,
+                               "PhysicalSizeY": 0.1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_tiff(path)
+    assert "T" not in image.physical and image.pixel_size == pytest.approx((0.1, 0.1))
 
 
 def test_an_extreme_resolution_tag_is_not_taken_as_a_pixel_size(tmp_path):

@@ -389,7 +389,7 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
                               "pixel sizes, channel names or position", stacklevel=2)
                 physical, channels, position = {}, (), {}
             else:
-                physical = _physical(path, tif, axes, image)
+                physical = _physical(path, tif, axes, image, logs)
                 channels = _channel_names(tif, axes, data.shape, image)
                 position = ome_position(tif.ome_metadata, image) if tif.is_ome and \
                     tif.ome_metadata else {}
@@ -518,11 +518,14 @@ def _imagej_channel_names(imagej: dict, axes: str, shape: tuple[int, ...]) -> tu
     return fitting_channels([str(name[0]) for name in names], axes, shape)
 
 
-def _physical(path: Path, tif, axes: str, image: int = 0) -> dict[str, PhysicalSize]:
+def _physical(path: Path, tif, axes: str, image: int = 0,
+              logs: _HeldLogs | None = None) -> dict[str, PhysicalSize]:
     if tif.is_ome and tif.ome_metadata:
         try:
             return ome_sizes(tif.ome_metadata, image)
         except ValueError as exc:
+            if logs is not None:  # tifffile's own line on it ("OME series raised ...")
+                logs.records[:] = [r for r in logs.records if "OME" not in r.getMessage()]
             warnings.warn(f"{path}: the OME metadata could not be read ({exc}); the pixels "
                           "are read without physical sizes", stacklevel=3)
             return {}

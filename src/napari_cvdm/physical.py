@@ -75,9 +75,11 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
         warnings.warn(f"unknown {'time' if time else 'length'} unit {unit!r}; the size is "
                       "not kept", stacklevel=2)
         return None
+    if time and size == 0:
+        return None  # a time step of 0: not recorded (as LSM and many OME writers mean it)
     if not (math.isfinite(size) and MIN_SIZE <= size <= MAX_SIZE):
-        warnings.warn(f"implausible pixel size {size} {unit}; the size is not kept",
-                      stacklevel=2)
+        warnings.warn(f"implausible {'time step' if time else 'pixel size'} {size} {unit}; "
+                      "it is not kept", stacklevel=2)
         return None
     return PhysicalSize(size, unit)
 
