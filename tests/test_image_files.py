@@ -582,6 +582,22 @@ def test_lsm_files_and_folders_inside_a_store_are_named_as_images():
     assert image_stem("/d/x.zarr/export/cell.tif") == "cell"
 
 
+def test_bigtiff_extensions_are_tiffs_in_folders_and_names(tmp_path, tiny_model_file):
+    """Found by a review: a folder input skipped .btf and .tf8 files without a word, and a
+    .btf given alone was named 'x.btf_cvdm_mean.tif'."""
+    from napari_cvdm.cli import main
+    from napari_cvdm.image_names import image_stem, is_tiff
+
+    assert all(is_tiff(f"a.{e}") for e in ("btf", "TF8", "tf2"))
+    assert [image_stem(n) for n in ("x.btf", "y.ome.tf8")] == ["x", "y"]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "big.btf", _stack()[0], bigtiff=True)
+    assert main(["predict", str(folder), "-o", str(tmp_path / "out"), "--model",
+                 str(tiny_model_file), "--samples", "2", "--steps", "1", "--quiet"]) == 0
+    assert (tmp_path / "out" / "big_cvdm_mean.tif").is_file()
+
+
 def _stack(seed=0, planes=3):
     return np.random.default_rng(seed).integers(0, 999, (planes, 32, 32), dtype=np.uint16)
 

@@ -1,6 +1,7 @@
 """What a path's name says about the image it holds: the one place for file extensions.
 
-TIFF files end in .tif or .tiff, Zeiss LSM files (TIFFs) in .lsm (any case); an OME-Zarr
+TIFF files end in .tif or .tiff (BigTIFF files also in .btf, .tf8 or .tf2), Zeiss LSM files
+(TIFFs) in .lsm (any case); an OME-Zarr
 image is a folder ending in .zarr (usually .ome.zarr), or a folder inside one (a series of
 a bioformats2raw store, 'store.ome.zarr/1'; a field of a plate, 'plate.ome.zarr/A/1/0').
 Outputs are named after the input's :func:`image_stem` (:func:`output_name`; always .tif
@@ -12,15 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".lsm")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".tf2", ".lsm")
 ZARR_SUFFIX = ".zarr"
 # Longest first, so 'a.ome.tif' loses '.ome.tif', not only '.tif'.
-IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".lsm", ".ome.zarr", ".zarr")
+IMAGE_EXTENSIONS = (".ome.tiff", ".ome.tif", ".ome.btf", ".ome.tf8", ".ome.tf2", ".tiff", ".tif",
+                    ".btf", ".tf8", ".tf2", ".lsm", ".ome.zarr", ".zarr")
 TIFF_OUTPUTS = ("mean", "std", "var")  # the three TIFFs of one input
 
 
 def is_tiff(path: str | Path) -> bool:
-    """Whether the name ends in .tif, .tiff or .lsm (any case)."""
+    """Whether the name ends in .tif, .tiff, .btf, .tf8, .tf2 or .lsm (any case)."""
     return Path(path).suffix.lower() in TIFF_SUFFIXES
 
 
