@@ -115,6 +115,25 @@ def test_existing_outputs_are_refused_before_any_work_unless_overwrite(two_tiffs
     assert {p.name: p.read_bytes() for p in out.iterdir()} != before
 
 
+@pytest.mark.parametrize("flag", ["--overwrite", "--resume"])
+def test_a_users_file_with_an_outputs_name_is_never_replaced(two_tiffs, tiny_model_file,
+                                                             tmp_path, capsys, flag):
+    """Found by a review: --overwrite replaced any TIFF named like an output (a user's own
+    image copied there), where OME-Zarr outputs replace only napari-cvdm results."""
+    import shutil
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(two_tiffs[0], out / "first_cvdm_mean.tif")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "1", flag) == 2
+    assert "is not a napari-cvdm output" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "first_cvdm_mean.tif").unlink()
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "1") == 0
+    assert _cli(two_tiffs[:1], out, tiny_model_file, "--quiet", "--seed", "2", flag) == 0
+
+
 def test_an_interruption_during_predict_leaves_no_files_for_that_input(
         two_tiffs, tiny_model_file, tmp_path, monkeypatch, capsys):
     """Ctrl-C in the middle of the second image: the first image's outputs are complete."""

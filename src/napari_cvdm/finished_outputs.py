@@ -61,6 +61,30 @@ def output_state(outputs, input_path: Path | None = None,
     return COMPLETE, "all outputs exist and open"
 
 
+def foreign_tiff(path: Path) -> bool:
+    """Whether ``path`` is a TIFF that opens cleanly and is not a napari-cvdm output (its OME
+    description is not "napari-cvdm result"): a file of the user's that only has an output's
+    name, never replaced. A damaged or cut-short file (an interrupted output) is not judged
+    foreign; nor is anything that is not a regular file (``check_outputs`` judges those)."""
+    import xml.etree.ElementTree as ET
+
+    import tifffile
+
+    if not path.is_file():
+        return False
+    try:
+        with held_tifffile_logs(pass_on=False), tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                return False
+            if not tif.is_ome or not tif.ome_metadata:
+                return True
+            root = ET.fromstring(tif.ome_metadata)
+    except Exception:  # noqa: BLE001 - a damaged file: an interrupted output, replaceable
+        return False
+    described = [el.text for el in root.iter() if el.tag.endswith("}Description")]
+    return "napari-cvdm result" not in described
+
+
 def _made_otherwise(outputs: list[Path], made_with: dict) -> str:
     """What the outputs' provenance records otherwise than ``made_with`` ("" where all
     agree; a key they do not record, as older outputs, is not judged)."""

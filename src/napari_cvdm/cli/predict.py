@@ -204,7 +204,7 @@ def _plan(args, seed: int | None, clustered: bool = False):
     """
     from ..devices import resolve_device
     from ..file_prediction import FileTask, check_zarr_input
-    from ..finished_outputs import ABSENT, COMPLETE, output_state
+    from ..finished_outputs import ABSENT, COMPLETE, foreign_tiff, output_state
     from ..settings import draw_seed
     from ..tiff_writer import check_outputs
     from ..zarr_files import check_replaceable, read_ome_zarr
@@ -263,6 +263,12 @@ def _plan(args, seed: int | None, clustered: bool = False):
             continue
         tasks.append(FileTask(path, outputs, draw_seed() if seed is None else seed,
                               replace=state != ABSENT))
+    foreign = [p for t in tasks if not is_zarr(t.input) and (args.overwrite or t.replace)
+               for p in t.outputs if foreign_tiff(p)]
+    if foreign:
+        raise ValueError(f"{foreign[0]} has an output's name but is not a napari-cvdm output "
+                         f"(no napari-cvdm provenance); it is never replaced: move or rename "
+                         f"it{f' (and {len(foreign) - 1} more)' if len(foreign) > 1 else ''}")
     for folders in (False, True):
         for replace in (False, True):
             check_outputs([p for t in tasks if is_zarr(t.input) == folders
