@@ -103,6 +103,26 @@ def test_a_region_results_bounds_and_a_time_series_step_are_saved(make_napari_vi
     assert axes == "TYX" and float(pixels.get("TimeIncrement")) == 2.0
 
 
+def test_a_layers_translate_is_saved_as_its_stage_position(tmp_path):
+    """Found by a review: the writer dropped translate, so a cropped result lost where it
+    sat (and every result its placement over the input)."""
+    from napari_cvdm._writer import write_ome_tiff
+
+    path = tmp_path / "moved.ome.tif"
+    write_ome_tiff(str(path), np.ones((4, 6), np.float32),
+                   {"scale": (0.05, 0.05), "translate": (5.0, 2.5), "units": ("nm", "nm"),
+                    "metadata": {}})
+    plane = next(el for el in _ome(path)[2].iter() if el.tag.endswith("}Plane"))
+    assert float(plane.get("PositionY")) == pytest.approx(5.0)
+    assert float(plane.get("PositionX")) == pytest.approx(2.5)
+    assert plane.get("PositionXUnit") == "nm"
+    plain = tmp_path / "pixels.ome.tif"  # a translate in pixels has no physical position
+    write_ome_tiff(str(plain), np.ones((4, 6), np.float32),
+                   {"translate": (5.0, 2.5), "units": ("pixel", "pixel"), "metadata": {}})
+    assert not [el for el in _ome(plain)[2].iter() if el.tag.endswith("}Plane")
+                and el.get("PositionX") is not None]
+
+
 def test_a_plain_layer_in_pixels_is_saved_without_physical_sizes(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     layer = viewer.add_image(np.arange(20, dtype=np.uint16).reshape(4, 5))
@@ -213,6 +233,9 @@ def test_two_result_layers_are_saved_as_the_channels_of_one_file(make_napari_vie
     pixels = next(el for el in root.iter() if el.tag.endswith("}Pixels"))
     assert float(pixels.get("PhysicalSizeX")) == pytest.approx(0.03)
     assert float(pixels.get("PhysicalSizeZ")) == pytest.approx(0.5)
+    planes = [el for el in root.iter() if el.tag.endswith("}Plane")]
+    assert planes and all(float(p.get("PositionY")) == pytest.approx(-0.0075)
+                          and p.get("PositionZ") is None for p in planes)
     pairs = {m.get("K"): m.text for m in root.iter() if m.tag.endswith("}M")}
     assert pairs["model"] == "m" and pairs["seed"] == "4"
     assert json.loads(pairs["output"]) == {"cells CVDM mean": "mean", "cells CVDM std": "std"}

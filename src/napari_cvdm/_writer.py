@@ -3,7 +3,8 @@
 napari calls :func:`write_ome_tiff` for File > Save Selected Layer(s) with a ``.ome.tif``
 name (:func:`write_ome_tiff_layers`: several layers as the channels of one file). Axis
 labels that are OME letters (T, Z, C, Y, X) are kept; physical sizes come from
-the layer's scale and units (napari's default unit "pixel" writes none); the
+the layer's scale and units (napari's default unit "pixel" writes none), its translate
+becomes the OME stage position; the
 ``metadata["cvdm"]`` dict of result layers becomes the OME provenance annotation.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .physical import ALIASES, NO_UNIT, TIME_UNITS, PhysicalSize
+from .physical import ALIASES, LENGTH_UNITS, NO_UNIT, TIME_UNITS, PhysicalSize
 from .tiff_writer import ome_axes, output_spec
 from .tiff_writer import write_ome_tiff as _write
 
@@ -57,6 +58,23 @@ def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
     return sizes
 
 
+def _position(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
+    """The layer's translate along X, Y and Z, in a length unit, as the OME stage position
+    of its first pixel (where it is not 0): a region's result keeps where it sat, and a
+    result its placement over the input."""
+    shift = list(attributes.get("translate") or [])
+    units = [str(u) for u in attributes.get("units") or []]
+    if len(shift) != len(axes) or len(units) != len(axes):
+        return {}
+    out = {}
+    for axis, value, unit in zip(axes, shift, units):
+        if axis in "XYZ" and unit.lower() not in NO_UNIT and float(value) != 0.0:
+            factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
+            if unit in LENGTH_UNITS and np.isfinite(float(value) * factor):
+                out[axis] = PhysicalSize(float(value) * factor, unit)
+    return out
+
+
 def _provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
     cvdm = (metadata or {}).get("cvdm")
     if not isinstance(cvdm, dict):
@@ -79,7 +97,8 @@ def _save(path: str, data: Any, attributes: dict[str, Any]) -> list[str]:
     data = _plane_data(data, attributes)
     axes = ome_axes(_axes(attributes, data.ndim), data.ndim)
     spec = output_spec(axes, data.ndim, _sizes(attributes, axes), 1,
-                       _provenance(attributes.get("metadata")))
+                       _provenance(attributes.get("metadata")),
+                       position=_position(attributes, axes))
     return [str(_write(path, data, spec, overwrite=True))]
 
 
@@ -131,7 +150,8 @@ def _save_channels(path: str, layer_data: list[tuple[Any, dict[str, Any], str]])
                          f"axis; {one_at_a_time}")
     data = np.stack([np.asarray(d, dtype=np.result_type(*arrays)) for d in arrays])
     spec = output_spec("C" + axes, ndim + 1, _sizes(first, axes), 1,
-                       _merged_provenance(names, attributes), channels=names)
+                       _merged_provenance(names, attributes), channels=names,
+                       position=_position(first, axes))
     return [str(_write(path, data, spec, overwrite=True))]
 
 
