@@ -510,3 +510,13 @@ def test_a_training_state_or_a_broken_link_given_as_the_model_says_what_it_is(tm
     (tmp_path / "b.cvdm.safetensors").symlink_to(loop)
     with pytest.raises(ValueError, match="symbolic link to a missing file"):
         load_model(loop)
+
+
+def test_load_model_takes_the_devices_predict_takes():
+    """Found by a review: load_model(device="auto") was torch's "Expected one of cpu, cuda"
+    RuntimeError, where predict(device="auto") works."""
+    from napari_cvdm.io import load_model
+
+    model = load_model("demo", device="auto")
+    assert next(model.parameters()).device.type in ("cpu", "cuda", "mps")
+    assert next(load_model("demo", device="CPU").parameters()).device.type == "cpu"

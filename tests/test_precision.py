@@ -356,3 +356,23 @@ def test_a_tile_one_pixel_across_at_the_lowest_level_runs_in_float32(nuclei_wide
     wider = nc.predict(nuclei_widefield[100:164, 120:136], samples=2, steps=2, seed=5,
                        precision="bf16")
     assert wider.info["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("how", ["raises", "warns"])
+def test_half_precision_on_mps_needs_this_torchs_autocast(monkeypatch, how):
+    """Found by a review: bf16/fp16 on MPS were accepted unchecked; torch without MPS
+    autocast raises at the first network call, and one with a single type warns and runs
+    float32 while the result says half precision."""
+    import warnings
+
+    def autocast(device_type, dtype=None, **kwargs):
+        if how == "raises":
+            raise RuntimeError("User specified an unsupported autocast device_type 'mps'")
+        warnings.warn("MPS Autocast only supports dtype of torch.bfloat16 currently.")
+
+    monkeypatch.setattr(torch, "autocast", autocast)
+    mps = torch.device("mps")
+    with pytest.raises(ValueError, match="does not run on MPS with this torch"):
+        resolve_precision("fp16", mps)
+    assert precision.supported_precisions(mps) == ["auto", "fp32"]
+    assert resolve_precision("auto", mps).name == "fp32"

@@ -81,6 +81,24 @@ def test_a_model_turned_to_another_float_type_runs_as_a_float32_copy(tiny_model)
     assert np.isfinite(rounded.mean).all() and rounded.mean.shape == exact.mean.shape
 
 
+def test_deterministic_cudnn_keeps_the_autotuner_off():
+    """Found by a review: predict() turned the autotuner on inside the bioimage.io sampler's
+    exact mode (deterministic cuDNN), whose algorithms are then picked by timing."""
+    from napari_cvdm.inference import cudnn_autotune
+
+    before = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        torch.backends.cudnn.benchmark = False
+        with torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True):
+            with cudnn_autotune():
+                assert not torch.backends.cudnn.benchmark
+        with cudnn_autotune():
+            assert torch.backends.cudnn.benchmark
+        assert not torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = before
+
+
 def test_overlapping_cuda_runs_leave_the_autotuner_flag_as_the_caller_set_it():
     """Found by an audit (read, not run: no GPU here): run B starting after run A turned the
     flag on and ending after A restored it restored "on" and left it on."""

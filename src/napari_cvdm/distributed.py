@@ -201,14 +201,16 @@ def run_file(task, spec) -> dict[str, Any]:
         index, nthreads = 0, None
     threads = spec.threads or nthreads
     warnings: list[str] = []
+    device = worker_device(spec.settings.device, index)
     with _predicting, _local_dask():
         if threads:
             torch.set_num_threads(threads)
+        if device is not None:  # work torch puts on "the current GPU" lands on this one
+            torch.cuda.set_device(torch.device(device))
         try:
             model = load_cached(spec.settings.model)
             done = predict_file(task, dataclasses.replace(spec, threads=None), model,
-                                warn=warnings.append,
-                                device=worker_device(spec.settings.device, index))
+                                warn=warnings.append, device=device)
         except ValueError as exc:  # bad input fails the same way again: no retry
             # a plain copy: the original carries the reader's own exception as its context
             # (a codec's error class that cannot be unpickled on the client: a TypeError)

@@ -76,9 +76,15 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(m in text for m in _OUT_OF_MEMORY_MESSAGES)
 
 
+# cuBLAS and cuDNN make their handles and workspaces per thread, on first use: on a nearly
+# full GPU that fails with these (pytorch/pytorch#108645: "unable to find an engine" is
+# cuDNN's out-of-memory while the autotuner searches).
 _OUT_OF_MEMORY_MESSAGES = ("MPS backend out of memory", "can't allocate memory",
                            "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED",
-                           "CUDNN_STATUS_ALLOC_FAILED")
+                           "CUDNN_STATUS_ALLOC_FAILED", "CUBLAS_STATUS_NOT_INITIALIZED",
+                           "CUDNN_STATUS_NOT_INITIALIZED", "ALLOCATION_FAILED",
+                           "unable to find an engine to execute this computation",
+                           "Unable to find a valid cuDNN algorithm")
 
 
 class InputWarning(UserWarning):

@@ -151,6 +151,7 @@ def _prepare(image, model, settings, options, half, progress, cancel,
         # oneDNN's bfloat16 convolutions gave wrong values that changed from run to run
         # (a 64 x 4 input: up to 200 off its float32 result, at times NaN): float32.
         precision = resolve_precision("fp32", device)
+        s = s.replace(precision="fp32")
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.psf_from = psf_from
     if check_input:
@@ -168,12 +169,13 @@ def _prepare(image, model, settings, options, half, progress, cancel,
         return run, shape
     try:
         run.net = running_model(model, device)
+        return run, shape
     except Exception as exc:
         if not is_out_of_memory(exc):
             raise
-        _release_accelerator_memory(device)
-        raise OutOfMemory(device, what="the model") from None
-    return run, shape
+    # outside the except clause: its traceback holds the partly made copy's tensors
+    _release_accelerator_memory(device)
+    raise OutOfMemory(device, what="the model")
 
 
 def _say_input_warnings(run: Run, stacklevel: int) -> None:
@@ -227,13 +229,16 @@ _autotune_before = False  # the flag as the first of them found it
 def cudnn_autotune():
     """cuDNN's autotuner on while any CUDA run is in progress, the caller's setting back when
     the last ends: runs in several threads overlap, and each restoring the flag it found
-    would leave it on."""
+    would leave it on. A caller who asked for deterministic cuDNN (``torch.backends.cudnn.
+    deterministic``, as the bioimage.io sampler's exact mode does) keeps the autotuner off:
+    it picks algorithms by timing, which can differ between runs and round differently."""
     global _autotune_runs, _autotune_before
     with _autotune_lock:
         if _autotune_runs == 0:
             _autotune_before = torch.backends.cudnn.benchmark
         _autotune_runs += 1
-        torch.backends.cudnn.benchmark = True
+        if not torch.backends.cudnn.deterministic:
+            torch.backends.cudnn.benchmark = True
     try:
         yield
     finally:
@@ -398,7 +403,8 @@ def _predict_lazy(image, model, settings, options, half, progress, cancel, clien
         scale = run.net.config.scale
         chunks = (1,) * (len(shape) - 2) + (max(th // scale, 1) * 2, max(tw // scale, 1) * 2)
         source = da.from_array(np.asarray(image), chunks=chunks)
-    mean, variance, std, spec = lazy_predict(source, run.net, run, shape, run.source)
+    mean, variance, std, spec = lazy_predict(source, run.net, run, shape, run.source,
+                                             pin_device=client is None)
     s, net = run.settings, run.net
     steps = s.steps if s.sampler == "ddim" else net.config.timesteps
     info = {**_plan_info(run, spec.planes * run.plane_evaluations(), std is not None),

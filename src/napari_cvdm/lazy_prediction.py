@@ -317,11 +317,15 @@ def _rechunk_if_needed(image, plan: TilePlan, scale: int):
     return image.rechunk(target)
 
 
-def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
+def lazy_predict(image, model, run, shape: tuple[int, ...], source=None,
+                 pin_device: bool = True):
     """The dask graph of a prediction of ``image`` (a dask array) with ``run``'s plan.
 
     ``model`` is the resolved CVDM, ``source`` what the caller named it by (a bundled name
     or a file: workers then load it from there; None: the model travels as bytes).
+    ``pin_device``: the tasks run on the device and precision the plan was made for (this
+    process's threads: a thread's own current GPU may be another); without (a cluster's
+    workers), each resolves the run's settings where it runs.
     Returns ``(mean, variance, calibrated_std or None, spec)``, lazy.
     """
     import dask
@@ -336,6 +340,8 @@ def lazy_predict(image, model, run, shape: tuple[int, ...], source=None):
     remember(ref, model)  # this process runs with the caller's model, never a reloaded copy
     scale = model.config.scale
     s = run.settings
+    if pin_device:
+        s = s.replace(device=str(run.device), precision=run.precision.name)
     token = uuid.uuid4().hex
     spec = LazySpec(ref, s.replace(model=None, seed=run.seed), run.seed, run.plan, run.height,
                     run.width, scale, tuple(run.percentiles), run.calibration,

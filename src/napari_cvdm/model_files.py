@@ -359,7 +359,9 @@ def _load_file(path: Path, device: str):
         with _weight_errors(path):
             _read_weights(path, model, expected)
     model.metadata.setdefault("name", path.name.removesuffix(MODEL_SUFFIX))
-    return model.to(device).eval()
+    from .devices import resolve_device
+
+    return model.to(resolve_device(device)).eval()
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}

@@ -265,6 +265,11 @@ def resolve_precision(name: str, device: torch.device, training: bool = False) -
         else:
             value = "fp32"
         return Precision(value, kind)
+    if value in ("bf16", "fp16") and kind == "mps":
+        problem = mps_autocast_problem(value)
+        if problem:
+            raise ValueError(f"precision {value!r} does not run on MPS with this torch "
+                             f"({problem}); use 'fp32' or 'auto'")
     if value == "fp16" and kind == "cpu":
         raise ValueError("precision 'fp16' is for GPUs; on a CPU use 'bf16' (where supported), "
                          "'fp32' or 'auto'")
@@ -278,6 +283,22 @@ def resolve_precision(name: str, device: torch.device, training: bool = False) -
     return Precision(value, kind)
 
 
+def mps_autocast_problem(value: str) -> str | None:
+    """Why torch's autocast cannot run ``value`` ("bf16", "fp16") on MPS here, or None.
+    Autocast on MPS came with torch 2.5 and long took one of the two types only: torch then
+    warns and runs float32, while the result would say it ran in half precision."""
+    import warnings
+
+    dtype = torch.bfloat16 if value == "bf16" else torch.float16
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.autocast("mps", dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - an autocast device type this torch lacks
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return str(caught[0].message).splitlines()[0] if caught else None
+
+
 def supported_precisions(device: torch.device) -> list[str]:
     """The precision names that ``resolve_precision`` accepts on ``device``."""
     out = ["auto", "fp32"]
@@ -289,7 +310,8 @@ def supported_precisions(device: torch.device) -> list[str]:
             out.append("bf16")
         out.append("fp16")
     else:
-        out += ["bf16", "fp16"]
+        out += [v for v in ("bf16", "fp16")
+                if device.type != "mps" or mps_autocast_problem(v) is None]
     return out
 
 

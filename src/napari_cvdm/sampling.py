@@ -117,7 +117,9 @@ def sample(model: CVDM, x: torch.Tensor, initial_noise: torch.Tensor, *, steps: 
     ``denoise``: a drop-in for ``model.denoise`` (e.g. a ``torch.compile``d one).
     ``precision``: the networks' arithmetic (None: float32); the sampler state stays float32.
     ``psf_sigma``: the input's PSF width, for a PSF-conditioned model (``CVDM.prepare``).
-    Everything inside the step loop stays on x's device: no host copies, no syncs.
+    Everything inside the step loop stays on x's device: no host copies, and no syncs but
+    one per denoiser call in low precision (whether its output is finite; a call that is
+    not runs again in float32).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
