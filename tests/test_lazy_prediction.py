@@ -219,3 +219,36 @@ def test_a_lazy_run_of_a_narrow_image_runs_in_float32_as_in_memory(nuclei_widefi
                           precision="bf16")
         exact = nc.predict(narrow, samples=2, steps=2, seed=5, precision="fp32")
     np.testing.assert_array_equal(np.asarray(lazy.mean), exact.mean)
+
+
+def test_a_lazy_tile_group_out_of_memory_is_retried_with_fewer_samples_per_call(
+        tiny_model, monkeypatch):
+    """Found by a review: the lazy path had no retry; a tile group that ran out of GPU memory
+    raised torch's error out of napari's dask layer or the cluster."""
+    import torch
+
+    from napari_cvdm import tile_sampling
+    from napari_cvdm.errors import OutOfMemory
+
+    real, plans = tile_sampling.tile_statistics, []
+
+    def short_of_memory(run, *args, **kwargs):
+        plans.append(run.plan)
+        if run.plan.batch > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return real(run, *args, **kwargs)
+
+    monkeypatch.setattr(tile_sampling, "tile_statistics", short_of_memory)
+    image = da.from_array(np.random.default_rng(0).random((16, 16)).astype(np.float32))
+    result = nc.predict(image, tiny_model, samples=4, steps=1, seed=0, batch_size=4)
+    mean = np.asarray(result.mean)
+    assert mean.shape == (32, 32) and np.isfinite(mean).all()
+    assert [p.batch for p in plans[:3]] == [4, 2, 1]
+
+    def never(run, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(tile_sampling, "tile_statistics", never)
+    late = nc.predict(image, tiny_model, samples=4, steps=1, seed=0, batch_size=4)
+    with pytest.raises(OutOfMemory, match="even with .* 1 sample"):
+        np.asarray(late.mean)

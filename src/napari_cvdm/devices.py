@@ -134,6 +134,18 @@ def tune_cpu_allocator() -> bool:
         return ok
 
 
+def release_accelerator_memory(device: torch.device) -> None:
+    """What torch's caching allocator holds on ``device`` given back, after running out of
+    memory (call it outside the ``except`` clause: the traceback's frames hold tensors)."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
+
+
 def release_cpu_memory() -> None:
     """Give the free heap memory back to the system (after a prediction)."""
     if _tuned:

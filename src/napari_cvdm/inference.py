@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from . import calibration, padding  # noqa: I001
-from .devices import release_cpu_memory, resolve_device
+from .devices import release_accelerator_memory, release_cpu_memory, resolve_device
 from .errors import CancelCheck, InputWarning, OutOfMemory, is_out_of_memory
 from .model.cvdm import CVDM
 from .normalization import DEFAULT_PERCENTILES, Normalization
@@ -79,16 +79,6 @@ def _resolve_model(model) -> CVDM:
     from .model_files import resolve_model
 
     return resolve_model(model)[0]
-
-
-def _release_accelerator_memory(device: torch.device) -> None:
-    import gc
-
-    gc.collect()
-    if device.type == "cuda" and torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    elif device.type == "mps" and hasattr(torch, "mps"):
-        torch.mps.empty_cache()
 
 
 class _CompiledDenoiser:
@@ -174,7 +164,7 @@ def _prepare(image, model, settings, options, half, progress, cancel,
         if not is_out_of_memory(exc):
             raise
     # outside the except clause: its traceback holds the partly made copy's tensors
-    _release_accelerator_memory(device)
+    release_accelerator_memory(device)
     raise OutOfMemory(device, what="the model")
 
 
@@ -211,7 +201,7 @@ def _run_plane(run: Run, x_plane: torch.Tensor, plane: int, mean_view, var_view,
                 raise
         # Outside the except clause: the traceback (and the tensors its frames hold) is
         # gone, so the memory can really be released.
-        _release_accelerator_memory(run.device)
+        release_accelerator_memory(run.device)
         smaller = smaller_plan(run.plan, run.net.config.stride)
         if smaller is None:
             raise OutOfMemory(run.device, run.plan.tile_size, run.plan.batch)

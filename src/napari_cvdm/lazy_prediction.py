@@ -233,8 +233,9 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
         return None
     import torch
 
-    from .devices import resolve_device
-    from .errors import Cancelled, cancel_requested
+    from .devices import release_accelerator_memory, resolve_device
+    from .errors import Cancelled, OutOfMemory, cancel_requested, is_out_of_memory
+    from .planning import fewer_per_call
     from .model_cache import load_cached
     from .precision import resolve_precision
     from .running_model import running_model
@@ -250,13 +251,29 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
     precision = resolve_precision(spec.settings.precision, device)
     x, excess = without_spikes(norm.apply(np.asarray(region)))  # as the in-memory run
     x = torch.from_numpy(x)
-    with _compute_lock, torch.inference_mode():
-        run = Run(running_model(model, device), device, precision, spec.settings, spec.seed,
-                  spec.plan, spec.height, spec.width,
-                  progress=callbacks.tick if callbacks is not None else None, cancel=cancel)
-        generator = torch.Generator(device=device)
-        generator.manual_seed(group_seed(spec.seed, plane, first))
-        means, variances = tile_statistics(run, x, tiles, plane, generator, origin, excess)
+    plan = spec.plan
+    while True:
+        with _compute_lock, torch.inference_mode():
+            run = Run(running_model(model, device), device, precision, spec.settings,
+                      spec.seed, plan, spec.height, spec.width,
+                      progress=callbacks.tick if callbacks is not None else None,
+                      cancel=cancel)
+            generator = torch.Generator(device=device)
+            generator.manual_seed(group_seed(spec.seed, plane, first))
+            try:
+                means, variances = tile_statistics(run, x, tiles, plane, generator, origin,
+                                                   excess)
+                break
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+        # Outside the except clause (its traceback holds tensors). The graph's tiles are
+        # fixed, so fewer tiles, then fewer samples, per network call.
+        release_accelerator_memory(device)
+        smaller = fewer_per_call(plan)
+        if smaller is None:
+            raise OutOfMemory(device, plan.tile_size, plan.batch)
+        plan = smaller
     # Held until every chunk they touch is blended: float32, as the blend uses them.
     return means.astype(np.float32), variances.astype(np.float32)
 

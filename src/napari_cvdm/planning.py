@@ -111,6 +111,17 @@ def plan(model: CVDM, height: int, width: int, samples: int, device: torch.devic
     return TilePlan((th, tw), overlap, batch, group, budget)
 
 
+def fewer_per_call(current: TilePlan) -> TilePlan | None:
+    """The next plan with the same tiles after running out of memory (a lazy run's graph is
+    cut into these tiles): one tile per call, then half the samples per call down to 1;
+    None when none is left."""
+    if current.group > 1:
+        return replace(current, group=1)
+    if current.batch > 1:
+        return replace(current, batch=current.batch // 2, group=1)
+    return None
+
+
 def smaller_plan(current: TilePlan, stride: int) -> TilePlan | None:
     """The next plan to try after running out of memory, or None when none is left.
 
