@@ -8,6 +8,7 @@ import tifffile
 import torch
 
 import napari_cvdm as nc
+from napari_cvdm import precision
 from napari_cvdm.training import TrainingSettings, state_path, train
 
 
@@ -294,7 +295,7 @@ def test_resume_refuses_other_data_or_settings_a_damaged_state_and_a_finished_ru
     training = nc.load_model(out).metadata["training"]
     assert training["step"] == 4
     assert training["resumed_with"] == [{"step": 3, "changes": [
-        "batch_size: 2 -> 1", "learning_rate: None -> 5e-05"]}]
+        "batch_size: 2 -> 1", "learning_rate: the default -> 5e-05", "steps: 3 -> 4"]}]
     state = state_path(out)
     from safetensors import safe_open
 
@@ -376,6 +377,79 @@ def test_a_fine_tuned_run_resumes_and_keeps_where_it_started(hq_dir, tmp_path):
     train(output=tuned, hq=hq_dir, settings=_settings(steps=3), resume=True, device="cpu")
     training = nc.load_model(tuned).metadata["training"]
     assert training["step"] == 3 and training["init"] == "first.cvdm.safetensors"
+
+
+def test_a_resume_records_what_it_changes_and_says_what_the_decay_does(hq_dir, tmp_path):
+    """Found by a review: a resume in another precision was recorded as if the whole run
+    had used it, raising the steps of a cosine decay sent the learning rate back up without
+    a word, a resumed fine-tune was described as trained from scratch, and a resume whose
+    model file was gone dropped its validations silently."""
+    from napari_cvdm.model_card import summary_line
+
+    first = tmp_path / "first.cvdm.safetensors"
+    train(output=first, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    out = tmp_path / "tuned.cvdm.safetensors"
+    train(output=out, hq=hq_dir, device="cpu", settings=_settings(
+        steps=2, init=str(first), lr_decay="cosine", precision="fp32"))
+    said = []
+    train(output=out, hq=hq_dir, device="cpu", log=said.append, resume=True, settings=_settings(
+        steps=4, lr_decay="cosine", precision="bf16" if precision.cpu_bf16_supported()
+        else "fp32"))
+    model = nc.load_model(out)
+    metadata = model.metadata
+    changes = metadata["training"]["resumed_with"][0]["changes"]
+    assert "steps: 2 -> 4" in changes
+    if precision.cpu_bf16_supported():
+        assert "precision: 'fp32' -> 'bf16'" in changes
+    assert any("cosine decay follows the total steps, 2 before and 4 now" in s for s in said)
+    assert "from an earlier model's weights" in summary_line("tuned", model.config.to_dict(),
+                                                             metadata)
+    out.unlink()  # the model gone, its state kept: the run goes on, and says what it lost
+    said.clear()
+    train(output=out, hq=hq_dir, device="cpu", log=said.append, resume=True,
+          settings=_settings(steps=5, lr_decay="cosine"))
+    assert any("is missing: the running average starts again" in s for s in said)
+
+
+def test_the_same_images_in_a_folder_of_another_name_resume(hq_dir, tmp_path):
+    """Found by a review: the folder's name was part of the run's record, so the same images
+    moved to another folder (another machine's layout) were refused as other data."""
+    import shutil
+
+    out = tmp_path / "r.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    moved = tmp_path / "scratch_run7"
+    shutil.copytree(hq_dir, moved)
+    train(output=out, hq=moved, settings=_settings(steps=3), resume=True, device="cpu")
+    assert nc.load_model(out).metadata["training"]["step"] == 3
+
+
+def test_a_resume_without_the_preset_names_it(hq_dir, tmp_path):
+    out = tmp_path / "r.cvdm.safetensors"
+    train(output=out, hq=hq_dir, settings=_settings(steps=2), device="cpu")
+    with pytest.raises(ValueError, match="the run used the preset 'tiny': give it again"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=3, preset="small"),
+              resume=True, device="cpu")
+
+
+def test_a_full_disk_at_a_checkpoint_says_what_is_kept(hq_dir, tmp_path, monkeypatch):
+    import errno
+
+    import napari_cvdm.training as training_module
+
+    out = tmp_path / "r.cvdm.safetensors"
+    real, calls = training_module.save_checkpoint, []
+
+    def full_at_the_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device while writing")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training_module, "save_checkpoint", full_at_the_second)
+    with pytest.raises(OSError, match=r"No space left.*the last checkpoint is kept: .*step 3"):
+        train(output=out, hq=hq_dir, settings=_settings(steps=6), device="cpu")
+    assert nc.load_model(out).metadata["training"]["step"] == 3
 
 
 def test_a_run_fine_tuning_a_model_of_another_configuration_resumes(hq_dir, tmp_path):

@@ -161,9 +161,13 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
     except (TypeError, ValueError):
         same = False
     if not same:
+        preset = ((header.get("run") or {}).get("settings") or {}).get("preset") \
+            if isinstance(header.get("run"), dict) else None
+        hint = f"the run used the preset {preset!r}: give it again (--preset {preset}); " \
+            if isinstance(preset, str) else ""
         raise ValueError(f"cannot resume: {path} was trained with another model configuration "
-                         f"({_differences(saved, config)}); train to a new file or use the "
-                         "same settings")
+                         f"({_differences(saved, config)}); {hint}train to a new file or use "
+                         "the same settings")
     damaged = [name for name, value in tensors.items()
                if value.is_floating_point() and not bool(torch.isfinite(value).all())]
     if damaged:  # resuming would only "diverge" at once, and the advice to resume would loop
@@ -181,6 +185,7 @@ def read_state(output: Path, config) -> tuple[dict, dict[str, torch.Tensor]]:
 RESUMABLE_CHANGES = frozenset({"steps", "validation_every", "checkpoint_every",
                                "first_checkpoint", "validation_steps", "precision", "init"})
 RECOVERY_CHANGES = frozenset({"learning_rate", "batch_size", "grad_clip"})
+FOLDER_NAMES = frozenset({"hq", "lq"})  # the training folders' names, in the data record
 
 
 def run_record(metadata: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +205,10 @@ def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list
     if not isinstance(saved, dict) or saved == here:
         return []
     changed, recovery = [], []
+    # the images' digest on both sides and equal: the same images, in whatever folder now
+    digests = [d.get("fingerprint") if isinstance(d, dict) else None
+               for d in (saved.get("data"), here.get("data"))]
+    same_images = digests[0] is not None and digests[0] == digests[1]
     for part in ("settings", "data"):
         there, now = saved.get(part) or {}, here.get(part) or {}
         if not isinstance(there, dict):
@@ -207,6 +216,8 @@ def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list
         for key in sorted(set(there) | set(now)):
             if there.get(key) == now.get(key):
                 continue
+            if part == "data" and key in FOLDER_NAMES and same_images:
+                continue  # the same images moved or copied to a folder of another name
             if part == "data" and key == "fingerprint" and key not in there:
                 continue  # a state written before the images' digest was recorded
             if part == "data" and key == "fingerprint":
@@ -215,16 +226,32 @@ def check_same_run(header: dict, metadata: dict[str, Any], output: Path) -> list
                                "another napari-cvdm version)")
                 continue
             if part == "settings" and key in RECOVERY_CHANGES:
-                recovery.append(f"{key}: {there.get(key)!r} -> {now.get(key)!r}")
+                recovery.append(f"{key}: {_shown(there.get(key))} -> {_shown(now.get(key))}")
             else:
                 changed.append(f"{key}: {there.get(key)!r} there, {now.get(key)!r} in this run")
     if changed:
         raise ValueError(f"cannot resume {output}: it was trained with other data or settings "
                          f"({'; '.join(changed[:4])}); resume with the same data and settings "
-                         "(only the steps, how often to validate or checkpoint, the learning "
-                         "rate, batch size and gradient clip may change), or train to a new "
-                         "file")
+                         "(only the steps, how often to validate or checkpoint, the "
+                         "precision, the learning rate, batch size and gradient clip may "
+                         "change), or train to a new file")
     return recovery
+
+
+def _shown(value: Any) -> str:
+    return "the default" if value is None else repr(value)
+
+
+def resumed_changes(before: dict[str, Any], settings) -> list[str]:
+    """What a resume changes of the settings it may change freely and the record keeps
+    (the total steps, the precision: "name: there -> here"), from the record of the model it
+    continues (``before``: its ``training`` metadata)."""
+    saved = before.get("settings") or {}
+    out = []
+    for key in ("steps", "precision"):
+        if key in saved and saved[key] != getattr(settings, key):
+            out.append(f"{key}: {_shown(saved[key])} -> {_shown(getattr(settings, key))}")
+    return out
 
 
 def _differences(saved, config) -> str:

@@ -90,7 +90,8 @@ def summary_line(name: str, config: dict[str, Any], metadata: dict[str, Any],
     fine-tuned model's step count is its last run's, so the line says it continued."""
     training = metadata.get("training") or {}
     step = training.get("step")
-    continued = (training.get("settings") or {}).get("init")  # a path: not printed
+    # a path, not printed; a resumed fine-tune keeps it in the record, not in its settings
+    continued = (training.get("settings") or {}).get("init") or training.get("init")
     trained = f"trained {step:,} step{'s' if step != 1 else ''}" if step else "untrained"
     if step and continued:
         trained += " from an earlier model's weights" + (" (cvdm train --init)" if detailed

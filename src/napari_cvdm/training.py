@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .checkpoints import (check_same_run, load_state, read_state,  # noqa: F401
-                          recorded_optics, run_record, save_checkpoint, state_path)
+                          recorded_optics, resumed_changes, run_record, save_checkpoint,
+                          state_path)
 from .degradation import Degradation, run_optics, told_widths
 from .devices import resolve_device
 from .errors import Cancelled, TrainingDiverged
@@ -169,6 +170,19 @@ def _kept(output: Path, saved_step: int | None, since: float | None = None) -> s
             if saved_step is not None else "no checkpoint was written yet")
 
 
+def _say_decay_restart(before: dict[str, Any], settings: TrainSettings, step: int,
+                       say) -> None:
+    """Where a resume changes the total steps of a cosine decay, which follows the total:
+    the learning rate jumps (back up, for more steps) at the step the run resumes from."""
+    saved = (before.get("settings") or {}).get("steps")
+    if settings.lr_decay != "cosine" or not isinstance(saved, int) or saved == settings.steps:
+        return
+    was = dataclasses.replace(settings, steps=saved).lr(min(step + 1, saved))
+    now = settings.lr(step + 1)
+    say(f"note: the cosine decay follows the total steps, {saved:,} before and {settings.steps:,} "
+        f"now: the learning rate goes from {was:.3g} to {now:.3g} at step {step + 1:,}")
+
+
 def train(*, output: str | os.PathLike, pairs=None, hq=None, synthetic=(),
           settings: TrainingSettings | None = None, degradation: Degradation | None = None,
           resume: bool = False, overwrite: bool = False, device: str = "auto",
@@ -298,10 +312,15 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
                                                .get("history", []))
             before = previous.metadata.get("training", {})
             metadata["training"]["resumed_with"] = list(before.get("resumed_with", []))
+            changes += resumed_changes(before, settings)
+            _say_decay_restart(before, settings, state[0]["step"], say)
             for key in ("init", "init_step", "averaged_with"):  # where the run started
                 if key in before:
                     metadata["training"][key] = before[key]
         else:
+            if previous is None and not output.is_file():
+                say(f"{output} is missing: the running average starts again from the "
+                    "state's weights, and the earlier validations are not in the new model")
             ema.load_state_dict(model.state_dict())
             if state[0]["fine_tune"] and state[0].get("init"):  # for the next resume
                 metadata["training"]["init"] = state[0]["init"]
@@ -401,7 +420,11 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
                     raise TrainingDiverged(f"training diverged at step {step} (weights not "
                                            f"finite); {_kept(output, saved_step, began)}; "
                                            "lower the learning rate and resume")
-                save_checkpoint(output, ema, model, optimizer, step, metadata)
+                try:
+                    save_checkpoint(output, ema, model, optimizer, step, metadata)
+                except OSError as exc:  # a full disk: say what the run keeps
+                    raise OSError(exc.errno, f"{exc.strerror or exc}; "
+                                  f"{_kept(output, saved_step, began)}") from None
                 saved_step = step
     except KeyboardInterrupt:  # Ctrl-C: say what is kept, like a cancel
         raise Cancelled(f"training cancelled at step {max(start, step - 1)}; "
