@@ -44,35 +44,36 @@ def _time_unit(unit: str) -> bool:
     return ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))[1] in TIME_UNITS
 
 
-def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
-    scale = list(attributes.get("scale") or [])
+def _physical_values(attributes: dict[str, Any], key: str, axes: str,
+                     wanted: str) -> list[tuple[str, float, str]]:
+    """(axis, value, unit) of the layer attribute ``key`` (scale, translate) along each of
+    the ``wanted`` axes whose unit is a physical one, in the unit OME names it by (µm for
+    napari's "micrometer"); none where the layer's lists do not fit its axes."""
+    values = list(attributes.get(key) or [])
     units = [str(u) for u in attributes.get("units") or []]
-    if len(scale) != len(axes) or len(units) != len(axes):
-        return {}
-    sizes = {}
-    for axis, size, unit in zip(axes, scale, units):
-        if axis in "XYZT" and unit.lower() not in NO_UNIT:
+    if len(values) != len(axes) or len(units) != len(axes):
+        return []
+    out = []
+    for axis, value, unit in zip(axes, values, units):
+        if axis in wanted and unit.lower() not in NO_UNIT:
             factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
-            # a flipped axis (negative scale) still has its pixel size; OME holds no flip
-            sizes[axis] = PhysicalSize(abs(float(size)) * factor, unit)
-    return sizes
+            out.append((axis, float(value) * factor, unit))
+    return out
+
+
+def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
+    # a flipped axis (negative scale) still has its pixel size; OME holds no flip
+    return {axis: PhysicalSize(abs(size), unit)
+            for axis, size, unit in _physical_values(attributes, "scale", axes, "XYZT")}
 
 
 def _position(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
     """The layer's translate along X, Y and Z, in a length unit, as the OME stage position
     of its first pixel (where it is not 0): a region's result keeps where it sat, and a
     result its placement over the input."""
-    shift = list(attributes.get("translate") or [])
-    units = [str(u) for u in attributes.get("units") or []]
-    if len(shift) != len(axes) or len(units) != len(axes):
-        return {}
-    out = {}
-    for axis, value, unit in zip(axes, shift, units):
-        if axis in "XYZ" and unit.lower() not in NO_UNIT and float(value) != 0.0:
-            factor, unit = ALIASES.get(unit, ALIASES.get(unit.lower(), (1.0, unit)))
-            if unit in LENGTH_UNITS and np.isfinite(float(value) * factor):
-                out[axis] = PhysicalSize(float(value) * factor, unit)
-    return out
+    return {axis: PhysicalSize(value, unit)
+            for axis, value, unit in _physical_values(attributes, "translate", axes, "XYZ")
+            if value != 0.0 and unit in LENGTH_UNITS and np.isfinite(value)}
 
 
 def _provenance(metadata: dict[str, Any] | None) -> dict[str, Any]:
