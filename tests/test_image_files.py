@@ -176,6 +176,10 @@ def test_a_decimal_comma_is_read_and_a_size_that_is_no_number_is_said(tmp_path):
                                                       "PhysicalSizeY": "n/a"})
     with pytest.warns(UserWarning, match="pixel size 'n/a' is not a number"):
         assert read_tiff(path).physical == {}
+    tifffile.imwrite(path, image, ome=True, metadata={"PhysicalSizeX": "1,000",
+                                                      "PhysicalSizeY": "0,065"})
+    with pytest.warns(UserWarning, match="'1,000' may be 1.000 or 1000"):
+        assert set(read_tiff(path).physical) == {"Y"}
 
 
 def test_an_imagej_stack_whose_pages_end_early_is_refused_with_both_counts(tmp_path):

@@ -384,9 +384,10 @@ def read_tiff(path: str | os.PathLike, scale: int | None = None) -> ImageFile:
                 _warn_metadata_ignored(path, tif, series, logs)
                 physical, channels, position = {}, (), {}
             elif image is None:
-                warnings.warn(f"{path}: which of its OME images the pixels read are is not "
-                              "clear from its metadata; they are read without the metadata's "
-                              "pixel sizes, channel names or position", stacklevel=2)
+                warnings.warn(f"{path}: its OME metadata does not say which of its images "
+                              "the pixels read belong to; they are read without the "
+                              "metadata's pixel sizes, channel names or position",
+                              stacklevel=2)
                 physical, channels, position = {}, (), {}
             else:
                 physical = _physical(path, tif, axes, image, logs)

@@ -292,8 +292,9 @@ def predict(image, model=None, *, settings: PredictSettings | None = None, progr
 
     Errors: ValueError for bad input or options (checked before any work, including the
     size of the outputs; the values of a dask or zarr image, NaN say, only as its chunks are
-    read, so with ``client=`` on the cluster), :class:`~napari_cvdm.errors.OutOfMemory` when even the smallest
-    tiles and one sample per call do not fit (after retrying smaller plans). Thread-safe:
+    read, so with ``client=`` on the cluster), :class:`~napari_cvdm.errors.OutOfMemory`
+    when even the smallest tiles and one sample per call do not fit (after retrying
+    smaller plans). Thread-safe:
     the model is never modified, so threads may share it.
     """
     started = time.perf_counter()

@@ -235,8 +235,8 @@ def _group_statistics(spec: LazySpec, norm: Normalization, region, origin: tuple
 
     from .devices import release_accelerator_memory, resolve_device
     from .errors import Cancelled, OutOfMemory, cancel_requested, is_out_of_memory
-    from .planning import fewer_per_call
     from .model_cache import load_cached
+    from .planning import fewer_per_call
     from .precision import resolve_precision
     from .running_model import running_model
     from .spikes import without_spikes

@@ -50,6 +50,12 @@ def normalise(size: Any, unit: Any, time: bool = False) -> PhysicalSize | None:
     """A checked size in a known unit, or None (with a warning) when it cannot be kept;
     None without one for a unit that means "no physical size" (NO_UNIT: 'pixel', ...)."""
     if isinstance(size, str) and size.count(",") == 1 and "." not in size:
+        whole, part = size.strip().split(",")
+        if len(part) == 3 and whole.lstrip("+-") not in ("", "0"):
+            warnings.warn(f"the {'time step' if time else 'pixel size'} {size!r} may be "
+                          f"{whole}.{part} or {whole}{part} (a decimal comma or a thousands "
+                          "separator); it is not kept", stacklevel=2)
+            return None
         size = size.replace(",", ".")  # a decimal comma, as locale-bound writers put it
     try:
         size = float(size)

@@ -285,10 +285,9 @@ def resolve_precision(name: str, device: torch.device, training: bool = False) -
 
 def mps_autocast_problem(value: str) -> str | None:
     """Why torch's autocast cannot run ``value`` ("bf16", "fp16") on MPS here, or None.
-    Autocast on MPS came with torch 2.5 and long took one of the two types only: torch then
-    warns and runs float32, while the result would say it ran in half precision."""
-    import warnings
-
+    Older torch has no autocast on MPS (it raises at the first network call), and some
+    versions take one of the two types only: torch then warns and runs float32, while the
+    result would say it ran in half precision."""
     dtype = torch.bfloat16 if value == "bf16" else torch.float16
     try:
         with warnings.catch_warnings(record=True) as caught:
