@@ -741,3 +741,16 @@ def test_resume_redoes_an_output_that_is_a_named_pipe_instead_of_waiting_on_it(
     assert codes == [0]
     assert "skipped" not in capsys.readouterr().out
     assert fifo.is_file() and read_tiff(fifo).data.shape == (48, 40)
+
+
+def test_the_line_of_a_finished_input_says_the_psf_width_the_model_was_told():
+    """Found by a review: the width told to the model (the README's "tell it the blur") was
+    only in the output files' metadata."""
+    from napari_cvdm.file_prediction import describe
+
+    done = {"input": "a.tif", "outputs": ["o/a_cvdm_mean.tif"], "seed": 3, "precision": "bf16",
+            "seconds": 1.25, "device": "cpu", "psf_sigma": 2.06,
+            "psf_sigma_from": "estimated from the image"}
+    line = describe(done)
+    assert "PSF width 2.06 px (estimated from the image)" in line and "1.2 s on cpu" in line
+    assert "PSF width" not in describe({**done, "psf_sigma": None})  # a blind model

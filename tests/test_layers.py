@@ -183,7 +183,7 @@ def test_a_calibrated_model_shows_the_calibrated_std(make_napari_viewer, image, 
 
 def test_an_inverted_image_gives_a_warning(make_napari_viewer, nuclei_widefield, tiny_model):
     viewer = make_napari_viewer()
-    crop = nuclei_widefield[:48, :64]
+    crop = nuclei_widefield[:64, :80]  # 64 pixels at least: domain.MODALITY_SIDE
     layer = viewer.add_image(crop.max() - crop, name="inverted")
     with pytest.warns(napari_cvdm.InputWarning, match="transmitted light") as record:
         shown = napari_cvdm.run_on_layer(viewer, layer, model=tiny_model, seed=5, **FAST)

@@ -325,3 +325,18 @@ def test_training_tells_the_true_width_or_one_strayed_by_told_error(monkeypatch,
         assert float(widths.max()) < 4.0
     else:
         assert torch.equal(widths, torch.full_like(widths, 2.0))
+
+
+def test_a_width_given_far_wider_than_the_images_blur_is_warned_about(nuclei_widefield):
+    """Found by a review: the BioSR pair told 3.5 (the sigma fitted against its SIM image,
+    which a user may measure) came out 3.5 dB below bicubic, without a word."""
+    from napari_cvdm.psf_width import estimated_width
+
+    model = _conditioned(trained=(1.0, 9.0))  # no width here is outside the trained range
+    estimate = estimated_width(model, nuclei_widefield)
+    assert estimate is not None
+    wide = round(max(1.35 * estimate, estimate + 0.75) + 0.2, 2)
+    (message,) = input_warnings(nuclei_widefield, model, psf_sigma=wide)
+    assert f"PSF width given, {wide:g} output pixels, is much wider" in message
+    assert input_warnings(nuclei_widefield, model, psf_sigma=round(estimate, 2)) == []
+    assert input_warnings(nuclei_widefield, model) == []  # not given: nothing to judge

@@ -782,3 +782,25 @@ def test_a_lazy_run_whose_layers_are_deleted_or_moved_says_so_and_orders_them(
     names = [layer.name for layer in viewer.layers]
     assert names.index("big CVDM std") == names.index("big CVDM mean") - 1, names
     assert "written to" in widget._status.value and notifications["error"] == []
+
+
+def test_a_finished_run_lets_go_of_its_input(qtbot, viewer_and_widget, model_file):
+    """Found by a review: napari keeps every worker it made, with its arguments and the
+    slots connected to it, so the input image and its layer stayed in memory after the user
+    deleted them (for as long as the session lasted)."""
+    import gc
+    import weakref
+
+    viewer, widget = viewer_and_widget
+    data = image()
+    gone = weakref.ref(data)
+    layer = viewer.add_image(data, name="cells")
+    configure(widget, model_file)
+    widget._run.native.click()
+    wait_until_idle(qtbot, widget)
+    assert [lyr.name for lyr in viewer.layers][0] == "cells"
+    viewer.layers.clear()
+    qtbot.wait(50)  # the worker's release runs after its finished signal's own slots
+    del data, layer
+    gc.collect()
+    assert gone() is None

@@ -241,7 +241,8 @@ def test_two_result_layers_are_saved_as_the_channels_of_one_file(make_napari_vie
     assert json.loads(pairs["output"]) == {"cells CVDM mean": "mean", "cells CVDM std": "std"}
 
 
-@pytest.mark.parametrize("case", ["shape", "scale", "translate", "5-D"])
+@pytest.mark.parametrize("case", ["shape", "scale", "translate", "5-D", "rotate",
+                                  "axis_labels"])
 def test_layers_that_do_not_overlay_are_not_saved_as_channels(make_napari_viewer, tmp_path,
                                                               case):
     from napari_cvdm._writer import SaveRefused
@@ -252,11 +253,54 @@ def test_layers_that_do_not_overlay_are_not_saved_as_channels(make_napari_viewer
     other = {"shape": {"data": np.zeros((8, 9), np.float32)},
              "scale": {"data": np.zeros(shape, np.float32), "scale": (2, 2)},
              "translate": {"data": np.zeros(shape, np.float32), "translate": (0.5, 0)},
-             "5-D": {"data": np.zeros(shape, np.float32)}}[case]
+             "5-D": {"data": np.zeros(shape, np.float32)},
+             # found by a review: stacked as channels, as if co-registered / one axis type
+             "rotate": {"data": np.zeros(shape, np.float32), "rotate": 90},
+             "axis_labels": {"data": np.zeros(shape, np.float32), "axis_labels": ("x", "y")}
+             }[case]
     second = viewer.add_image(name="b", **other)
     viewer.layers.selection = {first, second}
     message = {"shape": r"one shape: 'a' is \(8, 8\), 'b' \(8, 9\)", "scale": "differ in scale",
-               "translate": "differ in translate", "5-D": "no room for a channel"}[case]
+               "translate": "differ in translate", "5-D": "no room for a channel",
+               "rotate": "differ in rotate", "axis_labels": "differ in axis_labels"}[case]
     with pytest.raises(SaveRefused, match=message):
         viewer.layers.save(str(tmp_path / "x.ome.tif"), selected=True)
     assert not list(tmp_path.iterdir())
+
+
+def test_layers_of_integer_types_saved_together_keep_their_values(tmp_path):
+    """Found by a review: int64 beside float32 went to float64 and rounded values beyond
+    2**53; uint32 beside int32 went to int64 and was refused naming a type neither has."""
+    from napari_cvdm._writer import SaveRefused, write_ome_tiff_layers
+
+    def layer(data, name):
+        return data, {"name": name, "metadata": {}}, "image"
+
+    wide = np.array([[0, 4_000_000_000], [5, 6]], np.uint32)
+    signed = np.array([[-5, 7], [8, 9]], np.int32)
+    path = tmp_path / "both.ome.tif"
+    write_ome_tiff_layers(str(path), [layer(wide, "a"), layer(signed, "b")])
+    _, read, _ = _ome(path)
+    assert read.dtype == np.float64
+    np.testing.assert_array_equal(read[0], wide)
+    np.testing.assert_array_equal(read[1], signed)
+    huge = np.full((2, 2), 2**53 + 1, np.int64)
+    with pytest.raises(SaveRefused, match="beyond 2\\*\\*53"):
+        write_ome_tiff_layers(str(tmp_path / "x.ome.tif"),
+                              [layer(huge, "counts"), layer(np.ones((2, 2), np.float32), "w")])
+    assert not (tmp_path / "x.ome.tif").exists()
+
+
+def test_a_z_stacks_translate_in_z_is_not_one_position_for_every_plane(tmp_path):
+    """Found by a review: every plane got the layer's Z translate as its PositionZ, as if
+    the whole stack lay at one depth."""
+    from napari_cvdm._writer import write_ome_tiff
+
+    path = tmp_path / "z.ome.tif"
+    write_ome_tiff(str(path), np.zeros((3, 4, 4), np.float32),
+                   {"scale": (2, 0.1, 0.1), "translate": (10, 1, 0),
+                    "units": ("micrometer",) * 3, "axis_labels": ("z", "y", "x"),
+                    "metadata": {}})
+    planes = [el for el in _ome(path)[2].iter() if el.tag.endswith("}Plane")]
+    assert len(planes) == 3 and all(p.get("PositionZ") is None for p in planes)
+    assert all(float(p.get("PositionY")) == 1.0 for p in planes)

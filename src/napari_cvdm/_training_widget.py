@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, Label, ProgressBar, \
     PushButton, Select
 from napari.layers import Image, Shapes
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, Signal
 
@@ -26,6 +25,7 @@ from . import devices, model_choices
 from ._closing import disconnect, when_closed
 from ._training_plot import TrainingPlot, clock
 from ._training_options import OpticsOptions, TrainingOptions, make_widgets
+from ._workers import ReleasingWorker
 from .degradation import Degradation
 from .errors import Cancelled, is_out_of_memory
 from .model_files import BUNDLED
@@ -299,23 +299,24 @@ class TrainingWidget(Container):
         # The worker waits while the session's one compute thread trains (the same OpenMP
         # thread team as the reconstruction widget's runs; devices.compute_thread_run). The
         # callbacks below are called there: they emit Qt signals or read threading.Events.
-        worker = create_worker(devices.compute_thread_run, job.run, device=device,
-                               progress=self._signals.progressed.emit,
-                               log=self._signals.logged.emit,
-                               cancel=lambda: cancel.is_set() or closed.is_set(),
-                               on_validation=preview_callback(
-                                   region and region[0], device, self._signals.validated.emit),
-                               _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(lambda _model: self._on_returned(job))
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
+        runner = ReleasingWorker(devices.compute_thread_run, job.run, device=device,
+                                 progress=self._signals.progressed.emit,
+                                 log=self._signals.logged.emit,
+                                 cancel=lambda: cancel.is_set() or closed.is_set(),
+                                 on_validation=preview_callback(
+                                     region and region[0], device,
+                                     self._signals.validated.emit))
+        worker = runner.worker
+        runner.connect(worker.returned, lambda _model: self._on_returned(job))
+        runner.connect(worker.errored, self._on_errored)
+        runner.connect(worker.finished, self._on_finished)
         self._worker, self._job, self._preview_target = worker, job, region
         self.plot.clear()
         self._run.text = "Cancel"
         self._progress.max, self._progress.value = job.settings.steps, 0
         self._status.value = f"{job.start}: starting…"
         self._started = time.perf_counter()
-        worker.start()
+        runner.start()
         return worker
 
     def _preview_setup(self, job):

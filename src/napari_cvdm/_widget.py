@@ -27,12 +27,12 @@ from magicgui.widgets import (
     create_widget,
 )
 from napari.layers import Image, Shapes
-from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtCore import QObject, Signal
 
 from . import devices, model_choices
 from ._closing import disconnect, when_closed
+from ._workers import ReleasingWorker
 from ._reconstruction_options import (
     AUTO,
     ReconstructionOptions,
@@ -358,22 +358,21 @@ class ReconstructionWidget(Container):
             data = _as_dask(layer_image(layer, crop))
         cancel = self._cancel = threading.Event()
         closed = self._closed
-        worker = create_worker(_predict, data, partial(self._load_model, source),
-                               options.predict_kwargs(), self._signals.progressed.emit,
-                               lambda: cancel.is_set() or closed.is_set(),
-                               _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(
-            lambda out: self._on_returned(layer, options, cancel, *out, store=store,
-                                          crop=crop))
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(partial(self._on_finished, worker))
+        job = ReleasingWorker(_predict, data, partial(self._load_model, source),
+                              options.predict_kwargs(), self._signals.progressed.emit,
+                              lambda: cancel.is_set() or closed.is_set())
+        worker = job.worker
+        job.connect(worker.returned, lambda out: self._on_returned(
+            layer, options, cancel, *out, store=store, crop=crop))
+        job.connect(worker.errored, self._on_errored)
+        job.connect(worker.finished, partial(self._on_finished, worker))
         self._worker, self._running_layer = worker, layer
         layer.events.data.connect(self._on_input_data_changed)
         self._run.text = "Cancel"
         self._progress.value = 0
         self._status.value = "loading the model and planning the tiles…"
         self._started = time.perf_counter()
-        worker.start()
+        job.start()
         return worker
 
     def cancel(self) -> None:
@@ -452,14 +451,14 @@ class ReconstructionWidget(Container):
             image, sizes, units = input_of(layer, crop)
             checks = partial(warnings_for, image, model, sizes, units,
                              options.settings.psf_sigma, options.settings.samples)
-        worker = create_worker(devices.compute_thread_run, _compute_and_check, out, checks,
-                               _ignore_errors=True, _start_thread=False)
-        worker.returned.connect(lambda messages: self._on_lazy_done(out, cancel, messages))
-        worker.errored.connect(lambda exc: self._on_lazy_failed(out, exc))
-        worker.finished.connect(partial(self._on_finished, worker))
+        job = ReleasingWorker(devices.compute_thread_run, _compute_and_check, out, checks)
+        worker = job.worker
+        job.connect(worker.returned, lambda messages: self._on_lazy_done(out, cancel, messages))
+        job.connect(worker.errored, lambda exc: self._on_lazy_failed(out, exc))
+        job.connect(worker.finished, partial(self._on_finished, worker))
         self._worker = worker
         self._status.value = f"writing {out.path}…"
-        worker.start()
+        job.start()
 
     def _on_lazy_done(self, out, cancel, messages=()) -> None:
         self._lazy = None

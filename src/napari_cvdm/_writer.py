@@ -68,11 +68,12 @@ def _sizes(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
 
 
 def _position(attributes: dict[str, Any], axes: str) -> dict[str, PhysicalSize]:
-    """The layer's translate along X, Y and Z, in a length unit, as the OME stage position
-    of its first pixel (where it is not 0): a region's result keeps where it sat, and a
-    result its placement over the input."""
+    """The layer's translate along X and Y, in a length unit, as the OME stage position of
+    its first pixel (where it is not 0): a region's result keeps where it sat, and a result
+    its placement over the input. Not Z: OME gives every plane one position, and the planes
+    of a Z stack lie at different depths."""
     return {axis: PhysicalSize(value, unit)
-            for axis, value, unit in _physical_values(attributes, "translate", axes, "XYZ")
+            for axis, value, unit in _physical_values(attributes, "translate", axes, "XY")
             if value != 0.0 and unit in LENGTH_UNITS and np.isfinite(value)}
 
 
@@ -125,7 +126,7 @@ def write_ome_tiff_layers(path: str, layer_data: list[tuple[Any, dict[str, Any],
         raise SaveRefused(str(exc)) from None
 
 
-_PLACEMENT = ("scale", "translate", "units")
+_PLACEMENT = ("scale", "translate", "units", "rotate", "shear", "affine", "axis_labels")
 
 
 def _save_channels(path: str, layer_data: list[tuple[Any, dict[str, Any], str]]) -> list[str]:
@@ -149,7 +150,8 @@ def _save_channels(path: str, layer_data: list[tuple[Any, dict[str, Any], str]])
         raise ValueError(f"layers saved together become the channels of one image, and "
                          f"{names[0]!r} ({ndim}-D, axes {axes}) leaves no room for a channel "
                          f"axis; {one_at_a_time}")
-    data = np.stack([np.asarray(d, dtype=np.result_type(*arrays)) for d in arrays])
+    dtype = _common_type(names, arrays)
+    data = np.stack([np.asarray(d, dtype=dtype) for d in arrays])
     spec = output_spec("C" + axes, ndim + 1, _sizes(first, axes), 1,
                        _merged_provenance(names, attributes), channels=names,
                        position=_position(first, axes))
@@ -157,12 +159,33 @@ def _save_channels(path: str, layer_data: list[tuple[Any, dict[str, Any], str]])
 
 
 def _same(a: Any, b: Any) -> bool:
+    """One placement attribute equal on two layers (numbers to rounding: 1e-15 apart is
+    one grid); an affine as napari gives it (an object with ``affine_matrix``) by its matrix."""
     if a is None or b is None:
         return a is b
+    a, b = (getattr(v, "affine_matrix", v) for v in (a, b))
     try:
-        return bool(np.array_equal(np.asarray(a, dtype=float), np.asarray(b, dtype=float)))
+        first, second = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+        return first.shape == second.shape and bool(np.allclose(first, second, rtol=1e-9,
+                                                                atol=1e-12))
     except (TypeError, ValueError):
         return [str(v) for v in a] == [str(v) for v in b]
+
+
+def _common_type(names: list[str], arrays: list[np.ndarray]) -> np.dtype:
+    """The type all channels are saved in, or ValueError where one layer's values would not
+    survive it (64-bit integers beyond 2**53 in float64)."""
+    dtype = np.result_type(*arrays)
+    if dtype.kind in "iu" and dtype.itemsize == 8 and \
+            not any(a.dtype.kind in "iu" and a.dtype.itemsize == 8 for a in arrays):
+        dtype = np.dtype(np.float64)  # 32-bit integers of both signs: exact in float64
+    if dtype.kind == "f":
+        for name, a in zip(names, arrays):
+            if a.dtype.kind in "iu" and a.dtype.itemsize == 8 and a.size and \
+                    max(abs(int(a.min())), abs(int(a.max()))) > 2**53:
+                raise ValueError(f"{name!r} holds integers beyond 2**53, which the other "
+                                 "layers' type (float64) would round; save it on its own")
+    return dtype
 
 
 def _merged_provenance(names: list[str], attributes: list[dict[str, Any]]) -> dict[str, Any]:

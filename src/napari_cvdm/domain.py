@@ -61,6 +61,9 @@ HOT_PIXEL_PERCENTILES = (0.1, 99.0)  # ... so they are found against the 99th
 BRIGHT_OBJECT_SPAN = 0.84
 BRIGHT_OBJECTS = 3      # ... when that bright part is this many objects at most (not puncta)
 CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to last)
+# Transmitted light and relief (DIC, phase) are judged on planes at least this wide: on
+# crops of real widefield of 16-48 pixels, 1-20 % were taken for them (a review; none at 64)
+MODALITY_SIDE = 64
 # An image enlarged without interpolation (nearest neighbour, e.g. for display or a figure)
 # repeats each camera pixel in blocks: within a block of this factor at least REPEATED_SHARE
 # of the neighbouring pairs are equal, across blocks at most BLOCK_EDGE_SHARE (a camera's
@@ -72,6 +75,12 @@ CHECKED_PLANES = 8      # planes of a stack checked (each leading axis first to 
 # counts have many zeros, but scattered: 0.55 at 0.3 photons per pixel).
 CLIPPED_SHARE = 0.05
 CLIPPED_FLAT = 0.9
+# ... or, in a noisy background cut at zero, scattered: a spike at the lowest value, at least
+# CLIPPED_SPIKE_SHARE of the plane and CLIPPED_SPIKE times the next value's share, with the
+# rest of the image far above it (photon counts of a dim image step by one from 0: 0, 1, 2)
+CLIPPED_SPIKE_SHARE = 0.2
+CLIPPED_SPIKE = 5.0
+CLIPPED_SPIKE_GAP = 8.0
 REPEAT_FACTORS = (8, 6, 5, 4, 3, 2)  # largest first: blocks of 4 are blocks of 2 too
 REPEATED_SHARE = 0.99
 BLOCK_EDGE_SHARE = 0.8
@@ -368,7 +377,20 @@ def flat_value(plane: np.ndarray) -> tuple[str, float, float] | None:
     share = float(at.mean())
     if CLIPPED_SHARE <= share < 1.0 and _flat_share(at, both=True) >= CLIPPED_FLAT:
         return "clipped", float(lowest), share
+    if CLIPPED_SPIKE_SHARE <= share < 1.0 and _spike_at_lowest(plane, at, share):
+        return "clipped", float(lowest), share
     return None
+
+
+def _spike_at_lowest(plane: np.ndarray, at: np.ndarray, share: float) -> bool:
+    """Whether the plane's lowest value is a spike of its histogram (:data:`CLIPPED_SPIKE`)
+    above an image that lies far from it: a noisy background cut at zero."""
+    rest = plane[~at].astype(np.float64)
+    lowest, following = float(plane[at][0]), float(rest.min())
+    following_share = float(np.count_nonzero(plane == plane.dtype.type(following))) / plane.size
+    step = following - lowest
+    return share >= CLIPPED_SPIKE * following_share and step > 0 and \
+        float(np.median(rest)) - lowest >= CLIPPED_SPIKE_GAP * step
 
 
 def repeated_pixels(plane: np.ndarray) -> dict[str, int]:
@@ -446,8 +468,8 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
             "away (or select the region with structure)")
     elif flat is not None:
         out["clipped"] = (
-            f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value, in flat "
-            "regions: the background is clipped (a detector offset set too low, or a "
+            f"{flat[2]:.0%} of the image is exactly {flat[1]:g}, its lowest value: the "
+            "background is clipped (a detector offset set too low, or a "
             "background subtracted and cut at zero). The model learned a camera's noise on a "
             "background level: it invents structure in flat background, and the contrast "
             "shifts; raise the detector offset, or use the image before the subtraction")
@@ -477,6 +499,8 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
             out.pop(kind, None)  # nearly empty photon counts: many flat zeros, said above
     elif flat is not None and flat[0] in PADDING_KINDS:
         pass  # the padding's flat grey or black skews the transmitted-light statistics
+    elif min(plane.shape[-2:]) < MODALITY_SIDE:
+        pass  # a few structures do not tell fluorescence from transmitted light
     elif looks_transmitted(plane):
         out["transmitted"] = ("the image looks like transmitted light (brightfield/DIC) or an "
                               "inverted image: dark structures on a bright background. The "
@@ -586,7 +610,9 @@ def input_warnings(image, model, pixel_size=None, unit=None,
     out.extend(_image_warnings(image, crops))
     out.extend(_photon_warnings(image, model, crops))
     out.extend(_pixel_size_warnings(model, pixel_size, unit))
-    out.extend(_psf_warnings(model, psf_sigma))
+    # (a width outside the trained range is said first; its being wider than the image's
+    # blur as well goes without saying)
+    out.extend(_psf_warnings(model, psf_sigma) or _wider_than_the_image(image, model, psf_sigma))
     if samples == 1:
         out.append("one sample was drawn, so the uncertainty is not measured (the samples' "
                    "variance is 0; the std is 0, or the calibration's floor, not an error "
@@ -692,6 +718,34 @@ def _pixel_size_warnings(model, pixel_size, unit) -> list[str]:
                        "structures look stretched to it and the blur differs between the "
                        "axes; resample the image to square pixels first")
     return out
+
+
+# A width given this much wider than the image's own estimate (and by TOLD_WIDER_PX) is
+# warned about: on the BioSR pair (estimate 2.06) told 3.0 lost 0.4 dB, told 3.5 3.5 dB (below
+# bicubic); Jin (estimate 2.88) told 3.5 gained 0.5 (docs/benchmarks.md, session 26's sweep)
+TOLD_WIDER = 1.35
+TOLD_WIDER_PX = 0.75
+
+
+def _wider_than_the_image(image, model, psf_sigma: float | None) -> list[str]:
+    """A PSF width given that is much wider than the image's own blur (estimated from its
+    spectrum, relative to the model's output): the result comes out over-sharpened."""
+    from .psf_width import estimated_width
+
+    config = getattr(model, "config", None)
+    if psf_sigma is None or config is None or not config.psf_conditioned:
+        return []
+    estimate = estimated_width(model, image)
+    if estimate is None or not (psf_sigma >= TOLD_WIDER * estimate
+                                and psf_sigma - estimate >= TOLD_WIDER_PX):
+        return []
+    return [f"the PSF width given, {psf_sigma:g} output pixels, is much wider than this "
+            f"image's blur (about {estimate:.2g}, estimated from its spectrum relative to the "
+            "model's output): a width too wide over-sharpens the result into dots and gaps "
+            "(the BioSR pair, estimate 2.06: 20.8 dB told 3.5, 24.3 dB with the estimate, "
+            "bicubic 21.4). The width the model takes is the blur relative to a SIM-like "
+            "output, narrower than one fitted against a SIM image; leave it out to use the "
+            "estimate"]
 
 
 def _psf_warnings(model, psf_sigma: float | None) -> list[str]:

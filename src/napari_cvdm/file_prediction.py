@@ -78,8 +78,10 @@ def describe(done: dict[str, Any]) -> str:
     if done.get("skipped"):
         return f"{done['input']}: skipped, its outputs are complete ({done['skipped']})"
     outputs = ", ".join(done["outputs"])
+    width = f"PSF width {done['psf_sigma']:g} px ({done.get('psf_sigma_from')}), " \
+        if isinstance(done.get("psf_sigma"), (int, float)) else ""
     return (f"{done['input']} -> {outputs} (seed {done['seed']}, {done['precision']}, "
-            f"{done['seconds']:.1f} s on {done['device']})")
+            f"{width}{done['seconds']:.1f} s on {done['device']})")
 
 
 def predict_file(task: FileTask, spec: RunSpec, model, progress=None, warn=None,
@@ -168,7 +170,8 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
                                                   IN_MEMORY_OUTPUTS),
                     f"the outputs of {task.input.name} (mean, std and variance, float32)")
     settings, psf_from = _resolved(settings, image.data)
-    warned = _warn_about_input(task, image.data, model, image.physical, settings, warn)
+    warned = _warn_about_input(task, image.data, model, image.physical, settings, warn,
+                               psf_from)
     # The output metadata is checked before the work, not after it.
     out_spec = spec_for(image, model.config.scale,
                         _run_provenance(spec, settings, psf_from, warned, task.input))
@@ -176,7 +179,7 @@ def _predict_tiff(task: FileTask, spec: RunSpec, settings, progress, warn) -> di
                                   check_input=False)  # said above, with the pixel size
     write_ome_tiffs(list(zip(task.outputs, (result.mean, result.std, result.variance))),
                     out_spec, overwrite=spec.overwrite or task.replace)
-    return _done(task, result)
+    return _done(task, result, psf_from=psf_from)
 
 
 _READING = threading.Lock()
@@ -209,16 +212,19 @@ def _reader_warnings(warn, path: Path):
             warnings.warn(record.message, record.category, stacklevel=3)
 
 
-def _warn_about_input(task: FileTask, image, model, physical, settings, warn) -> list[str]:
+def _warn_about_input(task: FileTask, image, model, physical, settings, warn,
+                      psf_from: str | None = None) -> list[str]:
     """Each reason why a result on this input may not be trustworthy, said to ``warn`` (if
     any) and returned for the outputs' provenance; ``physical`` the file's sizes per axis
-    ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike)."""
+    ({"Y": PhysicalSize, "X": ...}, TIFF and OME-Zarr alike); ``psf_from`` where the
+    width in ``settings`` came from (one the run chose is not judged as one given)."""
     from .domain import input_warnings
-
     from .physical import yx_sizes
+    from .psf_width import GIVEN
 
+    told = settings.psf_sigma if psf_from in (GIVEN, None) else None
     messages = input_warnings(image, model, *yx_sizes(physical),
-                              psf_sigma=settings.psf_sigma, samples=settings.samples)
+                              psf_sigma=told, samples=settings.samples)
     for message in messages if warn is not None else ():
         warn(f"{task.input.name}: {message}")
     return messages
@@ -254,7 +260,7 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
                     f"the outputs of {task.input.name} (mean and std, float32, with coarser "
                     "levels)")
     settings, psf_from = _resolved(settings, array)
-    warned = _warn_about_input(task, array, model, meta["physical"], settings, warn)
+    warned = _warn_about_input(task, array, model, meta["physical"], settings, warn, psf_from)
     run_provenance = _run_provenance(spec, settings, psf_from, warned, task.input)
     result = napari_cvdm.predict(array, settings=settings, progress=progress,
                                   check_input=False)  # said above, with the pixel size
@@ -264,11 +270,15 @@ def _predict_zarr(task: FileTask, spec: RunSpec, settings, progress, warn=None) 
                    overwrite=spec.overwrite or task.replace)
     # a lazy result is computed while it is written: its own time is the graph's set-up
     return _done(task, result, result.seconds + time.perf_counter() - writing
-                 if is_dask(result.mean) else None)
+                 if is_dask(result.mean) else None, psf_from)
 
 
-def _done(task: FileTask, result, seconds: float | None = None) -> dict[str, Any]:
+def _done(task: FileTask, result, seconds: float | None = None,
+          psf_from: str | None = None) -> dict[str, Any]:
+    """What the command line says of a finished input; ``psf_from``: where the width the
+    model was told came from (resolved before predict(), which was then given it)."""
     return {"input": str(task.input), "outputs": [str(p) for p in task.outputs],
             "seed": result.seed, "precision": result.info.get("precision"),
             "seconds": result.seconds if seconds is None else seconds,
-            "device": result.device}
+            "device": result.device, "psf_sigma": result.info.get("psf_sigma"),
+            "psf_sigma_from": psf_from or result.info.get("psf_sigma_from")}

@@ -65,19 +65,24 @@ def resolve(model, requested: float | None, image=None) -> tuple[float | None, s
     if requested is not None:
         return float(requested), GIVEN
     default = psf_sigma_for(model, None)
-    if image is None:
+    relative = None if image is None else estimated_width(model, image)
+    if relative is None or not relative < default:
         return default, DEFAULT
+    low = (trained_range(model) or (relative, default))[0]
+    return round(max(relative, low), 2), ESTIMATED
+
+
+def estimated_width(model, image) -> float | None:
+    """The blur of ``image`` relative to the model's output, from its spectrum (the total
+    blur less :data:`OUTPUT_SIGMA` in quadrature), on its central plane's central crop;
+    None where the image gives no estimate (too small, no structure, NaN)."""
     from .psf_estimate import estimate_psf_sigma
 
     try:
         total = estimate_psf_sigma(central_plane(image), model.config.scale)
     except ValueError:
-        return default, DEFAULT
-    relative = math.sqrt(max(total**2 - OUTPUT_SIGMA**2, 0.0))
-    if not relative < default:
-        return default, DEFAULT
-    low = (trained_range(model) or (relative, default))[0]
-    return round(max(relative, low), 2), ESTIMATED
+        return None
+    return math.sqrt(max(total**2 - OUTPUT_SIGMA**2, 0.0))
 
 
 def central_plane(image, index: tuple[int, ...] | None = None):
