@@ -3,7 +3,7 @@
 napari keeps every worker it creates (its task list), with the arguments the worker was given
 and the slots connected to its signals: the input image (gigabytes, for a large one), the
 layers and the widget stayed in memory after the user deleted the layers or closed the viewer
-(found by a review). :func:`releasing_worker` gives the function its arguments through a job
+(found by a review). :class:`ReleasingWorker` gives the function its arguments through a job
 that is emptied, and disconnects the slots connected through it, when the worker finishes.
 """
 
