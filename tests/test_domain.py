@@ -485,3 +485,24 @@ def test_a_small_crop_is_not_judged_transmitted_light(nuclei_widefield):
     assert any("transmitted light" in m for m in input_warnings(inverted[:64, :80], _Model()))
     assert not any("transmitted light" in m or "DIC" in m
                    for m in input_warnings(inverted[:48, :80], _Model()))
+
+
+def test_an_image_of_a_few_grey_levels_is_named_but_dim_counts_are_not():
+    """Found by a review: a real widefield image exported to 8 bits with 4 levels lost 3 dB,
+    and its only warning blamed saturation."""
+    from conftest import structure
+
+    from napari_cvdm.domain import posterised_levels
+
+    rng = np.random.default_rng(5)
+    raw = structure(128, 128).astype(np.float64) + rng.normal(0, 15, (128, 128))
+    unit = (raw - raw.min()) / (raw.max() - raw.min())
+    for levels in (4, 16):
+        stepped = (np.round(unit * (levels - 1)) * (255 // (levels - 1))).astype(np.uint8)
+        assert posterised_levels(stepped) == len(np.unique(stepped))
+        assert any("grey levels, spaced apart" in m for m in input_warnings(stepped, _Model()))
+    assert posterised_levels(np.round(unit * 3) / 3) == 4  # float levels too
+    assert posterised_levels(raw) is None
+    assert posterised_levels(raw.astype(np.uint16)) is None
+    for photons in (0.3, 1.6, 5.0):  # a few counts, one apart
+        assert posterised_levels(rng.poisson(photons, (128, 128)).astype(np.uint16)) is None

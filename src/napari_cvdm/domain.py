@@ -256,6 +256,27 @@ def looks_like_labels(plane: np.ndarray) -> bool:
     return float(flat[off_background].mean()) >= FLAT_SHARE
 
 
+# At most this many distinct values, spaced apart: a posterised image (found by a review: BioSR
+# exported to 8 bits and reduced to 4 levels lost 3 dB, to 16 levels 0.65 dB, with no word)
+POSTERISED_LEVELS = 16
+
+
+def posterised_levels(plane: np.ndarray) -> int | None:
+    """The number of grey levels of a plane that has only a few, spaced apart (an export or
+    screenshot with its contrast stretched, heavy quantisation); None otherwise. Dim photon
+    counts have few levels too, but one apart (0, 1, 2, ...): not these."""
+    plane = np.asarray(plane)
+    if plane.ndim != 2 or not np.issubdtype(plane.dtype, np.number) \
+            or np.iscomplexobj(plane) or not np.isfinite(plane).all():
+        return None
+    values = np.unique(plane)
+    if not 2 <= values.size <= POSTERISED_LEVELS:
+        return None
+    if _whole_numbers(values) and float(np.median(np.diff(values.astype(np.float64)))) <= 1:
+        return None  # consecutive whole numbers: counts of a few photons
+    return int(values.size)
+
+
 def _whole_numbers(plane: np.ndarray) -> bool:
     if np.issubdtype(plane.dtype, np.integer):
         return True
@@ -452,6 +473,14 @@ def _plane_warnings(plane: np.ndarray, whole: np.ndarray | None = None) -> dict[
                           "numbers), not fluorescence intensities: the model invents "
                           "intensities in and around them; do not trust the result"}
     out = {}
+    levels = posterised_levels(plane)
+    if levels is not None:
+        out["levels"] = (f"the image has only {levels} grey levels, spaced apart: an export or "
+                         "screenshot with its contrast stretched (8 bits), or heavy "
+                         "quantisation. The model reads the fine gradations and noise of a "
+                         "camera's raw image and turns these steps into structure; use the "
+                         "raw image (the camera's 12- or 16-bit file), or do not trust the "
+                         "result")
     flat = flat_value(whole if whole is not None else plane)
     if flat is not None and flat[0] in PADDING_KINDS:
         # (a kind each: a stack's planes may differ, and each says what was done with it)
