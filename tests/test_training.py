@@ -778,3 +778,16 @@ def test_a_stop_just_after_a_checkpoint_names_the_step_on_disk(hq_dir, tmp_path,
     with pytest.raises(nc.Cancelled, match=r"kept: .* \(step 4\)"):
         train(output=out, hq=hq_dir, settings=_settings(steps=6, checkpoint_every=2,
                                                         first_checkpoint=2), device="cpu")
+
+
+def test_a_loss_blowing_up_with_finite_weights_is_said():
+    """Found by a review: lr 1.0 took the loss from 1.2-1.6 to 16-39 with finite weights,
+    and the run ended "model written" without a word."""
+    from napari_cvdm.training import _say_loss_blow_up
+
+    said = []
+    lowest = _say_loss_blow_up([1.6, 1.4, 1.5], None, 10, said.append)
+    lowest = _say_loss_blow_up([2.5, 3.5], lowest, 20, said.append)  # noise: nothing said
+    assert lowest == pytest.approx(1.5) and said == []
+    assert _say_loss_blow_up([16.7, 39.6, 21.8], lowest, 30, said.append) == lowest
+    assert len(said) == 1 and "step 30" in said[0] and "17 times its lowest" in said[0]

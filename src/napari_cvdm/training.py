@@ -170,6 +170,25 @@ def _kept(output: Path, saved_step: int | None, since: float | None = None) -> s
             if saved_step is not None else "no checkpoint was written yet")
 
 
+# An interval's mean loss this many times the lowest so far: a run blowing up with finite
+# weights (a review: lr 1.0 took the loss from 1.2-1.6 to 16-39 and wrote the model as done)
+LOSS_BLOW_UP = 5.0
+
+
+def _say_loss_blow_up(losses: list[float], lowest: float | None, step: int, say) -> float | None:
+    """Say where the mean loss since the last validation is :data:`LOSS_BLOW_UP` times the
+    lowest such mean of the run (its next checkpoint replaces the last); the new lowest."""
+    if not losses:
+        return lowest
+    mean = sum(losses) / len(losses)
+    if lowest is not None and mean > LOSS_BLOW_UP * lowest > 0:
+        say(f"warning: step {step}: the loss ({mean:.3g} on average since the last "
+            f"validation) is {mean / lowest:.0f} times its lowest ({lowest:.3g}): the run may "
+            "be diverging, and its checkpoints from here on hold its weights as they are now; "
+            "lower the learning rate (--lr) and train from a good model (--init)")
+    return mean if lowest is None else min(lowest, mean)
+
+
 def _say_decay_restart(before: dict[str, Any], settings: TrainSettings, step: int,
                        say) -> None:
     """Where a resume changes the total steps of a cosine decay, which follows the total:
@@ -337,6 +356,8 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
     began = time.time()  # the checkpoints of this run are newer (_kept)
     saved_step = start if resume else None
     skipped = 0  # updates left out in a row for a non-finite gradient
+    interval: list[float] = []  # the losses since the last validation
+    lowest: float | None = None  # the lowest mean loss of an interval so far
     step = start
     try:
         for step in range(start + 1, settings.steps + 1):
@@ -393,7 +414,10 @@ def _train(output: Path, pairs, hq, synthetic, settings: TrainingSettings,
                                        "learning rate and resume")
             if progress is not None:
                 progress(step, settings.steps, last_loss)
+            interval.append(last_loss["total"])
             if step % settings.validation_every == 0 or step == settings.steps:
+                lowest = _say_loss_blow_up(interval, lowest, step, say)
+                interval = []
                 scores = evaluate(ema, val_x, val_y, settings.validation_steps, settings.seed,
                                   psf_sigma=val_sigma)
                 if not scores:
