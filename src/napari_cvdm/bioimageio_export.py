@@ -206,13 +206,9 @@ def model_file_in_package(package: str | os.PathLike, folder: str | os.PathLike)
                 raise ValueError(f"{package}: the model attachment is too large")
             recorded = _recorded_sha256s(package, archive)
             target = Path(folder) / members[0].filename
-            digest = hashlib.sha256()
             with archive.open(members[0]) as src, open(target, "wb") as dst:
-                while block := src.read(1 << 20):
-                    digest.update(block)
-                    dst.write(block)
-            name = members[0].filename
-            found = {name: digest.hexdigest()}
+                name = members[0].filename
+                found = {name: _streamed_sha256(src, dst)}
             # the other files it describes: weights.pt is what bioimage.io consumers run
             for other in recorded.keys() - {name}:
                 found[other] = _member_sha256(archive, other)
@@ -242,10 +238,17 @@ def _member_sha256(archive: zipfile.ZipFile, name: str) -> str | None:
         return None
     if info.file_size > 4 * 2**30:
         raise ValueError(f"{name} in the package is too large ({info.file_size} bytes)")
-    digest = hashlib.sha256()
     with archive.open(info) as src:
-        while block := src.read(1 << 20):
-            digest.update(block)
+        return _streamed_sha256(src)
+
+
+def _streamed_sha256(src, dst=None) -> str:
+    """The sha256 of what ``src`` holds, read in blocks (and written to ``dst``, if given)."""
+    digest = hashlib.sha256()
+    while block := src.read(1 << 20):
+        digest.update(block)
+        if dst is not None:
+            dst.write(block)
     return digest.hexdigest()
 
 

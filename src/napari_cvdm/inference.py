@@ -140,8 +140,8 @@ def _prepare(image, model, settings, options, half, progress, cancel,
         # A tile this narrow is one pixel across at the network's lowest level, where
         # oneDNN's bfloat16 convolutions gave wrong values that changed from run to run
         # (a 64 x 4 input: up to 200 off its float32 result, at times NaN): float32.
-        precision = resolve_precision("fp32", device)
         s = s.replace(precision="fp32")
+        precision = resolve_precision(s.precision, device)
     run = Run(model, device, precision, s, seed, first, height, width, progress, cancel)
     run.psf_from = psf_from
     if check_input:

@@ -126,10 +126,10 @@ def smaller_plan(current: TilePlan, stride: int) -> TilePlan | None:
     """The next plan to try after running out of memory, or None when none is left.
 
     One tile per call first, then halve the tile down to MIN_RETRY_TILE, then halve the
-    samples per call down to 1.
+    samples per call down to 1 (:func:`fewer_per_call`'s steps around the tile's).
     """
     if current.group > 1:
-        return replace(current, group=1)
+        return fewer_per_call(current)
     floor = max(stride, round_up(MIN_RETRY_TILE, stride))
     th, tw = current.tile
     if max(th, tw) > floor:
@@ -137,6 +137,4 @@ def smaller_plan(current: TilePlan, stride: int) -> TilePlan | None:
         tw = max(min(tw, floor), round_up(tw // 2, stride))
         overlap = min(current.overlap, min(th, tw) // 2)
         return TilePlan((th, tw), overlap, current.batch, 1, current.budget)
-    if current.batch > 1:
-        return replace(current, batch=current.batch // 2, group=1)
-    return None
+    return fewer_per_call(current)
