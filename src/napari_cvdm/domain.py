@@ -750,8 +750,9 @@ def _pixel_size_warnings(model, pixel_size, unit) -> list[str]:
 
 
 # A width given this much wider than the image's own estimate (and by TOLD_WIDER_PX) is
-# warned about: on the BioSR pair (estimate 2.06) told 3.0 lost 0.4 dB, told 3.5 3.5 dB (below
-# bicubic); Jin (estimate 2.88) told 3.5 gained 0.5 (docs/benchmarks.md, session 26's sweep)
+# warned about: on the BioSR pair (estimate 2.06) told 2.8 gained 0.3 dB, told 3.2 lost 1.3
+# (docs/benchmarks.md, session 26's sweep), told 3.5 lost 3.1, below bicubic; Jin (estimate
+# 2.88) told 3.5 gained 0.6 (docs/benchmarks/quality_session29_told3.5_pairs.json)
 TOLD_WIDER = 1.35
 TOLD_WIDER_PX = 0.75
 
@@ -771,7 +772,7 @@ def _wider_than_the_image(image, model, psf_sigma: float | None) -> list[str]:
     return [f"the PSF width given, {psf_sigma:g} output pixels, is much wider than this "
             f"image's blur (about {estimate:.2g}, estimated from its spectrum relative to the "
             "model's output): a width too wide over-sharpens the result into dots and gaps "
-            "(the BioSR pair, estimate 2.06: 20.8 dB told 3.5, 24.3 dB with the estimate, "
+            "(the BioSR pair, estimate 2.06: 21.1 dB told 3.5, 24.3 dB with the estimate, "
             "bicubic 21.4). The width the model takes is the blur relative to a SIM-like "
             "output, narrower than one fitted against a SIM image; leave it out to use the "
             "estimate"]
